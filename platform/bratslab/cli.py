@@ -1,0 +1,60 @@
+"""``bratslab <group> <command>``: thin parsing, one function call per stage.
+
+Each pipeline stage owns its commands in ``bratslab/<stage>/cli.py`` with a ``register(app)``
+function; this module only assembles them. Heavy imports (torch, ray, mlflow) happen inside the
+commands so ``bratslab --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from bratslab.config import ConfigError
+
+app = typer.Typer(
+    name="bratslab",
+    help="Distributed experimentation platform for 3-D brain tumour segmentation (BraTS) on Ray.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at DEBUG level."),
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _register_stages() -> None:
+    from bratslab import demo
+    from bratslab.data import cli as data_cli
+    from bratslab.evaluate import cli as evaluate_cli
+    from bratslab.jobs import cli as jobs_cli
+    from bratslab.models import cli as models_cli
+    from bratslab.tracking import cli as tracking_cli
+    from bratslab.train import cli as train_cli
+    from bratslab.tune import cli as tune_cli
+
+    for stage in (data_cli, models_cli, train_cli, tune_cli, evaluate_cli, jobs_cli, tracking_cli):
+        stage.register(app)
+    demo.register(app)
+
+
+_register_stages()
+
+
+def main() -> None:
+    """Console-script entry point: config errors print cleanly and exit 2."""
+    try:
+        app()
+    except ConfigError as e:
+        typer.secho(str(e), fg="red", err=True)
+        sys.exit(2)

@@ -1,0 +1,65 @@
+"""Connecting to Ray: a local instance bound to loopback by default, a cluster when told.
+
+The only helper that calls ``ray.init``; every Ray-using stage goes through :func:`ensure_ray`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from bratslab.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+def ensure_ray(
+    settings: Settings | None = None,
+    *,
+    num_cpus: int | None = None,
+    object_store_memory: int | None = None,
+) -> None:
+    """Initialise Ray once per process.
+
+    With ``RAY_ADDRESS`` (or ``settings.ray_address``) set, joins that cluster. Otherwise starts a
+    local instance that listens on 127.0.0.1 only, with no dashboard, and with ``num_cpus``
+    *logical* CPUs: on a 2-core machine a Tune trial's driver and its Train workers each hold a
+    CPU slot, so the default is max(physical, 6) or ``$BRATSLAB_RAY_CPUS``.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    settings = settings or get_settings()
+    env_vars = {
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "1",
+    }
+    for key in ("MLFLOW_TRACKING_URI", "BRATSLAB_HOME"):
+        if os.environ.get(key):
+            env_vars[key] = os.environ[key]
+    runtime_env = {"env_vars": env_vars}
+    if settings.ray_address:
+        log.info("joining Ray cluster at %s", settings.ray_address)
+        ray.init(address=settings.ray_address, runtime_env=runtime_env, log_to_driver=True)
+        return
+    # Single-machine mode: Ray then resolves the node address to loopback instead of the
+    # machine's external interface, so no port of the embedded instance is reachable from
+    # outside. (Ray reads this once, at import, via ray_constants.ENABLE_RAY_CLUSTER.)
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] != "0"
+    cpus = num_cpus or settings.ray_num_cpus or max(os.cpu_count() or 1, 6)
+    ray.init(
+        address="local",
+        num_cpus=cpus,
+        object_store_memory=object_store_memory,
+        include_dashboard=False,
+        runtime_env=runtime_env,
+        log_to_driver=True,
+        configure_logging=True,
+        logging_level=logging.WARNING,
+    )
+    log.info("started local Ray (%d logical CPUs, bound to 127.0.0.1)", cpus)

@@ -1,0 +1,40 @@
+"""Shared fixtures: one work directory, one local Ray instance and one MLflow store per session.
+
+Ray start-up costs seconds, so every integration test shares a single local instance bound to
+127.0.0.1 (started lazily by the first test that asks for ``ray_cluster``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+# Keep test processes from oversubscribing the 2 cores with intra-op threads.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def bratslab_home(tmp_path_factory) -> Path:
+    """A session-wide ``$BRATSLAB_HOME`` with the embedded MLflow store inside it."""
+    home = tmp_path_factory.mktemp("bratslab-home")
+    os.environ["BRATSLAB_HOME"] = str(home)
+    os.environ.pop("RAY_ADDRESS", None)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow.db'}"
+    return home
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(bratslab_home):
+    """A local Ray instance (6 logical CPUs, loopback only) shared by the whole session."""
+    import ray
+
+    from bratslab.cluster import ensure_ray
+
+    ensure_ray(num_cpus=6, object_store_memory=1 << 30)
+    yield ray
+    ray.shutdown()
