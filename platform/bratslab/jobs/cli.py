@@ -1,9 +1,250 @@
-"""Commands of the jobs stage."""
+"""``bratslab submit`` and ``bratslab jobs …``: run work on a Ray cluster and watch it.
+
+Thin: parses, calls :mod:`bratslab.jobs.submit`, prints. Ray is imported inside the commands.
+"""
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
+from pathlib import Path
+
 import typer
+
+ADDRESS_HELP = (
+    "Ray dashboard URL (Jobs API). Default: $RAY_API_SERVER_ADDRESS, an http $RAY_ADDRESS, "
+    "or http://127.0.0.1:8265."
+)
+
+jobs_app = typer.Typer(
+    help="List, inspect, follow and stop jobs on a Ray cluster.", no_args_is_help=True
+)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this stage's commands to the root app."""
+    """Add ``submit`` and the ``jobs`` group to the root app."""
+    app.command("submit")(submit)
+    app.add_typer(jobs_app, name="jobs")
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.secho(message, fg="red", err=True)
+    raise typer.Exit(code)
+
+
+def _connect(address: str | None):
+    from bratslab.jobs.submit import JobsError, connect
+
+    try:
+        return connect(address)
+    except JobsError as e:
+        _fail(str(e))
+
+
+def _exit_for(status: str) -> None:
+    color = "green" if status == "SUCCEEDED" else "red"
+    typer.secho(f"job finished: {status}", fg=color, err=True)
+    raise typer.Exit(0 if status == "SUCCEEDED" else 1)
+
+
+def submit(
+    target: list[str] = typer.Argument(
+        ...,
+        metavar="JOB.yaml | -- COMMAND...",
+        help="A job spec (runs `bratslab train SPEC`, or `bratslab sweep SPEC` when it has a "
+        "sweep section), or after `--` any bratslab command line, e.g. "
+        "`-- data preprocess /data/raw /data/store` or `-- predict --model ... --input ... "
+        "--output ...`. Paths are as the cluster sees them.",
+    ),
+    address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Override a job-spec value, key.sub=value (repeatable)."
+    ),
+    env: list[str] = typer.Option(
+        [], "--env", help="Extra environment variable for the job, KEY=VALUE (repeatable)."
+    ),
+    working_dir: Path | None = typer.Option(
+        None,
+        "--working-dir",
+        help="Folder uploaded as the job's working directory (default: the project root "
+        "holding pyproject.toml).",
+    ),
+    wait: bool = typer.Option(
+        False, "--wait", help="Block until the job ends; exit 1 unless it SUCCEEDED."
+    ),
+    follow: bool = typer.Option(
+        False, "--follow", help="Stream the job's logs until it ends (implies --wait)."
+    ),
+    timeout: float | None = typer.Option(
+        None, "--timeout", help="With --wait: give up waiting after this many seconds."
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the entrypoint and runtime environment; submit nothing."
+    ),
+) -> None:
+    """Submit a job spec or a bratslab command to a Ray cluster and print the job id.
+
+    Authenticates with the Ray token from $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or
+    ~/.ray/auth_token when one exists.
+    """
+    from bratslab.jobs import submit as sj
+
+    try:
+        url = sj.resolve_address(address)
+        extra = sj.parse_env(env)
+        is_spec = len(target) == 1 and target[0].endswith((".yaml", ".yml"))
+        if is_spec:
+            plan = sj.plan_spec_job(
+                Path(target[0]), overrides, address=url, working_dir=working_dir, env=extra
+            )
+        else:
+            if overrides:
+                _fail("--set applies to job specs; put options of a command after `--`", 2)
+            plan = sj.plan_command_job(target, address=url, working_dir=working_dir, env=extra)
+    except sj.JobsError as e:
+        _fail(str(e))
+    if dry_run:
+        typer.echo(
+            json.dumps(
+                {
+                    "address": url,
+                    "submission_id": plan.submission_id,
+                    "entrypoint": plan.entrypoint,
+                    "runtime_env": plan.runtime_env,
+                    "metadata": plan.metadata,
+                },
+                indent=2,
+            )
+        )
+        return
+    jobs = _connect(url)
+    try:
+        job_id = sj.submit(jobs, plan)
+    except sj.JobsError as e:
+        _fail(str(e))
+    typer.echo(job_id)
+    typer.secho(
+        f"submitted {plan.kind} job to {url}: {plan.entrypoint}\n"
+        f"  follow: bratslab jobs logs {job_id} --follow",
+        err=True,
+    )
+    try:
+        if follow:
+            _exit_for(sj.follow(jobs, job_id))
+        if wait:
+            status = sj.wait(
+                jobs,
+                job_id,
+                timeout_s=timeout,
+                on_change=lambda s: typer.secho(f"  {job_id}: {s}", err=True),
+            )
+            _exit_for(status)
+    except sj.JobsError as e:
+        _fail(str(e))
+
+
+def _when(ms: int | None) -> str:
+    return datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S") if ms else "-"
+
+
+def _duration(start_ms: int | None, end_ms: int | None) -> str:
+    if not start_ms:
+        return "-"
+    end = end_ms or datetime.now().timestamp() * 1000
+    return f"{(end - start_ms) / 1000:.0f} s"
+
+
+@jobs_app.command("list")
+def list_jobs(address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP)) -> None:
+    """Jobs submitted to the cluster, newest first."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from bratslab.jobs.submit import JobsError
+
+    jobs = _connect(address)
+    try:
+        details = jobs.call("list_jobs")
+    except JobsError as e:
+        _fail(str(e))
+    table = Table(title=f"Ray jobs at {jobs.address}")
+    for col in ("submission id", "kind", "status", "started", "duration", "entrypoint"):
+        table.add_column(col, overflow="fold")
+    for d in sorted(details, key=lambda d: d.start_time or 0, reverse=True):
+        table.add_row(
+            d.submission_id or d.job_id or "-",
+            (d.metadata or {}).get("bratslab_kind", "-"),
+            str(d.status),
+            _when(d.start_time),
+            _duration(d.start_time, d.end_time),
+            d.entrypoint or "-",
+        )
+    Console().print(table)
+
+
+@jobs_app.command("status")
+def status(
+    job_id: str = typer.Argument(..., help="Submission id printed by `bratslab submit`."),
+    address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP),
+) -> None:
+    """A job's status and message; exit 0 when SUCCEEDED or still running, 1 otherwise."""
+    from bratslab.jobs.submit import JobsError
+
+    jobs = _connect(address)
+    try:
+        info = jobs.call("get_job_info", job_id)
+    except JobsError as e:
+        _fail(str(e))
+    typer.echo(f"{job_id}: {info.status}")
+    if info.message:
+        typer.echo(f"  {info.message}")
+    typer.echo(f"  entrypoint: {info.entrypoint}")
+    typer.echo(
+        f"  started: {_when(info.start_time)}  ({_duration(info.start_time, info.end_time)})"
+    )
+    if str(info.status) in ("FAILED", "STOPPED"):
+        raise typer.Exit(1)
+
+
+@jobs_app.command("logs")
+def logs(
+    job_id: str = typer.Argument(..., help="Submission id printed by `bratslab submit`."),
+    follow: bool = typer.Option(
+        False,
+        "--follow",
+        "-f",
+        help="Keep streaming until the job ends; exit 1 unless it SUCCEEDED.",
+    ),
+    address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP),
+) -> None:
+    """Print a job's driver logs (stdout and stderr of its entrypoint)."""
+    from bratslab.jobs import submit as sj
+
+    jobs = _connect(address)
+    try:
+        if follow:
+            _exit_for(sj.follow(jobs, job_id))
+        typer.echo(jobs.call("get_job_logs", job_id), nl=False)
+    except sj.JobsError as e:
+        _fail(str(e))
+
+
+@jobs_app.command("stop")
+def stop(
+    job_id: str = typer.Argument(..., help="Submission id printed by `bratslab submit`."),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the job has stopped."),
+    address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP),
+) -> None:
+    """Stop a running job (SIGTERM to its entrypoint, then SIGKILL after Ray's grace period)."""
+    from bratslab.jobs import submit as sj
+
+    jobs = _connect(address)
+    try:
+        stopped = jobs.call("stop_job", job_id)
+        if not stopped:
+            typer.echo(f"{job_id} had already ended: {jobs.call('get_job_status', job_id)}")
+            return
+        final = sj.wait(jobs, job_id, poll_s=0.5, timeout_s=60) if wait else "stopping"
+    except sj.JobsError as e:
+        _fail(str(e))
+    typer.echo(f"{job_id}: {final}")

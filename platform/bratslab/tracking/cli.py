@@ -1,9 +1,314 @@
-"""Commands of the tracking stage."""
+"""``bratslab models …``, ``bratslab runs …`` and ``bratslab ui``: browse what MLflow holds.
+
+Thin: parses, calls :mod:`bratslab.tracking.registry` / :mod:`bratslab.tracking.browse`, prints
+rich tables. MLflow is imported inside the commands so ``bratslab --help`` stays fast.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import typer
+
+models_app = typer.Typer(
+    help="Browse the MLflow model registry: versions, aliases (champion), metrics, downloads.",
+    no_args_is_help=True,
+)
+runs_app = typer.Typer(help="List and compare MLflow runs as tables.", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this stage's commands to the root app."""
+    """Add the ``models`` and ``runs`` groups and the ``ui`` command to the root app."""
+    app.add_typer(models_app, name="models")
+    app.add_typer(runs_app, name="runs")
+    app.command("ui")(ui)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.secho(message, fg="red", err=True)
+    raise typer.Exit(code)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
+    if hasattr(value, "strftime"):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    return str(value)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+# --------------------------------------------------------------------------- models
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Registered models with their latest version and aliases."""
+    from rich.table import Table
+
+    from bratslab.tracking import registry
+    from bratslab.tracking.mlflow_runs import tracking_uri
+
+    models = registry.list_models()
+    table = Table(title=f"Registered models ({tracking_uri()})")
+    for col in ("name", "versions", "latest", "aliases", "updated"):
+        table.add_column(col)
+    for m in models:
+        aliases = ", ".join(f"{a}→v{v}" for a, v in sorted(m.aliases.items())) or "-"
+        table.add_row(
+            m.name, str(m.num_versions), m.latest_version or "-", aliases, _fmt(m.updated)
+        )
+    _console().print(table)
+    if not models:
+        typer.echo("no registered models yet (a sweep registers its best model)")
+
+
+@models_app.command("show")
+def models_show(
+    name: str = typer.Argument(..., help="Registered model name."),
+    version: str | None = typer.Option(None, "--version", help="Version number to show."),
+    alias: str | None = typer.Option(
+        None, "--alias", help="Alias to show (default: champion when no --version)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
+    """One version: metrics, params, source run and artifact URI. Without --version/--alias,
+    the champion (or every version when there is no champion)."""
+    from rich.table import Table
+
+    from bratslab.tracking import registry
+
+    if version and alias:
+        _fail("give --version or --alias, not both", 2)
+    try:
+        if version or alias:
+            infos = [registry.get_version(name, alias=alias, version=version)]
+        else:
+            try:
+                infos = [registry.get_version(name, alias=registry.CHAMPION)]
+            except registry.RegistryError:
+                infos = registry.list_versions(name)
+    except registry.RegistryError as e:
+        _fail(str(e))
+    if as_json:
+        import dataclasses
+
+        typer.echo(json.dumps([dataclasses.asdict(i) for i in infos], indent=2, default=str))
+        return
+    console = _console()
+    for info in infos:
+        head = Table(title=f"{info.name} version {info.version}", show_header=False)
+        head.add_column("field", style="bold")
+        head.add_column("value", overflow="fold")
+        for key, value in (
+            ("aliases", ", ".join(info.aliases) or "-"),
+            ("status", info.status),
+            ("created", _fmt(info.created)),
+            ("source run", info.run_id or "-"),
+            ("model id", info.model_id or "-"),
+            ("artifact URI", info.download_uri or info.source),
+            ("description", info.description or "-"),
+        ):
+            head.add_row(key, value)
+        console.print(head)
+        if info.metrics:
+            t = Table(title="metrics")
+            t.add_column("metric")
+            t.add_column("value", justify="right")
+            for k in sorted(info.metrics):
+                t.add_row(k, _fmt(info.metrics[k]))
+            console.print(t)
+        if info.params:
+            t = Table(title="params")
+            t.add_column("param")
+            t.add_column("value", overflow="fold")
+            for k in sorted(info.params):
+                t.add_row(k, info.params[k])
+            console.print(t)
+
+
+@models_app.command("promote")
+def models_promote(
+    name: str = typer.Argument(..., help="Registered model name."),
+    version: str = typer.Argument(..., help="Version to point the alias at."),
+    alias: str = typer.Option("champion", "--alias", help="Alias to move."),
+    if_better: str | None = typer.Option(
+        None,
+        "--if-better",
+        help="Only move the alias if this version beats the current holder on METRIC "
+        "(e.g. tta/dice_mean).",
+    ),
+    mode: str = typer.Option("max", "--mode", help="With --if-better: max or min is better."),
+) -> None:
+    """Point an alias (default: champion) at a version. Alias writes are last-writer-wins."""
+    from bratslab.tracking import registry
+
+    try:
+        if if_better:
+            moved = registry.promote_if_better(name, version, if_better, mode, alias)
+        else:
+            registry.set_alias(name, version, alias)
+            moved = True
+    except (registry.RegistryError, ValueError) as e:
+        _fail(str(e))
+    if moved:
+        typer.echo(f"{name}@{alias} -> version {version}")
+    else:
+        current = registry.get_version(name, alias=alias)
+        typer.echo(
+            f"{name}@{alias} stays on version {current.version}: version {version} is not better "
+            f"on {if_better}"
+        )
+
+
+@models_app.command("download")
+def models_download(
+    ref: str = typer.Argument(..., help="NAME@ALIAS, NAME/VERSION or a models:/ URI."),
+    dst: Path = typer.Argument(..., help="Folder to create (must not exist or be empty)."),
+) -> None:
+    """Download a registered model's files into a folder."""
+    from bratslab.tracking import registry
+
+    try:
+        out = registry.download(ref, dst)
+    except (registry.RegistryError, FileExistsError) as e:
+        _fail(str(e))
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    typer.echo(f"downloaded {ref} to {out} ({len(files)} files)")
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+@runs_app.command("list")
+def runs_list(
+    experiment: str | None = typer.Option(None, "--experiment", "-e", help="Experiment name."),
+    sweep: str | None = typer.Option(
+        None, "--sweep", "-s", help="Only the trials of this sweep (parent run id or name)."
+    ),
+    limit: int = typer.Option(50, "--limit", help="Show at most this many runs."),
+) -> None:
+    """Runs, newest first, with their headline metrics."""
+    from rich.table import Table
+
+    from bratslab.tracking import browse
+
+    try:
+        rows = browse.list_runs(experiment, sweep, max_results=limit)
+    except browse.RunLookupError as e:
+        _fail(str(e))
+    metrics = [m for m in browse.HEADLINE_METRICS if any(m in r.metrics for r in rows)]
+    params = [p for p in browse.HEADLINE_PARAMS if any(p in r.params for r in rows)]
+    table = Table(title="Runs" + (f" of sweep {sweep}" if sweep else ""))
+    for col in ("run id", "name", "experiment", "status", "started", "duration"):
+        table.add_column(col, overflow="fold")
+    for p in params:
+        table.add_column(p)
+    for m in metrics:
+        table.add_column(m, justify="right")
+    for r in rows:
+        table.add_row(
+            r.run_id,
+            r.name,
+            r.experiment,
+            r.status,
+            _fmt(r.start),
+            _duration(r.duration_s),
+            *(r.params.get(p, "-") for p in params),
+            *(_fmt(r.metrics.get(m)) for m in metrics),
+        )
+    _console().print(table)
+
+
+@runs_app.command("compare")
+def runs_compare(
+    run_ids: list[str] = typer.Argument(..., help="Two or more run ids."),
+    all_params: bool = typer.Option(
+        False, "--all-params", help="Show every param, not only those that differ."
+    ),
+) -> None:
+    """Runs side by side: metrics (best per row in bold) and the params that differ."""
+    from rich.table import Table
+
+    from bratslab.tracking import browse
+
+    try:
+        rows = browse.get_runs(run_ids)
+    except browse.RunLookupError as e:
+        _fail(str(e))
+    console = _console()
+    metrics = Table(title="metrics (latest value; bold = best)")
+    metrics.add_column("metric")
+    for r in rows:
+        metrics.add_column(f"{r.name or r.run_id[:8]}\n{r.run_id[:8]}", justify="right")
+    for key in sorted(set().union(*(r.metrics for r in rows))):
+        values = [r.metrics.get(key) for r in rows]
+        present = [v for v in values if v is not None]
+        lower_better = "loss" in key or "hd95" in key
+        best = (min if lower_better else max)(present) if len(present) > 1 else None
+        cells = [
+            f"[bold]{_fmt(v)}[/bold]" if v is not None and v == best else _fmt(v) for v in values
+        ]
+        metrics.add_row(key, *cells)
+    console.print(metrics)
+    keys = set().union(*(r.params for r in rows))
+    shown = sorted(keys if all_params else browse.differing_keys([r.params for r in rows]))
+    params = Table(title="params" + ("" if all_params else " that differ"))
+    params.add_column("param")
+    for r in rows:
+        params.add_column(r.name or r.run_id[:8], overflow="fold")
+    for key in shown:
+        params.add_row(key, *(r.params.get(key, "-") for r in rows))
+    console.print(params)
+    if not shown and not all_params:
+        typer.echo(f"all {len(keys)} params are identical")
+
+
+# --------------------------------------------------------------------------- ui
+
+
+def ui(
+    port: int = typer.Option(5000, "--port", "-p", help="Port to serve the UI on."),
+    host: str = typer.Option(
+        "127.0.0.1",
+        "--host",
+        help="Interface to bind. Loopback by default: the UI has no login and shows every "
+        "run; reach it from elsewhere through an SSH tunnel.",
+    ),
+) -> None:
+    """Start the MLflow UI on the embedded tracking store (Ctrl-C stops it)."""
+    import os
+
+    from bratslab.settings import get_settings
+    from bratslab.tracking.ui import is_loopback_host, server_command
+
+    settings = get_settings()
+    uri = settings.tracking_uri
+    if uri.startswith(("http://", "https://")):
+        typer.echo(f"MLFLOW_TRACKING_URI points at a tracking server: its UI is {uri}")
+        return
+    if not is_loopback_host(host):
+        typer.secho(
+            f"warning: binding {host}: anyone who reaches this port can read and change every "
+            "run and model (the MLflow UI has no login here).",
+            fg="yellow",
+            err=True,
+        )
+    cmd = server_command(settings, host, port)
+    typer.echo(f"MLflow UI for {uri} at http://{host}:{port}  (Ctrl-C to stop)", err=True)
+    # Become the server: signals (Ctrl-C, a supervisor's SIGTERM) reach it directly.
+    os.execv(cmd[0], cmd)

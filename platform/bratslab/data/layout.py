@@ -1,0 +1,227 @@
+"""BraTS file naming: case discovery, modality synonyms, layout and label-convention detection.
+
+Layouts (REFERENCE.md):
+
+=============  ==========================================================  ===========
+layout         example                                                     ET label
+=============  ==========================================================  ===========
+``brats2021``  ``BraTS2021_00000/BraTS2021_00000_{t1,t1ce,t2,flair,seg}``  4
+``brats2023``  ``BraTS-SSA-00002-000/BraTS-SSA-00002-000-{t1n,t1c,t2w,t2f,seg}``  3
+=============  ==========================================================  ===========
+
+2023+ cohorts GLI, SSA, PED, MEN (incl. MEN-RT), MET share the 2023 convention. Case folders may
+also be flat (all files in one folder): files are grouped by the name left after removing the
+modality suffix. Cases without a ``seg`` file are inference-only.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+MODALITIES: tuple[str, ...] = ("t1n", "t1c", "t2w", "t2f")
+"""Canonical channel order of the store (then the foreground mask)."""
+
+Layout = Literal["brats2021", "brats2023"]
+ET_LABEL: dict[str, int] = {"brats2021": 4, "brats2023": 3}
+"""Label of the enhancing tumour in each layout's convention."""
+
+# Synonyms are matched case-insensitively with '_' and '-' treated alike, longest first, as the
+# last part of a file's stem (REFERENCE.md "Modality synonyms").
+SYNONYMS: dict[str, str] = {
+    "t1": "t1n",
+    "t1n": "t1n",
+    "t1w": "t1n",
+    "t1-native": "t1n",
+    "t1native": "t1n",
+    "t1ce": "t1c",
+    "t1c": "t1c",
+    "t1gd": "t1c",
+    "t1-gd": "t1c",
+    "t1post": "t1c",
+    "t1-post": "t1c",
+    "t2": "t2w",
+    "t2w": "t2w",
+    "flair": "t2f",
+    "t2f": "t2f",
+    "t2-flair": "t2f",
+    "t2flair": "t2f",
+    "seg": "seg",
+}
+# Names that only the 2021 release uses; a case with unrecognised folder names that uses them is
+# taken as 2021-style (ET = 4).
+_SYNONYMS_2021 = {"t1", "t1ce", "t2", "flair"}
+_BY_LENGTH = sorted(SYNONYMS, key=len, reverse=True)
+
+_RE_2021 = re.compile(r"^BraTS20\d\d_\d+$", re.IGNORECASE)
+_RE_2023 = re.compile(r"^BraTS-(GLI|SSA|PED|MEN-RT|MEN|MET|GoAT)-\d+(-\d+)?$", re.IGNORECASE)
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+@dataclass
+class RawCase:
+    """One case found on disk.
+
+    Attributes:
+        id: case id (the file-name prefix, e.g. ``BraTS-SSA-00002-000``).
+        files: canonical modality (``t1n``, ``t1c``, ``t2w``, ``t2f``) → path; missing ones absent.
+        seg: the segmentation, or None for an inference-only case.
+        layout: ``brats2021`` or ``brats2023``.
+        et_label: ET label of the source convention (4 for 2021, 3 for 2023+).
+        cohort: ``GLI``/``SSA``/``PED``/``MEN``/``MET``/... when the name tells, else None.
+        problems: ``(file, reason)`` found during discovery (missing or duplicated modality);
+            validation turns them into failures.
+    """
+
+    id: str
+    files: dict[str, Path]
+    seg: Path | None
+    layout: Layout
+    et_label: int
+    cohort: str | None = None
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def has_label(self) -> bool:
+        return self.seg is not None
+
+    def all_files(self) -> dict[str, Path]:
+        """Modalities in canonical order, then ``seg`` if present."""
+        out = {m: self.files[m] for m in MODALITIES if m in self.files}
+        if self.seg is not None:
+            out["seg"] = self.seg
+        return out
+
+    def to_dict(self) -> dict:
+        """JSON-friendly form (used to ship a case to a Ray task)."""
+        return {
+            "id": self.id,
+            "files": {k: str(v) for k, v in self.files.items()},
+            "seg": str(self.seg) if self.seg else None,
+            "layout": self.layout,
+            "et_label": self.et_label,
+            "cohort": self.cohort,
+            "problems": [list(p) for p in self.problems],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RawCase:
+        return cls(
+            id=d["id"],
+            files={k: Path(v) for k, v in d["files"].items()},
+            seg=Path(d["seg"]) if d.get("seg") else None,
+            layout=d["layout"],
+            et_label=int(d["et_label"]),
+            cohort=d.get("cohort"),
+            problems=[tuple(p) for p in d.get("problems", [])],
+        )
+
+
+def strip_nifti_suffix(name: str) -> str | None:
+    """``x.nii.gz`` → ``x``; None for a file that is not NIfTI."""
+    low = name.lower()
+    for suf in NIFTI_SUFFIXES:
+        if low.endswith(suf):
+            return name[: -len(suf)]
+    return None
+
+
+def parse_file_name(name: str) -> tuple[str, str, str] | None:
+    """Split a NIfTI file name into ``(case_id, canonical_modality, source_token)``.
+
+    ``BraTS2021_00000_t1ce.nii.gz`` → ``("BraTS2021_00000", "t1c", "t1ce")``. Returns None when
+    the name carries no known modality suffix.
+    """
+    stem = strip_nifti_suffix(name)
+    if stem is None:
+        return None
+    norm = stem.lower().replace("_", "-")
+    for token in _BY_LENGTH:
+        tok = token.replace("_", "-")
+        if norm.endswith("-" + tok):
+            case_id = stem[: len(stem) - len(tok) - 1]
+            if case_id:
+                return case_id, SYNONYMS[token], token
+    return None
+
+
+def detect_layout(case_id: str, tokens: set[str]) -> tuple[Layout, str | None]:
+    """Layout and cohort from the case id; unknown ids fall back to the modality names used."""
+    if _RE_2021.match(case_id):
+        return "brats2021", "GLI"
+    m = _RE_2023.match(case_id)
+    if m:
+        return "brats2023", m.group(1).upper()
+    if tokens & _SYNONYMS_2021:
+        return "brats2021", None
+    return "brats2023", None
+
+
+def discover_cases(raw_dir: str | Path) -> list[RawCase]:
+    """Find every case under ``raw_dir`` (recursively), sorted by id.
+
+    Files are grouped per folder by the prefix left after removing the modality suffix, so both
+    one-folder-per-case and flat layouts work. Files with no recognised modality are ignored.
+
+    Raises:
+        FileNotFoundError: ``raw_dir`` does not exist.
+        ValueError: two folders hold a case with the same id.
+    """
+    raw_dir = Path(raw_dir)
+    if not raw_dir.is_dir():
+        raise FileNotFoundError(f"{raw_dir}: no such folder")
+    groups: dict[tuple[Path, str], list[tuple[str, str, Path]]] = defaultdict(list)
+    for path in sorted(raw_dir.rglob("*")):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        parsed = parse_file_name(path.name)
+        if parsed is None:
+            continue
+        case_id, modality, token = parsed
+        groups[(path.parent, case_id)].append((modality, token, path))
+
+    cases: dict[str, RawCase] = {}
+    for (folder, case_id), entries in sorted(groups.items(), key=lambda kv: kv[0][1]):
+        if case_id in cases:
+            raise ValueError(
+                f"case {case_id} found twice: {folder} and {cases[case_id].all_files()}"
+            )
+        files: dict[str, Path] = {}
+        seg = None
+        problems: list[tuple[str, str]] = []
+        for modality, _token, path in entries:
+            if modality == "seg":
+                if seg is not None:
+                    problems.append((str(path), f"second segmentation besides {seg.name}"))
+                seg = path
+            elif modality in files:
+                problems.append(
+                    (str(path), f"duplicate {modality} image besides {files[modality].name}")
+                )
+            else:
+                files[modality] = path
+        for modality in MODALITIES:
+            if modality not in files:
+                problems.append((str(folder), f"missing modality {modality}"))
+        layout, cohort = detect_layout(case_id, {t for _, t, _ in entries})
+        cases[case_id] = RawCase(
+            id=case_id,
+            files=files,
+            seg=seg,
+            layout=layout,
+            et_label=ET_LABEL[layout],
+            cohort=cohort,
+            problems=problems,
+        )
+    return [cases[k] for k in sorted(cases)]
+
+
+def case_file_name(case_id: str, modality: str, layout: Layout) -> str:
+    """The file name a case's modality (or ``seg``) has in ``layout`` (used by synth and export)."""
+    if layout == "brats2021":
+        token = {"t1n": "t1", "t1c": "t1ce", "t2w": "t2", "t2f": "flair", "seg": "seg"}[modality]
+        return f"{case_id}_{token}.nii.gz"
+    return f"{case_id}-{modality}.nii.gz"

@@ -1,0 +1,295 @@
+"""Raw case → store arrays: the seed's six steps, fast (float32, one pass per step, few copies).
+
+Used offline by :func:`run_preprocess` (Ray, resumable) and again at prediction time
+(:func:`preprocess_case` in memory, :func:`restore_to_source` to go back).
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bratslab import atomic
+from bratslab.data.config import PreprocessConfig
+from bratslab.data.labels import to_store_labels
+from bratslab.data.layout import RawCase
+from bratslab.data.meta import META_FORMAT, CaseMeta, restore_to_source, to_store_space
+from bratslab.data.validate import Failure, LoadedCase, load_case
+
+__all__ = [
+    "CaseInvalid",
+    "CaseMeta",
+    "PreprocessConfig",
+    "PreprocessedCase",
+    "case_paths",
+    "foreground_bbox",
+    "outputs_complete",
+    "preprocess_case",
+    "preprocess_loaded",
+    "restore_to_source",
+    "run_preprocess",
+    "to_store_space",
+    "write_case",
+]
+
+
+class CaseInvalid(Exception):
+    """A case failed validation; ``failures`` lists every reason."""
+
+    def __init__(self, failures: list[Failure]):
+        self.failures = failures
+        super().__init__("; ".join(f"{f.file}: {f.reason}" for f in failures))
+
+
+@dataclass
+class PreprocessedCase:
+    """One case in store space.
+
+    Attributes:
+        x: ``(C, X, Y, Z)`` ``cfg.dtype``; channels ``cfg.channels`` (t1n, t1c, t2w, t2f, mask).
+        y: ``(1, X, Y, Z)`` uint8 store labels {0,1,2,3} (ET=3), or None without a seg.
+        meta: the :class:`CaseMeta` (also in ``{id}_meta.json``).
+        timings: seconds spent per phase (``load``, ``normalise``; ``write`` is added by
+            :func:`write_case`).
+    """
+
+    x: np.ndarray
+    y: np.ndarray | None
+    meta: CaseMeta
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def foreground_bbox(fg: np.ndarray) -> tuple[list[int], list[int]]:
+    """Smallest box holding every True voxel of ``fg`` ``(X, Y, Z)``: (start, end-exclusive)."""
+    start, end = [], []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        idx = np.flatnonzero(fg.any(axis=other))
+        if idx.size == 0:
+            return [0, 0, 0], list(fg.shape)
+        start.append(int(idx[0]))
+        end.append(int(idx[-1]) + 1)
+    return start, end
+
+
+def _stats(values: np.ndarray) -> dict[str, float]:
+    """Summary of non-zero source intensities (percentiles on a fixed stride subsample)."""
+    sub = values[:: max(1, values.size // 200_000)]
+    p = np.percentile(sub, [0.5, 99.5])
+    return {
+        "p00_5": float(p[0]),
+        "p99_5": float(p[1]),
+        "min": float(values.min()),
+        "max": float(values.max()),
+    }
+
+
+def preprocess_loaded(loaded: LoadedCase, cfg: PreprocessConfig) -> PreprocessedCase:
+    """Run steps 1-6 on a validated in-memory case (see :class:`PreprocessConfig`)."""
+    t0 = time.perf_counter()
+    case = loaded.case
+    imgs = [loaded.images[m] for m in cfg.modalities]
+    src_shape = list(imgs[0].shape)
+
+    # Foreground of any modality: drives the crop (step 2) and the mask channel (step 6).
+    fg = imgs[0] != 0
+    for im in imgs[1:]:
+        fg |= im != 0
+    if cfg.crop_foreground:
+        # The box also holds every labelled voxel, so cropping can never drop tumour labels.
+        start, end = foreground_bbox(fg if loaded.seg is None else fg | (loaded.seg != 0))
+    else:
+        start, end = [0, 0, 0], src_shape
+    box = tuple(slice(s, e) for s, e in zip(start, end, strict=True))
+    crop = [e - s for s, e in zip(start, end, strict=True)]
+    target = [max(c, m) for c, m in zip(crop, cfg.min_size, strict=True)]
+    pad_before = [(t - c) // 2 for t, c in zip(target, crop, strict=True)]
+    pad_after = [t - c - b for t, c, b in zip(target, crop, pad_before, strict=True)]
+    inner = tuple(slice(b, b + c) for b, c in zip(pad_before, crop, strict=True))
+
+    n_ch = len(cfg.channels)
+    x = np.zeros((n_ch, *target), dtype=np.dtype(cfg.dtype))
+    work = np.empty(crop, dtype=np.float32)  # one float32 buffer reused for every channel
+    intensity: dict[str, dict[str, float]] = {}
+    for c, (name, im) in enumerate(zip(cfg.modalities, imgs, strict=True)):
+        work[...] = im[box]  # step 1 + 2: F-ordered source → C-ordered float32 crop
+        nz = work != 0
+        n = int(np.count_nonzero(nz))
+        vals = work[nz]
+        st = _stats(vals) if n else {"p00_5": 0.0, "p99_5": 0.0, "min": 0.0, "max": 0.0}
+        if cfg.percentile_rescale and n:
+            lo, hi = np.percentile(vals, [cfg.percentile_low, cfg.percentile_high])
+            scale = cfg.rescale_max / max(float(hi - lo), 1e-6)
+            np.clip(work, lo, hi, out=work)
+            work -= np.float32(lo)
+            work *= np.float32(scale)
+            work *= nz  # background stays 0
+            vals = work[nz]
+        # Mean/std from float64 sums (numpy's pairwise summation: deterministic, no BLAS).
+        v64 = vals.astype(np.float64)
+        mean = float(v64.sum() / n) if n else 0.0
+        v64 -= mean
+        std = float(np.sqrt(np.square(v64, out=v64).sum() / n)) if n else 1.0
+        st.update({"mean": mean, "std": std})
+        if cfg.zscore and n:
+            work -= np.float32(mean)
+            work /= np.float32(std if std > 1e-8 else 1.0)
+            work *= nz
+        intensity[name] = st
+        x[(c, *inner)] = work
+    if cfg.foreground_channel:
+        x[(n_ch - 1, *inner)] = fg[box]
+    t1 = time.perf_counter()
+
+    y = None
+    label_voxels: dict[str, int] = {}
+    if loaded.seg is not None:
+        y = np.zeros((1, *target), dtype=np.uint8)
+        y[(0, *inner)] = to_store_labels(loaded.seg[box], case.et_label)
+        counts = loaded.label_counts
+        label_voxels = {
+            "1": int(counts[1]),
+            "2": int(counts[2]),
+            "3": int(counts[case.et_label]),
+        }
+
+    meta = CaseMeta(
+        format=META_FORMAT,
+        id=case.id,
+        layout=case.layout,
+        cohort=case.cohort,
+        et_label=case.et_label,
+        has_label=y is not None,
+        original_shape=src_shape,
+        bbox_start=list(start),
+        bbox_end=list(end),
+        pad_before=pad_before,
+        pad_after=pad_after,
+        shape=target,
+        affine=np.asarray(loaded.affine, dtype=np.float64).tolist(),
+        zooms=[float(z) for z in loaded.zooms],
+        header_b64=base64.b64encode(loaded.header.binaryblock).decode("ascii"),
+        channels=cfg.channels,
+        dtype=cfg.dtype,
+        files={
+            k: {"path": str(p), "sha256": loaded.sha256[k]} for k, p in case.all_files().items()
+        },
+        preprocess_hash=cfg.content_hash(),
+        label_voxels=label_voxels,
+        intensity=intensity,
+    )
+    return PreprocessedCase(x=x, y=y, meta=meta, timings={"normalise": t1 - t0})
+
+
+def preprocess_case(raw_case: RawCase, cfg: PreprocessConfig | None = None) -> PreprocessedCase:
+    """Load, validate and preprocess one raw case in memory.
+
+    Returns:
+        :class:`PreprocessedCase` with ``x`` ``(C, X, Y, Z)`` and ``y`` ``(1, X, Y, Z)``|None.
+
+    Raises:
+        CaseInvalid: the case failed validation (every reason in ``.failures``).
+    """
+    cfg = cfg or PreprocessConfig()
+    t0 = time.perf_counter()
+    loaded, failures = load_case(raw_case)
+    if loaded is None:
+        raise CaseInvalid(failures)
+    t1 = time.perf_counter()
+    out = preprocess_loaded(loaded, cfg)
+    out.timings["load"] = t1 - t0
+    return out
+
+
+def case_paths(out_dir: str | Path, case_id: str) -> dict[str, Path]:
+    """Output files of one case: ``x``, ``y``, ``meta_npy``, ``meta_json``."""
+    out_dir = Path(out_dir)
+    return {
+        "x": out_dir / f"{case_id}_x.npy",
+        "y": out_dir / f"{case_id}_y.npy",
+        "meta_npy": out_dir / f"{case_id}_meta.npy",
+        "meta_json": out_dir / f"{case_id}_meta.json",
+    }
+
+
+def write_case(out_dir: str | Path, pre: PreprocessedCase) -> None:
+    """Write one case atomically; ``{id}_meta.json`` goes last and marks the case complete."""
+    t0 = time.perf_counter()
+    paths = case_paths(out_dir, pre.meta.id)
+    atomic.save_npy(paths["x"], pre.x)
+    if pre.y is not None:
+        atomic.save_npy(paths["y"], pre.y)
+    else:
+        paths["y"].unlink(missing_ok=True)
+    atomic.save_npy(paths["meta_npy"], pre.meta.meta_array())
+    atomic.write_json(paths["meta_json"], pre.meta.model_dump(mode="json"))
+    pre.timings["write"] = time.perf_counter() - t0
+
+
+def _npy_shape(path: Path) -> tuple[tuple[int, ...], np.dtype] | None:
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            shape, _, dtype = np.lib.format._read_array_header(f, version)
+            expected = f.tell() + int(np.prod(shape)) * dtype.itemsize
+        if path.stat().st_size != expected:
+            return None
+        return tuple(shape), dtype
+    except (OSError, ValueError):
+        return None
+
+
+def outputs_complete(
+    out_dir: str | Path, case: RawCase, cfg: PreprocessConfig, hashes: dict[str, str]
+) -> CaseMeta | None:
+    """The stored meta if ``case``'s outputs are complete and made from these exact inputs.
+
+    Complete means: meta.json parses, names the same input files with the same sha256 and the
+    same preprocessing hash, and every ``.npy`` has the recorded shape, dtype and full size.
+    """
+    paths = case_paths(out_dir, case.id)
+    try:
+        meta = CaseMeta.model_validate_json(paths["meta_json"].read_bytes())
+    except (OSError, ValueError):
+        return None
+    if meta.preprocess_hash != cfg.content_hash():
+        return None
+    if {k: v["sha256"] for k, v in meta.files.items()} != hashes:
+        return None
+    if {k: v["path"] for k, v in meta.files.items()} != {
+        k: str(p) for k, p in case.all_files().items()
+    }:
+        return None
+    want = {
+        "x": ((len(meta.channels), *meta.shape), np.dtype(meta.dtype)),
+        "meta_npy": ((3, 3), np.dtype(np.int64)),
+    }
+    if meta.has_label:
+        want["y"] = ((1, *meta.shape), np.dtype(np.uint8))
+    for key, (shape, dtype) in want.items():
+        got = _npy_shape(paths[key])
+        if got is None or got[0] != shape or got[1] != dtype:
+            return None
+    return meta
+
+
+def run_preprocess(
+    raw: str | Path,
+    out: str | Path,
+    cfg: PreprocessConfig | None = None,
+    workers: int = 2,
+    *,
+    use_ray: bool = True,
+    progress: bool = True,
+):
+    """Preprocess every case of ``raw`` into the store ``out`` (Ray tasks, resumable).
+
+    See :func:`bratslab.data.runner.run_preprocess` (returns a :class:`RunReport`).
+    """
+    from bratslab.data.runner import run_preprocess as _run
+
+    return _run(raw, out, cfg or PreprocessConfig(), workers, use_ray=use_ray, progress=progress)

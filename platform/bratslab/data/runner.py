@@ -1,0 +1,220 @@
+"""Preprocess a raw dataset into a store: Ray tasks, bounded concurrency, resumable, atomic.
+
+Each case is one Ray task that reads its raw files and writes its own outputs (so on a cluster
+RAW and OUT live on a shared filesystem and only small result dicts travel back). A case is
+skipped when its ``{id}_meta.json`` names the same input sha256s and preprocessing hash and
+its arrays are complete; a bad case is quarantined (listed in ``failures.json``, its stale
+outputs removed) while all others go on. ``dataset.json`` is rebuilt from the per-case metas,
+sorted, so an interrupted and resumed run ends byte-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bratslab import atomic
+from bratslab.data.config import PreprocessConfig
+from bratslab.data.layout import RawCase, discover_cases
+from bratslab.data.meta import CaseMeta
+from bratslab.data.preprocess import (
+    CaseInvalid,
+    case_paths,
+    outputs_complete,
+    preprocess_case,
+    write_case,
+)
+from bratslab.data.store import FAILURES, build_manifest, write_manifest
+from bratslab.data.validate import Failure, file_hashes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunReport:
+    """Outcome of :func:`run_preprocess`."""
+
+    out: Path
+    processed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # summed seconds per phase
+    wall_s: float = 0.0
+    manifest: dict = field(default_factory=dict)
+
+    @property
+    def quarantined(self) -> list[str]:
+        return sorted({f.case for f in self.failures})
+
+    @property
+    def exit_code(self) -> int:
+        """0: every case is in the store; 1: some cases were quarantined."""
+        return 1 if self.failures else 0
+
+
+def process_one(case_dict: dict, out_dir: str, cfg_dict: dict) -> dict:
+    """Preprocess and write one case unless its outputs are already complete (a Ray task body).
+
+    Returns:
+        ``{"id", "status": "done"|"skipped"|"failed", "meta": dict|None, "failures": [...],
+        "timings": {phase: s}}``.
+    """
+    case = RawCase.from_dict(case_dict)
+    cfg = PreprocessConfig.model_validate(cfg_dict)
+    result: dict = {"id": case.id, "meta": None, "failures": [], "timings": {}}
+    try:
+        t0 = time.perf_counter()
+        hashes = file_hashes(case) if not case.problems else None
+        if hashes is not None:
+            meta = outputs_complete(out_dir, case, cfg, hashes)
+            if meta is not None:
+                result.update(status="skipped", meta=meta.model_dump(mode="json"))
+                result["timings"]["check"] = time.perf_counter() - t0
+                return result
+        result["timings"]["check"] = time.perf_counter() - t0
+        pre = preprocess_case(case, cfg)
+        write_case(out_dir, pre)
+        result["timings"].update(pre.timings)
+        result.update(status="done", meta=pre.meta.model_dump(mode="json"))
+    except CaseInvalid as e:
+        _remove_outputs(out_dir, case.id)
+        result.update(status="failed", failures=[f.to_dict() for f in e.failures])
+    except Exception as e:  # one broken case must never stop the others
+        _remove_outputs(out_dir, case.id)
+        reason = f"internal error while preprocessing: {type(e).__name__}: {e}"
+        result.update(status="failed", failures=[{"case": case.id, "file": "", "reason": reason}])
+    return result
+
+
+def _remove_outputs(out_dir: str | Path, case_id: str) -> None:
+    # meta.json first: without it the case no longer counts as complete.
+    paths = case_paths(out_dir, case_id)
+    for key in ("meta_json", "x", "y", "meta_npy"):
+        paths[key].unlink(missing_ok=True)
+
+
+def _iter_ray(cases: list[RawCase], out: Path, cfg: PreprocessConfig, workers: int):
+    """Yield task results as they finish, with at most ``workers`` tasks in flight."""
+    import ray  # Ray: only imported where distribution happens
+
+    from bratslab.cluster import ensure_ray
+
+    ensure_ray()
+    task = ray.remote(num_cpus=1, max_retries=1)(process_one)  # Ray: one task per case
+    cfg_dict = cfg.model_dump(mode="json")
+    pending = list(reversed(cases))
+    inflight: dict = {}
+    while pending or inflight:
+        while pending and len(inflight) < workers:
+            case = pending.pop()
+            inflight[task.remote(case.to_dict(), str(out), cfg_dict)] = case
+        done, _ = ray.wait(list(inflight), num_returns=1)  # Ray: first finished task
+        for ref in done:
+            case = inflight.pop(ref)
+            try:
+                yield ray.get(ref)
+            except Exception as e:  # worker died (OOM, node lost): quarantine, go on
+                reason = f"Ray task failed: {type(e).__name__}: {str(e).splitlines()[0]}"
+                yield {
+                    "id": case.id,
+                    "status": "failed",
+                    "meta": None,
+                    "failures": [{"case": case.id, "file": "", "reason": reason}],
+                    "timings": {},
+                }
+
+
+def _iter_local(cases: list[RawCase], out: Path, cfg: PreprocessConfig) -> Iterable[dict]:
+    cfg_dict = cfg.model_dump(mode="json")
+    for case in cases:
+        yield process_one(case.to_dict(), str(out), cfg_dict)
+
+
+def run_preprocess(
+    raw: str | Path,
+    out: str | Path,
+    cfg: PreprocessConfig,
+    workers: int = 2,
+    *,
+    use_ray: bool = True,
+    progress: bool = True,
+    on_result: Callable[[dict], None] | None = None,
+) -> RunReport:
+    """Preprocess every case under ``raw`` into the store ``out``.
+
+    Args:
+        raw: raw dataset folder (any BraTS layout, see :mod:`bratslab.data.layout`).
+        out: store folder (created).
+        cfg: preprocessing settings.
+        workers: at most this many cases in flight (Ray tasks, 1 CPU each).
+        use_ray: False (or ``workers == 0``) processes in this process, one case at a time.
+        progress: show a rich progress bar on stderr.
+        on_result: called with each case's result dict as it arrives.
+
+    Returns:
+        :class:`RunReport`; ``OUT/dataset.json`` and ``OUT/failures.json`` are written.
+    """
+    t0 = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    swept = atomic.remove_stale_temps(out)
+    if swept:
+        log.info("removed %d temp files left by an interrupted run", swept)
+    cases = discover_cases(raw)
+    report = RunReport(out=out)
+    metas: list[CaseMeta] = []
+    if use_ray and workers >= 1:
+        results = _iter_ray(cases, out, cfg, workers)
+    else:
+        results = _iter_local(cases, out, cfg)
+
+    bar = None
+    if progress:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        bar = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+        )
+        bar.start()
+        tid = bar.add_task("preprocess", total=len(cases))
+    try:
+        for res in results:
+            if res["status"] == "failed":
+                report.failures.extend(Failure(**f) for f in res["failures"])
+            else:
+                metas.append(CaseMeta.model_validate(res["meta"]))
+                (report.processed if res["status"] == "done" else report.skipped).append(res["id"])
+            for k, v in res["timings"].items():
+                report.timings[k] = report.timings.get(k, 0.0) + v
+            if on_result:
+                on_result(res)
+            if bar is not None:
+                bar.update(tid, advance=1, description=f"preprocess {res['id']}")
+    finally:
+        if bar is not None:
+            bar.stop()
+
+    report.failures.sort(key=lambda f: (f.case, f.file, f.reason))
+    report.manifest = build_manifest(metas, cfg, report.quarantined)
+    write_manifest(out, report.manifest)
+    _write_if_changed(out / FAILURES, [f.to_dict() for f in report.failures])
+    report.processed.sort()
+    report.skipped.sort()
+    report.wall_s = time.perf_counter() - t0
+    return report
+
+
+def _write_if_changed(path: Path, obj) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    if path.is_file() and path.read_text() == text:
+        return
+    atomic.write_text(path, text)

@@ -1,0 +1,201 @@
+"""The preprocessed store: ``dataset.json`` + per-case ``.npy`` arrays, read with ``mmap``.
+
+Layout::
+
+    STORE/dataset.json     manifest, fingerprint, patch size, folds, preprocessing (see below)
+    STORE/{id}_x.npy       (C, X, Y, Z) float16|float32: t1n, t1c, t2w, t2f, foreground mask
+    STORE/{id}_y.npy       (1, X, Y, Z) uint8 labels {0,1,2,3} (ET=3); only cases with a seg
+    STORE/{id}_meta.npy    (3, 3) int64 [bbox start, bbox end (exclusive), original shape]
+    STORE/{id}_meta.json   CaseMeta: everything needed to restore predictions exactly
+    STORE/failures.json    [{"case", "file", "reason"}, ...] quarantined cases of the last run
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from bratslab import atomic
+from bratslab.data.config import PreprocessConfig
+from bratslab.data.fingerprint import (
+    compute_fingerprint,
+    fingerprint_hash,
+    make_folds,
+    suggest_patch_size,
+)
+from bratslab.data.meta import CaseMeta
+
+STORE_FORMAT = "bratslab-store/1"
+MANIFEST = "dataset.json"
+FAILURES = "failures.json"
+
+
+def build_manifest(
+    metas: list[CaseMeta], cfg: PreprocessConfig, quarantined: list[str] | None = None
+) -> dict:
+    """The ``dataset.json`` content for these cases (deterministic: sorted, no timestamps)."""
+    metas = sorted(metas, key=lambda m: m.id)
+    fp = compute_fingerprint(metas)
+    labeled = [m.id for m in metas if m.has_label]
+    patch = (
+        suggest_patch_size(
+            fp["median_cropped_shape"],
+            fp["min_stored_shape"],
+            cfg.patch_multiple,
+            cfg.patch_voxel_budget,
+        )
+        if metas
+        else None
+    )
+    folds = make_folds(labeled, cfg.num_folds, cfg.split_seed)
+    return {
+        "format": STORE_FORMAT,
+        "channels": cfg.channels,
+        "dtype": cfg.dtype,
+        "cases": [
+            {
+                "id": m.id,
+                "shape": m.shape,
+                "cropped_shape": [e - s for s, e in zip(m.bbox_start, m.bbox_end, strict=True)],
+                "original_shape": m.original_shape,
+                "zooms": m.zooms,
+                "has_label": m.has_label,
+                "label_voxels": m.label_voxels,
+                "layout": m.layout,
+                "cohort": m.cohort,
+                "et_label": m.et_label,
+            }
+            for m in metas
+        ],
+        "quarantined": sorted(quarantined or []),
+        "fingerprint": fp,
+        "fingerprint_hash": fingerprint_hash(fp, cfg, [m.id for m in metas]),
+        "patch_size": patch,
+        "num_folds": len(folds),
+        "folds": folds,
+        "preprocessing": cfg.model_dump(mode="json"),
+    }
+
+
+def write_manifest(out_dir: str | Path, manifest: dict) -> bool:
+    """Write ``dataset.json`` atomically unless identical bytes are already there.
+
+    Returns whether the file changed (a resumed run that changes nothing touches nothing).
+    """
+    path = Path(out_dir) / MANIFEST
+    text = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    if path.is_file() and path.read_text() == text:
+        return False
+    atomic.write_text(path, text)
+    return True
+
+
+class Store:
+    """Read access to a preprocessed store folder.
+
+    Arrays open memory-mapped by default, so a patch read touches only its own pages.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        mpath = self.path / MANIFEST
+        if not mpath.is_file():
+            raise FileNotFoundError(
+                f"{mpath}: no such file (not a bratslab store; run `bratslab data preprocess`)"
+            )
+        try:
+            self.manifest: dict = json.loads(mpath.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{mpath}: not valid JSON ({e})") from e
+        if self.manifest.get("format") != STORE_FORMAT:
+            raise ValueError(f"{mpath}: format {self.manifest.get('format')!r}, "
+                             f"expected {STORE_FORMAT!r}")
+        self._cases = {c["id"]: c for c in self.manifest["cases"]}
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r}, cases={len(self._cases)})"
+
+    def __len__(self) -> int:
+        return len(self._cases)
+
+    @property
+    def channels(self) -> list[str]:
+        return list(self.manifest["channels"])
+
+    @property
+    def patch_size(self) -> tuple[int, int, int] | None:
+        """Suggested training patch ``(x, y, z)`` voxels."""
+        p = self.manifest.get("patch_size")
+        return tuple(p) if p else None
+
+    @property
+    def fingerprint(self) -> dict:
+        return self.manifest["fingerprint"]
+
+    @property
+    def fingerprint_hash(self) -> str:
+        return self.manifest["fingerprint_hash"]
+
+    @property
+    def num_folds(self) -> int:
+        return int(self.manifest["num_folds"])
+
+    @cached_property
+    def preprocessing(self) -> PreprocessConfig:
+        return PreprocessConfig.model_validate(self.manifest["preprocessing"])
+
+    def case(self, case_id: str) -> dict:
+        """The manifest entry of one case (id, shape, has_label, label_voxels, ...)."""
+        try:
+            return self._cases[case_id]
+        except KeyError:
+            raise KeyError(f"{self.path}: no case {case_id!r}") from None
+
+    def case_ids(
+        self, fold: int | None = None, split: Literal["all", "train", "val"] = "all"
+    ) -> list[str]:
+        """Case ids, sorted.
+
+        ``fold=None``: every case (``split`` must be ``"all"``). With a fold: ``"train"`` or
+        ``"val"`` ids of that fold (labelled cases only), ``"all"`` both.
+        """
+        if split not in ("all", "train", "val"):
+            raise ValueError(f"split must be all, train or val, not {split!r}")
+        if fold is None:
+            if split != "all":
+                raise ValueError(f"split={split!r} needs a fold")
+            return sorted(self._cases)
+        folds = self.manifest["folds"]
+        if not 0 <= fold < len(folds):
+            raise ValueError(f"{self.path}: fold {fold} out of range 0..{len(folds) - 1}")
+        f = folds[fold]
+        if split == "all":
+            return sorted(f["train"] + f["val"])
+        return list(f[split])
+
+    def labeled_ids(self) -> list[str]:
+        return sorted(i for i, c in self._cases.items() if c["has_label"])
+
+    def load_x(self, case_id: str, mmap: bool = True) -> np.ndarray:
+        """``(C, X, Y, Z)`` image channels (float16/float32), read-only memmap by default."""
+        self.case(case_id)
+        return np.load(self.path / f"{case_id}_x.npy", mmap_mode="r" if mmap else None)
+
+    def load_y(self, case_id: str, mmap: bool = True) -> np.ndarray:
+        """``(1, X, Y, Z)`` uint8 labels {0,1,2,3}; raises KeyError for an unlabelled case."""
+        if not self.case(case_id)["has_label"]:
+            raise KeyError(f"{self.path}: case {case_id!r} has no segmentation")
+        return np.load(self.path / f"{case_id}_y.npy", mmap_mode="r" if mmap else None)
+
+    def meta(self, case_id: str) -> CaseMeta:
+        """The case's :class:`CaseMeta` (for :func:`restore_to_source` and export)."""
+        self.case(case_id)
+        return CaseMeta.model_validate_json((self.path / f"{case_id}_meta.json").read_bytes())
+
+    def failures(self) -> list[dict]:
+        p = self.path / FAILURES
+        return json.loads(p.read_text()) if p.is_file() else []

@@ -1,0 +1,289 @@
+"""Synthetic BraTS cases: a skull-stripped brain phantom with nested tumours, written as NIfTI.
+
+The phantom is built from separable 1-D functions broadcast over the grid (no per-voxel Python,
+no full-volume filtering), so a 240x240x155 case takes a fraction of a second to generate:
+
+* brain: an ellipsoid with a bumpy surface; cortex (GM) as an outer shell with a gyral pattern,
+  white matter inside, CSF in two lateral ventricles, the midline fissure and sulci;
+* tumours (1-3 lesions): necrotic core (NCR, label 1) inside an enhancing rim (ET, label 3 or
+  4) inside oedema (ED, label 2); about one case in five has no enhancing tumour;
+* four contrasts with plausible relative intensities (T1: WM > GM > CSF; T1c: bright ET rim;
+  T2: CSF and oedema bright; FLAIR: CSF dark, oedema bright), a smooth bias field per modality,
+  per-case scanner gain, Gaussian noise; int16, background exactly 0;
+* a BraTS-like affine (RAS axes flipped in x and y, like the released volumes).
+
+Deterministic per ``(seed, case index)``; gzip streams carry no timestamp.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from bratslab import atomic
+from bratslab.data.layout import ET_LABEL, MODALITIES, Layout, case_file_name
+
+# Tissue classes of the phantom's label map.
+BG, WM, GM, CSF, ED, ET, NCR = range(7)
+
+# Relative intensity of each tissue class per modality (bg, WM, GM, CSF, ED, ET, NCR), and the
+# modality's typical scale in scanner units.
+CONTRAST: dict[str, tuple[tuple[float, ...], float]] = {
+    "t1n": ((0.0, 1.00, 0.72, 0.28, 0.62, 0.70, 0.35), 600.0),
+    "t1c": ((0.0, 1.00, 0.75, 0.30, 0.66, 1.70, 0.30), 700.0),
+    "t2w": ((0.0, 0.55, 0.80, 1.80, 1.35, 1.05, 1.55), 900.0),
+    "t2f": ((0.0, 0.70, 0.95, 0.25, 1.60, 1.15, 0.85), 500.0),
+}
+NOISE = 0.035  # noise sigma relative to the modality scale
+
+
+def brats_affine(shape: Sequence[int], spacing: Sequence[float]) -> np.ndarray:
+    """The released BraTS volumes' orientation: x and y flipped, y origin at the far side."""
+    sx, sy, sz = spacing
+    return np.array(
+        [
+            [-sx, 0.0, 0.0, 0.0],
+            [0.0, -sy, 0.0, (shape[1] - 1) * sy],
+            [0.0, 0.0, sz, 0.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ]
+    )
+
+
+def _wave(rng: np.random.Generator, coord: np.ndarray, scale: float, n: int = 3) -> np.ndarray:
+    """A smooth random 1-D function: a sum of ``n`` sinusoids with periods around ``scale``."""
+    out = np.zeros_like(coord)
+    for _ in range(n):
+        w = 2 * np.pi / (scale * rng.uniform(0.6, 1.6))
+        out += rng.uniform(0.3, 1.0) * np.sin(w * coord + rng.uniform(0, 2 * np.pi))
+    return (out / n).astype(np.float32)
+
+
+def _axes(shape, spacing, center):
+    """Broadcastable mm coordinates ``(X,1,1)``, ``(1,Y,1)``, ``(1,1,Z)`` around ``center``."""
+    return [
+        ((np.arange(n, dtype=np.float32) - c) * s).reshape([-1 if i == a else 1 for i in range(3)])
+        for a, (n, s, c) in enumerate(zip(shape, spacing, center, strict=True))
+    ]
+
+
+def _lesion(rng, tissue, brain, spacing, semi, brain_centre, has_et: bool) -> None:
+    """Paint one lesion (ED shell, ET rim, NCR core) into ``tissue`` in place."""
+    shape = tissue.shape
+    # Centre inside the inner half of the brain ellipsoid (in units of its semi-axes).
+    while True:
+        u = rng.uniform(-0.6, 0.6, 3)
+        if (u**2).sum() < 0.4:
+            break
+    centre_mm = u * np.asarray(semi)
+    centre = [b + c / s for b, c, s in zip(brain_centre, centre_mm, spacing, strict=True)]
+    size = min(semi) / 65.0  # lesion sizes scale with the brain
+    r = float(rng.uniform(7.0, 20.0)) * size  # tumour-core radius, mm
+    ef = float(rng.uniform(1.4, 2.2))  # oedema extends to ef * r
+    ncr_frac = float(rng.uniform(0.35, 0.7))
+    half = [int(np.ceil(r * ef * 1.35 / s)) + 1 for s in spacing]
+    lo = [max(0, int(c) - h) for c, h in zip(centre, half, strict=True)]
+    hi = [min(n, int(c) + h + 1) for n, c, h in zip(shape, centre, half, strict=True)]
+    if any(h <= lo_ for lo_, h in zip(lo, hi, strict=True)):
+        return
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    sub = [np.arange(a, b) for a, b in zip(lo, hi, strict=True)]
+    ax = [
+        ((s - c) * sp).astype(np.float32).reshape([-1 if i == k else 1 for i in range(3)])
+        for k, (s, c, sp) in enumerate(zip(sub, centre, spacing, strict=True))
+    ]
+    d = np.sqrt(ax[0] ** 2 + ax[1] ** 2 + ax[2] ** 2) / r
+    # Irregular outlines: radius modulated by smooth functions of position (two independent ones
+    # for the core and the oedema, so the oedema is not a scaled copy of the core).
+    core_mod = 1 + 0.22 * (
+        _wave(rng, ax[0], r) + _wave(rng, ax[1], r) + _wave(rng, ax[2], r)
+    )
+    ed_mod = 1 + 0.3 * (
+        _wave(rng, ax[0], 1.5 * r) + _wave(rng, ax[1], 1.5 * r) + _wave(rng, ax[2], 1.5 * r)
+    )
+    dc = d * core_mod
+    t = tissue[box]
+    inside = brain[box]
+    t[(d * ed_mod < ef) & inside & (t < ED)] = ED
+    if has_et:
+        t[(dc < 1.0) & inside] = ET
+        t[(dc < ncr_frac) & inside] = NCR
+    else:
+        t[(dc < 0.8) & inside] = NCR
+
+
+def synthesize_case(
+    seed: int | Sequence[int],
+    shape: Sequence[int] = (240, 240, 155),
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    et_label: int = 3,
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Generate one case in memory.
+
+    Returns:
+        ``(images, seg, affine)``: ``images`` maps t1n, t1c, t2w, t2f to ``(X, Y, Z)`` int16
+        (0 outside the brain, >= 1 inside); ``seg`` ``(X, Y, Z)`` uint8 with 0 bg, 1 NCR, 2 ED,
+        ``et_label`` ET; ``affine`` ``(4, 4)`` float64 (mm).
+    """
+    rng = np.random.default_rng(seed)
+    full_shape = tuple(int(s) for s in shape)
+    spacing = tuple(float(s) for s in spacing)
+    extent = np.array(full_shape) * np.array(spacing)
+    # Semi-axes (mm) of the brain: ~ 70 x 85 x 65 mm in a 240x240x155 field of view. Python
+    # floats, so float32 arrays stay float32 (NEP 50).
+    semi = [float(v) for v in extent * np.array([0.29, 0.355, 0.42]) * rng.uniform(0.92, 1.05, 3)]
+    centre = [n / 2 + rng.uniform(-0.02, 0.02) * n for n in full_shape]
+    # Everything outside the brain is 0, so the phantom is built inside the brain's bounding box
+    # only (the bumps below stretch the ellipsoid by at most 1/sqrt(0.85) < 1.09).
+    lo = [max(0, int(c - 1.09 * a / s)) for c, a, s in zip(centre, semi, spacing, strict=True)]
+    hi = [
+        min(n, int(np.ceil(c + 1.09 * a / s)) + 1)
+        for n, c, a, s in zip(full_shape, centre, semi, spacing, strict=True)
+    ]
+    shape = tuple(h - lo_ for lo_, h in zip(lo, hi, strict=True))
+    x, y, z = _axes(shape, spacing, [c - lo_ for c, lo_ in zip(centre, lo, strict=True)])
+
+    # Normalised radius with a bumpy surface (separable, so it costs a few broadcasts).
+    r2 = (x / semi[0]) ** 2 + (y / semi[1]) ** 2 + (z / semi[2]) ** 2
+    bumps = 0.05 * (_wave(rng, x, 40) + _wave(rng, y, 40) + _wave(rng, z, 40))
+    r2 *= 1 + bumps
+    brain = r2 < 1.0
+    gyri = _wave(rng, x, 9, 2) + _wave(rng, y, 9, 2) + _wave(rng, z, 9, 2)
+
+    tissue = np.full(shape, WM, dtype=np.int8)
+    tissue[r2 > 0.66 + 0.08 * gyri] = GM
+    tissue[(r2 > 0.8) & (gyri > 0.55)] = CSF  # sulci
+    tissue[(np.abs(x) < 1.2 * spacing[0]) & (r2 > 0.25)] = CSF  # interhemispheric fissure
+    for side in (-1, 1):  # lateral ventricles
+        vx = (x - side * 0.13 * semi[0]) / (0.07 * semi[0])
+        v = vx**2 + ((y + 0.05 * semi[1]) / (0.32 * semi[1])) ** 2 + (z / (0.14 * semi[2])) ** 2
+        tissue[v < 1.0] = CSF
+    tissue[~brain] = BG
+
+    has_et = rng.random() > 0.2
+    n_lesions = int(rng.choice([1, 2, 3], p=[0.6, 0.3, 0.1]))
+    for _ in range(n_lesions):
+        box_centre = [c - lo_ for c, lo_ in zip(centre, lo, strict=True)]
+        _lesion(rng, tissue, brain, spacing, semi, box_centre, has_et)
+
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    lut = np.zeros(8, dtype=np.uint8)
+    lut[[ED, ET, NCR]] = [2, et_label, 1]
+    seg = np.zeros(full_shape, dtype=np.uint8)
+    seg[box] = lut[tissue]
+
+    # One Gaussian field serves all four modalities through different flips and shifts: drawing
+    # normals is the slowest step, and the shifted copies are uncorrelated voxel by voxel.
+    base = rng.standard_normal(shape, dtype=np.float32)
+    views = [
+        base,
+        base[::-1, ::-1, ::-1],
+        np.roll(base, (shape[0] // 3, shape[1] // 2, 0), axis=(0, 1, 2)),
+        np.roll(base[::-1], (0, shape[1] // 3, shape[2] // 2), axis=(0, 1, 2)),
+    ]
+    images = {}
+    for m, noise in zip(MODALITIES, views, strict=True):
+        levels, scale = CONTRAST[m]
+        gain = scale * float(rng.uniform(0.8, 1.25))
+        table = np.asarray(levels, dtype=np.float32) * np.float32(gain)
+        img = table[tissue]
+        # Smooth multiplicative bias field (separable product, ~ +-10 %).
+        img *= (1 + 0.1 * _wave(rng, x, 150, 2)) * (1 + 0.1 * _wave(rng, y, 150, 2))
+        img *= 1 + 0.1 * _wave(rng, z, 150, 2)
+        img += noise * np.float32(NOISE * gain)
+        np.maximum(img, 1.0, out=img)  # skull-stripped: every brain voxel is > 0
+        img *= brain
+        out = np.zeros(full_shape, dtype=np.int16)
+        out[box] = img
+        images[m] = out
+    return images, seg, brats_affine(full_shape, spacing)
+
+
+def _nifti_gz(data: np.ndarray, affine: np.ndarray) -> bytes:
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_xyzt_units("mm", "sec")
+    img.set_sform(affine, code=1)
+    img.set_qform(affine, code=1)
+    # mtime=0: identical content gives identical bytes (nibabel does the same).
+    return gzip.compress(img.to_bytes(), compresslevel=1, mtime=0)
+
+
+def case_id_for(index: int, layout: Layout, cohort: str = "GLI") -> str:
+    """``BraTS2021_00007`` or ``BraTS-GLI-00007-000``."""
+    if layout == "brats2021":
+        return f"BraTS2021_{index:05d}"
+    return f"BraTS-{cohort}-{index:05d}-000"
+
+
+def write_case(
+    out_dir: str | Path,
+    case_id: str,
+    images: dict[str, np.ndarray],
+    seg: np.ndarray | None,
+    affine: np.ndarray,
+    layout: Layout,
+) -> Path:
+    """Write a case folder ``out_dir/case_id/`` in ``layout``'s naming (atomic per file)."""
+    folder = Path(out_dir) / case_id
+    items = [(m, images[m]) for m in MODALITIES]
+    if seg is not None:
+        items.append(("seg", seg))
+    # zlib releases the GIL: compress the five files concurrently.
+    with ThreadPoolExecutor(max_workers=len(items)) as pool:
+        blobs = list(pool.map(lambda kv: _nifti_gz(kv[1], affine), items))
+    for (key, _), blob in zip(items, blobs, strict=True):
+        atomic.write_bytes(folder / case_file_name(case_id, key, layout), blob)
+    return folder
+
+
+def synthesize_dataset(
+    out_dir: str | Path,
+    n_cases: int,
+    layout: Layout = "brats2023",
+    seed: int = 0,
+    shape: Sequence[int] = (240, 240, 155),
+    *,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    unlabeled: int = 0,
+    cohort: str = "GLI",
+    progress: bool = False,
+) -> list[Path]:
+    """Write ``n_cases`` synthetic cases in ``layout``; the last ``unlabeled`` have no seg.
+
+    Returns:
+        The case folders, in order. Case ``i`` depends only on ``(seed, i)``, ``shape``,
+        ``spacing`` and the layout's ET label.
+    """
+    if layout not in ET_LABEL:
+        raise ValueError(f"layout must be one of {sorted(ET_LABEL)}, not {layout!r}")
+    if n_cases < 0 or not 0 <= unlabeled <= n_cases:
+        raise ValueError("need 0 <= unlabeled <= n_cases")
+    if len(shape) != 3 or any(int(s) < 16 for s in shape):
+        raise ValueError(f"shape must be three sizes >= 16, not {list(shape)}")
+    folders = []
+    bar = None
+    if progress:
+        from rich.progress import Progress
+
+        bar = Progress()
+        bar.start()
+        tid = bar.add_task("synthesise", total=n_cases)
+    try:
+        for i in range(n_cases):
+            images, seg, affine = synthesize_case((seed, i), shape, spacing, ET_LABEL[layout])
+            labeled = i < n_cases - unlabeled
+            cid = case_id_for(i, layout, cohort)
+            folders.append(
+                write_case(out_dir, cid, images, seg if labeled else None, affine, layout)
+            )
+            if bar is not None:
+                bar.update(tid, advance=1)
+    finally:
+        if bar is not None:
+            bar.stop()
+    return folders

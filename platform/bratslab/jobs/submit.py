@@ -1,0 +1,347 @@
+"""Submit job specs and ``bratslab`` commands to a Ray cluster through the Ray Jobs SDK.
+
+What travels with a job (its ``runtime_env``):
+
+* ``working_dir`` = the project directory (the repository root by default), so job specs,
+  ``search_spaces/`` and the current source reach the cluster. ``.gitignore`` is honoured by
+  Ray; :data:`EXCLUDES` also keeps virtualenvs, work directories, data and caches out.
+* ``env_vars``: telemetry off, plus where results go (``MLFLOW_TRACKING_URI``, ``BRATSLAB_HOME``,
+  ...) and any ``--env KEY=VALUE``.
+
+The entrypoint is a plain ``bratslab …`` command line. On a real cluster the image has
+``bratslab`` installed (infra/docker); against a cluster on this machine (a loopback address) the
+job's ``PATH`` is prefixed with this interpreter's ``bin`` folder, so a cluster started from the
+project's ``.venv`` runs the same installation even when the venv is not activated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import secrets
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TextIO
+from urllib.parse import urlparse
+
+from bratslab.config import ConfigError
+from bratslab.jobs import entrypoint as ep
+from bratslab.jobs.auth import AuthTokenError, auth_headers, missing_token_message
+from bratslab.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+#: The Ray dashboard (Jobs API) port; infra/kuberay's head Service exposes the same one.
+DASHBOARD_PORT = 8265
+DEFAULT_ADDRESS = f"http://127.0.0.1:{DASHBOARD_PORT}"
+
+#: gitignore-style patterns, relative to the working dir (a leading "/" anchors at its root, so
+#: "/data" skips a top-level data folder but keeps the ``bratslab/data`` package).
+EXCLUDES = [
+    ".git",
+    "/.venv",
+    "/venv",
+    "/bratslab-work",
+    "/data",
+    "/mlruns",
+    "/mlartifacts",
+    "/.bench",
+    "__pycache__",
+    "*.pyc",
+    ".pytest_cache",
+    ".ruff_cache",
+    "*.egg-info",
+    "*.nii",
+    "*.nii.gz",
+    "*.npy",
+    "*.db",
+]
+
+#: Settings forwarded to the job when set on the submitting machine.
+FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "BRATSLAB_HOME", "BRATSLAB_ARTIFACTS", "BRATSLAB_RAY_CPUS")
+#: Always set in the job: nothing phones home.
+QUIET_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+
+TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
+
+
+class JobsError(RuntimeError):
+    """A job could not be submitted or queried; the message says why and what to do."""
+
+
+# --------------------------------------------------------------------------- addresses
+
+
+def resolve_address(address: str | None = None) -> str:
+    """The dashboard URL to talk to: ``address``, ``$RAY_API_SERVER_ADDRESS``, an http(s)
+    ``$RAY_ADDRESS``, or :data:`DEFAULT_ADDRESS`. A bare ``host:port`` gets ``http://``."""
+    candidates = [address, os.environ.get("RAY_API_SERVER_ADDRESS")]
+    ray_address = os.environ.get("RAY_ADDRESS", "")
+    if ray_address.startswith(("http://", "https://")):
+        candidates.append(ray_address)
+    chosen = next((c for c in candidates if c), DEFAULT_ADDRESS).rstrip("/")
+    if "://" not in chosen:
+        chosen = f"http://{chosen}"
+    if not chosen.startswith(("http://", "https://")):
+        raise JobsError(
+            f"{chosen}: the Jobs API needs the dashboard's http(s) URL, "
+            f"e.g. {DEFAULT_ADDRESS} (not a ray:// or GCS address)"
+        )
+    return chosen
+
+
+def is_loopback(address: str) -> bool:
+    """True when ``address`` points at this machine (a cluster sharing our filesystem)."""
+    host = urlparse(address).hostname or ""
+    return host in {"127.0.0.1", "localhost", "::1"} or host.startswith("127.")
+
+
+# --------------------------------------------------------------------------- client
+
+
+@contextmanager
+def _explained(address: str) -> Iterator[None]:
+    """Turn the SDK's connection and authentication failures into actionable messages."""
+    import requests
+    from ray.exceptions import AuthenticationError
+
+    try:
+        yield
+    except AuthTokenError as e:
+        raise JobsError(f"{address}: {e}") from None
+    except AuthenticationError as e:
+        raise JobsError(missing_token_message(address, str(e).split("\n")[0])) from None
+    except (ConnectionError, requests.exceptions.ConnectionError):
+        raise JobsError(
+            f"cannot reach the Ray dashboard at {address}: is the cluster up, and is this its "
+            f"dashboard URL (--address, default {DEFAULT_ADDRESS})?"
+        ) from None
+    except RuntimeError as e:  # the SDK's "Request failed with status code 404: ..." etc.
+        raise JobsError(f"{address}: {e}") from None
+
+
+@dataclass
+class Jobs:
+    """A connected Jobs API client; every call explains auth and connection failures."""
+
+    address: str
+    client: object = field(repr=False)
+
+    def call(self, method: str, *args, **kwargs):
+        with _explained(self.address):
+            return getattr(self.client, method)(*args, **kwargs)
+
+
+def connect(address: str | None = None) -> Jobs:
+    """A :class:`Jobs` client for the cluster at ``address`` (see :func:`resolve_address`),
+    authenticated with the Ray token when one is available."""
+    from ray.job_submission import JobSubmissionClient
+
+    url = resolve_address(address)
+    with _explained(url):
+        headers = auth_headers()
+        client = JobSubmissionClient(url, headers=headers)
+    return Jobs(url, client)
+
+
+# --------------------------------------------------------------------------- job plans
+
+
+@dataclass
+class JobPlan:
+    """Everything a submission sends; built (and checked) without contacting the cluster."""
+
+    kind: str
+    argv: list[str]
+    entrypoint: str
+    runtime_env: dict
+    submission_id: str
+    metadata: dict[str, str]
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The nearest folder at or above ``start`` (default: cwd) holding ``pyproject.toml``."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file():
+            return folder
+    return Path.cwd().resolve()
+
+
+def parse_env(items: Sequence[str]) -> dict[str, str]:
+    """``["KEY=VALUE", ...]`` → dict; a malformed item is an error naming it."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise ConfigError(f"--env {item!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def job_env(address: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment variables for the job.
+
+    Against a cluster on this machine the resolved work dir and tracking store are passed as
+    absolute paths, so runs land where ``bratslab runs list`` looks (the job's cwd is a
+    temporary copy of the project). Against a remote cluster only explicitly set variables are
+    forwarded, with a warning when runs would end up in a SQLite file on the head node.
+    """
+    env = dict(QUIET_ENV)
+    if is_loopback(address):
+        s = get_settings()
+        env.update(
+            BRATSLAB_HOME=str(s.home),
+            MLFLOW_TRACKING_URI=s.tracking_uri,
+            BRATSLAB_ARTIFACTS=str(s.artifacts),
+            # ${PATH} is expanded by Ray on the cluster side (ray._private.utils.update_envs).
+            PATH=f"{Path(sys.executable).parent}:${{PATH}}",
+        )
+        if os.environ.get("BRATSLAB_RAY_CPUS"):
+            env["BRATSLAB_RAY_CPUS"] = os.environ["BRATSLAB_RAY_CPUS"]
+    else:
+        env.update({k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)})
+        uri = env.get("MLFLOW_TRACKING_URI", "")
+        if not uri.startswith(("http://", "https://", "databricks")):
+            log.warning(
+                "MLFLOW_TRACKING_URI is %s: the job's runs will stay in a file on the "
+                "cluster. Point it at a tracking server (infra/mlflow) to browse them here.",
+                uri or "unset",
+            )
+    env.update(extra or {})
+    return env
+
+
+def _submission_id(kind: str, name: str) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40] or "job"
+    return f"bratslab-{kind}-{slug}-{stamp}-{secrets.token_hex(2)}"
+
+
+def _runtime_env(working_dir: Path, env: dict[str, str]) -> dict:
+    return {"working_dir": str(working_dir), "excludes": list(EXCLUDES), "env_vars": env}
+
+
+def plan_spec_job(
+    spec: Path,
+    overrides: Sequence[str] = (),
+    *,
+    address: str,
+    working_dir: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> JobPlan:
+    """Plan ``bratslab train|sweep SPEC`` for a job spec inside the uploaded project folder.
+
+    Raises:
+        ConfigError: the spec is invalid (naming the key), or lies outside ``working_dir``.
+    """
+    spec = Path(spec)
+    if not spec.is_file():
+        raise ConfigError(f"{spec}: no such job spec")
+    kind = ep.spec_kind(spec, overrides)
+    root = (working_dir or project_root(spec.parent)).resolve()
+    try:
+        rel = spec.resolve().relative_to(root).as_posix()
+    except ValueError:
+        raise ConfigError(
+            f"{spec}: the job spec must lie inside the folder uploaded with the job ({root}); "
+            "move it under jobs/ or pass --working-dir"
+        ) from None
+    argv = ep.spec_argv(kind, rel, overrides)
+    return JobPlan(
+        kind=kind,
+        argv=argv,
+        entrypoint=ep.shell_command(argv),
+        runtime_env=_runtime_env(root, job_env(address, env)),
+        submission_id=_submission_id(kind, spec.stem),
+        metadata={"bratslab_kind": kind, "spec": rel},
+    )
+
+
+def plan_command_job(
+    argv: Sequence[str],
+    *,
+    address: str,
+    working_dir: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> JobPlan:
+    """Plan an explicit ``bratslab ARGV`` job, e.g. ``["data", "preprocess", RAW, OUT]``."""
+    path = ep.resolve_command(argv)
+    kind = "-".join(path)
+    root = (working_dir or project_root()).resolve()
+    return JobPlan(
+        kind=kind,
+        argv=list(argv),
+        entrypoint=ep.shell_command(argv),
+        runtime_env=_runtime_env(root, job_env(address, env)),
+        submission_id=_submission_id(kind, kind),
+        metadata={"bratslab_kind": kind},
+    )
+
+
+def submit(jobs: Jobs, plan: JobPlan) -> str:
+    """Submit ``plan``; returns the job's submission id."""
+    return jobs.call(
+        "submit_job",
+        entrypoint=plan.entrypoint,
+        runtime_env=plan.runtime_env,
+        submission_id=plan.submission_id,
+        metadata=plan.metadata,
+    )
+
+
+# --------------------------------------------------------------------------- watching
+
+
+def wait(
+    jobs: Jobs,
+    job_id: str,
+    *,
+    poll_s: float = 2.0,
+    timeout_s: float | None = None,
+    on_change: Callable[[str], None] | None = None,
+) -> str:
+    """Block until the job reaches SUCCEEDED, FAILED or STOPPED; returns that status name.
+
+    Raises:
+        JobsError: ``timeout_s`` passed first (the job keeps running).
+    """
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    last = None
+    while True:
+        status = str(jobs.call("get_job_status", job_id))
+        if status != last and on_change:
+            on_change(status)
+        last = status
+        if status in TERMINAL:
+            return status
+        if deadline is not None and time.monotonic() > deadline:
+            raise JobsError(f"job {job_id} still {status} after {timeout_s:.0f} s")
+        time.sleep(poll_s)
+
+
+def follow(jobs: Jobs, job_id: str, out: TextIO | None = None) -> str:
+    """Stream the job's logs to ``out`` until it ends; returns its final status name."""
+    out = out or sys.stdout
+
+    async def pump() -> None:
+        async for chunk in jobs.client.tail_job_logs(job_id):
+            out.write(chunk)
+            out.flush()
+
+    with _explained(jobs.address):
+        asyncio.run(pump())
+    # The log stream closes when the job ends; the status may lag by a moment.
+    return wait(jobs, job_id, poll_s=0.5)

@@ -1,0 +1,136 @@
+"""BraTS 2023 lesion-wise metrics on hand-built cases (official rules, REFERENCE.md)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bratslab.evaluate.lesionwise import (
+    CHALLENGES,
+    LesionParams,
+    lesion_metrics,
+    region_lesion_metrics,
+    resolve_params,
+)
+
+SHAPE = (40, 40, 40)
+
+
+def _cube(mask, corner, size):
+    mask[tuple(slice(c, c + size) for c in corner)] = True
+    return mask
+
+
+def _empty():
+    return np.zeros(SHAPE, dtype=bool)
+
+
+def test_challenge_parameters():
+    assert CHALLENGES["gli"] == CHALLENGES["ssa"] == CHALLENGES["ped"] == LesionParams(3, 50.0)
+    assert CHALLENGES["men"] == LesionParams(1, 50.0)
+    assert CHALLENGES["met"] == LesionParams(1, 2.0)
+    assert resolve_params("BraTS-MET") == CHALLENGES["met"]
+    with pytest.raises(ValueError, match="unknown challenge"):
+        resolve_params("lung")
+
+
+def test_perfect_prediction():
+    gt = _cube(_empty(), (5, 5, 5), 5)  # 125 mm³ > 50
+    r = lesion_metrics(gt.copy(), gt)
+    assert (r.lesion_dice, r.lesion_hd95, r.tp, r.fp, r.fn) == (1.0, 0.0, 1, 0, 0)
+
+
+def test_false_positive_lesion_is_penalised():
+    gt = _cube(_empty(), (5, 5, 5), 5)
+    pred = _cube(gt.copy(), (25, 25, 25), 4)  # far away: matches no GT lesion
+    r = lesion_metrics(pred, gt)
+    assert (r.tp, r.fp, r.fn) == (1, 1, 0)
+    assert r.lesion_dice == pytest.approx(1.0 / 2)
+    assert r.lesion_hd95 == pytest.approx((0.0 + 374.0) / 2)
+
+
+def test_missed_lesion_scores_zero_and_374():
+    gt = _cube(_empty(), (5, 5, 5), 5)
+    _cube(gt, (25, 25, 25), 5)
+    pred = _cube(_empty(), (5, 5, 5), 5)  # only the first lesion found
+    r = lesion_metrics(pred, gt)
+    assert (r.tp, r.fp, r.fn) == (1, 0, 1)
+    assert r.lesion_dice == pytest.approx(0.5)
+    assert r.lesion_hd95 == pytest.approx(374.0 / 2)
+
+
+def test_close_gt_components_merge_by_dilation():
+    # Two GT cubes 4 voxels apart: d=3 dilations of both meet (3 + 3 ≥ 4), so GLI sees one
+    # lesion; MEN's single dilation does not join them, so it sees two.
+    gt = _cube(_empty(), (5, 5, 5), 5)
+    _cube(gt, (14, 5, 5), 5)
+    pred = _cube(_empty(), (5, 5, 5), 5)  # finds only the first cube
+    gli = lesion_metrics(pred, gt, challenge="gli")
+    assert len(gli.lesions) == 1 and (gli.tp, gli.fp, gli.fn) == (1, 0, 0)
+    assert gli.lesion_dice == pytest.approx(2 * 125 / (125 + 250))
+    men = lesion_metrics(pred, gt, challenge="men")
+    assert len(men.lesions) == 2 and (men.tp, men.fp, men.fn) == (1, 0, 1)
+    assert men.lesion_dice == pytest.approx(0.5)
+
+
+def test_prediction_near_lesion_matches_through_dilated_gt():
+    gt = _cube(_empty(), (5, 5, 5), 5)  # x 5..9
+    pred = _cube(_empty(), (12, 5, 5), 5)  # x 12..16: gap of 2 voxels, no overlap
+    r = lesion_metrics(pred, gt, challenge="gli")  # dilation 3 reaches it: a TP, Dice 0
+    assert (r.tp, r.fp, r.fn) == (1, 0, 0)
+    assert r.lesion_dice == 0.0 and r.lesion_hd95 == pytest.approx(7.0)
+    r1 = lesion_metrics(pred, gt, challenge="men")  # dilation 1 does not: FN + FP
+    assert (r1.tp, r1.fp, r1.fn) == (0, 1, 1)
+    assert r1.lesion_hd95 == pytest.approx(374.0)
+
+
+def test_lesions_under_threshold_are_left_out():
+    gt = _cube(_empty(), (5, 5, 5), 5)  # 125 mm³
+    _cube(gt, (25, 25, 25), 3)  # 27 mm³ ≤ 50: ignored for GLI, counted for MET (T=2)
+    pred = _cube(_empty(), (5, 5, 5), 5)
+    gli = lesion_metrics(pred, gt, challenge="gli")
+    assert (gli.tp, gli.fp, gli.fn) == (1, 0, 0) and gli.lesion_dice == 1.0
+    assert [s.counted for s in gli.lesions] == [True, False]
+    met = lesion_metrics(pred, gt, challenge="met")
+    assert (met.tp, met.fp, met.fn) == (1, 0, 1) and met.lesion_dice == pytest.approx(0.5)
+    # Volume is in mm³: the same 27 voxels at 2 mm spacing along z are 54 mm³ > 50.
+    aniso = lesion_metrics(pred, gt, spacing=(1.0, 1.0, 2.0), challenge="gli")
+    assert aniso.fn == 1
+
+
+def test_small_matched_lesion_is_neither_tp_nor_fp():
+    gt = _cube(_empty(), (5, 5, 5), 3)  # 27 mm³, under T
+    pred = gt.copy()
+    r = lesion_metrics(pred, gt, challenge="gli")
+    # Its matched prediction is not a false positive; nothing is counted → Dice 1, HD95 0.
+    assert (r.tp, r.fp, r.fn) == (0, 0, 0)
+    assert (r.lesion_dice, r.lesion_hd95) == (1.0, 0.0)
+
+
+def test_empty_prediction_and_both_empty():
+    gt = _cube(_empty(), (5, 5, 5), 5)
+    r = lesion_metrics(_empty(), gt)
+    assert (r.lesion_dice, r.lesion_hd95, r.tp, r.fp, r.fn) == (0.0, 374.0, 0, 0, 1)
+    both = lesion_metrics(_empty(), _empty())
+    assert (both.lesion_dice, both.lesion_hd95, both.tp, both.fp, both.fn) == (1.0, 0.0, 0, 0, 0)
+    fp_only = lesion_metrics(gt, _empty())
+    assert (fp_only.lesion_dice, fp_only.lesion_hd95, fp_only.fp) == (0.0, 374.0, 1)
+
+
+def test_one_prediction_matching_two_lesions_counts_for_both():
+    gt = _cube(_empty(), (5, 5, 5), 5)
+    _cube(gt, (15, 5, 5), 5)  # 5-voxel gap: separate lesions under MEN (d=1)
+    pred = np.zeros(SHAPE, dtype=bool)
+    pred[4:21, 5:10, 5:10] = True  # one component covering both
+    r = lesion_metrics(pred, gt, challenge="men")
+    assert (r.tp, r.fp, r.fn) == (2, 0, 0)
+    assert [s.matched for s in r.lesions] == [(1,), (1,)]
+
+
+def test_region_lesion_metrics():
+    gt = np.zeros((3, *SHAPE), dtype=bool)
+    _cube(gt[0], (5, 5, 5), 6)
+    pred = gt.copy()
+    out = region_lesion_metrics(pred, gt)
+    assert set(out) == {"wt", "tc", "et"}
+    assert out["wt"].tp == 1 and out["et"].lesion_dice == 1.0
