@@ -21,6 +21,18 @@ import numpy as np
 TMP_SUFFIX = ".tmp"
 
 
+def _file_mode() -> int:
+    """Mode a plain ``open()`` would give a new file (0666 less the umask)."""
+    old = os.umask(0)
+    os.umask(old)
+    return 0o666 & ~old
+
+
+# mkstemp creates 0600 files; outputs must be as readable as any other file the user writes
+# (Ray workers under another uid, colleagues sharing a store).
+_MODE = _file_mode()
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """Open a binary temp file beside ``path``; rename it over ``path`` on a clean exit."""
@@ -28,6 +40,7 @@ def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
+        os.fchmod(fd, _MODE)
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()

@@ -80,3 +80,12 @@ def test_label_round_trip(et):
     np.testing.assert_array_equal(regions[0], src > 0)
     np.testing.assert_array_equal(regions[2], src == et)
     np.testing.assert_array_equal(from_store_labels(regions_to_labels(regions), et), src)
+
+
+def test_atomic_files_get_the_umask_mode(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    os.umask(old)
+    atomic.write_text(tmp_path / "m.txt", "x")
+    assert (tmp_path / "m.txt").stat().st_mode & 0o777 == 0o666 & ~old

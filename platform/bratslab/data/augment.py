@@ -61,9 +61,7 @@ def apply_augment(
     ``y`` ``(1, X, Y, Z)`` uint8 → the same shapes and dtypes."""
     if compose is None:
         return x, y
-    out = compose(
-        {"image": x[:-1], "mask": x[-1:], "label": y.astype(np.float32)}
-    )
+    out = compose({"image": x[:-1], "mask": x[-1:], "label": y.astype(np.float32)})
     image = np.asarray(out["image"], dtype=np.float32)
     mask = (np.asarray(out["mask"]) > 0.5).astype(np.float32)
     label = np.rint(np.asarray(out["label"])).astype(np.uint8)

@@ -6,7 +6,7 @@ import hashlib
 import json
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from bratslab.config import StrictModel
 from bratslab.data.layout import MODALITIES
@@ -35,9 +35,7 @@ class PreprocessConfig(StrictModel):
         "rescale them to [0, rescale_max]; background stays 0.",
     )
     percentile_low: float = Field(default=2.0, ge=0, lt=100, description="Lower percentile (%).")
-    percentile_high: float = Field(
-        default=98.0, gt=0, le=100, description="Upper percentile (%)."
-    )
+    percentile_high: float = Field(default=98.0, gt=0, le=100, description="Upper percentile (%).")
     rescale_max: float = Field(default=255.0, gt=0, description="Top of the rescaled range.")
     zscore: bool = Field(
         default=True,
@@ -89,6 +87,12 @@ class PreprocessConfig(StrictModel):
         if not v or len(set(v)) != len(v) or any(m not in MODALITIES for m in v):
             raise ValueError(f"modalities must be distinct names from {list(MODALITIES)}")
         return v
+
+    @model_validator(mode="after")
+    def _check_percentiles(self) -> PreprocessConfig:
+        if self.percentile_low >= self.percentile_high:
+            raise ValueError("percentile_low must be below percentile_high")
+        return self
 
     @property
     def channels(self) -> list[str]:

@@ -166,9 +166,10 @@ def discover_cases(raw_dir: str | Path) -> list[RawCase]:
     Files are grouped per folder by the prefix left after removing the modality suffix, so both
     one-folder-per-case and flat layouts work. Files with no recognised modality are ignored.
 
+    A case id found in two folders becomes a problem of that case (it is quarantined).
+
     Raises:
         FileNotFoundError: ``raw_dir`` does not exist.
-        ValueError: two folders hold a case with the same id.
     """
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
@@ -186,9 +187,9 @@ def discover_cases(raw_dir: str | Path) -> list[RawCase]:
     cases: dict[str, RawCase] = {}
     for (folder, case_id), entries in sorted(groups.items(), key=lambda kv: kv[0][1]):
         if case_id in cases:
-            raise ValueError(
-                f"case {case_id} found twice: {folder} and {cases[case_id].all_files()}"
-            )
+            # Ambiguous: quarantine the case rather than guess which copy is meant.
+            cases[case_id].problems.append((str(folder), f"case id {case_id} found twice"))
+            continue
         files: dict[str, Path] = {}
         seg = None
         problems: list[tuple[str, str]] = []

@@ -25,14 +25,20 @@ MAX_FG_COORDS = 20_000  # per case: enough to sample centres from, small enough 
 
 
 def case_rows(store, fold: int, split: str) -> list[dict[str, Any]]:
-    """Rows ``{"case_id", "x_path", "y_path"}`` of the fold's ``split`` ("train"/"val") cases
-    that have labels; absolute paths, so any node with the shared folder can read them."""
+    """Rows ``{"case_id", "x_path", "y_path", "zooms"}`` (zooms in mm) of the fold's labelled
+    ``split`` ("train"/"val") cases; absolute paths, so any node seeing the shared folder can
+    read them."""
     root = Path(store.path).absolute()
-    labelled = {c["id"] for c in store.manifest["cases"] if c.get("has_label")}
+    cases = {c["id"]: c for c in store.manifest["cases"] if c.get("has_label")}
     rows = [
-        {"case_id": cid, "x_path": str(root / f"{cid}_x.npy"), "y_path": str(root / f"{cid}_y.npy")}
+        {
+            "case_id": cid,
+            "x_path": str(root / f"{cid}_x.npy"),
+            "y_path": str(root / f"{cid}_y.npy"),
+            "zooms": [float(z) for z in cases[cid].get("zooms") or (1.0, 1.0, 1.0)],
+        }
         for cid in store.case_ids(fold=fold, split=split)
-        if cid in labelled
+        if cid in cases
     ]
     if not rows:
         raise ValueError(f"{root}: fold {fold} has no labelled {split} cases")
@@ -91,7 +97,9 @@ class PatchSampler:
         xp = np.asarray(x[(slice(0, self.in_channels), *sl)], dtype=np.float32)
         yp = np.asarray(y[(slice(0, 1), *sl)], dtype=np.uint8)
         if xp.shape[1:] != tuple(self.patch):
-            pad = [(0, 0)] + [(0, int(p - s)) for p, s in zip(self.patch, xp.shape[1:], strict=True)]
+            pad = [(0, 0)] + [
+                (0, int(p - s)) for p, s in zip(self.patch, xp.shape[1:], strict=True)
+            ]
             xp, yp = np.pad(xp, pad), np.pad(yp, pad)
         return xp, yp
 

@@ -53,7 +53,8 @@ class CaseMeta(BaseModel):
     intensity: dict[str, dict[str, float]] = Field(
         default_factory=dict,
         description="Per modality stats of non-zero source voxels: mean, std, p00_5, p99_5, "
-        "min, max (and z-score mean/std applied).",
+        "min, max; zscore_mean/zscore_std: what step 4 subtracted and divided by (after the "
+        "optional percentile rescale).",
     )
 
     def header(self):

@@ -7,6 +7,7 @@ Used offline by :func:`run_preprocess` (Ray, resumable) and again at prediction 
 from __future__ import annotations
 
 import base64
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,16 +77,50 @@ def foreground_bbox(fg: np.ndarray) -> tuple[list[int], list[int]]:
     return start, end
 
 
+_EMPTY_STATS = {"mean": 0.0, "std": 1.0, "p00_5": 0.0, "p99_5": 0.0, "min": 0.0, "max": 0.0}
+
+
+def _mean_std(values: np.ndarray) -> tuple[float, float]:
+    """Mean and std of a 1-D float32 array from float64 sums.
+
+    numpy's pairwise summation (no BLAS) keeps the result deterministic across thread counts.
+    """
+    v64 = values.astype(np.float64)
+    mean = float(v64.sum() / v64.size)
+    v64 -= mean
+    return mean, float(np.sqrt(np.square(v64, out=v64).sum() / v64.size))
+
+
 def _stats(values: np.ndarray) -> dict[str, float]:
-    """Summary of non-zero source intensities (percentiles on a fixed stride subsample)."""
-    sub = values[:: max(1, values.size // 200_000)]
+    """Non-zero source intensities: mean, std, min, max, and 0.5/99.5 percentiles (the latter
+    from a fixed-stride subsample of ~50k voxels, plenty for a fingerprint)."""
+    mean, std = _mean_std(values)
+    sub = values[:: max(1, values.size // 50_000)]
     p = np.percentile(sub, [0.5, 99.5])
     return {
+        "mean": mean,
+        "std": std,
         "p00_5": float(p[0]),
         "p99_5": float(p[1]),
         "min": float(values.min()),
         "max": float(values.max()),
     }
+
+
+def _store_into(dst: np.ndarray, src: np.ndarray) -> None:
+    """``dst[...] = src`` with a dtype cast; float32 → float16 through torch when it is loaded.
+
+    numpy's float16 conversion is scalar (10-30 ns per voxel, slowest around zeros); torch's
+    is vectorised, ~20x faster and bit-identical (both round to nearest even). On a
+    240x240x155 case that cuts the normalisation CPU by about a quarter (0.22 → 0.17 s).
+    torch is only used if something already imported it (prediction, or a Ray task of a large
+    run, see :mod:`bratslab.data.runner`), never imported just for this.
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None and dst.dtype == np.float16 and src.dtype == np.float32:
+        torch.from_numpy(dst).copy_(torch.from_numpy(src))
+    else:
+        dst[...] = src
 
 
 def preprocess_loaded(loaded: LoadedCase, cfg: PreprocessConfig) -> PreprocessedCase:
@@ -114,14 +149,16 @@ def preprocess_loaded(loaded: LoadedCase, cfg: PreprocessConfig) -> Preprocessed
     n_ch = len(cfg.channels)
     x = np.zeros((n_ch, *target), dtype=np.dtype(cfg.dtype))
     work = np.empty(crop, dtype=np.float32)  # one float32 buffer reused for every channel
+    fg_crop = np.zeros(crop, dtype=bool)  # C-ordered foreground of the crop (step 6)
     intensity: dict[str, dict[str, float]] = {}
     for c, (name, im) in enumerate(zip(cfg.modalities, imgs, strict=True)):
         work[...] = im[box]  # step 1 + 2: F-ordered source → C-ordered float32 crop
         nz = work != 0
+        fg_crop |= nz
         n = int(np.count_nonzero(nz))
         vals = work[nz]
-        st = _stats(vals) if n else {"p00_5": 0.0, "p99_5": 0.0, "min": 0.0, "max": 0.0}
-        if cfg.percentile_rescale and n:
+        st = _stats(vals) if n else _EMPTY_STATS.copy()
+        if cfg.percentile_rescale and n:  # step 3
             lo, hi = np.percentile(vals, [cfg.percentile_low, cfg.percentile_high])
             scale = cfg.rescale_max / max(float(hi - lo), 1e-6)
             np.clip(work, lo, hi, out=work)
@@ -129,20 +166,21 @@ def preprocess_loaded(loaded: LoadedCase, cfg: PreprocessConfig) -> Preprocessed
             work *= np.float32(scale)
             work *= nz  # background stays 0
             vals = work[nz]
-        # Mean/std from float64 sums (numpy's pairwise summation: deterministic, no BLAS).
-        v64 = vals.astype(np.float64)
-        mean = float(v64.sum() / n) if n else 0.0
-        v64 -= mean
-        std = float(np.sqrt(np.square(v64, out=v64).sum() / n)) if n else 1.0
-        st.update({"mean": mean, "std": std})
-        if cfg.zscore and n:
-            work -= np.float32(mean)
-            work /= np.float32(std if std > 1e-8 else 1.0)
-            work *= nz
+            st["zscore_mean"], st["zscore_std"] = _mean_std(vals)
+        else:
+            st["zscore_mean"], st["zscore_std"] = st["mean"], st["std"]
         intensity[name] = st
-        x[(c, *inner)] = work
+        if cfg.zscore and n:  # step 4 (plain in-place ops beat masked or casting ufuncs here)
+            work -= np.float32(st["zscore_mean"])
+            work /= np.float32(st["zscore_std"] if st["zscore_std"] > 1e-8 else 1.0)
+            work *= nz  # background stays 0
+        _store_into(x[(c, *inner)], work)
     if cfg.foreground_channel:
-        x[(n_ch - 1, *inner)] = fg[box]
+        # bool → float16 casts are slow in numpy; writing the bit pattern of 1.0 through an
+        # unsigned-int view of the same memory is ~50x faster and gives identical bytes.
+        uint = np.dtype(f"u{x.itemsize}")
+        one = np.array(1, dtype=x.dtype).view(uint)
+        np.multiply(fg_crop, one, out=x[n_ch - 1].view(uint)[inner])
     t1 = time.perf_counter()
 
     y = None
@@ -234,7 +272,12 @@ def _npy_shape(path: Path) -> tuple[tuple[int, ...], np.dtype] | None:
     try:
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
-            shape, _, dtype = np.lib.format._read_array_header(f, version)
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read(f)
             expected = f.tell() + int(np.prod(shape)) * dtype.itemsize
         if path.stat().st_size != expected:
             return None

@@ -56,8 +56,15 @@ class RunReport:
         return 1 if self.failures else 0
 
 
-def process_one(case_dict: dict, out_dir: str, cfg_dict: dict) -> dict:
+# From this many cases per worker on, a worker imports torch once for its fast float16 cast
+# (a few seconds of import against ~0.05 s CPU saved per case; see preprocess._store_into).
+FAST_CAST_MIN_CASES = 32
+
+
+def process_one(case_dict: dict, out_dir: str, cfg_dict: dict, fast_cast: bool = False) -> dict:
     """Preprocess and write one case unless its outputs are already complete (a Ray task body).
+
+    ``fast_cast`` imports torch (once per process) for the float16 conversion.
 
     Returns:
         ``{"id", "status": "done"|"skipped"|"failed", "meta": dict|None, "failures": [...],
@@ -76,6 +83,8 @@ def process_one(case_dict: dict, out_dir: str, cfg_dict: dict) -> dict:
                 result["timings"]["check"] = time.perf_counter() - t0
                 return result
         result["timings"]["check"] = time.perf_counter() - t0
+        if fast_cast and cfg.dtype == "float16":
+            import torch  # noqa: F401  (registers itself in sys.modules for _store_into)
         pre = preprocess_case(case, cfg)
         write_case(out_dir, pre)
         result["timings"].update(pre.timings)
@@ -106,12 +115,13 @@ def _iter_ray(cases: list[RawCase], out: Path, cfg: PreprocessConfig, workers: i
     ensure_ray()
     task = ray.remote(num_cpus=1, max_retries=1)(process_one)  # Ray: one task per case
     cfg_dict = cfg.model_dump(mode="json")
+    fast = len(cases) >= FAST_CAST_MIN_CASES * workers
     pending = list(reversed(cases))
     inflight: dict = {}
     while pending or inflight:
         while pending and len(inflight) < workers:
             case = pending.pop()
-            inflight[task.remote(case.to_dict(), str(out), cfg_dict)] = case
+            inflight[task.remote(case.to_dict(), str(out), cfg_dict, fast)] = case
         done, _ = ray.wait(list(inflight), num_returns=1)  # Ray: first finished task
         for ref in done:
             case = inflight.pop(ref)
@@ -130,8 +140,9 @@ def _iter_ray(cases: list[RawCase], out: Path, cfg: PreprocessConfig, workers: i
 
 def _iter_local(cases: list[RawCase], out: Path, cfg: PreprocessConfig) -> Iterable[dict]:
     cfg_dict = cfg.model_dump(mode="json")
+    fast = len(cases) >= FAST_CAST_MIN_CASES
     for case in cases:
-        yield process_one(case.to_dict(), str(out), cfg_dict)
+        yield process_one(case.to_dict(), str(out), cfg_dict, fast)
 
 
 def run_preprocess(
@@ -159,7 +170,8 @@ def run_preprocess(
         :class:`RunReport`; ``OUT/dataset.json`` and ``OUT/failures.json`` are written.
     """
     t0 = time.perf_counter()
-    out = Path(out)
+    # Absolute paths: Ray workers need not share the driver's working directory.
+    raw, out = Path(raw).absolute(), Path(out).absolute()
     out.mkdir(parents=True, exist_ok=True)
     swept = atomic.remove_stale_temps(out)
     if swept:
@@ -167,7 +179,9 @@ def run_preprocess(
     cases = discover_cases(raw)
     report = RunReport(out=out)
     metas: list[CaseMeta] = []
-    if use_ray and workers >= 1:
+    if not cases:
+        results: Iterable[dict] = iter(())
+    elif use_ray and workers >= 1:
         results = _iter_ray(cases, out, cfg, workers)
     else:
         results = _iter_local(cases, out, cfg)

@@ -112,8 +112,9 @@ class Store:
         except json.JSONDecodeError as e:
             raise ValueError(f"{mpath}: not valid JSON ({e})") from e
         if self.manifest.get("format") != STORE_FORMAT:
-            raise ValueError(f"{mpath}: format {self.manifest.get('format')!r}, "
-                             f"expected {STORE_FORMAT!r}")
+            raise ValueError(
+                f"{mpath}: format {self.manifest.get('format')!r}, expected {STORE_FORMAT!r}"
+            )
         self._cases = {c["id"]: c for c in self.manifest["cases"]}
 
     def __repr__(self) -> str:

@@ -26,6 +26,11 @@ import nibabel as nib
 import numpy as np
 
 from bratslab import atomic
+
+try:  # ISA-L's deflate is ~8x faster than zlib's at level 1 (optional; same gzip format)
+    from isal import igzip as _gzip
+except ImportError:  # pragma: no cover - depends on the environment
+    _gzip = gzip
 from bratslab.data.layout import ET_LABEL, MODALITIES, Layout, case_file_name
 
 # Tissue classes of the phantom's label map.
@@ -64,17 +69,29 @@ def _wave(rng: np.random.Generator, coord: np.ndarray, scale: float, n: int = 3)
     return (out / n).astype(np.float32)
 
 
+# Volumes are built in (Z, Y, X) C order, i.e. (X, Y, Z) Fortran order once transposed: that is
+# NIfTI's on-disk order, so writing needs no transposing copy.
+def _bshape(axis: int) -> list[int]:
+    """Broadcast shape of a 1-D coordinate along logical ``axis`` (0=x) in (Z, Y, X) arrays."""
+    return [-1 if i == 2 - axis else 1 for i in range(3)]
+
+
+def _rev_box(lo, hi) -> tuple[slice, ...]:
+    """Index of the logical box ``lo:hi`` (x, y, z) in a (Z, Y, X) array."""
+    return tuple(slice(a, b) for a, b in zip(lo[::-1], hi[::-1], strict=True))
+
+
 def _axes(shape, spacing, center):
-    """Broadcastable mm coordinates ``(X,1,1)``, ``(1,Y,1)``, ``(1,1,Z)`` around ``center``."""
+    """Broadcastable mm coordinates x, y, z around ``center`` (for (Z, Y, X) arrays)."""
     return [
-        ((np.arange(n, dtype=np.float32) - c) * s).reshape([-1 if i == a else 1 for i in range(3)])
+        ((np.arange(n, dtype=np.float32) - c) * s).reshape(_bshape(a))
         for a, (n, s, c) in enumerate(zip(shape, spacing, center, strict=True))
     ]
 
 
 def _lesion(rng, tissue, brain, spacing, semi, brain_centre, has_et: bool) -> None:
     """Paint one lesion (ED shell, ET rim, NCR core) into ``tissue`` in place."""
-    shape = tissue.shape
+    shape = tissue.shape[::-1]  # logical (X, Y, Z)
     # Centre inside the inner half of the brain ellipsoid (in units of its semi-axes).
     while True:
         u = rng.uniform(-0.6, 0.6, 3)
@@ -86,30 +103,32 @@ def _lesion(rng, tissue, brain, spacing, semi, brain_centre, has_et: bool) -> No
     r = float(rng.uniform(7.0, 20.0)) * size  # tumour-core radius, mm
     ef = float(rng.uniform(1.4, 2.2))  # oedema extends to ef * r
     ncr_frac = float(rng.uniform(0.35, 0.7))
-    half = [int(np.ceil(r * ef * 1.35 / s)) + 1 for s in spacing]
+    # Oedema encloses the core by a margin of at least two voxels (small volumes have small
+    # tumours); the box is large enough for the oedema's farthest reach (modulation >= 0.7).
+    margin = max(0.3, 2.0 * max(spacing) / r)
+    half = [int(np.ceil(r * max(ef / 0.7, (1 + margin) / 0.78) / s)) + 1 for s in spacing]
     lo = [max(0, int(c) - h) for c, h in zip(centre, half, strict=True)]
     hi = [min(n, int(c) + h + 1) for n, c, h in zip(shape, centre, half, strict=True)]
     if any(h <= lo_ for lo_, h in zip(lo, hi, strict=True)):
         return
-    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    box = _rev_box(lo, hi)
     sub = [np.arange(a, b) for a, b in zip(lo, hi, strict=True)]
     ax = [
-        ((s - c) * sp).astype(np.float32).reshape([-1 if i == k else 1 for i in range(3)])
+        ((s - c) * sp).astype(np.float32).reshape(_bshape(k))
         for k, (s, c, sp) in enumerate(zip(sub, centre, spacing, strict=True))
     ]
     d = np.sqrt(ax[0] ** 2 + ax[1] ** 2 + ax[2] ** 2) / r
     # Irregular outlines: radius modulated by smooth functions of position (two independent ones
     # for the core and the oedema, so the oedema is not a scaled copy of the core).
-    core_mod = 1 + 0.22 * (
-        _wave(rng, ax[0], r) + _wave(rng, ax[1], r) + _wave(rng, ax[2], r)
-    )
-    ed_mod = 1 + 0.3 * (
+    core_mod = 1 + 0.22 / 3 * (_wave(rng, ax[0], r) + _wave(rng, ax[1], r) + _wave(rng, ax[2], r))
+    ed_mod = 1 + 0.3 / 3 * (
         _wave(rng, ax[0], 1.5 * r) + _wave(rng, ax[1], 1.5 * r) + _wave(rng, ax[2], 1.5 * r)
     )
     dc = d * core_mod
     t = tissue[box]
     inside = brain[box]
-    t[(d * ed_mod < ef) & inside & (t < ED)] = ED
+    # Oedema: its own irregular outline, always enclosing a margin around the core.
+    t[((d * ed_mod < ef) | (dc < 1 + margin)) & inside & (t < ED)] = ED
     if has_et:
         t[(dc < 1.0) & inside] = ET
         t[(dc < ncr_frac) & inside] = NCR
@@ -155,8 +174,8 @@ def synthesize_case(
     brain = r2 < 1.0
     gyri = _wave(rng, x, 9, 2) + _wave(rng, y, 9, 2) + _wave(rng, z, 9, 2)
 
-    tissue = np.full(shape, WM, dtype=np.int8)
-    tissue[r2 > 0.66 + 0.08 * gyri] = GM
+    tissue = np.full(shape[::-1], WM, dtype=np.int8)
+    tissue[r2 > 0.76 + 0.05 * gyri] = GM  # cortex: a shell with a gyral pattern
     tissue[(r2 > 0.8) & (gyri > 0.55)] = CSF  # sulci
     tissue[(np.abs(x) < 1.2 * spacing[0]) & (r2 > 0.25)] = CSF  # interhemispheric fissure
     for side in (-1, 1):  # lateral ventricles
@@ -171,37 +190,38 @@ def synthesize_case(
         box_centre = [c - lo_ for c, lo_ in zip(centre, lo, strict=True)]
         _lesion(rng, tissue, brain, spacing, semi, box_centre, has_et)
 
-    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    box = _rev_box(lo, hi)
     lut = np.zeros(8, dtype=np.uint8)
     lut[[ED, ET, NCR]] = [2, et_label, 1]
-    seg = np.zeros(full_shape, dtype=np.uint8)
-    seg[box] = lut[tissue]
+    seg = np.zeros(full_shape[::-1], dtype=np.uint8)
+    idx = tissue.astype(np.intp)  # one conversion serves five table look-ups
+    seg[box] = lut.take(idx)
 
     # One Gaussian field serves all four modalities through different flips and shifts: drawing
     # normals is the slowest step, and the shifted copies are uncorrelated voxel by voxel.
-    base = rng.standard_normal(shape, dtype=np.float32)
+    base = rng.standard_normal(shape[::-1], dtype=np.float32)
     views = [
         base,
         base[::-1, ::-1, ::-1],
-        np.roll(base, (shape[0] // 3, shape[1] // 2, 0), axis=(0, 1, 2)),
-        np.roll(base[::-1], (0, shape[1] // 3, shape[2] // 2), axis=(0, 1, 2)),
+        np.roll(base, (0, shape[1] // 2, shape[0] // 3), axis=(0, 1, 2)),
+        np.roll(base[::-1], (shape[2] // 2, shape[1] // 3, 0), axis=(0, 1, 2)),
     ]
     images = {}
     for m, noise in zip(MODALITIES, views, strict=True):
         levels, scale = CONTRAST[m]
         gain = scale * float(rng.uniform(0.8, 1.25))
         table = np.asarray(levels, dtype=np.float32) * np.float32(gain)
-        img = table[tissue]
+        img = table.take(idx)
         # Smooth multiplicative bias field (separable product, ~ +-10 %).
         img *= (1 + 0.1 * _wave(rng, x, 150, 2)) * (1 + 0.1 * _wave(rng, y, 150, 2))
         img *= 1 + 0.1 * _wave(rng, z, 150, 2)
         img += noise * np.float32(NOISE * gain)
         np.maximum(img, 1.0, out=img)  # skull-stripped: every brain voxel is > 0
         img *= brain
-        out = np.zeros(full_shape, dtype=np.int16)
+        out = np.zeros(full_shape[::-1], dtype=np.int16)
         out[box] = img
-        images[m] = out
-    return images, seg, brats_affine(full_shape, spacing)
+        images[m] = out.T  # (X, Y, Z), Fortran-ordered
+    return images, seg.T, brats_affine(full_shape, spacing)
 
 
 def _nifti_gz(data: np.ndarray, affine: np.ndarray) -> bytes:
@@ -210,7 +230,7 @@ def _nifti_gz(data: np.ndarray, affine: np.ndarray) -> bytes:
     img.set_sform(affine, code=1)
     img.set_qform(affine, code=1)
     # mtime=0: identical content gives identical bytes (nibabel does the same).
-    return gzip.compress(img.to_bytes(), compresslevel=1, mtime=0)
+    return _gzip.compress(img.to_bytes(), compresslevel=1, mtime=0)
 
 
 def case_id_for(index: int, layout: Layout, cohort: str = "GLI") -> str:

@@ -1,0 +1,323 @@
+"""Every bad-input class, built for real with nibabel and byte surgery on the files."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from bratslab.data.layout import discover_cases
+from bratslab.data.validate import CaseError, load_case, read_nifti
+
+CID = "BraTS-GLI-00001-000"
+
+
+def _only_failures(root):
+    (case,) = discover_cases(root)
+    loaded, failures = load_case(case)
+    assert loaded is None
+    return failures
+
+
+def _reasons(failures):
+    return [(f.file.rsplit("/", 1)[-1], f.reason) for f in failures]
+
+
+def test_valid_case_loads(cases):
+    cases.write(CID)
+    (case,) = discover_cases(cases.root)
+    loaded, failures = load_case(case)
+    assert failures == []
+    assert loaded.shape == (40, 44, 32)
+    assert all(v.dtype == np.int16 for v in loaded.images.values())
+    assert loaded.seg.dtype == np.uint8
+    assert set(np.flatnonzero(loaded.label_counts)) <= {0, 1, 2, 3}
+    assert set(loaded.sha256) == {"t1n", "t1c", "t2w", "t2f", "seg"}
+
+
+def test_missing_modality(cases):
+    folder = cases.write(CID)
+    cases.path(folder, "t1c").unlink()
+    assert ("BraTS-GLI-00001-000", "missing modality t1c") in _reasons(_only_failures(cases.root))
+
+
+def test_empty_file(cases):
+    folder = cases.write(CID)
+    cases.path(folder, "t2w").write_bytes(b"")
+    assert _reasons(_only_failures(cases.root)) == [(f"{CID}-t2w.nii.gz", "empty file")]
+
+
+def test_unreadable_not_nifti(cases):
+    folder = cases.write(CID)
+    cases.path(folder, "t2w").write_bytes(gzip.compress(b"hello, not an image" * 40))
+    (f,) = _only_failures(cases.root)
+    assert f.file.endswith("t2w.nii.gz") and f.reason.startswith("unreadable")
+
+
+def test_plain_bytes_with_gz_suffix(cases):
+    folder = cases.write(CID)
+    cases.path(folder, "t2w").write_bytes(b"\x00" * 400)
+    (f,) = _only_failures(cases.root)
+    assert "not a gzip file" in f.reason
+
+
+def test_truncated_gzip(cases):
+    folder = cases.write(CID)
+    p = cases.path(folder, "t1n")
+    raw = p.read_bytes()
+    p.write_bytes(raw[: len(raw) // 2])
+    (f,) = _only_failures(cases.root)
+    assert f.file == str(p) and "truncated gzip stream" in f.reason
+
+
+def test_truncated_uncompressed_nifti(cases):
+    folder = cases.write(CID)
+    gz = cases.path(folder, "t1n")
+    raw = gzip.decompress(gz.read_bytes())
+    gz.unlink()
+    nii = folder / f"{CID}-t1n.nii"
+    nii.write_bytes(raw[:-1000])
+    (f,) = _only_failures(cases.root)
+    assert f.file == str(nii) and f.reason.startswith("truncated: voxel data needs")
+
+
+def test_damaged_crc_trailer_is_detected(cases):
+    folder = cases.write(CID)
+    p = cases.path(folder, "seg")
+    raw = bytearray(p.read_bytes())
+    raw[-8] ^= 0xFF  # first byte of the CRC32 trailer; the deflate data stay intact
+    p.write_bytes(bytes(raw))
+    # nibabel alone does not notice: its lazy proxy reads the voxels without the trailer check.
+    assert np.asarray(nib.load(p).dataobj).shape == (40, 44, 32)
+    (f,) = _only_failures(cases.root)
+    assert f.file == str(p) and "damaged CRC" in f.reason
+
+
+def test_corrupt_deflate_stream(cases):
+    folder = cases.write(CID)
+    p = cases.path(folder, "t2f")
+    raw = bytearray(p.read_bytes())
+    for i in range(len(raw) // 2, len(raw) // 2 + 64):
+        raw[i] ^= 0x5A
+    p.write_bytes(bytes(raw))
+    (f,) = _only_failures(cases.root)
+    assert "corrupt gzip" in f.reason
+
+
+def _patch_header(path, offset, fmt, value):
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    struct.pack_into(fmt, raw, offset, *value)
+    path.write_bytes(gzip.compress(bytes(raw)))
+
+
+@pytest.mark.parametrize(
+    ("dims", "match"),
+    [((3, 30000, 44, 32), "absurd header dimensions"), ((3, 2000, 2000, 2000), "voxels")],
+)
+def test_absurd_header_dims_rejected_before_allocating(cases, dims, match):
+    folder = cases.write(CID)
+    p = cases.path(folder, "t1c")
+    _patch_header(p, 40, "<4h", dims)  # dim[0..3] live at byte 40 of the NIfTI-1 header
+    (f,) = _only_failures(cases.root)
+    assert f.file == str(p) and match in f.reason
+
+
+def test_non_3d_image(cases):
+    folder = cases.write(CID)
+    p = cases.path(folder, "t1c")
+    cases.replace(p, np.ones((40, 44, 32, 2), dtype=np.int16))
+    (f,) = _only_failures(cases.root)
+    assert "not a 3-D image" in f.reason
+
+
+def test_trailing_singleton_dim_is_3d(tmp_path):
+    p = tmp_path / "x.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((5, 6, 7, 1), dtype=np.int16), np.eye(4)), p)
+    assert read_nifti(p).data.shape == (5, 6, 7)
+
+
+def test_shape_mismatch(cases):
+    folder = cases.write(CID)
+    p = cases.path(folder, "t2w")
+    cases.replace(p, np.ones((40, 44, 30), dtype=np.int16))
+    (f,) = _only_failures(cases.root)
+    assert f.file == str(p) and "shape (40, 44, 30) differs from t1n (40, 44, 32)" in f.reason
+
+
+def test_seg_affine_mismatch(cases):
+    folder = cases.write(CID)
+    p = cases.path(folder, "seg")
+    img = nib.load(p)
+    aff = img.affine.copy()
+    aff[0, 3] += 5.0
+    cases.replace(p, np.asarray(img.dataobj), aff)
+    (f,) = _only_failures(cases.root)
+    assert f.file == str(p) and "affine differs" in f.reason
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_inf_voxels(cases, bad):
+    folder = cases.write(CID)
+    p = cases.path(folder, "t1n")
+    data = np.asarray(nib.load(p).dataobj).astype(np.float32)
+    data[3, 4, 5] = bad
+    cases.replace(p, data)
+    (f,) = _only_failures(cases.root)
+    assert f.reason == "1 NaN/Inf voxels"
+
+
+@pytest.mark.parametrize(
+    ("layout", "label", "match"),
+    [
+        ("brats2023", 4, r"labels \[4\] outside the brats2023 convention \[0, 1, 2, 3\]"),
+        ("brats2021", 3, r"labels \[3\] outside the brats2021 convention \[0, 1, 2, 4\]"),
+        ("brats2023", 7, r"labels \[7\] outside"),
+    ],
+)
+def test_labels_outside_convention(cases, layout, label, match):
+    cid = CID if layout == "brats2023" else "BraTS2021_00001"
+    folder = cases.write(cid, layout)
+    p = cases.path(folder, "seg", layout)
+    seg = np.asarray(nib.load(p).dataobj).copy()
+    seg[0, 0, 0] = label
+    cases.replace(p, seg)
+    (f,) = _only_failures(cases.root)
+    assert f.file == str(p)
+    import re
+
+    assert re.search(match, f.reason), f.reason
+    if label in (3, 4):
+        assert "other BraTS convention" in f.reason
+
+
+def test_non_integer_labels(cases):
+    folder = cases.write(CID)
+    p = cases.path(folder, "seg")
+    seg = np.asarray(nib.load(p).dataobj).astype(np.float32)
+    seg[0, 0, 0] = 1.5
+    cases.replace(p, seg)
+    (f,) = _only_failures(cases.root)
+    assert "non-integer" in f.reason
+
+
+def test_all_zero_image(cases):
+    folder = cases.write(CID)
+    p = cases.path(folder, "t2f")
+    cases.replace(p, np.zeros((40, 44, 32), dtype=np.int16))
+    (f,) = _only_failures(cases.root)
+    assert f.file == str(p) and f.reason == "image is all zeros"
+
+
+def test_every_bad_file_of_a_case_is_reported(cases):
+    folder = cases.write(CID)
+    cases.path(folder, "t1n").write_bytes(b"")
+    raw = cases.path(folder, "t2w").read_bytes()
+    cases.path(folder, "t2w").write_bytes(raw[:100])
+    failures = _only_failures(cases.root)
+    assert {f.file.rsplit("-", 1)[-1] for f in failures} == {"t1n.nii.gz", "t2w.nii.gz"}
+
+
+def test_read_nifti_error_names_file(tmp_path):
+    p = tmp_path / "missing.nii.gz"
+    with pytest.raises(CaseError, match="missing.nii.gz: unreadable"):
+        read_nifti(p)
+
+
+def test_scaled_float_header_is_applied(tmp_path):
+    p = tmp_path / "s.nii.gz"
+    img = nib.Nifti1Image(np.arange(24, dtype=np.int16).reshape(2, 3, 4), np.eye(4))
+    img.header.set_slope_inter(2.0, 1.0)
+    nib.save(img, p)
+    vol = read_nifti(p)
+    np.testing.assert_array_equal(vol.data, np.asanyarray(nib.load(p).dataobj))
+
+
+def test_negative_labels(cases):
+    folder = cases.write(CID)
+    p = cases.path(folder, "seg")
+    seg = np.asarray(nib.load(p).dataobj).astype(np.int16)
+    seg[1, 1, 1] = -1
+    cases.replace(p, seg)
+    (f,) = _only_failures(cases.root)
+    assert "values from -1 to" in f.reason
+
+
+@pytest.mark.parametrize("backend", ["zlib", "isal"])
+def test_gzip_checks_with_either_inflate_backend(tmp_path, monkeypatch, backend):
+    """The CRC/truncation/corruption checks hold whether or not ISA-L is installed."""
+    import zlib
+
+    from bratslab.data import validate as V
+
+    if backend == "isal":
+        isal_zlib = pytest.importorskip("isal.isal_zlib")
+        monkeypatch.setattr(V, "_inflate", isal_zlib)
+    else:
+        monkeypatch.setattr(V, "_inflate", zlib)
+    img = nib.Nifti1Image(np.arange(4000, dtype=np.int16).reshape(10, 20, 20), np.eye(4))
+    raw = gzip.compress(img.to_bytes(), mtime=0)
+    p = tmp_path / "x.nii.gz"
+    p.write_bytes(raw)
+    assert read_nifti(p).data.shape == (10, 20, 20)
+    crc = bytearray(raw)
+    crc[-7] ^= 0x01
+    p.write_bytes(bytes(crc))
+    with pytest.raises(CaseError, match="damaged CRC"):
+        read_nifti(p)
+    p.write_bytes(raw[:-20])
+    with pytest.raises(CaseError, match="truncated gzip stream"):
+        read_nifti(p)
+    bad = bytearray(raw)
+    bad[12:40] = b"\xff" * 28
+    p.write_bytes(bytes(bad))
+    with pytest.raises(CaseError, match="corrupt gzip"):
+        read_nifti(p)
+    p.write_bytes(raw + raw)  # two members: valid gzip, decompresses to two headers' worth
+    assert read_nifti(p).data.shape == (10, 20, 20)
+
+
+def test_more_data_than_the_header_declares_is_refused(tmp_path):
+    """A decompression bomb behind a small header stops at the declared size + slack."""
+    img = nib.Nifti1Image(np.ones((10, 20, 20), dtype=np.int16), np.eye(4))
+    p = tmp_path / "bomb.nii.gz"
+    p.write_bytes(gzip.compress(img.to_bytes() + b"\0" * (8 << 20), compresslevel=1))
+    with pytest.raises(CaseError, match="more than the .* bytes its header declares"):
+        read_nifti(p)
+
+
+@pytest.mark.parametrize(
+    ("tokens", "seg_et", "expected"),
+    [
+        (("t1n", "t1c", "t2w", "t2f"), 4, 4),  # 2023-style names, 2021 labels: content decides
+        (("t1", "t1ce", "t2", "flair"), 3, 3),  # 2021-style names, 2023 labels
+        (("t1", "t1ce", "t2", "flair"), 4, 4),
+    ],
+)
+def test_label_convention_detected_for_unofficial_names(tmp_path, tokens, seg_et, expected):
+    from bratslab.data.synth import synthesize_case
+
+    images, seg, affine = synthesize_case((0, 0), (40, 44, 32), et_label=seg_et)
+    assert (seg == seg_et).any()
+    folder = tmp_path / "patient7"
+    folder.mkdir()
+    for tok, m in zip(tokens, ("t1n", "t1c", "t2w", "t2f"), strict=True):
+        nib.save(nib.Nifti1Image(images[m], affine), folder / f"patient7_{tok}.nii.gz")
+    nib.save(nib.Nifti1Image(seg, affine), folder / "patient7_seg.nii.gz")
+    (case,) = discover_cases(tmp_path)
+    assert case.cohort is None
+    loaded, failures = load_case(case)
+    assert failures == [] and loaded.case.et_label == expected
+    assert loaded.label_counts[expected] == int((seg == seg_et).sum())
+
+
+def test_official_names_fix_the_convention(cases):
+    folder = cases.write("BraTS2021_00001", "brats2021")
+    p = cases.path(folder, "seg", "brats2021")
+    seg = np.asarray(nib.load(p).dataobj).copy()
+    seg[seg == 4] = 3
+    cases.replace(p, seg)
+    (f,) = _only_failures(cases.root)
+    assert "outside the brats2021 convention" in f.reason
