@@ -35,14 +35,27 @@ def ensure_ray(
         "RAY_USAGE_STATS_ENABLED": "0",
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DO_NOT_TRACK": "1",
+        # Each epoch splits a case table of a few rows; Ray Data's per-split progress bars
+        # would bury the training output. Users can set it back to 0.
+        "RAY_DATA_DISABLE_PROGRESS_BARS": os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS", "1"),
     }
+    os.environ.setdefault(
+        "RAY_DATA_DISABLE_PROGRESS_BARS", env_vars["RAY_DATA_DISABLE_PROGRESS_BARS"]
+    )
     for key in ("MLFLOW_TRACKING_URI", "BRATSLAB_HOME"):
         if os.environ.get(key):
             env_vars[key] = os.environ[key]
     runtime_env = {"env_vars": env_vars}
     if settings.ray_address:
         log.info("joining Ray cluster at %s", settings.ray_address)
-        ray.init(address=settings.ray_address, runtime_env=runtime_env, log_to_driver=True)
+        # Inside a submitted Ray job the job's runtime env already applies (and Ray refuses a
+        # second, different one), so only a standalone driver brings its own.
+        in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+        ray.init(
+            address=settings.ray_address,
+            runtime_env=None if in_job else runtime_env,
+            log_to_driver=True,
+        )
         return
     # Single-machine mode: Ray then resolves the node address to loopback instead of the
     # machine's external interface, so no port of the embedded instance is reachable from

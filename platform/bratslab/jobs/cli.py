@@ -41,10 +41,33 @@ def _connect(address: str | None):
         _fail(str(e))
 
 
-def _exit_for(status: str) -> None:
+def _exit_for(status: str, jobs=None, job_id: str | None = None, tail: int = 40) -> None:
+    """Report the final status; after a failure also the job's message and last log lines."""
     color = "green" if status == "SUCCEEDED" else "red"
+    if status != "SUCCEEDED" and jobs is not None and job_id:
+        from bratslab.jobs.submit import JobsError
+
+        try:
+            info = jobs.call("get_job_info", job_id)
+            lines = jobs.call("get_job_logs", job_id).rstrip().splitlines()
+        except JobsError:
+            info, lines = None, []
+        if lines:
+            typer.secho(f"--- last {min(tail, len(lines))} log lines of {job_id}:", err=True)
+            typer.echo("\n".join(lines[-tail:]), err=True)
+        if info is not None and info.message:
+            typer.secho(f"--- {info.message}", err=True)
     typer.secho(f"job finished: {status}", fg=color, err=True)
     raise typer.Exit(0 if status == "SUCCEEDED" else 1)
+
+
+def _quiet_ray_client_logs() -> None:
+    """The SDK logs every file it leaves out of the upload; keep errors only."""
+    import logging
+
+    if logging.getLogger().level > logging.DEBUG:
+        for name in ("ray", "ray.dashboard", "ray._private.runtime_env"):
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def submit(
@@ -78,6 +101,13 @@ def submit(
     timeout: float | None = typer.Option(
         None, "--timeout", help="With --wait: give up waiting after this many seconds."
     ),
+    share_store: bool | None = typer.Option(
+        None,
+        "--share-store/--no-share-store",
+        help="Give the job this machine's work dir and MLflow store (absolute paths). Default: "
+        "only when the cluster runs on this machine (a Ray dashboard behind a loopback "
+        "address, not a port-forward or SSH tunnel).",
+    ),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Print the entrypoint and runtime environment; submit nothing."
     ),
@@ -95,12 +125,19 @@ def submit(
         is_spec = len(target) == 1 and target[0].endswith((".yaml", ".yml"))
         if is_spec:
             plan = sj.plan_spec_job(
-                Path(target[0]), overrides, address=url, working_dir=working_dir, env=extra
+                Path(target[0]),
+                overrides,
+                address=url,
+                working_dir=working_dir,
+                env=extra,
+                same_machine=share_store,
             )
         else:
             if overrides:
                 _fail("--set applies to job specs; put options of a command after `--`", 2)
-            plan = sj.plan_command_job(target, address=url, working_dir=working_dir, env=extra)
+            plan = sj.plan_command_job(
+                target, address=url, working_dir=working_dir, env=extra, same_machine=share_store
+            )
     except sj.JobsError as e:
         _fail(str(e))
     if dry_run:
@@ -118,6 +155,7 @@ def submit(
         )
         return
     jobs = _connect(url)
+    _quiet_ray_client_logs()
     try:
         job_id = sj.submit(jobs, plan)
     except sj.JobsError as e:
@@ -138,7 +176,7 @@ def submit(
                 timeout_s=timeout,
                 on_change=lambda s: typer.secho(f"  {job_id}: {s}", err=True),
             )
-            _exit_for(status)
+            _exit_for(status, jobs, job_id)
     except sj.JobsError as e:
         _fail(str(e))
 

@@ -35,7 +35,7 @@ def _subcommands(cmd) -> dict | None:
 
 
 def command_names() -> set[tuple[str, ...]]:
-    """Every leaf command of the ``bratslab`` CLI as a tuple path, e.g. ``("data", "preprocess")``."""
+    """Every leaf command of the ``bratslab`` CLI as a path, e.g. ``("data", "preprocess")``."""
     names: set[tuple[str, ...]] = set()
 
     def walk(cmd, prefix: tuple[str, ...]) -> None:

@@ -72,6 +72,10 @@ QUIET_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "1",
     "PYTHONUNBUFFERED": "1",
+    # The job's driver calls ray.init(runtime_env={"env_vars": ...}) (bratslab.cluster) with
+    # keys this job env also sets; Ray refuses such overlaps unless told to merge them. The
+    # driver's values come from this very environment, so merging changes nothing.
+    "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1",
 }
 
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
@@ -106,6 +110,32 @@ def is_loopback(address: str) -> bool:
     """True when ``address`` points at this machine (a cluster sharing our filesystem)."""
     host = urlparse(address).hostname or ""
     return host in {"127.0.0.1", "localhost", "::1"} or host.startswith("127.")
+
+
+def runs_on_this_machine(address: str) -> bool:
+    """True when ``address`` is the dashboard of a Ray cluster running on this machine, whose
+    jobs therefore see our files.
+
+    A loopback address alone does not tell: ``kubectl port-forward`` and ``ray dashboard``
+    (an SSH tunnel) listen on 127.0.0.1 too and lead to remote clusters. So we look at the
+    process listening on the port: Ray's own dashboard, or something else.
+    """
+    if not is_loopback(address):
+        return False
+    import ray  # noqa: F401, I001  (Ray puts its bundled psutil on sys.path)
+    import psutil  # noqa: I001
+
+    port = urlparse(address).port or (443 if address.startswith("https") else 80)
+    try:
+        listeners = [
+            c.pid
+            for c in psutil.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid
+        ]
+        cmdline = " ".join(psutil.Process(listeners[0]).cmdline()) if listeners else ""
+    except (psutil.Error, OSError):
+        return False
+    return "ray" in cmdline and "dashboard" in cmdline
 
 
 # --------------------------------------------------------------------------- client
@@ -191,16 +221,21 @@ def parse_env(items: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def job_env(address: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+def job_env(
+    address: str, extra: dict[str, str] | None = None, *, same_machine: bool | None = None
+) -> dict[str, str]:
     """Environment variables for the job.
 
-    Against a cluster on this machine the resolved work dir and tracking store are passed as
-    absolute paths, so runs land where ``bratslab runs list`` looks (the job's cwd is a
-    temporary copy of the project). Against a remote cluster only explicitly set variables are
-    forwarded, with a warning when runs would end up in a SQLite file on the head node.
+    Against a cluster on this machine (``same_machine``; default: :func:`runs_on_this_machine`)
+    the resolved work dir and tracking store are passed as absolute paths, so runs land where
+    ``bratslab runs list`` looks (the job's cwd is a temporary copy of the project). Against a
+    remote cluster only explicitly set variables are forwarded, with a warning when runs would
+    end up in a SQLite file on the cluster.
     """
     env = dict(QUIET_ENV)
-    if is_loopback(address):
+    if same_machine is None:
+        same_machine = runs_on_this_machine(address)
+    if same_machine:
         s = get_settings()
         env.update(
             BRATSLAB_HOME=str(s.home),
@@ -214,11 +249,17 @@ def job_env(address: str, extra: dict[str, str] | None = None) -> dict[str, str]
     else:
         env.update({k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)})
         uri = env.get("MLFLOW_TRACKING_URI", "")
-        if not uri.startswith(("http://", "https://", "databricks")):
+        if not uri:
             log.warning(
-                "MLFLOW_TRACKING_URI is %s: the job's runs will stay in a file on the "
-                "cluster. Point it at a tracking server (infra/mlflow) to browse them here.",
-                uri or "unset",
+                "MLFLOW_TRACKING_URI is not set here: the job logs wherever the cluster's own "
+                "environment says (infra/kuberay sets a tracking server), else to a SQLite file "
+                "on the cluster."
+            )
+        elif not uri.startswith(("http://", "https://", "databricks")):
+            log.warning(
+                "MLFLOW_TRACKING_URI is %s: the job's runs will stay in a file on the cluster. "
+                "Point it at a tracking server (infra/mlflow) to browse them here.",
+                uri,
             )
     env.update(extra or {})
     return env
@@ -241,6 +282,7 @@ def plan_spec_job(
     address: str,
     working_dir: Path | None = None,
     env: dict[str, str] | None = None,
+    same_machine: bool | None = None,
 ) -> JobPlan:
     """Plan ``bratslab train|sweep SPEC`` for a job spec inside the uploaded project folder.
 
@@ -264,7 +306,7 @@ def plan_spec_job(
         kind=kind,
         argv=argv,
         entrypoint=ep.shell_command(argv),
-        runtime_env=_runtime_env(root, job_env(address, env)),
+        runtime_env=_runtime_env(root, job_env(address, env, same_machine=same_machine)),
         submission_id=_submission_id(kind, spec.stem),
         metadata={"bratslab_kind": kind, "spec": rel},
     )
@@ -276,6 +318,7 @@ def plan_command_job(
     address: str,
     working_dir: Path | None = None,
     env: dict[str, str] | None = None,
+    same_machine: bool | None = None,
 ) -> JobPlan:
     """Plan an explicit ``bratslab ARGV`` job, e.g. ``["data", "preprocess", RAW, OUT]``."""
     path = ep.resolve_command(argv)
@@ -285,7 +328,7 @@ def plan_command_job(
         kind=kind,
         argv=list(argv),
         entrypoint=ep.shell_command(argv),
-        runtime_env=_runtime_env(root, job_env(address, env)),
+        runtime_env=_runtime_env(root, job_env(address, env, same_machine=same_machine)),
         submission_id=_submission_id(kind, kind),
         metadata={"bratslab_kind": kind},
     )

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -128,16 +130,38 @@ def register(
     """
     uri = tracking_uri(uri)
     str_tags = {k: _tag_value(v) for k, v in (tags or {}).items()}
-    previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    # MLflow resolves ``models:/<model_id>`` sources through its *global* tracking URI.
+    with _global_uris(uri):
+        mv = mlflow.register_model(model_uri, name, await_registration_for=await_s, tags=str_tags)
+    log.info("registered %s as %s version %s", model_uri, name, mv.version)
+    return str(mv.version)
+
+
+@contextmanager
+def _global_uris(uri: str) -> Iterator[None]:
+    """Point MLflow's process-global tracking and registry URIs at ``uri`` for a moment.
+
+    Restores the globals *and* the ``MLFLOW_TRACKING_URI``/``MLFLOW_REGISTRY_URI`` environment
+    variables exactly: ``mlflow.set_tracking_uri(previous)`` would export MLflow's resolved
+    default (``sqlite:///mlflow.db`` in the cwd) into the environment, where
+    :func:`bratslab.settings.get_settings` would then pick it up as if the user had set it.
+    """
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
-        mv = mlflow.register_model(model_uri, name, await_registration_for=await_s, tags=str_tags)
+        yield
     finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
-    log.info("registered %s as %s version %s", model_uri, name, mv.version)
-    return str(mv.version)
+        tracking_utils._tracking_uri, registry_utils._registry_uri = saved
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _tag_value(value: Any) -> str:
@@ -220,6 +244,12 @@ def _numeric_tags(tags: Mapping[str, str]) -> dict[str, float]:
     return out
 
 
+def _model_id_from(source: str | None) -> str | None:
+    """``models:/m-abc`` (a logged model's URI, MLflow 3) → ``m-abc``."""
+    rest = (source or "").removeprefix("models:/")
+    return rest if rest != (source or "") and rest.startswith("m-") and "/" not in rest else None
+
+
 def _describe(mv, *, uri: str | None) -> VersionInfo:
     c = client(uri)
     metrics: dict[str, float] = {}
@@ -251,7 +281,7 @@ def _describe(mv, *, uri: str | None) -> VersionInfo:
         source=mv.source or "",
         download_uri=download,
         run_id=mv.run_id,
-        model_id=getattr(mv, "model_id", None),
+        model_id=getattr(mv, "model_id", None) or _model_id_from(mv.source),
         description=mv.description or "",
         tags=tags,
         metrics=metrics,
@@ -293,6 +323,25 @@ def get_version(
 def version_metric(name: str, version: str | int, metric: str, *, uri: str | None = None):
     """The value of ``metric`` for a version, or None (see :func:`get_version`)."""
     return get_version(name, version=version, uri=uri).metrics.get(metric)
+
+
+def source_run_id(model_uri: str, *, uri: str | None = None) -> str | None:
+    """The run that logged a model: ``models:/<model_id>`` (a logged model), ``models:/NAME@A``
+    or ``models:/NAME/V`` (a registered version), or ``runs:/<run_id>/...``.
+
+    Raises:
+        RegistryError: the model, version or alias does not exist.
+    """
+    if model_uri.startswith("runs:/"):
+        return model_uri.removeprefix("runs:/").split("/", 1)[0] or None
+    model_id = _model_id_from(model_uri)
+    if model_id is not None:
+        try:
+            return client(uri).get_logged_model(model_id).source_run_id
+        except MlflowException as e:
+            raise RegistryError(f"{model_uri}: {e.message}") from None
+    name, alias, version = parse_ref(model_uri)
+    return get_version(name, alias=alias, version=version, uri=uri).run_id
 
 
 def list_versions(name: str, *, uri: str | None = None) -> list[VersionInfo]:

@@ -1,0 +1,55 @@
+"""CLI wiring of the ops commands: registered names, fast imports, `bratslab ui` command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from bratslab.jobs.entrypoint import command_names
+from bratslab.settings import get_settings
+from bratslab.tracking.ui import is_loopback_host, server_command
+
+
+def test_ops_commands_are_registered():
+    names = command_names()
+    for cmd in [
+        ("submit",),
+        ("jobs", "list"), ("jobs", "status"), ("jobs", "logs"), ("jobs", "stop"),
+        ("models", "list"), ("models", "show"), ("models", "promote"), ("models", "download"),
+        ("runs", "list"), ("runs", "compare"),
+        ("ui",),
+    ]:  # fmt: skip
+        assert cmd in names, cmd
+
+
+def test_ops_cli_modules_do_not_import_mlflow_or_ray():
+    """`bratslab --help` must stay fast: heavy imports happen inside the commands."""
+    code = (
+        "import sys, bratslab.jobs.cli, bratslab.tracking.cli; "
+        "print(sorted(m for m in ('mlflow', 'ray', 'torch') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_ui_serves_the_settings_store_on_loopback(tmp_path, monkeypatch):
+    monkeypatch.setenv("BRATSLAB_HOME", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("BRATSLAB_ARTIFACTS", raising=False)
+    s = get_settings()
+    cmd = server_command(s, port=5055)
+    assert cmd[:4] == [sys.executable, "-m", "mlflow", "server"]
+    assert cmd[cmd.index("--backend-store-uri") + 1] == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert cmd[cmd.index("--default-artifact-root") + 1] == (tmp_path / "mlartifacts").as_uri()
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    assert cmd[cmd.index("--port") + 1] == "5055"
+    assert "--no-serve-artifacts" in cmd
+    assert Path(tmp_path / "mlartifacts").is_dir()
+
+
+def test_loopback_hosts():
+    assert is_loopback_host("127.0.0.1") and is_loopback_host("::1")
+    assert is_loopback_host("localhost") and is_loopback_host("127.0.0.5")
+    assert not is_loopback_host("0.0.0.0") and not is_loopback_host("10.0.0.1")
+    assert not is_loopback_host("example.org")
