@@ -1,9 +1,77 @@
-"""Commands of the tune stage."""
+"""Commands of the tune stage: ``bratslab sweep JOB.yaml [--set ...] [--resume NAME]``."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the root app."""
+    app.command("sweep")(sweep)
+
+
+def sweep(
+    job: Path | None = typer.Argument(
+        None,
+        help="Job spec (jobs/*.yaml) with a `sweep` section; optional with --resume, which "
+        "uses the job stored in the sweep folder.",
+    ),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Dotted override of the job, e.g. --set sweep.num_trials=8 (repeatable)."
+    ),
+    resume: str | None = typer.Option(
+        None,
+        "--resume",
+        help="Continue the sweep of this name ($BRATSLAB_HOME/sweeps/NAME): completed trials "
+        "are kept, unfinished ones continue.",
+    ),
+) -> None:
+    """Hyper-parameter sweep: Ray Tune + Optuna + ASHA, then TTA re-evaluation and registry."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from bratslab.config import ConfigError
+    from bratslab.tune.sweep import run_sweep
+
+    console = Console()
+    spec = None
+    if resume:
+        if job is not None or overrides:
+            console.print(
+                "[yellow]--resume uses the job and space stored with the sweep; "
+                "JOB and --set are ignored[/yellow]"
+            )
+    else:
+        if job is None:
+            raise ConfigError("bratslab sweep: give a JOB.yaml (or --resume NAME)")
+        from bratslab.jobs.spec import load_job
+
+        spec = load_job(job, overrides)
+    outcome = run_sweep(spec, job_source=str(job) if job else None, resume=resume)
+
+    table = Table(title=f"sweep {outcome.name}")
+    for col in ("trial", "status", "epochs", "best val", "TTA"):
+        table.add_column(col)
+    metric = spec.sweep.selection_metric if spec else "tta/dice_mean"
+    for r in outcome.trials:
+        tta = (r.get("tta") or {}).get(metric)
+        table.add_row(
+            r["trial_id"],
+            r["status"],
+            str(r["iterations"]),
+            "" if r["best_metric"] is None else f"{r['best_metric']:.4f}",
+            "" if tta is None else f"{tta:.4f}",
+        )
+    console.print(table)
+    console.print(f"parent MLflow run: {outcome.parent_run_id}  folder: {outcome.root}")
+    if outcome.interrupted:
+        console.print(f"[yellow]interrupted: continue with --resume {outcome.name}[/yellow]")
+        raise typer.Exit(130)
+    reg = outcome.registration
+    if reg is not None:
+        verdict = f"now {reg.alias}" if reg.promoted else f"{reg.alias} unchanged"
+        console.print(
+            f"registered models:/{reg.name}/{reg.version} (trial {reg.trial_id}; {verdict})"
+        )

@@ -120,9 +120,11 @@ class SweepConfig(StrictModel):
         description="Metric (after TTA) that picks the winner and decides the champion alias.",
     )
     selection_mode: str = Field(
-        default="max", pattern="^(max|min)$", description="Whether the selection metric is maximised."
+        default="max",
+        pattern="^(max|min)$",
+        description="Whether the selection metric is maximised.",
     )
-    register: bool = Field(default=True, description="Log and register the winner in MLflow.")
+    register_model: bool = Field(default=True, description="Log and register the winner in MLflow.")
     registry_name: str | None = Field(
         default=None, description="Registered model name; default `bratslab-<dataset>`."
     )

@@ -55,9 +55,7 @@ class _ParamBase(StrictModel):
 
     def conditions(self) -> dict[str, list[Any]]:
         """``when`` with every right-hand side as a list of allowed values."""
-        return {
-            k: list(v) if isinstance(v, list) else [v] for k, v in (self.when or {}).items()
-        }
+        return {k: list(v) if isinstance(v, list) else [v] for k, v in (self.when or {}).items()}
 
 
 class ChoiceParam(_ParamBase):
@@ -113,7 +111,7 @@ class LogUniformParam(_ParamBase):
 
 
 class IntParam(_ParamBase):
-    """An integer from [low, high] (both inclusive), every ``step``; ``log`` samples in log space."""
+    """An integer from [low, high] (inclusive), every ``step``; ``log`` samples in log space."""
 
     type: Literal["int"]
     low: int = Field(description="Lower bound (inclusive).")

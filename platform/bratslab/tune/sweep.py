@@ -2,7 +2,8 @@
 
 Layout of a sweep folder (``$BRATSLAB_HOME/sweeps/<name>/``)::
 
-    sweep.json        the resolved base job, the space file's text, the MLflow parent run id
+    sweep.json        the resolved base job, the MLflow parent run id, the outcome when finished
+    space.yaml        the space file as it was when the sweep started (a resume uses this copy)
     optuna.db         the Optuna study (SQLite RDB storage; one writer: the Tune driver)
     tune/             Ray Tune's experiment state (trials, searcher and scheduler snapshots)
     train/            each trial's Ray Train run (checkpoints), named <sweep>-<trial id>
@@ -22,8 +23,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,308 +33,278 @@ from bratslab import atomic
 from bratslab.config import ConfigError
 from bratslab.settings import Settings, get_settings
 from bratslab.tune.config import SweepConfig
+from bratslab.tune.harness import SweepPaths, TrialContext, run_tuner, sweeps_root
 from bratslab.tune.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
-TUNE_DIRNAME = "tune"
-CHECKPOINT_PATH_KEY = "checkpoint_path"  # key TuneReportCallback adds (ray.tune.integration)
-
-
-@dataclass(frozen=True)
-class SweepPaths:
-    """Where one sweep keeps its state."""
-
-    root: Path
-
-    @property
-    def manifest(self) -> Path:
-        return self.root / "sweep.json"
-
-    @property
-    def tune(self) -> Path:
-        return self.root / TUNE_DIRNAME
-
-    @property
-    def train(self) -> Path:
-        return self.root / "train"
-
-    @property
-    def trials(self) -> Path:
-        return self.root / "trials"
-
-    @property
-    def optuna_db(self) -> Path:
-        return self.root / "optuna.db"
-
-    @property
-    def optuna_url(self) -> str:
-        return f"sqlite:///{self.optuna_db.resolve()}"
-
-    @property
-    def results_csv(self) -> Path:
-        return self.root / "results.csv"
-
-    def marker(self, trial_id: str) -> Path:
-        return self.trials / f"{trial_id}.json"
-
-    def attempts(self, trial_id: str) -> Path:
-        return self.trials / f"{trial_id}.attempts.jsonl"
-
-
-def sweeps_root(settings: Settings | None = None) -> Path:
-    return (settings or get_settings()).home / "sweeps"
+__all__ = ["SweepOutcome", "SweepPaths", "TrialContext", "run_sweep"]
 
 
 @dataclass
-class TrialContext:
-    """What every trial needs, shipped to the trial actors with ``tune.with_parameters``.
-
-    Attributes:
-        make_job: validates a job dict into the object ``build_trainer`` takes (``JobSpec``).
-        build_trainer: ``(job, callbacks) -> TorchTrainer``; ``None`` = the train stage's.
-    """
-
-    sweep_name: str
-    paths: SweepPaths
-    base_job: dict[str, Any]
-    space: SearchSpace
-    parent_run_id: str | None
-    make_job: Callable[[dict[str, Any], str], Any]
-    build_trainer: Callable[..., Any] | None = None
-    extra_tags: dict[str, str] = field(default_factory=dict)
-
-    def trial_job(self, trial_id: str, config: dict[str, Any]) -> Any:
-        """The validated job of one trial: base job + fixed values + sampled parameters."""
-        params = self.space.decode(config)
-        data = self.space.apply(self.base_job, params)
-        data.pop("sweep", None)
-        data["name"] = f"{self.sweep_name}-{trial_id}"
-        tracking = data.setdefault("tracking", {})
-        tracking["parent_run_id"] = self.parent_run_id
-        tracking["tags"] = {
-            **(tracking.get("tags") or {}),
-            **self.extra_tags,
-            "bratslab.sweep": self.sweep_name,
-            "bratslab.trial_id": trial_id,
-        }
-        # Only the sweep's winner becomes an MLflow model (after TTA re-evaluation).
-        tracking["log_model"] = False
-        return self.make_job(data, f"sweep {self.sweep_name} trial {trial_id}")
-
-
-def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
-    """The Tune trainable: one Ray Train run whose reports flow to Tune.
-
-    Runs inside a Tune trial actor. ``TuneReportCallback`` forwards each report of the Train
-    run's rank-0 worker (metrics + ``checkpoint_path``) to Tune, where ASHA and Optuna see it.
-    """
-    from ray import tune  # Ray: trial context and reporting
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    trial_id = tune.get_context().get_trial_id()
-    marker = ctx.paths.marker(trial_id)
-    if marker.is_file():
-        done = json.loads(marker.read_text())
-        log.warning("trial %s already completed; replaying its recorded result", trial_id)
-        tune.report(done["last_result"])  # Ray: give Tune/ASHA/Optuna the recorded outcome
-        return
-    job = ctx.trial_job(trial_id, config)
-    with ctx.paths.attempts(trial_id).open("a") as f:  # audit trail: one line per training start
-        f.write(json.dumps({"time": time.time(), "job": job.name}) + "\n")
-    build = ctx.build_trainer
-    if build is None:
-        from bratslab.train.trainer import build_trainer as build
-    trainer = build(job, callbacks=[TuneReportCallback()])  # Ray: Train → Tune bridge
-    result = trainer.fit()
-    if result.error is not None:
-        raise result.error
-
-
-def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: v
-        for k, v in d.items()
-        if (isinstance(v, (int, float, str, bool)) or v is None) and v == v  # drops NaN
-    }
-
-
-def _completion_recorder(paths: SweepPaths):
-    """A Tune callback (driver side) writing ``trials/<id>.json`` the moment a trial ends.
-
-    Written for trials that finish and for trials ASHA stops early: both are done as far as
-    the sweep is concerned, and neither may train again on resume.
-    """
-    from ray.tune import Callback  # Ray: driver-side experiment hooks
-
-    class CompletionRecorder(Callback):
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            atomic.write_json(
-                paths.marker(trial.trial_id),
-                {
-                    "trial_id": trial.trial_id,
-                    "config": _jsonable(dict(trial.config)),
-                    "last_result": _jsonable(dict(trial.last_result or {})),
-                },
-            )
-
-    return CompletionRecorder()
-
-
-def make_searcher(cfg: SweepConfig, space: SearchSpace, paths: SweepPaths, study_name: str):
-    """``OptunaSearch`` over the define-by-run space, its study persisted in ``optuna.db``."""
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
-    if cfg.search.algorithm == "tpe":
-        # multivariate+group: TPE models parameters jointly within each conditional branch.
-        sampler = optuna.samplers.TPESampler(
-            seed=cfg.search.seed,
-            n_startup_trials=cfg.search.n_startup_trials,
-            multivariate=True,
-            group=True,
-            constant_liar=cfg.search.constant_liar,
-        )
-    else:
-        sampler = optuna.samplers.RandomSampler(seed=cfg.search.seed)
-    storage = optuna.storages.RDBStorage(paths.optuna_url)
-    return OptunaSearch(
-        space=space.suggest,
-        metric=cfg.metric,
-        mode=cfg.mode,
-        sampler=sampler,
-        study_name=study_name,
-        storage=storage,
-    )
-
-
-def make_scheduler(cfg: SweepConfig, default_max_t: int):
-    """ASHA (or FIFO) on ``cfg.scheduler.time_attr``."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    s = cfg.scheduler
-    if s.kind == "fifo":
-        return FIFOScheduler()
-    max_t = s.max_t or default_max_t
-    if s.grace_period > max_t:
-        raise ConfigError(
-            f"sweep.scheduler.grace_period ({s.grace_period}) exceeds max_t ({max_t})"
-        )
-    return ASHAScheduler(
-        time_attr=s.time_attr,
-        metric=cfg.metric,
-        mode=cfg.mode,
-        max_t=max_t,
-        grace_period=s.grace_period,
-        reduction_factor=s.reduction_factor,
-        # A trial that reaches max_t finishes its own epochs: stopping it there would kill the
-        # Train run before it returns (max_t then only places the rungs).
-        stop_last_trials=False,
-    )
-
-
-@dataclass
-class TunerOutcome:
-    """What the Tune part of a sweep produced."""
+class SweepOutcome:
+    """A finished (or interrupted) sweep."""
 
     name: str
-    paths: SweepPaths
-    trials: list[dict[str, Any]]  # one row per trial, see `trial_rows`
-    seconds: float
+    root: Path
+    parent_run_id: str
+    trials: list[dict[str, Any]]
+    interrupted: bool
+    registration: Any = None  # selection.Registration when a winner was registered
+    winner: dict[str, Any] | None = None
+    artifacts: list[Path] = field(default_factory=list)
 
 
-def run_tuner(
-    ctx: TrialContext, cfg: SweepConfig, *, resume: bool, default_max_t: int
-) -> TunerOutcome:
-    """Run (or resume) the Tune experiment of a sweep and tabulate its trials.
+def _resolve_space_path(space: str, job_source: str | None) -> Path:
+    """The space file as given (absolute or relative to the cwd), else relative to the job
+    file's folder or its parent (``jobs/x.yaml`` → ``search_spaces/...`` of the same tree)."""
+    p = Path(space).expanduser()
+    if p.is_file() or p.is_absolute() or not job_source:
+        return p
+    job_dir = Path(job_source).parent
+    for candidate in (job_dir / p, job_dir.parent / p):
+        if candidate.is_file():
+            return candidate
+    return p
+
+
+def _new_sweep(spec, job_source: str | None, settings: Settings) -> tuple[SweepPaths, dict]:
+    cfg: SweepConfig = spec.sweep
+    name = cfg.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    paths = SweepPaths(sweeps_root(settings) / name)
+    if paths.manifest.is_file():
+        raise ConfigError(
+            f"sweep {name!r} exists in {paths.root}; continue it with --resume {name}"
+        )
+    space_path = _resolve_space_path(cfg.space, job_source)
+    from bratslab.jobs.spec import JobSpec
+
+    # Validate the space file and every parameter against the job before anything is created.
+    space = SearchSpace.from_file(space_path)
+    space.check_against(JobSpec, spec.resolved(), source=job_source or "job")
+    max_t = cfg.scheduler.max_t or spec.training.epochs
+    if cfg.scheduler.kind == "asha" and cfg.scheduler.grace_period > max_t:
+        raise ConfigError(
+            f"{job_source or 'job'}: sweep.scheduler.grace_period ({cfg.scheduler.grace_period}) "
+            f"exceeds max_t ({max_t}, default training.epochs)"
+        )
+    space_copy = paths.root / "space.yaml"
+    paths.root.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(space_copy, space_path.read_text())
+    manifest = {
+        "format": "bratslab-sweep/1",
+        "name": name,
+        "job": spec.resolved(),
+        "space_file": str(space_path),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "parent_run_id": None,
+    }
+    return paths, manifest
+
+
+def _load_sweep(name: str, settings: Settings) -> tuple[SweepPaths, dict]:
+    paths = SweepPaths(sweeps_root(settings) / name)
+    if not paths.manifest.is_file():
+        known = sorted(p.name for p in sweeps_root(settings).glob("*/sweep.json"))
+        raise ConfigError(
+            f"no sweep named {name!r} under {sweeps_root(settings)} "
+            f"(known: {', '.join(known) or 'none'})"
+        )
+    return paths, json.loads(paths.manifest.read_text())
+
+
+def _trial_run_ids(rows: list[dict[str, Any]], paths: SweepPaths, sweep_name: str) -> None:
+    """Attach each trial's MLflow run id (from the train stage's run-state file)."""
+    from bratslab.train.trainer import RUN_STATE
+
+    for r in rows:
+        state = paths.train / f"{sweep_name}-{r['trial_id']}" / RUN_STATE
+        r["mlflow_run_id"] = (
+            json.loads(state.read_text())["mlflow_run_id"] if state.is_file() else None
+        )
+
+
+def _mark_stopped_trials(rows: list[dict[str, Any]], ctx: TrialContext) -> None:
+    """Label trials ASHA stopped before their last epoch; close runs of killed trials.
+
+    A stopped trial's actor is killed mid-``fit``, so its MLflow run still says RUNNING once
+    Tune is done: it becomes KILLED with the tag ``bratslab.stopped_early``.
+    """
+    from bratslab.tracking import mlflow_runs
+
+    for r in rows:
+        if not r["completed"] or r["status"] == "ERROR":
+            continue
+        job = ctx.space.apply(ctx.base_job, ctx.space.decode(r["params"]))
+        if r["iterations"] < int(job["training"]["epochs"]):
+            r["status"] = "STOPPED_EARLY"
+        run_id = r.get("mlflow_run_id")
+        if run_id and mlflow_runs.run_info(run_id)["status"] == "RUNNING":
+            mlflow_runs.set_tags(run_id, {"bratslab.stopped_early": "true"})
+            mlflow_runs.end_run(run_id, "KILLED")
+
+
+def run_sweep(
+    spec=None,
+    *,
+    job_source: str | None = None,
+    resume: str | None = None,
+    settings: Settings | None = None,
+) -> SweepOutcome:
+    """Run a sweep end to end, or resume the sweep named ``resume``.
+
+    Steps: validate the space against the job (every parameter and candidate value, before any
+    trial starts) → MLflow parent run → Tune (OptunaSearch + ASHA, one Ray Train run per trial)
+    → results table and Optuna plots on the parent run → top-k TTA re-evaluation → register the
+    winner and move the alias if it beats the champion.
 
     Args:
-        ctx: the trial context (paths, base job, space, parent run).
-        cfg: the sweep section.
-        resume: continue the experiment in ``ctx.paths.tune`` (``Tuner.restore``).
-        default_max_t: ASHA's ``max_t`` when the config leaves it unset (the job's epochs).
+        spec: the validated ``JobSpec`` (with a ``sweep`` section); ignored when resuming,
+            which uses the job and space stored in the sweep folder.
+        job_source: path of the job file (a relative space path may be beside it).
+        resume: name of an existing sweep to continue.
+    Raises:
+        ConfigError: no sweep section, unknown sweep name, or a space that does not fit the job.
     """
-    from ray import tune  # Ray: the Tune driver runs in this process
+    from bratslab.cluster import ensure_ray
+    from bratslab.jobs.spec import JobSpec, job_from_dict
+    from bratslab.tracking import mlflow_runs
 
-    start = time.monotonic()
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, ctx=ctx),
-        {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu},
-    )
-    ctx.paths.trials.mkdir(parents=True, exist_ok=True)
+    settings = settings or get_settings()
+    # Pin the stores for this process and the trial actors (ensure_ray forwards these two
+    # variables): every MLflow client, fluent call and Ray worker then resolves the same store.
+    os.environ.setdefault("BRATSLAB_HOME", str(settings.home))
+    os.environ.setdefault("MLFLOW_TRACKING_URI", settings.tracking_uri)
     if resume:
-        if not tune.Tuner.can_restore(str(ctx.paths.tune)):
-            raise ConfigError(f"{ctx.paths.tune}: no Tune experiment state to resume")
-        # Finished trials are kept; unfinished ones continue (same trial ids); errored ones
-        # start again from scratch.
-        tuner = tune.Tuner.restore(
-            str(ctx.paths.tune),
-            trainable=trainable,
-            resume_unfinished=True,
-            restart_errored=True,
-        )
+        paths, manifest = _load_sweep(resume, settings)
+        if manifest.get("finished"):
+            raise ConfigError(
+                f"sweep {resume!r} already finished ({manifest['finished']}); "
+                "start a new sweep to search again"
+            )
+        spec = job_from_dict(manifest["job"], str(paths.manifest))
     else:
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=make_searcher(cfg, ctx.space, ctx.paths, ctx.sweep_name),
-                scheduler=make_scheduler(cfg, default_max_t),
-                num_samples=cfg.num_trials,
-                max_concurrent_trials=cfg.max_concurrent,
-                # metric/mode are given to the searcher and scheduler themselves (the
-                # define-by-run OptunaSearch builds its study at construction).
-            ),
-            run_config=tune.RunConfig(
-                name=TUNE_DIRNAME,
-                storage_path=str(ctx.paths.root.resolve()),
-                failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-                callbacks=[_completion_recorder(ctx.paths)],
-                verbose=1,
-            ),
+        if spec is None or spec.sweep is None:
+            raise ConfigError(f"{job_source or 'job'}: no `sweep` section")
+        paths, manifest = _new_sweep(spec, job_source, settings)
+    cfg: SweepConfig = spec.sweep
+    name = manifest["name"]
+    space = SearchSpace.from_file(paths.root / "space.yaml")
+    space.source = manifest["space_file"]
+    base_job = spec.resolved()
+    space.check_against(JobSpec, base_job, source=job_source or "job")
+
+    parent_run_id = mlflow_runs.start_run(
+        experiment=spec.tracking.experiment,
+        run_name=name,
+        params={"sweep": cfg.model_dump(mode="json"), "job": spec.name},
+        tags={"bratslab.sweep": name, "bratslab.kind": "sweep", mlflow_runs.TAG_JOB: spec.name},
+        resume_run_id=manifest.get("parent_run_id"),
+    )
+    manifest["parent_run_id"] = parent_run_id
+    atomic.write_json(paths.manifest, manifest)
+
+    ensure_ray(settings)
+    ctx = TrialContext(
+        sweep_name=name,
+        paths=paths,
+        base_job=base_job,
+        space=space,
+        parent_run_id=parent_run_id,
+        make_job=job_from_dict,
+    )
+    try:
+        resuming = bool(resume) and paths.tune.exists()
+        tuned = run_tuner(ctx, cfg, resume=resuming, default_max_t=spec.training.epochs)
+    except BaseException:
+        mlflow_runs.end_run(parent_run_id, "FAILED")
+        raise
+    rows = tuned.trials
+    _trial_run_ids(rows, paths, name)
+    interrupted = len(rows) < cfg.num_trials or any(
+        not r["completed"] and r["status"] != "ERROR" for r in rows
+    )
+    outcome = SweepOutcome(name, paths.root, parent_run_id, rows, interrupted)
+    if interrupted:
+        write_and_log_results(outcome, paths)
+        mlflow_runs.set_tags(parent_run_id, {"bratslab.interrupted": "true"})
+        mlflow_runs.end_run(parent_run_id, "KILLED")
+        log.warning("sweep %s interrupted; continue with --resume %s", name, name)
+        return outcome
+    _mark_stopped_trials(rows, ctx)
+    try:
+        if cfg.upkern.enabled:
+            from bratslab.tune.followup import run_upkern
+
+            run_upkern(ctx, cfg, outcome)
+        _select_and_register(outcome, spec, cfg)
+        write_and_log_results(outcome, paths)
+    except BaseException:
+        write_and_log_results(outcome, paths)
+        mlflow_runs.end_run(parent_run_id, "FAILED")
+        raise
+    mlflow_runs.set_tags(parent_run_id, {"bratslab.interrupted": "false"})
+    mlflow_runs.end_run(parent_run_id, "FINISHED")
+    reg = outcome.registration
+    manifest["finished"] = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "winner_trial": outcome.winner["trial_id"] if outcome.winner else None,
+        "registered": f"{reg.name}/{reg.version}" if reg else None,
+        "promoted": reg.promoted if reg else None,
+    }
+    atomic.write_json(paths.manifest, manifest)
+    return outcome
+
+
+def _select_and_register(outcome: SweepOutcome, spec, cfg: SweepConfig) -> None:
+    from bratslab.tracking import mlflow_runs
+    from bratslab.tune import selection
+
+    candidates = selection.rank_candidates(outcome.trials, cfg.mode, cfg.top_k)
+    upkerned = [r for r in outcome.trials if str(r["trial_id"]).startswith("upkern-")]
+    # The follow-up is re-evaluated even when its short finetune ranks below the top k.
+    candidates += [r for r in upkerned if r not in candidates and r.get("best_checkpoint")]
+    if not candidates:
+        log.warning("sweep %s: no trial produced a checkpoint; nothing to register", outcome.name)
+        return
+    store = str(spec.data.store_path())
+    selection.evaluate_candidates(candidates, store, spec.data.fold, cfg.tta)
+    winner = selection.pick_winner(candidates, cfg.selection_metric, cfg.selection_mode)
+    if winner is None:
+        raise RuntimeError(
+            f"sweep {outcome.name}: no candidate has a finite {cfg.selection_metric!r} "
+            f"(got {sorted(candidates[0].get('tta', {}))})"
         )
-    grid = tuner.fit()
-    rows = trial_rows(grid, cfg, ctx.paths)
-    return TunerOutcome(ctx.sweep_name, ctx.paths, rows, time.monotonic() - start)
-
-
-def trial_rows(grid, cfg: SweepConfig, paths: SweepPaths) -> list[dict[str, Any]]:
-    """One dict per trial: id, status, params, best metric, epochs, best checkpoint.
-
-    The best checkpoint of a trial is the reported ``checkpoint_path`` with the best ``metric``
-    among those still on disk (the trainer keeps its top checkpoints by the same metric).
-    """
-    sign = 1.0 if cfg.mode == "max" else -1.0
-    rows = []
-    for res in grid:
-        # Tune adds `trial_id` to every result; a trial that never reported has none.
-        trial_id = (res.metrics or {}).get("trial_id") or Path(res.path or "?").name
-        df = res.metrics_dataframe
-        best_value, best_ckpt, iters = None, None, 0
-        if df is not None and len(df):
-            iters = int(df["training_iteration"].max()) if "training_iteration" in df else len(df)
-            if cfg.metric in df:
-                scored = df[df[cfg.metric].notna()]
-                if len(scored):
-                    best_value = float((scored[cfg.metric] * sign).max() * sign)
-                if CHECKPOINT_PATH_KEY in df:
-                    with_ckpt = scored[scored[CHECKPOINT_PATH_KEY].notna()]
-                    with_ckpt = with_ckpt[
-                        with_ckpt[CHECKPOINT_PATH_KEY].map(lambda p: Path(str(p)).is_dir())
-                    ]
-                    if len(with_ckpt):
-                        idx = (with_ckpt[cfg.metric] * sign).idxmax()
-                        best_ckpt = str(with_ckpt.loc[idx, CHECKPOINT_PATH_KEY])
-        marker = paths.marker(trial_id)
-        rows.append(
+    outcome.winner = winner
+    summary = {f"best/{k}": v for k, v in winner["tta"].items()}
+    mlflow_runs.log_metrics(outcome.parent_run_id, summary, 0)
+    mlflow_runs.set_tags(outcome.parent_run_id, {"bratslab.winner_trial": winner["trial_id"]})
+    if cfg.register_model:
+        outcome.registration = selection.register_winner(
+            winner,
+            name=cfg.registry_name or selection.default_registry_name(store),
+            sweep_name=outcome.name,
+            metric=cfg.selection_metric,
+            mode=cfg.selection_mode,
+            alias=cfg.alias,
+        )
+        reg = outcome.registration
+        mlflow_runs.set_tags(
+            outcome.parent_run_id,
             {
-                "trial_id": trial_id,
-                "status": "ERROR" if res.error else "TERMINATED",
-                "completed": marker.is_file(),
-                "iterations": iters,
-                "best_metric": best_value,
-                "best_checkpoint": best_ckpt,
-                "params": dict(res.config or {}),
-                "error": str(res.error)[:500] if res.error else None,
-            }
+                "bratslab.registered": f"{reg.name}/{reg.version}",
+                "bratslab.promoted": str(reg.promoted).lower(),
+            },
         )
-    return rows
+
+
+def write_and_log_results(outcome: SweepOutcome, paths: SweepPaths) -> None:
+    """results.csv + Optuna plots into the sweep folder and onto the parent run."""
+    from bratslab.tracking import mlflow_runs
+    from bratslab.tune import report
+
+    files = [report.write_results_csv(paths.results_csv, outcome.trials)]
+    files += report.optuna_plots(paths.optuna_url, outcome.name, paths.root)
+    for f in files:
+        mlflow_runs.log_artifact(outcome.parent_run_id, f)
+    outcome.artifacts = files

@@ -1,0 +1,406 @@
+"""The Ray Tune harness of a sweep: Tuner + OptunaSearch + ASHA over Ray Train trials.
+
+:func:`run_tuner` runs (or, with ``Tuner.restore``, resumes) the Tune experiment; each trial is
+:func:`run_trial`, which trains one job through the train stage (its ``TorchTrainer`` reports
+to Tune via ``TuneReportCallback``). The sweep folder layout and the resume guarantee are
+described in :mod:`bratslab.tune.sweep`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bratslab import atomic
+from bratslab.config import ConfigError
+from bratslab.settings import Settings, get_settings
+from bratslab.tune.config import SweepConfig
+from bratslab.tune.space import SearchSpace
+
+log = logging.getLogger(__name__)
+
+TUNE_DIRNAME = "tune"
+CHECKPOINT_PATH_KEY = "checkpoint_path"  # key TuneReportCallback adds (ray.tune.integration)
+FRESH_KEY = "val/fresh"  # 1 when the train loop validated in this epoch
+REAP_INTERVAL_S = 10.0  # how often the driver looks for placement groups of dead controllers
+
+
+@dataclass(frozen=True)
+class SweepPaths:
+    """Where one sweep keeps its state."""
+
+    root: Path
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "sweep.json"
+
+    @property
+    def tune(self) -> Path:
+        return self.root / TUNE_DIRNAME
+
+    @property
+    def train(self) -> Path:
+        return self.root / "train"
+
+    @property
+    def trials(self) -> Path:
+        return self.root / "trials"
+
+    @property
+    def optuna_db(self) -> Path:
+        return self.root / "optuna.db"
+
+    @property
+    def optuna_url(self) -> str:
+        return f"sqlite:///{self.optuna_db.resolve()}"
+
+    @property
+    def results_csv(self) -> Path:
+        return self.root / "results.csv"
+
+    def marker(self, trial_id: str) -> Path:
+        return self.trials / f"{trial_id}.json"
+
+    def attempts(self, trial_id: str) -> Path:
+        return self.trials / f"{trial_id}.attempts.jsonl"
+
+
+def sweeps_root(settings: Settings | None = None) -> Path:
+    return (settings or get_settings()).home / "sweeps"
+
+
+@dataclass
+class TrialContext:
+    """What every trial needs, shipped to the trial actors with ``tune.with_parameters``.
+
+    Attributes:
+        make_job: validates a job dict into a ``JobSpec`` (``job_from_dict``).
+    """
+
+    sweep_name: str
+    paths: SweepPaths
+    base_job: dict[str, Any]
+    space: SearchSpace
+    parent_run_id: str | None
+    make_job: Callable[[dict[str, Any], str], Any]
+    extra_tags: dict[str, str] = field(default_factory=dict)
+
+    def trial_job(self, trial_id: str, config: dict[str, Any]) -> Any:
+        """The validated job of one trial: base job + fixed values + sampled parameters."""
+        params = self.space.decode(config)
+        data = self.space.apply(self.base_job, params)
+        data.pop("sweep", None)
+        data["name"] = f"{self.sweep_name}-{trial_id}"
+        tracking = data.setdefault("tracking", {})
+        tracking["parent_run_id"] = self.parent_run_id
+        tracking["tags"] = {
+            **(tracking.get("tags") or {}),
+            **self.extra_tags,
+            "bratslab.sweep": self.sweep_name,
+            "bratslab.trial_id": trial_id,
+        }
+        # Only the sweep's winner becomes an MLflow model (after TTA re-evaluation).
+        tracking["log_model"] = False
+        return self.make_job(data, f"sweep {self.sweep_name} trial {trial_id}")
+
+
+def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
+    """The Tune trainable: one Ray Train run whose reports flow to Tune.
+
+    Runs inside a Tune trial actor. ``TuneReportCallback`` forwards each report of the Train
+    run's rank-0 worker (metrics + ``checkpoint_path``) to Tune, where ASHA and Optuna see it.
+    """
+    from ray import tune  # Ray: trial context and reporting
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial_id = tune.get_context().get_trial_id()
+    marker = ctx.paths.marker(trial_id)
+    if marker.is_file():
+        done = json.loads(marker.read_text())
+        log.warning("trial %s already completed; replaying its recorded result", trial_id)
+        from ray.tune.result import AUTO_RESULT_KEYS
+
+        # Ray: give Tune/ASHA/Optuna the recorded outcome (minus the keys Tune fills itself).
+        skip = {*AUTO_RESULT_KEYS, "trial_id", "experiment_id", "done", "config"}
+        tune.report({k: v for k, v in done["last_result"].items() if k not in skip})
+        return
+    job = ctx.trial_job(trial_id, config)
+    with ctx.paths.attempts(trial_id).open("a") as f:  # audit trail: one line per training start
+        f.write(json.dumps({"time": time.time(), "job": job.name}) + "\n")
+    from bratslab.train.trainer import run_training
+
+    # run_training builds the TorchTrainer (build_trainer), opens the trial's MLflow run nested
+    # under the sweep's parent, and reopens both when a restarted trial reuses its name.
+    run_training(
+        job,
+        name=job.name,
+        parent_run_id=ctx.parent_run_id,
+        callbacks=[TuneReportCallback()],  # Ray: Train → Tune bridge (metrics + checkpoint path)
+        storage_path=ctx.paths.train,
+    )
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: v
+        for k, v in d.items()
+        if (isinstance(v, (int, float, str, bool)) or v is None) and v == v  # drops NaN
+    }
+
+
+def remove_orphaned_placement_groups() -> int:
+    """Remove placement groups whose creating actor is dead; returns how many.
+
+    Why: ASHA stops a trial by ending its Tune actor, which takes the Ray Train controller (an
+    actor it owns) down with it. The controller created the worker group's placement group, and
+    Ray keeps such a group until the *job* ends. Ray Train's own ``PlacementGroupCleaner``
+    removes it only when it can query the State API (the dashboard); without it every stopped
+    trial keeps its workers' CPUs/GPUs reserved and a long sweep starves. Placement groups
+    created by the driver (Tune's trial groups), by live actors, or detached are left alone.
+
+    Reads the GCS placement-group table through Ray's private ``GlobalState`` accessor (the
+    public ``placement_group_table()`` drops the creator fields); on any API mismatch it logs
+    and does nothing.
+    """
+    import ray  # Ray: placement-group bookkeeping on the driver
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    try:
+        from ray._private.state import state
+        from ray.core.generated import gcs_pb2
+
+        table = state._connect_and_get_accessor().get_placement_group_table()
+        pg_state = gcs_pb2.PlacementGroupTableData
+        removed = 0
+        for raw in table:
+            d = pg_state.FromString(raw)
+            nil_actor = not d.creator_actor_id or set(d.creator_actor_id) == {0xFF}
+            if (
+                d.state in (pg_state.CREATED, pg_state.PENDING, pg_state.RESCHEDULING)
+                and not nil_actor
+                and d.creator_actor_dead
+                and not d.is_detached
+            ):
+                remove_placement_group(PlacementGroup(ray.PlacementGroupID(d.placement_group_id)))
+                removed += 1
+    except Exception as e:  # private API: never let bookkeeping break a sweep
+        log.warning("could not check for orphaned placement groups: %s", e)
+        return 0
+    if removed:
+        log.info("removed %d placement group(s) left by stopped trials", removed)
+    return removed
+
+
+def _completion_recorder(paths: SweepPaths):
+    """A Tune callback (driver side) writing ``trials/<id>.json`` the moment a trial ends.
+
+    Written for trials that finish and for trials ASHA stops early: both are done as far as
+    the sweep is concerned, and neither may train again on resume.
+    """
+    from ray.tune import Callback  # Ray: driver-side experiment hooks
+
+    class CompletionRecorder(Callback):
+        last_reap = 0.0
+
+        def on_step_end(self, iteration, trials, **info):
+            # A stopped trial's controller dies a moment after Tune reports the stop, so the
+            # orphan check runs periodically rather than in on_trial_complete.
+            if time.monotonic() - self.last_reap > REAP_INTERVAL_S:
+                self.last_reap = time.monotonic()
+                remove_orphaned_placement_groups()
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            atomic.write_json(
+                paths.marker(trial.trial_id),
+                {
+                    "trial_id": trial.trial_id,
+                    "config": _jsonable(dict(trial.config)),
+                    "last_result": _jsonable(dict(trial.last_result or {})),
+                },
+            )
+
+    return CompletionRecorder()
+
+
+def make_searcher(cfg: SweepConfig, space: SearchSpace, paths: SweepPaths, study_name: str):
+    """``OptunaSearch`` over the define-by-run space, its study persisted in ``optuna.db``."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    if cfg.search.algorithm == "tpe":
+        # multivariate+group: TPE models parameters jointly within each conditional branch.
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(
+            seed=cfg.search.seed,
+            n_startup_trials=cfg.search.n_startup_trials,
+            multivariate=True,
+            group=True,
+            constant_liar=cfg.search.constant_liar,
+        )
+    else:
+        sampler = optuna.samplers.RandomSampler(seed=cfg.search.seed)
+    storage = optuna.storages.RDBStorage(paths.optuna_url)
+    return OptunaSearch(
+        space=space.suggest,
+        metric=cfg.metric,
+        mode=cfg.mode,
+        sampler=sampler,
+        study_name=study_name,
+        storage=storage,
+    )
+
+
+def make_scheduler(cfg: SweepConfig, default_max_t: int):
+    """ASHA (or FIFO) on ``cfg.scheduler.time_attr``.
+
+    ASHA's rungs are ``grace_period * reduction_factor**k``; when one falls on ``max_t`` (the last
+    epoch), stock ASHA would kill a below-cutoff trial right after its final report, before its
+    training run has ended its MLflow run and logged its artifacts. Nothing is saved by stopping
+    there, so this ASHA records the result for the rung and lets the trial finish.
+    """
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+
+    s = cfg.scheduler
+    if s.kind == "fifo":
+        return FIFOScheduler()
+    max_t = s.max_t or default_max_t
+    if s.grace_period > max_t:
+        raise ConfigError(
+            f"sweep.scheduler.grace_period ({s.grace_period}) exceeds max_t ({max_t})"
+        )
+
+    class FinishingASHA(ASHAScheduler):
+        def on_trial_result(self, tune_controller, trial, result):
+            action = super().on_trial_result(tune_controller, trial, result)
+            if action == TrialScheduler.STOP and result.get(self._time_attr, 0) >= self._max_t:
+                self._num_stopped -= 1
+                return TrialScheduler.CONTINUE
+            return action
+
+    return FinishingASHA(
+        time_attr=s.time_attr,
+        metric=cfg.metric,
+        mode=cfg.mode,
+        max_t=max_t,
+        grace_period=s.grace_period,
+        reduction_factor=s.reduction_factor,
+        # A trial that reaches max_t finishes its own epochs (max_t only places the rungs).
+        stop_last_trials=False,
+    )
+
+
+@dataclass
+class TunerOutcome:
+    """What the Tune part of a sweep produced."""
+
+    name: str
+    paths: SweepPaths
+    trials: list[dict[str, Any]]  # one row per trial, see `trial_rows`
+    seconds: float
+
+
+def run_tuner(
+    ctx: TrialContext, cfg: SweepConfig, *, resume: bool, default_max_t: int
+) -> TunerOutcome:
+    """Run (or resume) the Tune experiment of a sweep and tabulate its trials.
+
+    Args:
+        ctx: the trial context (paths, base job, space, parent run).
+        cfg: the sweep section.
+        resume: continue the experiment in ``ctx.paths.tune`` (``Tuner.restore``).
+        default_max_t: ASHA's ``max_t`` when the config leaves it unset (the job's epochs).
+    """
+    from ray import tune  # Ray: the Tune driver runs in this process
+
+    start = time.monotonic()
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, ctx=ctx),
+        {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu},
+    )
+    ctx.paths.trials.mkdir(parents=True, exist_ok=True)
+    if resume:
+        if not tune.Tuner.can_restore(str(ctx.paths.tune)):
+            raise ConfigError(f"{ctx.paths.tune}: no Tune experiment state to resume")
+        # Finished trials are kept; unfinished ones continue (same trial ids); errored ones
+        # start again from scratch.
+        tuner = tune.Tuner.restore(
+            str(ctx.paths.tune),
+            trainable=trainable,
+            resume_unfinished=True,
+            restart_errored=True,
+        )
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=make_searcher(cfg, ctx.space, ctx.paths, ctx.sweep_name),
+                scheduler=make_scheduler(cfg, default_max_t),
+                num_samples=cfg.num_trials,
+                max_concurrent_trials=cfg.max_concurrent,
+                # metric/mode are given to the searcher and scheduler themselves (the
+                # define-by-run OptunaSearch builds its study at construction).
+            ),
+            run_config=tune.RunConfig(
+                name=TUNE_DIRNAME,
+                storage_path=str(ctx.paths.root.resolve()),
+                failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+                callbacks=[_completion_recorder(ctx.paths)],
+                verbose=1,
+            ),
+        )
+    grid = tuner.fit()
+    remove_orphaned_placement_groups()
+    rows = trial_rows(grid, cfg, ctx.paths)
+    return TunerOutcome(ctx.sweep_name, ctx.paths, rows, time.monotonic() - start)
+
+
+def trial_rows(grid, cfg: SweepConfig, paths: SweepPaths) -> list[dict[str, Any]]:
+    """One dict per trial: id, status, params, best metric, epochs, best checkpoint.
+
+    The best checkpoint of a trial is the reported ``checkpoint_path`` with the best ``metric``
+    among those still on disk (the trainer keeps its top checkpoints by the same metric).
+    """
+    sign = 1.0 if cfg.mode == "max" else -1.0
+    rows = []
+    for res in grid:
+        # Tune adds `trial_id` to every result; a trial that never reported has none.
+        trial_id = (res.metrics or {}).get("trial_id") or Path(res.path or "?").name
+        df = res.metrics_dataframe
+        best_value, best_ckpt, iters = None, None, 0
+        if df is not None and len(df):
+            iters = int(df["training_iteration"].max()) if "training_iteration" in df else len(df)
+            if cfg.metric in df:
+                scored = df[df[cfg.metric].notna()]
+                if len(scored):
+                    best_value = float((scored[cfg.metric] * sign).max() * sign)
+                if CHECKPOINT_PATH_KEY in df:
+                    # Only epochs that validated: the metric of the others is carried over.
+                    fresh = scored[scored[FRESH_KEY] == 1] if FRESH_KEY in scored else scored
+                    with_ckpt = fresh[fresh[CHECKPOINT_PATH_KEY].notna()]
+                    with_ckpt = with_ckpt[
+                        with_ckpt[CHECKPOINT_PATH_KEY].map(lambda p: Path(str(p)).is_dir())
+                    ]
+                    if len(with_ckpt):
+                        idx = (with_ckpt[cfg.metric] * sign).idxmax()
+                        best_ckpt = str(with_ckpt.loc[idx, CHECKPOINT_PATH_KEY])
+        marker = paths.marker(trial_id)
+        rows.append(
+            {
+                "trial_id": trial_id,
+                "status": "ERROR" if res.error else "TERMINATED",
+                "completed": marker.is_file(),
+                "iterations": iters,
+                "best_metric": best_value,
+                "best_checkpoint": best_ckpt,
+                "params": dict(res.config or {}),
+                "error": str(res.error)[:500] if res.error else None,
+            }
+        )
+    return rows
