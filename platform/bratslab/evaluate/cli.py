@@ -1,9 +1,174 @@
-"""Commands of the evaluate stage."""
+"""Commands of the evaluate stage: ``predict``, ``evaluate``, ``evaluate-model``, ``export rle``."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+export_app = typer.Typer(
+    help="Export predictions (Kaggle run-length encoding).", no_args_is_help=True
+)
+
+TTA_HELP = "Test-time augmentation: none, flips (8 mirrorings) or flips+rot90 (16 transforms)."
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.secho(message, fg="red", err=True)
+    raise typer.Exit(code)
+
+
+def predict(
+    model: list[str] = typer.Option(
+        ...,
+        "--model",
+        "-m",
+        help="Checkpoint folder (model.pt + model.json) or MLflow URI (runs:/..., "
+        "models:/NAME@alias, models:/<id>). Repeat for an ensemble.",
+    ),
+    input: Path = typer.Option(..., "--input", "-i", help="Raw BraTS folder (seg optional)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for {case}.nii.gz."),
+    tta: str = typer.Option("flips", "--tta", help=TTA_HELP),
+    overlap: float = typer.Option(0.5, "--overlap", help="Sliding-window overlap in [0, 1)."),
+    save_probabilities: bool = typer.Option(
+        False, "--save-probabilities", help="Also write {case}_prob.nii.gz (X, Y, Z, C)."
+    ),
+    uncertainty: bool = typer.Option(
+        False, "--uncertainty", help="Also write {case}_std.nii.gz (std over TTA passes)."
+    ),
+    workers: int = typer.Option(0, "--workers", help="Cases in flight at once (0: all)."),
+    threads: int = typer.Option(1, "--threads", help="CPUs (torch threads) per case."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    no_amp: bool = typer.Option(False, "--no-amp", help="Full float32 (no bf16/fp16 autocast)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo cases already predicted."),
+) -> None:
+    """Segment every case of a raw folder; outputs in the source geometry and label convention."""
+    from bratslab.config import validate
+    from bratslab.evaluate.predict import PredictConfig, predict_folder
+
+    cfg = validate(
+        PredictConfig,
+        {
+            "tta": tta,
+            "overlap": overlap,
+            "save_probabilities": save_probabilities,
+            "uncertainty": uncertainty,
+            "workers": workers,
+            "threads": threads,
+            "device": device,
+            "amp": not no_amp,
+            "overwrite": overwrite,
+        },
+        "predict options",
+    )
+    try:
+        report = predict_folder(model, input, output, cfg)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e), 2)
+    typer.echo(
+        f"{len(report.written)} written, {len(report.skipped)} already done, "
+        f"{len(report.failures)} failed in {report.seconds:.1f} s → {output}"
+    )
+    for f in report.failures:
+        typer.secho(f"FAILED {f['case']}: {f['file']}: {f['reason']}", fg="red", err=True)
+    if report.failures:
+        raise typer.Exit(1)
+
+
+def evaluate(
+    pred: Path = typer.Option(..., "--pred", help="Folder of predicted {case}.nii.gz."),
+    ref: Path = typer.Option(..., "--ref", help="Raw BraTS folder with the reference segs."),
+    challenge: str = typer.Option(
+        "gli",
+        "--challenge",
+        help="Lesion-wise parameters: gli, ssa, ped (d=3, T=50), men (d=1, T=50), met (d=1, T=2).",
+    ),
+    output: Path = typer.Option(
+        Path("metrics.csv"),
+        "--output",
+        "-o",
+        help="CSV path; the summary JSON and a Dice bar chart go beside it.",
+    ),
+    nsd_tolerance: float = typer.Option(1.0, "--nsd-tolerance", help="NSD tolerance in mm."),
+    workers: int = typer.Option(1, "--workers", help="Cases scored in parallel processes."),
+) -> None:
+    """Dice, HD95, NSD and BraTS 2023 lesion-wise metrics per case and region."""
+    from bratslab.evaluate.report import plot_path, print_summary, summary_path
+    from bratslab.evaluate.scoring import evaluate_folder
+
+    try:
+        result = evaluate_folder(
+            pred, ref, challenge, output, nsd_tolerance_mm=nsd_tolerance, workers=workers
+        )
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e), 2)
+    print_summary(result.summary)
+    typer.echo(f"wrote {output}, {summary_path(output)}, {plot_path(output)}")
+
+
+def evaluate_model_cmd(
+    model: str = typer.Option(..., "--model", "-m", help="Checkpoint folder or MLflow URI."),
+    store: Path = typer.Option(..., "--store", help="Preprocessed store folder."),
+    fold: int = typer.Option(0, "--fold", help="Fold whose validation cases are scored."),
+    tta: str = typer.Option("flips", "--tta", help=TTA_HELP),
+    max_cases: int = typer.Option(0, "--max-cases", help="Score only the first N (0: all)."),
+    overlap: float = typer.Option(0.5, "--overlap", help="Sliding-window overlap in [0, 1)."),
+    challenge: str = typer.Option("gli", "--challenge", help="Lesion-wise parameters."),
+    run_id: str | None = typer.Option(
+        None, "--run-id", help="MLflow run to log to (default: the model's own run)."
+    ),
+    no_log: bool = typer.Option(False, "--no-log", help="Do not log to MLflow."),
+) -> None:
+    """Score a model on a fold with TTA and log tta/ metrics to its MLflow run."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from bratslab.evaluate.model_eval import evaluate_model
+
+    try:
+        metrics = evaluate_model(
+            model,
+            store,
+            fold,
+            tta,
+            max_cases=max_cases or None,
+            overlap=overlap,
+            challenge=challenge,
+            run_id=run_id,
+            log_to_mlflow=not no_log,
+            progress=True,
+        )
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e), 2)
+    table = Table(title=f"{model} · fold {fold} · tta {tta}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        table.add_row(k, f"{v:.4f}")
+    Console().print(table)
+
+
+@export_app.command("rle")
+def export_rle_cmd(
+    pred: Path = typer.Argument(..., help="Folder of predicted {case}.nii.gz."),
+    out: Path = typer.Argument(..., help="CSV to write (id,case,region,shape,rle)."),
+    by: str = typer.Option(
+        "regions", "--by", help="One row per region (wt, tc, et) or per label (1, 2, et)."
+    ),
+) -> None:
+    """Kaggle-style run-length encoding: Fortran order, 1-based start/length pairs."""
+    from bratslab.evaluate.export import export_rle
+
+    try:
+        n = export_rle(pred, out, by)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e), 2)
+    typer.echo(f"wrote {n} rows to {out}")
 
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the root app."""
+    app.command("predict")(predict)
+    app.command("evaluate")(evaluate)
+    app.command("evaluate-model")(evaluate_model_cmd)
+    app.add_typer(export_app, name="export")

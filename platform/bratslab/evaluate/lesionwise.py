@@ -89,12 +89,15 @@ def resolve_params(challenge: str | LesionParams) -> LesionParams:
 
 def _grow(box: tuple[slice, ...], margin: int, shape: Sequence[int]) -> tuple[slice, ...]:
     return tuple(
-        slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(box, shape)
+        slice(max(s.start - margin, 0), min(s.stop + margin, n))
+        for s, n in zip(box, shape, strict=True)
     )
 
 
 def _union(a: tuple[slice, ...], b: tuple[slice, ...]) -> tuple[slice, ...]:
-    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))
+    return tuple(
+        slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b, strict=True)
+    )
 
 
 def _dilate(mask: np.ndarray, iterations: int) -> np.ndarray:
@@ -117,7 +120,9 @@ def lesion_metrics(
     pred = np.asarray(pred, dtype=bool)
     gt = np.asarray(gt, dtype=bool)
     if pred.shape != gt.shape or pred.ndim != 3:
-        raise ValueError(f"lesion_metrics: expected two (X, Y, Z) masks, got {pred.shape}, {gt.shape}")
+        raise ValueError(
+            f"lesion_metrics: expected two (X, Y, Z) masks, got {pred.shape}, {gt.shape}"
+        )
     d = params.dilation
     voxel_mm3 = float(np.prod([float(s) for s in spacing]))
 

@@ -170,7 +170,7 @@ def _check_regions(pred: np.ndarray, gt: np.ndarray) -> None:
 
 
 def region_dice(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
-    """Dice per region for bool regions ``(3, X, Y, Z)`` in WT, TC, ET order → ``{"wt","tc","et"}``."""
+    """Dice per region of bool regions ``(3, X, Y, Z)`` (WT, TC, ET) → ``{"wt", "tc", "et"}``."""
     pred = np.asarray(pred, dtype=bool)
     gt = np.asarray(gt, dtype=bool)
     _check_regions(pred, gt)

@@ -134,3 +134,50 @@ def test_region_lesion_metrics():
     out = region_lesion_metrics(pred, gt)
     assert set(out) == {"wt", "tc", "et"}
     assert out["wt"].tp == 1 and out["et"].lesion_dice == 1.0
+
+
+def _random_case(seed: int):
+    """Random boxes as GT; prediction = dilated GT + extra boxes, cut at z < 8."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    shape = (40, 36, 30)
+
+    def blobs(n):
+        m = np.zeros(shape, bool)
+        for _ in range(n):
+            c = rng.integers(3, np.array(shape) - 3)
+            r = rng.integers(1, 5, 3)
+            m[tuple(slice(max(ci - ri, 0), ci + ri) for ci, ri in zip(c, r, strict=True))] = True
+        return m
+
+    gt = blobs(4)
+    pred = ndimage.binary_dilation(gt) | blobs(2)
+    pred[:, :, :8] = False
+    return pred, gt
+
+
+# (challenge, spacing) → (lesion Dice, lesion HD95, TP, FP, legacy HD95, NSD@1mm), computed with
+# the official script (rachitsaluja/BraTS-2023-Metrics eval.py: cc3d components + DeepMind
+# surface-distance) on _random_case(11).
+OFFICIAL_SEED_11 = {
+    ("gli", (1.0, 1.0, 1.0)): (0.29743, 187.5, 2, 2, 18.275667, 0.874354),
+    ("gli", (1.0, 0.8, 2.0)): (0.342292, 150.8, 3, 2, 15.904716, 0.82783),
+    ("met", (1.0, 1.0, 1.0)): (0.376347, 125.333333, 4, 2, 18.275667, 0.874354),
+    ("met", (1.0, 0.8, 2.0)): (0.376347, 126.0, 4, 2, 15.904716, 0.82783),
+}
+
+
+@pytest.mark.parametrize(("challenge", "spacing"), list(OFFICIAL_SEED_11))
+def test_matches_official_script(challenge, spacing):
+    from bratslab.evaluate.metrics import surface_metrics
+
+    pred, gt = _random_case(11)
+    lesion_dice, lesion_hd95, tp, fp, hd, surface_dice = OFFICIAL_SEED_11[(challenge, spacing)]
+    r = lesion_metrics(pred, gt, spacing, challenge)
+    assert r.lesion_dice == pytest.approx(lesion_dice, abs=1e-5)
+    assert r.lesion_hd95 == pytest.approx(lesion_hd95, abs=1e-4)
+    assert (r.tp, r.fp) == (tp, fp)
+    legacy_hd, legacy_nsd = surface_metrics(pred, gt, spacing, tolerance_mm=1.0)
+    assert legacy_hd == pytest.approx(hd, abs=1e-4)
+    assert legacy_nsd == pytest.approx(surface_dice, abs=1e-5)

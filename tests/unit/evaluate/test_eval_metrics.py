@@ -18,7 +18,7 @@ from bratslab.evaluate.metrics import (
 
 def _box(shape, lo, hi):
     m = np.zeros(shape, dtype=bool)
-    m[tuple(slice(a, b) for a, b in zip(lo, hi))] = True
+    m[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))] = True
     return m
 
 

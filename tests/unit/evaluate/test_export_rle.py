@@ -1,0 +1,68 @@
+"""Kaggle-style RLE: documented order, round trip, and the CSV over a prediction folder."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from bratslab.evaluate.export import (
+    export_rle,
+    label_masks,
+    read_rle_csv,
+    rle_decode,
+    rle_encode,
+)
+
+
+def test_rle_order_is_fortran_and_one_based():
+    m = np.zeros((3, 2, 2), dtype=bool)
+    m[0, 0, 0] = m[1, 0, 0] = True  # flat (Fortran) indices 0 and 1 → "1 2"
+    m[2, 1, 1] = True  # last voxel: index 11 → "12 1"
+    assert rle_encode(m) == "1 2 12 1"
+    assert rle_encode(np.zeros((2, 2, 2), bool)) == ""
+    assert rle_encode(np.ones((2, 2, 2), bool)) == "1 8"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rle_round_trip(seed):
+    rng = np.random.default_rng(seed)
+    m = rng.random((7, 5, 6)) > 0.6
+    assert np.array_equal(rle_decode(rle_encode(m), m.shape), m)
+    empty = np.zeros((4, 4, 4), bool)
+    assert np.array_equal(rle_decode(rle_encode(empty), empty.shape), empty)
+
+
+def test_rle_decode_rejects_bad_input():
+    with pytest.raises(ValueError, match="odd number"):
+        rle_decode("1 2 3", (4, 4))
+    with pytest.raises(ValueError, match="past the volume"):
+        rle_decode("15 3", (4, 4))
+    with pytest.raises(ValueError, match="overlap"):
+        rle_decode("1 5 3 2", (4, 4))
+    with pytest.raises(ValueError, match=">= 1"):
+        rle_decode("0 2", (4, 4))
+
+
+def test_export_folder_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    labels = {}
+    for case, et in (("BraTS2021_00001", 4), ("BraTS-GLI-00002-000", 3)):
+        lab = rng.choice(np.array([0, 1, 2, et], np.uint8), size=(9, 8, 7), p=[0.7, 0.1, 0.1, 0.1])
+        nib.save(nib.Nifti1Image(lab, np.eye(4)), pred / f"{case}.nii.gz")
+        labels[case] = lab
+    # Probability maps beside the masks are not exported.
+    nib.save(nib.Nifti1Image(np.zeros((9, 8, 7), np.float32), np.eye(4)), pred / "x_prob.nii.gz")
+    out = tmp_path / "sub.csv"
+    assert export_rle(pred, out) == 6
+    assert out.read_text().splitlines()[0] == "id,case,region,shape,rle"
+    decoded = read_rle_csv(out)
+    assert len(decoded) == 6
+    for case, lab in labels.items():
+        for region, mask in label_masks(lab).items():
+            assert np.array_equal(decoded[(case, region)], mask)
+    assert export_rle(pred, tmp_path / "labels.csv", by="labels") == 6
+    by_label = read_rle_csv(tmp_path / "labels.csv")
+    assert np.array_equal(by_label[("BraTS2021_00001", "et")], labels["BraTS2021_00001"] == 4)

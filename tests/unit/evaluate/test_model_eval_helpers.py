@@ -1,0 +1,69 @@
+"""Prediction helpers: run-id lookup, label reconstruction, model payloads and ensembles."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bratslab.evaluate.model_eval import find_run_id
+from bratslab.evaluate.predict import (
+    ModelPayload,
+    PredictConfig,
+    check_ensemble,
+    load_payload,
+    probabilities_to_labels,
+)
+
+
+def test_find_run_id_sources(tmp_path):
+    assert find_run_id("anything", run_id="abc") == "abc"
+    assert find_run_id("runs:/0123abcd/model") == "0123abcd"
+    assert find_run_id("models:/m-0123") is None
+    ckpt = tmp_path / "job" / "checkpoint_000003"
+    ckpt.mkdir(parents=True)
+    assert find_run_id(ckpt) is None
+    (tmp_path / "job" / "bratslab_run.json").write_text(json.dumps({"mlflow_run_id": "r1"}))
+    assert find_run_id(ckpt) == "r1"
+
+
+def test_probabilities_to_labels_conventions():
+    probs = np.zeros((3, 2, 1, 1), np.float32)
+    probs[:, 0, 0, 0] = [0.9, 0.8, 0.7]  # WT, TC, ET → ET
+    probs[:, 1, 0, 0] = [0.9, 0.2, 0.1]  # WT only → edema (2)
+    assert probabilities_to_labels(probs, "regions", 4).ravel().tolist() == [4, 2]
+    assert probabilities_to_labels(probs, "regions", 3).ravel().tolist() == [3, 2]
+    soft = np.zeros((4, 2, 1, 1), np.float32)
+    soft[3, 0] = 1.0  # store ET
+    soft[1, 1] = 1.0
+    assert probabilities_to_labels(soft, "labels", 4).ravel().tolist() == [4, 1]
+
+
+def test_payload_needs_preprocessing_and_ensembles_must_agree(tmp_path):
+    from bratslab.models.config import ModelConfig
+    from bratslab.models.weights import save_model_dir
+    from bratslab.models.zoo import build_model
+
+    cfg = ModelConfig(arch="unet", unet={"filters": [4, 8, 16]})
+    model = build_model(cfg)
+    save_model_dir(tmp_path / "a", model, cfg, {"patch_size": [16, 16, 16]})
+    with pytest.raises(ValueError, match="model.json: missing 'preprocessing'"):
+        load_payload(tmp_path / "a")
+    with pytest.raises(FileNotFoundError, match="not a model directory"):
+        load_payload(tmp_path / "nowhere")
+    info = {"model": cfg.model_dump(mode="json"), "preprocessing": {}, "patch_size": [16] * 3}
+    a = ModelPayload(info=info, weights=b"", source="a")
+    b = ModelPayload(info={**info, "patch_size": [32] * 3}, weights=b"", source="b")
+    check_ensemble([a, a])
+    with pytest.raises(ValueError, match="different 'patch_size'"):
+        check_ensemble([a, b])
+
+
+def test_predict_config_validation():
+    from bratslab.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match="tta"):
+        validate(PredictConfig, {"tta": "mirror"}, "predict options")
+    with pytest.raises(ConfigError, match="overlap"):
+        validate(PredictConfig, {"overlap": 1.5}, "predict options")
