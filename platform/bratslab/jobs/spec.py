@@ -154,6 +154,11 @@ class TrainingSection(StrictModel):
         default=0.5, ge=0, lt=1, description="Sliding-window overlap for validation."
     )
     val_sw_batch_size: int = Field(default=2, ge=1, description="Windows per forward pass.")
+    val_lesionwise: Literal["gli", "ssa", "ped", "men", "met"] | None = Field(
+        default="gli",
+        description="Also report BraTS 2023 lesion-wise Dice with this challenge's dilation and "
+        "volume threshold (null: skip).",
+    )
     freeze: list[str] = Field(
         default_factory=list,
         description="Zoo parameter groups (names or shell patterns such as 'enc*') to freeze, "

@@ -19,7 +19,8 @@ import math
 import os
 import subprocess
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,9 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
             out.update(flatten(value, name + "."))
         else:
             text = str(value)
-            out[name] = text if len(text) <= MAX_PARAM_CHARS else text[: MAX_PARAM_CHARS - 3] + "..."
+            if len(text) > MAX_PARAM_CHARS:
+                text = text[: MAX_PARAM_CHARS - 3] + "..."
+            out[name] = text
     return out
 
 
@@ -141,9 +144,7 @@ def start_run(
     return run_id
 
 
-def log_metrics(
-    run_id: str, metrics: Mapping[str, Any], step: int, uri: str | None = None
-) -> None:
+def log_metrics(run_id: str, metrics: Mapping[str, Any], step: int, uri: str | None = None) -> None:
     """Log the finite numeric entries of ``metrics`` at ``step`` (others are skipped)."""
     now = int(time.time() * 1000)
     items = []
@@ -200,3 +201,30 @@ def run_info(run_id: str, uri: str | None = None) -> dict[str, Any]:
 
 def metric_keys(run_id: str, uri: str | None = None) -> Iterable[str]:
     return client(uri).get_run(run_id).data.metrics.keys()
+
+
+@contextmanager
+def global_uris(uri: str) -> Iterator[None]:
+    """Point MLflow's process-global tracking and registry URIs at ``uri`` for a moment.
+
+    Restores the globals *and* the ``MLFLOW_TRACKING_URI``/``MLFLOW_REGISTRY_URI`` environment
+    variables exactly: ``mlflow.set_tracking_uri(previous)`` would export MLflow's resolved
+    default (``sqlite:///mlflow.db`` in the cwd) into the environment, where
+    :func:`bratslab.settings.get_settings` would then pick it up as if the user had set it.
+    """
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        tracking_utils._tracking_uri, registry_utils._registry_uri = saved
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

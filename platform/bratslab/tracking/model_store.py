@@ -22,7 +22,7 @@ from pathlib import Path
 import mlflow
 
 from bratslab.settings import get_settings
-from bratslab.tracking.mlflow_runs import tracking_uri
+from bratslab.tracking.mlflow_runs import global_uris, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -59,23 +59,19 @@ def log_model_dir(
         staged.mkdir()
         for f in MODEL_FILES:
             shutil.copy2(model_dir / f, staged / f)
-        with _FLUENT_LOCK:
-            previous = mlflow.get_tracking_uri()
-            mlflow.set_tracking_uri(uri)
-            try:
-                with (
-                    warnings.catch_warnings(),
-                    mlflow.start_run(run_id=run_id, log_system_metrics=False),
-                ):
-                    warnings.simplefilter("ignore", UserWarning)  # "add type hints" nag
-                    info = mlflow.pyfunc.log_model(
-                        name=name,
-                        python_model=str(PYFUNC_CODE),
-                        artifacts={"model_dir": str(staged)},
-                        pip_requirements=["bratslab", "torch", "monai"],
-                    )
-            finally:
-                mlflow.set_tracking_uri(previous)
+        with (
+            _FLUENT_LOCK,
+            global_uris(uri),
+            warnings.catch_warnings(),
+            mlflow.start_run(run_id=run_id, log_system_metrics=False),
+        ):
+            warnings.simplefilter("ignore", UserWarning)  # "add type hints" nag
+            info = mlflow.pyfunc.log_model(
+                name=name,
+                python_model=str(PYFUNC_CODE),
+                artifacts={"model_dir": str(staged)},
+                pip_requirements=["bratslab", "torch", "monai"],
+            )
     log.info("logged model %s (run %s)", info.model_uri, run_id)
     return info.model_uri
 

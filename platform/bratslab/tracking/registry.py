@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -32,7 +30,7 @@ from typing import Any
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from bratslab.tracking.mlflow_runs import client, tracking_uri
+from bratslab.tracking.mlflow_runs import client, global_uris, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -131,37 +129,10 @@ def register(
     uri = tracking_uri(uri)
     str_tags = {k: _tag_value(v) for k, v in (tags or {}).items()}
     # MLflow resolves ``models:/<model_id>`` sources through its *global* tracking URI.
-    with _global_uris(uri):
+    with global_uris(uri):
         mv = mlflow.register_model(model_uri, name, await_registration_for=await_s, tags=str_tags)
     log.info("registered %s as %s version %s", model_uri, name, mv.version)
     return str(mv.version)
-
-
-@contextmanager
-def _global_uris(uri: str) -> Iterator[None]:
-    """Point MLflow's process-global tracking and registry URIs at ``uri`` for a moment.
-
-    Restores the globals *and* the ``MLFLOW_TRACKING_URI``/``MLFLOW_REGISTRY_URI`` environment
-    variables exactly: ``mlflow.set_tracking_uri(previous)`` would export MLflow's resolved
-    default (``sqlite:///mlflow.db`` in the cwd) into the environment, where
-    :func:`bratslab.settings.get_settings` would then pick it up as if the user had set it.
-    """
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        yield
-    finally:
-        tracking_utils._tracking_uri, registry_utils._registry_uri = saved
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _tag_value(value: Any) -> str:

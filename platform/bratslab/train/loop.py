@@ -15,17 +15,23 @@ import time
 import uuid
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from bratslab.data.loader import PatchSampler, epoch_batches, prefetch
-from bratslab.jobs.spec import JobSpec, job_from_dict
-from bratslab.train.checkpoint import load_train_state, load_weights, rng_state, save_checkpoint
-from bratslab.train.checkpoint import set_rng_state
+from bratslab.jobs.spec import job_from_dict
+from bratslab.train.checkpoint import (
+    load_train_state,
+    load_weights,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from bratslab.train.losses import SegmentationLoss
 from bratslab.train.optim import OptimizerBundle, build_optimizer
-from bratslab.train.validation import validate
+from bratslab.train.validation import VAL_KEYS, validate
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +52,46 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def _amp_context(spec: JobSpec, device: torch.device):
-    if not spec.training.amp:
+def _amp_context(amp: bool, device: torch.device):
+    if not amp:
         return contextlib.nullcontext()
     from bratslab.models.runtime import autocast
 
-    return autocast(device)
+    return autocast(device)  # bf16 on CPUs with native bf16, fp16 on CUDA, else a no-op
+
+
+def train_step(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    loss_fn: SegmentationLoss,
+    bundle: OptimizerBundle,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+    amp: bool,
+    trainable: list[nn.Parameter],
+    grad_clip: float | None,
+) -> float:
+    """One optimizer step on a batch ``x`` ``(B, C, X, Y, Z)`` float32, ``y`` ``(B, 1, X, Y, Z)``
+    uint8 labels; returns the loss. Autocast (bf16 CPU / fp16 CUDA) covers the forward only;
+    the loss is computed in float32 and scaled by the GradScaler (a no-op unless fp16)."""
+    from bratslab.models.runtime import prepare_input
+
+    xt = prepare_input(torch.from_numpy(x), device)  # channels-last 3-D on CPU (oneDNN)
+    yt = torch.from_numpy(y).to(device, non_blocking=True)
+    with _amp_context(amp, device):
+        out = model(xt)
+    loss = loss_fn(out, yt)
+    bundle.optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip:
+        scaler.unscale_(bundle.optimizer)  # clip the true gradients, not the scaled ones
+        torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
+    scaler.step(bundle.optimizer)
+    scaler.update()
+    if bundle.scheduler is not None:
+        bundle.scheduler.step()
+    return float(loss.detach())
 
 
 def init_weights(model: nn.Module, model_cfg, source: dict[str, torch.Tensor]) -> str:
@@ -109,8 +149,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         steps_per_epoch=tr.steps_per_epoch,
         frozen=tr.freeze,
     )
-    use_cuda = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_cuda and tr.amp)
+    from bratslab.models.runtime import needs_grad_scaler, prepare_model
+
+    # Loss scaling only where gradients are fp16 (CUDA autocast); bf16/fp32 need none.
+    scaler = torch.amp.GradScaler(device.type, enabled=tr.amp and needs_grad_scaler(device))
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:  # Ray
             model.load_state_dict(load_weights(ckpt_dir))
@@ -126,8 +168,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         log.info("rank %d resumed at epoch %d (step %d)", rank, start_epoch, global_step)
     resumed_from = start_epoch
 
-    bare = model
-    model = ray.train.torch.prepare_model(model)  # Ray: move to device, wrap in DDP if world > 1
+    # Memory layout before DDP wraps the model: DDP's gradient buckets follow the parameters'
+    # strides at construction, and validation (same layout) must not change them later.
+    bare = prepare_model(model, device)
+    model = ray.train.torch.prepare_model(bare)  # Ray: move to device, wrap in DDP if world > 1
     trainable = [p for p in bare.parameters() if p.requires_grad]
     loss_fn = SegmentationLoss(
         model_cfg.output, tr.deep_supervision_weights, tr.dice_weight, tr.bce_weight
@@ -139,9 +183,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     val_rows = config["val_rows"][rank::world]
     last_val: dict[str, float] = {"val/dice_wt": 0.0, "val/dice_tc": 0.0, "val/dice_et": 0.0}
     last_val["val/dice_mean"] = 0.0
+    if checkpoint is not None:  # carry the last measured validation across a restart
+        last_val.update(
+            {k: v for k, v in state.get("metrics", {}).items() if k.startswith("val/dice")}
+        )
+        last_val.update(
+            {k: v for k, v in state.get("metrics", {}).items() if k.startswith("val/lesion")}
+        )
 
     for epoch in range(start_epoch, tr.epochs):
         if tr.fail_at_epoch == epoch and resumed_from == 0 and rank == world - 1:
+            # Ray: wait until the controller has registered the last checkpoint, so the
+            # restart deterministically resumes from it (the point of the test).
+            ray.train.get_all_reported_checkpoints(timeout_s=120)
             log.warning("fault injection: rank %d exits at epoch %d", rank, epoch)
             os._exit(1)  # an abrupt death, as a killed process or lost node would be
         rows = list(shard.iter_rows())  # Ray: case rows (ids, paths) only, never volumes
@@ -164,22 +218,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             tw = time.perf_counter()
             x_np, y_np = next(stream)
             wait += time.perf_counter() - tw
-            x = torch.from_numpy(x_np).to(device, non_blocking=True)
-            y = torch.from_numpy(y_np).to(device, non_blocking=True)
-            with _amp_context(spec, device):
-                out = model(x)
-            loss = loss_fn(out, y)
-            bundle.optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if tr.grad_clip:
-                scaler.unscale_(bundle.optimizer)
-                torch.nn.utils.clip_grad_norm_(trainable, tr.grad_clip)
-            scaler.step(bundle.optimizer)
-            scaler.update()
-            if bundle.scheduler is not None:
-                bundle.scheduler.step()
+            loss = train_step(
+                model, x_np, y_np, loss_fn, bundle, scaler, device, tr.amp, trainable, tr.grad_clip
+            )
             global_step += 1
-            loss_sum += float(loss.detach())
+            loss_sum += loss
         stream.close()
         train_s = time.perf_counter() - t0
         loss_total, wait_total, n = _all_reduce_sum([loss_sum, wait, tr.steps_per_epoch], device)
@@ -197,12 +240,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         validated = (epoch + 1) % tr.val_every == 0 or epoch + 1 == tr.epochs
         if validated:
             tv = time.perf_counter()
-            sums = validate(bare, val_rows, patch, spec, device)
-            wt, tc, et, cases = _all_reduce_sum(sums, device)
+            *sums, cases = _all_reduce_sum(validate(bare, val_rows, patch, spec, device), device)
             cases = max(cases, 1)
-            last_val = {"val/dice_wt": wt / cases, "val/dice_tc": tc / cases}
-            last_val["val/dice_et"] = et / cases
-            last_val["val/dice_mean"] = (wt + tc + et) / (3 * cases)
+            last_val = {f"val/{k}": v / cases for k, v in zip(VAL_KEYS, sums, strict=True)}
+            if not tr.val_lesionwise:
+                last_val = {k: v for k, v in last_val.items() if "lesion" not in k}
+            last_val["val/dice_mean"] = sum(sums[:3]) / (3 * cases)
             metrics["time/val_s"] = time.perf_counter() - tv
             best = max(best, last_val["val/dice_mean"])
         # val/* always present (Tune schedulers need the metric in every result); val/fresh

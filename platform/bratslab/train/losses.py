@@ -99,6 +99,7 @@ class SegmentationLoss(nn.Module):
             )
         total = logits[0].new_zeros((), dtype=torch.float32)
         for w, out in zip(weights, logits, strict=True):
-            if w:
-                total = total + w * self.single(out, labels)
+            # A zero weight still joins the graph: DDP expects a gradient (zero) for every
+            # trainable parameter, including the dropped head's.
+            total = total + w * self.single(out, labels)
         return total

@@ -37,10 +37,15 @@ def predict_regions(
         tta="none",
         sw_batch_size=spec.training.val_sw_batch_size,
         device=device,
+        activation="sigmoid" if spec.model.output == "regions" else "softmax",
+        amp=spec.training.amp,
     )
     if spec.model.output == "regions":
         return probs > 0.5
     return labels_to_regions(np.argmax(probs, axis=0).astype(np.uint8))
+
+
+VAL_KEYS = ("dice_wt", "dice_tc", "dice_et", "lesion_dice_wt", "lesion_dice_tc", "lesion_dice_et")
 
 
 def validate(
@@ -50,17 +55,32 @@ def validate(
     spec: JobSpec,
     device: torch.device,
 ) -> list[float]:
-    """``[Σ dice_wt, Σ dice_tc, Σ dice_et, n_cases]`` over ``rows`` (volumes read via mmap)."""
+    """Per-case sums over ``rows`` (volumes read via mmap), in :data:`VAL_KEYS` order, then the
+    number of cases: ``[Σ dice_wt, Σ dice_tc, Σ dice_et, Σ lesion_dice_wt, ..., n_cases]``.
+    Lesion-wise sums stay 0 when ``training.val_lesionwise`` is null."""
+    from bratslab.evaluate.lesionwise import lesion_metrics
+
     model.eval()
-    sums = [0.0, 0.0, 0.0, 0.0]
+    sums = [0.0] * (len(VAL_KEYS) + 1)
     in_ch = spec.model.in_channels
-    with torch.inference_mode():
+    challenge = spec.training.val_lesionwise
+    # no_grad, not inference_mode: the inference helper may convert the (shared, trainable)
+    # parameters to channels-last, and inference tensors could then not join autograd again.
+    with torch.no_grad():
         for row in rows:
             x = np.load(row["x_path"], mmap_mode="r")[:in_ch]
             gt = labels_to_regions(np.load(row["y_path"], mmap_mode="r"))
-            d = region_dice(predict_regions(model, x, patch, spec, device), gt)
-            sums[0] += d["wt"]
-            sums[1] += d["tc"]
-            sums[2] += d["et"]
-            sums[3] += 1
+            pred = predict_regions(model, x, patch, spec, device)
+            d = region_dice(pred, gt)
+            values = [d["wt"], d["tc"], d["et"]]
+            if challenge:
+                spacing = row.get("zooms") or (1.0, 1.0, 1.0)
+                values += [
+                    lesion_metrics(pred[i], gt[i], spacing, challenge).lesion_dice for i in range(3)
+                ]
+            else:
+                values += [0.0, 0.0, 0.0]
+            for i, v in enumerate(values):
+                sums[i] += v
+            sums[-1] += 1
     return sums

@@ -1,0 +1,317 @@
+"""The training driver: job spec → Ray Train ``TorchTrainer`` → MLflow run → best model.
+
+:func:`run_training` is what ``bratslab train`` and each Ray Tune trial call. It
+
+1. reads the store's manifest into a case table (a Ray Data dataset Ray Train shards per worker),
+2. opens (or, for a rerun of the same job name, reopens) one MLflow run,
+3. runs :func:`bratslab.train.loop.train_loop_per_worker` on N workers with fault tolerance:
+   ``FailureConfig(max_failures)`` restarts the worker group from the latest checkpoint, and a
+   rerun with the same name finds the run folder ``$BRATSLAB_HOME/ray_results/<name>`` and
+   resumes from its latest checkpoint (Ray Train V2 reloads its checkpoint-manager snapshot),
+4. logs per-epoch metrics from a :class:`MLflowCallback` in the Train controller (workers never
+   talk to MLflow), then the job, a learning-curve plot and the best checkpoint as a model.
+
+Storage: ``$BRATSLAB_HOME/ray_results`` must be on a filesystem every node sees when running on
+a cluster (set ``BRATSLAB_HOME`` to a shared mount), as must ``data.store``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bratslab.atomic import write_json, write_text
+from bratslab.jobs.spec import JobSpec
+from bratslab.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+RUN_STATE = "bratslab_run.json"  # beside Ray's files: which MLflow run this job writes to
+LOGGED_EVERY_EPOCH = ("train/loss", "time/epoch_s", "time/train_s", "time/data_wait_frac")
+LOGGED_EVERY_EPOCH += ("throughput/samples_per_s", "resumed_from_epoch")
+LOGGED_ON_VALIDATION = ("val/dice_wt", "val/dice_tc", "val/dice_et", "val/dice_mean", "time/val_s")
+LOGGED_ON_VALIDATION += ("val/lesion_dice_wt", "val/lesion_dice_tc", "val/lesion_dice_et")
+
+
+@dataclass
+class TrainOutcome:
+    """What a finished job produced."""
+
+    name: str
+    run_id: str
+    storage_dir: Path
+    best_checkpoint: Path | None
+    latest_checkpoint: Path | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    best_metrics: dict[str, Any] = field(default_factory=dict)
+    model_uri: str | None = None
+
+
+@dataclass
+class PreparedData:
+    """Driver-side facts about the data, computed once per job."""
+
+    train_rows: list[dict[str, Any]]
+    val_rows: list[dict[str, Any]]
+    patch_size: list[int]
+    model_extra: dict[str, Any]
+
+
+def prepare_data(spec: JobSpec) -> PreparedData:
+    """Read the store's manifest: case rows for the fold, patch size, model.json extras."""
+    from bratslab.data.loader import case_rows
+    from bratslab.data.store import Store
+    from bratslab.models.zoo import shape_factor
+
+    store = Store(spec.data.store_path())
+    patch = list(spec.training.patch_size or store.patch_size or [])
+    if not patch:
+        raise ValueError(f"{store.path}: no patch_size in the store; set training.patch_size")
+    factor = shape_factor(spec.model.model_config_only())
+    if any(p % factor for p in patch):
+        raise ValueError(
+            f"training.patch_size {patch}: every size must be a multiple of {factor} "
+            f"(2**levels of the {spec.model.arch} model)"
+        )
+    train_rows = case_rows(store, spec.data.fold, "train")
+    val_rows = case_rows(store, spec.data.fold, "val")
+    if spec.data.max_val_cases:
+        val_rows = val_rows[: spec.data.max_val_cases]
+    extra = {
+        "preprocessing": store.manifest["preprocessing"],
+        "patch_size": patch,
+        "store_fingerprint_hash": store.fingerprint_hash,
+        "channels": store.channels[: spec.model.in_channels],
+        "output": spec.model.output,
+        "regions": ["wt", "tc", "et"],
+        "job": spec.name,
+    }
+    return PreparedData(train_rows, val_rows, patch, extra)
+
+
+def _mlflow_callback_cls():
+    import ray.train  # Ray
+
+    class MLflowCallback(ray.train.UserCallback):
+        """Runs in the Train controller (pinned to the driver's node by Ray 2.60) and logs
+        rank 0's reported metrics to MLflow, one step per epoch."""
+
+        def __init__(self, run_id: str, uri: str) -> None:
+            self.run_id = run_id
+            self.uri = uri
+
+        def after_report(self, run_context, metrics, checkpoint) -> None:
+            from bratslab.tracking import mlflow_runs
+
+            m = metrics[0]
+            keys = [k for k in m if k in LOGGED_EVERY_EPOCH or k.startswith("lr/")]
+            if m.get("val/fresh"):
+                keys += [k for k in LOGGED_ON_VALIDATION if k in m]
+            mlflow_runs.log_metrics(self.run_id, {k: m[k] for k in keys}, int(m["epoch"]), self.uri)
+
+    return MLflowCallback
+
+
+def _init_weights_ref(spec: JobSpec):
+    """Fetch ``model.init_from`` on the driver and ship the state dict via the object store
+    (workers on other nodes need neither MLflow access nor the driver's filesystem)."""
+    if not spec.model.init_from:
+        return None
+    import ray  # Ray
+
+    from bratslab.tracking.model_store import fetch_model_dir
+    from bratslab.train.checkpoint import load_weights
+
+    return ray.put(load_weights(fetch_model_dir(spec.model.init_from)))
+
+
+def build_trainer(
+    spec: JobSpec,
+    *,
+    name: str | None = None,
+    mlflow_run_id: str | None = None,
+    callbacks: Sequence[Any] = (),
+    storage_path: str | Path | None = None,
+    data: PreparedData | None = None,
+):
+    """A ready-to-``fit()`` :class:`ray.train.torch.TorchTrainer` for ``spec``.
+
+    Args:
+        name: Ray run name (default ``spec.name``); the folder under ``storage_path``.
+        mlflow_run_id: log per-epoch metrics to this MLflow run (from the controller).
+        callbacks: extra ``ray.train.UserCallback`` s, e.g. Tune's ``TuneReportCallback``.
+        storage_path: default ``$BRATSLAB_HOME/ray_results``.
+    """
+    import ray.train  # Ray
+    from ray.train.torch import TorchConfig, TorchTrainer  # Ray
+
+    from bratslab.cluster import ensure_ray
+    from bratslab.data.loader import case_dataset
+    from bratslab.tracking.mlflow_runs import tracking_uri
+    from bratslab.train.loop import train_loop_per_worker
+
+    ensure_ray()
+    data = data or prepare_data(spec)
+    sc = spec.scaling
+    all_callbacks = list(callbacks)
+    if mlflow_run_id:
+        all_callbacks.insert(0, _mlflow_callback_cls()(mlflow_run_id, tracking_uri()))
+    config = {
+        "job": spec.resolved(),
+        "patch_size": data.patch_size,
+        "val_rows": data.val_rows,
+        "model_extra": data.model_extra,
+        "init_weights": _init_weights_ref(spec),
+    }
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=config,
+        torch_config=TorchConfig(backend="nccl" if sc.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=sc.num_workers,
+            use_gpu=sc.use_gpu,
+            resources_per_worker={"CPU": sc.cpus_per_worker, **({"GPU": 1} if sc.use_gpu else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=name or spec.name,
+            storage_path=str(storage_path or get_settings().home / "ray_results"),
+            failure_config=ray.train.FailureConfig(max_failures=sc.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=spec.training.checkpoints_to_keep,
+                checkpoint_score_attribute="ckpt_score",
+                checkpoint_score_order="max",
+            ),
+            callbacks=all_callbacks,
+        ),
+        datasets={"train": case_dataset(data.train_rows)},  # Ray Data: sharded per worker
+    )
+
+
+def _open_run(spec: JobSpec, name: str, run_dir: Path, parent_run_id: str | None, data) -> str:
+    from bratslab.tracking import mlflow_runs
+
+    state_file = run_dir / RUN_STATE
+    previous = json.loads(state_file.read_text())["mlflow_run_id"] if state_file.is_file() else None
+    tags = {
+        mlflow_runs.TAG_JOB: spec.name,
+        mlflow_runs.TAG_GIT: mlflow_runs.git_commit(Path(__file__).parent),
+        mlflow_runs.TAG_STORE: data.model_extra["store_fingerprint_hash"],
+        "bratslab.arch": spec.model.arch,
+        **spec.tracking.tags,
+    }
+    params = {**spec.resolved(), "resolved": {"patch_size": data.patch_size}}
+    run_id = mlflow_runs.start_run(
+        experiment=spec.tracking.experiment,
+        run_name=name,
+        params=params,
+        tags=tags,
+        parent_run_id=parent_run_id or spec.tracking.parent_run_id,
+        resume_run_id=previous,
+    )
+    write_json(state_file, {"mlflow_run_id": run_id, "job": spec.name})
+    return run_id
+
+
+def learning_curve(run_id: str, out_png: Path) -> Path:
+    """Plot train/loss and val/dice_mean per epoch (from MLflow's history) to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bratslab.tracking.mlflow_runs import metric_history
+
+    fig, ax1 = plt.subplots(figsize=(6, 3.5), dpi=100)
+    loss = metric_history(run_id, "train/loss")
+    dice = metric_history(run_id, "val/dice_mean")
+    if loss:
+        ax1.plot([s for s, _ in loss], [v for _, v in loss], "o-", color="tab:blue", label="loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("train/loss", color="tab:blue")
+    ax2 = ax1.twinx()
+    if dice:
+        ax2.plot([s for s, _ in dice], [v for _, v in dice], "s-", color="tab:red")
+    ax2.set_ylabel("val/dice_mean", color="tab:red")
+    ax2.set_ylim(0, 1)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png)
+    plt.close(fig)
+    return out_png
+
+
+def _best(result) -> tuple[Path | None, dict[str, Any]]:
+    scored = [(c, m) for c, m in (result.best_checkpoints or []) if m.get("ckpt_score", -1) >= 0]
+    if scored:
+        ckpt, metrics = max(scored, key=lambda cm: cm[1]["ckpt_score"])
+        return Path(ckpt.path), dict(metrics)
+    if result.checkpoint is not None:
+        return Path(result.checkpoint.path), dict(result.metrics or {})
+    return None, {}
+
+
+def run_training(
+    spec: JobSpec,
+    *,
+    name: str | None = None,
+    parent_run_id: str | None = None,
+    callbacks: Sequence[Any] = (),
+    storage_path: str | Path | None = None,
+) -> TrainOutcome:
+    """Train ``spec`` end to end and record it in MLflow; see the module docstring.
+
+    Args:
+        name: run name (Ray folder + MLflow run name); default ``spec.name``. A sweep passes
+            its trial name. Rerunning an existing name resumes it.
+        parent_run_id: nest the MLflow run under this one (overrides ``tracking.parent_run_id``).
+        callbacks: extra ``ray.train.UserCallback`` s (e.g. ``TuneReportCallback()``; every
+            report carries ``val/dice_mean``).
+        storage_path: Ray results root; default ``$BRATSLAB_HOME/ray_results``.
+    """
+    from bratslab.tracking import mlflow_runs, model_store
+
+    name = name or spec.name
+    root = Path(storage_path or get_settings().home / "ray_results")
+    run_dir = root / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = prepare_data(spec)
+    run_id = _open_run(spec, name, run_dir, parent_run_id, data)
+    trainer = build_trainer(
+        spec, name=name, mlflow_run_id=run_id, callbacks=callbacks, storage_path=root, data=data
+    )
+    try:
+        result = trainer.fit()
+    except BaseException:
+        mlflow_runs.end_run(run_id, "FAILED")
+        raise
+    best_dir, best_metrics = _best(result)
+    latest = Path(result.checkpoint.path) if result.checkpoint is not None else None
+    outcome = TrainOutcome(
+        name=name,
+        run_id=run_id,
+        storage_dir=run_dir,
+        best_checkpoint=best_dir,
+        latest_checkpoint=latest,
+        metrics=dict(result.metrics or {}),
+        best_metrics=best_metrics,
+    )
+    with tempfile.TemporaryDirectory(prefix="bratslab-run-") as tmp:
+        job_file = Path(tmp) / "job.json"
+        write_text(job_file, json.dumps(spec.resolved(), indent=2, sort_keys=True))
+        mlflow_runs.log_artifact(run_id, job_file)
+        mlflow_runs.log_artifact(run_id, learning_curve(run_id, Path(tmp) / "learning_curve.png"))
+    summary = {"best/" + k: v for k, v in best_metrics.items() if k in LOGGED_ON_VALIDATION[:4]}
+    if summary:
+        mlflow_runs.log_metrics(run_id, summary, int(best_metrics.get("epoch", 0)))
+    if spec.tracking.log_model and best_dir is not None:
+        outcome.model_uri = model_store.log_model_dir(best_dir, run_id=run_id)
+        tags = {"bratslab.model_uri": outcome.model_uri, "bratslab.best_checkpoint": str(best_dir)}
+        mlflow_runs.set_tags(run_id, tags)
+    mlflow_runs.end_run(run_id, "FINISHED")
+    log.info("job %s finished: best %s (run %s)", name, best_dir, run_id)
+    return outcome

@@ -1,0 +1,172 @@
+"""Training through a real local Ray (Train + Data) with MLflow on SQLite.
+
+One 2-worker smoke run covers checkpoints, MLflow logging and a worker killed mid-run; a
+1-worker run is crashed and rerun under the same name (driver restart); a finetune from the
+smoke model's MLflow URI checks that frozen groups stay bit-identical.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.integration
+
+JOB = Path(__file__).resolve().parents[2] / "jobs" / "smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    from bratslab.data.config import PreprocessConfig
+    from bratslab.data.runner import run_preprocess
+    from bratslab.data.synth import synthesize_dataset
+
+    root = tmp_path_factory.mktemp("train-ray")
+    synthesize_dataset(root / "raw", 8, shape=(48, 48, 40), seed=0)
+    cfg = PreprocessConfig(min_size=[32, 32, 32], num_folds=4)
+    run_preprocess(root / "raw", root / "store", cfg, use_ray=False, progress=False)
+    return root / "store"
+
+
+def _spec(store, name, *overrides):
+    from bratslab.jobs.spec import load_job
+
+    base = [
+        f"name={name}",
+        f"data.store={store}",
+        "training.steps_per_epoch=2",
+        "training.patch_size=[32,32,32]",
+        "training.val_sw_batch_size=2",
+    ]
+    return load_job(JOB, base + list(overrides))
+
+
+def _history(run_id, key):
+    from bratslab.tracking.mlflow_runs import metric_history
+
+    return metric_history(run_id, key)
+
+
+@pytest.fixture(scope="module")
+def smoke(ray_cluster, store):
+    from bratslab.train.trainer import run_training
+
+    # The last worker exits abruptly at the start of epoch 1 on the first attempt.
+    spec = _spec(store, "it-smoke", "training.epochs=2", "training.fail_at_epoch=1")
+    return spec, run_training(spec)
+
+
+def test_smoke_run_checkpoints_and_logs_to_mlflow(smoke):
+    from bratslab.tracking.mlflow_runs import client, run_info
+    from bratslab.tracking.model_store import fetch_model_dir
+    from bratslab.train.checkpoint import load_train_state
+
+    spec, out = smoke
+    info = run_info(out.run_id)
+    assert info["status"] == "FINISHED"
+    assert info["params"]["training.optimizer.name"] == "adamw"
+    assert info["params"]["scaling.num_workers"] == "2"
+    assert info["tags"]["bratslab.job"] == "it-smoke"
+    assert info["tags"]["bratslab.store_fingerprint"]
+    assert info["tags"]["bratslab.git_commit"]
+    assert [s for s, _ in _history(out.run_id, "train/loss")] == [0, 1]
+    dice = _history(out.run_id, "val/dice_mean")
+    assert [s for s, _ in dice] == [0, 1] and all(0 <= v <= 1 for _, v in dice)
+    for key in (
+        "val/dice_wt",
+        "val/dice_tc",
+        "val/dice_et",
+        "val/lesion_dice_wt",
+        "val/lesion_dice_et",
+        "lr/enc0",
+        "time/epoch_s",
+        "throughput/samples_per_s",
+        "time/data_wait_frac",
+    ):
+        assert key in info["metrics"], key
+    artifacts = {a.path for a in client().list_artifacts(out.run_id)}
+    assert {"job.json", "learning_curve.png"} <= artifacts
+
+    latest = load_train_state(out.latest_checkpoint)
+    assert latest["epoch"] == 2 and latest["global_step"] == 4
+    assert {p.name for p in out.best_checkpoint.iterdir()} >= {
+        "model.pt",
+        "model.json",
+        "train_state.pt",
+        "job.json",
+    }
+    fetched = fetch_model_dir(out.model_uri)
+    assert torch.equal(
+        torch.load(fetched / "model.pt", weights_only=True)["output_block.conv.conv.weight"],
+        torch.load(out.best_checkpoint / "model.pt", weights_only=True)[
+            "output_block.conv.conv.weight"
+        ],
+    )
+
+
+def test_killed_worker_resumes_from_checkpoint_with_epoch_count_intact(smoke):
+    _, out = smoke
+    # Epoch 0 ran on the first worker group; the group died at the start of epoch 1 and the
+    # restarted group resumed from the epoch-0 checkpoint: each epoch is logged exactly once.
+    assert _history(out.run_id, "resumed_from_epoch") == [(0, 0.0), (1, 1.0)]
+    assert out.metrics["epoch"] == 1
+
+
+def test_rerunning_a_crashed_job_resumes_it(ray_cluster, store):
+    import ray.train
+
+    from bratslab.tracking.mlflow_runs import run_info
+    from bratslab.train.trainer import run_training
+
+    crash = _spec(
+        store,
+        "it-resume",
+        "training.epochs=2",
+        "training.fail_at_epoch=1",
+        "scaling.num_workers=1",
+        "scaling.max_failures=0",
+        "tracking.log_model=false",
+    )
+    with pytest.raises(ray.train.TrainingFailedError):
+        run_training(crash)
+    rerun = _spec(
+        store,
+        "it-resume",
+        "training.epochs=2",
+        "scaling.num_workers=1",
+        "tracking.log_model=false",
+    )
+    out = run_training(rerun)
+    assert run_info(out.run_id)["status"] == "FINISHED"
+    # Same MLflow run, epoch 0 from the crashed attempt, epoch 1 after the resume.
+    assert _history(out.run_id, "resumed_from_epoch") == [(0, 0.0), (1, 1.0)]
+    assert [s for s, _ in _history(out.run_id, "train/loss")] == [0, 1]
+
+
+def test_finetune_from_mlflow_model_keeps_frozen_groups_bit_identical(ray_cluster, store, smoke):
+    from bratslab.models.param_groups import param_groups
+    from bratslab.models.weights import load_model_dir
+    from bratslab.train.trainer import run_training
+
+    _, source = smoke
+    spec = _spec(
+        store,
+        "it-finetune",
+        "training.epochs=1",
+        "scaling.num_workers=1",
+        f"model.init_from={source.model_uri}",
+        "training.freeze=[stem,'enc*',bottleneck]",
+        "tracking.log_model=false",
+    )
+    out = run_training(spec)
+    before, _ = load_model_dir(source.best_checkpoint)
+    after, _ = load_model_dir(out.latest_checkpoint)
+    cfg = spec.model.model_config_only()
+    g_before, g_after = param_groups(before, cfg), param_groups(after, cfg)
+    for group in ("stem", "enc0", "enc1", "bottleneck"):
+        assert all(torch.equal(a, b) for a, b in zip(g_before[group], g_after[group], strict=True))
+    assert not all(
+        torch.equal(a, b) for a, b in zip(g_before["dec0"], g_after["dec0"], strict=True)
+    )
