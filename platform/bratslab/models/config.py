@@ -17,7 +17,7 @@ Arch = Literal["unet", "segresnet", "mednext"]
 ARCHS: tuple[str, ...] = ("unet", "segresnet", "mednext")
 
 # MedNeXt presets (Roy et al. 2023, arXiv 2303.09975, Table 1): expansion ratio R and blocks B per
-# stage, ordered encoder stages 0..3, bottleneck, decoder stages from the deepest up to full resolution.
+# stage, ordered: encoder stages 0..3, bottleneck, decoder stages (deepest first).
 MEDNEXT_PRESETS: dict[str, dict[str, list[int]]] = {
     "S": {"expansion": [2] * 9, "blocks": [2] * 9},
     "B": {"expansion": [2, 3, 4, 4, 4, 4, 4, 3, 2], "blocks": [2] * 9},
@@ -48,7 +48,9 @@ class MedNeXtConfig(StrictModel):
     blocks: list[int] | None = Field(
         default=None, description="Blocks per stage (2*levels+1 entries); overrides the preset."
     )
-    init_filters: int = Field(default=32, ge=1, description="Channels of the full-resolution stage.")
+    init_filters: int = Field(
+        default=32, ge=1, description="Channels of the full-resolution stage."
+    )
 
     @field_validator("expansion")
     @classmethod
@@ -114,7 +116,9 @@ class UNetConfig(StrictModel):
         "bottleneck (nnU-Net caps at 320).",
     )
     kernel_size: Literal[3, 5] = Field(default=3, description="Convolution kernel size (voxels).")
-    res_block: bool = Field(default=False, description="Residual conv blocks instead of plain ones.")
+    res_block: bool = Field(
+        default=False, description="Residual conv blocks instead of plain ones."
+    )
     norm: Literal["instance", "batch", "group"] = Field(
         default="instance", description="Normalisation layer (nnU-Net uses instance norm)."
     )
@@ -126,7 +130,7 @@ class UNetConfig(StrictModel):
 
 
 class SegResNetConfig(StrictModel):
-    """SegResNet (Myronenko 2018, BraTS 2018 winner; MONAI ``SegResNetDS``) without the VAE branch."""
+    """SegResNet (Myronenko 2018, BraTS 2018 winner; MONAI ``SegResNetDS``), no VAE branch."""
 
     init_filters: int = Field(default=16, ge=1, description="Channels at full resolution.")
     blocks_down: list[int] = Field(
@@ -135,10 +139,12 @@ class SegResNetConfig(StrictModel):
         description="Residual blocks per encoder level; the last level is the bottleneck.",
     )
     blocks_up: list[int] | None = Field(
-        default=None, description="Residual blocks per decoder level (deepest first); default 1 each."
+        default=None,
+        description="Residual blocks per decoder level (deepest first); default 1 each.",
     )
     norm: Literal["group", "instance", "batch"] = Field(
-        default="group", description="Normalisation (the BraTS 2018 design uses GroupNorm, 8 groups)."
+        default="group",
+        description="Normalisation (the BraTS 2018 design uses GroupNorm, 8 groups).",
     )
 
     @model_validator(mode="after")
@@ -167,7 +173,7 @@ class ModelConfig(StrictModel):
     )
     output: Literal["regions", "labels"] = Field(
         default="regions",
-        description="regions: sigmoid per overlapping region WT/TC/ET; labels: softmax over labels.",
+        description="regions: sigmoid per overlapping region WT/TC/ET; labels: softmax.",
     )
     deep_supervision: bool = Field(
         default=False,

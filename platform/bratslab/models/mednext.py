@@ -59,13 +59,13 @@ class MedNeXtNet(MedNeXt):
         want_ds = self.do_ds and self.training
         x = self.stem(x)
         skips: list[torch.Tensor] = []
-        for stage, down in zip(self.enc_stages, self.down_blocks):
+        for stage, down in zip(self.enc_stages, self.down_blocks, strict=True):
             x = run_blocks(stage, x, ckpt)
             skips.append(x)
             x = run_block(down, x, ckpt=ckpt)
         x = run_blocks(self.bottleneck, x, ckpt)
         aux: list[torch.Tensor] = []  # deepest first
-        for i, (up, stage) in enumerate(zip(self.up_blocks, self.dec_stages)):
+        for i, (up, stage) in enumerate(zip(self.up_blocks, self.dec_stages, strict=True)):
             if want_ds:
                 aux.append(self.out_blocks[i](x))
             x = run_block(up, x, ckpt=ckpt) + skips[-(i + 1)]

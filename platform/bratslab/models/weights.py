@@ -116,7 +116,8 @@ def load_model_dir(
         model.load_state_dict(state)
     except RuntimeError as e:
         raise ValueError(
-            f"{directory / WEIGHTS_FILE}: weights do not fit the model in {directory / INFO_FILE}: {e}"
+            f"{directory / WEIGHTS_FILE}: weights do not fit the model in "
+            f"{directory / INFO_FILE}: {e}"
         ) from None
     return model.to(map_location).eval(), info
 

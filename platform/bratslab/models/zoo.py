@@ -3,8 +3,9 @@
 Every network is a plain ``nn.Module`` producing logits (no activation):
 
 * eval mode: one tensor ``(B, C_out, X, Y, Z)``;
-* train mode with ``deep_supervision``: a ``list`` of logits, full resolution ``(B, C_out, X, Y, Z)``
-  first, then lower resolutions ``(B, C_out, X / 2**i, Y / 2**i, Z / 2**i)`` for i = 1, 2, ...
+* train mode with ``deep_supervision``: a ``list`` of logits, full resolution
+  ``(B, C_out, X, Y, Z)`` first, then lower resolutions
+  ``(B, C_out, X / 2**i, Y / 2**i, Z / 2**i)`` for i = 1, 2, ...
 
 The input ``(B, C_in, X, Y, Z)`` float32 must have X, Y, Z divisible by :func:`shape_factor`.
 """

@@ -1,0 +1,198 @@
+"""Model-zoo speed and memory on this machine's CPU.
+
+1. Peak: fp32 (and bf16) GFLOP/s of one big ``torch.mm`` — the ceiling a conv net can approach.
+2. fwd+bwd step time per architecture at 64³ and 128³ (batch 1, 5 input channels, 3 outputs):
+   ``monai-default`` (fp32, NCDHW — what MONAI's networks do out of the box) vs ``bratslab``
+   (``runtime.prepare_model`` + ``runtime.autocast``: channels_last_3d, fp32 on CPU) and, for
+   reference, ``bratslab+bf16`` (the same with ``BRATSLAB_CPU_BF16=1``).
+   Both wall-clock and process CPU seconds are reported: CPU time is less distorted when other
+   processes share the machine.
+   Achieved GFLOP/s = 3 x forward FLOPs (backward ~ 2x forward) / step time, as a fraction of
+   the fp32 matmul peak.
+3. Gradient checkpointing: peak memory of one MedNeXt-S fwd+bwd step (fp32 channels_last) with
+   and without, each in a fresh subprocess (peak RSS from ``resource.getrusage`` minus the RSS
+   after building the model and input, i.e. the activation/gradient memory of the step).
+
+Run: ``.venv/bin/python benchmarks/bench_models.py``
+(options: ``--patches 64 128 --archs mednext unet segresnet --memory-patch 64``)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+from bratslab.models import runtime
+from bratslab.models.config import ModelConfig
+from bratslab.models.describe import describe_model
+from bratslab.models.zoo import build_model
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 4096, reps: int = 5) -> float:
+    """GFLOP/s of an n x n x n matmul (2 n³ FLOPs), best of ``reps``."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def step_time(
+    cfg: ModelConfig, patch: int, mode: str, reps: int, warmup: int
+) -> tuple[float, float]:
+    """Median (wall s, process-CPU s) of one fwd+bwd step (loss = mean square of the logits).
+
+    mode: ``default`` (fp32 NCDHW), ``bratslab`` (runtime defaults) or ``bratslab+bf16``.
+    """
+    torch.manual_seed(0)
+    os.environ[runtime.ENV_CPU_BF16] = "1" if mode == "bratslab+bf16" else "0"
+    # "bratslab" here is the fp32 channels_last part of the default; the per-arch bf16 choice
+    # (runtime.CPU_BF16_ARCHS) is what "bratslab+bf16" measures.
+    fast = mode != "default"
+    model = build_model(cfg).train()
+    x = torch.randn(1, cfg.in_channels, patch, patch, patch)
+    if fast:
+        model = runtime.prepare_model(model, "cpu")
+        x = runtime.prepare_input(x, "cpu")
+    walls, cpus = [], []
+    for i in range(warmup + reps):
+        model.zero_grad(set_to_none=True)
+        t, c = time.perf_counter(), time.process_time()
+        with runtime.autocast("cpu", enabled=fast):
+            out = model(x)
+        out.float().square().mean().backward()
+        if i >= warmup:
+            walls.append(time.perf_counter() - t)
+            cpus.append(time.process_time() - c)
+    return sorted(walls)[len(walls) // 2], sorted(cpus)[len(cpus) // 2]
+
+
+CONFIGS = {
+    "mednext": ModelConfig(arch="mednext", in_channels=5, mednext={"size": "S", "kernel_size": 3}),
+    "unet": ModelConfig(arch="unet", in_channels=5),
+    "segresnet": ModelConfig(arch="segresnet", in_channels=5),
+}
+
+
+def memory_child(ckpt: bool, patch: int) -> None:
+    """Run in a subprocess: print JSON with the step's peak memory above the resting RSS."""
+    cfg = ModelConfig(arch="mednext", in_channels=5, grad_checkpointing=ckpt)
+    # The bratslab CPU layout: in NCDHW the depthwise transposed convolution's im2col workspace
+    # (~C*k³*X*Y*Z floats) sets the peak whether or not activations are checkpointed.
+    model = runtime.prepare_model(build_model(cfg).train(), "cpu")
+    x = runtime.prepare_input(torch.randn(1, 5, patch, patch, patch), "cpu")
+    rest = _rss_now_mib()
+    t = time.perf_counter()
+    model(x).square().mean().backward()
+    dt = time.perf_counter() - t
+    # ru_maxrss is the process's lifetime peak: the step's peak, since building is smaller.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
+    print(json.dumps({"ckpt": ckpt, "rest_mib": rest, "peak_mib": peak, "step_s": dt}))
+
+
+def _rss_now_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--archs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--patches", nargs="+", type=int, default=[64, 128])
+    ap.add_argument("--memory-patch", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=2, help="Timed steps at patches <= 64.")
+    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--memory-child", choices=["plain", "ckpt"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child == "ckpt", args.memory_patch)
+        return
+
+    threads = torch.get_num_threads()
+    print(
+        f"torch {torch.__version__}, {threads} threads, bf16 native: {runtime.cpu_bf16_supported()}"
+    )
+    peak32 = matmul_peak(torch.float32)
+    peak16 = matmul_peak(torch.bfloat16)
+    print(f"matmul peak: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s", flush=True)
+
+    rows = []
+    modes = ["default", "bratslab", "bratslab+bf16"]
+    for arch in args.archs:
+        cfg = CONFIGS[arch]
+        for patch in args.patches:
+            fwd_gflops = describe_model(cfg, (patch,) * 3)["gflops"]
+            # 128³ steps take up to a minute on 2 cores: one timed step after one warm-up.
+            reps = args.reps if patch <= 64 else 1
+            row: dict = {"arch": arch, "patch": patch, "fwd_gflops": fwd_gflops}
+            for mode in modes:
+                wall, cpu = step_time(cfg, patch, mode, reps=reps, warmup=1)
+                row[mode] = {
+                    "wall_s": wall,
+                    "cpu_s": cpu,
+                    "frac_fp32_peak": 3 * fwd_gflops / wall / peak32,
+                }
+            base = row["default"]
+            for mode in modes:
+                r = row[mode]
+                print(
+                    f"{arch:9s} {patch}³ {mode:14s} wall {r['wall_s']:7.2f} s "
+                    f"(x{base['wall_s'] / r['wall_s']:.2f})  cpu {r['cpu_s']:7.2f} s "
+                    f"(x{base['cpu_s'] / r['cpu_s']:.2f})  "
+                    f"{100 * r['frac_fp32_peak']:.1f}% of fp32 peak",
+                    flush=True,
+                )
+            rows.append(row)
+
+    mem = []
+    if not args.skip_memory:
+        for mode in ("plain", "ckpt"):
+            res = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--memory-child",
+                    mode,
+                    "--memory-patch",
+                    str(args.memory_patch),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            mem.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        for m in mem:
+            print(
+                f"mednext-S {args.memory_patch}³ fwd+bwd ckpt={m['ckpt']!s:5s} "
+                f"step peak {m['peak_mib'] - m['rest_mib']:.0f} MiB above rest "
+                f"(peak RSS {m['peak_mib']:.0f} MiB), {m['step_s']:.1f} s",
+                flush=True,
+            )
+    print(
+        json.dumps(
+            {
+                "threads": threads,
+                "peak_fp32": peak32,
+                "peak_bf16": peak16,
+                "steps": rows,
+                "memory": mem,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

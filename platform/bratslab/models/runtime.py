@@ -1,0 +1,120 @@
+"""Fast, numerically sound execution settings for the zoo's networks (training and inference).
+
+* CPU: the ``channels_last_3d`` memory layout, which lets oneDNN use its blocked NDHWC kernels
+  without reordering every layer's input and output: ~3x faster than MONAI's default NCDHW for a
+  MedNeXt-S fp32 training step (``benchmarks/results/models.md``; 2 cores, AVX512-BF16/AMX).
+  bfloat16 autocast on CPU is chosen per architecture: it makes U-Net and SegResNet steps
+  ~1.5-2x faster (dense convolutions on AMX) but MedNeXt's ~2x slower (oneDNN's bf16 depthwise
+  3-D convolution and GroupNorm backward take slow paths). ``autocast(device, arch=cfg.arch)``
+  enables it for :data:`CPU_BF16_ARCHS` only; ``BRATSLAB_CPU_BF16=1`` / ``0`` forces it on / off.
+  It is numerically sound (tests/unit/models/test_runtime.py) and used only on CPUs with native
+  bf16.
+* CUDA: float16 autocast (AMP; pair it with ``torch.amp.GradScaler``), or bfloat16 where the GPU
+  supports it and ``prefer_bf16`` is set (no scaler needed). Layout stays NCDHW.
+
+Autocast keeps reductions and normalisations (GroupNorm/InstanceNorm, losses) in float32; the
+network's logits may come back in the low-precision dtype, so cast them with ``.float()`` before
+the loss or sigmoid/softmax.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+# Escape hatches for debugging numerics or for CPUs where a setting turns out slower.
+ENV_CPU_BF16 = "BRATSLAB_CPU_BF16"  # "1"/"0" force bf16 autocast on CPU on/off for every arch
+
+# Architectures whose CPU training step was measured faster with bf16 autocast (dense 3x3x3
+# convolutions map onto AMX); MedNeXt's depthwise convolutions are slower in bf16.
+CPU_BF16_ARCHS = frozenset({"unet", "segresnet"})
+ENV_CHANNELS_LAST = "BRATSLAB_CHANNELS_LAST"  # "0" disables channels_last_3d on CPU
+
+
+def _env_flag(name: str, default: bool = True) -> bool:
+    value = os.environ.get(name)
+    return default if value is None else value.strip().lower() not in ("0", "false", "no", "off")
+
+
+def cpu_bf16_supported() -> bool:
+    """True when this CPU computes bf16 natively (AVX512-BF16 or AMX) through oneDNN."""
+    try:
+        return bool(
+            torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        )
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def amp_dtype(
+    device: str | torch.device, prefer_bf16: bool = False, arch: str | None = None
+) -> torch.dtype | None:
+    """Autocast dtype for ``device``, or ``None`` where mixed precision is not used.
+
+    On CPU, bf16 is used for the architectures in :data:`CPU_BF16_ARCHS` (pass ``arch``), or for
+    all with ``BRATSLAB_CPU_BF16=1``; ``BRATSLAB_CPU_BF16=0`` turns it off everywhere.
+    """
+    device = torch.device(device)
+    if device.type == "cpu":
+        wanted = _env_flag(ENV_CPU_BF16, default=arch in CPU_BF16_ARCHS)
+        return torch.bfloat16 if wanted and cpu_bf16_supported() else None
+    if device.type == "cuda":
+        if prefer_bf16 and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float16
+    return None
+
+
+def needs_grad_scaler(device: str | torch.device, prefer_bf16: bool = False) -> bool:
+    """float16 gradients underflow without loss scaling; bfloat16 and float32 do not."""
+    return amp_dtype(device, prefer_bf16) == torch.float16
+
+
+@contextlib.contextmanager
+def autocast(
+    device: str | torch.device,
+    enabled: bool = True,
+    prefer_bf16: bool = False,
+    arch: str | None = None,
+) -> Iterator[None]:
+    """Mixed-precision context for the forward pass (and the loss) on ``device``.
+
+    fp16 on CUDA (bf16 with ``prefer_bf16`` where supported); on CPU bf16 where measured faster
+    (``arch`` in :data:`CPU_BF16_ARCHS`, or ``BRATSLAB_CPU_BF16=1``) and the CPU has native bf16,
+    else a no-op (fp32 channels_last is MedNeXt's fastest CPU path).
+    """
+    device = torch.device(device)
+    dtype = amp_dtype(device, prefer_bf16, arch) if enabled else None
+    if dtype is None:
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield
+
+
+def use_channels_last(device: str | torch.device) -> bool:
+    """channels_last_3d pays off with oneDNN on CPU; on CUDA, cuDNN's 3-D kernels gain little
+    and GroupNorm is slower in that layout, so NCDHW stays."""
+    return torch.device(device).type == "cpu" and _env_flag(ENV_CHANNELS_LAST)
+
+
+def prepare_model(model: nn.Module, device: str | torch.device) -> nn.Module:
+    """Move ``model`` to ``device`` in the fastest memory layout for it (in place; returned)."""
+    device = torch.device(device)
+    if use_channels_last(device):
+        return model.to(device=device, memory_format=torch.channels_last_3d)
+    return model.to(device)
+
+
+def prepare_input(x: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+    """Move a ``(B, C, X, Y, Z)`` float batch to ``device`` in the layout :func:`prepare_model`
+    chose. Other ranks are only moved."""
+    device = torch.device(device)
+    x = x.to(device, non_blocking=True)
+    if x.ndim == 5 and use_channels_last(device):
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    return x
