@@ -6,7 +6,7 @@ Importable without Ray or Optuna: the job spec (``bratslab.jobs.spec``) embeds
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -59,6 +59,12 @@ class SearchConfig(StrictModel):
     constant_liar: bool = Field(
         default=True,
         description="TPE: treat running trials as bad so concurrent proposals spread out.",
+    )
+    initial_points: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Trials to run first, each a (partial) {dotted parameter: value} mapping; "
+        "parameters left out are sampled. E.g. one point per architecture so a short sweep "
+        "tries each of them.",
     )
 
 

@@ -247,6 +247,18 @@ def make_searcher(cfg: SweepConfig, space: SearchSpace, paths: SweepPaths, study
     else:
         sampler = optuna.samplers.RandomSampler(seed=cfg.search.seed)
     storage = optuna.storages.RDBStorage(paths.optuna_url)
+    if cfg.search.initial_points:
+        # Enqueued in the persisted study before Ray's OptunaSearch opens it; skip_if_exists
+        # keeps a resumed sweep from queueing them a second time.
+        study = optuna.create_study(
+            storage=storage,
+            sampler=sampler,
+            study_name=study_name,
+            load_if_exists=True,
+            direction="maximize" if cfg.mode == "max" else "minimize",
+        )
+        for point in cfg.search.initial_points:
+            study.enqueue_trial(space.encode_point(point), skip_if_exists=True)
     return OptunaSearch(
         space=space.suggest,
         metric=cfg.metric,

@@ -282,6 +282,21 @@ class SearchSpace:
         # nothing keeps Optuna's labels in the Tune config (decoded again by `decode`).
         return {}
 
+    def encode_point(self, point: dict[str, Any]) -> dict[str, Any]:
+        """A ``{dotted parameter: value}`` point as Optuna params (choice values as labels).
+
+        Raises:
+            ConfigError: a key is not a parameter of this space.
+        """
+        unknown = sorted(set(point) - set(self.parameters))
+        if unknown:
+            names = ", ".join(unknown)
+            raise ConfigError(f"sweep.search.initial_points: unknown parameter(s) {names}")
+        return {
+            k: _label(v) if isinstance(self.parameters[k], ChoiceParam) else v
+            for k, v in point.items()
+        }
+
     @staticmethod
     def _decode_choice(p: ChoiceParam, label: Any) -> Any:
         for v in p.values:

@@ -175,3 +175,20 @@ def test_sweep_config_validation():
     cfg = SweepConfig(space="x")
     assert cfg.scheduler.kind == "asha" and cfg.search.algorithm == "tpe"
     assert cfg.selection_metric == "tta/dice_mean" and cfg.alias == "champion"
+
+
+def test_initial_points_run_first_once_even_after_resume(tmp_path):
+    """jobs/demo.yaml's one-point-per-architecture start: enqueued once in the persisted study."""
+    from bratslab.tune.harness import SweepPaths, make_searcher
+
+    spec = load_job(ROOT / "jobs/demo.yaml")
+    space = load_space(ROOT / spec.sweep.space)
+    paths = SweepPaths(tmp_path)
+    for _ in range(2):  # a resumed sweep builds its searcher again over the same study
+        make_searcher(spec.sweep, space, paths, "s")
+    study = optuna.load_study(study_name="s", storage=paths.optuna_url)
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    queued = [t.system_attrs["fixed_params"]["model.arch"] for t in waiting]
+    assert queued == ["unet", "segresnet", "mednext"]
+    with pytest.raises(ConfigError, match="unknown parameter.*model.archh"):
+        space.encode_point({"model.archh": "unet"})
