@@ -67,7 +67,7 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cases", type=int, default=8)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/tune.md")
+    ap.add_argument("--out", type=Path, default=ROOT / ".bench" / "tune.md")
     args = ap.parse_args()
 
     for key, value in {

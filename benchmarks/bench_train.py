@@ -106,7 +106,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=12, help="Timed steps per epoch / plain run.")
     ap.add_argument("--patch", type=int, default=48, help="Cubic patch size (voxels).")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train.md")
+    ap.add_argument("--out", type=Path, default=ROOT / ".bench" / "train.md")
     args = ap.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="bench-train-"))

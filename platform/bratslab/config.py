@@ -44,26 +44,32 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def set_dotted(data: dict[str, Any], key: str, value: Any, *, where: str = "") -> None:
+    """Set ``data[a][b][c] = value`` for ``key = "a.b.c"``, creating sections as needed.
+
+    ``where`` prefixes error messages (e.g. the override or file being applied).
+    """
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"{where}: empty key")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"{where}: {'.'.join(parts[: i + 1])} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
     """Apply ``key.sub=value`` overrides to a nested dict (in place; also returned)."""
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key.sub=value")
         key, _, raw = item.partition("=")
-        parts = [p for p in key.strip().split(".") if p]
-        if not parts:
-            raise ConfigError(f"override {item!r}: empty key")
-        node = data
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            elif not isinstance(child, dict):
-                raise ConfigError(
-                    f"override {item!r}: {'.'.join(parts[: i + 1])} is a value, not a section"
-                )
-            node = child
-        node[parts[-1]] = parse_value(raw)
+        set_dotted(data, key, parse_value(raw), where=f"override {item!r}")
     return data
 
 

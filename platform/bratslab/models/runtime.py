@@ -2,7 +2,7 @@
 
 * CPU: the ``channels_last_3d`` memory layout, which lets oneDNN use its blocked NDHWC kernels
   without reordering every layer's input and output: ~3x faster than MONAI's default NCDHW for a
-  MedNeXt-S fp32 training step (``benchmarks/results/models.md``; 2 cores, AVX512-BF16/AMX).
+  MedNeXt-S fp32 training step (BENCHMARKS.md; 2 cores, AVX512-BF16/AMX).
   bfloat16 autocast on CPU is chosen per architecture: it makes U-Net and SegResNet steps
   ~1.5-2x faster (dense convolutions on AMX) but MedNeXt's ~2x slower (oneDNN's bf16 depthwise
   3-D convolution and GroupNorm backward take slow paths). ``autocast(device, arch=cfg.arch)``

@@ -40,6 +40,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from bratslab import config
 from bratslab.config import ConfigError, StrictModel, load_yaml, validate
 
 T = TypeVar("T", bound=BaseModel)
@@ -151,25 +152,9 @@ def _label(value: Any) -> Any:
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any, *, source: str = "") -> None:
-    """Set ``data[a][b][c] = value`` for ``key = "a.b.c"``, creating sections as needed.
-
-    The same semantics as :func:`bratslab.config.apply_overrides`, but with a typed value (no
-    YAML round trip, which would turn ``1e-05`` into a string).
-    """
-    parts = [p for p in key.split(".") if p]
-    if not parts:
-        raise ConfigError(f"{source}: empty parameter name")
-    node = data
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        elif not isinstance(child, dict):
-            raise ConfigError(
-                f"{source}: parameter {key!r}: {'.'.join(parts[: i + 1])} is a value, not a section"
-            )
-        node = child
-    node[parts[-1]] = copy.deepcopy(value)
+    """Set ``data[a][b][c] = value`` for ``key = "a.b.c"`` with a typed value (no YAML round
+    trip, which would turn ``1e-05`` into a string); errors name the parameter."""
+    config.set_dotted(data, key, copy.deepcopy(value), where=f"{source}: parameter {key!r}")
 
 
 class SearchSpace:
