@@ -25,23 +25,17 @@ RUN_STATE_FILE = "bratslab_run.json"  # written by the trainer beside a job's ch
 def find_run_id(model_ref: str | Path, run_id: str | None = None) -> str | None:
     """The MLflow run that produced ``model_ref``, or None if it cannot be told.
 
-    In order: ``run_id`` if given; ``runs:/<run_id>/...``; a registered ``models:/NAME@alias``
-    or ``models:/NAME/VERSION`` (its source run); a local checkpoint folder inside a training
-    job's folder (the trainer's ``bratslab_run.json`` in a parent folder).
+    In order: ``run_id`` if given; ``runs:/<run_id>/...``, ``models:/<model_id>``,
+    ``models:/NAME@alias`` or ``models:/NAME/VERSION`` (the source run); a local checkpoint
+    folder inside a training job's folder (the trainer's ``bratslab_run.json`` in a parent folder).
     """
     if run_id:
         return run_id
     text = str(model_ref)
-    if text.startswith("runs:/"):
-        return text.removeprefix("runs:/").split("/", 1)[0] or None
-    if text.startswith("models:/"):
-        rest = text.removeprefix("models:/")
-        if "@" in rest or "/" in rest:
-            from bratslab.tracking import registry
+    if text.startswith(("runs:/", "models:/")):
+        from bratslab.tracking import registry
 
-            name, alias, version = registry.parse_ref(text)
-            return registry.get_version(name, alias=alias, version=version).run_id
-        return None  # a bare logged-model id: needs a tracking helper (see report)
+        return registry.source_run_id(text)
     path = Path(text).expanduser().resolve()
     for folder in [path, *path.parents][:4]:
         state = folder / RUN_STATE_FILE

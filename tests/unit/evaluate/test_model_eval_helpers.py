@@ -17,10 +17,13 @@ from bratslab.evaluate.predict import (
 )
 
 
-def test_find_run_id_sources(tmp_path):
+def test_find_run_id_sources(tmp_path, bratslab_home):
+    from bratslab.tracking.registry import RegistryError
+
     assert find_run_id("anything", run_id="abc") == "abc"
     assert find_run_id("runs:/0123abcd/model") == "0123abcd"
-    assert find_run_id("models:/m-0123") is None
+    with pytest.raises(RegistryError, match="m-0123"):
+        find_run_id("models:/m-0123")  # an unknown logged model is an error, not a guess
     ckpt = tmp_path / "job" / "checkpoint_000003"
     ckpt.mkdir(parents=True)
     assert find_run_id(ckpt) is None

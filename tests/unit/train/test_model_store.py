@@ -90,3 +90,11 @@ def test_logging_leaves_the_tracking_environment_alone(bratslab_home, tiny_unet_
         assert "MLFLOW_TRACKING_URI" not in os.environ
     finally:
         os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+def test_source_run_of_a_logged_model(logged):
+    from bratslab.evaluate.model_eval import find_run_id
+
+    _, run_id, uri = logged
+    assert uri.startswith("models:/m-")
+    assert find_run_id(uri) == run_id
