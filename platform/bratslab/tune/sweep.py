@@ -128,7 +128,8 @@ def _mark_stopped_trials(rows: list[dict[str, Any]], ctx: TrialContext) -> None:
     """Label trials ASHA stopped before their last epoch; close runs of killed trials.
 
     A stopped trial's actor is killed mid-``fit``, so its MLflow run still says RUNNING once
-    Tune is done: it becomes KILLED with the tag ``bratslab.stopped_early``.
+    Tune is done: it becomes KILLED with the tag ``bratslab.stopped_early``. A completed trial
+    whose run says FAILED (left so by an interruption before a resume) becomes FINISHED.
     """
     from bratslab.tracking import mlflow_runs
 
@@ -139,9 +140,15 @@ def _mark_stopped_trials(rows: list[dict[str, Any]], ctx: TrialContext) -> None:
         if r["iterations"] < int(job["training"]["epochs"]):
             r["status"] = "STOPPED_EARLY"
         run_id = r.get("mlflow_run_id")
-        if run_id and mlflow_runs.run_info(run_id)["status"] == "RUNNING":
-            mlflow_runs.set_tags(run_id, {"bratslab.stopped_early": "true"})
-            mlflow_runs.end_run(run_id, "KILLED")
+        # RUNNING: the actor was killed mid-fit. FAILED: an interrupted sweep's trial whose fit
+        # was torn down by Ctrl-C and which Tune then finished or stopped on resume. Either way
+        # Tune's verdict (completed without error) is the truth the run should show.
+        if run_id and mlflow_runs.run_info(run_id)["status"] in ("RUNNING", "FAILED"):
+            if r["status"] == "STOPPED_EARLY":
+                mlflow_runs.set_tags(run_id, {"bratslab.stopped_early": "true"})
+                mlflow_runs.end_run(run_id, "KILLED")
+            else:
+                mlflow_runs.end_run(run_id, "FINISHED")
 
 
 def run_sweep(
