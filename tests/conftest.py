@@ -38,3 +38,17 @@ def ray_cluster(bratslab_home):
     ensure_ray(num_cpus=6, object_store_memory=1 << 30)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory) -> Path:
+    """A real store (data.synth → data preprocess, in-process): 8 cases of ≈32³ voxels."""
+    from bratslab.data.config import PreprocessConfig
+    from bratslab.data.runner import run_preprocess
+    from bratslab.data.synth import synthesize_dataset
+
+    root = tmp_path_factory.mktemp("train-store")
+    synthesize_dataset(root / "raw", 8, shape=(48, 48, 40), seed=0)
+    cfg = PreprocessConfig(min_size=[32, 32, 32], num_folds=4)
+    run_preprocess(root / "raw", root / "store", cfg, use_ray=False, progress=False)
+    return root / "store"

@@ -18,16 +18,9 @@ JOB = Path(__file__).resolve().parents[2] / "jobs" / "smoke.yaml"
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    from bratslab.data.config import PreprocessConfig
-    from bratslab.data.runner import run_preprocess
-    from bratslab.data.synth import synthesize_dataset
-
-    root = tmp_path_factory.mktemp("train-ray")
-    synthesize_dataset(root / "raw", 8, shape=(48, 48, 40), seed=0)
-    cfg = PreprocessConfig(min_size=[32, 32, 32], num_folds=4)
-    run_preprocess(root / "raw", root / "store", cfg, use_ray=False, progress=False)
-    return root / "store"
+def store(tiny_store) -> Path:
+    """The session's tiny store (8 cases, 4 folds); training only reads it."""
+    return tiny_store
 
 
 def _spec(store, name, *overrides):
