@@ -2,15 +2,16 @@
 
 1. Peak: fp32 (and bf16) GFLOP/s of one big ``torch.mm`` — the ceiling a conv net can approach.
 2. fwd+bwd step time per architecture at 64³ and 128³ (batch 1, 5 input channels, 3 outputs):
-   ``monai-default`` (fp32, NCDHW — what MONAI's networks do out of the box) vs ``bratslab``
-   (``runtime.prepare_model`` + ``runtime.autocast``: channels_last_3d, fp32 on CPU) and, for
+   ``monai-default`` (fp32, NCDHW, MONAI's own layers — what MONAI's networks do out of the box)
+   vs ``bratslab`` (``runtime.prepare_model`` + ``runtime.autocast``: channels_last_3d, fp32 on
+   CPU, and MedNeXt's faster depthwise backward, :mod:`bratslab.models.depthwise`) and, for
    reference, ``bratslab+bf16`` (the same with ``BRATSLAB_CPU_BF16=1``).
    Both wall-clock and process CPU seconds are reported: CPU time is less distorted when other
    processes share the machine.
    Achieved GFLOP/s = 3 x forward FLOPs (backward ~ 2x forward) / step time, as a fraction of
    the fp32 matmul peak.
 3. Gradient checkpointing: peak memory of one MedNeXt-S fwd+bwd step (fp32 channels_last) with
-   and without, each in a fresh subprocess (peak RSS from ``resource.getrusage`` minus the RSS
+   and without, each in a fresh subprocess (peak RSS ``VmHWM`` minus the RSS
    after building the model and input, i.e. the activation/gradient memory of the step).
 
 Run: ``.venv/bin/python benchmarks/bench_models.py``
@@ -22,15 +23,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 
 import torch
+from torch import nn
 
 from bratslab.models import runtime
 from bratslab.models.config import ModelConfig
+from bratslab.models.depthwise import DepthwiseConv3d
 from bratslab.models.describe import describe_model
 from bratslab.models.zoo import build_model
 
@@ -60,6 +62,10 @@ def step_time(
     # (runtime.CPU_BF16_ARCHS) is what "bratslab+bf16" measures.
     fast = mode != "default"
     model = build_model(cfg).train()
+    if not fast:  # MONAI's own depthwise convolutions, not bratslab's faster-backward ones
+        for m in model.modules():
+            if type(m) is DepthwiseConv3d:
+                m.__class__ = nn.Conv3d
     x = torch.randn(1, cfg.in_channels, patch, patch, patch)
     if fast:
         model = runtime.prepare_model(model, "cpu")
@@ -76,6 +82,8 @@ def step_time(
             cpus.append(time.process_time() - c)
     return sorted(walls)[len(walls) // 2], sorted(cpus)[len(cpus) // 2]
 
+
+MODES = ["default", "bratslab", "bratslab+bf16"]
 
 CONFIGS = {
     "mednext": ModelConfig(arch="mednext", in_channels=5, mednext={"size": "S", "kernel_size": 3}),
@@ -95,17 +103,23 @@ def memory_child(ckpt: bool, patch: int) -> None:
     t = time.perf_counter()
     model(x).square().mean().backward()
     dt = time.perf_counter() - t
-    # ru_maxrss is the process's lifetime peak: the step's peak, since building is smaller.
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
+    # VmHWM: the peak RSS of this process's address space, i.e. the step's peak (building is
+    # smaller). Not ru_maxrss: Linux carries the pre-exec RSS of the (v)forked parent into it.
+    peak = _status_mib("VmHWM")
     print(json.dumps({"ckpt": ckpt, "rest_mib": rest, "peak_mib": peak, "step_s": dt}))
 
 
-def _rss_now_mib() -> float:
+def _status_mib(field: str) -> float:
+    """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in MiB."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _rss_now_mib() -> float:
+    return _status_mib("VmRSS")
 
 
 def main() -> None:
@@ -115,6 +129,9 @@ def main() -> None:
     ap.add_argument("--memory-patch", type=int, default=64)
     ap.add_argument("--reps", type=int, default=2, help="Timed steps at patches <= 64.")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument(
+        "--modes", nargs="+", default=MODES, choices=MODES, help="Step variants (default first)."
+    )
     ap.add_argument("--memory-child", choices=["plain", "ckpt"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
@@ -130,7 +147,7 @@ def main() -> None:
     print(f"matmul peak: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s", flush=True)
 
     rows = []
-    modes = ["default", "bratslab", "bratslab+bf16"]
+    modes = args.modes
     for arch in args.archs:
         cfg = CONFIGS[arch]
         for patch in args.patches:

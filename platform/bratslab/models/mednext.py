@@ -3,7 +3,8 @@
 MONAI's :class:`monai.networks.nets.MedNeXt` provides the blocks and the parameter layout (so
 state dicts are interchangeable with MONAI's). This subclass only replaces ``forward`` to add what
 MONAI lacks: per-block gradient checkpointing, the zoo's deep-supervision contract (a ``list``,
-full resolution first) and skipping the auxiliary heads at inference.
+full resolution first), skipping the auxiliary heads at inference, and a faster CPU backward of
+the depthwise convolutions (:mod:`bratslab.models.depthwise`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from monai.networks.nets import MedNeXt
 
 from bratslab.models.checkpointing import check_spatial, checkpoint_active, run_block, run_blocks
 from bratslab.models.config import MedNeXtConfig
+from bratslab.models.depthwise import use_fast_depthwise
 
 
 class MedNeXtNet(MedNeXt):
@@ -52,6 +54,8 @@ class MedNeXtNet(MedNeXt):
         )
         self.levels = levels
         self.grad_checkpointing = grad_checkpointing
+        # Same parameters, faster CPU backward for the blocks' stride-1 depthwise convolutions.
+        use_fast_depthwise(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         check_spatial(x, self.levels, "mednext")
