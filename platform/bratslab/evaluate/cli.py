@@ -36,8 +36,10 @@ def predict(
     uncertainty: bool = typer.Option(
         False, "--uncertainty", help="Also write {case}_std.nii.gz (std over TTA passes)."
     ),
-    workers: int = typer.Option(0, "--workers", help="Cases in flight at once (0: all)."),
-    threads: int = typer.Option(1, "--threads", help="CPUs (torch threads) per case."),
+    workers: int = typer.Option(
+        0, "--workers", help="Prediction actors at most, one case each at a time (0: no cap)."
+    ),
+    threads: int = typer.Option(1, "--threads", help="CPUs (torch threads) per prediction actor."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     no_amp: bool = typer.Option(False, "--no-amp", help="Full float32 (no bf16/fp16 autocast)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo cases already predicted."),

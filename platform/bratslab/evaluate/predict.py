@@ -7,9 +7,10 @@ then undo the crop and padding (:func:`restore_to_source`) and write ``PRED/{cas
 the source affine and header. Optional ``{case}_prob.nii.gz`` (probabilities, channels last) and
 ``{case}_std.nii.gz`` (TTA standard deviation).
 
-Many cases run as Ray tasks, one per case. The model weights travel through the object store (so
-a model fetched from MLflow on the driver reaches every node); the raw and output folders must be
-visible to every worker (a shared filesystem on a cluster). Every file is written atomically
+Many cases run through Ray Data: a dataset of case rows mapped by a pool of actors, each holding
+the models. The model weights travel through the object store (so a model fetched from MLflow on
+the driver reaches every node); the raw and output folders must be visible to every worker (a
+shared filesystem on a cluster). Every file is written atomically
 (temp name in the same folder, then ``os.replace``); finished cases are skipped on a rerun; a case
 that fails is reported with the file and the reason while the others go on.
 """
@@ -62,8 +63,12 @@ class PredictConfig(StrictModel):
     )
     amp: bool = Field(default=True, description="Autocast: bf16 on CPU, fp16 on CUDA.")
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
-    threads: int = Field(default=1, ge=1, description="CPUs (torch threads) per case task.")
-    workers: int = Field(default=0, ge=0, description="Cases in flight at once (0: all).")
+    threads: int = Field(default=1, ge=1, description="CPUs (torch threads) per prediction actor.")
+    workers: int = Field(
+        default=0,
+        ge=0,
+        description="Prediction actors at most, one case each at a time (0: no cap).",
+    )
     overwrite: bool = Field(default=False, description="Redo cases whose output exists.")
 
 
@@ -303,6 +308,60 @@ def _is_done(raw_case, out_dir: Path, cfg: PredictConfig) -> bool:
     return all(p.is_file() for p in needed)
 
 
+class CasePredictor:
+    """Ray Data actor: predicts the case of each row ``{"case": RawCase JSON}`` into ``out_dir``.
+
+    Models are rebuilt once per actor from the payloads (an object ref: the weights travel
+    through the object store once, to every node that runs an actor).
+    """
+
+    def __init__(self, payloads_ref: Any, cfg: dict[str, Any], out_dir: str):
+        import ray  # Ray: fetch the shared model payloads
+
+        self.payloads: list[ModelPayload] = ray.get(payloads_ref[0])
+        self.cfg = PredictConfig.model_validate(cfg)
+        self.out_dir = out_dir
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        return predict_case(json.loads(row["case"]), self.payloads, self.cfg, self.out_dir)
+
+
+def _predict_with_ray_data(
+    cases: list, payloads: list[ModelPayload], cfg: PredictConfig, out_dir: Path
+):
+    """Yield :func:`predict_case` results as cases finish: a Ray Data dataset of case rows (one
+    block each, so cases balance over actors) mapped by a pool of :class:`CasePredictor` actors
+    (``cfg.workers`` at most; ``cfg.threads`` CPUs and, when a GPU is used, one GPU each)."""
+    import ray
+    import ray.data
+
+    from bratslab.cluster import ensure_ray
+
+    ensure_ray()
+    # Wrapped in a list so Ray passes the ref itself to the actor rather than resolving it
+    # on the driver for every actor's constructor.
+    payloads_ref = [ray.put(payloads)]
+    limit = min(cfg.workers or len(cases), len(cases))
+    gpus = 0.0
+    if cfg.device != "cpu" and ray.cluster_resources().get("GPU", 0) > 0:
+        gpus = 1.0  # Ray hides GPUs from workers that did not ask for one
+    rows = [{"case": json.dumps(c.to_dict())} for c in cases]
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map(
+        CasePredictor,
+        fn_constructor_kwargs={
+            "payloads_ref": payloads_ref,
+            "cfg": cfg.model_dump(),
+            "out_dir": str(out_dir),
+        },
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=limit),
+        num_cpus=cfg.threads,
+        num_gpus=gpus,
+        # Ray Data restarts a crashed actor and retries its case (its defaults); an error in a
+        # case is caught by predict_case and comes back as a "failed" row instead.
+    )
+    yield from ds.iter_rows()
+
+
 def predict_folder(
     model_refs: list[str] | str,
     raw_dir: str | Path,
@@ -311,15 +370,12 @@ def predict_folder(
     *,
     progress: bool = True,
 ) -> PredictReport:
-    """Predict every case of ``raw_dir`` into ``out_dir`` with Ray tasks (one per case).
+    """Predict every case of ``raw_dir`` into ``out_dir``, cases spread over the Ray cluster.
 
     ``model_refs``: one or more checkpoint folders or MLflow URIs; several form an ensemble
     (probabilities averaged). Cases already predicted are skipped unless ``cfg.overwrite``.
     Failures are listed in ``out_dir/failures.json`` (case, file, reason).
     """
-    import ray
-
-    from bratslab.cluster import ensure_ray
     from bratslab.data.layout import discover_cases
 
     cfg = cfg or PredictConfig()
@@ -346,27 +402,16 @@ def predict_folder(
             todo.append(c)
 
     if todo:
-        ensure_ray()
-        payload_ref = ray.put(payloads)  # Ray: weights shipped once through the object store
-        task = ray.remote(num_cpus=cfg.threads, max_retries=1)(predict_case)
-        limit = cfg.workers or len(todo)
-        pending: list = []
-        queue = list(todo)
         from bratslab.evaluate.report import progress_bar
 
         with progress_bar(progress, len(todo), "predict") as advance:
-            while queue or pending:
-                while queue and len(pending) < limit:
-                    c = queue.pop(0)
-                    pending.append(task.remote(c.to_dict(), payload_ref, cfg, str(out_dir)))
-                done, pending = ray.wait(pending, num_returns=1)
-                for result in ray.get(done):
-                    if result["status"] == "written":
-                        report.written.append(result["case"])
-                    else:
-                        report.failures.append({k: result[k] for k in ("case", "file", "reason")})
-                    ok = "ok" if result["status"] == "written" else "FAILED"
-                    advance(f"predict {result['case']} {ok}")
+            for result in _predict_with_ray_data(todo, payloads, cfg, out_dir):
+                if result["status"] == "written":
+                    report.written.append(result["case"])
+                else:
+                    report.failures.append({k: result[k] for k in ("case", "file", "reason")})
+                ok = "ok" if result["status"] == "written" else "FAILED"
+                advance(f"predict {result['case']} {ok}")
     failures_path = out_dir / FAILURES_FILE
     if report.failures:
         atomic.write_json(failures_path, {"failures": report.failures})

@@ -8,7 +8,9 @@
   3-D convolution and GroupNorm backward take slow paths). ``autocast(device, arch=cfg.arch)``
   enables it for :data:`CPU_BF16_ARCHS` only; ``BRATSLAB_CPU_BF16=1`` / ``0`` forces it on / off.
   It is numerically sound (tests/unit/models/test_runtime.py) and used only on CPUs with native
-  bf16.
+  bf16. Inference (forward only, ``inference=True``) uses bf16 for every architecture: MedNeXt's
+  slow paths are in the bf16 *backward*, and its bf16 forward is ~1.2x faster than fp32
+  (BENCHMARKS.md, fast TTA).
 * CUDA: float16 autocast (AMP; pair it with ``torch.amp.GradScaler``), or bfloat16 where the GPU
   supports it and ``prefer_bf16`` is set (no scaler needed). Layout stays NCDHW.
 
@@ -51,16 +53,20 @@ def cpu_bf16_supported() -> bool:
 
 
 def amp_dtype(
-    device: str | torch.device, prefer_bf16: bool = False, arch: str | None = None
+    device: str | torch.device,
+    prefer_bf16: bool = False,
+    arch: str | None = None,
+    inference: bool = False,
 ) -> torch.dtype | None:
     """Autocast dtype for ``device``, or ``None`` where mixed precision is not used.
 
-    On CPU, bf16 is used for the architectures in :data:`CPU_BF16_ARCHS` (pass ``arch``), or for
-    all with ``BRATSLAB_CPU_BF16=1``; ``BRATSLAB_CPU_BF16=0`` turns it off everywhere.
+    On CPU, bf16 is used for inference, for training the architectures in
+    :data:`CPU_BF16_ARCHS` (pass ``arch``), or for all with ``BRATSLAB_CPU_BF16=1``;
+    ``BRATSLAB_CPU_BF16=0`` turns it off everywhere.
     """
     device = torch.device(device)
     if device.type == "cpu":
-        wanted = _env_flag(ENV_CPU_BF16, default=arch in CPU_BF16_ARCHS)
+        wanted = _env_flag(ENV_CPU_BF16, default=inference or arch in CPU_BF16_ARCHS)
         return torch.bfloat16 if wanted and cpu_bf16_supported() else None
     if device.type == "cuda":
         if prefer_bf16 and torch.cuda.is_bf16_supported():
@@ -80,15 +86,16 @@ def autocast(
     enabled: bool = True,
     prefer_bf16: bool = False,
     arch: str | None = None,
+    inference: bool = False,
 ) -> Iterator[None]:
     """Mixed-precision context for the forward pass (and the loss) on ``device``.
 
     fp16 on CUDA (bf16 with ``prefer_bf16`` where supported); on CPU bf16 where measured faster
-    (``arch`` in :data:`CPU_BF16_ARCHS`, or ``BRATSLAB_CPU_BF16=1``) and the CPU has native bf16,
-    else a no-op (fp32 channels_last is MedNeXt's fastest CPU path).
+    (inference, ``arch`` in :data:`CPU_BF16_ARCHS`, or ``BRATSLAB_CPU_BF16=1``) and the CPU has
+    native bf16, else a no-op (fp32 channels_last is MedNeXt's fastest CPU training path).
     """
     device = torch.device(device)
-    dtype = amp_dtype(device, prefer_bf16, arch) if enabled else None
+    dtype = amp_dtype(device, prefer_bf16, arch, inference) if enabled else None
     if dtype is None:
         yield
         return

@@ -119,6 +119,24 @@ def test_bf16_autocast_agrees_with_float32():
     assert np.abs(p32 - p16).max() < 0.05
 
 
+def test_batched_and_per_transform_calls_agree():
+    from bratslab.evaluate.inference import TTAPredictor
+
+    model = _tiny_net()
+    window = torch.from_numpy(_volume((16, 16, 16)))[None].repeat(2, 1, 1, 1, 1)
+    calls = []
+    model.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    outs = {}
+    for batched in (False, True):
+        calls.clear()
+        predictor = TTAPredictor([model], tta_transforms("flips"), batch_transforms=batched)
+        outs[batched] = predictor(window)
+        # 2 windows: one call per transform (CPU default), or all 8 transforms in one batch
+        assert calls == ([16] if batched else [2] * 8)
+    torch.testing.assert_close(outs[True], outs[False], rtol=1e-5, atol=1e-6)
+    assert TTAPredictor([model], tta_transforms("flips")).batch_transforms is False  # CPU
+
+
 def test_bad_arguments():
     model = _tiny_net()
     with pytest.raises(ValueError, match="overlap"):

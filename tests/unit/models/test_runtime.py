@@ -16,6 +16,9 @@ def test_cpu_policy(monkeypatch):
     assert runtime.amp_dtype("cpu", arch="mednext") is None
     native = torch.bfloat16 if runtime.cpu_bf16_supported() else None
     assert runtime.amp_dtype("cpu", arch="unet") == native  # bf16 measured faster for U-Net
+    # Forward-only inference: bf16 for every architecture (MedNeXt's slow bf16 path is backward).
+    assert runtime.amp_dtype("cpu", arch="mednext", inference=True) == native
+    assert runtime.amp_dtype("cpu", inference=True) == native
     assert not runtime.needs_grad_scaler("cpu")
     assert runtime.amp_dtype("cuda") == torch.float16
     x = runtime.prepare_input(torch.randn(1, 2, 4, 4, 4), "cpu")
