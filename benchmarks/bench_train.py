@@ -1,14 +1,19 @@
 """Training benchmarks: Ray Train overhead, data-wait fraction, samples/s per architecture.
 
-    .venv/bin/python benchmarks/bench_train.py [--steps 12] [--patch 48] [--out FILE]
+    .venv/bin/python benchmarks/bench_train.py [--steps 12] [--patch 48] [--threads 2 1]
+        [--overhead-only] [--out FILE]
 
 1. Ray Train (1 worker, the real ``run_training`` path: Ray Data case table, DDP wrapper,
    per-epoch report + checkpoint) vs a plain PyTorch loop running the same ``train_step`` on the
    same model, patch sampler, augmentation and batch. Steady state = epochs after the first; the
    Ray figure is the worker's own ``time/train_s`` (report/checkpoint/validation excluded, as
-   they are per epoch, not per step). Overhead = Ray step time / plain step time - 1.
+   they are per epoch, not per step). Overhead = Ray step time / plain step time - 1. Run
+   with each ``--threads`` count: with as many torch threads as cores, any CPU that Ray's own
+   processes use stalls the step; with one thread fewer they have a core of their own. The
+   worker's CPU time per step (``time/train_cpu_s``) separates work done from waiting.
 2. Fraction of step time the worker waited for data (``time/data_wait_frac``).
 3. Samples/s per architecture (plain loop; each job's model section, shrunk to CPU size).
+4. The smoke job's model with ``training.amp`` off and on (its shipped setting is off).
 
 Everything runs on a synthetic store built in a temporary ``$BRATSLAB_HOME``.
 """
@@ -79,13 +84,25 @@ def plain_loop(spec, store: Path, steps: int, warmup: int = 3) -> dict[str, floa
     wait = 0.0
     for i in range(steps + warmup):
         if i == warmup:
-            t0, wait = time.perf_counter(), 0.0
+            t0, c0, wait = time.perf_counter(), time.process_time(), 0.0
         tw = time.perf_counter()
         x, y = next(stream)
         wait += time.perf_counter() - tw
-        train_step(model, x, y, loss_fn, bundle, scaler, device, tr.amp, trainable, tr.grad_clip)
-    total = time.perf_counter() - t0
-    return {"step_s": total / steps, "wait_frac": wait / total}
+        train_step(
+            model,
+            x,
+            y,
+            loss_fn,
+            bundle,
+            scaler,
+            device,
+            tr.amp,
+            trainable,
+            tr.grad_clip,
+            arch=cfg.arch,  # the worker's precision choice (bf16 on CPU for U-Net/SegResNet)
+        )
+    total, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"step_s": total / steps, "cpu_s": cpu / steps, "wait_frac": wait / total}
 
 
 def ray_loop(spec) -> dict[str, float]:
@@ -94,25 +111,49 @@ def ray_loop(spec) -> dict[str, float]:
 
     out = run_training(spec)
     train_s = metric_history(out.run_id, "time/train_s")[1:]  # epochs after the first
+    cpu_s = metric_history(out.run_id, "time/train_cpu_s")[1:]
     wait = metric_history(out.run_id, "time/data_wait_frac")[1:]
     steps = spec.training.steps_per_epoch
     return {
         "step_s": sum(v for _, v in train_s) / (len(train_s) * steps),
+        "cpu_s": sum(v for _, v in cpu_s) / (len(cpu_s) * steps),
         "wait_frac": sum(v for _, v in wait) / len(wait),
     }
+
+
+def overhead(store: Path, common: list[str], threads: int, steps: int) -> dict[str, dict]:
+    """Plain loop, Ray Train, plain loop again (bracketing Ray), all with ``threads`` torch
+    threads in a 2-CPU worker: s/step, CPU s/step and data-wait fraction of each."""
+    from bratslab.jobs.spec import load_job
+
+    job = [
+        *common,
+        f"name=bench-ray-t{threads}",
+        "training.epochs=3",
+        "model.unet.filters=[16,32,64]",
+        f"scaling.torch_threads={threads}",
+    ]
+    spec = load_job(ROOT / "jobs" / "smoke.yaml", job)
+    plain = plain_loop(spec, store, steps=2 * steps)
+    ray_t = ray_loop(spec)
+    plain2 = plain_loop(spec, store, steps=2 * steps)
+    return {"plain (before Ray)": plain, "Ray Train": ray_t, "plain (after Ray)": plain2}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=12, help="Timed steps per epoch / plain run.")
     ap.add_argument("--patch", type=int, default=48, help="Cubic patch size (voxels).")
+    ap.add_argument(
+        "--threads", type=int, nargs="+", default=[2, 1], help="Torch threads per overhead run."
+    )
+    ap.add_argument("--overhead-only", action="store_true", help="Skip sections 3 and 4.")
     ap.add_argument("--out", type=Path, default=ROOT / ".bench" / "train.md")
     args = ap.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="bench-train-"))
     os.environ["BRATSLAB_HOME"] = str(home)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow.db'}"
-    from bratslab.jobs.spec import load_job
 
     store = build_store(home, args.patch)
     p = args.patch
@@ -125,18 +166,67 @@ def main() -> None:
         "data.max_val_cases=1",
         "scaling.num_workers=1",
         "scaling.cpus_per_worker=2",
-        "scaling.torch_threads=2",
         "tracking.log_model=false",
         "tracking.experiment=bench-train",
     ]
-    overhead_job = [*common, "name=bench-ray", "training.epochs=3", "model.unet.filters=[16,32,64]"]
-    spec = load_job(ROOT / "jobs" / "smoke.yaml", overhead_job)
-    plain = plain_loop(spec, store, steps=2 * args.steps)
-    ray_t = ray_loop(spec)
-    plain2 = plain_loop(spec, store, steps=2 * args.steps)  # bracket Ray: the machine is shared
-    # The faster plain run is the reference: a conservative (larger) overhead on a busy machine.
-    plain_step = min(plain["step_s"], plain2["step_s"])
+    runs = {t: overhead(store, common, t, args.steps) for t in args.threads}
 
+    cmd = "OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_train.py"
+    if args.steps != 12 or args.patch != 48:
+        cmd += f" --steps {args.steps} --patch {args.patch}"
+    if args.threads != [2, 1]:
+        cmd += " --threads " + " ".join(map(str, args.threads))
+    if args.overhead_only:
+        cmd += " --overhead-only"
+    lines = [
+        "# Training benchmarks",
+        "",
+        f"Command: `{cmd}`",
+        "",
+        f"Machine: {os.cpu_count()} CPU cores ({_platform.processor() or _platform.machine()}), "
+        f"torch {torch.__version__}, CPU only. Ratios come from one run.",
+        "",
+        f"## Ray Train overhead (1 worker, U-Net [16,32,64] + deep supervision, {p}³ patches, "
+        "batch 2)",
+        "",
+        "CPU s/step: CPU time of the process running the loop (the Ray worker's own, all "
+        "threads), per step.",
+        "",
+        "| torch threads | loop | s/step (steady state) | CPU s/step | data wait |",
+        "|---|---|---|---|---|",
+    ]
+    for t, rows in runs.items():
+        for name, r in rows.items():
+            lines.append(
+                f"| {t} | {name} | {r['step_s']:.3f} | {r['cpu_s']:.3f} | {r['wait_frac']:.1%} |"
+            )
+    lines.append("")
+    for t, rows in runs.items():
+        ref = min(rows["plain (before Ray)"]["step_s"], rows["plain (after Ray)"]["step_s"])
+        ray_r = rows["Ray Train"]
+        cpu_ref = min(rows["plain (before Ray)"]["cpu_s"], rows["plain (after Ray)"]["cpu_s"])
+        lines.append(
+            f"- {t} thread(s): Ray Train step time **{ray_r['step_s'] / ref - 1:+.1%}** against "
+            f"the faster plain run; worker CPU per step {ray_r['cpu_s'] / cpu_ref - 1:+.1%}."
+        )
+    lines += [
+        "",
+        "Target ≤ 5% (Ray reports ≤ 2.5% against native DDP). Per-run start-up (Ray workers, "
+        "process group, dataset split) is a constant on top and not included.",
+    ]
+    if not args.overhead_only:
+        lines += arch_sections(store, common, args.steps, p)
+    text = "\n".join(lines) + "\n"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+
+
+def arch_sections(store: Path, common: list[str], steps: int, p: int) -> list[str]:
+    """Samples/s per architecture, and the smoke model with and without bf16 autocast."""
+    from bratslab.jobs.spec import load_job
+
+    common = [*common, "scaling.torch_threads=2"]
     arch_jobs = {
         "unet": ("train_unet.yaml", ["model.unet.filters=[16,32,64,128]"]),
         "segresnet": ("train_segresnet.yaml", ["model.segresnet.init_filters=8"]),
@@ -145,35 +235,19 @@ def main() -> None:
     per_arch = {}
     for arch, (job, extra) in arch_jobs.items():
         s = load_job(ROOT / "jobs" / job, [*common, *extra, "scaling.use_gpu=false"])
-        r = plain_loop(s, store, steps=max(args.steps // 2, 3))
+        r = plain_loop(s, store, steps=max(steps // 2, 3))
         per_arch[arch] = (s.training.batch_size / r["step_s"], r["wait_frac"], s.training.amp)
 
-    cmd = "OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_train.py"
-    if args.steps != 12 or args.patch != 48:
-        cmd += f" --steps {args.steps} --patch {args.patch}"
+    # jobs/smoke.yaml as shipped (tiny U-Net, 32³, 1 thread per worker): is bf16 worth it there?
+    smoke_amp = {}
+    for amp in (False, True):
+        s = load_job(
+            ROOT / "jobs" / "smoke.yaml",
+            [f"data.store={store}", f"training.amp={str(amp).lower()}", "scaling.torch_threads=1"],
+        )
+        smoke_amp[amp] = plain_loop(s, store, steps=2 * steps)["step_s"]
+
     lines = [
-        "# Training benchmarks",
-        "",
-        f"Command: `{cmd}`",
-        "",
-        f"Machine: {os.cpu_count()} CPU cores ({_platform.processor() or _platform.machine()}), "
-        f"torch {torch.__version__}, CPU only; shared with other jobs, so absolute figures are "
-        "noisy. Ratios come from one run.",
-        "",
-        f"## Ray Train overhead (1 worker, U-Net [16,32,64] + deep supervision, {p}³ patches, "
-        "batch 2)",
-        "",
-        "| loop | s/step (steady state) | data wait |",
-        "|---|---|---|",
-        f"| plain PyTorch (before Ray) | {plain['step_s']:.3f} | {plain['wait_frac']:.1%} |",
-        f"| Ray Train (TorchTrainer, Ray Data shard) | {ray_t['step_s']:.3f} | "
-        f"{ray_t['wait_frac']:.1%} |",
-        f"| plain PyTorch (after Ray) | {plain2['step_s']:.3f} | {plain2['wait_frac']:.1%} |",
-        "",
-        f"Overhead of Ray Train per step against the faster plain run: "
-        f"**{ray_t['step_s'] / plain_step - 1:+.1%}** "
-        "(target ≤ 5%; Ray reports ≤ 2.5% against native DDP). Per-run start-up "
-        "(Ray workers, process group, dataset split) is a constant on top and not included.",
         "",
         f"## Samples/s per architecture (plain loop, {p}³ patches, batch 2, 2 threads)",
         "",
@@ -185,12 +259,18 @@ def main() -> None:
     lines += [
         "",
         "Models are each job's section shrunk for a CPU (U-Net filters [16..128], SegResNet 8 "
-        "init filters, MedNeXt-S with 8 init filters); the full GPU jobs at 128³ need a GPU.",
+        "init filters, MedNeXt-S with 8 init filters); the full GPU jobs at 128³ need a GPU. "
+        "With amp on, U-Net and SegResNet train in bf16 on CPU, MedNeXt in fp32 "
+        "(bratslab.models.runtime).",
+        "",
+        "## jobs/smoke.yaml model: float32 vs bf16 autocast (plain loop, 1 thread, 32³, batch 2)",
+        "",
+        "| training.amp | s/step |",
+        "|---|---|",
+        f"| false (float32) | {smoke_amp[False]:.3f} |",
+        f"| true (bf16 on a CPU with native bf16) | {smoke_amp[True]:.3f} |",
     ]
-    text = "\n".join(lines) + "\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(text)
+    return lines
 
 
 if __name__ == "__main__":

@@ -212,7 +212,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             augment=spec.data.augment,
             seed=tr.seed * 1_000_003 + epoch * 1009 + rank,
         )
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         wait = 0.0
         loss_sum = 0.0
         stream = prefetch(batches, spec.data.prefetch_batches)
@@ -237,12 +237,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             loss_sum += loss
         stream.close()
         train_s = time.perf_counter() - t0
+        train_cpu_s = time.process_time() - c0  # this worker process, all threads
         loss_total, wait_total, n = _all_reduce_sum([loss_sum, wait, tr.steps_per_epoch], device)
 
         metrics: dict[str, Any] = {
             "epoch": epoch,
             "train/loss": loss_total / n,
             "time/train_s": train_s,
+            "time/train_cpu_s": train_cpu_s,
             "time/data_wait_frac": wait_total / max(train_s * world, 1e-9),
             "throughput/samples_per_s": tr.steps_per_epoch * tr.batch_size * world / train_s,
             "resumed_from_epoch": resumed_from,

@@ -32,7 +32,8 @@ from bratslab.settings import get_settings
 log = logging.getLogger(__name__)
 
 RUN_STATE = "bratslab_run.json"  # beside Ray's files: which MLflow run this job writes to
-LOGGED_EVERY_EPOCH = ("train/loss", "time/epoch_s", "time/train_s", "time/data_wait_frac")
+LOGGED_EVERY_EPOCH = ("train/loss", "time/epoch_s", "time/train_s", "time/train_cpu_s")
+LOGGED_EVERY_EPOCH += ("time/data_wait_frac",)
 LOGGED_EVERY_EPOCH += ("throughput/samples_per_s", "resumed_from_epoch")
 LOGGED_ON_VALIDATION = ("val/dice_wt", "val/dice_tc", "val/dice_et", "val/dice_mean", "time/val_s")
 LOGGED_ON_VALIDATION += ("val/lesion_dice_wt", "val/lesion_dice_tc", "val/lesion_dice_et")

@@ -34,14 +34,15 @@ def _batch(store, cfg):
     )
 
 
-def _train(cfg, opt, schedule, batch, steps=6, frozen=()):
+def _train(cfg, opt, schedule, batch, steps=6, frozen=(), scaler=None):
     torch.manual_seed(0)
     model = build_model(cfg)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     bundle = build_optimizer(
         model, cfg, opt, schedule, total_steps=steps, steps_per_epoch=steps, frozen=list(frozen)
     )
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    if scaler is None:
+        scaler = torch.amp.GradScaler("cuda", enabled=False)
     trainable = [p for p in model.parameters() if p.requires_grad]
     model.train()
     bundle.train_mode()
@@ -79,6 +80,32 @@ def test_optimizer_paths_reduce_the_loss(tiny_store, tiny_unet_cfg, opt, schedul
     assert min(losses[-3:]) < losses[0]
     assert bundle.schedule_free == (opt.name == "schedulefree_adamw")
     assert (bundle.scheduler is None) == bundle.schedule_free
+
+
+# A skipped step (non-finite gradients) makes torch warn that the LR schedule stepped alone.
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)`")
+def test_grad_scaler_path_unscales_before_clipping_and_skips_overflow(tiny_store, tiny_unet_cfg):
+    # The fp16 (CUDA) recipe's loss scaling, exercised on CPU: a power-of-two scale is exact,
+    # so scaled backward + unscale + clip + step must equal the unscaled step; non-finite
+    # gradients must skip the step (weights untouched) and halve the scale.
+    batch = _batch(tiny_store, tiny_unet_cfg)
+    opt, schedule = OptimizerConfig(lr=3e-3), ScheduleConfig(name="constant")
+    plain, _, _, plain_losses = _train(tiny_unet_cfg, opt, schedule, batch, steps=3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, growth_interval=1000)
+    scaled, _, _, losses = _train(tiny_unet_cfg, opt, schedule, batch, steps=3, scaler=scaler)
+    assert losses == pytest.approx(plain_losses, rel=1e-5)
+    for a, b in zip(plain.parameters(), scaled.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert scaler.get_scale() == 2.0**12
+
+    # An fp16 overflow, simulated by an infinite input voxel: non-finite gradients.
+    x, y = batch
+    x = x.copy()
+    x[0, 0, 0, 0, 0] = np.inf
+    overflow = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    model, _, before, _ = _train(tiny_unet_cfg, opt, schedule, (x, y), steps=1, scaler=overflow)
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+    assert overflow.get_scale() == 2.0**11
 
 
 def test_schedulefree_eval_mode_swaps_to_averaged_weights(tiny_store, tiny_unet_cfg):
