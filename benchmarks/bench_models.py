@@ -6,8 +6,8 @@
    vs ``bratslab`` (``runtime.prepare_model`` + ``runtime.autocast``: channels_last_3d, fp32 on
    CPU, and MedNeXt's faster depthwise backward, :mod:`bratslab.models.depthwise`) and, for
    reference, ``bratslab+bf16`` (the same with ``BRATSLAB_CPU_BF16=1``).
-   Both wall-clock and process CPU seconds are reported: CPU time is less distorted when other
-   processes share the machine.
+   The modes' steps are interleaved (one of each per round). Both wall-clock and process CPU
+   seconds are reported: CPU time is less distorted when other processes share the machine.
    Achieved GFLOP/s = 3 x forward FLOPs (backward ~ 2x forward) / step time, as a fraction of
    the fp32 matmul peak.
 3. Gradient checkpointing: peak memory of one MedNeXt-S fwd+bwd step (fp32 channels_last) with
@@ -49,38 +49,49 @@ def matmul_peak(dtype: torch.dtype, n: int = 4096, reps: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def step_time(
-    cfg: ModelConfig, patch: int, mode: str, reps: int, warmup: int
-) -> tuple[float, float]:
-    """Median (wall s, process-CPU s) of one fwd+bwd step (loss = mean square of the logits).
+def step_times(
+    cfg: ModelConfig, patch: int, modes: list[str], reps: int, warmup: int
+) -> dict[str, tuple[float, float]]:
+    """Median (wall s, process-CPU s) of one fwd+bwd step (loss = mean square of the logits)
+    per mode, the modes' steps interleaved (round r times every mode once), so a machine whose
+    speed drifts affects every mode alike.
 
-    mode: ``default`` (fp32 NCDHW), ``bratslab`` (runtime defaults) or ``bratslab+bf16``.
+    mode: ``default`` (fp32 NCDHW, MONAI's layers), ``bratslab`` (runtime defaults, fp32) or
+    ``bratslab+bf16``.
     """
-    torch.manual_seed(0)
-    os.environ[runtime.ENV_CPU_BF16] = "1" if mode == "bratslab+bf16" else "0"
     # "bratslab" here is the fp32 channels_last part of the default; the per-arch bf16 choice
     # (runtime.CPU_BF16_ARCHS) is what "bratslab+bf16" measures.
-    fast = mode != "default"
-    model = build_model(cfg).train()
-    if not fast:  # MONAI's own depthwise convolutions, not bratslab's faster-backward ones
-        for m in model.modules():
-            if type(m) is DepthwiseConv3d:
-                m.__class__ = nn.Conv3d
-    x = torch.randn(1, cfg.in_channels, patch, patch, patch)
-    if fast:
-        model = runtime.prepare_model(model, "cpu")
-        x = runtime.prepare_input(x, "cpu")
-    walls, cpus = [], []
+    setups = {}
+    for mode in modes:
+        torch.manual_seed(0)
+        fast = mode != "default"
+        model = build_model(cfg).train()
+        if not fast:  # MONAI's own depthwise convolutions, not bratslab's faster-backward ones
+            for m in model.modules():
+                if type(m) is DepthwiseConv3d:
+                    m.__class__ = nn.Conv3d
+        x = torch.randn(1, cfg.in_channels, patch, patch, patch)
+        if fast:
+            model = runtime.prepare_model(model, "cpu")
+            x = runtime.prepare_input(x, "cpu")
+        setups[mode] = (model, x, fast)
+    times: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
     for i in range(warmup + reps):
-        model.zero_grad(set_to_none=True)
-        t, c = time.perf_counter(), time.process_time()
-        with runtime.autocast("cpu", enabled=fast):
-            out = model(x)
-        out.float().square().mean().backward()
-        if i >= warmup:
-            walls.append(time.perf_counter() - t)
-            cpus.append(time.process_time() - c)
-    return sorted(walls)[len(walls) // 2], sorted(cpus)[len(cpus) // 2]
+        for mode, (model, x, fast) in setups.items():
+            os.environ[runtime.ENV_CPU_BF16] = "1" if mode == "bratslab+bf16" else "0"
+            model.zero_grad(set_to_none=True)
+            t, c = time.perf_counter(), time.process_time()
+            with runtime.autocast("cpu", enabled=fast):
+                out = model(x)
+            out.float().square().mean().backward()
+            del out
+            if i >= warmup:
+                times[mode].append((time.perf_counter() - t, time.process_time() - c))
+    result = {}
+    for mode, ts in times.items():
+        walls, cpus = sorted(w for w, _ in ts), sorted(c for _, c in ts)
+        result[mode] = (walls[len(walls) // 2], cpus[len(cpus) // 2])
+    return result
 
 
 MODES = ["default", "bratslab", "bratslab+bf16"]
@@ -155,8 +166,7 @@ def main() -> None:
             # 128³ steps take up to a minute on 2 cores: one timed step after one warm-up.
             reps = args.reps if patch <= 64 else 1
             row: dict = {"arch": arch, "patch": patch, "fwd_gflops": fwd_gflops}
-            for mode in modes:
-                wall, cpu = step_time(cfg, patch, mode, reps=reps, warmup=1)
+            for mode, (wall, cpu) in step_times(cfg, patch, modes, reps, warmup=1).items():
                 row[mode] = {
                     "wall_s": wall,
                     "cpu_s": cpu,
