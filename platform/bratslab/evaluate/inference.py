@@ -139,7 +139,11 @@ class TTAPredictor:
         total: torch.Tensor | None = None
         passes: list[torch.Tensor | None] = [None] * self.num_passes
         for indices in groups.values():
-            batch = prepare_input(torch.cat([views[i] for i in indices]), self.device)
+            # One view (the CPU default) goes in as it is: concatenating it alone would copy it.
+            stacked = (
+                views[indices[0]] if len(indices) == 1 else torch.cat([views[i] for i in indices])
+            )
+            batch = prepare_input(stacked, self.device)
             for m, model in enumerate(self.models):
                 with autocast(self.device, self.amp, inference=True):
                     logits = model(batch)

@@ -10,9 +10,9 @@ the source affine and header. Optional ``{case}_prob.nii.gz`` (probabilities, ch
 Many cases run through Ray Data: a dataset of case rows mapped by a pool of actors, each holding
 the models. The model weights travel through the object store (so a model fetched from MLflow on
 the driver reaches every node); the raw and output folders must be visible to every worker (a
-shared filesystem on a cluster). Every file is written atomically
-(temp name in the same folder, then ``os.replace``); finished cases are skipped on a rerun; a case
-that fails is reported with the file and the reason while the others go on.
+shared filesystem on a cluster). Every file is written atomically (temp name in the same folder,
+then ``os.replace``); finished cases are skipped on a rerun; a case that fails is reported with
+the file and the reason while the others go on.
 """
 
 from __future__ import annotations
