@@ -2,15 +2,16 @@
 
 1. Peak: fp32 (and bf16) GFLOP/s of one big ``torch.mm`` — the ceiling a conv net can approach.
 2. fwd+bwd step time per architecture at 64³ and 128³ (batch 1, 5 input channels, 3 outputs):
-   ``monai-default`` (fp32, NCDHW, MONAI's own layers — what MONAI's networks do out of the box)
-   vs ``bratslab`` (``runtime.prepare_model`` + ``runtime.autocast``: channels_last_3d, fp32 on
-   CPU, and MedNeXt's faster depthwise backward, :mod:`bratslab.models.depthwise`) and, for
-   reference, ``bratslab+bf16`` (the same with ``BRATSLAB_CPU_BF16=1``).
+   ``default`` (fp32, NCDHW, MONAI's own layers — what MONAI's networks do out of the box)
+   vs ``bratslab`` (what training uses: ``runtime.prepare_model`` + ``runtime.autocast(arch=)``,
+   i.e. channels_last_3d, bf16 autocast, and MedNeXt's faster CPU layers with float32 depthwise
+   convolutions and norms, :func:`bratslab.models.mednext.use_fast_cpu_layers`) and, for
+   reference, ``bratslab-fp32`` (the same with ``BRATSLAB_CPU_BF16=0``).
    The modes' steps are interleaved (one of each per round). Both wall-clock and process CPU
    seconds are reported: CPU time is less distorted when other processes share the machine.
    Achieved GFLOP/s = 3 x forward FLOPs (backward ~ 2x forward) / step time, as a fraction of
    the fp32 matmul peak.
-3. Gradient checkpointing: peak memory of one MedNeXt-S fwd+bwd step (fp32 channels_last) with
+3. Gradient checkpointing: peak memory of one MedNeXt-S fwd+bwd step (bratslab path) with
    and without, each in a fresh subprocess (peak RSS ``VmHWM`` minus the RSS
    after building the model and input, i.e. the activation/gradient memory of the step).
 
@@ -28,12 +29,11 @@ import sys
 import time
 
 import torch
-from torch import nn
 
 from bratslab.models import runtime
 from bratslab.models.config import ModelConfig
-from bratslab.models.depthwise import DepthwiseConv3d
 from bratslab.models.describe import describe_model
+from bratslab.models.mednext import use_monai_layers
 from bratslab.models.zoo import build_model
 
 
@@ -56,20 +56,16 @@ def step_times(
     per mode, the modes' steps interleaved (round r times every mode once), so a machine whose
     speed drifts affects every mode alike.
 
-    mode: ``default`` (fp32 NCDHW, MONAI's layers), ``bratslab`` (runtime defaults, fp32) or
-    ``bratslab+bf16``.
+    mode: ``default`` (fp32 NCDHW, MONAI's layers), ``bratslab`` (runtime defaults) or
+    ``bratslab-fp32``.
     """
-    # "bratslab" here is the fp32 channels_last part of the default; the per-arch bf16 choice
-    # (runtime.CPU_BF16_ARCHS) is what "bratslab+bf16" measures.
     setups = {}
     for mode in modes:
         torch.manual_seed(0)
         fast = mode != "default"
         model = build_model(cfg).train()
-        if not fast:  # MONAI's own depthwise convolutions, not bratslab's faster-backward ones
-            for m in model.modules():
-                if type(m) is DepthwiseConv3d:
-                    m.__class__ = nn.Conv3d
+        if not fast:  # MONAI's own layers, not bratslab's faster CPU ones
+            use_monai_layers(model)
         x = torch.randn(1, cfg.in_channels, patch, patch, patch)
         if fast:
             model = runtime.prepare_model(model, "cpu")
@@ -78,10 +74,13 @@ def step_times(
     times: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
     for i in range(warmup + reps):
         for mode, (model, x, fast) in setups.items():
-            os.environ[runtime.ENV_CPU_BF16] = "1" if mode == "bratslab+bf16" else "0"
+            if mode == "bratslab-fp32":
+                os.environ[runtime.ENV_CPU_BF16] = "0"
+            else:
+                os.environ.pop(runtime.ENV_CPU_BF16, None)
             model.zero_grad(set_to_none=True)
             t, c = time.perf_counter(), time.process_time()
-            with runtime.autocast("cpu", enabled=fast):
+            with runtime.autocast("cpu", enabled=fast, arch=cfg.arch):
                 out = model(x)
             out.float().square().mean().backward()
             del out
@@ -94,7 +93,7 @@ def step_times(
     return result
 
 
-MODES = ["default", "bratslab", "bratslab+bf16"]
+MODES = ["default", "bratslab", "bratslab-fp32"]
 
 CONFIGS = {
     "mednext": ModelConfig(arch="mednext", in_channels=5, mednext={"size": "S", "kernel_size": 3}),
@@ -112,7 +111,9 @@ def memory_child(ckpt: bool, patch: int) -> None:
     x = runtime.prepare_input(torch.randn(1, 5, patch, patch, patch), "cpu")
     rest = _rss_now_mib()
     t = time.perf_counter()
-    model(x).square().mean().backward()
+    with runtime.autocast("cpu", arch=cfg.arch):  # the training step's precision
+        out = model(x)
+    out.float().square().mean().backward()
     dt = time.perf_counter() - t
     # VmHWM: the peak RSS of this process's address space, i.e. the step's peak (building is
     # smaller). Not ru_maxrss: Linux carries the pre-exec RSS of the (v)forked parent into it.

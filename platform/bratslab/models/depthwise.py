@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bratslab.models.runtime import float32_island
+
 
 class _DepthwiseSame(torch.autograd.Function):
     """``conv3d(x, w, b, padding=pad, groups=C)`` with a forward-kernel input gradient.
@@ -62,13 +64,20 @@ class _DepthwiseSame(torch.autograd.Function):
         return gx, gw, gb, None
 
 
+def is_depthwise(conv: nn.Module) -> bool:
+    """True for a depthwise ``nn.Conv3d`` (not transposed): one input channel per output."""
+    return (
+        isinstance(conv, nn.Conv3d)
+        and conv.groups > 1
+        and conv.groups == conv.in_channels == conv.out_channels
+    )
+
+
 def is_depthwise_same(conv: nn.Module) -> bool:
     """True for an ``nn.Conv3d`` (not transposed) that is depthwise, stride 1, dilation 1, with
     odd kernel sizes and "same" zero padding: the case :class:`DepthwiseConv3d` handles."""
     return (
-        type(conv) is nn.Conv3d
-        and conv.groups > 1
-        and conv.groups == conv.in_channels == conv.out_channels
+        is_depthwise(conv)
         and conv.stride == (1, 1, 1)
         and conv.dilation == (1, 1, 1)
         and conv.padding_mode == "zeros"
@@ -80,20 +89,25 @@ def is_depthwise_same(conv: nn.Module) -> bool:
 
 
 class DepthwiseConv3d(nn.Conv3d):
-    """``nn.Conv3d`` whose CPU backward takes the fast path of :class:`_DepthwiseSame`."""
+    """Depthwise ``nn.Conv3d`` for MedNeXt on CPU: float32 while training under autocast
+    (:func:`~bratslab.models.runtime.float32_island`) and, for stride 1 and "same" padding, the
+    fast backward of :class:`_DepthwiseSame`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and torch.is_grad_enabled():
+        return float32_island(self._forward, x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and torch.is_grad_enabled() and is_depthwise_same(self):
             return _DepthwiseSame.apply(x, self.weight, self.bias, self.padding)
         return super().forward(x)
 
 
 def use_fast_depthwise(model: nn.Module) -> int:
-    """Switch every qualifying depthwise ``nn.Conv3d`` in ``model`` to :class:`DepthwiseConv3d`
-    in place (same parameters and state-dict keys); returns how many were switched."""
+    """Switch every depthwise ``nn.Conv3d`` in ``model`` to :class:`DepthwiseConv3d` in place
+    (same parameters and state-dict keys); returns how many were switched."""
     n = 0
     for module in model.modules():
-        if is_depthwise_same(module):
+        if type(module) is nn.Conv3d and is_depthwise(module):
             module.__class__ = DepthwiseConv3d
             n += 1
     return n

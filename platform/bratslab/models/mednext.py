@@ -10,11 +10,64 @@ the depthwise convolutions (:mod:`bratslab.models.depthwise`).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from monai.networks.blocks.mednext_block import MedNeXtBlock, MedNeXtUpBlock
 from monai.networks.nets import MedNeXt
+from torch import nn
 
 from bratslab.models.checkpointing import check_spatial, checkpoint_active, run_block, run_blocks
 from bratslab.models.config import MedNeXtConfig
-from bratslab.models.depthwise import use_fast_depthwise
+from bratslab.models.depthwise import DepthwiseConv3d, use_fast_depthwise
+from bratslab.models.norm import InstanceGroupNorm, use_instance_group_norm
+from bratslab.models.transposed import FastConvTranspose3d, use_fast_transposed
+
+
+class _UpBlock(MedNeXtUpBlock):
+    """MONAI's up block, padding once: ``pad(x1 + res)`` instead of ``pad(x1) + pad(res)``
+    (the same values; one full-resolution fill and copy fewer)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1 = MedNeXtBlock.forward(self, x)
+        if self.resample_do_res:
+            x1 = x1 + self.res_conv(x)
+        pad = (1, 0) * (x1.ndim - 2)  # the transposed conv gives 2n - 1; MONAI pads in front
+        return F.pad(x1, pad)
+
+
+def use_fast_cpu_layers(model: nn.Module) -> None:
+    """Swap MedNeXt's layers in place for subclasses with faster CPU paths; parameters,
+    state-dict keys and outputs stay MONAI's (to float rounding):
+
+    * depthwise convolutions: float32 under CPU autocast, fast stride-1 backward
+      (:mod:`~bratslab.models.depthwise`);
+    * transposed convolutions of the up blocks and heads (:mod:`~bratslab.models.transposed`);
+    * per-channel GroupNorm as batch norm for batches of one (:mod:`~bratslab.models.norm`);
+    * up blocks pad once.
+    """
+    use_fast_depthwise(model)
+    use_fast_transposed(model)
+    use_instance_group_norm(model)
+    for module in model.modules():
+        if type(module) is MedNeXtUpBlock:
+            module.__class__ = _UpBlock
+
+
+# Each fast layer class -> the PyTorch/MONAI class it stands in for.
+_MONAI_CLASSES = {
+    DepthwiseConv3d: nn.Conv3d,
+    FastConvTranspose3d: nn.ConvTranspose3d,
+    InstanceGroupNorm: nn.GroupNorm,
+    _UpBlock: MedNeXtUpBlock,
+}
+
+
+def use_monai_layers(model: nn.Module) -> None:
+    """Undo :func:`use_fast_cpu_layers` in place: MONAI's and PyTorch's own layers (the
+    benchmarks' baseline)."""
+    for module in model.modules():
+        plain = _MONAI_CLASSES.get(type(module))
+        if plain is not None:
+            module.__class__ = plain
 
 
 class MedNeXtNet(MedNeXt):
@@ -54,8 +107,8 @@ class MedNeXtNet(MedNeXt):
         )
         self.levels = levels
         self.grad_checkpointing = grad_checkpointing
-        # Same parameters, faster CPU backward for the blocks' stride-1 depthwise convolutions.
-        use_fast_depthwise(self)
+        # Same parameters and state-dict keys, faster CPU layers (see use_fast_cpu_layers).
+        use_fast_cpu_layers(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         check_spatial(x, self.levels, "mednext")

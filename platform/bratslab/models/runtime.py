@@ -3,14 +3,16 @@
 * CPU: the ``channels_last_3d`` memory layout, which lets oneDNN use its blocked NDHWC kernels
   without reordering every layer's input and output: ~3x faster than MONAI's default NCDHW for a
   MedNeXt-S fp32 training step (BENCHMARKS.md; 2 cores, AVX512-BF16/AMX).
-  bfloat16 autocast on CPU is chosen per architecture: it makes U-Net and SegResNet steps
-  ~1.5-2x faster (dense convolutions on AMX) but MedNeXt's ~2x slower (oneDNN's bf16 depthwise
-  3-D convolution and GroupNorm backward take slow paths). ``autocast(device, arch=cfg.arch)``
-  enables it for :data:`CPU_BF16_ARCHS` only; ``BRATSLAB_CPU_BF16=1`` / ``0`` forces it on / off.
-  It is numerically sound (tests/unit/models/test_runtime.py) and used only on CPUs with native
-  bf16. Inference (forward only, ``inference=True``) uses bf16 for every architecture: MedNeXt's
-  slow paths are in the bf16 *backward*, and its bf16 forward is ~1.2x faster than fp32
-  (BENCHMARKS.md, fast TTA).
+  bfloat16 autocast on CPU is chosen per architecture (:data:`CPU_BF16_ARCHS`; all three
+  today): it makes U-Net and SegResNet steps ~1.5-2x faster (dense convolutions on AMX). Whole-
+  network bf16 made MedNeXt ~2x *slower* (oneDNN's bf16 depthwise 3-D convolution and
+  GroupNorm backward take slow paths), so MedNeXt's depthwise convolutions and norms keep
+  float32 under autocast (:func:`float32_island`) while its 1x1x1 expansion/projection layers
+  and GELUs run bf16: ~1.5x faster than its all-float32 step (BENCHMARKS.md).
+  ``autocast(device, arch=cfg.arch)`` enables it; ``BRATSLAB_CPU_BF16=1`` / ``0`` forces it on /
+  off. It is numerically sound (tests/unit/models/test_runtime.py) and used only on CPUs with
+  native bf16. Inference (forward only, ``inference=True``) uses bf16 for every architecture,
+  MedNeXt's depthwise layers included (their slow bf16 paths are in the *backward*).
 * CUDA: float16 autocast (AMP; pair it with ``torch.amp.GradScaler``), or bfloat16 where the GPU
   supports it and ``prefer_bf16`` is set (no scaler needed). Layout stays NCDHW.
 
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -31,9 +33,10 @@ from torch import nn
 # Escape hatches for debugging numerics or for CPUs where a setting turns out slower.
 ENV_CPU_BF16 = "BRATSLAB_CPU_BF16"  # "1"/"0" force bf16 autocast on CPU on/off for every arch
 
-# Architectures whose CPU training step was measured faster with bf16 autocast (dense 3x3x3
-# convolutions map onto AMX); MedNeXt's depthwise convolutions are slower in bf16.
-CPU_BF16_ARCHS = frozenset({"unet", "segresnet"})
+# Architectures whose CPU training step was measured faster with bf16 autocast (dense and 1x1x1
+# convolutions map onto AMX). MedNeXt qualifies because its depthwise layers opt out
+# (float32_island); in bf16 they would make it slower than float32.
+CPU_BF16_ARCHS = frozenset({"unet", "segresnet", "mednext"})
 ENV_CHANNELS_LAST = "BRATSLAB_CHANNELS_LAST"  # "0" disables channels_last_3d on CPU
 
 
@@ -92,7 +95,7 @@ def autocast(
 
     fp16 on CUDA (bf16 with ``prefer_bf16`` where supported); on CPU bf16 where measured faster
     (inference, ``arch`` in :data:`CPU_BF16_ARCHS`, or ``BRATSLAB_CPU_BF16=1``) and the CPU has
-    native bf16, else a no-op (fp32 channels_last is MedNeXt's fastest CPU training path).
+    native bf16, else a no-op.
     """
     device = torch.device(device)
     dtype = amp_dtype(device, prefer_bf16, arch, inference) if enabled else None
@@ -101,6 +104,19 @@ def autocast(
         return
     with torch.autocast(device_type=device.type, dtype=dtype):
         yield
+
+
+def float32_island(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``fn(x)`` in float32 with autocast off when CPU autocast is on and autograd records.
+
+    For the layers whose bf16 *backward* oneDNN runs slowly on CPU (MedNeXt's depthwise
+    convolutions and per-channel GroupNorm): they keep float32 while the dense 1x1x1 layers
+    around them run bf16. Forward-only (inference) and other devices call ``fn(x)`` unchanged.
+    """
+    if x.device.type == "cpu" and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return fn(x.float())
+    return fn(x)
 
 
 def use_channels_last(device: str | torch.device) -> bool:

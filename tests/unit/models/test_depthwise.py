@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_config
 from torch import nn
 
 from bratslab.models.depthwise import DepthwiseConv3d, is_depthwise_same, use_fast_depthwise
-from bratslab.models.zoo import build_model
 
 
 def _grads(conv: nn.Module, x: torch.Tensor, amp: bool = False):
@@ -48,6 +46,21 @@ def test_bf16_autocast_gradients_are_close_and_float32():
         torch.testing.assert_close(a, b, rtol=0.05, atol=0.05)
 
 
+def test_strided_depthwise_is_switched_and_trains_in_float32_under_autocast():
+    torch.manual_seed(0)
+    ref = nn.Conv3d(4, 4, 3, stride=2, padding=1, groups=4)
+    fast = nn.Conv3d(4, 4, 3, stride=2, padding=1, groups=4)
+    fast.load_state_dict(ref.state_dict())
+    assert use_fast_depthwise(nn.Sequential(fast, nn.Conv3d(4, 4, 1))) == 1  # not the 1x1x1
+    x = torch.randn(1, 4, 8, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fast(x).dtype == torch.float32  # oneDNN's bf16 depthwise backward is slow
+        with torch.no_grad():
+            assert fast(x).dtype == torch.bfloat16  # inference stays bf16
+    for a, b in zip(_grads(ref, x), _grads(fast, x, amp=True), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_only_stride1_same_padding_depthwise_convs_qualify():
     assert is_depthwise_same(nn.Conv3d(4, 4, 3, padding=1, groups=4))
     assert not is_depthwise_same(nn.Conv3d(4, 4, 3, padding=1))  # dense
@@ -55,15 +68,3 @@ def test_only_stride1_same_padding_depthwise_convs_qualify():
     assert not is_depthwise_same(nn.Conv3d(4, 4, 3, padding=0, groups=4))
     assert not is_depthwise_same(nn.ConvTranspose3d(4, 4, 3, padding=1, groups=4))
     assert not is_depthwise_same(nn.Conv3d(4, 4, 3, padding=1, groups=4, padding_mode="reflect"))
-
-
-def test_mednext_uses_it_with_unchanged_state_dict_keys():
-    from monai.networks.nets import MedNeXt
-
-    model = build_model(tiny_config("mednext"))
-    fast = [m for m in model.modules() if isinstance(m, DepthwiseConv3d)]
-    assert fast  # every block's depthwise conv
-    plain = MedNeXt(spatial_dims=3, init_filters=4, in_channels=5, out_channels=3,
-                    blocks_down=(1, 1, 1), blocks_bottleneck=1, blocks_up=(1, 1, 1),
-                    use_residual_connection=True, norm_type="group")  # fmt: skip
-    assert list(model.state_dict()) == list(plain.state_dict())

@@ -12,10 +12,11 @@ from bratslab.models.zoo import build_model
 
 def test_cpu_policy(monkeypatch):
     monkeypatch.delenv(runtime.ENV_CPU_BF16, raising=False)
-    assert runtime.amp_dtype("cpu") is None  # fp32 channels_last measured fastest for MedNeXt
-    assert runtime.amp_dtype("cpu", arch="mednext") is None
+    assert runtime.amp_dtype("cpu") is None  # training without a measured architecture: fp32
     native = torch.bfloat16 if runtime.cpu_bf16_supported() else None
     assert runtime.amp_dtype("cpu", arch="unet") == native  # bf16 measured faster for U-Net
+    # ... and for MedNeXt, whose depthwise layers and norms opt out (float32_island)
+    assert runtime.amp_dtype("cpu", arch="mednext") == native
     # Forward-only inference: bf16 for every architecture (MedNeXt's slow bf16 path is backward).
     assert runtime.amp_dtype("cpu", arch="mednext", inference=True) == native
     assert runtime.amp_dtype("cpu", inference=True) == native
@@ -62,3 +63,19 @@ def test_bf16_path_matches_fp32(arch, monkeypatch):
     assert torch.isfinite(g_fast).all()
     assert g_fast.norm() == pytest.approx(g_ref.norm().item(), rel=0.1)
     assert torch.nn.functional.cosine_similarity(g_fast, g_ref, dim=0) > 0.95
+
+
+def test_float32_island_only_while_training_under_cpu_autocast():
+    x = torch.randn(2, 3)
+    seen = []
+
+    def probe(t):
+        seen.append((t.dtype, torch.is_autocast_enabled("cpu")))
+        return t
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        runtime.float32_island(probe, x.bfloat16())
+        with torch.no_grad():  # inference keeps the autocast dtype
+            runtime.float32_island(probe, x.bfloat16())
+    runtime.float32_island(probe, x)
+    assert seen == [(torch.float32, False), (torch.bfloat16, True), (torch.float32, False)]
