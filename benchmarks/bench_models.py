@@ -1,7 +1,8 @@
 """Model-zoo speed and memory on this machine's CPU.
 
 1. Peak: fp32 (and bf16) GFLOP/s of one big ``torch.mm`` — the ceiling a conv net can approach.
-2. fwd+bwd step time per architecture at 64³ and 128³ (batch 1, 5 input channels, 3 outputs):
+2. fwd+bwd step time per architecture at 64³ and 128³ (batch 1 or ``--batch``, 5 input channels,
+   3 outputs):
    ``default`` (fp32, NCDHW, MONAI's own layers — what MONAI's networks do out of the box)
    vs ``bratslab`` (what training uses: ``runtime.prepare_model`` + ``runtime.autocast(arch=)``,
    i.e. channels_last_3d, bf16 autocast, and MedNeXt's faster CPU layers with float32 depthwise
@@ -50,7 +51,7 @@ def matmul_peak(dtype: torch.dtype, n: int = 4096, reps: int = 5) -> float:
 
 
 def step_times(
-    cfg: ModelConfig, patch: int, modes: list[str], reps: int, warmup: int
+    cfg: ModelConfig, patch: int, modes: list[str], reps: int, warmup: int, batch: int = 1
 ) -> dict[str, tuple[float, float]]:
     """Median (wall s, process-CPU s) of one fwd+bwd step (loss = mean square of the logits)
     per mode, the modes' steps interleaved (round r times every mode once), so a machine whose
@@ -66,7 +67,7 @@ def step_times(
         model = build_model(cfg).train()
         if not fast:  # MONAI's own layers, not bratslab's faster CPU ones
             use_monai_layers(model)
-        x = torch.randn(1, cfg.in_channels, patch, patch, patch)
+        x = torch.randn(batch, cfg.in_channels, patch, patch, patch)
         if fast:
             model = runtime.prepare_model(model, "cpu")
             x = runtime.prepare_input(x, "cpu")
@@ -141,6 +142,7 @@ def main() -> None:
     ap.add_argument("--memory-patch", type=int, default=64)
     ap.add_argument("--reps", type=int, default=2, help="Timed steps at patches <= 64.")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--batch", type=int, default=1, help="Patches per step (jobs train with 2).")
     ap.add_argument(
         "--modes", nargs="+", default=MODES, choices=MODES, help="Step variants (default first)."
     )
@@ -166,8 +168,11 @@ def main() -> None:
             fwd_gflops = describe_model(cfg, (patch,) * 3)["gflops"]
             # 128³ steps take up to a minute on 2 cores: one timed step after one warm-up.
             reps = args.reps if patch <= 64 else 1
-            row: dict = {"arch": arch, "patch": patch, "fwd_gflops": fwd_gflops}
-            for mode, (wall, cpu) in step_times(cfg, patch, modes, reps, warmup=1).items():
+            fwd_gflops *= args.batch
+            row: dict = {"arch": arch, "patch": patch, "batch": args.batch}
+            row["fwd_gflops"] = fwd_gflops
+            times = step_times(cfg, patch, modes, reps, warmup=1, batch=args.batch)
+            for mode, (wall, cpu) in times.items():
                 row[mode] = {
                     "wall_s": wall,
                     "cpu_s": cpu,

@@ -99,7 +99,7 @@ def plain_loop(spec, store: Path, steps: int, warmup: int = 3) -> dict[str, floa
             tr.amp,
             trainable,
             tr.grad_clip,
-            arch=cfg.arch,  # the worker's precision choice (bf16 on CPU for U-Net/SegResNet)
+            arch=cfg.arch,  # the worker's precision choice (runtime.CPU_BF16_ARCHS)
         )
     total, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"step_s": total / steps, "cpu_s": cpu / steps, "wait_frac": wait / total}
@@ -260,8 +260,8 @@ def arch_sections(store: Path, common: list[str], steps: int, p: int) -> list[st
         "",
         "Models are each job's section shrunk for a CPU (U-Net filters [16..128], SegResNet 8 "
         "init filters, MedNeXt-S with 8 init filters); the full GPU jobs at 128³ need a GPU. "
-        "With amp on, U-Net and SegResNet train in bf16 on CPU, MedNeXt in fp32 "
-        "(bratslab.models.runtime).",
+        "With amp on, all three train with bf16 autocast on CPU; MedNeXt keeps its depthwise "
+        "convolutions and norms in float32 (bratslab.models.runtime).",
         "",
         "## jobs/smoke.yaml model: float32 vs bf16 autocast (plain loop, 1 thread, 32³, batch 2)",
         "",
