@@ -6,27 +6,34 @@ import pytest
 import torch
 from conftest import ARCHS, tiny_config
 
+from bratslab.models import runtime
 from bratslab.models.zoo import build_model
 
 
 def _grads(model, x):
     out = model(x)
     outs = out if isinstance(out, list) else [out]
-    loss = sum(o.square().mean() / 2**i for i, o in enumerate(outs))
+    loss = sum(o.float().square().mean() / 2**i for i, o in enumerate(outs))
     model.zero_grad()
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
+@pytest.mark.parametrize("training_path", [False, True], ids=["fp32", "cpu-training-path"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_checkpointing_gives_same_gradients(arch):
+def test_checkpointing_gives_same_gradients(arch, training_path, monkeypatch):
     plain = build_model(tiny_config(arch, deep_supervision=True))
     ckpt = build_model(tiny_config(arch, deep_supervision=True, grad_checkpointing=True))
     ckpt.load_state_dict(plain.state_dict())
     x = torch.randn(1, 5, 16, 16, 16)
+    if training_path:  # channels-last + the per-arch autocast (MedNeXt: bf16 with fp32 islands)
+        monkeypatch.delenv(runtime.ENV_CPU_BF16, raising=False)
+        plain, ckpt = (runtime.prepare_model(m, "cpu") for m in (plain, ckpt))
+        x = runtime.prepare_input(x, "cpu")
 
-    loss_a, grads_a = _grads(plain.train(), x)
-    loss_b, grads_b = _grads(ckpt.train(), x)
+    with runtime.autocast("cpu", enabled=training_path, arch=arch):
+        loss_a, grads_a = _grads(plain.train(), x)
+        loss_b, grads_b = _grads(ckpt.train(), x)
     torch.testing.assert_close(loss_a, loss_b)
     assert grads_a.keys() == grads_b.keys()
     for name in grads_a:
