@@ -1,10 +1,11 @@
 """What each of MedNeXt's faster CPU layers buys (issue 3), measured within one process.
 
 1. One MONAI ``MedNeXtUpBlock`` (64 -> 32 channels, 32³ -> 64³, channels-last, fwd+bwd):
-   PyTorch's layers vs the forward-conv transposed convolutions vs those plus the batch-norm
-   stand-in for per-channel GroupNorm (:mod:`bratslab.models.transposed`, ``.norm``).
+   PyTorch's layers vs the forward-conv transposed convolutions vs those plus per-channel
+   GroupNorm's batch-norm backward (:mod:`bratslab.models.transposed`, ``.norm``).
 2. A MedNeXt-S training step (batch 1, 5 -> 3 channels, fwd+bwd, channels-last):
-   ``session-2`` (MONAI's layers plus the faster stride-1 depthwise backward, float32),
+   ``monai+depthwise`` (MONAI's layers except the depthwise convolutions' faster backward,
+   :mod:`bratslab.models.depthwise`; float32),
    ``fast-fp32`` (all of :func:`bratslab.models.mednext.use_fast_cpu_layers`, float32) and
    ``fast-bf16`` (the same under bf16 autocast, depthwise layers and norms float32: what
    training runs).
@@ -78,7 +79,7 @@ def up_block(reps: int) -> None:
         {
             "PyTorch layers": step(plain),
             "+ transposed as forward convs": step(fast_t),
-            "+ GroupNorm as batch norm": step(fast_tn),
+            "+ GroupNorm with batch-norm backward": step(fast_tn),
         },
         reps,
     )
@@ -89,9 +90,9 @@ def model_step(patch: int, reps: int) -> None:
     cfg = ModelConfig(arch="mednext", in_channels=5, mednext={"size": "S", "kernel_size": 3})
     torch.manual_seed(0)
     fast = runtime.prepare_model(build_model(cfg).train(), "cpu")
-    session2 = copy.deepcopy(fast)
-    use_monai_layers(session2)
-    use_fast_depthwise(session2)  # without autocast: session 2's depthwise backward only
+    dw_only = copy.deepcopy(fast)
+    use_monai_layers(dw_only)
+    use_fast_depthwise(dw_only)  # without autocast: only the depthwise backward is bratslab's
     x = runtime.prepare_input(torch.randn(1, 5, patch, patch, patch), "cpu")
 
     def step(m, bf16: bool):
@@ -105,7 +106,7 @@ def model_step(patch: int, reps: int) -> None:
 
     res = interleaved(
         {
-            "session-2 (fp32)": step(session2, False),
+            "monai+depthwise (fp32)": step(dw_only, False),
             "fast-fp32": step(fast, False),
             "fast-bf16 (training default)": step(fast, True),
         },

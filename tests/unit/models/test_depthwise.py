@@ -14,24 +14,29 @@ def _grads(conv: nn.Module, x: torch.Tensor, amp: bool = False):
     x = x.detach().clone().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
         y = conv(x)
-    (y.float() * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
-    return y.detach().float(), x.grad, conv.weight.grad, conv.bias.grad
+    weights = torch.linspace(-1, 1, y.numel(), dtype=x.dtype).reshape(y.shape)
+    (y.to(x.dtype) * weights).sum().backward()
+    return y.detach().to(x.dtype), x.grad, conv.weight.grad, conv.bias.grad
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("kernel", [3, 5])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_same_outputs_and_gradients_as_conv3d(kernel, channels_last):
+def test_same_outputs_and_gradients_as_conv3d(kernel, channels_last, dtype):
     torch.manual_seed(0)
-    ref = nn.Conv3d(6, 6, kernel, padding=kernel // 2, groups=6)
-    fast = nn.Conv3d(6, 6, kernel, padding=kernel // 2, groups=6)
+    ref = nn.Conv3d(6, 6, kernel, padding=kernel // 2, groups=6, dtype=dtype)
+    fast = nn.Conv3d(6, 6, kernel, padding=kernel // 2, groups=6, dtype=dtype)
     fast.load_state_dict(ref.state_dict())
     assert use_fast_depthwise(fast) == 1 and type(fast) is DepthwiseConv3d
-    x = torch.randn(2, 6, 10, 9, 8)
+    x = torch.randn(2, 6, 10, 9, 8, dtype=dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last_3d)
         ref, fast = (m.to(memory_format=torch.channels_last_3d) for m in (ref, fast))
+    # float64 shows the same function; float32 differs by summation order only (the weight
+    # gradient sums ~1,400 products in another order).
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
     for a, b in zip(_grads(ref, x), _grads(fast, x), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
 
 def test_bf16_autocast_gradients_are_close_and_float32():
