@@ -4,19 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import forward_backward
 from torch import nn
 
 from bratslab.models.depthwise import DepthwiseConv3d, is_depthwise_same, use_fast_depthwise
-
-
-def _grads(conv: nn.Module, x: torch.Tensor, amp: bool = False):
-    conv.zero_grad(set_to_none=True)
-    x = x.detach().clone().requires_grad_()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-        y = conv(x)
-    weights = torch.linspace(-1, 1, y.numel(), dtype=x.dtype).reshape(y.shape)
-    (y.to(x.dtype) * weights).sum().backward()
-    return y.detach().to(x.dtype), x.grad, conv.weight.grad, conv.bias.grad
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -35,7 +26,7 @@ def test_same_outputs_and_gradients_as_conv3d(kernel, channels_last, dtype):
     # float64 shows the same function; float32 differs by summation order only (the weight
     # gradient sums ~1,400 products in another order).
     tol = 1e-10 if dtype == torch.float64 else 1e-4
-    for a, b in zip(_grads(ref, x), _grads(fast, x), strict=True):
+    for a, b in zip(forward_backward(ref, x), forward_backward(fast, x), strict=True):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
 
@@ -45,9 +36,9 @@ def test_bf16_autocast_gradients_are_close_and_float32():
     fast = DepthwiseConv3d(4, 4, 3, padding=1, groups=4)
     fast.load_state_dict(ref.state_dict())
     x = torch.randn(1, 4, 8, 8, 8)
-    got = _grads(fast, x, amp=True)
+    got = forward_backward(fast, x, amp=True)
     assert all(t.dtype == torch.float32 for t in got[1:])
-    for a, b in zip(_grads(ref, x, amp=True), got, strict=True):
+    for a, b in zip(forward_backward(ref, x, amp=True), got, strict=True):
         torch.testing.assert_close(a, b, rtol=0.05, atol=0.05)
 
 
@@ -62,7 +53,7 @@ def test_strided_depthwise_is_switched_and_trains_in_float32_under_autocast():
         assert fast(x).dtype == torch.float32  # oneDNN's bf16 depthwise backward is slow
         with torch.no_grad():
             assert fast(x).dtype == torch.bfloat16  # inference stays bf16
-    for a, b in zip(_grads(ref, x), _grads(fast, x, amp=True), strict=True):
+    for a, b in zip(forward_backward(ref, x), forward_backward(fast, x, amp=True), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 

@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import forward_backward
 from torch import nn
 
 from bratslab.models.norm import InstanceGroupNorm, use_instance_group_norm
 
 CL = torch.channels_last_3d
-
-
-def _run(norm: nn.Module, x: torch.Tensor, amp: bool = False):
-    norm.zero_grad(set_to_none=True)
-    x = x.detach().clone().requires_grad_()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-        y = norm(x)
-    (y.float() * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
-    return y.detach(), x.grad, norm.weight.grad, norm.bias.grad
 
 
 def _pair(channels: int):
@@ -41,19 +33,21 @@ def test_same_outputs_and_gradients_as_group_norm(batch, channels_last):
     backward = type(fast(x.requires_grad_()).grad_fn).__name__
     # the per-sample batch-norm backward for channels-last; GroupNorm's own otherwise
     assert ("ChannelsLastInstanceNorm" in backward) == channels_last, backward
-    got = _run(fast, x)
+    got = forward_backward(fast, x)
     if channels_last:
         assert got[0].is_contiguous(memory_format=CL)
-    for a, b in zip(_run(ref, x), got, strict=True):
+    for a, b in zip(forward_backward(ref, x), got, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_float32_under_autocast_while_training():
     ref, fast = _pair(4)
     x = torch.randn(1, 4, 6, 6, 6).contiguous(memory_format=CL)
-    got = _run(fast, x.bfloat16(), amp=True)
-    assert got[0].dtype == torch.float32 and got[1].dtype == torch.bfloat16
-    for a, b in zip(_run(ref, x.bfloat16(), amp=True), got, strict=True):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fast(x.bfloat16().requires_grad_()).dtype == torch.float32
+    got = forward_backward(fast, x.bfloat16(), amp=True)
+    assert got[1].dtype == torch.bfloat16  # the input's own dtype
+    for a, b in zip(forward_backward(ref, x.bfloat16(), amp=True), got, strict=True):
         torch.testing.assert_close(a.float(), b.float(), rtol=1e-2, atol=1e-2)
 
 

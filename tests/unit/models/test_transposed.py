@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import forward_backward
 from torch import nn
 
 from bratslab.models.transposed import (
@@ -14,16 +15,6 @@ from bratslab.models.transposed import (
 )
 
 CL = torch.channels_last_3d
-
-
-def _grads(conv: nn.Module, x: torch.Tensor, amp: bool = False):
-    conv.zero_grad(set_to_none=True)
-    x = x.detach().clone().requires_grad_()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-        y = conv(x)
-    (y.float() * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
-    grads = [x.grad, conv.weight.grad] + ([conv.bias.grad] if conv.bias is not None else [])
-    return [y.detach().float(), *grads]
 
 
 def _pair(*args, **kw) -> tuple[nn.ConvTranspose3d, nn.ConvTranspose3d]:
@@ -56,7 +47,7 @@ def test_same_outputs_and_gradients_as_conv_transpose3d(case, channels_last):
     if channels_last:
         x = x.contiguous(memory_format=CL)
         ref, fast = (m.to(memory_format=CL) for m in (ref, fast))
-    want, got = _grads(ref, x), _grads(fast, x)
+    want, got = forward_backward(ref, x), forward_backward(fast, x)
     assert got[0].shape == want[0].shape
     if channels_last:
         assert fast(x).is_contiguous(memory_format=CL)
@@ -81,12 +72,12 @@ def test_depthwise_trains_in_float32_under_autocast_and_1x1_in_bf16():
         assert fast(x).dtype == torch.float32  # float32 island while autograd records
         with torch.no_grad():
             assert fast(x).dtype == torch.bfloat16  # inference keeps bf16
-    for a, b in zip(_grads(ref, x), _grads(fast, x, amp=True), strict=True):
+    for a, b in zip(forward_backward(ref, x), forward_backward(fast, x, amp=True), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     ref, fast = _pair(4, 2, 1, stride=2)
-    got = _grads(fast, x, amp=True)
+    got = forward_backward(fast, x, amp=True)
     assert all(t.dtype == torch.float32 for t in got[1:])  # grads in the parameters' dtype
-    for a, b in zip(_grads(ref, x, amp=True), got, strict=True):
+    for a, b in zip(forward_backward(ref, x, amp=True), got, strict=True):
         torch.testing.assert_close(a, b, rtol=0.05, atol=0.05)
 
 
