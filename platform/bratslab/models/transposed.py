@@ -14,8 +14,9 @@ rewritten here with forward convolutions, which oneDNN does well:
   convolution's weight gradient, with the input as its output gradient.
 
 Same module, parameters and state-dict keys as :class:`torch.nn.ConvTranspose3d`; gradients
-match it (tests/unit/models/test_transposed.py). Other devices, output paddings, dilations or
-padding modes use ``nn.ConvTranspose3d`` unchanged.
+match it (tests/unit/models/test_transposed.py). Dense kernels larger than 1x1x1 are not
+switched (zero-upsampling would multiply their work by stride³); other devices, output paddings,
+dilations or padding modes use ``nn.ConvTranspose3d`` unchanged.
 """
 
 from __future__ import annotations
