@@ -73,13 +73,14 @@ def _weight_grad(x: torch.Tensor, g: torch.Tensor, pad: tuple[int, int, int]) ->
     return total
 
 
+def has_depthwise_groups(conv: nn.Module) -> bool:
+    """True for a convolution (plain or transposed) with one group per channel, in == out."""
+    return conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+
+
 def is_depthwise(conv: nn.Module) -> bool:
     """True for a depthwise ``nn.Conv3d`` (not transposed): one input channel per output."""
-    return (
-        isinstance(conv, nn.Conv3d)
-        and conv.groups > 1
-        and conv.groups == conv.in_channels == conv.out_channels
-    )
+    return isinstance(conv, nn.Conv3d) and has_depthwise_groups(conv)
 
 
 def is_depthwise_same(conv: nn.Module) -> bool:

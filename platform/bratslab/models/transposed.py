@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bratslab.models.depthwise import has_depthwise_groups
 from bratslab.models.runtime import float32_island
 
 
@@ -135,9 +136,8 @@ def is_fast_transposable(conv: nn.Module) -> bool:
     make the zero-upsampled convolution do stride³ times the work: oneDNN's own is better.)"""
     if type(conv) is not nn.ConvTranspose3d:
         return False
-    depthwise = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
     return (
-        (depthwise or all(k == 1 for k in conv.kernel_size))
+        (has_depthwise_groups(conv) or all(k == 1 for k in conv.kernel_size))
         and conv.output_padding == (0, 0, 0)
         and conv.dilation == (1, 1, 1)
         and conv.padding_mode == "zeros"
@@ -153,7 +153,7 @@ class FastConvTranspose3d(nn.ConvTranspose3d):
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         if x.device.type != "cpu" or output_size is not None:
             return super().forward(x, output_size)
-        if self.groups > 1 and self.groups == self.in_channels == self.out_channels:
+        if has_depthwise_groups(self):
             # Depthwise: oneDNN's bf16 depthwise weight gradient is slow; keep float32.
             return float32_island(self._forward, x)
         return self._forward(x)
