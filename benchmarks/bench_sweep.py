@@ -1,7 +1,7 @@
 """ASHA + TPE vs random search (no early stopping), same trial budget, on synthetic BraTS cases.
 
 Both arms run the same tiny U-Net job (``jobs/sweep_smoke.yaml`` with more epochs and trials)
-through :func:`bratslab.tune.sweep.run_sweep` on one local Ray instance, with the same seed and
+through :func:`bratslab.tune.sweep.start_sweep` on one local Ray instance, with the same seed and
 space (``search_spaces/smoke.yaml``). Reported per arm: total epochs consumed (sum over trials of
 the epochs each trained before finishing or being stopped), the best validation Dice seen during
 training, the best Dice after flip-TTA re-evaluation of the top-k trials, and wall time.
@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _arm(label: str, job: Path, store: Path, args, extra: list[str]) -> dict:
-    from bratslab.jobs.spec import load_job
-    from bratslab.tune.sweep import run_sweep
+    from bratslab.spec import load_job
+    from bratslab.tune.sweep import start_sweep
 
     overrides = [
         f"data.store={store}",
@@ -44,17 +44,15 @@ def _arm(label: str, job: Path, store: Path, args, extra: list[str]) -> dict:
     ]
     spec = load_job(job, overrides)
     t0 = time.perf_counter()
-    out = run_sweep(spec, job_source=str(job))
+    out = start_sweep(spec, job_source=str(job))
     wall = time.perf_counter() - t0
-    scored = [r["best_metric"] for r in out.trials if r["best_metric"] is not None]
+    scored = [r.best_metric for r in out.trials if r.best_metric is not None]
     best_val = max(scored, default=float("nan"))
-    tta = [
-        r["tta"]["tta/dice_mean"] for r in out.trials if (r.get("tta") or {}).get("tta/dice_mean")
-    ]
+    tta = [r.tta["tta/dice_mean"] for r in out.trials if r.tta.get("tta/dice_mean") is not None]
     return {
         "arm": label,
         "trials": len(out.trials),
-        "epochs": sum(int(r["iterations"]) for r in out.trials),
+        "epochs": sum(int(r.iterations) for r in out.trials),
         "best_val": best_val,
         "best_tta": max(tta, default=float("nan")),
         "wall_s": wall,

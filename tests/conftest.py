@@ -18,6 +18,22 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
+PINNED = ("BRATSLAB_HOME", "MLFLOW_TRACKING_URI", "BRATSLAB_ARTIFACTS", "BRATSLAB_RAY_CPUS")
+
+
+@pytest.fixture(autouse=True)
+def _restore_pinned_settings():
+    """The CLI exports its resolved settings (``settings.pin_settings``); a command run in-process
+    by a test must not change where the next test's MLflow store is."""
+    saved = {k: os.environ.get(k) for k in PINNED}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture(scope="session")
 def bratslab_home(tmp_path_factory) -> Path:
     """A session-wide ``$BRATSLAB_HOME`` with the embedded MLflow store inside it."""

@@ -3,6 +3,11 @@
 A process killed at any moment leaves either the old file or the complete new one, never a
 partial file under the final name. Temp files are named ``.<name>.<random>.tmp`` so that a
 resumed run can recognise and sweep leftovers (:func:`remove_stale_temps`).
+
+Only regular files are replaced. The rename swaps the directory entry, so an output that exists
+as a FIFO, a symlink, a device or a folder would silently become a regular file (a symlink's
+target left untouched, a pipe's reader never fed); such outputs are refused with
+:class:`OutputPathError` instead, which the CLI reports as a usage error (exit 2).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import contextlib
 import io
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +24,48 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from bratslab.config import ConfigError
+
 TMP_SUFFIX = ".tmp"
+
+
+class OutputPathError(ConfigError):
+    """An output path exists but is not a regular file (FIFO, symlink, folder, device)."""
+
+
+def _kind(mode: int) -> str | None:
+    """What a non-regular file is, from its ``lstat`` mode; None for a regular file."""
+    kinds = (
+        (stat.S_ISLNK, "a symlink"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    )
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """``path`` as a Path if it is absent or a regular file (not a symlink to one).
+
+    Raises:
+        OutputPathError: naming the path and what it is.
+    """
+    path = Path(path)
+    try:
+        mode = path.lstat().st_mode  # lstat: a symlink is judged itself, not its target
+    except FileNotFoundError:
+        return path
+    kind = _kind(mode)
+    if kind is not None:
+        raise OutputPathError(
+            f"{path}: output exists as {kind}; only a regular file can be replaced "
+            "(remove it or choose another output path)"
+        )
+    return path
 
 
 def _file_mode() -> int:
@@ -35,8 +82,13 @@ _MODE = _file_mode()
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """Open a binary temp file beside ``path``; rename it over ``path`` on a clean exit."""
-    path = Path(path)
+    """Open a binary temp file beside ``path``; rename it over ``path`` on a clean exit.
+
+    Raises:
+        OutputPathError: ``path`` exists and is not a regular file (checked before writing and
+            again before the rename).
+    """
+    path = check_output_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
@@ -45,6 +97,7 @@ def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        check_output_path(path)  # something may have appeared there while writing
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -79,9 +132,12 @@ def save_npy_bytes(array: np.ndarray) -> bytes:
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> int:
-    """Delete temp files left by an interrupted writer in ``folder``; returns how many."""
+    """Delete temp files left by an interrupted writer in ``folder``; returns how many.
+    Only regular files are removed (a folder or link of that name is not ours)."""
     n = 0
     for p in Path(folder).glob(f".*{TMP_SUFFIX}"):
+        if p.is_symlink() or not p.is_file():
+            continue
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
             n += 1

@@ -31,10 +31,15 @@ def _root(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # One source of truth for paths and URIs: resolved here, in the driver, to absolute values
+    # that every Ray worker, Tune trial and MLflow call of this command then inherits.
+    from bratslab.settings import pin_settings
+
+    pin_settings()
 
 
 def _register_stages() -> None:
-    from bratslab import demo
+    from bratslab import demo, spec_cli
     from bratslab.data import cli as data_cli
     from bratslab.evaluate import cli as evaluate_cli
     from bratslab.jobs import cli as jobs_cli
@@ -45,6 +50,7 @@ def _register_stages() -> None:
 
     for stage in (data_cli, models_cli, train_cli, tune_cli, evaluate_cli, jobs_cli, tracking_cli):
         stage.register(app)
+    spec_cli.register(app)
     demo.register(app)
 
 

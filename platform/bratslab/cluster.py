@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 
+from bratslab.compat.ray_core import bind_single_machine_to_loopback
 from bratslab.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -42,9 +43,8 @@ def ensure_ray(
     os.environ.setdefault(
         "RAY_DATA_DISABLE_PROGRESS_BARS", env_vars["RAY_DATA_DISABLE_PROGRESS_BARS"]
     )
-    for key in ("MLFLOW_TRACKING_URI", "BRATSLAB_HOME"):
-        if os.environ.get(key):
-            env_vars[key] = os.environ[key]
+    # Every worker, actor and trial resolves the driver's settings, not its own working folder's.
+    env_vars.update(settings.env())
     runtime_env = {"env_vars": env_vars}
     if settings.ray_address:
         log.info("joining Ray cluster at %s", settings.ray_address)
@@ -58,12 +58,8 @@ def ensure_ray(
         )
         return
     # Single-machine mode: Ray then resolves the node address to loopback instead of the
-    # machine's external interface, so no port of the embedded instance is reachable from
-    # outside. (Ray reads this once, at import, via ray_constants.ENABLE_RAY_CLUSTER.)
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    from ray._private import ray_constants
-
-    ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] != "0"
+    # machine's external interface, so no port of the embedded instance is reachable from outside.
+    bind_single_machine_to_loopback()
     cpus = num_cpus or settings.ray_num_cpus or max(os.cpu_count() or 1, 6)
     ray.init(
         address="local",

@@ -1,7 +1,7 @@
 """Typed configs: strict pydantic models, YAML loading and dotted ``--set`` overrides.
 
-Every stage receives one validated config object (ARCHITECTURE.md convention 1). Unknown keys
-are errors naming the offending key; YAML holds data only.
+Every stage receives one validated config object. Unknown keys are errors naming the offending
+key; YAML holds data only, read as UTF-8.
 """
 
 from __future__ import annotations
@@ -73,16 +73,62 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
     return data
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's error as one line: the problem and where (its own text spans several lines)."""
+    problem = getattr(err, "problem", None)
+    mark = getattr(err, "problem_mark", None)
+    if problem and mark is not None:
+        context = getattr(err, "context", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}"
+        return f"{problem} at {where}" + (f" ({context})" if context else "")
+    text = str(err).splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def _type_word(value: Any) -> str:
+    return {
+        list: "a list",
+        str: "a string",
+        int: "a number",
+        float: "a number",
+        bool: "a boolean",
+    }.get(type(value), type(value).__name__)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping from ``path``.
+
+    Raises:
+        ConfigError: one line naming the file: missing, unreadable, not UTF-8 text (a binary
+            file, UTF-16), not YAML, or YAML whose top level is not a mapping.
+    """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: no such file")
+        raise ConfigError(f"{path}: {'not a file' if path.exists() else 'no such file'}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
+    # Decoded here, not with the locale's encoding: specs are UTF-8 on every machine.
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path}: not a UTF-8 text file (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+            "expected YAML"
+        ) from None
+    if "\x00" in text:  # UTF-16 without a byte-order mark, or another binary format
+        raise ConfigError(f"{path}: binary file (contains NUL bytes); expected UTF-8 YAML")
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(e)}") from None
+    except ValueError as e:  # a value PyYAML matched but cannot build, e.g. 2020-13-45
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+        return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+        raise ConfigError(f"{path}: expected a mapping at the top level, not {_type_word(data)}")
     return data
 
 

@@ -65,12 +65,12 @@ def demo(
     _preprocess(raw, store, workers, console)
 
     step("3/7 sweep U-Net / SegResNet / MedNeXt (Ray Tune + Optuna + ASHA)")
-    from bratslab.jobs.spec import load_job
-    from bratslab.tune.sweep import run_sweep
+    from bratslab.spec import load_job
+    from bratslab.tune.sweep import start_sweep
 
     job_path = job or _default_job()
     spec = load_job(job_path, [f"data.store={store}", *overrides])
-    outcome = run_sweep(spec, job_source=str(job_path), settings=settings)
+    outcome = start_sweep(spec, job_source=str(job_path), settings=settings)
     reg = outcome.registration
     if reg is None:
         console.print("[red]the sweep registered no model; see the trial table above[/red]")
@@ -81,7 +81,8 @@ def demo(
     )
 
     step("6/7 predict held-out cases with the champion")
-    from bratslab.evaluate.predict import PredictConfig, predict_folder
+    from bratslab.evaluate.config import PredictConfig
+    from bratslab.evaluate.predict import predict_folder
 
     champion = f"models:/{reg.name}@{reg.alias}"
     pred = root / "pred"
@@ -118,7 +119,7 @@ def _synthesise(raw: Path, held: Path, cases: int, holdout: int, shape) -> None:
 def _preprocess(raw: Path, store: Path, workers: int, console) -> None:
     from bratslab.data.cli import show_fingerprint
     from bratslab.data.config import PreprocessConfig
-    from bratslab.data.preprocess import run_preprocess
+    from bratslab.data.runner import run_preprocess
     from bratslab.data.store import Store
 
     # The synthetic heads are small; pad to 64³ rather than the 128³ meant for real BraTS.
@@ -136,10 +137,10 @@ def _report(root: Path, outcome, result, held: Path, pred: Path) -> Path:
 
     curves = {}
     for row in outcome.trials:
-        if row.get("mlflow_run_id"):
-            arch = row["params"].get("model.arch", "")
-            curves[f"{row['trial_id']} {arch}".strip()] = metric_history(
-                row["mlflow_run_id"], "val/dice_mean"
+        if row.mlflow_run_id:
+            arch = row.params.get("model.arch", "")
+            curves[f"{row.trial_id} {arch}".strip()] = metric_history(
+                row.mlflow_run_id, "val/dice_mean"
             )
     region_dice = {
         "champion (held-out)": {
@@ -184,16 +185,16 @@ def _print_results(console, outcome, result, champion, report, settings, seconds
     for col in ("trial", "architecture", "epochs", "val Dice", "TTA Dice", "TTA lesion Dice"):
         table.add_column(col)
     for row in outcome.trials:
-        tta = row.get("tta") or {}
+        tta = row.tta or {}
 
         def fmt(v):
             return "" if v is None else f"{v:.3f}"
 
         table.add_row(
-            row["trial_id"],
-            str(row["params"].get("model.arch", "?")),
-            str(row["iterations"]),
-            fmt(row["best_metric"]),
+            row.trial_id,
+            str(row.params.get("model.arch", "?")),
+            str(row.iterations),
+            fmt(row.best_metric),
             fmt(tta.get("tta/dice_mean")),
             fmt(tta.get("tta/lesion_dice_mean")),
         )

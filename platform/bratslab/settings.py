@@ -1,14 +1,20 @@
 """Where things live: embedded defaults on one machine, environment variables on a cluster.
 
-Every path and URI in bratslab comes from here (ARCHITECTURE.md convention 9).
+Every path and URI in bratslab comes from here. The driver resolves them once, to absolute
+paths and URIs (:func:`pin_settings`, called by the CLI before any command runs), and exports
+them as environment variables; every process it starts (Ray tasks and actors, Train workers,
+Tune trials, which run in their own working folders, and submitted jobs) inherits the same
+values through Ray's ``runtime_env`` (:meth:`Settings.env`). A relative default such as
+``./bratslab-work`` therefore means the folder the *user* ran the command in, never a trial's.
 
-| variable               | default                                   |
-|------------------------|-------------------------------------------|
-| ``BRATSLAB_HOME``      | ``./bratslab-work``                       |
-| ``RAY_ADDRESS``        | unset: a local Ray instance on 127.0.0.1  |
-| ``MLFLOW_TRACKING_URI``| ``sqlite:///$BRATSLAB_HOME/mlflow.db``    |
-| ``BRATSLAB_ARTIFACTS`` | ``$BRATSLAB_HOME/mlartifacts``            |
-| ``BRATSLAB_RAY_CPUS``  | logical CPUs for a local Ray instance     |
+| variable                    | default                                              |
+|-----------------------------|------------------------------------------------------|
+| ``BRATSLAB_HOME``           | ``./bratslab-work``                                  |
+| ``RAY_ADDRESS``             | unset: a local Ray instance on 127.0.0.1             |
+| ``MLFLOW_TRACKING_URI``     | ``sqlite:///$BRATSLAB_HOME/mlflow.db``               |
+| ``BRATSLAB_ARTIFACTS``      | ``$BRATSLAB_HOME/mlartifacts``                       |
+| ``BRATSLAB_RAY_CPUS``       | logical CPUs for a local Ray instance                |
+| ``BRATSLAB_OPTUNA_STORAGE`` | unset: ``optuna.db`` (SQLite) in each sweep's folder |
 """
 
 from __future__ import annotations
@@ -40,6 +46,11 @@ class Settings(BaseModel):
         description="Logical CPUs for a local Ray instance (trial drivers and workers each "
         "hold one, so on small machines this is set above the physical count).",
     )
+    optuna_storage: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the Optuna study storage shared by sweeps (e.g. "
+        "`postgresql+psycopg://optuna:PW@host:5432/optuna`); None = SQLite beside each sweep.",
+    )
 
     @cached_property
     def tracking_uri(self) -> str:
@@ -53,6 +64,17 @@ class Settings(BaseModel):
         """Artifact root for experiments created against the embedded store."""
         return (self.artifact_root or self.home / "mlartifacts").resolve()
 
+    def env(self) -> dict[str, str]:
+        """The settings as absolute environment variables, for child processes and Ray."""
+        env = {"BRATSLAB_HOME": str(self.home), "MLFLOW_TRACKING_URI": self.tracking_uri}
+        if self.artifact_root is not None:
+            env["BRATSLAB_ARTIFACTS"] = str(self.artifacts)
+        if self.ray_num_cpus is not None:
+            env["BRATSLAB_RAY_CPUS"] = str(self.ray_num_cpus)
+        if self.optuna_storage is not None:
+            env["BRATSLAB_OPTUNA_STORAGE"] = self.optuna_storage
+        return env
+
     @property
     def is_embedded_tracking(self) -> bool:
         return self.mlflow_uri is None
@@ -62,15 +84,58 @@ class Settings(BaseModel):
         return self.home.joinpath(*parts)
 
 
+def absolute_uri(uri: str) -> str:
+    """``uri`` with a relative local path made absolute against the current folder.
+
+    ``sqlite:///mlflow.db`` and ``file:mlruns`` name files relative to whichever process opens
+    them (a Tune trial runs in its own folder); the absolute form names one file for all.
+    Server URIs (``http://``, ``postgresql://``, ...) and absolute paths are returned as is.
+    """
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        rel = uri[len("sqlite:///") :]
+        if rel and not rel.startswith(":memory:"):
+            return f"sqlite:///{Path(rel).expanduser().absolute()}"
+    if "://" not in uri and not uri.startswith("file:"):  # a bare path, as MLflow allows
+        return Path(uri).expanduser().absolute().as_uri()
+    return uri
+
+
+def _optuna_storage(url: str | None) -> str | None:
+    """A relative SQLite file made absolute (trials run in their own folders); any other value
+    as given (a server URL, or a mistake the sweep reports when it opens the storage)."""
+    if not url:
+        return None
+    return absolute_uri(url) if url.startswith("sqlite:") else url
+
+
 def get_settings(**overrides) -> Settings:
-    """Settings from the environment, with keyword overrides (e.g. from CLI flags)."""
+    """Settings from the environment, with keyword overrides (e.g. from CLI flags).
+
+    Relative paths and file URIs are made absolute against the current folder.
+    """
     env = os.environ
+    artifacts = env.get("BRATSLAB_ARTIFACTS")
     values = {
-        "home": Path(env.get("BRATSLAB_HOME", "bratslab-work")).expanduser().absolute(),
+        "home": Path(env.get("BRATSLAB_HOME") or "bratslab-work").expanduser().absolute(),
         "ray_address": env.get("RAY_ADDRESS") or None,
-        "mlflow_uri": env.get("MLFLOW_TRACKING_URI") or None,
-        "artifact_root": env.get("BRATSLAB_ARTIFACTS") or None,
+        "mlflow_uri": absolute_uri(env["MLFLOW_TRACKING_URI"])
+        if env.get("MLFLOW_TRACKING_URI")
+        else None,
+        "artifact_root": Path(artifacts).expanduser().absolute() if artifacts else None,
         "ray_num_cpus": int(env["BRATSLAB_RAY_CPUS"]) if env.get("BRATSLAB_RAY_CPUS") else None,
+        "optuna_storage": _optuna_storage(env.get("BRATSLAB_OPTUNA_STORAGE")),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**values)
+
+
+def pin_settings(**overrides) -> Settings:
+    """Resolve the settings once, in the driver, and export them as absolute variables.
+
+    Called by the CLI before any command. Afterwards every MLflow call in this process (MLflow
+    reads ``MLFLOW_TRACKING_URI``; its own default would be ``./mlflow.db``) and every process
+    started from it resolves the same work folder and tracking store.
+    """
+    settings = get_settings(**overrides)
+    os.environ.update(settings.env())
+    return settings

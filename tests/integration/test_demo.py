@@ -1,35 +1,40 @@
-"""`bratslab demo`, reduced (fewer, smaller cases; shorter trials), end to end on the shared
-local Ray instance and the session's SQLite MLflow store."""
+"""`bratslab demo` (what `make demo` runs), reduced, as a newcomer runs it: a subprocess in an
+empty folder with no bratslab, MLflow or Ray variables set, so the work folder is the relative
+default ``./bratslab-work`` and every Tune trial must still log to its ``mlflow.db``."""
 
 from __future__ import annotations
 
 import csv
+import subprocess
 
 import pytest
-from typer.testing import CliRunner
+from test_readme_journey import clean_env
 
-from bratslab.cli import app
 from bratslab.tracking import mlflow_runs, registry
 
 pytestmark = pytest.mark.integration
 
 
-def test_reduced_demo_runs_the_whole_pipeline(ray_cluster, bratslab_home):
-    out = bratslab_home / "demo"
-    result = CliRunner().invoke(
-        app,
-        [
-            "demo",
-            "--cases", "6",
-            "--holdout", "1",
-            "--shape", "64", "64", "48",
-            "--out", str(out),
-            "--set", "training.epochs=2",
-            "--set", "training.steps_per_epoch=2",
-            "--set", "sweep.registry_name=bratslab-demo-it",
-        ],
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output + repr(result.exception)
+def test_reduced_demo_runs_the_whole_pipeline(tmp_path):
+    argv = [
+        "bratslab", "demo",
+        "--cases", "6",
+        "--holdout", "1",
+        "--shape", "64", "64", "48",
+        "--set", "training.epochs=2",
+        "--set", "training.steps_per_epoch=2",
+    ]  # fmt: skip
+    proc = subprocess.run(
+        argv, cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=1200
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+
+    work = tmp_path / "bratslab-work"
+    out = work / "demo"
+    # Every trial logged to the one store in ./bratslab-work, none to its own working folder.
+    assert sorted(tmp_path.rglob("mlflow.db")) == [work / "mlflow.db"]
+    uri = f"sqlite:///{work / 'mlflow.db'}"
 
     # the held-out case was predicted in source geometry and scored per region
     assert len(list((out / "pred").glob("*.nii.gz"))) == 1
@@ -38,16 +43,18 @@ def test_reduced_demo_runs_the_whole_pipeline(ray_cluster, bratslab_home):
     assert sorted(r["region"] for r in rows) == ["et", "tc", "wt"]
     assert all(0.0 <= float(r["dice"]) <= 1.0 for r in rows)
 
-    # the champion is registered, and the trials compared all three architectures
-    champion = registry.get_version("bratslab-demo-it", alias="champion")
+    # a champion is registered in ./bratslab-work/mlflow.db, named after the job's experiment
+    assert [m.name for m in registry.list_models(uri=uri)] == ["bratslab-demo"]
+    champion = registry.get_version("bratslab-demo", alias="champion", uri=uri)
     assert "tta/dice_mean" in champion.tags
-    assert "architecture" in result.output
+    # the trials compared all three architectures
+    assert "architecture" in output
     for arch in ("unet", "segresnet", "mednext"):
-        assert arch in result.output
+        assert arch in output
 
     # the report PNG is on disk and logged to the sweep's parent run
     report = out / "report.png"
     assert report.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    parent = mlflow_runs.run_info(champion.run_id)["tags"]["mlflow.parentRunId"]
-    names = [a.path for a in mlflow_runs.client().list_artifacts(parent, "report")]
+    parent = mlflow_runs.run_info(champion.run_id, uri=uri)["tags"]["mlflow.parentRunId"]
+    names = [a.path for a in mlflow_runs.client(uri).list_artifacts(parent, "report")]
     assert names == ["report/report.png"]

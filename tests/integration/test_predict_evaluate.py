@@ -108,12 +108,14 @@ def test_predict_evaluate_export(raw, model_dir, tmp_path, ray_cluster):
     assert float(broken["dice"]) == 0.0 and float(broken["hd95"]) == 374.0
     summary = json.loads(metrics.with_name("metrics.summary.json").read_text())
     assert summary["cases"] == 4 and summary["missing_predictions"] == [BROKEN]
+    assert summary["failed"] == []  # a missing prediction is scored as empty, not a failure
     assert set(summary["regions"]) == {"wt", "tc", "et"}
     assert metrics.with_name("metrics.png").read_bytes()[:4] == b"\x89PNG"
 
     rle = tmp_path / "sub.csv"
     res = runner.invoke(app, ["export", "rle", str(pred), str(rle)])
     assert res.exit_code == 0, res.output
+    assert "wrote 9 rows (3 cases)" in res.output
     assert len(rle.read_text().splitlines()) == 1 + 3 * 3
 
 

@@ -7,9 +7,12 @@ exactly the bytes of an uninterrupted run.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -18,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bratslab.data import runner
 from bratslab.data.config import PreprocessConfig
 from bratslab.data.labels import from_store_labels
 from bratslab.data.layout import discover_cases
@@ -25,6 +29,7 @@ from bratslab.data.preprocess import restore_to_source
 from bratslab.data.runner import run_preprocess
 from bratslab.data.store import Store
 from bratslab.data.synth import synthesize_dataset
+from bratslab.data.validate import load_case
 
 pytestmark = pytest.mark.integration
 
@@ -121,3 +126,55 @@ def test_killed_run_resumes_to_identical_bytes(raw, reference, ray_cluster, tmp_
     again = run_preprocess(raw, out, CFG, workers=2, progress=False)
     assert again.processed == [] and len(again.skipped) == 6
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == mtimes
+
+
+def _break_cases(root: Path) -> dict[str, str]:
+    """Three SSA cases, each with one bad file; returns {case id: expected reason text}."""
+    import nibabel as nib
+
+    folders = synthesize_dataset(root, 3, "brats2023", seed=3, shape=SHAPE, cohort="SSA")
+    t1n = folders[0] / f"{folders[0].name}-t1n.nii.gz"
+    rgb = np.ones(SHAPE, np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")]))
+    nib.save(nib.Nifti1Image(rgb, nib.load(t1n).affine), t1n)
+    t2w = folders[1] / f"{folders[1].name}-t2w.nii.gz"
+    img = nib.load(t2w)
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj).astype(np.complex64), img.affine), t2w)
+    seg = folders[2] / f"{folders[2].name}-seg.nii.gz"
+    raw = bytearray(gzip.decompress(seg.read_bytes()))
+    struct.pack_into("<f", raw, 80, float("nan"))  # pixdim[1]
+    seg.write_bytes(gzip.compress(bytes(raw), mtime=0))
+    return {
+        folders[0].name: "unsupported voxel type RGB",
+        folders[1].name: "unsupported voxel type complex64",
+        folders[2].name: "voxel size (pixdim) [nan, 1.0, 1.0]",
+    }
+
+
+def test_ray_quarantines_what_validate_rejects_and_fast_cast_is_identical(
+    raw, reference, tmp_path, monkeypatch
+):
+    """Bad cases fail on Ray workers with validate's very reasons, the good ones go on; the
+    workers' torch float16 cast (forced on here) writes the bytes of the numpy cast."""
+    mixed = tmp_path / "raw"
+    shutil.copytree(raw, mixed)
+    expected = _break_cases(mixed / "ssa")
+    validated = sorted(
+        (f.to_dict() for c in discover_cases(mixed) for f in load_case(c)[1]),
+        key=lambda f: (f["case"], f["file"], f["reason"]),
+    )
+    assert {f["case"] for f in validated} == set(expected)
+
+    monkeypatch.setattr(runner, "FAST_CAST_MIN_CASES", 1)  # every worker casts through torch
+    out = tmp_path / "store"
+    report = runner.run_preprocess(mixed, out, CFG, workers=2, progress=False)
+    assert report.exit_code == 1
+    assert [f.to_dict() for f in report.failures] == validated
+    for cid, text in expected.items():
+        (reason,) = [f.reason for f in report.failures if f.case == cid]
+        assert text in reason, reason
+    assert len(report.processed) == 6
+    for cid in report.processed:  # the reference was built with numpy's cast
+        for suffix in ("_x.npy", "_y.npy", "_meta.npy"):
+            if (reference / f"{cid}{suffix}").exists():
+                ref_bytes = (reference / f"{cid}{suffix}").read_bytes()
+                assert (out / f"{cid}{suffix}").read_bytes() == ref_bytes, cid + suffix

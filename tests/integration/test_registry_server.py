@@ -3,7 +3,8 @@ artifacts), and `bratslab ui` over a SQLite store.
 
 Two versions of a tiny real model (zoo U-Net, saved with models.weights, logged with
 model_store.log_model_dir as the training stage does) are registered; the CLI lists, shows,
-promotes and downloads them; a worse version does not take `champion`.
+promotes and downloads them; a worse version does not take `champion`; `models register RUN_ID`
+finds a run's logged model.
 """
 
 from __future__ import annotations
@@ -227,6 +228,28 @@ def test_runs_list_by_sweep(server):
         assert r.exit_code == 0, r.output
         rows = "\n".join(ln for ln in r.output.splitlines() if ln.startswith("│"))
         assert child in rows and other not in rows and parent not in rows
+
+
+def test_register_a_run_by_id_and_list_json(versions):
+    """`models register RUN_ID` finds the run's logged model through the server's REST API."""
+    from bratslab.tracking import registry
+
+    (_, run1), _ = versions
+    r = _cli("models", "register", run1, "--name", "by-run", "--alias", "champion")
+    assert r.exit_code == 0, r.output
+    assert "as by-run version 1" in r.stdout and "by-run@champion -> version 1" in r.stdout
+    info = registry.get_version("by-run", alias="champion")
+    assert info.run_id == run1 and info.model_id.startswith("m-")
+    assert info.download_uri.startswith("mlflow-artifacts:")
+
+    r = _cli("models", "list", "--json")
+    assert r.exit_code == 0, r.output
+    models = {m["name"]: m for m in json.loads(r.stdout)}
+    assert models["by-run"]["aliases"] == {"champion": "1"}
+    assert models[NAME]["num_versions"] == 2
+    r = _cli("runs", "list", "--experiment", "registry-test", "--json")
+    assert r.exit_code == 0, r.output
+    assert run1 in {row["run_id"] for row in json.loads(r.stdout)}
 
 
 def test_ui_serves_a_sqlite_store_on_loopback(server, versions, tmp_path):

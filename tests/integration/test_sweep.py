@@ -21,9 +21,9 @@ from bratslab.config import ConfigError
 from bratslab.data.config import PreprocessConfig
 from bratslab.data.runner import run_preprocess
 from bratslab.data.synth import synthesize_dataset
-from bratslab.jobs.spec import load_job
+from bratslab.spec import load_job
 from bratslab.tracking import mlflow_runs, registry
-from bratslab.tune.sweep import SweepPaths, run_sweep
+from bratslab.tune.sweep import SweepPaths, resume_sweep, start_sweep
 
 pytestmark = pytest.mark.integration
 
@@ -68,22 +68,22 @@ def test_smoke_sweep_interrupt_resume_and_register(sweep_store, bratslab_home, r
             f"sweep.space={ROOT / 'search_spaces/smoke.yaml'}",
             f"sweep.name={NAME}",
             "sweep.num_trials=3",
-            f"sweep.registry_name={MODEL}",
+            f"tracking.experiment={MODEL}",  # no registry_name: the experiment names the model
         ],
     )
     paths = SweepPaths(bratslab_home / "sweeps" / NAME)
     watcher = _interrupt_when_first_trial_done(paths.trials)
-    first = run_sweep(spec, job_source="jobs/sweep_smoke.yaml")
+    first = start_sweep(spec, job_source="jobs/sweep_smoke.yaml")
     watcher.join(timeout=5)
     assert first.interrupted
     done_before = {p.stem for p in paths.trials.glob("*.json")}
     assert done_before
     assert mlflow_runs.run_info(first.parent_run_id)["status"] == "KILLED"
 
-    second = run_sweep(resume=NAME)
+    second = resume_sweep(NAME)
     assert not second.interrupted
     assert second.parent_run_id == first.parent_run_id
-    assert len(second.trials) == 3 and all(r["completed"] for r in second.trials)
+    assert len(second.trials) == 3 and all(r.completed for r in second.trials)
     # No trial that had completed before the interruption trained again.
     for trial_id in done_before:
         attempts = paths.attempts(trial_id).read_text().splitlines()
@@ -107,8 +107,9 @@ def test_smoke_sweep_interrupt_resume_and_register(sweep_store, bratslab_home, r
     )
     assert len(children) == 3
     assert {c.data.tags["bratslab.trial_id"] for c in children} == {
-        r["trial_id"] for r in second.trials
+        r.trial_id for r in second.trials
     }
+    assert {c.info.run_id for c in children} == {r.mlflow_run_id for r in second.trials}
     for child in children:
         assert child.info.status in ("FINISHED", "KILLED")  # KILLED = stopped by ASHA
         assert "val/dice_mean" in child.data.metrics
@@ -123,10 +124,10 @@ def test_smoke_sweep_interrupt_resume_and_register(sweep_store, bratslab_home, r
     assert champ.version == reg.version
     for key in ("tta/dice_mean", "tta/lesion_dice_mean", "tta/dice_wt", "tta/hd95_mean"):
         assert key in champ.tags, key
-    tta_dice = second.winner["tta"]["tta/dice_mean"]
+    tta_dice = second.winner.tta["tta/dice_mean"]
     assert float(champ.tags["tta/dice_mean"]) == pytest.approx(tta_dice)
     assert champ.tags["bratslab.sweep"] == NAME
-    assert champ.tags["bratslab.trial_id"] == second.winner["trial_id"]
+    assert champ.tags["bratslab.trial_id"] == second.winner.trial_id
     assert any(k.startswith("param.training.optimizer.lr") for k in champ.tags)
     # The winner's model comes back as a model directory (what `bratslab predict` loads).
     from bratslab.tracking.model_store import fetch_model_dir
@@ -136,8 +137,11 @@ def test_smoke_sweep_interrupt_resume_and_register(sweep_store, bratslab_home, r
     assert info["model"]["arch"] == "unet" and info["patch_size"] == [32, 32, 32]
 
     # A finished sweep is not resumed (it would register its winner twice).
+    manifest = json.loads(paths.manifest.read_text())
+    assert manifest["finished"]["winner_trial"] == second.winner.trial_id
+    assert manifest["finished"]["registered"] == f"{MODEL}/{reg.version}"
     with pytest.raises(ConfigError, match="already finished"):
-        run_sweep(resume=NAME)
+        resume_sweep(NAME)
 
 
 def test_placement_groups_of_dead_controllers_are_removed(ray_cluster):

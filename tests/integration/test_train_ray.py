@@ -1,12 +1,17 @@
 """Training through a real local Ray (Train + Data) with MLflow on SQLite.
 
 One 2-worker smoke run covers checkpoints, MLflow logging and a worker killed mid-run; a
-1-worker run is crashed and rerun under the same name (driver restart); a finetune from the
+second has a worker SIGKILLed from outside mid-epoch (as the OOM killer or a lost node would);
+a 1-worker run is crashed and rerun under the same name (driver restart); a finetune from the
 smoke model's MLflow URI checks that frozen groups stay bit-identical.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +29,7 @@ def store(tiny_store) -> Path:
 
 
 def _spec(store, name, *overrides):
-    from bratslab.jobs.spec import load_job
+    from bratslab.spec import load_job
 
     base = [
         f"name={name}",
@@ -34,6 +39,34 @@ def _spec(store, name, *overrides):
         "training.val_sw_batch_size=2",
     ]
     return load_job(JOB, base + list(overrides))
+
+
+def failing_loop(fail_epoch: int):
+    """The real worker loop, except that the last rank of a fresh (not resumed) attempt dies
+    abruptly at the start of ``fail_epoch``, as a killed process or lost node would.
+
+    A closure, so that Ray's cloudpickle ships it by value: workers cannot import this module.
+    """
+
+    def loop(config):
+        import ray.train
+
+        from bratslab.train.loop import train_loop_per_worker
+
+        ctx = ray.train.get_context()
+        fresh = ray.train.get_checkpoint() is None
+        last = ctx.get_world_rank() == ctx.get_world_size() - 1
+
+        def exit_at(epoch):
+            if epoch == fail_epoch:
+                # Wait until the controller has registered the last checkpoint, so the
+                # restart deterministically resumes from it (the point of the test).
+                ray.train.get_all_reported_checkpoints(timeout_s=120)
+                os._exit(1)
+
+        train_loop_per_worker(config, on_epoch_start=exit_at if fresh and last else None)
+
+    return loop
 
 
 def _history(run_id, key):
@@ -47,8 +80,8 @@ def smoke(ray_cluster, store):
     from bratslab.train.trainer import run_training
 
     # The last worker exits abruptly at the start of epoch 1 on the first attempt.
-    spec = _spec(store, "it-smoke", "training.epochs=2", "training.fail_at_epoch=1")
-    return spec, run_training(spec)
+    spec = _spec(store, "it-smoke", "training.epochs=2")
+    return spec, run_training(spec, train_loop=failing_loop(1))
 
 
 def test_smoke_run_checkpoints_and_logs_to_mlflow(smoke):
@@ -105,6 +138,77 @@ def test_killed_worker_resumes_from_checkpoint_with_epoch_count_intact(smoke):
     # restarted group resumed from the epoch-0 checkpoint: each epoch is logged exactly once.
     assert _history(out.run_id, "resumed_from_epoch") == [(0, 0.0), (1, 1.0)]
     assert out.metrics["epoch"] == 1
+    # The controller's progress callback wrote one console line per epoch (its log file
+    # records what it printed), across the worker-group restart.
+    lines = (out.storage_dir / "train_log.txt").read_text().splitlines()
+    assert [line.split(" | ")[0] for line in lines] == [
+        "it-smoke: epoch 1/2",
+        "it-smoke: epoch 2/2",
+    ]
+    assert all("loss " in line and "Dice WT " in line and "ETA " in line for line in lines)
+
+
+def _train_workers() -> list[int]:
+    """Pids of this session's Ray Train worker processes: descendants of this process (the
+    local Ray instance is its child) whose title Ray set to ``ray::RayTrainWorker...``."""
+    import ray  # noqa: F401, I001  (Ray puts its bundled psutil on sys.path)
+    import psutil  # noqa: I001
+
+    pids = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if " ".join(p.cmdline()).startswith("ray::RayTrainWorker"):
+                pids.append(p.pid)
+        except psutil.Error:  # exited meanwhile
+            continue
+    return pids
+
+
+def _kill_a_worker_after_first_checkpoint(run_dir: Path, killed: list[int]) -> None:
+    """Once the controller has registered epoch 1's checkpoint (it writes its snapshot before
+    any callback runs), SIGKILL one Train worker: the group is then in its second epoch."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if (run_dir / "checkpoint_manager_snapshot.json").is_file():
+            workers = _train_workers()
+            if workers:
+                os.kill(workers[-1], signal.SIGKILL)
+                killed.append(workers[-1])
+            return
+        time.sleep(0.05)
+
+
+def test_a_worker_sigkilled_from_outside_mid_epoch_restarts_from_the_checkpoint(
+    ray_cluster, store, bratslab_home
+):
+    from bratslab.tracking.mlflow_runs import run_info
+    from bratslab.train.checkpoint import load_train_state
+    from bratslab.train.trainer import run_training
+
+    spec = _spec(
+        store,
+        "it-sigkill",
+        "training.epochs=3",
+        "training.steps_per_epoch=4",
+        "scaling.max_failures=1",
+        "tracking.log_model=false",
+    )
+    killed: list[int] = []
+    run_dir = bratslab_home / "ray_results" / "it-sigkill"
+    killer = threading.Thread(
+        target=_kill_a_worker_after_first_checkpoint, args=(run_dir, killed), daemon=True
+    )
+    killer.start()
+    out = run_training(spec)
+    killer.join(10)
+    assert len(killed) == 1, "no Ray Train worker found to kill"
+    assert run_info(out.run_id)["status"] == "FINISHED"
+    # Each epoch logged exactly once, and the restarted group resumed from a checkpoint.
+    assert [s for s, _ in _history(out.run_id, "train/loss")] == [0, 1, 2]
+    resumed = dict(_history(out.run_id, "resumed_from_epoch"))
+    assert resumed[0] == 0.0 and resumed[2] >= 1.0
+    latest = load_train_state(out.latest_checkpoint)
+    assert latest["epoch"] == 3 and latest["global_step"] == 12
 
 
 def test_rerunning_a_crashed_job_resumes_it(ray_cluster, store):
@@ -117,13 +221,12 @@ def test_rerunning_a_crashed_job_resumes_it(ray_cluster, store):
         store,
         "it-resume",
         "training.epochs=2",
-        "training.fail_at_epoch=1",
         "scaling.num_workers=1",
         "scaling.max_failures=0",
         "tracking.log_model=false",
     )
     with pytest.raises(ray.train.TrainingFailedError):
-        run_training(crash)
+        run_training(crash, train_loop=failing_loop(1))
     rerun = _spec(
         store,
         "it-resume",

@@ -89,3 +89,77 @@ def test_atomic_files_get_the_umask_mode(tmp_path):
     os.umask(old)
     atomic.write_text(tmp_path / "m.txt", "x")
     assert (tmp_path / "m.txt").stat().st_mode & 0o777 == 0o666 & ~old
+
+
+_PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000")
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (_PNG, "not a UTF-8 text file (byte 0x89 at offset 0)"),
+        (bytes(np.random.default_rng(0).integers(0, 256, 512, dtype=np.uint8)), "not a UTF-8"),
+        ("name: x\n".encode("utf-16"), "not a UTF-8 text file (byte 0xff at offset 0)"),
+        ("name: x\n".encode("utf-16-le"), "binary file (contains NUL bytes)"),
+        (b'["a", "b"]', "expected a mapping at the top level, not a list"),
+        (b"just words", "expected a mapping at the top level, not a string"),
+        (b"name: [1,\n  b: }\n", "not valid YAML: expected the node content, but found '}' at "),
+        (b"when: 2020-13-45\n", "not valid YAML: month must be in 1..12"),
+        (b"a: \x07\n", "not valid YAML: unacceptable character #x0007"),
+    ],
+    ids=[
+        "png",
+        "random",
+        "utf16-bom",
+        "utf16-no-bom",
+        "json-list",
+        "scalar",
+        "syntax",
+        "date",
+        "control-char",
+    ],  # fmt: skip
+)
+def test_non_yaml_file_is_one_line_error_naming_the_file(tmp_path, content, problem):
+    from bratslab.config import load_yaml
+
+    path = tmp_path / "job.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as err:
+        load_yaml(path)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: ") and problem in message
+
+
+def test_yaml_is_read_as_utf8_with_or_without_bom(tmp_path):
+    import re
+
+    from bratslab.config import load_yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_bytes("\ufeffname: Ségolène  # é\n".encode())
+    assert load_yaml(path) == {"name": "Ségolène"}
+    path.write_bytes(b"")
+    assert load_yaml(path) == {}
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(tmp_path))}: not a file$"):
+        load_yaml(tmp_path)
+    with pytest.raises(ConfigError, match="nope.yaml: no such file$"):
+        load_yaml(tmp_path / "nope.yaml")
+
+
+def test_cli_exits_2_with_one_line_naming_a_binary_job_spec(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from bratslab.cli import main
+
+    spec = tmp_path / "job.yaml"
+    spec.write_bytes(_PNG)
+    # Both set here so that what the CLI exports (pin_settings) is undone after the test.
+    monkeypatch.setenv("BRATSLAB_HOME", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setattr(sys, "argv", ["bratslab", "train", str(spec)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2
+    assert err == f"{spec}: not a UTF-8 text file (byte 0x89 at offset 0); expected YAML"

@@ -4,10 +4,11 @@ Modules, in pipeline order:
 
 * :mod:`~bratslab.data.layout` — case discovery, BraTS 2021 / 2023+ naming, modality synonyms;
 * :mod:`~bratslab.data.synth` — synthetic BraTS-like datasets for demos and tests;
-* :mod:`~bratslab.data.validate` — full-stream reading and every bad-input check;
-* :mod:`~bratslab.data.config` — :class:`PreprocessConfig` (the six seed steps);
-* :mod:`~bratslab.data.preprocess` — ``preprocess_case``, ``restore_to_source``,
-  ``run_preprocess``;
+* :mod:`~bratslab.data.nifti` — the guarded NIfTI-1 loader (header first, bounded reads);
+* :mod:`~bratslab.data.validate` — case checks on top of ``nifti.load_nifti``;
+* :mod:`~bratslab.data.config` — :class:`PreprocessConfig` (the six preprocessing steps), and
+  the training job's ``data`` section;
+* :mod:`~bratslab.data.preprocess` — ``preprocess_case``, ``restore_to_source``;
 * :mod:`~bratslab.data.meta` — per-case ``CaseMeta`` (``{id}_meta.json``, ``{id}_meta.npy``);
 * :mod:`~bratslab.data.runner` — the Ray-parallel, resumable store builder;
 * :mod:`~bratslab.data.fingerprint` — dataset fingerprint, patch size, k-fold splits;

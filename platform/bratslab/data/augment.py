@@ -1,54 +1,225 @@
-"""Training-patch augmentation with MONAI dictionary transforms (nnU-Net's recipe, lighter).
+"""Training-patch augmentation with MONAI dictionary transforms (nnU-Net's recipe plus scanner
+shift: bias field, Rician noise, thick slices).
 
 Keys: ``image`` ``(4, X, Y, Z)`` float32 modalities, ``mask`` ``(1, X, Y, Z)`` float32 foreground
-mask, ``label`` ``(1, X, Y, Z)`` store labels. Spatial transforms move all three (labels with
-nearest neighbour); intensity transforms touch the modalities only, so the mask stays binary.
+mask, ``label`` ``(1, X, Y, Z)`` store labels. Spatial transforms move all three in one
+resampling (labels with nearest neighbour); intensity transforms touch the modalities only, so
+the mask stays binary and the labels stay put.
+
+Order (nnU-Net's, with the MR-specific transforms where the scanner puts them): flips and one
+affine resampling; bias field and Rician noise (on the brain as a magnitude image); Gaussian
+noise; blur; brightness, per-modality scale, contrast; low resolution; gamma (inverted, then
+plain). Transforms with probability 0 are left out of the pipeline.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Mapping
 
 import numpy as np
 from monai import transforms as T
+from monai.transforms import MapTransform, Randomizable, RandomizableTransform
+from monai.utils import convert_to_numpy
 
-from bratslab.jobs.spec import AugmentConfig
+from bratslab.data.config import AugmentConfig
 
-SPATIAL = ["image", "mask", "label"]
+IMAGE, MASK, LABEL = "image", "mask", "label"
+SPATIAL = [IMAGE, MASK, LABEL]
+
+
+class MagnitudeDomaind(Randomizable, MapTransform):
+    """Run a MONAI intensity transform on the brain seen as a non-negative magnitude image.
+
+    Z-scored modalities are negative in dark tissue, but bias fields multiply and Rician noise
+    rectifies the scanner's magnitude signal, which is >= 0. So each channel is shifted to put
+    its darkest brain voxel at 0 (background 0), ``transform`` runs on that, and the shift is
+    undone; voxels outside the brain keep their input values. The brain is ``mask > 0.5``, or
+    the non-zero voxels of any modality where the mask is empty (stores without a mask channel).
+    """
+
+    def __init__(self, transform: RandomizableTransform, key: str = IMAGE, mask_key: str = MASK):
+        MapTransform.__init__(self, [key])
+        self.transform = transform
+        self.key, self.mask_key = key, mask_key
+
+    def set_random_state(self, seed=None, state=None) -> MagnitudeDomaind:
+        super().set_random_state(seed, state)
+        self.transform.set_random_state(seed, state)
+        return self
+
+    def randomize(self, data=None) -> None:
+        """The wrapped transform draws its own parameters."""
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        img = convert_to_numpy(d[self.key], dtype=np.float32)  # (C, X, Y, Z)
+        brain = convert_to_numpy(d[self.mask_key])[0] > 0.5
+        if not brain.any():
+            brain = (img != 0).any(axis=0)
+        if not brain.any():
+            return d
+        lo = np.where(brain, img, np.inf).min(axis=(1, 2, 3)).reshape(-1, 1, 1, 1)
+        magnitude = np.where(brain, img - lo, 0).astype(np.float32)
+        out = convert_to_numpy(self.transform({self.key: magnitude})[self.key], dtype=np.float32)
+        d[self.key] = np.where(brain, out + lo, img).astype(np.float32)
+        return d
+
+
+class RandThickSlicesd(RandomizableTransform, MapTransform):
+    """nnU-Net's low-resolution simulation along one random axis: thick slices reconstructed to
+    the patch grid. That axis is down-sampled by a factor from ``zoom_range`` (nearest) and
+    up-sampled back (trilinear) with MONAI ``Resize``; the other axes are untouched."""
+
+    def __init__(self, keys, prob: float, zoom_range: tuple[float, float]):
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob)
+        self.zoom_range = zoom_range
+        self._axis, self._zoom = 0, 1.0
+
+    def randomize(self, data=None) -> None:
+        super().randomize(None)
+        self._axis = int(self.R.randint(3))
+        self._zoom = float(self.R.uniform(*self.zoom_range))
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        self.randomize()
+        if not self._do_transform:
+            return d
+        for key in self.key_iterator(d):
+            size = list(d[key].shape[1:])
+            low = [-1, -1, -1]  # -1: Resize keeps that axis
+            low[self._axis] = max(1, round(size[self._axis] * self._zoom))
+            down = T.Resize(low, mode="nearest")(d[key])
+            d[key] = T.Resize(size, mode="trilinear")(down)
+        return d
+
+
+def _affine(cfg: AugmentConfig) -> T.OneOf | None:
+    """Rotation and scaling in ONE resampling: a ``OneOf`` over rotate+scale, rotate only, scale
+    only and identity, weighted so rotation and scaling keep their own, independent
+    probabilities (one ``RandAffined`` cannot switch them separately)."""
+    rot = math.radians(cfg.rotate_range_deg)
+    p_rot = cfg.rotate_prob if rot > 0 else 0.0
+    p_scale = cfg.scale_prob if cfg.scale_range > 0 else 0.0
+
+    def affine(rotate: bool, scale: bool) -> T.RandAffined:
+        return T.RandAffined(
+            SPATIAL,
+            prob=1.0,
+            rotate_range=(rot, rot, rot) if rotate else None,
+            scale_range=(cfg.scale_range,) * 3 if scale else None,
+            mode=("bilinear", "bilinear", "nearest"),
+            padding_mode="zeros",
+        )
+
+    branches = [
+        (p_rot * p_scale, affine(True, True)),
+        (p_rot * (1 - p_scale), affine(True, False)),
+        ((1 - p_rot) * p_scale, affine(False, True)),
+    ]
+    branches = [(w, t) for w, t in branches if w > 0]
+    if not branches:
+        return None
+    rest = 1.0 - sum(w for w, _ in branches)
+    if rest > 1e-9:
+        branches.append((rest, T.Identityd(SPATIAL)))
+    return T.OneOf([t for _, t in branches], weights=[w for w, _ in branches])
+
+
+def _noise_and_blur(cfg: AugmentConfig) -> list:
+    """Scanner signal: bias field, Rician and Gaussian noise, blur (probability-0 ones left out)."""
+    steps: list = []
+    if cfg.bias_field_prob > 0:
+        c = cfg.bias_field_coeff
+        field = T.RandBiasFieldd(
+            IMAGE, degree=cfg.bias_field_degree, coeff_range=(-c, c), prob=cfg.bias_field_prob
+        )
+        steps.append(MagnitudeDomaind(field))
+    if cfg.rician_prob > 0:
+        rician = T.RandRicianNoised(
+            IMAGE, prob=cfg.rician_prob, std=cfg.rician_std, channel_wise=True, sample_std=True
+        )
+        steps.append(MagnitudeDomaind(rician))
+    if cfg.noise_prob > 0:
+        steps.append(T.RandGaussianNoised(IMAGE, prob=cfg.noise_prob, std=cfg.noise_std))
+    if cfg.blur_prob > 0:
+        s = cfg.blur_sigma
+        steps.append(T.RandGaussianSmoothd(IMAGE, s, s, s, prob=cfg.blur_prob))
+    return steps
+
+
+def _intensity(cfg: AugmentConfig) -> list:
+    """Scanner and protocol contrast: gain, contrast, resolution, gamma."""
+    steps: list = []
+    if cfg.brightness_prob > 0:
+        r = cfg.brightness_range
+        steps.append(T.RandScaleIntensityd(IMAGE, factors=(-r, r), prob=cfg.brightness_prob))
+    if cfg.channel_scale_prob > 0:
+        r = cfg.channel_scale_range
+        steps.append(
+            T.RandScaleIntensityd(
+                IMAGE, factors=(-r, r), prob=cfg.channel_scale_prob, channel_wise=True
+            )
+        )
+    if cfg.intensity_prob > 0:
+        steps += [
+            T.RandScaleIntensityd(IMAGE, factors=0.25, prob=cfg.intensity_prob, channel_wise=True),
+            T.RandShiftIntensityd(IMAGE, offsets=0.1, prob=cfg.intensity_prob, channel_wise=True),
+        ]
+    if cfg.contrast_prob > 0:
+        r = cfg.contrast_range
+        steps.append(
+            T.RandScaleIntensityFixedMeand(
+                IMAGE,
+                factors=(-r, r),
+                fixed_mean=True,
+                preserve_range=True,
+                prob=cfg.contrast_prob,
+                channel_wise=True,
+            )
+        )
+    if cfg.lowres_prob > 0 and cfg.lowres_axes == "one":
+        steps.append(RandThickSlicesd(IMAGE, prob=cfg.lowres_prob, zoom_range=cfg.lowres_zoom))
+    elif cfg.lowres_prob > 0:
+        steps.append(
+            T.RandSimulateLowResolutiond(IMAGE, prob=cfg.lowres_prob, zoom_range=cfg.lowres_zoom)
+        )
+    # retain_stats: z-scored inputs keep their mean/std after the gamma curve (nnU-Net).
+    if cfg.gamma_invert_prob > 0:
+        steps.append(
+            T.RandAdjustContrastd(
+                IMAGE,
+                prob=cfg.gamma_invert_prob,
+                gamma=cfg.gamma_range,
+                invert_image=True,
+                retain_stats=True,
+            )
+        )
+    if cfg.gamma_prob > 0:
+        steps.append(
+            T.RandAdjustContrastd(
+                IMAGE, prob=cfg.gamma_prob, gamma=cfg.gamma_range, retain_stats=True
+            )
+        )
+    return steps
 
 
 def build_augment(cfg: AugmentConfig, seed: int) -> T.Compose | None:
-    """A seeded ``Compose`` of MONAI ``Rand*d`` transforms, or None when disabled."""
+    """A seeded ``Compose`` of MONAI ``Rand*d`` transforms, or None when disabled (or when every
+    probability is 0)."""
     if not cfg.enabled:
         return None
-    rot = math.radians(cfg.rotate_range_deg)
-    modes_interp = ("bilinear", "bilinear", "nearest")
-    steps: list = [T.RandFlipd(SPATIAL, prob=cfg.flip_prob, spatial_axis=a) for a in range(3)]
-    steps += [
-        T.RandRotated(
-            SPATIAL,
-            range_x=rot,
-            range_y=rot,
-            range_z=rot,
-            prob=cfg.rotate_prob,
-            mode=modes_interp,
-            padding_mode="zeros",
-        ),
-        T.RandZoomd(
-            SPATIAL,
-            prob=cfg.scale_prob,
-            min_zoom=1 - cfg.scale_range,
-            max_zoom=1 + cfg.scale_range,
-            mode=("trilinear", "trilinear", "nearest"),
-            padding_mode="constant",
-            keep_size=True,
-        ),
-        T.RandGaussianNoised("image", prob=cfg.noise_prob, std=cfg.noise_std),
-        T.RandScaleIntensityd("image", factors=0.25, prob=cfg.intensity_prob, channel_wise=True),
-        T.RandShiftIntensityd("image", offsets=0.1, prob=cfg.intensity_prob, channel_wise=True),
-        # retain_stats: z-scored inputs keep their mean/std after the gamma curve (nnU-Net).
-        T.RandAdjustContrastd("image", prob=cfg.gamma_prob, gamma=(0.7, 1.5), retain_stats=True),
-    ]
+    steps: list = []
+    if cfg.flip_prob > 0:
+        steps += [T.RandFlipd(SPATIAL, prob=cfg.flip_prob, spatial_axis=a) for a in range(3)]
+    affine = _affine(cfg)
+    if affine is not None:
+        steps.append(affine)
+    steps += _noise_and_blur(cfg) + _intensity(cfg)
+    if not steps:
+        return None
     compose = T.Compose(steps)
     compose.set_random_state(seed=seed % (2**32))
     return compose
@@ -61,8 +232,8 @@ def apply_augment(
     ``y`` ``(1, X, Y, Z)`` uint8 → the same shapes and dtypes."""
     if compose is None:
         return x, y
-    out = compose({"image": x[:-1], "mask": x[-1:], "label": y.astype(np.float32)})
-    image = np.asarray(out["image"], dtype=np.float32)
-    mask = (np.asarray(out["mask"]) > 0.5).astype(np.float32)
-    label = np.rint(np.asarray(out["label"])).astype(np.uint8)
+    out = compose({IMAGE: x[:-1], MASK: x[-1:], LABEL: y.astype(np.float32)})
+    image = convert_to_numpy(out[IMAGE], dtype=np.float32)
+    mask = (convert_to_numpy(out[MASK]) > 0.5).astype(np.float32)
+    label = np.rint(convert_to_numpy(out[LABEL])).astype(np.uint8)
     return np.concatenate([image, mask]), label

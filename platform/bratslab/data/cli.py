@@ -30,6 +30,12 @@ class LayoutChoice(str, Enum):
     brats2021 = "brats2021"
 
 
+class ShiftChoice(str, Enum):
+    none = "none"
+    mild = "mild"
+    strong = "strong"
+
+
 class DtypeChoice(str, Enum):
     float16 = "float16"
     float32 = "float32"
@@ -65,6 +71,13 @@ def synth(
     unlabeled: int = typer.Option(
         0, "--unlabeled", min=0, help="How many of the cases (the last ones) get no seg file."
     ),
+    shift: ShiftChoice = typer.Option(
+        ShiftChoice.none,
+        "--shift",
+        help="Scanner shift on top of the same phantom: none (clean), mild or strong "
+        "(BraTS-Africa-like: scanner gain, bias field, Rician noise, 3 mm slices, textured "
+        "tumours, dim enhancement, satellite lesions).",
+    ),
 ) -> None:
     """Write a synthetic BraTS-like dataset: brain phantom, 4 contrasts, nested tumours."""
     from bratslab.data.synth import synthesize_dataset
@@ -82,6 +95,7 @@ def synth(
             shape,
             spacing=spacing,
             unlabeled=unlabeled,
+            shift=shift.value,
             progress=True,
         )
     except ValueError as e:
@@ -101,11 +115,31 @@ def _print_failures(failures) -> None:
     Console(stderr=True).print(table)
 
 
+def validation_report(raw: Path, cases, failures) -> dict:
+    """What ``data validate --json`` prints: counts, the case ids that passed and were
+    quarantined, and every failure as in ``failures.json``."""
+    bad = {f.case for f in failures}
+    return {
+        "raw": str(raw),
+        "total": len(cases),
+        "ok": len(cases) - len(bad),
+        "ok_cases": [c.id for c in cases if c.id not in bad],
+        "quarantined": [c.id for c in cases if c.id in bad],
+        "failures": [f.to_dict() for f in failures],
+    }
+
+
 @data_app.command("validate", epilog=EXIT_DOC)
 def validate(
     raw: Path = typer.Argument(..., help="Raw dataset folder (BraTS 2021 or 2023+ layout)."),
     failures_json: Path | None = typer.Option(
         None, "--failures", help="Also write the failures to this JSON file."
+    ),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="Print a JSON report on stdout (total, ok, ok_cases, quarantined, failures) "
+        "instead of the summary and table; the exit status is the same.",
     ),
 ) -> None:
     """Check every case (files, gzip CRC, header, shapes, affines, NaN/Inf, labels)."""
@@ -122,15 +156,19 @@ def validate(
     if not cases:
         _fail(f"{raw}: no BraTS case found")
     failures = []
-    for case in track(cases, description="validate", transient=True):
+    for case in track(cases, description="validate", transient=True, disable=as_json):
         _, bad = load_case(case)
         failures.extend(bad)
     if failures_json:
         atomic.write_json(failures_json, [f.to_dict() for f in failures])
-    n_bad = len({f.case for f in failures})
-    typer.echo(f"{len(cases) - n_bad}/{len(cases)} cases OK")
+    if as_json:
+        typer.echo(json.dumps(validation_report(raw, cases, failures), indent=2))
+    else:
+        n_bad = len({f.case for f in failures})
+        typer.echo(f"{len(cases) - n_bad}/{len(cases)} cases OK")
+        if failures:
+            _print_failures(failures)
     if failures:
-        _print_failures(failures)
         raise typer.Exit(1)
 
 

@@ -1,19 +1,21 @@
-"""``PreprocessConfig``: every step of the seed's preprocessing, each one switchable."""
+"""The data stage's configs: ``PreprocessConfig`` (raw → store, every step switchable), and the
+training job's ``data`` section (``DataSection``, with its ``AugmentConfig``)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from bratslab.config import StrictModel
+from bratslab.config import ConfigError, StrictModel
 from bratslab.data.layout import MODALITIES
 
 
 class PreprocessConfig(StrictModel):
-    """How raw cases become store arrays (REFERENCE.md "Preprocessing in the seed").
+    """How raw cases become store arrays: the six BraTS preprocessing steps, each switchable.
 
     The steps, in order: (1) stack ``modalities``; (2) crop to the foreground box;
     (3) optional percentile rescale; (4) channel-wise z-score over non-zero voxels;
@@ -116,3 +118,222 @@ class PreprocessConfig(StrictModel):
         d = self.model_dump()
         blob = json.dumps({k: d[k] for k in keys}, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
+
+
+class AugmentConfig(StrictModel):
+    """Patch augmentation (MONAI ``Rand*d`` transforms); probabilities are per patch.
+
+    The transforms model scanner shift (nnU-Net's recipe plus MR-specific ones). Every
+    transform added for scanner shift defaults to probability 0 (off), so small jobs keep their
+    speed; real-data jobs switch them on. Intensity transforms touch the modalities only, never
+    the foreground-mask channel or the labels.
+    """
+
+    enabled: bool = Field(default=True, description="Apply augmentation to training patches.")
+    flip_prob: float = Field(default=0.5, ge=0, le=1, description="Flip probability per axis.")
+    rotate_prob: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="Random rotation probability. Rotation and scaling share one resampling "
+        "(RandAffined); each is drawn independently with its own probability.",
+    )
+    rotate_range_deg: float = Field(
+        default=30.0, ge=0, le=180, description="Max rotation about each axis (degrees)."
+    )
+    scale_prob: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="Random scaling probability (in the same resampling as the rotation).",
+    )
+    scale_range: float = Field(
+        default=0.15,
+        ge=0,
+        lt=1,
+        description="Scale factor drawn from 1 ± this value, independently per axis.",
+    )
+    noise_prob: float = Field(default=0.15, ge=0, le=1, description="Gaussian noise probability.")
+    noise_std: float = Field(
+        default=0.1,
+        ge=0,
+        description="Largest std of the Gaussian noise (z units); each patch draws its std "
+        "uniformly from [0, noise_std].",
+    )
+    intensity_prob: float = Field(
+        default=0.15,
+        ge=0,
+        le=1,
+        description="Per-modality intensity scale (×1 ± 0.25) and shift (± 0.1) probability "
+        "(the coarse transform that brightness_*, channel_scale_* and contrast_* refine).",
+    )
+    gamma_prob: float = Field(
+        default=0.15,
+        ge=0,
+        le=1,
+        description="Random gamma probability (RandAdjustContrastd; mean and std retained).",
+    )
+    gamma_range: tuple[float, float] = Field(
+        default=(0.7, 1.5), description="Range of the gamma exponent (both gamma transforms)."
+    )
+    gamma_invert_prob: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Probability of gamma on the inverted image (dark structures get the "
+        "curve bright ones get otherwise), mean and std retained, as nnU-Net does.",
+    )
+    bias_field_prob: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Probability of a smooth multiplicative bias field (RandBiasFieldd), one "
+        "field for all modalities, applied to the brain as a non-negative magnitude image.",
+    )
+    bias_field_coeff: float = Field(
+        default=0.1,
+        gt=0,
+        description="Polynomial coefficients of the log bias field drawn from ± this value "
+        "(0.1 gives fields of roughly ×0.6 to ×1.5 across a patch).",
+    )
+    bias_field_degree: int = Field(
+        default=3, ge=1, le=6, description="Degree of the bias field's Legendre polynomials."
+    )
+    rician_prob: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Probability of Rician noise (RandRicianNoised, low-SNR magnitude images), "
+        "applied to the brain as a non-negative magnitude image.",
+    )
+    rician_std: float = Field(
+        default=0.1,
+        gt=0,
+        description="Largest std of the Rician noise's Gaussian parts (z units); each "
+        "modality draws its std uniformly from [0, rician_std].",
+    )
+    blur_prob: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Gaussian smoothing probability (RandGaussianSmoothd).",
+    )
+    blur_sigma: tuple[float, float] = Field(
+        default=(0.5, 1.0), description="Range of the smoothing sigma per axis (voxels)."
+    )
+    lowres_prob: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Low-resolution simulation probability: down-sample (nearest) and "
+        "up-sample back (trilinear), like nnU-Net's SimulateLowResolutionTransform.",
+    )
+    lowres_zoom: tuple[float, float] = Field(
+        default=(0.5, 1.0),
+        description="Range of the down-sampling factor (1/3 mimics 3 mm slices on a 1 mm grid).",
+    )
+    lowres_axes: Literal["one", "all"] = Field(
+        default="one",
+        description="one: down-sample one random axis (thick slices); all: every axis by the "
+        "same factor (RandSimulateLowResolutiond, nnU-Net's choice).",
+    )
+    brightness_prob: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Probability of one multiplicative brightness factor for all modalities "
+        "(RandScaleIntensityd).",
+    )
+    brightness_range: float = Field(
+        default=0.25, ge=0, lt=1, description="Brightness factor drawn from 1 ± this value."
+    )
+    channel_scale_prob: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Probability of one intensity factor per modality "
+        "(RandScaleIntensityd channel_wise).",
+    )
+    channel_scale_range: float = Field(
+        default=0.25, ge=0, lt=1, description="Per-modality factor drawn from 1 ± this value."
+    )
+    contrast_prob: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Contrast probability: scale each modality about its mean, clipped to its "
+        "range (RandScaleIntensityFixedMeand, nnU-Net's ContrastAugmentationTransform).",
+    )
+    contrast_range: float = Field(
+        default=0.25, ge=0, lt=1, description="Contrast factor drawn from 1 ± this value."
+    )
+
+    @field_validator("gamma_range", "blur_sigma", "lowres_zoom")
+    @classmethod
+    def _check_range(cls, v: tuple[float, float], info) -> tuple[float, float]:
+        lo, hi = v
+        if not 0 < lo <= hi:
+            raise ValueError(f"{info.field_name} needs 0 < low <= high, not {list(v)}")
+        if info.field_name == "lowres_zoom" and hi > 1:
+            raise ValueError(f"lowres_zoom factors must be at most 1, not {list(v)}")
+        return v
+
+
+class DataSection(StrictModel):
+    """Which preprocessed store and fold to train on, and how patches are drawn."""
+
+    store: str = Field(
+        description="Preprocessed store folder (dataset.json inside). A relative path means "
+        "the folder of that name in the current directory if it exists there, otherwise under "
+        "$BRATSLAB_HOME; it is resolved once, when the job is loaded, and the log says which."
+    )
+    fold: int = Field(default=0, ge=0, description="Cross-validation fold from the store.")
+    foreground_oversample: float = Field(
+        default=1 / 3,
+        ge=0,
+        le=1,
+        description="Fraction of patches centred on a tumour voxel (nnU-Net uses 1/3).",
+    )
+    max_val_cases: int | None = Field(
+        default=None, ge=1, description="Validate on at most this many of the fold's cases."
+    )
+    prefetch_batches: int = Field(
+        default=2, ge=0, description="Batches prepared ahead by each worker's loader thread."
+    )
+    augment: AugmentConfig = Field(
+        default_factory=AugmentConfig, description="Training-patch augmentation."
+    )
+
+    def locate_store(self) -> tuple[Path, str]:
+        """``(absolute store folder, where it was found)``; where is ``"as given"`` (an absolute
+        path), ``"the current folder"`` or ``"$BRATSLAB_HOME"``.
+
+        Raises:
+            ConfigError: the folder is in neither place, or holds no ``dataset.json``; the
+                message names every path tried.
+        """
+        from bratslab.settings import get_settings
+
+        p = Path(self.store).expanduser()
+        if p.is_absolute():
+            candidates = [(p, "as given")]
+        else:
+            home = get_settings().home
+            candidates = [(p.absolute(), "the current folder"), (home / p, "$BRATSLAB_HOME")]
+        for path, where in candidates:
+            if path.is_dir():
+                if not (path / "dataset.json").is_file():
+                    raise ConfigError(
+                        f"data.store {self.store!r}: {path} is not a preprocessed store "
+                        "(no dataset.json); build one with `bratslab data preprocess RAW STORE`"
+                    )
+                return path, where
+        tried = " or ".join(str(path) for path, _ in candidates)
+        raise ConfigError(
+            f"data.store {self.store!r}: no such store (looked for {tried}); "
+            "build one with `bratslab data preprocess RAW STORE`"
+        )
+
+    def store_path(self) -> Path:
+        """The store folder as an absolute path (see :meth:`locate_store`)."""
+        return self.locate_store()[0]

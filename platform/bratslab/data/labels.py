@@ -1,9 +1,14 @@
 """BraTS label conventions and the overlapping regions models are trained on.
 
-Source conventions (REFERENCE.md): BraTS 2021 uses 0 bg, 1 NCR/NET, 2 ED, **4** ET; BraTS 2023+
+Source conventions: BraTS 2021 uses 0 bg, 1 NCR/NET, 2 ED, **4** ET; BraTS 2023+
 (GLI, SSA, PED, MEN, MET) uses **3** for ET. The store always holds ET = 3.
 
 Regions (sigmoid per channel, overlapping): WT = {1, 2, ET}, TC = {1, ET}, ET = {ET}.
+
+Models output either region probabilities (``output="regions"``: sigmoid WT/TC/ET) or label
+probabilities (``output="labels"``: softmax over store labels 0..3);
+:func:`probabilities_to_regions` and :func:`probabilities_to_labels` turn either into regions
+(for scoring) or labels in a source convention (for writing).
 """
 
 from __future__ import annotations
@@ -57,3 +62,28 @@ def regions_to_labels(regions: np.ndarray, et_label: int = STORE_ET) -> np.ndarr
     out[tc] = 1
     out[et] = et_label
     return out
+
+
+def probabilities_to_regions(probs: np.ndarray, output: str, threshold: float = 0.5) -> np.ndarray:
+    """Model probabilities ``(C, X, Y, Z)`` → bool regions ``(3, X, Y, Z)`` (WT, TC, ET).
+
+    Region models (``output="regions"``, C = 3): ``probs >= threshold``. Label models
+    (``output="labels"``, C = 4 store labels): argmax, then :func:`labels_to_regions`.
+    """
+    if output == "regions":
+        return probs >= threshold
+    return labels_to_regions(np.argmax(probs, axis=0).astype(np.uint8))
+
+
+def probabilities_to_labels(
+    probs: np.ndarray, output: str, et_label: int, threshold: float = 0.5
+) -> np.ndarray:
+    """Model probabilities ``(C, X, Y, Z)`` → labels ``(X, Y, Z)`` uint8 in a source convention.
+
+    Region models (``output="regions"``, sigmoid WT/TC/ET): threshold, then nested
+    reconstruction (ET → ``et_label``, TC∖ET → 1, WT∖TC → 2). Label models (softmax over store
+    labels 0..3): argmax, then ET 3 → ``et_label``.
+    """
+    if output == "regions":
+        return regions_to_labels(probs >= threshold, et_label=et_label)
+    return from_store_labels(np.argmax(probs, axis=0).astype(np.uint8), et_label)

@@ -1,6 +1,6 @@
 """BraTS file naming: case discovery, modality synonyms, layout and label-convention detection.
 
-Layouts (REFERENCE.md):
+Layouts:
 
 =============  ==========================================================  ===========
 layout         example                                                     ET label
@@ -30,7 +30,7 @@ ET_LABEL: dict[str, int] = {"brats2021": 4, "brats2023": 3}
 """Label of the enhancing tumour in each layout's convention."""
 
 # Synonyms are matched case-insensitively with '_' and '-' treated alike, longest first, as the
-# last part of a file's stem (REFERENCE.md "Modality synonyms").
+# last part of a file's stem.
 SYNONYMS: dict[str, str] = {
     "t1": "t1n",
     "t1n": "t1n",

@@ -1,6 +1,6 @@
 """Per-case metadata: where a store array came from and how to put predictions back.
 
-``{id}_meta.npy`` is the seed's ``[3, 3]`` int64 array::
+``{id}_meta.npy`` is a ``[3, 3]`` int64 array::
 
     [[x0, y0, z0],    # first voxel of the foreground box in the source volume (inclusive)
      [x1, y1, z1],    # end of the box (exclusive), so the crop is src[x0:x1, y0:y1, z0:z1]
@@ -70,7 +70,7 @@ class CaseMeta(BaseModel):
         return np.asarray(self.affine, dtype=np.float64)
 
     def meta_array(self) -> np.ndarray:
-        """The seed-style ``(3, 3)`` int64 array (see module docstring)."""
+        """The ``(3, 3)`` int64 array of ``{id}_meta.npy`` (see module docstring)."""
         return np.array([self.bbox_start, self.bbox_end, self.original_shape], dtype=np.int64)
 
 

@@ -1,13 +1,14 @@
-"""Raw case → store arrays: the seed's six steps, fast (float32, one pass per step, few copies).
+"""Raw case → store arrays: the six steps of :class:`PreprocessConfig`, fast (float32, one pass
+per step, few copies).
 
-Used offline by :func:`run_preprocess` (Ray, resumable) and again at prediction time
-(:func:`preprocess_case` in memory, :func:`restore_to_source` to go back).
+Used offline by :func:`bratslab.data.runner.run_preprocess` (Ray, resumable; it imports this
+module, never the other way round) and again at prediction time (:func:`preprocess_case` in
+memory, :func:`restore_to_source` to go back).
 """
 
 from __future__ import annotations
 
 import base64
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,6 @@ __all__ = [
     "preprocess_case",
     "preprocess_loaded",
     "restore_to_source",
-    "run_preprocess",
     "to_store_space",
     "write_case",
 ]
@@ -107,24 +107,73 @@ def _stats(values: np.ndarray) -> dict[str, float]:
     }
 
 
-def _store_into(dst: np.ndarray, src: np.ndarray) -> None:
-    """``dst[...] = src`` with a dtype cast; float32 → float16 through torch when it is loaded.
+def _store_into(dst: np.ndarray, src: np.ndarray, fast_cast: bool) -> None:
+    """``dst[...] = src`` with a dtype cast; with ``fast_cast``, float32 → float16 via torch.
 
     numpy's float16 conversion is scalar (10-30 ns per voxel, slowest around zeros); torch's
     is vectorised, ~20x faster and bit-identical (both round to nearest even). On a
-    240x240x155 case that cuts the normalisation CPU by about a quarter (0.22 → 0.17 s).
-    torch is only used if something already imported it (prediction, or a Ray task of a large
-    run, see :mod:`bratslab.data.runner`), never imported just for this.
+    240x240x155 case that cuts the normalisation CPU by about a quarter (0.22 → 0.17 s), but
+    importing torch costs seconds once per process, so the caller decides: prediction (torch
+    already loaded) and large store builds pass True (see :mod:`bratslab.data.runner`).
+    Without torch installed the numpy path is used; the bytes are the same either way.
     """
-    torch = sys.modules.get("torch")
-    if torch is not None and dst.dtype == np.float16 and src.dtype == np.float32:
-        torch.from_numpy(dst).copy_(torch.from_numpy(src))
+    if fast_cast and dst.dtype == np.float16 and src.dtype == np.float32:
+        try:
+            import torch
+        except ImportError:  # pragma: no cover - torch is a dependency of bratslab
+            torch = None
+        if torch is not None:
+            torch.from_numpy(dst).copy_(torch.from_numpy(src))
+            return
+    dst[...] = src
+
+
+def _normalise(work: np.ndarray, nz: np.ndarray, cfg: PreprocessConfig) -> dict[str, float]:
+    """Steps 3-4 in place on one channel's float32 crop ``work`` ``(x, y, z)``.
+
+    ``nz``: its non-zero voxels (background stays 0). Returns the channel's intensity stats.
+    """
+    n = int(np.count_nonzero(nz))
+    vals = work[nz]
+    st = _stats(vals) if n else _EMPTY_STATS.copy()
+    if cfg.percentile_rescale and n:  # step 3
+        lo, hi = np.percentile(vals, [cfg.percentile_low, cfg.percentile_high])
+        scale = cfg.rescale_max / max(float(hi - lo), 1e-6)
+        np.clip(work, lo, hi, out=work)
+        work -= np.float32(lo)
+        work *= np.float32(scale)
+        work *= nz  # background stays 0
+        vals = work[nz]
+        st["zscore_mean"], st["zscore_std"] = _mean_std(vals)
     else:
-        dst[...] = src
+        st["zscore_mean"], st["zscore_std"] = st["mean"], st["std"]
+    if cfg.zscore and n:  # step 4 (plain in-place ops beat masked or casting ufuncs here)
+        work -= np.float32(st["zscore_mean"])
+        work /= np.float32(st["zscore_std"] if st["zscore_std"] > 1e-8 else 1.0)
+        work *= nz  # background stays 0
+    return st
 
 
-def preprocess_loaded(loaded: LoadedCase, cfg: PreprocessConfig) -> PreprocessedCase:
-    """Run steps 1-6 on a validated in-memory case (see :class:`PreprocessConfig`)."""
+def _store_labels(loaded: LoadedCase, box: tuple, inner: tuple, target: list[int]):
+    """``(y (1, X, Y, Z) uint8 store labels or None, label_voxels)`` of the cropped, padded seg."""
+    if loaded.seg is None:
+        return None, {}
+    case = loaded.case
+    y = np.zeros((1, *target), dtype=np.uint8)
+    y[(0, *inner)] = to_store_labels(loaded.seg[box], case.et_label)
+    counts = loaded.label_counts
+    label_voxels = {"1": int(counts[1]), "2": int(counts[2]), "3": int(counts[case.et_label])}
+    return y, label_voxels
+
+
+def preprocess_loaded(
+    loaded: LoadedCase, cfg: PreprocessConfig, *, fast_cast: bool = False
+) -> PreprocessedCase:
+    """Run steps 1-6 on a validated in-memory case (see :class:`PreprocessConfig`).
+
+    ``fast_cast``: cast float32 → float16 with torch (importing it if needed; identical
+    bytes, faster once torch is loaded). Only matters for ``cfg.dtype == "float16"``.
+    """
     t0 = time.perf_counter()
     case = loaded.case
     imgs = [loaded.images[m] for m in cfg.modalities]
@@ -155,26 +204,8 @@ def preprocess_loaded(loaded: LoadedCase, cfg: PreprocessConfig) -> Preprocessed
         work[...] = im[box]  # step 1 + 2: F-ordered source → C-ordered float32 crop
         nz = work != 0
         fg_crop |= nz
-        n = int(np.count_nonzero(nz))
-        vals = work[nz]
-        st = _stats(vals) if n else _EMPTY_STATS.copy()
-        if cfg.percentile_rescale and n:  # step 3
-            lo, hi = np.percentile(vals, [cfg.percentile_low, cfg.percentile_high])
-            scale = cfg.rescale_max / max(float(hi - lo), 1e-6)
-            np.clip(work, lo, hi, out=work)
-            work -= np.float32(lo)
-            work *= np.float32(scale)
-            work *= nz  # background stays 0
-            vals = work[nz]
-            st["zscore_mean"], st["zscore_std"] = _mean_std(vals)
-        else:
-            st["zscore_mean"], st["zscore_std"] = st["mean"], st["std"]
-        intensity[name] = st
-        if cfg.zscore and n:  # step 4 (plain in-place ops beat masked or casting ufuncs here)
-            work -= np.float32(st["zscore_mean"])
-            work /= np.float32(st["zscore_std"] if st["zscore_std"] > 1e-8 else 1.0)
-            work *= nz  # background stays 0
-        _store_into(x[(c, *inner)], work)
+        intensity[name] = _normalise(work, nz, cfg)
+        _store_into(x[(c, *inner)], work, fast_cast)
     if cfg.foreground_channel:
         # bool → float16 casts are slow in numpy; writing the bit pattern of 1.0 through an
         # unsigned-int view of the same memory is ~50x faster and gives identical bytes.
@@ -183,17 +214,7 @@ def preprocess_loaded(loaded: LoadedCase, cfg: PreprocessConfig) -> Preprocessed
         np.multiply(fg_crop, one, out=x[n_ch - 1].view(uint)[inner])
     t1 = time.perf_counter()
 
-    y = None
-    label_voxels: dict[str, int] = {}
-    if loaded.seg is not None:
-        y = np.zeros((1, *target), dtype=np.uint8)
-        y[(0, *inner)] = to_store_labels(loaded.seg[box], case.et_label)
-        counts = loaded.label_counts
-        label_voxels = {
-            "1": int(counts[1]),
-            "2": int(counts[2]),
-            "3": int(counts[case.et_label]),
-        }
+    y, label_voxels = _store_labels(loaded, box, inner, target)
 
     meta = CaseMeta(
         format=META_FORMAT,
@@ -223,8 +244,12 @@ def preprocess_loaded(loaded: LoadedCase, cfg: PreprocessConfig) -> Preprocessed
     return PreprocessedCase(x=x, y=y, meta=meta, timings={"normalise": t1 - t0})
 
 
-def preprocess_case(raw_case: RawCase, cfg: PreprocessConfig | None = None) -> PreprocessedCase:
-    """Load, validate and preprocess one raw case in memory.
+def preprocess_case(
+    raw_case: RawCase, cfg: PreprocessConfig | None = None, *, fast_cast: bool = False
+) -> PreprocessedCase:
+    """Load, validate (:func:`~bratslab.data.validate.load_case`) and preprocess one case.
+
+    ``fast_cast``: see :func:`preprocess_loaded`.
 
     Returns:
         :class:`PreprocessedCase` with ``x`` ``(C, X, Y, Z)`` and ``y`` ``(1, X, Y, Z)``|None.
@@ -238,7 +263,7 @@ def preprocess_case(raw_case: RawCase, cfg: PreprocessConfig | None = None) -> P
     if loaded is None:
         raise CaseInvalid(failures)
     t1 = time.perf_counter()
-    out = preprocess_loaded(loaded, cfg)
+    out = preprocess_loaded(loaded, cfg, fast_cast=fast_cast)
     out.timings["load"] = t1 - t0
     return out
 
@@ -318,21 +343,3 @@ def outputs_complete(
         if got is None or got[0] != shape or got[1] != dtype:
             return None
     return meta
-
-
-def run_preprocess(
-    raw: str | Path,
-    out: str | Path,
-    cfg: PreprocessConfig | None = None,
-    workers: int = 2,
-    *,
-    use_ray: bool = True,
-    progress: bool = True,
-):
-    """Preprocess every case of ``raw`` into the store ``out`` (Ray tasks, resumable).
-
-    See :func:`bratslab.data.runner.run_preprocess` (returns a :class:`RunReport`).
-    """
-    from bratslab.data.runner import run_preprocess as _run
-
-    return _run(raw, out, cfg or PreprocessConfig(), workers, use_ray=use_ray, progress=progress)

@@ -64,7 +64,8 @@ FAST_CAST_MIN_CASES = 32
 def process_one(case_dict: dict, out_dir: str, cfg_dict: dict, fast_cast: bool = False) -> dict:
     """Preprocess and write one case unless its outputs are already complete (a Ray task body).
 
-    ``fast_cast`` imports torch (once per process) for the float16 conversion.
+    ``fast_cast``: cast to float16 through torch (imported once per process; identical bytes),
+    decided by the caller from the run's size (:data:`FAST_CAST_MIN_CASES`).
 
     Returns:
         ``{"id", "status": "done"|"skipped"|"failed", "meta": dict|None, "failures": [...],
@@ -83,9 +84,7 @@ def process_one(case_dict: dict, out_dir: str, cfg_dict: dict, fast_cast: bool =
                 result["timings"]["check"] = time.perf_counter() - t0
                 return result
         result["timings"]["check"] = time.perf_counter() - t0
-        if fast_cast and cfg.dtype == "float16":
-            import torch  # noqa: F401  (registers itself in sys.modules for _store_into)
-        pre = preprocess_case(case, cfg)
+        pre = preprocess_case(case, cfg, fast_cast=fast_cast)
         write_case(out_dir, pre)
         result["timings"].update(pre.timings)
         result.update(status="done", meta=pre.meta.model_dump(mode="json"))
@@ -148,7 +147,7 @@ def _iter_local(cases: list[RawCase], out: Path, cfg: PreprocessConfig) -> Itera
 def run_preprocess(
     raw: str | Path,
     out: str | Path,
-    cfg: PreprocessConfig,
+    cfg: PreprocessConfig | None = None,
     workers: int = 2,
     *,
     use_ray: bool = True,
@@ -160,7 +159,7 @@ def run_preprocess(
     Args:
         raw: raw dataset folder (any BraTS layout, see :mod:`bratslab.data.layout`).
         out: store folder (created).
-        cfg: preprocessing settings.
+        cfg: preprocessing settings (default: ``PreprocessConfig()``).
         workers: at most this many cases in flight (Ray tasks, 1 CPU each).
         use_ray: False (or ``workers == 0``) processes in this process, one case at a time.
         progress: show a rich progress bar on stderr.
@@ -170,6 +169,7 @@ def run_preprocess(
         :class:`RunReport`; ``OUT/dataset.json`` and ``OUT/failures.json`` are written.
     """
     t0 = time.perf_counter()
+    cfg = cfg or PreprocessConfig()
     # Absolute paths: Ray workers need not share the driver's working directory.
     raw, out = Path(raw).absolute(), Path(out).absolute()
     out.mkdir(parents=True, exist_ok=True)

@@ -10,9 +10,15 @@ no full-volume filtering), so a 240x240x155 case takes a fraction of a second to
 * four contrasts with plausible relative intensities (T1: WM > GM > CSF; T1c: bright ET rim;
   T2: CSF and oedema bright; FLAIR: CSF dark, oedema bright), a smooth bias field per modality,
   per-case scanner gain, Gaussian noise; int16, background exactly 0;
-* a BraTS-like affine (RAS axes flipped in x and y, like the released volumes).
+* a BraTS-like affine (RAS axes flipped in x and y, like the released volumes);
+* optionally (``shift="mild"|"strong"``) a BraTS-Africa-like scanner shift on top of the same
+  phantom: per-case scanner gain, a strong coil bias field, Rician noise (low SNR), thick
+  slices along one random axis reconstructed to the volume's grid, textured tumours, dim
+  enhancement and a few small satellite lesions (see ``SHIFTS``).
 
-Deterministic per ``(seed, case index)``; gzip streams carry no timestamp.
+Deterministic per ``(seed, case index)``; gzip streams carry no timestamp. The shift draws from
+its own random stream, so ``shift="none"`` gives exactly the clean phantom, and a shifted case
+has the clean case's anatomy, main tumours and noise.
 """
 
 from __future__ import annotations
@@ -20,10 +26,13 @@ from __future__ import annotations
 import gzip
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage
 
 from bratslab import atomic
 
@@ -89,8 +98,20 @@ def _axes(shape, spacing, center):
     ]
 
 
-def _lesion(rng, tissue, brain, spacing, semi, brain_centre, has_et: bool) -> None:
-    """Paint one lesion (ED shell, ET rim, NCR core) into ``tissue`` in place."""
+def _lesion(
+    rng,
+    tissue,
+    brain,
+    spacing,
+    semi,
+    brain_centre,
+    has_et: bool,
+    radius_mm: tuple[float, float] = (7.0, 20.0),
+    min_radius_mm: float = 0.0,
+) -> None:
+    """Paint one lesion (ED shell, ET rim, NCR core) into ``tissue`` in place; its core radius
+    is drawn from ``radius_mm`` (for a 240 mm field of view; it scales with the brain), and is
+    at least ``min_radius_mm``."""
     shape = tissue.shape[::-1]  # logical (X, Y, Z)
     # Centre inside the inner half of the brain ellipsoid (in units of its semi-axes).
     while True:
@@ -100,7 +121,7 @@ def _lesion(rng, tissue, brain, spacing, semi, brain_centre, has_et: bool) -> No
     centre_mm = u * np.asarray(semi)
     centre = [b + c / s for b, c, s in zip(brain_centre, centre_mm, spacing, strict=True)]
     size = min(semi) / 65.0  # lesion sizes scale with the brain
-    r = float(rng.uniform(7.0, 20.0)) * size  # tumour-core radius, mm
+    r = max(float(rng.uniform(*radius_mm)) * size, min_radius_mm)  # tumour-core radius, mm
     ef = float(rng.uniform(1.4, 2.2))  # oedema extends to ef * r
     ncr_frac = float(rng.uniform(0.35, 0.7))
     # Oedema encloses the core by a margin of at least two voxels (small volumes have small
@@ -136,19 +157,190 @@ def _lesion(rng, tissue, brain, spacing, semi, brain_centre, has_et: bool) -> No
         t[(dc < 0.8) & inside] = NCR
 
 
+Shift = Literal["none", "mild", "strong"]
+
+
+@dataclass(frozen=True)
+class ShiftProfile:
+    """A BraTS-Africa-like scanner and protocol shift, relative to the clean phantom."""
+
+    gain: tuple[float, float]  # per-case scanner gain (all modalities), log-uniform range
+    gain_spread: float  # per-modality gain, log-uniform in exp(± this)
+    bias: float  # amplitude of the shared coil bias field (log units, per axis)
+    rician: float  # Rician noise sigma relative to the modality's scale
+    slice_mm: float  # acquired slice thickness along one random axis (mm)
+    texture: float  # relative amplitude of the texture inside tumours
+    enhancement: float  # fraction of ET's T1c enhancement (over oedema) that is left
+    satellites: tuple[int, int]  # number of small satellite lesions, inclusive range
+
+
+SHIFTS: dict[str, ShiftProfile] = {
+    "mild": ShiftProfile(
+        gain=(0.6, 1.7),
+        gain_spread=0.15,
+        bias=0.12,
+        rician=0.05,
+        slice_mm=2.0,
+        texture=0.08,
+        enhancement=0.7,
+        satellites=(0, 2),
+    ),
+    "strong": ShiftProfile(
+        gain=(0.25, 4.0),
+        gain_spread=0.3,
+        bias=0.25,
+        rician=0.12,
+        slice_mm=3.0,
+        texture=0.15,
+        enhancement=0.4,
+        satellites=(2, 4),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ShiftDraw:
+    """One case's draw of a ``ShiftProfile``: the thick-slice axis (0=x), the scanner gain, the
+    per-modality gains and tumour-texture amplitudes (MODALITIES order), the satellite count."""
+
+    profile: ShiftProfile
+    axis: int
+    gain: float
+    modality_gain: tuple[float, ...]
+    texture_amp: tuple[float, ...]
+    satellites: int
+
+
+def _shift_rng(seed: int | Sequence[int]) -> np.random.Generator:
+    """The shift's own stream, independent of the phantom's (a child of the same seed)."""
+    return np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
+
+
+def _draw(rng: np.random.Generator, profile: ShiftProfile) -> ShiftDraw:
+    lo, hi = np.log(profile.gain)
+    n = len(MODALITIES)
+    return ShiftDraw(
+        profile=profile,
+        axis=int(rng.integers(3)),
+        gain=float(np.exp(rng.uniform(lo, hi))),
+        modality_gain=tuple(np.exp(rng.uniform(-1, 1, n) * profile.gain_spread).tolist()),
+        texture_amp=tuple((rng.uniform(0.5, 1.0, n) * profile.texture).tolist()),
+        satellites=int(rng.integers(profile.satellites[0], profile.satellites[1] + 1)),
+    )
+
+
+def _check_shift(shift: str) -> None:
+    if shift != "none" and shift not in SHIFTS:
+        raise ValueError(
+            f"shift must be one of ['none', {', '.join(map(repr, SHIFTS))}], not {shift!r}"
+        )
+
+
+def shift_draw(seed: int | Sequence[int], shift: Shift) -> ShiftDraw | None:
+    """What ``synthesize_case(seed, ..., shift=shift)`` draws for its shift (None for "none")."""
+    _check_shift(shift)
+    return None if shift == "none" else _draw(_shift_rng(seed), SHIFTS[shift])
+
+
+def _noise_views(field: np.ndarray) -> list[np.ndarray]:
+    """Four voxel-wise uncorrelated views of one Gaussian field (flips and shifts of it): drawing
+    normals is the slowest step of the phantom."""
+    nz, ny, nx = field.shape
+    return [
+        field,
+        field[::-1, ::-1, ::-1],
+        np.roll(field, (0, ny // 2, nx // 3), axis=(0, 1, 2)),
+        np.roll(field[::-1], (nz // 2, ny // 3, 0), axis=(0, 1, 2)),
+    ]
+
+
+def _thick_slices(img: np.ndarray, axis: int, k: int) -> np.ndarray:
+    """Slices ``k`` voxels thick along array ``axis`` (each the mean of its ``k`` voxels, as a
+    box slice profile), reconstructed to the original grid by linear interpolation between
+    slice centres."""
+    n = img.shape[axis]
+    m = -(-n // k)
+    pad = [(0, 0)] * img.ndim
+    pad[axis] = (0, m * k - n)
+    blocks = np.pad(img, pad, mode="edge")
+    shape = list(img.shape)
+    shape[axis : axis + 1] = [m, k]
+    blocks = blocks.reshape(shape).mean(axis=axis + 1, dtype=np.float32)
+    pos = (np.arange(n, dtype=np.float32) - (k - 1) / 2) / k  # in units of slices
+    i0 = np.clip(np.floor(pos), 0, m - 1).astype(np.intp)
+    i1 = np.minimum(i0 + 1, m - 1)
+    w = np.clip(pos - i0, 0, 1).astype(np.float32)
+    w = w.reshape([-1 if a == axis else 1 for a in range(img.ndim)])
+    return np.take(blocks, i0, axis=axis) * (1 - w) + np.take(blocks, i1, axis=axis) * w
+
+
+class _Scanner:
+    """Applies one case's ``ShiftDraw`` to the phantom's contrasts (arrays in (Z, Y, X) order,
+    the brain's bounding box)."""
+
+    def __init__(self, draw: ShiftDraw, rng: np.random.Generator, tissue, axes, spacing):
+        self.draw, self.p = draw, draw.profile
+        shape = tissue.shape
+        x, y, z = axes
+        # Coil bias field shared by all contrasts: smooth, long-period, separable.
+        b = self.p.bias
+        self.bias = (
+            np.exp(b * _wave(rng, x, 180, 2))
+            * np.exp(b * _wave(rng, y, 180, 2))
+            * np.exp(b * _wave(rng, z, 180, 2))
+        )
+        # Tumour texture: smoothed white noise (~2 mm grain), unit std inside the tumour; only
+        # the tumour's bounding box is filtered.
+        self.tumour = tissue >= ED
+        self.texture = np.zeros(shape, dtype=np.float32)
+        if self.tumour.any():
+            sub = ndimage.find_objects(self.tumour.astype(np.int8))[0]
+            noise = rng.standard_normal(self.texture[sub].shape, dtype=np.float32)
+            tex = ndimage.gaussian_filter(noise, [2.0 / s for s in spacing[::-1]])
+            self.texture[sub] = tex / max(float(tex[self.tumour[sub]].std()), 1e-6)
+        self.n1 = _noise_views(rng.standard_normal(shape, dtype=np.float32))
+        self.n2 = _noise_views(rng.standard_normal(shape, dtype=np.float32))
+        self.k = max(1, round(self.p.slice_mm / spacing[draw.axis]))
+
+    def levels(self, m: str, levels: tuple[float, ...]) -> tuple[float, ...]:
+        """Dim enhancement: ET keeps only part of its T1c excess over oedema."""
+        if m != "t1c":
+            return levels
+        out = list(levels)
+        out[ET] = levels[ED] + (levels[ET] - levels[ED]) * self.p.enhancement
+        return tuple(out)
+
+    def texture_factor(self, i: int) -> np.ndarray:
+        amp = np.float32(self.draw.texture_amp[i])
+        return np.where(self.tumour, 1 + amp * self.texture, np.float32(1)).astype(np.float32)
+
+    def acquire(self, i: int, img: np.ndarray, gain: float) -> np.ndarray:
+        """Coil bias, Rician noise (magnitude of complex Gaussian noise), thick slices along the
+        drawn axis, then the scanner's gain."""
+        img = img * self.bias
+        s = np.float32(self.p.rician * gain)
+        img = np.sqrt((img + s * self.n1[i]) ** 2 + (s * self.n2[i]) ** 2)
+        if self.k > 1:
+            img = _thick_slices(img, 2 - self.draw.axis, self.k)
+        img *= np.float32(self.draw.gain * self.draw.modality_gain[i])
+        return np.minimum(img, np.float32(np.iinfo(np.int16).max), out=img)
+
+
 def synthesize_case(
     seed: int | Sequence[int],
     shape: Sequence[int] = (240, 240, 155),
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     et_label: int = 3,
+    shift: Shift = "none",
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """Generate one case in memory.
+    """Generate one case in memory; ``shift`` adds a scanner shift (see ``SHIFTS``).
 
     Returns:
         ``(images, seg, affine)``: ``images`` maps t1n, t1c, t2w, t2f to ``(X, Y, Z)`` int16
         (0 outside the brain, >= 1 inside); ``seg`` ``(X, Y, Z)`` uint8 with 0 bg, 1 NCR, 2 ED,
         ``et_label`` ET; ``affine`` ``(4, 4)`` float64 (mm).
     """
+    _check_shift(shift)
     rng = np.random.default_rng(seed)
     full_shape = tuple(int(s) for s in shape)
     spacing = tuple(float(s) for s in spacing)
@@ -165,8 +357,43 @@ def synthesize_case(
         for n, c, a, s in zip(full_shape, centre, semi, spacing, strict=True)
     ]
     shape = tuple(h - lo_ for lo_, h in zip(lo, hi, strict=True))
-    x, y, z = _axes(shape, spacing, [c - lo_ for c, lo_ in zip(centre, lo, strict=True)])
+    axes = _axes(shape, spacing, [c - lo_ for c, lo_ in zip(centre, lo, strict=True)])
+    brain, tissue = _anatomy(rng, shape, spacing, semi, axes)
 
+    has_et = rng.random() > 0.2
+    n_lesions = int(rng.choice([1, 2, 3], p=[0.6, 0.3, 0.1]))
+    box_centre = [c - lo_ for c, lo_ in zip(centre, lo, strict=True)]
+    for _ in range(n_lesions):
+        _lesion(rng, tissue, brain, spacing, semi, box_centre, has_et)
+    scanner = None
+    if shift != "none":
+        srng = _shift_rng(seed)
+        draw = _draw(srng, SHIFTS[shift])
+        for _ in range(draw.satellites):  # small lesions, 2.5-5 mm core radius, >= 1.5 voxels
+            floor = 1.5 * max(spacing)
+            _lesion(srng, tissue, brain, spacing, semi, box_centre, has_et, (2.5, 5.0), floor)
+        scanner = _Scanner(draw, srng, tissue, axes, spacing)
+
+    box = _rev_box(lo, hi)
+    lut = np.zeros(8, dtype=np.uint8)
+    lut[[ED, ET, NCR]] = [2, et_label, 1]
+    seg = np.zeros(full_shape[::-1], dtype=np.uint8)
+    idx = tissue.astype(np.intp)  # one conversion serves five table look-ups
+    seg[box] = lut.take(idx)
+
+    images = {}
+    contrasts = _contrasts(rng, idx, brain, axes, scanner)
+    for m, img in zip(MODALITIES, contrasts, strict=True):
+        out = np.zeros(full_shape[::-1], dtype=np.int16)
+        out[box] = img
+        images[m] = out.T  # (X, Y, Z), Fortran-ordered
+    return images, seg.T, brats_affine(full_shape, spacing)
+
+
+def _anatomy(rng, shape, spacing, semi, axes) -> tuple[np.ndarray, np.ndarray]:
+    """``(brain, tissue)`` in the brain's box ((Z, Y, X) order): the brain mask, and tissue
+    classes WM, GM (a gyral cortex), CSF (sulci, fissure, ventricles), BG outside the brain."""
+    x, y, z = axes
     # Normalised radius with a bumpy surface (separable, so it costs a few broadcasts).
     r2 = (x / semi[0]) ** 2 + (y / semi[1]) ** 2 + (z / semi[2]) ** 2
     bumps = 0.05 * (_wave(rng, x, 40) + _wave(rng, y, 40) + _wave(rng, z, 40))
@@ -183,45 +410,36 @@ def synthesize_case(
         v = vx**2 + ((y + 0.05 * semi[1]) / (0.32 * semi[1])) ** 2 + (z / (0.14 * semi[2])) ** 2
         tissue[v < 1.0] = CSF
     tissue[~brain] = BG
+    return brain, tissue
 
-    has_et = rng.random() > 0.2
-    n_lesions = int(rng.choice([1, 2, 3], p=[0.6, 0.3, 0.1]))
-    for _ in range(n_lesions):
-        box_centre = [c - lo_ for c, lo_ in zip(centre, lo, strict=True)]
-        _lesion(rng, tissue, brain, spacing, semi, box_centre, has_et)
 
-    box = _rev_box(lo, hi)
-    lut = np.zeros(8, dtype=np.uint8)
-    lut[[ED, ET, NCR]] = [2, et_label, 1]
-    seg = np.zeros(full_shape[::-1], dtype=np.uint8)
-    idx = tissue.astype(np.intp)  # one conversion serves five table look-ups
-    seg[box] = lut.take(idx)
-
-    # One Gaussian field serves all four modalities through different flips and shifts: drawing
-    # normals is the slowest step, and the shifted copies are uncorrelated voxel by voxel.
-    base = rng.standard_normal(shape[::-1], dtype=np.float32)
-    views = [
-        base,
-        base[::-1, ::-1, ::-1],
-        np.roll(base, (0, shape[1] // 2, shape[0] // 3), axis=(0, 1, 2)),
-        np.roll(base[::-1], (shape[2] // 2, shape[1] // 3, 0), axis=(0, 1, 2)),
-    ]
-    images = {}
-    for m, noise in zip(MODALITIES, views, strict=True):
+def _contrasts(rng, idx, brain, axes, scanner: _Scanner | None) -> list[np.ndarray]:
+    """The four contrasts (MODALITIES order) in the brain's box, float32, 0 outside the brain
+    and >= 1 inside: tissue levels, a mild bias field, per-modality gain, Gaussian noise, then
+    ``scanner``'s shift if any."""
+    x, y, z = axes
+    # One Gaussian field serves all four modalities through different flips and shifts.
+    views = _noise_views(rng.standard_normal(idx.shape, dtype=np.float32))
+    out = []
+    for i, (m, noise) in enumerate(zip(MODALITIES, views, strict=True)):
         levels, scale = CONTRAST[m]
         gain = scale * float(rng.uniform(0.8, 1.25))
+        if scanner is not None:
+            levels = scanner.levels(m, levels)
         table = np.asarray(levels, dtype=np.float32) * np.float32(gain)
         img = table.take(idx)
+        if scanner is not None:
+            img *= scanner.texture_factor(i)
         # Smooth multiplicative bias field (separable product, ~ +-10 %).
         img *= (1 + 0.1 * _wave(rng, x, 150, 2)) * (1 + 0.1 * _wave(rng, y, 150, 2))
         img *= 1 + 0.1 * _wave(rng, z, 150, 2)
         img += noise * np.float32(NOISE * gain)
+        if scanner is not None:
+            img = scanner.acquire(i, img, gain)
         np.maximum(img, 1.0, out=img)  # skull-stripped: every brain voxel is > 0
         img *= brain
-        out = np.zeros(full_shape[::-1], dtype=np.int16)
-        out[box] = img
-        images[m] = out.T  # (X, Y, Z), Fortran-ordered
-    return images, seg.T, brats_affine(full_shape, spacing)
+        out.append(img)
+    return out
 
 
 def _nifti_gz(data: np.ndarray, affine: np.ndarray) -> bytes:
@@ -272,13 +490,17 @@ def synthesize_dataset(
     unlabeled: int = 0,
     cohort: str = "GLI",
     progress: bool = False,
+    shift: Shift = "none",
 ) -> list[Path]:
     """Write ``n_cases`` synthetic cases in ``layout``; the last ``unlabeled`` have no seg.
+    ``shift`` "mild" or "strong" writes a domain-shift set (BraTS-Africa-like scanners, see
+    ``SHIFTS``) with the same anatomy and main tumours as "none" (the clean phantom).
 
     Returns:
         The case folders, in order. Case ``i`` depends only on ``(seed, i)``, ``shape``,
-        ``spacing`` and the layout's ET label.
+        ``spacing``, the layout's ET label and ``shift``.
     """
+    _check_shift(shift)
     if layout not in ET_LABEL:
         raise ValueError(f"layout must be one of {sorted(ET_LABEL)}, not {layout!r}")
     if n_cases < 0 or not 0 <= unlabeled <= n_cases:
@@ -295,7 +517,9 @@ def synthesize_dataset(
         tid = bar.add_task("synthesise", total=n_cases)
     try:
         for i in range(n_cases):
-            images, seg, affine = synthesize_case((seed, i), shape, spacing, ET_LABEL[layout])
+            images, seg, affine = synthesize_case(
+                (seed, i), shape, spacing, ET_LABEL[layout], shift
+            )
             labeled = i < n_cases - unlabeled
             cid = case_id_for(i, layout, cohort)
             folders.append(

@@ -1,25 +1,23 @@
 """Load and validate raw BraTS cases; every problem becomes a :class:`Failure` naming the file.
 
-nibabel loads lazily: a truncated ``.nii.gz`` only fails at ``get_fdata()``, a damaged gzip CRC
-is not noticed unless the whole stream is decompressed, and NaN/Inf pass silently (REFERENCE.md).
-So each file is read here exactly once: the header (the first 352 inflated bytes) is parsed and
-checked first, so absurd dimensions and decompression bombs are refused before anything large is
-allocated; then the whole gzip stream is decompressed (which verifies every CRC32 and length
-trailer) and the voxels become a zero-copy view of those bytes.
+Each file is read once by :func:`bratslab.data.nifti.load_nifti`, which checks the header
+before anything large is allocated, the file size against the header, every gzip CRC, the
+voxel type, voxel sizes and NaN/Inf. On top of that, :func:`load_case` checks the case as a
+whole. Preprocessing reads cases through :func:`load_case` too, so ``data validate`` and
+``data preprocess`` reject exactly the same cases for the same reasons.
 
-Classes detected: missing/duplicate modality, empty file, unreadable file (not NIfTI, I/O
-error), truncated file, corrupt gzip (incl. CRC trailer), absurd header dimensions, non-3-D
-image, shape or affine mismatch between modalities and seg, NaN/Inf voxels, non-integer labels,
-labels outside the layout's convention, images with no non-zero voxel.
+Classes detected: missing/duplicate modality, empty file, unreadable file (not NIfTI-1, I/O
+error), truncated file, trailing data, corrupt gzip (incl. CRC trailer), absurd header
+dimensions or sizes, non-3-D image, voxel types that are not real scalars (RGB, complex),
+non-finite or non-positive voxel sizes, shape or affine mismatch between modalities and seg,
+NaN/Inf voxels, intensities beyond float32, non-integer labels, labels outside the layout's
+convention, images with no non-zero voxel.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
-import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,24 +25,21 @@ import nibabel as nib
 import numpy as np
 
 from bratslab.data.layout import MODALITIES, RawCase
+from bratslab.data.nifti import (
+    MAX_BYTES,
+    MAX_DIM,
+    MAX_VOXELS,
+    NiftiError,
+    NiftiVolume,
+    load_nifti,
+)
 
-try:  # ISA-L's inflate is ~1.6x faster than zlib's, same format and checks (optional)
-    from isal import isal_zlib as _inflate
-except ImportError:  # pragma: no cover - depends on the environment
-    _inflate = zlib
-
-MAX_DIM = 2048  # voxels per axis; BraTS is 240x240x155, anything this large is a broken header
-MAX_VOXELS = 512 * 1024 * 1024  # per image, checked before any allocation
 AFFINE_ATOL = 1e-3  # mm: co-registered BraTS modalities share an affine up to float noise
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-class CaseError(Exception):
-    """A problem with one file of a case; ``str()`` is ``"<file>: <reason>"``."""
-
-    def __init__(self, file: str | Path, reason: str):
-        super().__init__(f"{file}: {reason}")
-        self.file = str(file)
-        self.reason = reason
+class CaseError(NiftiError):
+    """A problem with one file of a case found after reading it (e.g. its labels)."""
 
 
 @dataclass
@@ -57,165 +52,6 @@ class Failure:
 
     def to_dict(self) -> dict:
         return {"case": self.case, "file": self.file, "reason": self.reason}
-
-
-@dataclass
-class NiftiVolume:
-    """One decoded NIfTI image.
-
-    Attributes:
-        data: ``(X, Y, Z)`` voxels in the file's dtype (scaled to float32 if the header sets
-            ``scl_slope``/``scl_inter``); Fortran-ordered view of the decompressed bytes.
-        affine: ``(4, 4)`` float64 voxel → world (mm) transform (sform, else qform).
-        zooms: voxel size in mm, ``(3,)``.
-        header: the nibabel :class:`~nibabel.Nifti1Header`.
-        sha256: hash of the file as stored on disk (compressed bytes).
-    """
-
-    data: np.ndarray
-    affine: np.ndarray
-    zooms: tuple[float, float, float]
-    header: nib.Nifti1Header
-    sha256: str
-
-
-_GZIP_SLACK = 1 << 16  # bytes tolerated after the voxel data (some writers pad files)
-
-
-@dataclass
-class _HeaderInfo:
-    header: nib.Nifti1Header
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    offset: int
-    nvox: int
-
-    @property
-    def size(self) -> int:
-        """Bytes the file needs: header, extensions and voxel data."""
-        return self.offset + self.nvox * self.dtype.itemsize
-
-
-def _check_header(head: bytes, path: Path, max_dim: int, max_voxels: int) -> _HeaderInfo:
-    """Parse the first 352 bytes and reject absurd dimensions before anything is allocated."""
-    if len(head) < 348:
-        raise CaseError(path, f"truncated: {len(head)} bytes, shorter than a NIfTI header")
-    try:
-        header = nib.Nifti1Header.from_fileobj(io.BytesIO(head[:352]), check=True)
-    except Exception as e:  # nibabel raises HeaderDataError / ValueError / struct errors
-        raise CaseError(path, f"unreadable: not a NIfTI-1 header ({e})") from e
-    dim = header["dim"]
-    ndim = int(dim[0])
-    if not 1 <= ndim <= 7:
-        raise CaseError(path, f"absurd header: dim[0]={ndim}")
-    shape = tuple(int(s) for s in dim[1 : ndim + 1])
-    if any(s < 1 or s > max_dim for s in shape):
-        raise CaseError(path, f"absurd header dimensions {shape} (each must be 1..{max_dim})")
-    nvox = int(np.prod(shape, dtype=np.int64))
-    if nvox > max_voxels:
-        raise CaseError(path, f"absurd header dimensions {shape}: {nvox} voxels")
-    while len(shape) > 3 and shape[-1] == 1:
-        shape = shape[:-1]
-    if len(shape) != 3:
-        raise CaseError(path, f"not a 3-D image: shape {shape}")
-    try:
-        dtype = header.get_data_dtype()
-    except Exception as e:
-        raise CaseError(path, f"unreadable: unsupported datatype ({e})") from e
-    offset = int(header["vox_offset"])
-    if offset < 348 or offset > 1 << 24:
-        raise CaseError(path, f"absurd header: vox_offset={offset}")
-    return _HeaderInfo(header, shape, dtype, offset, nvox)
-
-
-def _gunzip(raw: bytes, path: Path, limit_for: Callable[[bytes], int]) -> bytes:
-    """Decompress a whole (possibly multi-member) gzip stream, verifying every CRC trailer.
-
-    The first 352 bytes are inflated alone and handed to ``limit_for`` (which checks the header
-    and returns how many bytes the file may hold), so a forged header or a decompression bomb
-    is rejected before the rest is inflated.
-    """
-    try:
-        head = _inflate.decompressobj(wbits=16 + zlib.MAX_WBITS).decompress(raw, 352)
-        limit = limit_for(head)
-        out: list[bytes] = []
-        total = 0
-        data = raw
-        while True:
-            d = _inflate.decompressobj(wbits=16 + zlib.MAX_WBITS)
-            chunk = d.decompress(data, limit + 1 - total)
-            total += len(chunk)
-            out.append(chunk)
-            if total > limit:
-                raise CaseError(
-                    path, f"decompresses to more than the {limit} bytes its header declares"
-                )
-            if not d.eof:
-                raise CaseError(path, "truncated gzip stream (file cut short)")
-            data = d.unused_data
-            if not data.strip(b"\x00"):  # trailing zero padding is tolerated by gzip readers
-                break
-    except (zlib.error, _inflate.error) as e:
-        msg = str(e)
-        if any(t in msg.lower() for t in ("data check", "length check", "checksum")):
-            raise CaseError(path, f"corrupt gzip: damaged CRC/length trailer ({msg})") from e
-        raise CaseError(path, f"corrupt gzip stream ({msg})") from e
-    return out[0] if len(out) == 1 else b"".join(out)
-
-
-def read_nifti(path: str | Path, *, max_dim: int = MAX_DIM, max_voxels: int = MAX_VOXELS):
-    """Read and check one ``.nii``/``.nii.gz`` file completely.
-
-    Returns:
-        :class:`NiftiVolume` with ``data`` of shape ``(X, Y, Z)`` (a trailing singleton 4th
-        dimension is dropped).
-
-    Raises:
-        CaseError: naming ``path`` and the problem (empty, unreadable, truncated, corrupt gzip,
-            absurd dimensions, not 3-D, NaN/Inf voxels).
-    """
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise CaseError(path, f"unreadable ({e.strerror or e})") from e
-    if not raw:
-        raise CaseError(path, "empty file")
-    sha = hashlib.sha256(raw).hexdigest()
-    if raw[:2] == b"\x1f\x8b":
-        found: list[_HeaderInfo] = []
-
-        def limit_for(head: bytes) -> int:
-            found.append(_check_header(head, path, max_dim, max_voxels))
-            return found[0].size + _GZIP_SLACK
-
-        raw = _gunzip(raw, path, limit_for)
-        info = found[0]
-    elif path.name.lower().endswith(".gz"):
-        raise CaseError(path, "not a gzip file despite the .gz suffix")
-    else:
-        info = _check_header(raw[:352], path, max_dim, max_voxels)
-    if len(raw) < info.size:
-        raise CaseError(
-            path, f"truncated: voxel data needs {info.size} bytes, the file holds {len(raw)}"
-        )
-    header = info.header
-    # Hand the verified bytes to nibabel (no copy: BytesIO shares an immutable buffer) for the
-    # affine logic (sform vs qform); the voxels are a zero-copy view of the same bytes.
-    img = nib.Nifti1Image.from_bytes(raw)
-    data = np.frombuffer(raw, dtype=info.dtype, count=info.nvox, offset=info.offset)
-    data = data.reshape(info.shape, order="F")
-    slope, inter = header.get_slope_inter()
-    if (slope is not None and slope != 1.0) or (inter is not None and inter != 0.0):
-        data = data.astype(np.float32) * np.float32(slope or 1.0) + np.float32(inter or 0.0)
-    if data.dtype.kind == "f" and not np.isfinite(data).all():
-        n = int(np.count_nonzero(~np.isfinite(data)))
-        raise CaseError(path, f"{n} NaN/Inf voxels")
-    affine = img.affine
-    if affine is None or not np.isfinite(affine).all():
-        raise CaseError(path, "header has no valid affine")
-    zooms = tuple(float(z) for z in header.get_zooms()[:3])
-    return NiftiVolume(data=data, affine=affine, zooms=zooms, header=header, sha256=sha)
 
 
 @dataclass
@@ -302,39 +138,42 @@ def detect_et_label(case: RawCase, seg: np.ndarray) -> RawCase:
     return case if et == case.et_label else dataclasses.replace(case, et_label=et)
 
 
-def load_case(case: RawCase, *, max_dim: int = MAX_DIM, max_voxels: int = MAX_VOXELS):
-    """Read and validate every file of ``case``.
-
-    Returns:
-        ``(LoadedCase | None, list[Failure])``: the case if nothing is wrong, else None and
-        every problem found (each file is checked even after an earlier one failed).
-    """
-    failures = [Failure(case.id, f, r) for f, r in case.problems]
+def _read_files(case: RawCase, limits: dict) -> tuple[dict[str, NiftiVolume], list[Failure]]:
+    """Every file of ``case`` through the guarded loader; one failure per unreadable file."""
     vols: dict[str, NiftiVolume] = {}
+    failures: list[Failure] = []
     for key, path in case.all_files().items():
         try:
-            vols[key] = read_nifti(path, max_dim=max_dim, max_voxels=max_voxels)
-        except CaseError as e:
+            vols[key] = load_nifti(path, **limits)
+        except NiftiError as e:
             failures.append(Failure(case.id, e.file, e.reason))
-    if failures:
-        return None, failures
+        except Exception as e:  # a reader bug must not hide the other files' problems
+            reason = f"internal error while reading: {type(e).__name__}: {e}"
+            failures.append(Failure(case.id, str(path), reason))
+    return vols, failures
 
+
+def _check_together(case: RawCase, vols: dict[str, NiftiVolume]):
+    """Case-level checks of readable files: ``(case with its ET label, seg, counts, failures)``."""
+    files = case.all_files()
     ref_key = MODALITIES[0]
     ref = vols[ref_key]
+    failures: list[Failure] = []
     for key, vol in vols.items():
-        path = case.all_files()[key]
         if vol.data.shape != ref.data.shape:
-            failures.append(
-                Failure(
-                    case.id,
-                    str(path),
-                    f"shape {vol.data.shape} differs from {ref_key} {ref.data.shape}",
-                )
-            )
+            reason = f"shape {vol.data.shape} differs from {ref_key} {ref.data.shape}"
+            failures.append(Failure(case.id, str(files[key]), reason))
         elif not np.allclose(vol.affine, ref.affine, rtol=0, atol=AFFINE_ATOL):
-            failures.append(
-                Failure(case.id, str(path), f"affine differs from {ref_key}'s (not co-registered)")
-            )
+            reason = f"affine differs from {ref_key}'s (not co-registered)"
+            failures.append(Failure(case.id, str(files[key]), reason))
+    for m in MODALITIES:
+        data = vols[m].data
+        # Preprocessing works in float32: larger magnitudes would become Inf there.
+        if data.dtype.kind == "f" and data.dtype.itemsize > 4 and data.size:
+            peak = max(abs(float(data.max())), abs(float(data.min())))
+            if peak > _FLOAT32_MAX:
+                reason = f"intensities up to {peak:g} exceed the float32 range"
+                failures.append(Failure(case.id, str(files[m]), reason))
     seg = counts = None
     if not failures and case.seg is not None:
         case = detect_et_label(case, vols["seg"].data)
@@ -345,9 +184,37 @@ def load_case(case: RawCase, *, max_dim: int = MAX_DIM, max_voxels: int = MAX_VO
     if not failures:
         for m in MODALITIES:
             if not vols[m].data.any():
-                failures.append(Failure(case.id, str(case.files[m]), "image is all zeros"))
+                failures.append(Failure(case.id, str(files[m]), "image is all zeros"))
+    return case, seg, counts, failures
+
+
+def load_case(
+    case: RawCase,
+    *,
+    max_dim: int = MAX_DIM,
+    max_voxels: int = MAX_VOXELS,
+    max_bytes: int = MAX_BYTES,
+) -> tuple[LoadedCase | None, list[Failure]]:
+    """Read and validate every file of ``case``; never raises for bad input.
+
+    Returns:
+        ``(LoadedCase | None, list[Failure])``: the case if nothing is wrong, else None and
+        every problem found (each file is checked even after an earlier one failed).
+    """
+    failures = [Failure(case.id, f, r) for f, r in case.problems]
+    limits = {"max_dim": max_dim, "max_voxels": max_voxels, "max_bytes": max_bytes}
+    vols, bad = _read_files(case, limits)
+    failures += bad
     if failures:
         return None, failures
+    try:
+        case, seg, counts, failures = _check_together(case, vols)
+    except Exception as e:  # a checker bug must not stop the other cases of a run
+        reason = f"internal error while validating: {type(e).__name__}: {e}"
+        failures = [Failure(case.id, "", reason)]
+    if failures:
+        return None, failures
+    ref = vols[MODALITIES[0]]
     return (
         LoadedCase(
             case=case,

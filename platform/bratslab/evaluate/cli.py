@@ -18,6 +18,14 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _exit_on_failures(failures: list[dict[str, str]]) -> None:
+    """Name every failed case with its file and reason on stderr; exit 1 if there is any."""
+    for f in failures:
+        typer.secho(f"FAILED {f['case']}: {f['file']}: {f['reason']}", fg="red", err=True)
+    if failures:
+        raise typer.Exit(1)
+
+
 def predict(
     model: list[str] = typer.Option(
         ...,
@@ -46,7 +54,8 @@ def predict(
 ) -> None:
     """Segment every case of a raw folder; outputs in the source geometry and label convention."""
     from bratslab.config import validate
-    from bratslab.evaluate.predict import PredictConfig, predict_folder
+    from bratslab.evaluate.config import PredictConfig
+    from bratslab.evaluate.predict import predict_folder
 
     cfg = validate(
         PredictConfig,
@@ -71,10 +80,7 @@ def predict(
         f"{len(report.written)} written, {len(report.skipped)} already done, "
         f"{len(report.failures)} failed in {report.seconds:.1f} s → {output}"
     )
-    for f in report.failures:
-        typer.secho(f"FAILED {f['case']}: {f['file']}: {f['reason']}", fg="red", err=True)
-    if report.failures:
-        raise typer.Exit(1)
+    _exit_on_failures(report.failures)
 
 
 def evaluate(
@@ -94,7 +100,11 @@ def evaluate(
     nsd_tolerance: float = typer.Option(1.0, "--nsd-tolerance", help="NSD tolerance in mm."),
     workers: int = typer.Option(1, "--workers", help="Cases scored in parallel processes."),
 ) -> None:
-    """Dice, HD95, NSD and BraTS 2023 lesion-wise metrics per case and region."""
+    """Dice, HD95, NSD and BraTS 2023 lesion-wise metrics per case and region.
+
+    A case whose prediction or reference cannot be read is named on stderr and left out; the
+    others are scored and written, and the exit status is 1.
+    """
     from bratslab.evaluate.report import plot_path, print_summary, summary_path
     from bratslab.evaluate.scoring import evaluate_folder
 
@@ -106,6 +116,7 @@ def evaluate(
         _fail(str(e), 2)
     print_summary(result.summary)
     typer.echo(f"wrote {output}, {summary_path(output)}, {plot_path(output)}")
+    _exit_on_failures(result.failures)
 
 
 def evaluate_model_cmd(
@@ -158,14 +169,24 @@ def export_rle_cmd(
         "regions", "--by", help="One row per region (wt, tc, et) or per label (1, 2, et)."
     ),
 ) -> None:
-    """Kaggle-style run-length encoding: Fortran order, 1-based start/length pairs."""
-    from bratslab.evaluate.export import export_rle
+    """Kaggle-style run-length encoding: Fortran order, 1-based start/length pairs.
+
+    Exit 1 when the folder holds no prediction or some cannot be read (named on stderr; the
+    readable ones are still written).
+    """
+    from bratslab.evaluate.export import NoPredictionsError, export_rle
 
     try:
-        n = export_rle(pred, out, by)
+        report = export_rle(pred, out, by)
+    except NoPredictionsError as e:
+        _fail(str(e), 1)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e), 2)
-    typer.echo(f"wrote {n} rows to {out}")
+    if report.cases:
+        typer.echo(f"wrote {report.rows} rows ({len(report.cases)} cases) to {out}")
+    else:
+        typer.secho(f"no prediction could be exported; {out} not written", fg="red", err=True)
+    _exit_on_failures(report.failures)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,6 +1,6 @@
 """Kaggle-style run-length encoding (RLE) of predicted masks.
 
-Format (the convention of Kaggle segmentation competitions, which the seed's competition used):
+Format (the convention of Kaggle segmentation competitions):
 
 * the boolean mask ``(X, Y, Z)`` is flattened in **column-major (Fortran) order**: X varies
   fastest, then Y, then Z (``mask.flatten(order="F")``);
@@ -12,6 +12,10 @@ Format (the convention of Kaggle segmentation competitions, which the seed's com
 volume shape as ``XxYxZ`` so a row can be decoded on its own. Regions are WT, TC and ET (what the
 models predict); ``--by labels`` writes the labels 1, 2 and ET instead (ET = 3 or 4, whichever the
 file's convention uses).
+
+A prediction that cannot be read (truncated, not 3-D, bad labels) is reported with its file and
+the reason and left out while the other cases are exported; a folder without any prediction is
+an error (:class:`NoPredictionsError`), not an empty submission.
 """
 
 from __future__ import annotations
@@ -19,14 +23,31 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from bratslab.atomic import write_text
 from bratslab.data.labels import REGIONS
+from bratslab.evaluate.label_maps import CaseError, prediction_files, read_label_map
 
 COLUMNS = ("id", "case", "region", "shape", "rle")
+MASK_SETS = ("regions", "labels")
+
+
+class NoPredictionsError(FileNotFoundError):
+    """The prediction folder exists but holds no ``{case}.nii.gz`` mask to export."""
+
+
+@dataclass
+class ExportReport:
+    """What :func:`export_rle` did: rows written, cases exported, cases that failed
+    (``{"case", "file", "reason"}``)."""
+
+    rows: int = 0
+    cases: list[str] = field(default_factory=list)
+    failures: list[dict[str, str]] = field(default_factory=list)
 
 
 def rle_encode(mask: np.ndarray) -> str:
@@ -76,56 +97,66 @@ def label_masks(labels: np.ndarray, by: str = "regions") -> dict[str, np.ndarray
         return {"wt": labels > 0, "tc": (labels == 1) | et, "et": et}
     if by == "labels":
         return {"1": labels == 1, "2": labels == 2, "et": et}
-    raise ValueError(f"by must be 'regions' or 'labels', not {by!r}")
+    raise ValueError(f"by must be one of {MASK_SETS}, not {by!r}")
 
 
-def _prediction_files(pred_dir: Path) -> list[tuple[str, Path]]:
-    files = sorted(p for p in pred_dir.iterdir() if p.name.endswith((".nii.gz", ".nii")))
-    out = []
-    for p in files:
-        case = p.name.removesuffix(".gz").removesuffix(".nii")
-        if case.startswith(".") or case.endswith(("_prob", "_std")):
-            continue  # temp files and probability / uncertainty maps are not masks
-        out.append((case, p))
-    return out
+def case_rle_rows(case: str, labels: np.ndarray, by: str = "regions") -> list[dict[str, str]]:
+    """Rows ``{id, case, region, shape, rle}`` of one label map ``(X, Y, Z)``."""
+    shape = "x".join(map(str, labels.shape))
+    return [
+        {"id": f"{case}_{name}", "case": case, "region": name, "shape": shape, "rle": rle_encode(m)}
+        for name, m in label_masks(labels, by).items()
+    ]
 
 
 def iter_rle_rows(pred_dir: str | Path, by: str = "regions") -> Iterator[dict[str, str]]:
-    """Rows ``{id, case, region, shape, rle}`` for every ``PRED/{case}.nii.gz``, in case order."""
-    import nibabel as nib
+    """Rows for every ``PRED/{case}.nii.gz``, in case order.
 
-    pred_dir = Path(pred_dir)
-    if not pred_dir.is_dir():
-        raise FileNotFoundError(f"{pred_dir}: no such prediction folder")
-    for case, path in _prediction_files(pred_dir):
-        try:
-            labels = np.asarray(nib.load(path).dataobj)
-        except Exception as e:  # nibabel raises many types for damaged files
-            raise ValueError(f"{path}: cannot read the prediction: {e}") from None
-        if labels.ndim != 3:
-            raise ValueError(f"{path}: expected a 3-D label map, got shape {labels.shape}")
-        shape = "x".join(map(str, labels.shape))
-        for name, mask in label_masks(labels, by).items():
-            yield {
-                "id": f"{case}_{name}",
-                "case": case,
-                "region": name,
-                "shape": shape,
-                "rle": rle_encode(mask),
-            }
+    Raises:
+        FileNotFoundError: no such folder. CaseError (a ValueError): a damaged prediction.
+    """
+    for case, path in prediction_files(pred_dir):
+        yield from case_rle_rows(case, read_label_map(path)[0], by)
 
 
-def export_rle(pred_dir: str | Path, out_csv: str | Path, by: str = "regions") -> int:
-    """Write the RLE CSV of every prediction in ``pred_dir`` atomically; return the row count."""
+def export_rle(pred_dir: str | Path, out_csv: str | Path, by: str = "regions") -> ExportReport:
+    """Write the RLE CSV of every readable prediction in ``pred_dir`` atomically.
+
+    Damaged predictions are listed in the report's ``failures`` and left out; the CSV is written
+    when at least one case could be exported.
+
+    Raises:
+        ValueError: ``out_csv`` is a directory, or ``by`` is unknown (before reading anything).
+        FileNotFoundError: no such prediction folder.
+        NoPredictionsError: the folder holds no prediction.
+    """
+    from bratslab.evaluate.report import check_output_files
+
+    check_output_files(out_csv)
+    if by not in MASK_SETS:
+        raise ValueError(f"by must be one of {MASK_SETS}, not {by!r}")
+    files = prediction_files(pred_dir)
+    if not files:
+        raise NoPredictionsError(
+            f"{pred_dir}: no predictions to export (expected {{case}}.nii.gz files)"
+        )
+    report = ExportReport()
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
-    n = 0
-    for row in iter_rle_rows(pred_dir, by):
-        writer.writerow(row)
-        n += 1
-    write_text(out_csv, buf.getvalue())
-    return n
+    for case, path in files:
+        try:
+            labels, _ = read_label_map(path)
+        except CaseError as e:
+            report.failures.append({"case": case, "file": e.file, "reason": e.reason})
+            continue
+        rows = case_rle_rows(case, labels, by)
+        writer.writerows(rows)
+        report.rows += len(rows)
+        report.cases.append(case)
+    if report.cases:
+        write_text(out_csv, buf.getvalue())
+    return report
 
 
 def read_rle_csv(path: str | Path) -> dict[tuple[str, str], np.ndarray]:
@@ -141,6 +172,9 @@ def read_rle_csv(path: str | Path) -> dict[tuple[str, str], np.ndarray]:
 __all__ = [
     "COLUMNS",
     "REGIONS",
+    "ExportReport",
+    "NoPredictionsError",
+    "case_rle_rows",
     "export_rle",
     "iter_rle_rows",
     "label_masks",

@@ -6,18 +6,19 @@ overlap). TTA follows nnU-Net: all 8 combinations of flips along the three spati
 optionally times the in-plane 90° rotation, which gives the 16 distinct transforms of
 {in-plane dihedral group} × {z flip}.
 
-**Fast TTA.** The naive way runs the whole sliding window once per transform: 8 passes of tiling,
-padding and Gaussian aggregation. Here the *predictor* seen by the sliding window is
-:class:`TTAPredictor`: for each window batch it builds every transformed copy, runs them through
-each model, undoes the transforms and averages the probabilities. The sliding window then runs
-once. On CUDA the transformed copies go through a model as one batch; on CPU one transform per
-call, which measured faster (a batch of 8 windows thrashes the caches: U-Net 64³ bf16, 8 calls of
-batch 1 took 1.05 s vs 1.62 s for one call of batch 8). Because the Gaussian map is symmetric, this
-equals the mean of the per-transform passes exactly whenever the tiling is mirror-symmetric
-(``tests/unit/evaluate/test_eval_inference.py``); otherwise window positions differ by a few
-voxels and the results agree closely (``benchmarks/bench_tta.py`` measures the Dice agreement).
-Autocast (bf16 on CPU for every architecture at inference, fp16 on CUDA) and the channels-last
-layout come from :mod:`bratslab.models.runtime`.
+**One tiling for all views.** The naive way (:func:`predict_probabilities_naive`) runs the
+whole sliding window once per transform: 8 passes of tiling, padding and Gaussian aggregation.
+Here the *predictor* seen by the sliding window is :class:`TTAPredictor`: for each window batch
+it builds every transformed view, runs them through each model, undoes the transforms and
+averages the probabilities, so the sliding window runs once. By default the views of a window
+go through a model as one batch (:func:`batch_views_default`: on CUDA and, measured faster, on
+CPU too); one call per view is the low-memory option. Because the Gaussian map is symmetric,
+this equals the mean of the per-transform passes exactly whenever the tiling is
+mirror-symmetric (``tests/unit/evaluate/test_eval_inference.py``); otherwise window positions
+differ by a few voxels and the results agree closely (``benchmarks/bench_tta.py`` measures the
+Dice agreement). Both paths use the same autocast (bf16 on CPU for every architecture at
+inference, fp16 on CUDA) and memory layout (:mod:`bratslab.models.runtime`), so they differ in
+the TTA algorithm only.
 
 Probabilities (sigmoid for ``"regions"`` models, softmax for ``"labels"`` models) are averaged,
 not logits, so ensembles of differently calibrated models and the uncertainty map (voxel-wise
@@ -92,11 +93,27 @@ def _activate(logits: torch.Tensor, activation: str) -> torch.Tensor:
     raise ValueError(f"activation must be 'sigmoid' or 'softmax', not {activation!r}")
 
 
+def batch_views_default(device: torch.device | str) -> bool:
+    """Whether :class:`TTAPredictor` batches a window's transformed views into one model call.
+
+    Yes on CUDA (one call of 8 views keeps the GPU busy where 8 calls of one would not) and on
+    CPU: there, a batch of one sends PyTorch's float32 convolutions on small feature maps (the
+    deep levels) to its im2col fallback instead of oneDNN (``slow_conv3d_forward`` was 36 % of
+    an 8-view U-Net pass at 64³ in a profile), and batching beat one call per view at both
+    precisions on a 2-core AVX512-BF16 CPU (BENCHMARKS.md, TTA). ``batch_transforms=False``
+    stays available: it holds one view's activations at a time, 1/8 of the memory.
+    """
+    return torch.device(device).type in ("cpu", "cuda")
+
+
 class TTAPredictor:
     """Sliding-window predictor: window batch ``(B, C_in, x, y, z)`` → probabilities.
 
-    Runs every (model, transform) pair; with ``batch_transforms`` (default: on CUDA only)
-    transformed copies with the same shape go through a model as one batch. Returns the mean
+    Runs every (model, transform) pair. The window is put into the models' memory layout once
+    (:func:`~bratslab.models.runtime.prepare_input`); flips of it keep that layout, so a view
+    costs one copy (the flip) and no layout conversion. With ``batch_transforms`` (default:
+    :func:`batch_views_default` for ``device``) views of the same shape go through a model as
+    one batch ``(V*B, C_in, x, y, z)``; otherwise one call per view. Returns the mean
     probabilities ``(B, C, x, y, z)`` float32 or, with ``return_passes``, every pass stacked
     along channels ``(B, P*C, x, y, z)`` (P = models × transforms), which the caller reduces
     after blending (for the uncertainty map).
@@ -118,7 +135,7 @@ class TTAPredictor:
         self.activation = activation
         self.device = torch.device(device)
         if batch_transforms is None:
-            batch_transforms = self.device.type != "cpu"
+            batch_transforms = batch_views_default(self.device)
         self.batch_transforms = batch_transforms
         self.amp = amp
         self.return_passes = return_passes
@@ -127,23 +144,26 @@ class TTAPredictor:
     def num_passes(self) -> int:
         return len(self.models) * len(self.transforms)
 
+    def _groups(self) -> list[list[int]]:
+        """Transform indices per model call: one each, or batched by output shape (an odd number
+        of 90° rotations swaps X and Y, so those views batch separately)."""
+        if not self.batch_transforms:
+            return [[i] for i in range(len(self.transforms))]
+        by_parity: dict[int, list[int]] = {}
+        for i, t in enumerate(self.transforms):
+            by_parity.setdefault(t.k % 2, []).append(i)
+        return list(by_parity.values())
+
     @torch.inference_mode()
     def __call__(self, window: torch.Tensor) -> torch.Tensor:
         b = window.shape[0]
-        views = [t.forward(window) for t in self.transforms]
-        # Group transformed copies by shape: a 90° rotation of a non-square window changes it.
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, v in enumerate(views):
-            key = tuple(v.shape) if self.batch_transforms else (i,)
-            groups.setdefault(key, []).append(i)
+        base = prepare_input(window, self.device)
         total: torch.Tensor | None = None
         passes: list[torch.Tensor | None] = [None] * self.num_passes
-        for indices in groups.values():
-            # One view (the CPU default) goes in as it is: concatenating it alone would copy it.
-            stacked = (
-                views[indices[0]] if len(indices) == 1 else torch.cat([views[i] for i in indices])
-            )
-            batch = prepare_input(stacked, self.device)
+        for indices in self._groups():
+            # prepare_input is a no-op on a flipped view (same layout); rotations need a copy.
+            views = [prepare_input(self.transforms[i].forward(base), self.device) for i in indices]
+            batch = views[0] if len(views) == 1 else torch.cat(views)
             for m, model in enumerate(self.models):
                 with autocast(self.device, self.amp, inference=True):
                     logits = model(batch)
@@ -159,7 +179,7 @@ class TTAPredictor:
         if self.return_passes:
             return torch.cat(passes, dim=1).contiguous()  # type: ignore[arg-type]
         assert total is not None
-        return (total / self.num_passes).contiguous()
+        return total.div_(self.num_passes).contiguous()
 
 
 def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -208,6 +228,7 @@ def predict_probabilities(
     uncertainty: bool = False,
     amp: bool = True,
     progress: bool = False,
+    batch_transforms: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Probabilities for one volume, averaged over models and TTA transforms.
 
@@ -226,6 +247,8 @@ def predict_probabilities(
             transforms); costs P× the output memory.
         amp: autocast (bf16 on CPU, fp16 on CUDA); off gives bit-reproducible float32.
         progress: show MONAI's window progress bar.
+        batch_transforms: run a window's TTA views as one batch per model call; ``None`` picks
+            :func:`batch_views_default` for ``device``.
 
     Returns:
         ``(probs, std)``: ``(C, X, Y, Z)`` float32 in [0, 1] and ``(C, X, Y, Z)`` float32 or None.
@@ -241,7 +264,13 @@ def predict_probabilities(
     model_list = [prepare_model(m.eval(), device) for m in model_list]
     transforms = tta_transforms(tta)
     predictor = TTAPredictor(
-        model_list, transforms, activation, device=device, amp=amp, return_passes=uncertainty
+        model_list,
+        transforms,
+        activation,
+        device=device,
+        amp=amp,
+        return_passes=uncertainty,
+        batch_transforms=batch_transforms,
     )
     vol = _as_tensor(x)
     out = _sliding_window(vol, roi_size, predictor, overlap, sw_batch_size, device, progress)[0]
@@ -271,12 +300,13 @@ def predict_probabilities_naive(
     Each pass transforms the volume ``(C_in, X, Y, Z)``, runs ``sliding_window_inference``
     (rotated passes with the rotated ``roi_size``), and transforms the probabilities back; the
     result is their mean ``(C, X, Y, Z)`` float32. This is the baseline of
-    ``benchmarks/bench_tta.py`` and the oracle of the equivalence test.
+    ``benchmarks/bench_tta.py`` and the oracle of the equivalence test. Memory layout and
+    autocast are the same as :func:`predict_probabilities`' (the TTA algorithm is the only
+    difference), so the benchmark's ratio between the two measures the algorithm alone.
     """
     device = torch.device(device)
     model_list = [models] if isinstance(models, nn.Module) else list(models)
-    # The plain baseline: default (contiguous) memory format, one transform per pass.
-    model_list = [m.eval().to(device, memory_format=torch.contiguous_format) for m in model_list]
+    model_list = [prepare_model(m.eval(), device) for m in model_list]
     vol = _as_tensor(x)
     total = None
     transforms = tta_transforms(tta)
@@ -288,7 +318,10 @@ def predict_probabilities_naive(
 
             def predictor(window: torch.Tensor, model: nn.Module = model) -> torch.Tensor:
                 with autocast(device, amp, inference=True):
-                    return _activate(model(window.to(device)), activation)
+                    logits = model(prepare_input(window, device))
+                if isinstance(logits, (list, tuple)):
+                    logits = logits[0]
+                return _activate(logits, activation).contiguous()
 
             p = _sliding_window(
                 t.forward(vol), roi, predictor, overlap, sw_batch_size, device, False

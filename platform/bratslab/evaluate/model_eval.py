@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bratslab.data.labels import REGIONS, labels_to_regions
+from bratslab.data.labels import REGIONS, labels_to_regions, probabilities_to_regions
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +45,6 @@ def find_run_id(model_ref: str | Path, run_id: str | None = None) -> str | None:
             except (json.JSONDecodeError, OSError):
                 return None
     return None
-
-
-def _predicted_regions(probs: np.ndarray, output: str, threshold: float = 0.5) -> np.ndarray:
-    """``(C, X, Y, Z)`` probabilities → bool regions ``(3, X, Y, Z)``."""
-    if output == "regions":
-        return probs >= threshold
-    return labels_to_regions(np.argmax(probs, axis=0).astype(np.uint8))
 
 
 def evaluate_model(
@@ -88,7 +81,7 @@ def evaluate_model(
     from bratslab.evaluate.inference import predict_probabilities
     from bratslab.evaluate.lesionwise import region_lesion_metrics
     from bratslab.evaluate.metrics import region_metrics
-    from bratslab.evaluate.predict import _device, build_from_payload, load_payload
+    from bratslab.evaluate.model_loading import build_from_payload, load_payload, resolve_device
     from bratslab.evaluate.report import progress_bar
 
     payload = load_payload(model_ref)
@@ -112,7 +105,8 @@ def evaluate_model(
         raise ValueError(f"{store}: fold {fold} has no labelled validation cases")
 
     model = build_from_payload(payload)
-    output = info["model"].get("output", "regions")
+    output = payload.output
+    dev = resolve_device(device)
     per_case: list[dict[str, float]] = []
     with progress_bar(progress, len(cases), f"evaluate fold {fold}") as advance:
         for cid in cases:
@@ -124,11 +118,11 @@ def evaluate_model(
                 roi_size=[int(s) for s in info["patch_size"]],
                 overlap=overlap,
                 tta=tta,
-                device=_device(device),
+                device=dev,
                 activation="sigmoid" if output == "regions" else "softmax",
                 amp=amp,
             )
-            pred = _predicted_regions(probs, output)
+            pred = probabilities_to_regions(probs, output)
             spacing = st.meta(cid).zooms
             legacy = region_metrics(pred, gt, spacing)
             lesion = region_lesion_metrics(pred, gt, spacing, challenge)

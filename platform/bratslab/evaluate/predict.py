@@ -13,76 +13,44 @@ the driver reaches every node); the raw and output folders must be visible to ev
 shared filesystem on a cluster). Every file is written atomically (temp name in the same folder,
 then ``os.replace``); finished cases are skipped on a rerun; a case that fails is reported with
 the file and the reason while the others go on.
+
+This module is the driver and the Ray Data actor; the pieces live beside it: model payloads,
+their cache and the device in :mod:`bratslab.evaluate.model_loading`, NIfTI writing in
+:mod:`bratslab.evaluate.nifti_out`, probabilities → labels in :mod:`bratslab.data.labels`.
 """
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import io
 import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-import numpy as np
-from pydantic import Field
+from typing import Any
 
 from bratslab import atomic
-from bratslab.config import StrictModel, validate
+from bratslab.config import validate
+from bratslab.evaluate.config import PredictConfig
+from bratslab.evaluate.model_loading import (
+    ModelPayload,
+    build_from_payload,
+    check_ensemble,
+    load_payload,
+    resolve_device,
+)
+from bratslab.evaluate.nifti_out import output_paths, write_map, write_nifti
 
 log = logging.getLogger(__name__)
 
 FAILURES_FILE = "failures.json"
-
-
-class PredictConfig(StrictModel):
-    """Options of ``bratslab predict``."""
-
-    tta: Literal["none", "flips", "flips+rot90"] = Field(
-        default="flips", description="Test-time augmentation: none, 8 flips, or 16 flips+rot90."
-    )
-    overlap: float = Field(default=0.5, ge=0.0, lt=1.0, description="Sliding-window overlap.")
-    sw_batch_size: int = Field(default=1, ge=1, description="Windows per model call (× TTA).")
-    threshold: float = Field(
-        default=0.5, gt=0.0, lt=1.0, description="Probability threshold of region models."
-    )
-    save_probabilities: bool = Field(
-        default=False, description="Also write {case}_prob.nii.gz (X, Y, Z, C)."
-    )
-    uncertainty: bool = Field(
-        default=False, description="Also write {case}_std.nii.gz: std over TTA/ensemble passes."
-    )
-    prob_dtype: Literal["uint8", "float32"] = Field(
-        default="uint8",
-        description="Probability/uncertainty maps as float32, or uint8 with scl_slope 1/255 "
-        "(4x smaller; readers' get_fdata() still returns values in [0, 1]). NIfTI-1 has no "
-        "float16.",
-    )
-    amp: bool = Field(default=True, description="Autocast: bf16 on CPU, fp16 on CUDA.")
-    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
-    threads: int = Field(default=1, ge=1, description="CPUs (torch threads) per prediction actor.")
-    workers: int = Field(
-        default=0,
-        ge=0,
-        description="Prediction actors at most, one case each at a time (0: no cap).",
-    )
-    overwrite: bool = Field(default=False, description="Redo cases whose output exists.")
-
-
-@dataclass(frozen=True)
-class ModelPayload:
-    """One model as plain data (JSON info + weights-only bytes) to ship to Ray workers."""
-
-    info: dict[str, Any]
-    weights: bytes
-    source: str
-
-    @property
-    def key(self) -> str:
-        return hashlib.sha1(self.weights).hexdigest()
+# A case whose actor dies (OOM kill, a crash in native code) is tried this many more times on
+# a restarted actor, then reported as failed. Ray Data's own default is to restart and retry
+# forever, so one case that always kills its actor would never let the run end.
+ACTOR_RETRIES = 1
+ACTOR_DIED = (
+    "the prediction worker died while predicting this case, {tries} times (killed for memory, "
+    "or a crash in native code); see the Ray worker logs"
+)
 
 
 @dataclass
@@ -93,122 +61,6 @@ class PredictReport:
     skipped: list[str] = field(default_factory=list)
     failures: list[dict[str, str]] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def resolve_model_dir(ref: str | Path) -> Path:
-    """A local model directory for a checkpoint folder or an MLflow model URI."""
-    from bratslab.models.weights import INFO_FILE, WEIGHTS_FILE
-
-    path = Path(str(ref)).expanduser()
-    if (path / INFO_FILE).is_file() and (path / WEIGHTS_FILE).is_file():
-        return path
-    if ":/" not in str(ref):  # a local path; do not import mlflow just to say it is missing
-        raise FileNotFoundError(
-            f"{path}: not a model directory (needs {WEIGHTS_FILE} and {INFO_FILE})"
-        )
-    # MLflow URIs (runs:/, models:/) resolve through the tracking module, the only mlflow user.
-    from bratslab.tracking.model_store import fetch_model_dir
-
-    return fetch_model_dir(str(ref))
-
-
-def load_payload(ref: str | Path) -> ModelPayload:
-    """Read ``model.json`` + ``model.pt`` of ``ref`` (checked by rebuilding the model once)."""
-    from bratslab.models.weights import WEIGHTS_FILE, load_model_dir, read_model_info
-
-    directory = resolve_model_dir(ref)
-    _, info = read_model_info(directory)
-    for key in ("preprocessing", "patch_size"):
-        if key not in info:
-            raise ValueError(f"{directory / 'model.json'}: missing {key!r} (needed to predict)")
-    load_model_dir(directory)  # fail here, naming the file, rather than in every worker
-    return ModelPayload(info=info, weights=(directory / WEIGHTS_FILE).read_bytes(), source=str(ref))
-
-
-def check_ensemble(payloads: list[ModelPayload]) -> None:
-    """Ensemble members must share preprocessing, patch size and output kind."""
-    if not payloads:
-        raise ValueError("predict needs at least one model")
-    first = payloads[0]
-    for p in payloads[1:]:
-        for key in ("preprocessing", "patch_size"):
-            if p.info.get(key) != first.info.get(key):
-                raise ValueError(
-                    f"ensemble: {p.source} has a different {key!r} than {first.source}"
-                )
-        if p.info["model"].get("output") != first.info["model"].get("output"):
-            raise ValueError(f"ensemble: {p.source} and {first.source} differ in output kind")
-
-
-_MODEL_CACHE: dict[str, Any] = {}  # per worker process: weights hash → built model
-
-
-def build_from_payload(payload: ModelPayload):
-    """Rebuild the network of ``payload`` (cached per process) in eval mode on CPU."""
-    import torch
-
-    from bratslab.models.config import ModelConfig
-    from bratslab.models.zoo import build_model
-
-    if payload.key not in _MODEL_CACHE:
-        cfg = validate(ModelConfig, payload.info["model"], f"{payload.source} (model.json)")
-        model = build_model(cfg)
-        state = torch.load(io.BytesIO(payload.weights), map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-        _MODEL_CACHE.clear()  # keep one ensemble's worth; workers serve one run at a time
-        _MODEL_CACHE[payload.key] = model.eval()
-    return _MODEL_CACHE[payload.key]
-
-
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def output_paths(out_dir: str | Path, case_id: str) -> dict[str, Path]:
-    out_dir = Path(out_dir)
-    return {
-        "seg": out_dir / f"{case_id}.nii.gz",
-        "prob": out_dir / f"{case_id}_prob.nii.gz",
-        "std": out_dir / f"{case_id}_std.nii.gz",
-    }
-
-
-def write_nifti(
-    path: Path, data: np.ndarray, affine: np.ndarray, header, slope: float = 1.0
-) -> None:
-    """Write ``data`` as ``.nii.gz`` with the source ``affine``/``header``, atomically.
-
-    Values are stored as they are (``scl_slope`` 1, or ``slope`` for quantised maps), whatever
-    scaling the source header had.
-    """
-    import nibabel as nib
-
-    img = nib.Nifti1Image(data, affine, header=header)
-    img.set_data_dtype(data.dtype)
-    img.header.set_slope_inter(slope, 0.0)
-    img.header.set_xyzt_units("mm", "sec")
-    # Level 1: segmentations compress well anyway, probability maps are big and slow at 9.
-    atomic.write_bytes(path, gzip.compress(img.to_bytes(), compresslevel=1))
-
-
-def probabilities_to_labels(
-    probs: np.ndarray, output: str, et_label: int, threshold: float = 0.5
-) -> np.ndarray:
-    """Store-space probabilities ``(C, X, Y, Z)`` → labels ``(X, Y, Z)`` uint8, source convention.
-
-    Region models (``output="regions"``, sigmoid WT/TC/ET): threshold, then nested
-    reconstruction (ET → ``et_label``, TC∖ET → 1, WT∖TC → 2). Label models (softmax over store
-    labels 0..3): argmax, then ET 3 → ``et_label``.
-    """
-    from bratslab.data.labels import from_store_labels, regions_to_labels
-
-    if output == "regions":
-        return regions_to_labels(probs >= threshold, et_label=et_label)
-    return from_store_labels(np.argmax(probs, axis=0).astype(np.uint8), et_label)
 
 
 def predict_case(
@@ -222,6 +74,7 @@ def predict_case(
     import torch
 
     from bratslab.data.config import PreprocessConfig
+    from bratslab.data.labels import probabilities_to_labels
     from bratslab.data.layout import RawCase
     from bratslab.data.preprocess import CaseInvalid, preprocess_case, restore_to_source
     from bratslab.evaluate.inference import predict_probabilities
@@ -235,12 +88,12 @@ def predict_case(
         info = payloads[0].info
         pre_cfg = validate(PreprocessConfig, info["preprocessing"], "model.json (preprocessing)")
         try:
-            pre = preprocess_case(case, pre_cfg)
+            pre = preprocess_case(case, pre_cfg, fast_cast=True)  # torch is loaded here anyway
         except CaseInvalid as e:
             first = e.failures[0]
             reason = "; ".join(f.reason for f in e.failures)
             return _failed(case.id, first.file, reason, t0)
-        output = info["model"].get("output", "regions")
+        output = payloads[0].output
         models = [build_from_payload(p) for p in payloads]
         probs, std = predict_probabilities(
             models,
@@ -249,7 +102,7 @@ def predict_case(
             overlap=cfg.overlap,
             tta=cfg.tta,
             sw_batch_size=cfg.sw_batch_size,
-            device=_device(cfg.device),
+            device=resolve_device(cfg.device),
             activation="sigmoid" if output == "regions" else "softmax",
             uncertainty=cfg.uncertainty,
             amp=cfg.amp,
@@ -261,9 +114,9 @@ def predict_case(
             restored = restore_to_source(probs, meta)
             if output == "labels":  # outside the crop box is background with certainty
                 restored[0] = restore_to_source(probs[0], meta, fill=1.0)
-            _write_map(paths["prob"], restored, affine, header, cfg.prob_dtype)
+            write_map(paths["prob"], restored, affine, header, cfg.prob_dtype)
         if std is not None:
-            _write_map(paths["std"], restore_to_source(std, meta), affine, header, cfg.prob_dtype)
+            write_map(paths["std"], restore_to_source(std, meta), affine, header, cfg.prob_dtype)
         # The segmentation goes last: its presence marks the case as done for a rerun.
         write_nifti(paths["seg"], restore_to_source(labels, meta), affine, header)
     except Exception as e:  # report and go on; the traceback is in the worker's log
@@ -276,16 +129,6 @@ def predict_case(
         "reason": "",
         "seconds": time.perf_counter() - t0,
     }
-
-
-def _write_map(path: Path, values: np.ndarray, affine, header, dtype: str) -> None:
-    """``(C, X, Y, Z)`` values in [0, 1] → a 4-D NIfTI ``(X, Y, Z, C)`` (channels last)."""
-    values = np.moveaxis(values, 0, -1)
-    if dtype == "uint8":
-        q = np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8)
-        write_nifti(path, q, affine, header, slope=1.0 / 255.0)
-    else:
-        write_nifti(path, values.astype(np.float32), affine, header)
 
 
 def _failed(case_id: str, file: str, reason: str, t0: float) -> dict[str, Any]:
@@ -346,20 +189,54 @@ def _predict_with_ray_data(
     if cfg.device != "cpu" and ray.cluster_resources().get("GPU", 0) > 0:
         gpus = 1.0  # Ray hides GPUs from workers that did not ask for one
     rows = [{"case": json.dumps(c.to_dict())} for c in cases]
-    ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map(
-        CasePredictor,
-        fn_constructor_kwargs={
-            "payloads_ref": payloads_ref,
-            "cfg": cfg.model_dump(),
-            "out_dir": str(out_dir),
-        },
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=limit),
-        num_cpus=cfg.threads,
-        num_gpus=gpus,
-        # Ray Data restarts a crashed actor and retries its case (its defaults); an error in a
-        # case is caught by predict_case and comes back as a "failed" row instead.
-    )
+    ctor = {"payloads_ref": payloads_ref, "cfg": cfg.model_dump(), "out_dir": str(out_dir)}
+    yield from map_rows_with_actors(rows, CasePredictor, ctor, limit, cfg.threads, gpus)
+
+
+def map_rows_with_actors(
+    rows: list[dict[str, Any]],
+    actor_cls: type,
+    ctor_kwargs: dict[str, Any],
+    max_actors: int,
+    num_cpus: float,
+    num_gpus: float = 0.0,
+):
+    """Yield ``actor_cls(**ctor_kwargs)(row)`` for each row as it finishes, over a Ray Data
+    pool of 1..``max_actors`` actors, one row per block (so rows balance over actors).
+
+    An error inside a row's call is the actor's to report (``predict_case`` returns a "failed"
+    row). An actor that dies (killed for memory, a crash in native code) is restarted and its
+    row retried at most :data:`ACTOR_RETRIES` times (Ray Data's default is forever); then that
+    row is dropped (no result) and the others go on.
+    """
+    import warnings
+
+    import ray.data
+
+    # A dataset copies the current DataContext when it is built: set the budget before.
+    context = ray.data.DataContext.get_current()
+    saved = context.max_errored_blocks
+    context.max_errored_blocks = len(rows)  # a dead row's block errors; the rest go on
+    try:
+        with warnings.catch_warnings():
+            # Ray 2.60 has no named parameter for an actor's restarts: **ray_remote_args it is.
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
+            ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map(
+                actor_cls,
+                fn_constructor_kwargs=ctor_kwargs,
+                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max_actors),
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                **actor_retry_args(),
+            )
+    finally:
+        context.max_errored_blocks = saved
     yield from ds.iter_rows()
+
+
+def actor_retry_args() -> dict[str, int]:
+    """Ray remote args of the prediction actors: bounded restarts and retries of a case."""
+    return {"max_restarts": ACTOR_RETRIES, "max_task_retries": ACTOR_RETRIES}
 
 
 def predict_folder(
@@ -404,14 +281,20 @@ def predict_folder(
     if todo:
         from bratslab.evaluate.report import progress_bar
 
+        pending = {c.id: c for c in todo}
         with progress_bar(progress, len(todo), "predict") as advance:
             for result in _predict_with_ray_data(todo, payloads, cfg, out_dir):
+                pending.pop(result["case"], None)
                 if result["status"] == "written":
                     report.written.append(result["case"])
                 else:
                     report.failures.append({k: result[k] for k in ("case", "file", "reason")})
                 ok = "ok" if result["status"] == "written" else "FAILED"
                 advance(f"predict {result['case']} {ok}")
+        for case in pending.values():  # no row came back: its actor died, retries spent
+            file = str(case.files.get("t1n", case.id))
+            reason = ACTOR_DIED.format(tries=1 + ACTOR_RETRIES)
+            report.failures.append({"case": case.id, "file": file, "reason": reason})
     failures_path = out_dir / FAILURES_FILE
     if report.failures:
         atomic.write_json(failures_path, {"failures": report.failures})
@@ -431,3 +314,14 @@ def report_json(report: PredictReport) -> str:
         },
         indent=2,
     )
+
+
+__all__ = [
+    "ACTOR_RETRIES",
+    "FAILURES_FILE",
+    "CasePredictor",
+    "PredictReport",
+    "predict_case",
+    "predict_folder",
+    "report_json",
+]

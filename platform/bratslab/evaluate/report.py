@@ -21,6 +21,22 @@ def plot_path(csv_path: Path) -> Path:
     return csv_path.with_name(f"{csv_path.stem}.png")
 
 
+def check_output_files(*paths: str | Path) -> None:
+    """Fail before any work when one of ``paths`` cannot be written as a file.
+
+    Raises:
+        ValueError: a path is an existing directory, or one of its parents is an existing file.
+    """
+    for path in map(Path, paths):
+        if path.is_dir():
+            raise ValueError(f"{path}: is a directory; give the path of a file to write")
+        for parent in path.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise ValueError(f"{path}: cannot be written, {parent} is not a directory")
+                break
+
+
 def write_outputs(csv_path: Path, csv_text: str, summary: dict) -> None:
     """Write the CSV, the summary JSON and the bar chart, each atomically."""
     write_text(csv_path, csv_text)
@@ -66,29 +82,61 @@ def dice_bar_chart(summary: dict) -> bytes:
     return buf.getvalue()
 
 
-def print_summary(summary: dict) -> None:
-    """Mean and median per region as a rich table on stdout."""
-    from rich.console import Console
+# Summary table rows: (summary key, label, decimals). HD95 is in mm and up to 374 (the
+# empty-vs-non-empty penalty), so one decimal keeps its cells as narrow as the Dice ones.
+TABLE_METRICS = (
+    ("dice", "Dice", 3),
+    ("hd95", "HD95 mm", 1),
+    ("nsd", "NSD", 3),
+    ("lesion_dice", "lesion Dice", 3),
+    ("lesion_hd95", "lesion HD95 mm", 1),
+)
+
+
+def summary_table(summary: dict):
+    """A rich table of :func:`~bratslab.evaluate.scoring.summarise`'s output: one row per
+    metric, one column per region, cells ``mean / median``, then lesion counts TP/FP/FN.
+
+    About 70 characters wide whatever the numbers, so it stays readable in an 80-column
+    terminal (one row per region with ten metric columns would not).
+    """
     from rich.table import Table
 
-    table = Table(title=f"{summary['cases']} cases · challenge {summary['challenge'].upper()}")
-    table.add_column("region")
-    for m in ("dice", "hd95", "nsd", "lesion_dice", "lesion_hd95"):
-        table.add_column(f"{m} mean", justify="right")
-        table.add_column("median", justify="right")
-    table.add_column("TP/FP/FN", justify="right")
+    table = Table(
+        title=f"{summary['cases']} cases · challenge {summary['challenge'].upper()}",
+        caption="cells: mean / median over cases",
+    )
+    table.add_column("metric")
     for r in REGIONS:
-        s = summary["regions"][r]
-        cells = []
-        for m in ("dice", "hd95", "nsd", "lesion_dice", "lesion_hd95"):
-            cells += [f"{s[m]['mean']:.3f}", f"{s[m]['median']:.3f}"]
-        table.add_row(r.upper(), *cells, f"{s['tp']}/{s['fp']}/{s['fn']}")
-    console = Console()
-    console.print(table)
+        table.add_column(r.upper(), justify="right", no_wrap=True)
+    regions = summary["regions"]
+    for key, label, digits in TABLE_METRICS:
+        cells = [
+            f"{regions[r][key]['mean']:.{digits}f} / {regions[r][key]['median']:.{digits}f}"
+            for r in REGIONS
+        ]
+        table.add_row(label, *cells)
+    table.add_row(
+        "lesions TP/FP/FN",
+        *(f"{regions[r]['tp']}/{regions[r]['fp']}/{regions[r]['fn']}" for r in REGIONS),
+    )
+    return table
+
+
+def print_summary(summary: dict, console=None) -> None:
+    """:func:`summary_table` on stdout (or ``console``), then the cases without a prediction
+    and those that could not be scored (their files and reasons go to stderr, from the CLI)."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    console = console or Console()
+    console.print(summary_table(summary))
     if summary.get("missing_predictions"):
-        console.print(
-            f"[yellow]no prediction (scored as empty): {', '.join(summary['missing_predictions'])}"
-        )
+        missing = escape(", ".join(summary["missing_predictions"]))
+        console.print(f"[yellow]no prediction (scored as empty): {missing}")
+    if summary.get("failed"):
+        failed = escape(", ".join(f["case"] for f in summary["failed"]))
+        console.print(f"[red]not scored (unreadable or invalid files): {failed}")
 
 
 @contextlib.contextmanager

@@ -4,14 +4,18 @@ One row per case and region (WT, TC, ET) with the columns :data:`COLUMNS`: legac
 (mm) and NSD (:mod:`bratslab.evaluate.metrics`) and the BraTS 2023 lesion-wise Dice/HD95 with
 lesion counts (:mod:`bratslab.evaluate.lesionwise`). Labels may use either convention (ET 3 or
 4). A reference case with no prediction is scored as an empty prediction (what a challenge
-leaderboard does) and listed as missing in the summary.
+leaderboard does) and listed as missing in the summary. A case whose prediction or reference
+cannot be read is left out of the rows and listed as failed (case, file, reason) while the other
+cases are scored.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
+import multiprocessing
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -21,6 +25,7 @@ import numpy as np
 
 from bratslab.data.labels import REGIONS
 from bratslab.evaluate.export import label_masks
+from bratslab.evaluate.label_maps import CaseError, find_prediction, read_label_map
 from bratslab.evaluate.lesionwise import region_lesion_metrics, resolve_params
 from bratslab.evaluate.metrics import region_metrics
 
@@ -65,25 +70,6 @@ def score_regions(
     return rows
 
 
-def _load_labels(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
-    import nibabel as nib
-
-    try:
-        img = nib.load(path)
-        data = np.asarray(img.dataobj)
-    except Exception as e:  # nibabel raises many types for damaged files
-        raise ValueError(f"{path}: cannot read the label map: {e}") from None
-    if data.ndim != 3:
-        raise ValueError(f"{path}: expected a 3-D label map, got shape {data.shape}")
-    if not np.all(np.isfinite(data)) or np.any(data != np.rint(data)):
-        raise ValueError(f"{path}: label map holds non-integer values")
-    labels = data.astype(np.int16)
-    bad = set(np.unique(labels).tolist()) - {0, 1, 2, 3, 4}
-    if bad:
-        raise ValueError(f"{path}: unexpected labels {sorted(bad)} (expected 0, 1, 2, 3|4)")
-    return labels, tuple(float(z) for z in img.header.get_zooms()[:3])
-
-
 def score_case(
     case: str,
     pred_path: Path | None,
@@ -91,16 +77,22 @@ def score_case(
     challenge: str = "gli",
     nsd_tolerance_mm: float = 1.0,
 ) -> list[dict]:
-    """Rows for one case; ``pred_path=None`` scores an empty prediction. Spacing from the ref."""
-    ref, spacing = _load_labels(ref_path)
+    """Rows for one case; ``pred_path=None`` scores an empty prediction. Spacing from the ref.
+
+    Raises:
+        CaseError: a file that cannot be read, holds bad labels, or a prediction whose shape
+            differs from the reference.
+    """
+    ref, spacing = read_label_map(ref_path)
     if pred_path is None:
         pred = np.zeros_like(ref)
     else:
-        pred, _ = _load_labels(pred_path)
+        pred, _ = read_label_map(pred_path)
         if pred.shape != ref.shape:
-            raise ValueError(
-                f"{pred_path}: shape {pred.shape} differs from the reference {ref_path} "
-                f"{ref.shape}; predictions must be in the source geometry"
+            raise CaseError(
+                pred_path,
+                f"shape {pred.shape} differs from the reference {ref_path} {ref.shape}; "
+                "predictions must be in the source geometry",
             )
     return score_regions(
         source_regions(pred), source_regions(ref), spacing, challenge, nsd_tolerance_mm, case
@@ -109,19 +101,28 @@ def score_case(
 
 @dataclass
 class EvaluationResult:
-    """Per-case rows, the summary, and the cases without a prediction."""
+    """Per-case rows, the summary, the cases without a prediction and the cases that could not
+    be scored (``{"case", "file", "reason"}``)."""
 
     rows: list[dict]
     summary: dict
     missing: list[str] = field(default_factory=list)
+    failures: list[dict[str, str]] = field(default_factory=list)
 
 
-def summarise(rows: list[dict], challenge: str, missing: Sequence[str] = ()) -> dict:
-    """Mean and median of every metric per region, plus lesion counts and the case count."""
+def summarise(
+    rows: list[dict],
+    challenge: str,
+    missing: Sequence[str] = (),
+    failures: Sequence[dict[str, str]] = (),
+) -> dict:
+    """Mean and median of every metric per region, plus lesion counts and the case count
+    (scored cases; failed ones are listed under ``failed``)."""
     out: dict = {
         "challenge": challenge,
         "cases": len({r["case"] for r in rows}),
         "missing_predictions": list(missing),
+        "failed": [dict(f) for f in failures],
         "regions": {},
     }
     for region in REGIONS:
@@ -167,11 +168,20 @@ def evaluate_folder(
 
     With ``output`` the CSV is written there, the summary beside it (``<stem>.summary.json``)
     and a per-region Dice bar chart (``<stem>.png``). ``workers`` > 1 scores cases in parallel
-    processes.
+    processes. A case whose files cannot be read is reported in ``failures`` and left out of
+    the rows; the others are still scored and written.
+
+    Raises:
+        FileNotFoundError / ValueError: bad usage, found before any case is scored (no such
+            folder, no reference segmentations, unknown challenge, ``output`` a directory).
     """
     from bratslab.data.layout import discover_cases
+    from bratslab.evaluate.report import check_output_files, plot_path, summary_path
 
     resolve_params(challenge)  # fail fast on an unknown challenge
+    if output is not None:
+        output = Path(output)
+        check_output_files(output, summary_path(output), plot_path(output))
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise FileNotFoundError(f"{pred_dir}: no such prediction folder")
@@ -180,42 +190,71 @@ def evaluate_folder(
         raise FileNotFoundError(f"{ref_dir}: no cases with a segmentation to score against")
     jobs, missing = [], []
     for c in refs:
-        pred = pred_dir / f"{c.id}.nii.gz"
-        if not pred.is_file():
-            alt = pred_dir / f"{c.id}.nii"
-            pred = alt if alt.is_file() else None
+        pred = find_prediction(pred_dir, c.id)
         if pred is None:
             missing.append(c.id)
             log.warning("%s: no prediction in %s; scored as empty", c.id, pred_dir)
         jobs.append((c.id, pred, c.seg, challenge, nsd_tolerance_mm))
 
-    rows: list[dict] = []
-    from bratslab.evaluate.report import progress_bar
-
-    with progress_bar(progress, len(jobs), "evaluate") as advance:
-        if workers > 1:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                for case_rows in pool.map(_score_job, jobs):
-                    rows.extend(case_rows)
-                    advance()
-        else:
-            for job in jobs:
-                rows.extend(_score_job(job))
-                advance()
-    summary = summarise(rows, challenge, missing)
+    rows, failures = _score_jobs(jobs, workers, progress)
+    summary = summarise(rows, challenge, missing, failures)
     if output is not None:
         from bratslab.evaluate.report import write_outputs
 
-        write_outputs(Path(output), rows_to_csv(rows), summary)
-    return EvaluationResult(rows=rows, summary=summary, missing=missing)
+        write_outputs(output, rows_to_csv(rows), summary)
+    return EvaluationResult(rows=rows, summary=summary, missing=missing, failures=failures)
 
 
-def _score_job(job: tuple) -> list[dict]:
-    return score_case(*job)
+def _score_jobs(
+    jobs: list[tuple], workers: int, progress: bool
+) -> tuple[list[dict], list[dict[str, str]]]:
+    """Score ``jobs`` (in order, in ``workers`` processes when > 1) → (rows, failures)."""
+    from bratslab.evaluate.report import progress_bar
+
+    rows: list[dict] = []
+    failures: list[dict[str, str]] = []
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            # Spawned, not forked: a fork of a process whose torch thread pool has run (an
+            # in-process caller, the demo, a test session) deadlocks in the surface-distance code.
+            pool = stack.enter_context(
+                ProcessPoolExecutor(
+                    max_workers=workers,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_init_worker,
+                )
+            )
+            results = pool.map(_score_job, jobs)
+        else:
+            results = map(_score_job, jobs)
+        advance = stack.enter_context(progress_bar(progress, len(jobs), "evaluate"))
+        for case_rows, failure in results:
+            rows.extend(case_rows)
+            if failure is not None:
+                log.warning("%s: %s: %s", failure["case"], failure["file"], failure["reason"])
+                failures.append(failure)
+            advance()
+    return rows, failures
+
+
+def _init_worker() -> None:
+    """One torch thread per scoring process: ``workers`` processes share the machine's cores."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _score_job(job: tuple) -> tuple[list[dict], dict[str, str] | None]:
+    """One case's rows, or no rows and ``{"case", "file", "reason"}`` when it cannot be scored."""
+    try:
+        return score_case(*job), None
+    except CaseError as e:
+        return [], {"case": job[0], "file": e.file, "reason": e.reason}
 
 
 __all__ = [
     "COLUMNS",
+    "CaseError",
     "EvaluationResult",
     "evaluate_folder",
     "rows_to_csv",

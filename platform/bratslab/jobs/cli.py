@@ -192,8 +192,41 @@ def _duration(start_ms: int | None, end_ms: int | None) -> str:
     return f"{(end - start_ms) / 1000:.0f} s"
 
 
+def _iso(ms: int | None) -> str | None:
+    return datetime.fromtimestamp(ms / 1000).astimezone().isoformat() if ms else None
+
+
+def job_rows(details) -> list[dict]:
+    """Ray ``JobDetails`` → plain dicts, newest first: what ``jobs list --json`` prints.
+
+    Times are ISO 8601 with the local offset; ``duration_s`` runs to now for a job still
+    running and is None for one not started.
+    """
+    rows = []
+    for d in sorted(details, key=lambda d: d.start_time or 0, reverse=True):
+        end = d.end_time or datetime.now().timestamp() * 1000
+        rows.append(
+            {
+                "submission_id": d.submission_id,
+                "job_id": d.job_id,
+                "kind": (d.metadata or {}).get("bratslab_kind"),
+                "status": str(getattr(d.status, "value", d.status)),
+                "start_time": _iso(d.start_time),
+                "end_time": _iso(d.end_time),
+                "duration_s": round((end - d.start_time) / 1000, 3) if d.start_time else None,
+                "entrypoint": d.entrypoint,
+                "message": d.message,
+                "metadata": dict(d.metadata or {}),
+            }
+        )
+    return rows
+
+
 @jobs_app.command("list")
-def list_jobs(address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP)) -> None:
+def list_jobs(
+    address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout instead of a table."),
+) -> None:
     """Jobs submitted to the cluster, newest first."""
     from rich.console import Console
     from rich.table import Table
@@ -205,6 +238,9 @@ def list_jobs(address: str | None = typer.Option(None, "--address", help=ADDRESS
         details = jobs.call("list_jobs")
     except JobsError as e:
         _fail(str(e))
+    if as_json:
+        typer.echo(json.dumps(job_rows(details), indent=2))
+        return
     table = Table(title=f"Ray jobs at {jobs.address}")
     for col in ("submission id", "kind", "status", "started", "duration", "entrypoint"):
         table.add_column(col, overflow="fold")

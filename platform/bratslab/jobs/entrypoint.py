@@ -78,11 +78,11 @@ def resolve_command(argv: Sequence[str]) -> tuple[str, ...]:
 def spec_kind(spec_path: Path, overrides: Sequence[str] = ()) -> str:
     """``"sweep"`` for a job spec with a ``sweep`` section, otherwise ``"train"``.
 
-    The spec is validated with the training stage's own loader (``bratslab.jobs.spec.load_job``)
+    The spec is validated with the training stage's own loader (``bratslab.spec.load_job``)
     so an invalid key fails on the submitting machine, naming the key.
     """
     try:
-        from bratslab.jobs.spec import load_job
+        from bratslab.spec import load_job
     except ImportError:  # the training stage is optional for submitting explicit commands
         data = apply_overrides(load_yaml(spec_path), list(overrides))
         return "sweep" if data.get("sweep") else "train"

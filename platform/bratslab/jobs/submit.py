@@ -65,13 +65,22 @@ EXCLUDES = [
 ]
 
 #: Settings forwarded to the job when set on the submitting machine.
-FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "BRATSLAB_HOME", "BRATSLAB_ARTIFACTS", "BRATSLAB_RAY_CPUS")
+FORWARDED_ENV = (
+    "MLFLOW_TRACKING_URI",
+    "BRATSLAB_HOME",
+    "BRATSLAB_ARTIFACTS",
+    "BRATSLAB_RAY_CPUS",
+    "BRATSLAB_OPTUNA_STORAGE",
+)
 #: Always set in the job: nothing phones home.
 QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "1",
     "PYTHONUNBUFFERED": "1",
+    # `bratslab jobs stop` sends SIGTERM; the run then marks itself KILLED and shuts Ray down,
+    # which takes seconds. Ray's default of 3 s before SIGKILL cuts that short.
+    "RAY_JOB_STOP_WAIT_TIME_S": "30",
     # The job's driver calls ray.init(runtime_env={"env_vars": ...}) (bratslab.cluster) with
     # keys this job env also sets; Ray refuses such overlaps unless told to merge them. The
     # driver's values come from this very environment, so merging changes nothing.
@@ -246,6 +255,8 @@ def job_env(
         )
         if os.environ.get("BRATSLAB_RAY_CPUS"):
             env["BRATSLAB_RAY_CPUS"] = os.environ["BRATSLAB_RAY_CPUS"]
+        if s.optuna_storage:
+            env["BRATSLAB_OPTUNA_STORAGE"] = s.optuna_storage
     else:
         env.update({k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)})
         uri = env.get("MLFLOW_TRACKING_URI", "")

@@ -204,3 +204,18 @@ class ModelConfig(StrictModel):
     def levels(self) -> int:
         """Down-sampling steps of the chosen architecture; patches must divide by ``2**levels``."""
         return getattr(self, self.arch).levels
+
+
+class ModelSection(ModelConfig):
+    """The zoo's model config plus where to initialise the weights from."""
+
+    init_from: str | None = Field(
+        default=None,
+        description="Initial weights: a checkpoint/model directory (model.pt + model.json) or an "
+        "MLflow model URI (runs:/..., models:/NAME@alias, models:/NAME/VERSION, models:/<id>). "
+        "Kernel-size mismatches are bridged with UpKern.",
+    )
+
+    def model_config_only(self) -> ModelConfig:
+        """The section without ``init_from``, as the zoo's :class:`ModelConfig`."""
+        return ModelConfig.model_validate(self.model_dump(exclude={"init_from"}))

@@ -3,10 +3,11 @@
 MONAI's :class:`monai.networks.nets.MedNeXt` provides the blocks and the parameter layout (so
 state dicts are interchangeable with MONAI's). This subclass only replaces ``forward`` to add what
 MONAI lacks: per-block gradient checkpointing, the zoo's deep-supervision contract (a ``list``,
-full resolution first) and skipping the auxiliary heads at inference. It also swaps MONAI's
-layers for subclasses with faster CPU paths (:func:`use_fast_cpu_layers`: ~2.8x faster training
-steps than MONAI's default on CPU, BENCHMARKS.md), which compute the same function with the same
-parameters; :func:`use_monai_layers` swaps them back.
+full resolution first) and skipping the auxiliary heads at inference. For CPU,
+:func:`use_fast_cpu_layers` swaps MONAI's layers for subclasses with faster CPU paths (~2.8x
+faster training steps than MONAI's default, BENCHMARKS.md), which compute the same function with
+the same parameters; ``runtime.prepare_model(model, "cpu")`` applies it, so a model on CUDA stays
+MONAI's own. :func:`use_monai_layers` swaps them back.
 """
 
 from __future__ import annotations
@@ -109,8 +110,6 @@ class MedNeXtNet(MedNeXt):
         )
         self.levels = levels
         self.grad_checkpointing = grad_checkpointing
-        # Same parameters and state-dict keys, faster CPU layers (see use_fast_cpu_layers).
-        use_fast_cpu_layers(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         check_spatial(x, self.levels, "mednext")

@@ -138,7 +138,7 @@ def optimizer_param_groups(
     Args:
         lr: learning rate of every group not named in ``lr_by_group``.
         lr_by_group: ``{pattern: lr}``; shell patterns over group names (e.g. ``{"stem": 1e-6,
-            "enc0": 1e-6}`` for the seed's transfer recipe). Later patterns win.
+            "enc0": 1e-6}`` for a slow-stem transfer recipe). Later patterns win.
         frozen: patterns of groups to freeze (e.g. everything but ``"dec*"`` and ``"head"``).
 
     Returns:

@@ -10,9 +10,12 @@
   float32 under autocast (:func:`float32_island`) while its 1x1x1 expansion/projection layers
   and GELUs run bf16: ~1.5x faster than its all-float32 step (BENCHMARKS.md).
   ``autocast(device, arch=cfg.arch)`` enables it; ``BRATSLAB_CPU_BF16=1`` / ``0`` forces it on /
-  off. It is numerically sound (tests/unit/models/test_runtime.py) and used only on CPUs with
-  native bf16. Inference (forward only, ``inference=True``) uses bf16 for every architecture,
-  MedNeXt's depthwise layers included (their slow bf16 paths are in the *backward*).
+  off. It is used only on CPUs with native bf16, and only as far as a measurement on this CPU
+  shows it sound (:mod:`~bratslab.models.bf16_guard`: oneDNN's bf16 weight gradient is wrong for
+  very shallow inputs on AVX512-BF16 CPUs without AMX; those layers then train in float32, and a
+  CPU whose bf16 gradients are wrong everywhere trains in float32). Inference (forward only,
+  ``inference=True``) uses bf16 for every architecture, MedNeXt's depthwise layers included
+  (their slow bf16 paths are in the *backward*).
 * CUDA: float16 autocast (AMP; pair it with ``torch.amp.GradScaler``), or bfloat16 where the GPU
   supports it and ``prefer_bf16`` is set (no scaler needed). Layout stays NCDHW.
 
@@ -29,6 +32,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
+
+from bratslab.compat.torch_ops import mkldnn_bf16_supported
 
 # Escape hatches for debugging numerics or for CPUs where a setting turns out slower.
 ENV_CPU_BF16 = "BRATSLAB_CPU_BF16"  # "1"/"0" force bf16 autocast on CPU on/off for every arch
@@ -47,12 +52,15 @@ def _env_flag(name: str, default: bool = True) -> bool:
 
 def cpu_bf16_supported() -> bool:
     """True when this CPU computes bf16 natively (AVX512-BF16 or AMX) through oneDNN."""
-    try:
-        return bool(
-            torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        )
-    except (AttributeError, RuntimeError):
-        return False
+    return mkldnn_bf16_supported()
+
+
+def cpu_bf16_training_sound() -> bool:
+    """True unless the measured check finds bf16 convolution gradients wrong on this CPU even
+    for deep inputs (:func:`~bratslab.models.bf16_guard.bf16_training_health`)."""
+    from bratslab.models.bf16_guard import bf16_training_health
+
+    return bf16_training_health() != "unsound"
 
 
 def amp_dtype(
@@ -70,7 +78,9 @@ def amp_dtype(
     device = torch.device(device)
     if device.type == "cpu":
         wanted = _env_flag(ENV_CPU_BF16, default=inference or arch in CPU_BF16_ARCHS)
-        return torch.bfloat16 if wanted and cpu_bf16_supported() else None
+        if not (wanted and cpu_bf16_supported()):
+            return None
+        return torch.bfloat16 if inference or cpu_bf16_training_sound() else None
     if device.type == "cuda":
         if prefer_bf16 and torch.cuda.is_bf16_supported():
             return torch.bfloat16
@@ -126,8 +136,17 @@ def use_channels_last(device: str | torch.device) -> bool:
 
 
 def prepare_model(model: nn.Module, device: str | torch.device) -> nn.Module:
-    """Move ``model`` to ``device`` in the fastest memory layout for it (in place; returned)."""
+    """Move ``model`` to ``device`` in the fastest memory layout for it (in place; returned).
+
+    On CPU it also swaps in the CPU-only layers, which keep parameters and state-dict keys:
+    MedNeXt's faster layers (:func:`~bratslab.models.mednext.use_fast_cpu_layers`), and, where
+    the measured bf16 check found shallow convolutions unsound, their float32 guard
+    (:func:`~bratslab.models.bf16_guard.guard_shallow_convs`). On CUDA the model stays plain
+    MONAI/PyTorch, so ``print(model)`` shows what runs.
+    """
     device = torch.device(device)
+    if device.type == "cpu":
+        _use_cpu_layers(model)
     if use_channels_last(device):
         return model.to(device=device, memory_format=torch.channels_last_3d)
     return model.to(device)
@@ -141,3 +160,14 @@ def prepare_input(x: torch.Tensor, device: str | torch.device) -> torch.Tensor:
     if x.ndim == 5 and use_channels_last(device):
         x = x.contiguous(memory_format=torch.channels_last_3d)
     return x
+
+
+def _use_cpu_layers(model: nn.Module) -> None:
+    from bratslab.models.bf16_guard import bf16_training_health, guard_shallow_convs
+    from bratslab.models.mednext import MedNeXtNet, use_fast_cpu_layers
+
+    for module in model.modules():
+        if isinstance(module, MedNeXtNet):
+            use_fast_cpu_layers(module)
+    if cpu_bf16_supported() and bf16_training_health() == "shallow-unsound":
+        guard_shallow_convs(model)

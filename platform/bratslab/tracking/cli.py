@@ -1,11 +1,13 @@
 """``bratslab models …``, ``bratslab runs …`` and ``bratslab ui``: browse what MLflow holds.
 
 Thin: parses, calls :mod:`bratslab.tracking.registry` / :mod:`bratslab.tracking.browse`, prints
-rich tables. MLflow is imported inside the commands so ``bratslab --help`` stays fast.
+rich tables, or with ``--json`` only JSON on stdout (datetimes as ISO 8601). MLflow is imported
+inside the commands so ``bratslab --help`` stays fast.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -40,6 +42,22 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def _json_default(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+def _echo_json(data) -> None:
+    """``data`` (dataclasses, lists, dicts) as JSON on stdout, and nothing else there."""
+    typer.echo(json.dumps(data, indent=2, default=_json_default))
+
+
+JSON_HELP = "Print JSON on stdout instead of tables."
+
+
 def _console():
     from rich.console import Console
 
@@ -50,7 +68,7 @@ def _console():
 
 
 @models_app.command("list")
-def models_list() -> None:
+def models_list(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """Registered models with their latest version and aliases."""
     from rich.table import Table
 
@@ -58,6 +76,9 @@ def models_list() -> None:
     from bratslab.tracking.mlflow_runs import tracking_uri
 
     models = registry.list_models()
+    if as_json:
+        _echo_json(models)
+        return
     table = Table(title=f"Registered models ({tracking_uri()})")
     for col in ("name", "versions", "latest", "aliases", "updated"):
         table.add_column(col)
@@ -78,7 +99,7 @@ def models_show(
     alias: str | None = typer.Option(
         None, "--alias", help="Alias to show (default: champion when no --version)."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """One version: metrics, params, source run and artifact URI. Without --version/--alias,
     the champion (or every version when there is no champion)."""
@@ -99,9 +120,7 @@ def models_show(
     except registry.RegistryError as e:
         _fail(str(e))
     if as_json:
-        import dataclasses
-
-        typer.echo(json.dumps([dataclasses.asdict(i) for i in infos], indent=2, default=str))
+        _echo_json(infos)
         return
     console = _console()
     for info in infos:
@@ -135,6 +154,10 @@ def models_show(
             console.print(t)
 
 
+SELECTION_TAG = "bratslab.selection_metric"  # set by a sweep on the versions it registers
+DEFAULT_SELECTION = "tta/dice_mean"
+
+
 @models_app.command("promote")
 def models_promote(
     name: str = typer.Argument(..., help="Registered model name."),
@@ -147,14 +170,22 @@ def models_promote(
         "(e.g. tta/dice_mean).",
     ),
     mode: str = typer.Option("max", "--mode", help="With --if-better: max or min is better."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Move the alias even when the version has no finite value for its selection "
+        f"metric (the {SELECTION_TAG} tag a sweep sets, else {DEFAULT_SELECTION}).",
+    ),
 ) -> None:
-    """Point an alias (default: champion) at a version. Alias writes are last-writer-wins."""
+    """Point an alias (default: champion) at a version. The version must have a finite value
+    for its selection metric unless --force; with --if-better it must also beat the holder."""
     from bratslab.tracking import registry
 
     try:
         if if_better:
             moved = registry.promote_if_better(name, version, if_better, mode, alias)
         else:
+            _check_selection_metric(registry.get_version(name, version=version), force)
             registry.set_alias(name, version, alias)
             moved = True
     except (registry.RegistryError, ValueError) as e:
@@ -169,6 +200,56 @@ def models_promote(
         )
 
 
+def _check_selection_metric(info, force: bool) -> None:
+    """Refuse (exit 1) a version without a finite selection metric, unless ``force``."""
+    import math
+
+    metric = info.tags.get(SELECTION_TAG) or DEFAULT_SELECTION
+    value = info.metrics.get(metric)
+    if value is not None and math.isfinite(value):
+        return
+    what = "is missing" if value is None else f"is {value}"
+    message = (
+        f"{info.name} version {info.version}: selection metric {metric!r} {what}; "
+        "an unevaluated or failed model would be served"
+    )
+    if not force:
+        _fail(message + " (pass --force to promote it anyway)")
+    typer.secho(f"warning: {message}; promoting because of --force", fg="yellow", err=True)
+
+
+@models_app.command("register")
+def models_register(
+    ref: str = typer.Argument(
+        ...,
+        metavar="RUN_ID | models:/MODEL_ID",
+        help="A train run id (the model it logged is registered; the newest if it logged "
+        "several) or a logged model URI, models:/<model_id>.",
+    ),
+    name: str = typer.Option(..., "--name", help="Registered model name (created if new)."),
+    alias: str | None = typer.Option(
+        None,
+        "--alias",
+        help="Also point this alias at the new version, unconditionally (`models promote "
+        "--if-better` compares first).",
+    ),
+) -> None:
+    """Register a run's logged model as a new version of NAME and print the version."""
+    from mlflow.exceptions import MlflowException
+
+    from bratslab.tracking import registry
+
+    try:
+        version, source = registry.register_logged_model(ref, name, alias)
+    except ValueError as e:
+        _fail(str(e), 2)
+    except (registry.RegistryError, MlflowException) as e:
+        _fail(getattr(e, "message", None) or str(e))
+    typer.echo(f"registered {source} as {name} version {version}")
+    if alias:
+        typer.echo(f"{name}@{alias} -> version {version}")
+
+
 @models_app.command("download")
 def models_download(
     ref: str = typer.Argument(..., help="NAME@ALIAS, NAME/VERSION or a models:/ URI."),
@@ -176,10 +257,11 @@ def models_download(
 ) -> None:
     """Download a registered model's files into a folder."""
     from bratslab.tracking import registry
+    from bratslab.tracking.model_store import ModelIntegrityError
 
     try:
         out = registry.download(ref, dst)
-    except (registry.RegistryError, FileExistsError) as e:
+    except (registry.RegistryError, FileExistsError, ModelIntegrityError) as e:
         _fail(str(e))
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     typer.echo(f"downloaded {ref} to {out} ({len(files)} files)")
@@ -201,6 +283,9 @@ def runs_list(
         None, "--sweep", "-s", help="Only the trials of this sweep (parent run id or name)."
     ),
     limit: int = typer.Option(50, "--limit", help="Show at most this many runs."),
+    as_json: bool = typer.Option(
+        False, "--json", help=JSON_HELP + " Each run carries all its metrics, params and tags."
+    ),
 ) -> None:
     """Runs, newest first, with their headline metrics."""
     from rich.table import Table
@@ -211,6 +296,9 @@ def runs_list(
         rows = browse.list_runs(experiment, sweep, max_results=limit)
     except browse.RunLookupError as e:
         _fail(str(e))
+    if as_json:
+        _echo_json(rows)
+        return
     metrics = [m for m in browse.HEADLINE_METRICS if any(m in r.metrics for r in rows)]
     params = [p for p in browse.HEADLINE_PARAMS if any(p in r.params for r in rows)]
     table = Table(title="Runs" + (f" of sweep {sweep}" if sweep else ""))

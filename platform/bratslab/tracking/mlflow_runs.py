@@ -2,7 +2,9 @@
 
 Everything goes through an :class:`mlflow.MlflowClient` bound to an explicit tracking URI, never
 the fluent global "active run": a Ray Tune trial, a Train controller callback and the driver may
-all log from one process, and explicit ids keep them from stepping on each other.
+all log from one process, and explicit ids keep them from stepping on each other. Where MLflow
+builds a default client of its own (registering a model, ``models:/`` downloads, logging a
+model), :func:`global_uris` points it at the same URI: every call lands in the settings' store.
 
 Where logging happens (the design choice for clusters): training workers never talk to MLflow.
 They report metrics through ``ray.train.report``; a ``ray.train.UserCallback`` running in the
@@ -18,6 +20,7 @@ import logging
 import math
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -40,6 +43,8 @@ TAG_JOB = "bratslab.job"
 TAG_GIT = "bratslab.git_commit"
 TAG_STORE = "bratslab.store_fingerprint"
 TAG_PARENT = "mlflow.parentRunId"
+# Why a run last stopped (bratslab.shutdown.STOP_REASON_TAG); cleared when it resumes.
+RESUME_CLEARS_TAGS = {"bratslab.stop_reason", "bratslab.interrupted"}
 
 
 def tracking_uri(uri: str | None = None) -> str:
@@ -48,14 +53,59 @@ def tracking_uri(uri: str | None = None) -> str:
 
 
 def client(uri: str | None = None) -> MlflowClient:
-    """A client for ``uri`` (default: settings), with the registry on the same store."""
+    """A client for ``uri`` (default: settings), with the registry on the same store.
+
+    The first client of a ``sqlite:`` store in this process creates or migrates its schema
+    under a file lock (:func:`ensure_schema`)."""
     uri = tracking_uri(uri)
+    ensure_schema(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+_SCHEMA_READY: set[str] = set()
+_SCHEMA_LOCK = threading.Lock()
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:`` URI; None for other stores and in-memory SQLite."""
+    if not uri.startswith("sqlite:"):
+        return None
+    from sqlalchemy.engine.url import make_url
+
+    database = make_url(uri).database
+    return Path(database).absolute() if database and database != ":memory:" else None
+
+
+def ensure_schema(uri: str) -> None:
+    """Create or migrate the schema of an embedded SQLite store once, under a file lock.
+
+    MLflow creates and migrates a database on first use with no lock of its own: processes
+    opening a brand-new ``mlflow.db`` at the same moment (Ray workers, Tune trials) each ran
+    the alembic migrations and most failed. Here one process at a time builds both stores
+    (tracking and registry) while holding ``<db>.lock``; the others then find the schema
+    current. Done once per URI per process; other stores are left alone.
+    """
+    if uri in _SCHEMA_READY:
+        return
+    with _SCHEMA_LOCK:
+        if uri in _SCHEMA_READY:
+            return
+        db = sqlite_path(uri)
+        if db is not None:
+            from filelock import FileLock
+
+            db.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(db) + ".lock", timeout=600):
+                c = MlflowClient(tracking_uri=uri, registry_uri=uri)
+                c.search_experiments(max_results=1)  # builds the tracking store: migrates
+                c.search_registered_models(max_results=1)  # and the registry store
+        _SCHEMA_READY.add(uri)
+
+
 def get_or_create_experiment(name: str, uri: str | None = None) -> str:
-    """Experiment id for ``name``; new experiments of the embedded store keep their artifacts
-    under ``$BRATSLAB_HOME/mlartifacts`` (not ``./mlruns`` of whatever the cwd is)."""
+    """Experiment id for ``name``; new experiments of a database store (the embedded SQLite or
+    PostgreSQL) keep their artifacts under ``$BRATSLAB_ARTIFACTS`` (default
+    ``$BRATSLAB_HOME/mlartifacts``), not ``./mlruns`` of whatever the cwd is."""
     c = client(uri)
     exp = c.get_experiment_by_name(name)
     if exp is not None:
@@ -64,7 +114,9 @@ def get_or_create_experiment(name: str, uri: str | None = None) -> str:
         return exp.experiment_id
     settings = get_settings()
     location = None
-    if tracking_uri(uri).startswith("sqlite:"):
+    if not tracking_uri(uri).startswith(("http://", "https://", "databricks")):
+        # A database store (SQLite, PostgreSQL) has no artifact root of its own: without one,
+        # MLflow writes to ./mlruns of whichever process creates the experiment.
         location = (settings.artifacts / name).as_uri()
     try:
         return c.create_experiment(name, artifact_location=location)
@@ -128,6 +180,8 @@ def start_run(
             run = None
         if run is not None and run.info.lifecycle_stage != "deleted":
             c.update_run(resume_run_id, status="RUNNING")
+            for key in RESUME_CLEARS_TAGS & set(run.data.tags):  # stale once it runs again
+                c.delete_tag(resume_run_id, key)
             log.info("resuming MLflow run %s", resume_run_id)
             return resume_run_id
     exp_id = get_or_create_experiment(experiment, uri)
@@ -203,28 +257,63 @@ def metric_keys(run_id: str, uri: str | None = None) -> Iterable[str]:
     return client(uri).get_run(run_id).data.metrics.keys()
 
 
+_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
 @contextmanager
 def global_uris(uri: str) -> Iterator[None]:
     """Point MLflow's process-global tracking and registry URIs at ``uri`` for a moment.
 
-    Restores the globals *and* the ``MLFLOW_TRACKING_URI``/``MLFLOW_REGISTRY_URI`` environment
-    variables exactly: ``mlflow.set_tracking_uri(previous)`` would export MLflow's resolved
-    default (``sqlite:///mlflow.db`` in the cwd) into the environment, where
-    :func:`bratslab.settings.get_settings` would then pick it up as if the user had set it.
-    """
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
+    Needed wherever MLflow builds a default ``MlflowClient()`` internally, ignoring the URIs we
+    pass: the fluent ``start_run``/``log_model``, ``register_model`` (its SQL registry store
+    resolves a ``models:/<model_id>`` source with one), and ``models:/`` downloads (the model
+    artifact repository looks models up with one). Checked against MLflow 3.17.2.
 
-    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    Public API only. MLflow resolves the URI in force as: a value set with
+    ``mlflow.set_tracking_uri`` / ``set_registry_uri``, else ``MLFLOW_TRACKING_URI`` /
+    ``MLFLOW_REGISTRY_URI``, else its own default (``./mlflow.db`` in the current folder). So
+    the environment variables are set, and restored exactly afterwards; only when a value set in
+    code outranks them is ``set_*_uri`` used too, and restored to that value. (Restoring with
+    ``mlflow.set_tracking_uri(mlflow.get_tracking_uri())`` in general would pin MLflow's
+    resolved default for good, and export it where :func:`bratslab.settings.get_settings` would
+    take it for the user's choice.)
+    """
+    ensure_schema(uri)  # MLflow's own clients would otherwise race to migrate a new SQLite db
+    saved_env = {k: os.environ.get(k) for k in _URI_VARIABLES}
+    pinned = []
     try:
+        os.environ.update(dict.fromkeys(_URI_VARIABLES, uri))
+        for get, set_ in (
+            (mlflow.get_tracking_uri, mlflow.set_tracking_uri),
+            (mlflow.get_registry_uri, mlflow.set_registry_uri),
+        ):
+            previous = get()
+            if previous != uri:  # a URI set in code outranks the environment
+                pinned.append((set_, previous))
+                set_(uri)
         yield
     finally:
-        tracking_utils._tracking_uri, registry_utils._registry_uri = saved
+        for set_, previous in pinned:
+            set_(previous)
         for key, value in saved_env.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def download_artifacts(artifact_uri: str, dst_path: str | Path, uri: str | None = None) -> Path:
+    """Download ``runs:/``, ``models:/`` or plain artifact URIs from the store at ``uri``
+    (default: settings) into ``dst_path``; returns the local path MLflow reports.
+
+    ``mlflow.artifacts.download_artifacts(tracking_uri=..., registry_uri=...)`` alone is not
+    enough: it resolves ``models:/<model_id>``, ``models:/NAME/VERSION`` and
+    ``models:/NAME@alias`` with MLflow's global URIs, so the download runs inside
+    :func:`global_uris`.
+    """
+    uri = tracking_uri(uri)
+    with global_uris(uri):
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=artifact_uri, dst_path=str(dst_path), tracking_uri=uri, registry_uri=uri
+        )
+    return Path(local)

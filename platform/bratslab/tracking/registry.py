@@ -5,11 +5,18 @@ MLflow 3 registers *logged models* (``models:/<model_id>`` from
 deprecated; a version's role is an alias (``champion``), and ``models:/NAME@champion`` resolves
 to whichever version holds it now.
 
-Concurrency: :func:`promote_if_better` reads the current champion, compares, then sets the
-alias. The registry has no compare-and-set, so alias writes are **last-writer-wins**: two sweeps
-promoting at the same moment can both read the old champion and the later write stands even if
-it is the worse model. Run promotions from one place (the sweep driver) or re-check afterwards
-(``bratslab models show NAME --alias champion``).
+Integrity: every version registered here carries the sha256 of its ``model.pt`` and
+``model.json`` as version tags (:data:`bratslab.tracking.model_store.HASH_TAGS`), computed from
+the files as stored; :func:`download` and :func:`bratslab.tracking.model_store.fetch_model_dir`
+refuse files that no longer match.
+
+Concurrency: the registry has no compare-and-set and alias writes are last-writer-wins, so
+:func:`promote_if_better` marks the version as a candidate for the alias (a version tag), then
+compares, sets, re-reads and repeats until the alias holds the best of the candidates marked in
+the last :data:`CANDIDATE_WINDOW_S` seconds. Whichever promoter writes last sees every candidate
+that compared before its write, and any later candidate compares against that final write, so
+no interleaving leaves a worse version holding the alias. On the embedded SQLite store the whole
+sequence also runs under a file lock beside the database, one promoter at a time.
 
 Works against the embedded SQLite store and a tracking server alike (the URI comes from
 settings or the ``uri`` argument).
@@ -17,24 +24,41 @@ settings or the ``uri`` argument).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import re
 import shutil
 import tempfile
+import time
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.entities import LoggedModelStatus
 from mlflow.exceptions import MlflowException
 
-from bratslab.tracking.mlflow_runs import client, global_uris, tracking_uri
+from bratslab.tracking.mlflow_runs import (
+    client,
+    download_artifacts,
+    global_uris,
+    sqlite_path,
+    tracking_uri,
+)
+from bratslab.tracking.model_store import HASH_TAGS, find_model_dir, is_model_dir, model_hashes
+from bratslab.tracking.model_store import verify_model_dir as _verify
 
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
+CANDIDATE_TAG = "bratslab.promote."  # + alias: {"t": time, "metric", "mode"} of a promotion
+CANDIDATE_WINDOW_S = 600.0  # promotions this recent take part in settling an alias
+_SETTLE_ROUNDS = 20
+_RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class RegistryError(LookupError):
@@ -123,16 +147,31 @@ def register(
         name: Registered model name, e.g. ``bratslab-ssa``.
         tags: Version tags; values are stored as strings (metrics like ``tta/dice_mean`` as
             their repr, so :func:`promote_if_better` can compare them).
+    The sha256 of the model directory's ``model.pt`` and ``model.json`` (downloaded from the
+    store, so what is hashed is what was stored) become version tags too.
+
     Returns:
         The new version number, as a string (MLflow's type for versions).
     """
     uri = tracking_uri(uri)
     str_tags = {k: _tag_value(v) for k, v in (tags or {}).items()}
+    str_tags.update(source_hashes(model_uri, uri=uri))
     # MLflow resolves ``models:/<model_id>`` sources through its *global* tracking URI.
     with global_uris(uri):
         mv = mlflow.register_model(model_uri, name, await_registration_for=await_s, tags=str_tags)
     log.info("registered %s as %s version %s", model_uri, name, mv.version)
     return str(mv.version)
+
+
+def source_hashes(model_uri: str, *, uri: str | None = None) -> dict[str, str]:
+    """``{hash tag: sha256}`` of the model directory stored under ``model_uri``; empty (with a
+    warning) when the source holds no bratslab model directory (a foreign MLflow model)."""
+    with tempfile.TemporaryDirectory(prefix="bratslab-hash-") as tmp:
+        local = download_artifacts(model_uri, tmp, uri)
+        if not any(is_model_dir(p.parent) for p in local.rglob("model.json")):
+            log.warning("%s holds no model.pt + model.json: registered without hashes", model_uri)
+            return {}
+        return model_hashes(find_model_dir(local, model_uri))
 
 
 def _tag_value(value: Any) -> str:
@@ -141,11 +180,76 @@ def _tag_value(value: Any) -> str:
     return str(value)
 
 
+def logged_model_of_run(run_id: str, *, uri: str | None = None) -> str:
+    """``models:/<model_id>`` of the model a run logged (a train run logs its best checkpoint).
+
+    A resumed run can have logged several: the newest READY one is taken (one still PENDING
+    or FAILED never finished uploading).
+
+    Raises:
+        RegistryError: no such run, or the run logged no finished model.
+    """
+    c = client(uri)
+    try:
+        run = c.get_run(run_id)
+    except MlflowException:
+        raise RegistryError(f"no run {run_id!r} in {tracking_uri(uri)}") from None
+    models = c.search_logged_models(
+        [run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'"
+    )
+    ready = [m for m in models if m.status == LoggedModelStatus.READY]
+    if not ready:
+        raise RegistryError(
+            f"run {run_id} ({run.info.run_name}) has no logged model"
+            + (f" that finished logging ({len(models)} pending or failed)" if models else "")
+            + "; training logs one when tracking.log_model is true"
+        )
+    newest = max(ready, key=lambda m: m.creation_timestamp or 0)
+    return f"models:/{newest.model_id}"
+
+
+def register_logged_model(
+    ref: str, name: str, alias: str | None = None, *, uri: str | None = None
+) -> tuple[str, str]:
+    """Register a run's logged model (``ref``: a run id) or a logged model itself
+    (``models:/<model_id>``) as a new version of ``name``; optionally point ``alias`` at it
+    (unconditionally; ``promote_if_better`` compares first).
+
+    Returns:
+        ``(version, model_uri)``.
+    Raises:
+        RegistryError: the run or logged model does not exist, or the run logged no model.
+        ValueError: ``ref`` is neither a run id nor ``models:/<model_id>``.
+    """
+    ref = ref.strip()
+    if _RUN_ID.fullmatch(ref):
+        source = logged_model_of_run(ref, uri=uri)
+    elif (model_id := _model_id_from(ref)) is not None:
+        try:
+            client(uri).get_logged_model(model_id)
+        except MlflowException:
+            raise RegistryError(f"no logged model {model_id!r} in {tracking_uri(uri)}") from None
+        source = ref
+    else:
+        raise ValueError(f"{ref!r}: expected a run id (32 hex digits) or models:/<model_id>")
+    version = register(source, name, uri=uri)
+    if alias:
+        set_alias(name, version, alias, uri=uri)
+    return version, source
+
+
 def set_alias(name: str, version: str | int, alias: str = CHAMPION, *, uri: str | None = None):
-    """Point ``alias`` at ``version`` unconditionally (last-writer-wins)."""
+    """Point ``alias`` at ``version`` unconditionally (last-writer-wins).
+
+    A choice made by hand ends any running contest for the alias: the candidate marks of
+    :func:`promote_if_better` are cleared, so a later promotion compares against this holder
+    only, rather than re-promoting an earlier candidate."""
     c = client(uri)
     get_version(name, version=version, uri=uri)  # a clear error for a missing version
     c.set_registered_model_alias(name, alias, str(version))
+    for mv in c.search_model_versions(_name_filter(name)):
+        if CANDIDATE_TAG + alias in (mv.tags or {}):
+            c.delete_model_version_tag(name, str(mv.version), CANDIDATE_TAG + alias)
     log.info("%s@%s -> version %s", name, alias, version)
 
 
@@ -162,11 +266,11 @@ def promote_if_better(
 
     The metric is looked up per version by :func:`version_metric` (a version tag first, then
     the logged model's metrics, then its source run's). Ties keep the current holder. A
-    holder without the metric is replaced. Compare-then-set: see the module docstring for the
-    last-writer-wins caveat.
+    holder without the metric is replaced. Safe against concurrent promoters (see the module
+    docstring): the alias ends on the best of them.
 
     Returns:
-        True when ``alias`` now points at ``version`` (moved, or already there).
+        True when ``alias`` points at ``version`` once settled (moved, or already there).
     Raises:
         RegistryError: ``version`` does not exist or has no value for ``metric``.
     """
@@ -176,25 +280,80 @@ def promote_if_better(
     new = candidate.metrics.get(metric)
     if new is None or not math.isfinite(new):
         raise RegistryError(f"{name} version {version}: no finite value for metric {metric!r}")
-    try:
-        current = get_version(name, alias=alias, uri=uri)
-    except RegistryError:
-        current = None
-    if current is not None:
-        if current.version == candidate.version:
-            return True
-        old = current.metrics.get(metric)
-        if old is not None and math.isfinite(old):
-            better = new > old if mode == "max" else new < old
-            if not better:
-                log.info(
-                    "%s v%s (%s=%.4f) does not beat %s v%s (%.4f): alias %r stays",
-                    name, version, metric, new, alias, current.version, old, alias,
-                )  # fmt: skip
-                return False
-    client(uri).set_registered_model_alias(name, alias, str(candidate.version))
+    with _promotion_lock(uri):
+        mark = json.dumps({"t": time.time(), "metric": metric, "mode": mode})
+        client(uri).set_model_version_tag(name, candidate.version, CANDIDATE_TAG + alias, mark)
+        holder = _settle(name, alias, metric, mode, uri=uri)
+    if holder != candidate.version:
+        log.info(
+            "%s v%s (%s=%.4f) does not beat %s v%s: alias %r stays",
+            name, version, metric, new, alias, holder, alias,
+        )  # fmt: skip
+        return False
     log.info("%s@%s -> version %s (%s=%.4f)", name, alias, candidate.version, metric, new)
     return True
+
+
+@contextmanager
+def _promotion_lock(uri: str | None):
+    """One promoter at a time on an embedded SQLite store (a file lock beside the database);
+    a server store relies on :func:`_settle` alone."""
+    db = sqlite_path(tracking_uri(uri))
+    if db is None:
+        yield
+        return
+    from filelock import FileLock
+
+    with FileLock(str(db) + ".promote.lock", timeout=600):
+        yield
+
+
+def _better(a: float | None, b: float | None, mode: str) -> bool:
+    """``a`` strictly beats ``b``; a missing or non-finite value loses to any finite one."""
+    if a is None or not math.isfinite(a):
+        return False
+    if b is None or not math.isfinite(b):
+        return True
+    return a > b if mode == "max" else a < b
+
+
+def _candidates(name: str, alias: str, metric: str, mode: str, uri: str | None) -> list[str]:
+    """Versions marked as candidates for ``alias`` (same metric and mode) within the window."""
+    now = time.time()
+    out = []
+    for mv in client(uri).search_model_versions(_name_filter(name)):
+        try:
+            mark = json.loads((mv.tags or {}).get(CANDIDATE_TAG + alias, ""))
+        except ValueError:
+            continue
+        if (
+            isinstance(mark, dict)
+            and (mark.get("metric"), mark.get("mode")) == (metric, mode)
+            and now - float(mark.get("t", 0)) <= CANDIDATE_WINDOW_S
+        ):
+            out.append(str(mv.version))
+    return out
+
+
+def _settle(name: str, alias: str, metric: str, mode: str, *, uri: str | None) -> str:
+    """Compare, set, re-read until ``alias`` holds the best recent candidate (or a holder at
+    least as good); returns the version it holds then."""
+    c = client(uri)
+    for _ in range(_SETTLE_ROUNDS):
+        try:
+            holder = get_version(name, alias=alias, uri=uri)
+        except RegistryError:
+            holder = None
+        best, best_value = None, None
+        for v in _candidates(name, alias, metric, mode, uri):
+            value = get_version(name, version=v, uri=uri).metrics.get(metric)
+            if value is not None and (best is None or _better(value, best_value, mode)):
+                best, best_value = v, value
+        held = holder.metrics.get(metric) if holder is not None else None
+        if best is None or (holder is not None and not _better(best_value, held, mode)):
+            return holder.version if holder is not None else ""
+        c.set_registered_model_alias(name, alias, best)
+    raise RegistryError(f"{name}@{alias}: did not settle after {_SETTLE_ROUNDS} rounds")
 
 
 # --------------------------------------------------------------------------- reading
@@ -208,6 +367,8 @@ def _name_filter(name: str) -> str:
 def _numeric_tags(tags: Mapping[str, str]) -> dict[str, float]:
     out = {}
     for k, v in tags.items():
+        if k.startswith(("bratslab.sha256.", CANDIDATE_TAG)):  # bookkeeping, not metrics
+            continue
         try:
             out[k] = float(v)
         except (TypeError, ValueError):
@@ -316,16 +477,23 @@ def source_run_id(model_uri: str, *, uri: str | None = None) -> str | None:
 
 
 def list_versions(name: str, *, uri: str | None = None) -> list[VersionInfo]:
-    """All versions of ``name``, newest first."""
+    """All versions of ``name``, newest first, each with the aliases pointing at it."""
     c = client(uri)
-    versions = c.search_model_versions(_name_filter(name))
-    if not versions:
-        c_models = [m.name for m in c.search_registered_models()]
-        if name not in c_models:
-            raise RegistryError(f"no registered model {name!r} in {tracking_uri(uri)}")
-    return [
-        _describe(v, uri=uri) for v in sorted(versions, key=lambda v: int(v.version), reverse=True)
-    ]
+    try:
+        model = c.get_registered_model(name)
+    except MlflowException:
+        raise RegistryError(f"no registered model {name!r} in {tracking_uri(uri)}") from None
+    # Search results carry no aliases (MLflow 3.17 SQL store); the registered model has them all.
+    by_version: dict[str, list[str]] = {}
+    for alias, version in (model.aliases if isinstance(model.aliases, dict) else {}).items():
+        by_version.setdefault(str(version), []).append(alias)
+    versions = sorted(
+        c.search_model_versions(_name_filter(name)), key=lambda v: int(v.version), reverse=True
+    )
+    infos = [_describe(v, uri=uri) for v in versions]
+    for info in infos:
+        info.aliases = sorted(set(info.aliases) | set(by_version.get(info.version, [])))
+    return infos
 
 
 def list_models(*, uri: str | None = None) -> list[ModelSummary]:
@@ -351,10 +519,12 @@ def list_models(*, uri: str | None = None) -> list[ModelSummary]:
 
 def download(ref: str, dst: str | Path, *, uri: str | None = None) -> Path:
     """Download the files of ``ref`` (``NAME@ALIAS``, ``NAME/VERSION``, ``models:/...``) into
-    the folder ``dst``, atomically: a failed download leaves no partial ``dst``.
+    the folder ``dst``, atomically: a failed download leaves no partial ``dst``. The model
+    files are checked against the sha256 tags of the version.
 
     Raises:
         RegistryError: the reference does not resolve.
+        ModelIntegrityError: a file does not match its registered sha256 (``dst`` not made).
         FileExistsError: ``dst`` exists and is not empty.
     """
     name, alias, version = parse_ref(ref)
@@ -366,12 +536,12 @@ def download(ref: str, dst: str | Path, *, uri: str | None = None) -> Path:
     uri = tracking_uri(uri)
     staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
     try:
-        mlflow.artifacts.download_artifacts(
-            artifact_uri=model_uri(name, version=info.version),
-            dst_path=str(staging),
-            tracking_uri=uri,
-            registry_uri=uri,
-        )
+        local = download_artifacts(model_uri(name, version=info.version), staging, uri)
+        expected = {t: info.tags[t] for t in HASH_TAGS.values() if t in info.tags}
+        if expected:
+            _verify(find_model_dir(local, ref), expected, ref)
+        else:
+            log.warning("%s: no sha256 recorded at registration; files not verified", ref)
         if dst.exists():
             dst.rmdir()
         staging.rename(dst)

@@ -15,22 +15,41 @@ def train(
         [], "--set", help="Dotted override, e.g. --set training.epochs=5 (repeatable)."
     ),
     name: str | None = typer.Option(
-        None, "--name", help="Run name (default: the job's `name`); an existing name resumes."
+        None,
+        "--name",
+        help="Run name (default: the job's `name`): letters, digits, _ . - (it names a folder); "
+        "an existing name resumes.",
     ),
 ) -> None:
     """Train a model with Ray Train as described by JOB; rerunning a name resumes it."""
     from rich.console import Console
 
-    from bratslab.jobs.spec import load_job
+    from bratslab.config import ConfigError
+    from bratslab.names import check_name
+    from bratslab.shutdown import Terminated
+    from bratslab.spec import load_job
     from bratslab.train.trainer import run_training
 
+    if name is not None:
+        check_name(name, "--name")  # it becomes $BRATSLAB_HOME/ray_results/<name>
     spec = load_job(job, set_)  # ConfigError → exit 2 with the key named (bratslab.cli.main)
+    try:
+        spec.data.store_path()  # the store exists: checked before any run folder is created
+    except ConfigError as e:
+        raise ConfigError(f"{job}: {e}") from None
     console = Console(stderr=True)
     console.print(
         f"[bold]train[/] {spec.name}: {spec.model.arch}, {spec.training.epochs} epochs × "
         f"{spec.training.steps_per_epoch} steps, {spec.scaling.num_workers} worker(s)"
     )
-    out = run_training(spec, name=name)
+    try:
+        out = run_training(spec, name=name)
+    except Terminated as stop:  # SIGTERM (jobs stop, preemption) or Ctrl-C: the run is KILLED
+        console.print(
+            f"[yellow]stopped by {stop.reason}[/]: rerun the same command to resume "
+            "from the latest checkpoint"
+        )
+        raise typer.Exit(stop.exit_code) from None
     best = out.best_metrics
     console.print(f"[green]done[/] MLflow run {out.run_id}")
     if best:

@@ -1,18 +1,20 @@
 """The per-worker training loop that Ray Train runs on every DDP rank.
 
-Reads top to bottom: set up → (restore) → for each epoch: stream this worker's cases, train on
-sampled patches, validate every k epochs, report metrics + a checkpoint. Lines that talk to Ray
-are marked ``# Ray``. Workers never touch MLflow: the driver's callback logs what they report.
+:func:`train_loop_per_worker` reads top to bottom: set up → (restore) → for each epoch: stream
+this worker's cases, train on sampled patches, validate every k epochs, report metrics + a
+checkpoint. The helpers beside it do one of those steps each. Lines that talk to Ray are marked
+``# Ray``. Workers never touch MLflow: the driver's callback logs what they report.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +23,9 @@ import torch.distributed as dist
 from torch import nn
 
 from bratslab.data.loader import PatchSampler, epoch_batches, prefetch
-from bratslab.jobs.spec import job_from_dict
+from bratslab.models.config import ModelConfig
+from bratslab.models.runtime import autocast, needs_grad_scaler, prepare_input, prepare_model
+from bratslab.spec import JobSpec, job_from_dict
 from bratslab.train.checkpoint import (
     load_train_state,
     load_weights,
@@ -36,63 +40,52 @@ from bratslab.train.validation import VAL_KEYS, validate
 log = logging.getLogger(__name__)
 
 NOT_VALIDATED = -1.0  # checkpoint score of epochs without validation (ranked below any Dice)
+UNMEASURED = ("val/dice_wt", "val/dice_tc", "val/dice_et", "val/dice_mean")  # 0 until validated
 
 
-def _world() -> tuple[int, int]:
-    import ray.train  # Ray
+@dataclass(kw_only=True)
+class StepContext:
+    """What one optimizer step needs besides the batch.
 
-    ctx = ray.train.get_context()  # Ray
-    return ctx.get_world_rank(), ctx.get_world_size()
+    ``model`` runs the forward (under Ray Train the DDP wrapper); gradients are clipped to
+    ``grad_clip`` over its trainable parameters (collected once, after freezing). ``amp``
+    enables autocast: fp16 on CUDA, bf16 on CPU for the architectures in
+    ``runtime.CPU_BF16_ARCHS`` (hence ``arch``).
+    """
+
+    model: nn.Module
+    bundle: OptimizerBundle
+    loss_fn: SegmentationLoss
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    amp: bool = False
+    arch: str | None = None
+    grad_clip: float | None = None
+    trainable: list[nn.Parameter] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
 
 
-def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t)
-    return t.tolist()
-
-
-def _amp_context(amp: bool, device: torch.device, arch: str | None = None):
-    if not amp:
-        return contextlib.nullcontext()
-    from bratslab.models.runtime import autocast
-
-    # fp16 on CUDA; on CPU bf16 only for the architectures where it measured faster
-    return autocast(device, arch=arch)
-
-
-def train_step(
-    model: nn.Module,
-    x: np.ndarray,
-    y: np.ndarray,
-    loss_fn: SegmentationLoss,
-    bundle: OptimizerBundle,
-    scaler: torch.amp.GradScaler,
-    device: torch.device,
-    amp: bool,
-    trainable: list[nn.Parameter],
-    grad_clip: float | None,
-    arch: str | None = None,
-) -> float:
+def train_step(ctx: StepContext, x: np.ndarray, y: np.ndarray) -> float:
     """One optimizer step on a batch ``x`` ``(B, C, X, Y, Z)`` float32, ``y`` ``(B, 1, X, Y, Z)``
-    uint8 labels; returns the loss. Autocast (bf16 CPU / fp16 CUDA) covers the forward only;
-    the loss is computed in float32 and scaled by the GradScaler (a no-op unless fp16)."""
-    from bratslab.models.runtime import prepare_input
-
-    xt = prepare_input(torch.from_numpy(x), device)  # channels-last 3-D on CPU (oneDNN)
-    yt = torch.from_numpy(y).to(device, non_blocking=True)
-    with _amp_context(amp, device, arch):
-        out = model(xt)
-    loss = loss_fn(out, yt)
-    bundle.optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    if grad_clip:
-        scaler.unscale_(bundle.optimizer)  # clip the true gradients, not the scaled ones
-        torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
-    scaler.step(bundle.optimizer)
-    scaler.update()
-    if bundle.scheduler is not None:
-        bundle.scheduler.step()
+    uint8 labels; returns the loss. Autocast covers the forward only; the loss is computed in
+    float32 and scaled by the GradScaler (a no-op unless fp16)."""
+    xt = prepare_input(torch.from_numpy(x), ctx.device)  # channels-last 3-D on CPU (oneDNN)
+    yt = torch.from_numpy(y).to(ctx.device, non_blocking=True)
+    with autocast(ctx.device, enabled=ctx.amp, arch=ctx.arch):
+        out = ctx.model(xt)
+    loss = ctx.loss_fn(out, yt)
+    optimizer = ctx.bundle.optimizer
+    optimizer.zero_grad(set_to_none=True)
+    ctx.scaler.scale(loss).backward()
+    if ctx.grad_clip:
+        ctx.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        torch.nn.utils.clip_grad_norm_(ctx.trainable, ctx.grad_clip)
+    ctx.scaler.step(optimizer)
+    ctx.scaler.update()
+    if ctx.bundle.scheduler is not None:
+        ctx.bundle.scheduler.step()
     return float(loss.detach())
 
 
@@ -115,184 +108,284 @@ def init_weights(model: nn.Module, model_cfg, source: dict[str, torch.Tensor]) -
     return "upkern"
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
+@dataclass
+class Progress:
+    """What carries over from epoch to epoch and, through the checkpoint, across restarts."""
+
+    epoch: int = 0  # completed epochs: where this attempt starts
+    global_step: int = 0
+    best: float = NOT_VALIDATED  # best val/dice_mean so far
+    resumed_from: int = 0
+    last_val: dict[str, float] = field(default_factory=lambda: dict.fromkeys(UNMEASURED, 0.0))
+
+
+@dataclass
+class Worker:
+    """One rank's fixed setup: the step context, the bare module (validation, checkpoints)
+    and this rank's sampler and validation cases."""
+
+    spec: JobSpec
+    rank: int
+    world: int
+    step: StepContext
+    bare: nn.Module
+    model_cfg: ModelConfig
+    patch: list[int]
+    sampler: PatchSampler
+    val_rows: list[dict[str, Any]]
+
+
+def train_loop_per_worker(
+    config: dict[str, Any], *, on_epoch_start: Callable[[int], None] | None = None
+) -> None:
     """Entry point of every Ray Train worker. ``config`` (built by the driver) holds the
     resolved ``job`` spec, the ``patch_size``, the validation ``val_rows``, the ``model_extra``
-    written into model.json, and optionally ``init_weights`` (an object ref to a state dict)."""
+    written into model.json, and optionally ``init_weights`` (an object ref to a state dict).
+    ``on_epoch_start(epoch)``, if given, runs before each epoch (e.g. a test's fault)."""
     import ray.train  # Ray
     import ray.train.torch  # Ray
 
     from bratslab.models.zoo import build_model
 
     spec = job_from_dict(config["job"], "job")
-    tr = spec.training
-    rank, world = _world()
+    tr, model_cfg = spec.training, spec.model.model_config_only()
     torch.set_num_threads(spec.scaling.torch_threads or max(int(spec.scaling.cpus_per_worker), 1))
     device = ray.train.torch.get_device()  # Ray: cuda:<local rank> or cpu
-    model_cfg = spec.model.model_config_only()
-    patch = list(config["patch_size"])
-    total_steps = tr.epochs * tr.steps_per_epoch
-
     torch.manual_seed(tr.seed)  # identical initial weights on every rank
     model = build_model(model_cfg)
-    start_epoch, global_step, best = 0, 0, NOT_VALIDATED
     checkpoint = ray.train.get_checkpoint()  # Ray: latest checkpoint after a failure/restart
     if checkpoint is None and config.get("init_weights") is not None:
-        import ray  # Ray: the driver shipped the source weights through the object store
+        _init_from(model, spec, config["init_weights"])  # Ray: an object-store reference
+    bundle = _optimizer(model, spec)
+    # Loss scaling only where gradients are fp16 (CUDA autocast); bf16/fp32 need none.
+    scaler = torch.amp.GradScaler(device.type, enabled=tr.amp and needs_grad_scaler(device))
+    progress = Progress()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:  # Ray
+            progress = restore(ckpt_dir, model, bundle, scaler)
+    w = _worker(spec, config, model, bundle, scaler, device)  # Ray: rank, world, DDP wrap
+    if checkpoint is not None:
+        log.info(
+            "rank %d resumed at epoch %d (step %d)", w.rank, progress.epoch, progress.global_step
+        )
+    shard = ray.train.get_dataset_shard("train")  # Ray: this worker's share of the case table
 
-        how = init_weights(model, model_cfg, ray.get(config["init_weights"]))
-        log.info("initialised weights from %s (%s)", spec.model.init_from, how)
-    bundle: OptimizerBundle = build_optimizer(
+    for epoch in range(progress.epoch, tr.epochs):
+        if on_epoch_start is not None:
+            on_epoch_start(epoch)
+        rows = list(shard.iter_rows())  # Ray: case rows (ids, paths) only, never volumes
+        t0 = time.perf_counter()
+        metrics = train_epoch(w, rows, epoch, progress)
+        metrics.update(validate_epoch(w, epoch, progress))
+        metrics["time/epoch_s"] = time.perf_counter() - t0
+        report_epoch(w, epoch, progress, metrics, config)
+        bundle.train_mode()
+
+
+def _world() -> tuple[int, int]:
+    import ray.train  # Ray
+
+    ctx = ray.train.get_context()  # Ray
+    return ctx.get_world_rank(), ctx.get_world_size()
+
+
+def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def _init_from(model: nn.Module, spec: JobSpec, ref) -> None:
+    import ray  # Ray: the driver shipped the source weights through the object store
+
+    how = init_weights(model, spec.model.model_config_only(), ray.get(ref))  # Ray
+    log.info("initialised weights from %s (%s)", spec.model.init_from, how)
+
+
+def _optimizer(model: nn.Module, spec: JobSpec) -> OptimizerBundle:
+    tr = spec.training
+    return build_optimizer(
         model,
-        model_cfg,
+        spec.model.model_config_only(),
         tr.optimizer,
         tr.schedule,
-        total_steps=total_steps,
+        total_steps=tr.epochs * tr.steps_per_epoch,
         steps_per_epoch=tr.steps_per_epoch,
         frozen=tr.freeze,
     )
-    from bratslab.models.runtime import needs_grad_scaler, prepare_model
 
-    # Loss scaling only where gradients are fp16 (CUDA autocast); bf16/fp32 need none.
-    scaler = torch.amp.GradScaler(device.type, enabled=tr.amp and needs_grad_scaler(device))
-    if checkpoint is not None:
-        with checkpoint.as_directory() as ckpt_dir:  # Ray
-            model.load_state_dict(load_weights(ckpt_dir))
-            state = load_train_state(ckpt_dir)
-        bundle.optimizer.load_state_dict(state["optimizer"])
-        if bundle.scheduler is not None and state.get("scheduler"):
-            bundle.scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        start_epoch, global_step = int(state["epoch"]), int(state["global_step"])
-        best = float(state["best_dice"])
-        log.info("rank %d resumed at epoch %d (step %d)", rank, start_epoch, global_step)
-    resumed_from = start_epoch
 
+def restore(
+    ckpt_dir: str | Path,
+    model: nn.Module,
+    bundle: OptimizerBundle,
+    scaler: torch.amp.GradScaler,
+) -> Progress:
+    """Load a checkpoint folder's weights, optimizer, schedule, scaler and RNG state in place;
+    return the progress it recorded (with the last measured validation carried over)."""
+    model.load_state_dict(load_weights(ckpt_dir))
+    state = load_train_state(ckpt_dir)
+    bundle.optimizer.load_state_dict(state["optimizer"])
+    if bundle.scheduler is not None and state.get("scheduler"):
+        bundle.scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    epoch = int(state["epoch"])
+    progress = Progress(epoch, int(state["global_step"]), float(state["best_dice"]), epoch)
+    measured = state.get("metrics", {})
+    progress.last_val.update(
+        {k: v for k, v in measured.items() if k.startswith(("val/dice", "val/lesion"))}
+    )
+    return progress
+
+
+def _worker(
+    spec: JobSpec,
+    config: dict[str, Any],
+    model: nn.Module,
+    bundle: OptimizerBundle,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+) -> Worker:
+    """Lay the model out for ``device``, wrap it for DDP and collect this rank's setup."""
+    import ray.train.torch  # Ray
+
+    tr, model_cfg = spec.training, spec.model.model_config_only()
+    rank, world = _world()  # Ray
     # Memory layout before DDP wraps the model: DDP's gradient buckets follow the parameters'
     # strides at construction, and validation (same layout) must not change them later.
     bare = prepare_model(model, device)
-    model = ray.train.torch.prepare_model(bare)  # Ray: move to device, wrap in DDP if world > 1
-    trainable = [p for p in bare.parameters() if p.requires_grad]
+    wrapped = ray.train.torch.prepare_model(bare)  # Ray: move to device, DDP if world > 1
     loss_fn = SegmentationLoss(
         model_cfg.output, tr.deep_supervision_weights, tr.dice_weight, tr.bce_weight
     )
+    step = StepContext(
+        model=wrapped,
+        bundle=bundle,
+        loss_fn=loss_fn,
+        scaler=scaler,
+        device=device,
+        amp=tr.amp,
+        arch=spec.model.arch,  # the CPU bf16 choice is per architecture
+        grad_clip=tr.grad_clip,
+    )
+    patch = list(config["patch_size"])
     sampler = PatchSampler(
         patch, model_cfg.in_channels, spec.data.foreground_oversample, seed=tr.seed + rank
     )
-    shard = ray.train.get_dataset_shard("train")  # Ray: this worker's share of the case table
     val_rows = config["val_rows"][rank::world]
-    last_val: dict[str, float] = {"val/dice_wt": 0.0, "val/dice_tc": 0.0, "val/dice_et": 0.0}
-    last_val["val/dice_mean"] = 0.0
-    if checkpoint is not None:  # carry the last measured validation across a restart
-        last_val.update(
-            {k: v for k, v in state.get("metrics", {}).items() if k.startswith("val/dice")}
-        )
-        last_val.update(
-            {k: v for k, v in state.get("metrics", {}).items() if k.startswith("val/lesion")}
-        )
+    return Worker(spec, rank, world, step, bare, model_cfg, patch, sampler, val_rows)
 
-    for epoch in range(start_epoch, tr.epochs):
-        if tr.fail_at_epoch == epoch and resumed_from == 0 and rank == world - 1:
-            # Ray: wait until the controller has registered the last checkpoint, so the
-            # restart deterministically resumes from it (the point of the test).
-            ray.train.get_all_reported_checkpoints(timeout_s=120)
-            log.warning("fault injection: rank %d exits at epoch %d", rank, epoch)
-            os._exit(1)  # an abrupt death, as a killed process or lost node would be
-        rows = list(shard.iter_rows())  # Ray: case rows (ids, paths) only, never volumes
-        model.train()
-        bundle.train_mode()
-        # Seeds derive from (seed, epoch, rank): a resumed epoch draws the same patches.
-        batches = epoch_batches(
-            rows,
-            steps=tr.steps_per_epoch,
-            batch_size=tr.batch_size,
-            sampler=sampler,
-            augment=spec.data.augment,
-            seed=tr.seed * 1_000_003 + epoch * 1009 + rank,
+
+def train_epoch(
+    w: Worker, rows: list[dict[str, Any]], epoch: int, progress: Progress
+) -> dict[str, Any]:
+    """``steps_per_epoch`` steps on patches of ``rows``; the loss and timings (loss and data
+    wait summed over ranks) and the learning rates, as report metrics."""
+    tr = w.spec.training
+    w.step.model.train()
+    w.step.bundle.train_mode()
+    # Seeds derive from (seed, epoch, rank): a resumed epoch draws the same patches.
+    batches = epoch_batches(
+        rows,
+        steps=tr.steps_per_epoch,
+        batch_size=tr.batch_size,
+        sampler=w.sampler,
+        augment=w.spec.data.augment,
+        seed=tr.seed * 1_000_003 + epoch * 1009 + w.rank,
+    )
+    t0, c0 = time.perf_counter(), time.process_time()
+    wait = loss_sum = 0.0
+    stream = prefetch(batches, w.spec.data.prefetch_batches)
+    for _ in range(tr.steps_per_epoch):
+        tw = time.perf_counter()
+        x, y = next(stream)
+        wait += time.perf_counter() - tw
+        loss_sum += train_step(w.step, x, y)
+        progress.global_step += 1
+    stream.close()
+    train_s = time.perf_counter() - t0
+    train_cpu_s = time.process_time() - c0  # this worker process, all threads
+    loss_total, wait_total, n = _all_reduce_sum([loss_sum, wait, tr.steps_per_epoch], w.step.device)
+    return {
+        "epoch": epoch,
+        "train/loss": loss_total / n,
+        "time/train_s": train_s,
+        "time/train_cpu_s": train_cpu_s,
+        "time/data_wait_frac": wait_total / max(train_s * w.world, 1e-9),
+        "throughput/samples_per_s": tr.steps_per_epoch * tr.batch_size * w.world / train_s,
+        "resumed_from_epoch": progress.resumed_from,
+        **w.step.bundle.lrs(),
+    }
+
+
+def validate_epoch(w: Worker, epoch: int, progress: Progress) -> dict[str, Any]:
+    """Validation metrics for this epoch's report. Measured every ``val_every`` epochs and at
+    the last; otherwise the last measured values are repeated, because Tune schedulers need the
+    metric in every result, and ``val/fresh`` says which (the MLflow callback logs fresh ones)."""
+    tr = w.spec.training
+    w.step.bundle.eval_mode()  # schedule-free: validate and save the averaged weights
+    validated = (epoch + 1) % tr.val_every == 0 or epoch + 1 == tr.epochs
+    metrics: dict[str, Any] = {}
+    if validated:
+        tv = time.perf_counter()
+        device = w.step.device
+        *sums, cases = _all_reduce_sum(
+            validate(w.bare, w.val_rows, w.patch, w.spec, device), device
         )
-        t0, c0 = time.perf_counter(), time.process_time()
-        wait = 0.0
-        loss_sum = 0.0
-        stream = prefetch(batches, spec.data.prefetch_batches)
-        for _ in range(tr.steps_per_epoch):
-            tw = time.perf_counter()
-            x_np, y_np = next(stream)
-            wait += time.perf_counter() - tw
-            loss = train_step(
-                model,
-                x_np,
-                y_np,
-                loss_fn,
-                bundle,
-                scaler,
-                device,
-                tr.amp,
-                trainable,
-                tr.grad_clip,
-                arch=spec.model.arch,
+        cases = max(cases, 1)
+        last_val = {f"val/{k}": v / cases for k, v in zip(VAL_KEYS, sums, strict=True)}
+        if not tr.val_lesionwise:
+            last_val = {k: v for k, v in last_val.items() if "lesion" not in k}
+        last_val["val/dice_mean"] = sum(sums[:3]) / (3 * cases)
+        progress.last_val = last_val
+        progress.best = max(progress.best, last_val["val/dice_mean"])
+        metrics["time/val_s"] = time.perf_counter() - tv
+    metrics.update(progress.last_val)
+    metrics["val/fresh"] = int(validated)
+    metrics["val/best_dice_mean"] = progress.best
+    metrics["ckpt_score"] = progress.last_val["val/dice_mean"] if validated else NOT_VALIDATED
+    return metrics
+
+
+def report_epoch(
+    w: Worker, epoch: int, progress: Progress, metrics: dict[str, Any], config: dict[str, Any]
+) -> None:
+    """Report ``metrics`` to Ray Train with rank 0's checkpoint of the state after ``epoch``."""
+    import ray.train  # Ray
+
+    with tempfile.TemporaryDirectory(prefix="bratslab-ckpt-") as tmp:
+        ckpt = None
+        if w.rank == 0:
+            state = _train_state(w, epoch, progress, metrics)
+            save_checkpoint(
+                tmp,
+                model=w.bare,
+                model_cfg=w.model_cfg,
+                model_extra={**config["model_extra"], "epoch": epoch + 1},
+                train_state=state,
+                job=config["job"],
             )
-            global_step += 1
-            loss_sum += loss
-        stream.close()
-        train_s = time.perf_counter() - t0
-        train_cpu_s = time.process_time() - c0  # this worker process, all threads
-        loss_total, wait_total, n = _all_reduce_sum([loss_sum, wait, tr.steps_per_epoch], device)
+            ckpt = ray.train.Checkpoint.from_directory(tmp)  # Ray
+        name = f"epoch{epoch + 1:04d}-{uuid.uuid4().hex[:6]}" if ckpt else None
+        # Ray: a barrier across workers; rank 0's metrics are attached to the checkpoint.
+        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name)  # Ray
 
-        metrics: dict[str, Any] = {
-            "epoch": epoch,
-            "train/loss": loss_total / n,
-            "time/train_s": train_s,
-            "time/train_cpu_s": train_cpu_s,
-            "time/data_wait_frac": wait_total / max(train_s * world, 1e-9),
-            "throughput/samples_per_s": tr.steps_per_epoch * tr.batch_size * world / train_s,
-            "resumed_from_epoch": resumed_from,
-            **bundle.lrs(),
-        }
-        bundle.eval_mode()  # schedule-free: validate and save the averaged weights
-        validated = (epoch + 1) % tr.val_every == 0 or epoch + 1 == tr.epochs
-        if validated:
-            tv = time.perf_counter()
-            *sums, cases = _all_reduce_sum(validate(bare, val_rows, patch, spec, device), device)
-            cases = max(cases, 1)
-            last_val = {f"val/{k}": v / cases for k, v in zip(VAL_KEYS, sums, strict=True)}
-            if not tr.val_lesionwise:
-                last_val = {k: v for k, v in last_val.items() if "lesion" not in k}
-            last_val["val/dice_mean"] = sum(sums[:3]) / (3 * cases)
-            metrics["time/val_s"] = time.perf_counter() - tv
-            best = max(best, last_val["val/dice_mean"])
-        # val/* always present (Tune schedulers need the metric in every result); val/fresh
-        # says whether it was measured this epoch (the MLflow callback logs only fresh ones).
-        metrics.update(last_val)
-        metrics["val/fresh"] = int(validated)
-        metrics["val/best_dice_mean"] = best
-        metrics["ckpt_score"] = last_val["val/dice_mean"] if validated else NOT_VALIDATED
-        metrics["time/epoch_s"] = time.perf_counter() - t0
 
-        with tempfile.TemporaryDirectory(prefix="bratslab-ckpt-") as tmp:
-            ckpt = None
-            if rank == 0:
-                state = {
-                    "epoch": epoch + 1,  # completed epochs: the next run starts here
-                    "global_step": global_step,
-                    "optimizer": bundle.optimizer.state_dict(),
-                    "scheduler": bundle.scheduler.state_dict() if bundle.scheduler else None,
-                    "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                    "rng": rng_state(),
-                    "best_dice": best,
-                    "metrics": {k: float(v) for k, v in metrics.items()},
-                }
-                save_checkpoint(
-                    tmp,
-                    model=bare,
-                    model_cfg=model_cfg,
-                    model_extra={**config["model_extra"], "epoch": epoch + 1},
-                    train_state=state,
-                    job=config["job"],
-                )
-                ckpt = ray.train.Checkpoint.from_directory(tmp)  # Ray
-            name = f"epoch{epoch + 1:04d}-{uuid.uuid4().hex[:6]}" if ckpt else None
-            # Ray: a barrier across workers; rank 0's metrics are attached to the checkpoint.
-            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name)
-        bundle.train_mode()
+def _train_state(
+    w: Worker, epoch: int, progress: Progress, metrics: dict[str, Any]
+) -> dict[str, Any]:
+    """``train_state.pt`` after ``epoch``: everything :func:`restore` needs to continue."""
+    bundle, scaler = w.step.bundle, w.step.scaler
+    return {
+        "epoch": epoch + 1,  # completed epochs: the next run starts here
+        "global_step": progress.global_step,
+        "optimizer": bundle.optimizer.state_dict(),
+        "scheduler": bundle.scheduler.state_dict() if bundle.scheduler else None,
+        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+        "rng": rng_state(),
+        "best_dice": progress.best,
+        "metrics": {k: float(v) for k, v in metrics.items()},
+    }

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bratslab.jobs.spec import OptimizerConfig, ScheduleConfig
 from bratslab.models.config import ModelConfig
+from bratslab.train.config import OptimizerConfig, ScheduleConfig
 
 
 @dataclass

@@ -2,14 +2,17 @@
 
 :func:`run_training` is what ``bratslab train`` and each Ray Tune trial call. It
 
-1. reads the store's manifest into a case table (a Ray Data dataset Ray Train shards per worker),
+1. checks that ``data.store`` holds a store (a ``ConfigError`` before anything is created),
+   reads its manifest into a case table (a Ray Data dataset Ray Train shards per worker),
 2. opens (or, for a rerun of the same job name, reopens) one MLflow run,
 3. runs :func:`bratslab.train.loop.train_loop_per_worker` on N workers with fault tolerance:
    ``FailureConfig(max_failures)`` restarts the worker group from the latest checkpoint, and a
    rerun with the same name finds the run folder ``$BRATSLAB_HOME/ray_results/<name>`` and
    resumes from its latest checkpoint (Ray Train V2 reloads its checkpoint-manager snapshot),
 4. logs per-epoch metrics from a :class:`MLflowCallback` in the Train controller (workers never
-   talk to MLflow), then the job, a learning-curve plot and the best checkpoint as a model.
+   talk to MLflow) and prints one progress line per epoch on the driver's console
+   (:mod:`bratslab.train.progress`), then logs the job, a learning-curve plot and the best
+   checkpoint as a model.
 
 Storage: ``$BRATSLAB_HOME/ray_results`` must be on a filesystem every node sees when running on
 a cluster (set ``BRATSLAB_HOME`` to a shared mount), as must ``data.store``.
@@ -20,14 +23,14 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bratslab.atomic import write_json, write_text
-from bratslab.jobs.spec import JobSpec
 from bratslab.settings import get_settings
+from bratslab.spec import JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +142,8 @@ def build_trainer(
     callbacks: Sequence[Any] = (),
     storage_path: str | Path | None = None,
     data: PreparedData | None = None,
+    train_loop: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = True,
 ):
     """A ready-to-``fit()`` :class:`ray.train.torch.TorchTrainer` for ``spec``.
 
@@ -147,21 +152,23 @@ def build_trainer(
         mlflow_run_id: log per-epoch metrics to this MLflow run (from the controller).
         callbacks: extra ``ray.train.UserCallback`` s, e.g. Tune's ``TuneReportCallback``.
         storage_path: default ``$BRATSLAB_HOME/ray_results``.
+        train_loop: the worker function, called with the loop config (default
+            :func:`bratslab.train.loop.train_loop_per_worker`; tests wrap it to inject faults).
+        progress: print one line per epoch on the driver's console and append it to
+            ``train_log.txt`` in the run folder (:mod:`bratslab.train.progress`).
     """
     import ray.train  # Ray
     from ray.train.torch import TorchConfig, TorchTrainer  # Ray
 
     from bratslab.cluster import ensure_ray
     from bratslab.data.loader import case_dataset
-    from bratslab.tracking.mlflow_runs import tracking_uri
     from bratslab.train.loop import train_loop_per_worker
 
     ensure_ray()
     data = data or prepare_data(spec)
+    name = name or spec.name
+    root = Path(storage_path or get_settings().home / "ray_results")
     sc = spec.scaling
-    all_callbacks = list(callbacks)
-    if mlflow_run_id:
-        all_callbacks.insert(0, _mlflow_callback_cls()(mlflow_run_id, tracking_uri()))
     config = {
         "job": spec.resolved(),
         "patch_size": data.patch_size,
@@ -170,7 +177,7 @@ def build_trainer(
         "init_weights": _init_weights_ref(spec),
     }
     return TorchTrainer(
-        train_loop_per_worker,
+        train_loop or train_loop_per_worker,
         train_loop_config=config,
         torch_config=TorchConfig(backend="nccl" if sc.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
@@ -179,18 +186,36 @@ def build_trainer(
             resources_per_worker={"CPU": sc.cpus_per_worker, **({"GPU": 1} if sc.use_gpu else {})},
         ),
         run_config=ray.train.RunConfig(
-            name=name or spec.name,
-            storage_path=str(storage_path or get_settings().home / "ray_results"),
+            name=name,
+            storage_path=str(root),
             failure_config=ray.train.FailureConfig(max_failures=sc.max_failures),
+            # Ray Train logs every report at INFO ("Reporting training result ..." with the whole
+            # metrics dict); the one-line epoch progress (train/progress.py) says it readably.
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=spec.training.checkpoints_to_keep,
                 checkpoint_score_attribute="ckpt_score",
                 checkpoint_score_order="max",
             ),
-            callbacks=all_callbacks,
+            callbacks=_callbacks(spec, root / name, mlflow_run_id, callbacks, progress),
         ),
         datasets={"train": case_dataset(data.train_rows)},  # Ray Data: sharded per worker
     )
+
+
+def _callbacks(
+    spec: JobSpec, run_dir: Path, mlflow_run_id: str | None, extra: Sequence[Any], progress: bool
+) -> list[Any]:
+    """The controller's callbacks: MLflow logging, the console progress line, then ``extra``."""
+    from bratslab.tracking.mlflow_runs import tracking_uri
+    from bratslab.train.progress import LOG_FILE, progress_callback
+
+    out: list[Any] = []
+    if mlflow_run_id:
+        out.append(_mlflow_callback_cls()(mlflow_run_id, tracking_uri()))
+    if progress:
+        out.append(progress_callback(run_dir.name, spec.training.epochs, run_dir / LOG_FILE))
+    return out + list(extra)
 
 
 def _open_run(spec: JobSpec, name: str, run_dir: Path, parent_run_id: str | None, data) -> str:
@@ -263,6 +288,8 @@ def run_training(
     parent_run_id: str | None = None,
     callbacks: Sequence[Any] = (),
     storage_path: str | Path | None = None,
+    train_loop: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = True,
 ) -> TrainOutcome:
     """Train ``spec`` end to end and record it in MLflow; see the module docstring.
 
@@ -273,23 +300,89 @@ def run_training(
         callbacks: extra ``ray.train.UserCallback`` s (e.g. ``TuneReportCallback()``; every
             report carries ``val/dice_mean``).
         storage_path: Ray results root; default ``$BRATSLAB_HOME/ray_results``.
-    """
-    from bratslab.tracking import mlflow_runs, model_store
+        train_loop, progress: see :func:`build_trainer`.
 
-    name = name or spec.name
+    Raises:
+        ConfigError: ``data.store`` holds no store, or the name is not a safe folder name
+            (both checked before anything is created).
+        Terminated: SIGTERM or SIGINT arrived during training (main thread only); the MLflow
+            run is then KILLED with the tag ``bratslab.stop_reason`` and the persisted
+            checkpoints stay for a rerun to resume from.
+    """
+    from bratslab.cluster import ensure_ray
+    from bratslab.names import check_name
+    from bratslab.shutdown import Terminated, call_interruptibly, stop_on_signals
+    from bratslab.tracking import mlflow_runs
+
+    name = check_name(name or spec.name, "run name")  # it becomes a folder under root
+    spec.data.store_path()  # ConfigError naming the paths tried, before anything is created
     root = Path(storage_path or get_settings().home / "ray_results")
+    data = prepare_data(spec)
     run_dir = root / name
     run_dir.mkdir(parents=True, exist_ok=True)
-    data = prepare_data(spec)
     run_id = _open_run(spec, name, run_dir, parent_run_id, data)
-    trainer = build_trainer(
-        spec, name=name, mlflow_run_id=run_id, callbacks=callbacks, storage_path=root, data=data
+    ensure_ray()  # before the handlers: ray.init installs a SIGTERM handler of its own
+    # SIGTERM/SIGINT → Terminated: the run is marked KILLED (the checkpoints Ray Train has
+    # persisted stay, and rerunning the name resumes from the latest); in a Tune trial's
+    # thread no handlers are installed and fit() runs as before.
+    with stop_on_signals():
+        try:
+            trainer = build_trainer(
+                spec,
+                name=name,
+                mlflow_run_id=run_id,
+                callbacks=callbacks,
+                storage_path=root,
+                data=data,
+                train_loop=train_loop,
+                progress=progress,
+            )
+            result = call_interruptibly(trainer.fit, name=f"fit-{name}")
+            outcome = _record(spec, name, run_id, run_dir, result)
+        except Terminated as stop:
+            # The run's status first: `ray job stop` sends SIGKILL 3 s after its SIGTERM
+            # (RAY_JOB_STOP_WAIT_TIME_S), and an epoch the controller still registers
+            # meanwhile is logged consistently with the checkpoint a rerun resumes from.
+            _stopped(name, run_id, stop)
+            _stop_ray()
+            raise
+        except BaseException:
+            mlflow_runs.end_run(run_id, "FAILED")
+            raise
+    log.info("job %s finished: best %s (run %s)", name, outcome.best_checkpoint, run_id)
+    return outcome
+
+
+def _stop_ray() -> None:
+    """End this driver's Ray session. The Train controller and its workers are owned by this
+    driver and end with it (a local instance shuts down); the checkpoints Ray Train has
+    already persisted stay in the run folder."""
+    import ray  # Ray
+
+    ray.shutdown()
+
+
+def _stopped(name: str, run_id: str, stop) -> None:
+    """Close the MLflow run of a job stopped by a signal: KILLED, with the signal as a tag."""
+    from bratslab.shutdown import STOP_REASON_TAG
+    from bratslab.tracking import mlflow_runs
+
+    mlflow_runs.set_tags(run_id, {STOP_REASON_TAG: stop.reason})
+    mlflow_runs.end_run(run_id, "KILLED")
+    log.warning(
+        "job %s stopped by %s: MLflow run %s marked KILLED; rerun the same name to resume "
+        "from its latest checkpoint",
+        name,
+        stop.reason,
+        run_id,
     )
-    try:
-        result = trainer.fit()
-    except BaseException:
-        mlflow_runs.end_run(run_id, "FAILED")
-        raise
+
+
+def _record(spec: JobSpec, name: str, run_id: str, run_dir: Path, result) -> TrainOutcome:
+    """Log the job, the learning curve, the best scores and (optionally) the best checkpoint
+    as a model to the MLflow run, then close it."""
+    from bratslab.tracking import mlflow_runs, model_store
+
     best_dir, best_metrics = _best(result)
     latest = Path(result.checkpoint.path) if result.checkpoint is not None else None
     outcome = TrainOutcome(
@@ -314,5 +407,4 @@ def run_training(
         tags = {"bratslab.model_uri": outcome.model_uri, "bratslab.best_checkpoint": str(best_dir)}
         mlflow_runs.set_tags(run_id, tags)
     mlflow_runs.end_run(run_id, "FINISHED")
-    log.info("job %s finished: best %s (run %s)", name, best_dir, run_id)
     return outcome

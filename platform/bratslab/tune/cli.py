@@ -33,35 +33,45 @@ def sweep(
     from rich.table import Table
 
     from bratslab.config import ConfigError
-    from bratslab.tune.sweep import run_sweep
+    from bratslab.names import check_name
+    from bratslab.shutdown import Terminated
+    from bratslab.tune.sweep import resume_sweep, start_sweep
 
     console = Console()
     spec = None
-    if resume:
-        if job is not None or overrides:
-            console.print(
-                "[yellow]--resume uses the job and space stored with the sweep; "
-                "JOB and --set are ignored[/yellow]"
-            )
-    else:
-        if job is None:
-            raise ConfigError("bratslab sweep: give a JOB.yaml (or --resume NAME)")
-        from bratslab.jobs.spec import load_job
+    try:
+        if resume:
+            if job is not None or overrides:
+                console.print(
+                    "[yellow]--resume uses the job and space stored with the sweep; "
+                    "JOB and --set are ignored[/yellow]"
+                )
+            outcome = resume_sweep(check_name(resume, "--resume"))
+        else:
+            if job is None:
+                raise ConfigError("bratslab sweep: give a JOB.yaml (or --resume NAME)")
+            from bratslab.spec import load_job
 
-        spec = load_job(job, overrides)
-    outcome = run_sweep(spec, job_source=str(job) if job else None, resume=resume)
+            spec = load_job(job, overrides)
+            outcome = start_sweep(spec, job_source=str(job))
+    except Terminated as stop:
+        console.print(
+            f"[yellow]stopped by {stop.reason}: continue with `bratslab sweep --resume NAME` "
+            "(the sweep's folder name under $BRATSLAB_HOME/sweeps)[/yellow]"
+        )
+        raise typer.Exit(stop.exit_code) from None
 
     table = Table(title=f"sweep {outcome.name}")
     for col in ("trial", "status", "epochs", "best val", "TTA"):
         table.add_column(col)
     metric = spec.sweep.selection_metric if spec else "tta/dice_mean"
     for r in outcome.trials:
-        tta = (r.get("tta") or {}).get(metric)
+        tta = r.tta.get(metric)
         table.add_row(
-            r["trial_id"],
-            r["status"],
-            str(r["iterations"]),
-            "" if r["best_metric"] is None else f"{r['best_metric']:.4f}",
+            r.trial_id,
+            r.status,
+            str(r.iterations),
+            "" if r.best_metric is None else f"{r.best_metric:.4f}",
             "" if tta is None else f"{tta:.4f}",
         )
     console.print(table)

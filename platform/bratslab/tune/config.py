@@ -1,6 +1,6 @@
 """The ``sweep`` section of a job spec (owned by the tune stage).
 
-Importable without Ray or Optuna: the job spec (``bratslab.jobs.spec``) embeds
+Importable without Ray or Optuna: the job spec (``bratslab.spec``) embeds
 :class:`SweepConfig`, and validating a job file must stay cheap.
 """
 
@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from bratslab.config import StrictModel
+from bratslab.names import NAME_PATTERN
 
 
 class SchedulerConfig(StrictModel):
@@ -99,7 +100,7 @@ class SweepConfig(StrictModel):
     space: str = Field(description="Path of a search_spaces/*.yaml file.")
     name: str | None = Field(
         default=None,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        pattern=NAME_PATTERN,
         description="Sweep name (folder under $BRATSLAB_HOME/sweeps); default: job name + time.",
     )
     num_trials: int = Field(default=4, ge=1, description="Number of trials to sample.")
@@ -132,7 +133,10 @@ class SweepConfig(StrictModel):
     )
     register_model: bool = Field(default=True, description="Log and register the winner in MLflow.")
     registry_name: str | None = Field(
-        default=None, description="Registered model name; default `bratslab-<dataset>`."
+        default=None,
+        description="Registered model name of the winner; default: the job's "
+        "`tracking.experiment` unless it is the generic `bratslab`, else the job `name` "
+        "(characters other than letters, digits, `_`, `.`, `-` become `-`).",
     )
     alias: str = Field(
         default="champion", description="Alias moved to the winner when it beats the holder."
@@ -143,3 +147,12 @@ class SweepConfig(StrictModel):
     max_failures: int = Field(
         default=0, ge=0, description="Retries of a trial that raised (0 = none)."
     )
+
+    @field_validator("registry_name")
+    @classmethod
+    def _usable_model_name(cls, v: str | None) -> str | None:
+        # MLflow rejects "/" and ":"; "@" would split a models:/NAME@alias URI. Checked here so
+        # a bad name fails before the sweep trains, not when its winner is registered.
+        if v is not None and (not v.strip() or any(c in v for c in "/:@")):
+            raise ValueError(f"{v!r} is not a registered-model name (no '/', ':' or '@')")
+        return v

@@ -8,15 +8,15 @@ trainer does the conversion when ``model.init_from`` has a different kernel size
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from bratslab.tune.config import SweepConfig
 from bratslab.tune.harness import TrialContext
+from bratslab.tune.trial_result import TrialResult
 
 log = logging.getLogger(__name__)
 
 
-def upkern_job(ctx: TrialContext, cfg: SweepConfig, rows: list[dict[str, Any]]):
+def upkern_job(ctx: TrialContext, cfg: SweepConfig, rows: list[TrialResult]):
     """The UpKern follow-up job, or None when no trial qualifies.
 
     The source is the best trial (by ``best_metric``) that trained a MedNeXt with kernel
@@ -29,7 +29,7 @@ def upkern_job(ctx: TrialContext, cfg: SweepConfig, rows: list[dict[str, Any]]):
     uk = cfg.upkern
     eligible = []
     for r in selection_rank(rows, cfg.mode):
-        job = ctx.space.apply(ctx.base_job, ctx.space.decode(r["params"]))
+        job = ctx.space.apply(ctx.base_job, ctx.space.decode(r.params))
         if job["model"]["arch"] == "mednext" and job["model"]["mednext"]["kernel_size"] == (
             uk.from_kernel
         ):
@@ -39,7 +39,7 @@ def upkern_job(ctx: TrialContext, cfg: SweepConfig, rows: list[dict[str, Any]]):
     source, data = eligible[0]
     data.pop("sweep", None)
     data["model"]["mednext"]["kernel_size"] = uk.to_kernel
-    data["model"]["init_from"] = source["best_checkpoint"]
+    data["model"]["init_from"] = source.best_checkpoint
     apply_overrides(data, uk.overrides)
     data["name"] = f"{ctx.sweep_name}-upkern-k{uk.to_kernel}"
     tracking = data.setdefault("tracking", {})
@@ -49,12 +49,12 @@ def upkern_job(ctx: TrialContext, cfg: SweepConfig, rows: list[dict[str, Any]]):
         **(tracking.get("tags") or {}),
         "bratslab.sweep": ctx.sweep_name,
         "bratslab.trial_id": f"upkern-k{uk.to_kernel}",
-        "bratslab.upkern_from_trial": source["trial_id"],
+        "bratslab.upkern_from_trial": source.trial_id,
     }
     return source, ctx.make_job(data, f"sweep {ctx.sweep_name} upkern follow-up")
 
 
-def selection_rank(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
+def selection_rank(rows: list[TrialResult], mode: str) -> list[TrialResult]:
     from bratslab.tune.selection import rank_candidates
 
     return rank_candidates(rows, mode, len(rows))
@@ -70,23 +70,22 @@ def run_upkern(ctx: TrialContext, cfg: SweepConfig, outcome) -> None:
         log.warning("upkern: no MedNeXt trial with kernel %d finished", cfg.upkern.from_kernel)
         return
     log.info("upkern: k%d → k%d from trial %s", cfg.upkern.from_kernel, cfg.upkern.to_kernel,
-             source["trial_id"])  # fmt: skip
+             source.trial_id)  # fmt: skip
     done = run_training(job, name=job.name, storage_path=ctx.paths.train)
     best = done.best_metrics.get(cfg.metric)
     outcome.trials.append(
-        {
-            "trial_id": f"upkern-k{cfg.upkern.to_kernel}",
-            "status": "TERMINATED",
-            "completed": True,
-            "iterations": int(done.metrics.get("epoch", 0)) + 1,
-            "best_metric": float(best) if best is not None else None,
-            "best_checkpoint": str(done.best_checkpoint) if done.best_checkpoint else None,
-            "params": {
-                **source["params"],
+        TrialResult(
+            trial_id=f"upkern-k{cfg.upkern.to_kernel}",
+            status="TERMINATED",
+            completed=True,
+            iterations=int(done.metrics.get("epoch", 0)) + 1,
+            best_metric=float(best) if best is not None else None,
+            best_checkpoint=str(done.best_checkpoint) if done.best_checkpoint else None,
+            params={
+                **source.params,
                 "model.mednext.kernel_size": cfg.upkern.to_kernel,
-                "upkern_from_trial": source["trial_id"],
+                "upkern_from_trial": source.trial_id,
             },
-            "mlflow_run_id": done.run_id,
-            "error": None,
-        }
+            mlflow_run_id=done.run_id,
+        )
     )

@@ -18,24 +18,34 @@ from pathlib import Path
 from typing import Any
 
 from bratslab import atomic
+from bratslab.compat.ray_tune import TUNE_REPORT_CHECKPOINT_KEY, PlacementGroupRecord
 from bratslab.config import ConfigError
 from bratslab.settings import Settings, get_settings
 from bratslab.tune.config import SweepConfig
 from bratslab.tune.space import SearchSpace
+from bratslab.tune.storage import open_storage, sqlite_beside
+from bratslab.tune.trial_result import TrialResult
 
 log = logging.getLogger(__name__)
 
 TUNE_DIRNAME = "tune"
-CHECKPOINT_PATH_KEY = "checkpoint_path"  # key TuneReportCallback adds (ray.tune.integration)
+CHECKPOINT_PATH_KEY = TUNE_REPORT_CHECKPOINT_KEY  # key TuneReportCallback adds to each result
 FRESH_KEY = "val/fresh"  # 1 when the train loop validated in this epoch
 REAP_INTERVAL_S = 10.0  # how often the driver looks for placement groups of dead controllers
 
 
 @dataclass(frozen=True)
 class SweepPaths:
-    """Where one sweep keeps its state."""
+    """Where one sweep keeps its state.
+
+    Attributes:
+        root: the sweep folder.
+        optuna_storage: SQLAlchemy URL of the Optuna study storage (``BRATSLAB_OPTUNA_STORAGE``,
+            see :mod:`bratslab.tune.storage`); None keeps the study in ``optuna.db`` in ``root``.
+    """
 
     root: Path
+    optuna_storage: str | None = None
 
     @property
     def manifest(self) -> Path:
@@ -59,7 +69,8 @@ class SweepPaths:
 
     @property
     def optuna_url(self) -> str:
-        return f"sqlite:///{self.optuna_db.resolve()}"
+        """The storage URL of the sweep's Optuna study (its study name is the sweep's)."""
+        return self.optuna_storage or sqlite_beside(self.root)
 
     @property
     def results_csv(self) -> Path:
@@ -125,10 +136,10 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     if marker.is_file():
         done = json.loads(marker.read_text())
         log.warning("trial %s already completed; replaying its recorded result", trial_id)
-        from ray.tune.result import AUTO_RESULT_KEYS
+        from bratslab.compat.ray_tune import tune_auto_result_keys
 
         # Ray: give Tune/ASHA/Optuna the recorded outcome (minus the keys Tune fills itself).
-        skip = {*AUTO_RESULT_KEYS, "trial_id", "experiment_id", "done", "config"}
+        skip = {*tune_auto_result_keys(), "trial_id", "experiment_id", "done", "config"}
         tune.report({k: v for k, v in done["last_result"].items() if k not in skip})
         return
     job = ctx.trial_job(trial_id, config)
@@ -155,6 +166,24 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+LIVE_PG_STATES = frozenset({"CREATED", "PENDING", "RESCHEDULING"})
+
+
+def orphaned_placement_groups(records: list[PlacementGroupRecord]) -> list[PlacementGroupRecord]:
+    """The live, non-detached placement groups whose creating actor is dead.
+
+    Groups created by the driver (Tune's trial groups), by live actors, or detached are left out.
+    """
+    return [
+        r
+        for r in records
+        if r.state in LIVE_PG_STATES
+        and r.created_by_actor
+        and r.creator_actor_dead
+        and not r.is_detached
+    ]
+
+
 def remove_orphaned_placement_groups() -> int:
     """Remove placement groups whose creating actor is dead; returns how many.
 
@@ -162,40 +191,28 @@ def remove_orphaned_placement_groups() -> int:
     actor it owns) down with it. The controller created the worker group's placement group, and
     Ray keeps such a group until the *job* ends. Ray Train's own ``PlacementGroupCleaner``
     removes it only when it can query the State API (the dashboard); without it every stopped
-    trial keeps its workers' CPUs/GPUs reserved and a long sweep starves. Placement groups
-    created by the driver (Tune's trial groups), by live actors, or detached are left alone.
+    trial keeps its workers' CPUs/GPUs reserved and a long sweep starves.
 
-    Reads the GCS placement-group table through Ray's private ``GlobalState`` accessor (the
-    public ``placement_group_table()`` drops the creator fields); on any API mismatch it logs
-    and does nothing.
+    Reads the GCS placement-group table through
+    :func:`bratslab.compat.ray_tune.placement_group_records` (Ray's public
+    ``placement_group_table()`` drops the creator fields); on any API mismatch it logs and does
+    nothing.
     """
     import ray  # Ray: placement-group bookkeeping on the driver
     from ray.util.placement_group import PlacementGroup, remove_placement_group
 
-    try:
-        from ray._private.state import state
-        from ray.core.generated import gcs_pb2
+    from bratslab.compat.ray_tune import placement_group_records
 
-        table = state._connect_and_get_accessor().get_placement_group_table()
-        pg_state = gcs_pb2.PlacementGroupTableData
-        removed = 0
-        for raw in table:
-            d = pg_state.FromString(raw)
-            nil_actor = not d.creator_actor_id or set(d.creator_actor_id) == {0xFF}
-            if (
-                d.state in (pg_state.CREATED, pg_state.PENDING, pg_state.RESCHEDULING)
-                and not nil_actor
-                and d.creator_actor_dead
-                and not d.is_detached
-            ):
-                remove_placement_group(PlacementGroup(ray.PlacementGroupID(d.placement_group_id)))
-                removed += 1
+    try:
+        orphans = orphaned_placement_groups(placement_group_records())
+        for r in orphans:
+            remove_placement_group(PlacementGroup(ray.PlacementGroupID(r.placement_group_id)))
     except Exception as e:  # private API: never let bookkeeping break a sweep
         log.warning("could not check for orphaned placement groups: %s", e)
         return 0
-    if removed:
-        log.info("removed %d placement group(s) left by stopped trials", removed)
-    return removed
+    if orphans:
+        log.info("removed %d placement group(s) left by stopped trials", len(orphans))
+    return len(orphans)
 
 
 def _completion_recorder(paths: SweepPaths):
@@ -230,7 +247,9 @@ def _completion_recorder(paths: SweepPaths):
 
 
 def make_searcher(cfg: SweepConfig, space: SearchSpace, paths: SweepPaths, study_name: str):
-    """``OptunaSearch`` over the define-by-run space, its study persisted in ``optuna.db``."""
+    """``OptunaSearch`` over the define-by-run space, its study persisted in
+    ``paths.optuna_url`` (``optuna.db`` in the sweep folder unless ``BRATSLAB_OPTUNA_STORAGE``
+    names a shared database)."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -246,7 +265,7 @@ def make_searcher(cfg: SweepConfig, space: SearchSpace, paths: SweepPaths, study
         )
     else:
         sampler = optuna.samplers.RandomSampler(seed=cfg.search.seed)
-    storage = optuna.storages.RDBStorage(paths.optuna_url)
+    storage = open_storage(paths.optuna_url)
     if cfg.search.initial_points:
         # Enqueued in the persisted study before Ray's OptunaSearch opens it; skip_if_exists
         # keeps a resumed sweep from queueing them a second time.
@@ -279,20 +298,21 @@ def make_scheduler(cfg: SweepConfig, default_max_t: int):
     """
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
+    from bratslab.compat.ray_tune import asha_max_t, asha_time_attr, asha_uncount_stop
+
     s = cfg.scheduler
     if s.kind == "fifo":
         return FIFOScheduler()
+    # grace_period <= max_t was checked before the sweep started (sweep.validate_sweep).
     max_t = s.max_t or default_max_t
-    if s.grace_period > max_t:
-        raise ConfigError(
-            f"sweep.scheduler.grace_period ({s.grace_period}) exceeds max_t ({max_t})"
-        )
 
     class FinishingASHA(ASHAScheduler):
         def on_trial_result(self, tune_controller, trial, result):
             action = super().on_trial_result(tune_controller, trial, result)
-            if action == TrialScheduler.STOP and result.get(self._time_attr, 0) >= self._max_t:
-                self._num_stopped -= 1
+            if action == TrialScheduler.STOP and result.get(asha_time_attr(self), 0) >= (
+                asha_max_t(self)
+            ):
+                asha_uncount_stop(self)
                 return TrialScheduler.CONTINUE
             return action
 
@@ -314,7 +334,7 @@ class TunerOutcome:
 
     name: str
     paths: SweepPaths
-    trials: list[dict[str, Any]]  # one row per trial, see `trial_rows`
+    trials: list[TrialResult]  # one per trial, see `trial_rows`
     seconds: float
 
 
@@ -373,8 +393,8 @@ def run_tuner(
     return TunerOutcome(ctx.sweep_name, ctx.paths, rows, time.monotonic() - start)
 
 
-def trial_rows(grid, cfg: SweepConfig, paths: SweepPaths) -> list[dict[str, Any]]:
-    """One dict per trial: id, status, params, best metric, epochs, best checkpoint.
+def trial_rows(grid, cfg: SweepConfig, paths: SweepPaths) -> list[TrialResult]:
+    """One :class:`TrialResult` per trial: id, status, params, best metric, epochs, checkpoint.
 
     The best checkpoint of a trial is the reported ``checkpoint_path`` with the best ``metric``
     among those still on disk (the trainer keeps its top checkpoints by the same metric).
@@ -404,15 +424,15 @@ def trial_rows(grid, cfg: SweepConfig, paths: SweepPaths) -> list[dict[str, Any]
                         best_ckpt = str(with_ckpt.loc[idx, CHECKPOINT_PATH_KEY])
         marker = paths.marker(trial_id)
         rows.append(
-            {
-                "trial_id": trial_id,
-                "status": "ERROR" if res.error else "TERMINATED",
-                "completed": marker.is_file(),
-                "iterations": iters,
-                "best_metric": best_value,
-                "best_checkpoint": best_ckpt,
-                "params": dict(res.config or {}),
-                "error": str(res.error)[:500] if res.error else None,
-            }
+            TrialResult(
+                trial_id=trial_id,
+                status="ERROR" if res.error else "TERMINATED",
+                completed=marker.is_file(),
+                iterations=iters,
+                best_metric=best_value,
+                best_checkpoint=best_ckpt,
+                params=dict(res.config or {}),
+                error=str(res.error)[:500] if res.error else None,
+            )
         )
     return rows

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bratslab import atomic
+from bratslab.tune.trial_result import TrialResult
 
 log = logging.getLogger(__name__)
 
@@ -27,20 +28,20 @@ FIRST_COLUMNS = (
 )
 
 
-def results_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
-    """Flatten trial rows into CSV columns: fixed columns, ``tta/*`` metrics, then params.
+def results_table(rows: list[TrialResult]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Flatten trial results into CSV columns: fixed columns, ``tta/*`` metrics, then params.
 
     Args:
-        rows: as produced by :func:`bratslab.tune.sweep.trial_rows`, optionally with ``tta``
-            (a dict of TTA metrics) and ``mlflow_run_id``.
+        rows: as produced by :func:`bratslab.tune.harness.trial_rows` (the sweep adds
+            ``mlflow_run_id``, the selection ``tta``).
     """
     flat = []
     for r in rows:
-        item = {k: r.get(k) for k in FIRST_COLUMNS}
-        item.update({k: v for k, v in (r.get("tta") or {}).items()})
-        item.update({f"param:{k}": v for k, v in (r.get("params") or {}).items()})
-        if r.get("error"):
-            item["error"] = r["error"]
+        item: dict[str, Any] = {k: getattr(r, k) for k in FIRST_COLUMNS}
+        item.update(r.tta)
+        item.update({f"param:{k}": v for k, v in r.params.items()})
+        if r.error:
+            item["error"] = r.error
         flat.append(item)
     extra = sorted({k for item in flat for k in item} - set(FIRST_COLUMNS))
     tta = [k for k in extra if k.startswith("tta/")]
@@ -48,7 +49,7 @@ def results_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict[str,
     return [*FIRST_COLUMNS, *tta, *rest], flat
 
 
-def write_results_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
+def write_results_csv(path: Path, rows: list[TrialResult]) -> Path:
     """Write the results table to ``path`` (atomically)."""
     columns, flat = results_table(rows)
     buf = io.StringIO()

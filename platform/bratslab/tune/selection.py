@@ -6,6 +6,9 @@ checkpoint is then evaluated on the whole validation fold with flip TTA
 (:func:`bratslab.evaluate.model_eval.evaluate_model`), and the best of those becomes a new
 registered version. The ``champion`` alias moves to it only if it beats the current champion
 on the selection metric (:func:`bratslab.tracking.registry.promote_if_better`).
+
+The registered name comes from the job (:func:`registry_name`): ``sweep.registry_name`` when
+set, else the job's MLflow experiment, else (when that is the generic default) the job name.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from bratslab.tune.trial_result import TrialResult
 
 log = logging.getLogger(__name__)
 
@@ -40,24 +45,22 @@ def tta_metrics(result: Mapping[str, Any], prefix: str = "tta/") -> dict[str, fl
     return out
 
 
-def rank_candidates(rows: list[dict[str, Any]], mode: str, top_k: int) -> list[dict[str, Any]]:
+def rank_candidates(rows: list[TrialResult], mode: str, top_k: int) -> list[TrialResult]:
     """The ``top_k`` trials with a checkpoint, best ``best_metric`` first."""
     scored = [
         r
         for r in rows
-        if r.get("best_checkpoint")
-        and r.get("best_metric") is not None
-        and math.isfinite(r["best_metric"])
+        if r.best_checkpoint and r.best_metric is not None and math.isfinite(r.best_metric)
     ]
-    scored.sort(key=lambda r: r["best_metric"], reverse=(mode == "max"))
+    scored.sort(key=lambda r: r.best_metric, reverse=(mode == "max"))
     return scored[:top_k]
 
 
-def pick_winner(candidates: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any] | None:
+def pick_winner(candidates: list[TrialResult], metric: str, mode: str) -> TrialResult | None:
     """The candidate with the best finite ``tta[metric]`` (ties: the better-ranked one)."""
     best, best_value = None, None
     for c in candidates:
-        v = (c.get("tta") or {}).get(metric)
+        v = c.tta.get(metric)
         if v is None or not math.isfinite(v):
             continue
         if best_value is None or (v > best_value if mode == "max" else v < best_value):
@@ -65,12 +68,26 @@ def pick_winner(candidates: list[dict[str, Any]], metric: str, mode: str) -> dic
     return best
 
 
-def default_registry_name(store_path: str) -> str:
-    """``bratslab-<dataset>``, the dataset named by the store folder (MLflow-safe characters)."""
-    from pathlib import Path
+def model_name(text: str) -> str:
+    """``text`` as a registered-model name: runs of characters other than letters, digits,
+    ``_``, ``.`` and ``-`` become ``-`` (MLflow rejects ``/`` and ``:``, and ``@`` would split a
+    ``models:/NAME@alias`` URI); leading/trailing ``-`` and ``.`` are dropped."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "bratslab-model"
 
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(store_path).name).strip("-") or "dataset"
-    return f"bratslab-{stem}"
+
+def default_registry_name(job_name: str, experiment: str) -> str:
+    """The job's MLflow experiment, unless it is the generic default (``bratslab``), else the
+    job name; as a valid registered-model name (:func:`model_name`)."""
+    from bratslab.tracking.config import TrackingSection
+
+    generic = TrackingSection.model_fields["experiment"].default
+    return model_name(experiment if experiment and experiment != generic else job_name)
+
+
+def registry_name(spec) -> str:
+    """The registered-model name of a sweep's winner: ``sweep.registry_name`` when set, else
+    :func:`default_registry_name` of the job (``spec`` is a ``JobSpec`` with a sweep)."""
+    return spec.sweep.registry_name or default_registry_name(spec.name, spec.tracking.experiment)
 
 
 @dataclass
@@ -86,24 +103,24 @@ class Registration:
 
 
 def evaluate_candidates(
-    candidates: list[dict[str, Any]], store: str, fold: int, tta: str
-) -> list[dict[str, Any]]:
-    """Add ``tta`` (a dict of ``tta/*`` metrics) to each candidate row, in place."""
+    candidates: list[TrialResult], store: str, fold: int, tta: str
+) -> list[TrialResult]:
+    """Set each candidate's ``tta`` (a dict of ``tta/*`` metrics), in place."""
     from bratslab.evaluate.model_eval import evaluate_model
 
     for c in candidates:
-        log.info("TTA re-evaluation of trial %s (%s)", c["trial_id"], c["best_checkpoint"])
-        run_id = c.get("mlflow_run_id")
+        log.info("TTA re-evaluation of trial %s (%s)", c.trial_id, c.best_checkpoint)
+        run_id = c.mlflow_run_id
         # evaluate_model also logs the tta/* metrics to the trial's own MLflow run.
         result = evaluate_model(
-            c["best_checkpoint"], store, fold, tta, run_id=run_id, log_to_mlflow=bool(run_id)
+            c.best_checkpoint, store, fold, tta, run_id=run_id, log_to_mlflow=bool(run_id)
         )
-        c["tta"] = tta_metrics(result)
+        c.tta = tta_metrics(result)
     return candidates
 
 
 def register_winner(
-    winner: dict[str, Any],
+    winner: TrialResult,
     *,
     name: str,
     sweep_name: str,
@@ -118,24 +135,24 @@ def register_winner(
     """
     from bratslab.tracking import mlflow_runs, model_store, registry
 
-    run_id = winner.get("mlflow_run_id")
+    run_id = winner.mlflow_run_id
     if not run_id:
-        raise RuntimeError(f"trial {winner['trial_id']}: no MLflow run to log the model in")
-    model_uri = model_store.log_model_dir(winner["best_checkpoint"], run_id=run_id)
+        raise RuntimeError(f"trial {winner.trial_id}: no MLflow run to log the model in")
+    model_uri = model_store.log_model_dir(winner.best_checkpoint, run_id=run_id)
     mlflow_runs.set_tags(run_id, {"bratslab.model_uri": model_uri})
     tags: dict[str, Any] = {
-        **winner["tta"],
+        **winner.tta,
         "bratslab.sweep": sweep_name,
-        "bratslab.trial_id": winner["trial_id"],
-        "bratslab.best_checkpoint": winner["best_checkpoint"],
+        "bratslab.trial_id": winner.trial_id,
+        "bratslab.best_checkpoint": winner.best_checkpoint,
         "bratslab.selection_metric": metric,
     }
-    tags.update({f"param.{k}": v for k, v in (winner.get("params") or {}).items()})
+    tags.update({f"param.{k}": v for k, v in winner.params.items()})
     version = registry.register(model_uri, name, tags)
     promoted = registry.promote_if_better(name, version, metric, mode, alias)
     log.info(
         "registered %s v%s (trial %s, %s=%.4f); %s",
-        name, version, winner["trial_id"], metric, winner["tta"][metric],
+        name, version, winner.trial_id, metric, winner.tta[metric],
         f"alias {alias!r} moved" if promoted else f"alias {alias!r} stays",
     )  # fmt: skip
-    return Registration(name, version, model_uri, promoted, alias, winner["trial_id"])
+    return Registration(name, version, model_uri, promoted, alias, winner.trial_id)

@@ -1,22 +1,27 @@
 """Sweeps: Ray Tune ``Tuner`` + ``OptunaSearch`` + ASHA, each trial a Ray Train run.
 
+:func:`start_sweep` starts a sweep of a job; :func:`resume_sweep` continues one by name. Both
+validate once, before anything is created or started, then share :func:`_run`.
+
 Layout of a sweep folder (``$BRATSLAB_HOME/sweeps/<name>/``)::
 
-    sweep.json        the resolved base job, the MLflow parent run id, the outcome when finished
+    sweep.json        the resolved base job, the MLflow parent run id, where the Optuna study
+                      lives (password hidden), the outcome when finished
     space.yaml        the space file as it was when the sweep started (a resume uses this copy)
-    optuna.db         the Optuna study (SQLite RDB storage; one writer: the Tune driver)
+    optuna.db         the Optuna study (SQLite; one writer: the Tune driver), unless
+                      BRATSLAB_OPTUNA_STORAGE names a shared database (bratslab.tune.storage)
     tune/             Ray Tune's experiment state (trials, searcher and scheduler snapshots)
     train/            each trial's Ray Train run (checkpoints), named <sweep>-<trial id>
     trials/<id>.json  a completed trial's outcome, written atomically when its training ends
     results.csv       the results table (also an artifact of the parent run)
 
 Resume guarantee (``--resume NAME``): ``Tuner.restore`` brings back the trials, the searcher
-(whose Optuna study lives in ``optuna.db``) and the scheduler from Tune's last experiment
-snapshot. Tune takes that snapshot periodically, not at every trial completion, so a trial that
-finished just before an interruption may come back as unfinished; its ``trials/<id>.json``
-marker then makes the trial function replay the recorded result instead of training again. A
-trial interrupted mid-training restarts under the same Train run name and so continues from its
-latest checkpoint.
+(whose Optuna study, named after the sweep, lives in ``optuna.db`` or in the database the sweep
+started with) and the scheduler from Tune's last experiment snapshot. Tune takes that snapshot
+periodically, not at every trial completion, so a trial that finished just before an
+interruption may come back as unfinished; its ``trials/<id>.json`` marker then makes the trial
+function replay the recorded result instead of training again. A trial interrupted mid-training
+restarts under the same Train run name and so continues from its latest checkpoint.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,14 +37,26 @@ from typing import Any
 
 from bratslab import atomic
 from bratslab.config import ConfigError
+from bratslab.names import check_name
 from bratslab.settings import Settings, get_settings
+from bratslab.shutdown import STOP_REASON_TAG, Terminated, stop_on_signals
 from bratslab.tune.config import SweepConfig
 from bratslab.tune.harness import SweepPaths, TrialContext, run_tuner, sweeps_root
 from bratslab.tune.space import SearchSpace
+from bratslab.tune.storage import check_new_study, manifest_entry, storage_for_resume
+from bratslab.tune.trial_result import TrialResult
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SweepOutcome", "SweepPaths", "TrialContext", "run_sweep"]
+__all__ = [
+    "SweepOutcome",
+    "SweepPaths",
+    "TrialContext",
+    "TrialResult",
+    "resume_sweep",
+    "start_sweep",
+    "validate_sweep",
+]
 
 
 @dataclass
@@ -48,11 +66,109 @@ class SweepOutcome:
     name: str
     root: Path
     parent_run_id: str
-    trials: list[dict[str, Any]]
+    trials: list[TrialResult]
     interrupted: bool
     registration: Any = None  # selection.Registration when a winner was registered
-    winner: dict[str, Any] | None = None
+    winner: TrialResult | None = None
     artifacts: list[Path] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def start_sweep(
+    spec, *, job_source: str | None = None, settings: Settings | None = None
+) -> SweepOutcome:
+    """Start a new sweep of ``spec`` and run it end to end.
+
+    Steps: validate the space against the job (every parameter and candidate value, before any
+    folder, run or trial exists) → MLflow parent run → Tune (OptunaSearch + ASHA, one Ray Train
+    run per trial) → results table and Optuna plots on the parent run → top-k TTA
+    re-evaluation → register the winner and move the alias if it beats the champion.
+
+    Args:
+        spec: the validated ``JobSpec``, with a ``sweep`` section.
+        job_source: path of the job file (a relative space path may be beside it).
+    Raises:
+        ConfigError: no sweep section, a sweep of that name exists, or a space that does not
+            fit the job.
+    """
+    source = job_source or "job"
+    if spec is None or spec.sweep is None:
+        raise ConfigError(f"{source}: no `sweep` section")
+    settings = _pin_stores(settings)
+    name = spec.sweep.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    paths = SweepPaths(sweeps_root(settings) / name, settings.optuna_storage)
+    if paths.manifest.is_file():
+        raise ConfigError(
+            f"sweep {name!r} exists in {paths.root}; continue it with --resume {name}"
+        )
+    space_path = _resolve_space_path(spec.sweep.space, job_source)
+    space = SearchSpace.from_file(space_path)
+    validate_sweep(spec, space, source)
+    if paths.optuna_storage:  # a shared database: the study name must be new there
+        check_new_study(paths.optuna_storage, name, source)
+    manifest = _create_sweep_folder(paths, name, spec, space_path)
+    return _run(spec, space, paths, manifest, settings, restore=False)
+
+
+def resume_sweep(name: str, *, settings: Settings | None = None) -> SweepOutcome:
+    """Continue the sweep ``name`` with the job and space stored in its folder.
+
+    Completed trials are kept, unfinished ones continue from their latest checkpoint (see the
+    module docstring), then the sweep finishes as :func:`start_sweep` does.
+
+    Raises:
+        ConfigError: no sweep of that name, the sweep already finished, or its stored space no
+            longer fits its job.
+    """
+    from bratslab.spec import job_from_dict
+
+    settings = _pin_stores(settings)
+    paths, manifest = _load_sweep(check_name(name, "sweep name"), settings)
+    if manifest.get("finished"):
+        raise ConfigError(
+            f"sweep {name!r} already finished ({manifest['finished']}); "
+            "start a new sweep to search again"
+        )
+    paths = SweepPaths(paths.root, storage_for_resume(manifest, settings, str(paths.manifest)))
+    spec = job_from_dict(manifest["job"], str(paths.manifest))
+    space = SearchSpace.from_file(paths.root / "space.yaml")
+    space.source = manifest["space_file"]
+    validate_sweep(spec, space, str(paths.manifest))
+    # A sweep interrupted before Tune wrote any state starts its Tune experiment afresh.
+    return _run(spec, space, paths, manifest, settings, restore=paths.tune.exists())
+
+
+def validate_sweep(spec, space: SearchSpace, source: str) -> None:
+    """Every check a sweep makes before it creates anything, run once per start or resume.
+
+    Raises:
+        ConfigError: a parameter (or the fixed values) does not fit the job, or ASHA's
+            grace period exceeds its ``max_t``.
+    """
+    from bratslab.spec import JobSpec
+
+    space.check_against(JobSpec, spec.resolved(), source=source)
+    sched = spec.sweep.scheduler
+    max_t = sched.max_t or spec.training.epochs
+    if sched.kind == "asha" and sched.grace_period > max_t:
+        raise ConfigError(
+            f"{source}: sweep.scheduler.grace_period ({sched.grace_period}) "
+            f"exceeds max_t ({max_t}, default training.epochs)"
+        )
+
+
+# --------------------------------------------------------------------------- the sweep folder
+
+
+def _pin_stores(settings: Settings | None) -> Settings:
+    """Pin the stores for this process and the trial actors (``ensure_ray`` forwards these two
+    variables): every MLflow client, fluent call and Ray worker then resolves the same store."""
+    settings = settings or get_settings()
+    os.environ.setdefault("BRATSLAB_HOME", str(settings.home))
+    os.environ.setdefault("MLFLOW_TRACKING_URI", settings.tracking_uri)
+    return settings
 
 
 def _resolve_space_path(space: str, job_source: str | None) -> Path:
@@ -68,44 +184,25 @@ def _resolve_space_path(space: str, job_source: str | None) -> Path:
     return p
 
 
-def _new_sweep(spec, job_source: str | None, settings: Settings) -> tuple[SweepPaths, dict]:
-    cfg: SweepConfig = spec.sweep
-    name = cfg.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    paths = SweepPaths(sweeps_root(settings) / name)
-    if paths.manifest.is_file():
-        raise ConfigError(
-            f"sweep {name!r} exists in {paths.root}; continue it with --resume {name}"
-        )
-    space_path = _resolve_space_path(cfg.space, job_source)
-    from bratslab.jobs.spec import JobSpec
-
-    # Validate the space file and every parameter against the job before anything is created.
-    space = SearchSpace.from_file(space_path)
-    space.check_against(JobSpec, spec.resolved(), source=job_source or "job")
-    max_t = cfg.scheduler.max_t or spec.training.epochs
-    if cfg.scheduler.kind == "asha" and cfg.scheduler.grace_period > max_t:
-        raise ConfigError(
-            f"{job_source or 'job'}: sweep.scheduler.grace_period ({cfg.scheduler.grace_period}) "
-            f"exceeds max_t ({max_t}, default training.epochs)"
-        )
-    space_copy = paths.root / "space.yaml"
+def _create_sweep_folder(paths: SweepPaths, name: str, spec, space_path: Path) -> dict:
+    """The sweep folder with its copy of the space file; returns the (unwritten) manifest."""
     paths.root.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(space_copy, space_path.read_text())
-    manifest = {
+    atomic.write_text(paths.root / "space.yaml", space_path.read_text())
+    return {
         "format": "bratslab-sweep/1",
         "name": name,
         "job": spec.resolved(),
         "space_file": str(space_path),
+        "optuna": manifest_entry(paths.optuna_storage, name),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "parent_run_id": None,
     }
-    return paths, manifest
 
 
 def _load_sweep(name: str, settings: Settings) -> tuple[SweepPaths, dict]:
     paths = SweepPaths(sweeps_root(settings) / name)
     if not paths.manifest.is_file():
-        known = sorted(p.name for p in sweeps_root(settings).glob("*/sweep.json"))
+        known = sorted(p.parent.name for p in sweeps_root(settings).glob("*/sweep.json"))
         raise ConfigError(
             f"no sweep named {name!r} under {sweeps_root(settings)} "
             f"(known: {', '.join(known) or 'none'})"
@@ -113,94 +210,23 @@ def _load_sweep(name: str, settings: Settings) -> tuple[SweepPaths, dict]:
     return paths, json.loads(paths.manifest.read_text())
 
 
-def _trial_run_ids(rows: list[dict[str, Any]], paths: SweepPaths, sweep_name: str) -> None:
-    """Attach each trial's MLflow run id (from the train stage's run-state file)."""
-    from bratslab.train.trainer import RUN_STATE
-
-    for r in rows:
-        state = paths.train / f"{sweep_name}-{r['trial_id']}" / RUN_STATE
-        r["mlflow_run_id"] = (
-            json.loads(state.read_text())["mlflow_run_id"] if state.is_file() else None
-        )
+# --------------------------------------------------------------------------- the run
 
 
-def _mark_stopped_trials(rows: list[dict[str, Any]], ctx: TrialContext) -> None:
-    """Label trials ASHA stopped before their last epoch; close runs of killed trials.
-
-    A stopped trial's actor is killed mid-``fit``, so its MLflow run still says RUNNING once
-    Tune is done: it becomes KILLED with the tag ``bratslab.stopped_early``. A completed trial
-    whose run says FAILED (left so by an interruption before a resume) becomes FINISHED.
-    """
-    from bratslab.tracking import mlflow_runs
-
-    for r in rows:
-        if not r["completed"] or r["status"] == "ERROR":
-            continue
-        job = ctx.space.apply(ctx.base_job, ctx.space.decode(r["params"]))
-        if r["iterations"] < int(job["training"]["epochs"]):
-            r["status"] = "STOPPED_EARLY"
-        run_id = r.get("mlflow_run_id")
-        # RUNNING: the actor was killed mid-fit. FAILED: an interrupted sweep's trial whose fit
-        # was torn down by Ctrl-C and which Tune then finished or stopped on resume. Either way
-        # Tune's verdict (completed without error) is the truth the run should show.
-        if run_id and mlflow_runs.run_info(run_id)["status"] in ("RUNNING", "FAILED"):
-            if r["status"] == "STOPPED_EARLY":
-                mlflow_runs.set_tags(run_id, {"bratslab.stopped_early": "true"})
-                mlflow_runs.end_run(run_id, "KILLED")
-            else:
-                mlflow_runs.end_run(run_id, "FINISHED")
-
-
-def run_sweep(
-    spec=None,
-    *,
-    job_source: str | None = None,
-    resume: str | None = None,
-    settings: Settings | None = None,
+def _run(
+    spec, space: SearchSpace, paths: SweepPaths, manifest: dict, settings: Settings, *, restore
 ) -> SweepOutcome:
-    """Run a sweep end to end, or resume the sweep named ``resume``.
-
-    Steps: validate the space against the job (every parameter and candidate value, before any
-    trial starts) → MLflow parent run → Tune (OptunaSearch + ASHA, one Ray Train run per trial)
-    → results table and Optuna plots on the parent run → top-k TTA re-evaluation → register the
-    winner and move the alias if it beats the champion.
+    """Parent run → Tune → (interrupted: close) or (done: follow-up, selection, registry).
 
     Args:
-        spec: the validated ``JobSpec`` (with a ``sweep`` section); ignored when resuming,
-            which uses the job and space stored in the sweep folder.
-        job_source: path of the job file (a relative space path may be beside it).
-        resume: name of an existing sweep to continue.
-    Raises:
-        ConfigError: no sweep section, unknown sweep name, or a space that does not fit the job.
+        restore: continue the Tune experiment in ``paths.tune`` (``Tuner.restore``).
     """
     from bratslab.cluster import ensure_ray
-    from bratslab.jobs.spec import JobSpec, job_from_dict
+    from bratslab.spec import job_from_dict
     from bratslab.tracking import mlflow_runs
 
-    settings = settings or get_settings()
-    # Pin the stores for this process and the trial actors (ensure_ray forwards these two
-    # variables): every MLflow client, fluent call and Ray worker then resolves the same store.
-    os.environ.setdefault("BRATSLAB_HOME", str(settings.home))
-    os.environ.setdefault("MLFLOW_TRACKING_URI", settings.tracking_uri)
-    if resume:
-        paths, manifest = _load_sweep(resume, settings)
-        if manifest.get("finished"):
-            raise ConfigError(
-                f"sweep {resume!r} already finished ({manifest['finished']}); "
-                "start a new sweep to search again"
-            )
-        spec = job_from_dict(manifest["job"], str(paths.manifest))
-    else:
-        if spec is None or spec.sweep is None:
-            raise ConfigError(f"{job_source or 'job'}: no `sweep` section")
-        paths, manifest = _new_sweep(spec, job_source, settings)
     cfg: SweepConfig = spec.sweep
     name = manifest["name"]
-    space = SearchSpace.from_file(paths.root / "space.yaml")
-    space.source = manifest["space_file"]
-    base_job = spec.resolved()
-    space.check_against(JobSpec, base_job, source=job_source or "job")
-
     parent_run_id = mlflow_runs.start_run(
         experiment=spec.tracking.experiment,
         run_name=name,
@@ -215,21 +241,30 @@ def run_sweep(
     ctx = TrialContext(
         sweep_name=name,
         paths=paths,
-        base_job=base_job,
+        base_job=spec.resolved(),
         space=space,
         parent_run_id=parent_run_id,
         make_job=job_from_dict,
     )
+    # SIGTERM (jobs stop, preemption) ends the sweep like Ctrl-C does: the parent run is marked
+    # KILLED with the reason, and `--resume NAME` continues. Tune keeps the main thread and its
+    # own SIGINT handling (an interrupted Tuner returns normally; see below).
     try:
-        resuming = bool(resume) and paths.tune.exists()
-        tuned = run_tuner(ctx, cfg, resume=resuming, default_max_t=spec.training.epochs)
+        with stop_on_signals((signal.SIGTERM,)):
+            tuned = run_tuner(ctx, cfg, resume=restore, default_max_t=spec.training.epochs)
+    except Terminated as stop:
+        mlflow_runs.set_tags(
+            parent_run_id, {STOP_REASON_TAG: stop.reason, "bratslab.interrupted": "true"}
+        )
+        mlflow_runs.end_run(parent_run_id, "KILLED")
+        raise
     except BaseException:
         mlflow_runs.end_run(parent_run_id, "FAILED")
         raise
     rows = tuned.trials
-    _trial_run_ids(rows, paths, name)
+    _attach_run_ids(rows, paths, name)
     interrupted = len(rows) < cfg.num_trials or any(
-        not r["completed"] and r["status"] != "ERROR" for r in rows
+        not r.completed and r.status != "ERROR" for r in rows
     )
     outcome = SweepOutcome(name, paths.root, parent_run_id, rows, interrupted)
     if interrupted:
@@ -238,29 +273,78 @@ def run_sweep(
         mlflow_runs.end_run(parent_run_id, "KILLED")
         log.warning("sweep %s interrupted; continue with --resume %s", name, name)
         return outcome
-    _mark_stopped_trials(rows, ctx)
+    _finish(outcome, ctx, spec, manifest)
+    return outcome
+
+
+def _finish(outcome: SweepOutcome, ctx: TrialContext, spec, manifest: dict) -> None:
+    """After Tune is done: label ASHA stops, UpKern follow-up, selection and registry, results;
+    the parent run ends FINISHED and the manifest records the outcome."""
+    from bratslab.tracking import mlflow_runs
+
+    cfg: SweepConfig = spec.sweep
+    _mark_stopped_trials(outcome.trials, ctx)
     try:
         if cfg.upkern.enabled:
             from bratslab.tune.followup import run_upkern
 
             run_upkern(ctx, cfg, outcome)
         _select_and_register(outcome, spec, cfg)
-        write_and_log_results(outcome, paths)
+        write_and_log_results(outcome, ctx.paths)
     except BaseException:
-        write_and_log_results(outcome, paths)
-        mlflow_runs.end_run(parent_run_id, "FAILED")
+        write_and_log_results(outcome, ctx.paths)
+        mlflow_runs.end_run(outcome.parent_run_id, "FAILED")
         raise
-    mlflow_runs.set_tags(parent_run_id, {"bratslab.interrupted": "false"})
-    mlflow_runs.end_run(parent_run_id, "FINISHED")
+    mlflow_runs.set_tags(outcome.parent_run_id, {"bratslab.interrupted": "false"})
+    mlflow_runs.end_run(outcome.parent_run_id, "FINISHED")
     reg = outcome.registration
     manifest["finished"] = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "winner_trial": outcome.winner["trial_id"] if outcome.winner else None,
+        "winner_trial": outcome.winner.trial_id if outcome.winner else None,
         "registered": f"{reg.name}/{reg.version}" if reg else None,
         "promoted": reg.promoted if reg else None,
     }
-    atomic.write_json(paths.manifest, manifest)
-    return outcome
+    atomic.write_json(ctx.paths.manifest, manifest)
+
+
+def _attach_run_ids(rows: list[TrialResult], paths: SweepPaths, sweep_name: str) -> None:
+    """Attach each trial's MLflow run id (from the train stage's run-state file)."""
+    from bratslab.train.trainer import RUN_STATE
+
+    for r in rows:
+        state = paths.train / f"{sweep_name}-{r.trial_id}" / RUN_STATE
+        r.mlflow_run_id = (
+            json.loads(state.read_text())["mlflow_run_id"] if state.is_file() else None
+        )
+
+
+def _mark_stopped_trials(rows: list[TrialResult], ctx: TrialContext) -> None:
+    """Label trials ASHA stopped before their last epoch; close runs of killed trials.
+
+    A stopped trial's actor is killed mid-``fit``, so its MLflow run still says RUNNING once
+    Tune is done: it becomes KILLED with the tag ``bratslab.stopped_early``. A completed trial
+    whose run says FAILED (left so by an interruption before a resume) becomes FINISHED.
+    """
+    from bratslab.tracking import mlflow_runs
+
+    for r in rows:
+        if not r.completed or r.status == "ERROR":
+            continue
+        job = ctx.space.apply(ctx.base_job, ctx.space.decode(r.params))
+        if r.iterations < int(job["training"]["epochs"]):
+            r.status = "STOPPED_EARLY"
+        # RUNNING: the actor was killed mid-fit. FAILED: an interrupted sweep's trial whose fit
+        # was torn down by Ctrl-C and which Tune then finished or stopped on resume. Either way
+        # Tune's verdict (completed without error) is the truth the run should show.
+        if r.mlflow_run_id and mlflow_runs.run_info(r.mlflow_run_id)["status"] in (
+            "RUNNING",
+            "FAILED",
+        ):
+            if r.status == "STOPPED_EARLY":
+                mlflow_runs.set_tags(r.mlflow_run_id, {"bratslab.stopped_early": "true"})
+                mlflow_runs.end_run(r.mlflow_run_id, "KILLED")
+            else:
+                mlflow_runs.end_run(r.mlflow_run_id, "FINISHED")
 
 
 def _select_and_register(outcome: SweepOutcome, spec, cfg: SweepConfig) -> None:
@@ -268,9 +352,9 @@ def _select_and_register(outcome: SweepOutcome, spec, cfg: SweepConfig) -> None:
     from bratslab.tune import selection
 
     candidates = selection.rank_candidates(outcome.trials, cfg.mode, cfg.top_k)
-    upkerned = [r for r in outcome.trials if str(r["trial_id"]).startswith("upkern-")]
+    upkerned = [r for r in outcome.trials if r.trial_id.startswith("upkern-")]
     # The follow-up is re-evaluated even when its short finetune ranks below the top k.
-    candidates += [r for r in upkerned if r not in candidates and r.get("best_checkpoint")]
+    candidates += [r for r in upkerned if r not in candidates and r.best_checkpoint]
     if not candidates:
         log.warning("sweep %s: no trial produced a checkpoint; nothing to register", outcome.name)
         return
@@ -280,22 +364,21 @@ def _select_and_register(outcome: SweepOutcome, spec, cfg: SweepConfig) -> None:
     if winner is None:
         raise RuntimeError(
             f"sweep {outcome.name}: no candidate has a finite {cfg.selection_metric!r} "
-            f"(got {sorted(candidates[0].get('tta', {}))})"
+            f"(got {sorted(candidates[0].tta)})"
         )
     outcome.winner = winner
-    summary = {f"best/{k}": v for k, v in winner["tta"].items()}
+    summary = {f"best/{k}": v for k, v in winner.tta.items()}
     mlflow_runs.log_metrics(outcome.parent_run_id, summary, 0)
-    mlflow_runs.set_tags(outcome.parent_run_id, {"bratslab.winner_trial": winner["trial_id"]})
+    mlflow_runs.set_tags(outcome.parent_run_id, {"bratslab.winner_trial": winner.trial_id})
     if cfg.register_model:
-        outcome.registration = selection.register_winner(
+        outcome.registration = reg = selection.register_winner(
             winner,
-            name=cfg.registry_name or selection.default_registry_name(store),
+            name=selection.registry_name(spec),
             sweep_name=outcome.name,
             metric=cfg.selection_metric,
             mode=cfg.selection_mode,
             alias=cfg.alias,
         )
-        reg = outcome.registration
         mlflow_runs.set_tags(
             outcome.parent_run_id,
             {

@@ -227,15 +227,44 @@ def test_config_validation_names_bad_keys():
     assert PreprocessConfig(min_size=96).min_size == [96, 96, 96]
 
 
-def test_float16_cast_identical_with_and_without_torch(cases, monkeypatch):
+def test_float16_cast_identical_with_and_without_fast_cast(cases):
     """The torch fast path for the float16 cast gives the very bytes numpy gives."""
-    import sys
-
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     case, _ = _case(cases)
-    monkeypatch.setitem(sys.modules, "torch", None)  # numpy path
-    x_np = preprocess_case(case, PreprocessConfig(min_size=48)).x
-    monkeypatch.setitem(sys.modules, "torch", torch)  # torch path
-    x_t = preprocess_case(case, PreprocessConfig(min_size=48)).x
+    x_np = preprocess_case(case, PreprocessConfig(min_size=48), fast_cast=False).x
+    x_t = preprocess_case(case, PreprocessConfig(min_size=48), fast_cast=True).x
     assert x_np.dtype == np.float16
     np.testing.assert_array_equal(x_np.view(np.uint16), x_t.view(np.uint16))
+
+
+def test_fast_cast_is_the_callers_choice_not_whether_torch_is_loaded(cases, monkeypatch):
+    """A loaded torch (here a stand-in that fails when used) is left alone without fast_cast."""
+    import sys
+
+    class Unusable:
+        def __getattr__(self, name):
+            raise AssertionError(f"torch.{name} used without fast_cast")
+
+    case, _ = _case(cases)
+    monkeypatch.setitem(sys.modules, "torch", Unusable())
+    x = preprocess_case(case, PreprocessConfig(min_size=48)).x
+    assert x.dtype == np.float16
+    with pytest.raises(AssertionError, match="used without fast_cast"):
+        preprocess_case(case, PreprocessConfig(min_size=48), fast_cast=True)
+
+
+def test_one_run_preprocess_and_no_import_cycle():
+    """``run_preprocess`` lives in the runner only; preprocess never imports the runner."""
+    import subprocess
+    import sys
+
+    from bratslab.data import preprocess, runner
+
+    assert not hasattr(preprocess, "run_preprocess")
+    assert callable(runner.run_preprocess)
+    code = (
+        "import sys, bratslab.data.preprocess, bratslab.data.validate, bratslab.data.nifti; "
+        "assert 'bratslab.data.runner' not in sys.modules; "
+        "assert 'torch' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

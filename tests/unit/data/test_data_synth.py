@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bratslab.data.layout import discover_cases
-from bratslab.data.synth import synthesize_case, synthesize_dataset
+from bratslab.data.layout import MODALITIES, discover_cases
+from bratslab.data.synth import shift_draw, synthesize_case, synthesize_dataset
 
 SHAPE = (48, 52, 40)
 
@@ -112,3 +112,140 @@ def test_bad_arguments(tmp_path):
         synthesize_dataset(tmp_path, 1, unlabeled=2)
     with pytest.raises(ValueError, match="shape"):
         synthesize_dataset(tmp_path, 1, shape=(8, 8, 8))
+    with pytest.raises(ValueError, match="shift must be one of"):
+        synthesize_dataset(tmp_path, 1, shape=SHAPE, shift="extreme")
+
+
+# --- the domain-shift validation set -------------------------------------------------------
+
+
+def _array_digest(images, seg) -> str:
+    h = hashlib.sha256()
+    for m in MODALITIES:
+        h.update(np.ascontiguousarray(images[m]).tobytes())
+    h.update(np.ascontiguousarray(seg).tobytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("seed", "shape", "spacing", "digest"),
+    [  # the clean phantom's voxels, pinned before the shift option existed
+        (
+            (3, 0),
+            (48, 52, 40),
+            (1.0, 1.0, 1.0),
+            "17b46e9b76ec89e9b1a4bcef93d39ec8b3e936bab551492f8fb7654c847e1f45",
+        ),
+        (
+            (5, 2),
+            (40, 44, 32),
+            (1.0, 1.0, 1.5),
+            "5bfd06ddd97830ac24bb75d79d829f486ec9206a08ef232855ab6ef2589e90bf",
+        ),
+    ],
+)
+def test_shift_none_is_the_clean_phantom(seed, shape, spacing, digest):
+    assert _array_digest(*synthesize_case(seed, shape, spacing, 3)[:2]) == digest
+    assert _array_digest(*synthesize_case(seed, shape, spacing, 3, shift="none")[:2]) == digest
+
+
+def test_shift_none_dataset_bytes_and_shifted_determinism(tmp_path):
+    synthesize_dataset(tmp_path / "plain", 2, seed=4, shape=SHAPE)
+    synthesize_dataset(tmp_path / "none", 2, seed=4, shape=SHAPE, shift="none")
+    synthesize_dataset(tmp_path / "s1", 2, seed=4, shape=SHAPE, shift="strong")
+    synthesize_dataset(tmp_path / "s2", 2, seed=4, shape=SHAPE, shift="strong")
+    synthesize_dataset(tmp_path / "m", 2, seed=4, shape=SHAPE, shift="mild")
+    assert _digest(tmp_path / "plain") == _digest(tmp_path / "none")
+    assert _digest(tmp_path / "s1") == _digest(tmp_path / "s2")
+    assert _digest(tmp_path / "s1") != _digest(tmp_path / "none")
+    assert _digest(tmp_path / "m") not in (_digest(tmp_path / "none"), _digest(tmp_path / "s1"))
+
+
+@pytest.mark.parametrize("shift", ["mild", "strong"])
+def test_shifted_cases_keep_valid_labels_and_brain(shift):
+    for i in range(3):
+        clean, seg0, _ = synthesize_case((2, i), (64, 64, 48), et_label=4)
+        images, seg, affine = synthesize_case((2, i), (64, 64, 48), et_label=4, shift=shift)
+        assert set(np.unique(seg)) <= {0, 1, 2, 4} and (seg == 2).any()
+        # Same anatomy and main tumours: satellites only add tumour voxels.
+        assert ((seg0 > 0) <= (seg > 0)).all()
+        brain = clean["t1n"] > 0
+        for m in MODALITIES:
+            assert images[m].dtype == np.int16 and ((images[m] > 0) == brain).all()
+            assert not np.array_equal(images[m], clean[m])
+
+
+def _et_contrast(images, seg) -> float:
+    """Mean T1c in ET over mean T1c in healthy brain."""
+    healthy = (images["t1n"] > 0) & (seg == 0)
+    return images["t1c"][seg == 3].mean() / images["t1c"][healthy].mean()
+
+
+def test_strong_shift_changes_intensities_the_scanner_way():
+    n_dim = n_flat = 0
+    for i in range(4):
+        clean, seg, _ = synthesize_case((6, i), (80, 80, 64), et_label=3)
+        shifted, _, _ = synthesize_case((6, i), (80, 80, 64), et_label=3, shift="strong")
+        brain = clean["t1n"] > 0
+        for m in MODALITIES:
+            # Per-case and per-modality gain: the median brain intensity moves.
+            ratio = np.median(shifted[m][brain]) / np.median(clean[m][brain])
+            n_flat += abs(np.log(ratio)) < 0.05
+        if (seg == 3).any():  # dim enhancement: ET's T1c contrast shrinks
+            n_dim += _et_contrast(shifted, seg) < _et_contrast(clean, seg) - 0.2
+    assert n_flat <= 4  # of 16 modality gains, most moved
+    assert n_dim >= 1
+
+
+def test_satellites_add_connected_components():
+    n_clean = n_strong = 0
+    for i in range(4):
+        seed = (9, i)
+        _, seg0, _ = synthesize_case(seed, (96, 96, 72), et_label=3)
+        _, seg1, _ = synthesize_case(seed, (96, 96, 72), et_label=3, shift="strong")
+        assert shift_draw(seed, "strong").satellites >= 2
+        n_clean += ndimage.label(seg0 > 0)[1]
+        n_strong += ndimage.label(seg1 > 0)[1]
+    assert n_strong >= n_clean + 4
+
+
+def test_thick_slices_remove_high_frequencies_along_one_axis():
+    seed, shape = (12, 0), (72, 72, 60)
+    axis = shift_draw(seed, "strong").axis
+    clean, _, _ = synthesize_case(seed, shape, et_label=3)
+    shifted, _, _ = synthesize_case(seed, shape, et_label=3, shift="strong")
+
+    def along_over_across(img):
+        """Mean |first difference| along ``axis`` over the mean across the other two axes,
+        inside the brain (eroded, so the brain's edge does not count)."""
+        inner = ndimage.binary_erosion(img > 0, iterations=3)
+        v = img.astype(float)
+        diffs = []
+        for a in range(3):
+            d = np.abs(np.diff(v, axis=a))
+            keep = np.delete(inner, -1, axis=a) & np.delete(inner, 0, axis=a)
+            diffs.append(d[keep].mean())
+        others = [diffs[a] for a in range(3) if a != axis]
+        return diffs[axis] / np.mean(others)
+
+    for m in MODALITIES:
+        assert along_over_across(shifted[m]) < 0.7 * along_over_across(clean[m])
+    # Mild shift: 2 mm slices along its own drawn axis smooth that axis less, but still.
+    axis = shift_draw(seed, "mild").axis
+    mild, _, _ = synthesize_case(seed, shape, et_label=3, shift="mild")
+    assert along_over_across(mild["t2f"]) < 0.85 * along_over_across(clean["t2f"])
+
+
+def test_cli_shift_option_writes_a_shifted_dataset(tmp_path):
+    from typer.testing import CliRunner
+
+    from bratslab.cli import app
+
+    args = ["data", "synth", "--cases", "1", "--shape", "32", "32", "24"]
+    for shift in ("none", "strong"):
+        result = CliRunner().invoke(app, [*args, str(tmp_path / shift), "--shift", shift])
+        assert result.exit_code == 0, result.output
+    clean, shifted = (sorted((tmp_path / s).rglob("*t1c.nii.gz"))[0] for s in ("none", "strong"))
+    assert clean.read_bytes() != shifted.read_bytes()
+    bad = CliRunner().invoke(app, [*args, str(tmp_path / "x"), "--shift", "extreme"])
+    assert bad.exit_code == 2

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from bratslab.data.layout import discover_cases
-from bratslab.data.validate import CaseError, load_case, read_nifti
+from bratslab.data.nifti import NiftiError, load_nifti
+from bratslab.data.validate import load_case
 
 CID = "BraTS-GLI-00001-000"
 
@@ -136,7 +137,7 @@ def test_non_3d_image(cases):
 def test_trailing_singleton_dim_is_3d(tmp_path):
     p = tmp_path / "x.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((5, 6, 7, 1), dtype=np.int16), np.eye(4)), p)
-    assert read_nifti(p).data.shape == (5, 6, 7)
+    assert load_nifti(p).data.shape == (5, 6, 7)
 
 
 def test_shape_mismatch(cases):
@@ -222,8 +223,8 @@ def test_every_bad_file_of_a_case_is_reported(cases):
 
 def test_read_nifti_error_names_file(tmp_path):
     p = tmp_path / "missing.nii.gz"
-    with pytest.raises(CaseError, match="missing.nii.gz: unreadable"):
-        read_nifti(p)
+    with pytest.raises(NiftiError, match="missing.nii.gz: unreadable"):
+        load_nifti(p)
 
 
 def test_scaled_float_header_is_applied(tmp_path):
@@ -231,7 +232,7 @@ def test_scaled_float_header_is_applied(tmp_path):
     img = nib.Nifti1Image(np.arange(24, dtype=np.int16).reshape(2, 3, 4), np.eye(4))
     img.header.set_slope_inter(2.0, 1.0)
     nib.save(img, p)
-    vol = read_nifti(p)
+    vol = load_nifti(p)
     np.testing.assert_array_equal(vol.data, np.asanyarray(nib.load(p).dataobj))
 
 
@@ -250,42 +251,48 @@ def test_gzip_checks_with_either_inflate_backend(tmp_path, monkeypatch, backend)
     """The CRC/truncation/corruption checks hold whether or not ISA-L is installed."""
     import zlib
 
-    from bratslab.data import validate as V
+    from bratslab.data import nifti as N
 
     if backend == "isal":
         isal_zlib = pytest.importorskip("isal.isal_zlib")
-        monkeypatch.setattr(V, "_inflate", isal_zlib)
+        monkeypatch.setattr(N, "_inflate", isal_zlib)
     else:
-        monkeypatch.setattr(V, "_inflate", zlib)
+        monkeypatch.setattr(N, "_inflate", zlib)
     img = nib.Nifti1Image(np.arange(4000, dtype=np.int16).reshape(10, 20, 20), np.eye(4))
     raw = gzip.compress(img.to_bytes(), mtime=0)
     p = tmp_path / "x.nii.gz"
     p.write_bytes(raw)
-    assert read_nifti(p).data.shape == (10, 20, 20)
+    assert load_nifti(p).data.shape == (10, 20, 20)
     crc = bytearray(raw)
     crc[-7] ^= 0x01
     p.write_bytes(bytes(crc))
-    with pytest.raises(CaseError, match="damaged CRC"):
-        read_nifti(p)
+    with pytest.raises(NiftiError, match="damaged CRC"):
+        load_nifti(p)
     p.write_bytes(raw[:-20])
-    with pytest.raises(CaseError, match="truncated gzip stream"):
-        read_nifti(p)
+    with pytest.raises(NiftiError, match="truncated gzip stream"):
+        load_nifti(p)
     bad = bytearray(raw)
     bad[12:40] = b"\xff" * 28
     p.write_bytes(bytes(bad))
-    with pytest.raises(CaseError, match="corrupt gzip"):
-        read_nifti(p)
-    p.write_bytes(raw + raw)  # two members: valid gzip, decompresses to two headers' worth
-    assert read_nifti(p).data.shape == (10, 20, 20)
+    with pytest.raises(NiftiError, match="corrupt gzip"):
+        load_nifti(p)
+    plain = img.to_bytes()
+    members = [gzip.compress(plain[i : i + 3000], mtime=0) for i in range(0, len(plain), 3000)]
+    p.write_bytes(b"".join(members) + b"\0" * 16)  # several members, then zero padding
+    vol = load_nifti(p)
+    np.testing.assert_array_equal(vol.data, np.asanyarray(img.dataobj))
+    p.write_bytes(raw + raw)  # valid gzip, but twice the bytes the header declares
+    with pytest.raises(NiftiError, match="more than the 8352 bytes its header declares"):
+        load_nifti(p)
 
 
 def test_more_data_than_the_header_declares_is_refused(tmp_path):
-    """A decompression bomb behind a small header stops at the declared size + slack."""
+    """A decompression bomb behind a small header stops at the declared size."""
     img = nib.Nifti1Image(np.ones((10, 20, 20), dtype=np.int16), np.eye(4))
     p = tmp_path / "bomb.nii.gz"
     p.write_bytes(gzip.compress(img.to_bytes() + b"\0" * (8 << 20), compresslevel=1))
-    with pytest.raises(CaseError, match="more than the .* bytes its header declares"):
-        read_nifti(p)
+    with pytest.raises(NiftiError, match="more than the .* bytes its header declares"):
+        load_nifti(p)
 
 
 @pytest.mark.parametrize(
@@ -321,3 +328,81 @@ def test_official_names_fix_the_convention(cases):
     cases.replace(p, seg)
     (f,) = _only_failures(cases.root)
     assert "outside the brats2021 convention" in f.reason
+
+
+RGB24 = np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")])
+RGBA32 = np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1"), ("A", "u1")])
+
+
+@pytest.mark.parametrize(
+    ("dtype", "name"),
+    [
+        (RGB24, "RGB (datatype code 128)"),
+        (RGBA32, "RGBA (datatype code 2304)"),
+        (np.complex64, "complex64 (datatype code 32)"),
+        (np.complex128, "complex128 (datatype code 1792)"),
+    ],
+)
+def test_voxel_types_that_are_not_real_scalars_are_named(cases, dtype, name):
+    """RGB used to crash validation (TypeError), complex silently lost its imaginary part."""
+    folder = cases.write(CID)
+    p = cases.path(folder, "t1n")
+    data = np.ones((40, 44, 32), dtype=dtype)
+    cases.replace(p, data)
+    (f,) = _only_failures(cases.root)
+    assert f.file == str(p)
+    assert f.reason == f"unsupported voxel type {name}: only real scalar images"
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, 0.0, -1.0])
+def test_non_finite_or_non_positive_voxel_size(cases, bad):
+    """A NaN pixdim used to pass validation and crash preprocessing ("not JSON compliant")."""
+    folder = cases.write(CID)
+    p = cases.path(folder, "t2w")
+    _patch_header(p, 84, "<f", (bad,))  # pixdim[2] (pixdim[0..7] start at byte 76)
+    (f,) = _only_failures(cases.root)
+    assert f.file == str(p)
+    assert f.reason == f"voxel size (pixdim) [1.0, {bad}, 1.0] must be finite and positive"
+
+
+def test_intensities_beyond_float32_are_rejected(cases):
+    folder = cases.write(CID)
+    p = cases.path(folder, "t1c")
+    data = np.asarray(nib.load(p).dataobj).astype(np.float64)
+    data[1, 2, 3] = -1e300
+    cases.replace(p, data)
+    (f,) = _only_failures(cases.root)
+    assert f.file == str(p) and f.reason == "intensities up to 1e+300 exceed the float32 range"
+
+
+def test_trailing_data_in_an_uncompressed_file(cases):
+    folder = cases.write(CID)
+    gz = cases.path(folder, "t2f")
+    raw = gzip.decompress(gz.read_bytes())
+    gz.unlink()
+    nii = folder / f"{CID}-t2f.nii"
+    nii.write_bytes(raw + b"\xff" * 64)
+    (f,) = _only_failures(cases.root)
+    assert f.file == str(nii)
+    assert f.reason == f"64 bytes of trailing data after the {len(raw)} bytes its header declares"
+
+
+def test_load_case_never_raises_and_reports_every_file(cases, monkeypatch):
+    """Even a reader bug becomes a failure naming the file; the other files are still checked."""
+    from bratslab.data import validate as V
+
+    folder = cases.write(CID)
+    broken = cases.path(folder, "t2w")
+    real = V.load_nifti
+
+    def flaky(path, **kw):
+        if path == broken:
+            raise TypeError("boom")
+        return real(path, **kw)
+
+    monkeypatch.setattr(V, "load_nifti", flaky)
+    cases.path(folder, "t1n").write_bytes(b"")
+    assert _reasons(_only_failures(cases.root)) == [
+        (f"{CID}-t1n.nii.gz", "empty file"),
+        (f"{CID}-t2w.nii.gz", "internal error while reading: TypeError: boom"),
+    ]

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from bratslab.data.config import PreprocessConfig
-from bratslab.data.labels import labels_to_regions
+from bratslab.data.labels import labels_to_regions, probabilities_to_labels
 from bratslab.data.layout import discover_cases
 from bratslab.data.preprocess import preprocess_case, restore_to_source
 from bratslab.data.synth import synthesize_dataset
-from bratslab.evaluate.predict import probabilities_to_labels, write_nifti
+from bratslab.evaluate.nifti_out import write_map, write_nifti
 
 
 @pytest.mark.parametrize(
@@ -49,3 +49,19 @@ def test_ground_truth_round_trip(tmp_path, layout, spacing, output):
     np.testing.assert_allclose(back.header.get_zooms()[:3], spacing, atol=1e-6)
     assert np.array_equal(np.asarray(back.dataobj), src_seg)
     assert not list((tmp_path / "pred").glob(".*"))  # no temp files left behind
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_probability_maps_are_channels_last_in_the_source_grid(tmp_path, dtype):
+    affine = np.diag([0.8, 1.2, 2.5, 1.0])
+    header = nib.Nifti1Header()
+    values = np.random.default_rng(0).random((3, 6, 5, 4)).astype(np.float32)
+    out = tmp_path / "c_prob.nii.gz"
+    write_map(out, values, affine, header, dtype)
+    back = nib.load(out)
+    assert back.shape == (6, 5, 4, 3)
+    np.testing.assert_allclose(back.affine, affine, atol=1e-6)
+    atol = 0.5 / 255 + 1e-6 if dtype == "uint8" else 1e-7
+    np.testing.assert_allclose(back.get_fdata(), np.moveaxis(values, 0, -1), atol=atol)
+    with pytest.raises(ValueError, match="float16"):
+        write_map(out, values, affine, header, "float16")

@@ -1,4 +1,4 @@
-"""Sliding-window + TTA inference: fast batched TTA equals explicit per-transform passes."""
+"""Sliding-window + TTA inference: the one-tiling TTA equals explicit per-transform passes."""
 
 from __future__ import annotations
 
@@ -131,10 +131,45 @@ def test_batched_and_per_transform_calls_agree():
         calls.clear()
         predictor = TTAPredictor([model], tta_transforms("flips"), batch_transforms=batched)
         outs[batched] = predictor(window)
-        # 2 windows: one call per transform (CPU default), or all 8 transforms in one batch
+        # 2 windows: one call per transform, or all 8 transforms in one batch (the default)
         assert calls == ([16] if batched else [2] * 8)
     torch.testing.assert_close(outs[True], outs[False], rtol=1e-5, atol=1e-6)
-    assert TTAPredictor([model], tta_transforms("flips")).batch_transforms is False  # CPU
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    inter = np.logical_and(a, b).sum()
+    return float(2 * inter / (a.sum() + b.sum())) if a.any() or b.any() else 1.0
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_batched_and_per_view_volumes_agree(amp):
+    # The whole path predict uses, on a volume tiled by 8 overlapping windows: batching the 8
+    # views into one call (the default) must give what one call per view gives.
+    model = _tiny_net()
+    x = _volume((24, 24, 20))
+    out = {
+        batched: predict_probabilities(
+            model, x, (16, 16, 16), 0.5, "flips", amp=amp, batch_transforms=batched
+        )[0]
+        for batched in (False, True)
+    }
+    per_view, batched = out[False], out[True]
+    masks = [p >= 0.5 for p in (per_view, batched)]
+    assert 0.05 < masks[0].mean() < 0.95  # the masks are not trivial
+    agreement = np.mean([_dice(masks[0][c], masks[1][c]) for c in range(3)])
+    assert agreement >= 0.999
+    # fp32 sums the same views in the same order: equal up to summation rounding.
+    np.testing.assert_allclose(batched, per_view, atol=1e-5 if not amp else 2e-2)
+
+
+def test_batch_views_default_is_per_device():
+    from bratslab.evaluate.inference import TTAPredictor, batch_views_default
+
+    assert batch_views_default("cpu") is True
+    assert batch_views_default(torch.device("cuda")) is True
+    assert batch_views_default("meta") is False
+    predictor = TTAPredictor([_tiny_net()], tta_transforms("flips"), device="cpu")
+    assert predictor.batch_transforms is True
 
 
 def test_bad_arguments():

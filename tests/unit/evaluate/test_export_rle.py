@@ -56,13 +56,14 @@ def test_export_folder_round_trip(tmp_path):
     # Probability maps beside the masks are not exported.
     nib.save(nib.Nifti1Image(np.zeros((9, 8, 7), np.float32), np.eye(4)), pred / "x_prob.nii.gz")
     out = tmp_path / "sub.csv"
-    assert export_rle(pred, out) == 6
+    report = export_rle(pred, out)
+    assert (report.rows, report.cases, report.failures) == (6, sorted(labels), [])
     assert out.read_text().splitlines()[0] == "id,case,region,shape,rle"
     decoded = read_rle_csv(out)
     assert len(decoded) == 6
     for case, lab in labels.items():
         for region, mask in label_masks(lab).items():
             assert np.array_equal(decoded[(case, region)], mask)
-    assert export_rle(pred, tmp_path / "labels.csv", by="labels") == 6
+    assert export_rle(pred, tmp_path / "labels.csv", by="labels").rows == 6
     by_label = read_rle_csv(tmp_path / "labels.csv")
     assert np.array_equal(by_label[("BraTS2021_00001", "et")], labels["BraTS2021_00001"] == 4)

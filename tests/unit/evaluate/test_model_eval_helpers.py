@@ -1,4 +1,4 @@
-"""Prediction helpers: run-id lookup, label reconstruction, model payloads and ensembles."""
+"""Prediction helpers: run-id lookup, label reconstruction, model payloads, ensembles, devices."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ import json
 import numpy as np
 import pytest
 
+from bratslab.data.labels import probabilities_to_labels, probabilities_to_regions
+from bratslab.evaluate.config import PredictConfig
 from bratslab.evaluate.model_eval import find_run_id
-from bratslab.evaluate.predict import (
+from bratslab.evaluate.model_loading import (
     ModelPayload,
-    PredictConfig,
+    build_from_payload,
     check_ensemble,
     load_payload,
-    probabilities_to_labels,
+    resolve_device,
 )
 
 
@@ -43,6 +45,34 @@ def test_probabilities_to_labels_conventions():
     assert probabilities_to_labels(soft, "labels", 4).ravel().tolist() == [4, 1]
 
 
+def test_probabilities_to_regions_both_outputs():
+    probs = np.zeros((3, 2, 1, 1), np.float32)
+    probs[:, 0, 0, 0] = [0.9, 0.8, 0.7]
+    probs[:, 1, 0, 0] = [0.9, 0.2, 0.1]
+    regions = probabilities_to_regions(probs, "regions")
+    assert regions.dtype == bool and regions[:, :, 0, 0].T.tolist() == [
+        [True, True, True],
+        [True, False, False],
+    ]
+    assert not probabilities_to_regions(probs, "regions", threshold=0.95).any()
+    soft = np.zeros((4, 2, 1, 1), np.float32)
+    soft[3, 0] = 1.0  # store ET: in WT, TC and ET
+    soft[2, 1] = 1.0  # edema: WT only
+    regions = probabilities_to_regions(soft, "labels")
+    assert regions[:, :, 0, 0].T.tolist() == [[True, True, True], [True, False, False]]
+
+
+def test_resolve_device():
+    import torch
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    with pytest.raises(ValueError, match="device 'gpu'"):
+        resolve_device("gpu")
+
+
 def test_payload_needs_preprocessing_and_ensembles_must_agree(tmp_path):
     from bratslab.models.config import ModelConfig
     from bratslab.models.weights import save_model_dir
@@ -61,6 +91,29 @@ def test_payload_needs_preprocessing_and_ensembles_must_agree(tmp_path):
     check_ensemble([a, a])
     with pytest.raises(ValueError, match="different 'patch_size'"):
         check_ensemble([a, b])
+    with pytest.raises(ValueError, match="at least one model"):
+        check_ensemble([])
+
+
+def test_payload_round_trip_rebuilds_the_same_network(tmp_path):
+    import torch
+
+    from bratslab.data.config import PreprocessConfig
+    from bratslab.models.config import ModelConfig
+    from bratslab.models.weights import save_model_dir
+    from bratslab.models.zoo import build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch="unet", unet={"filters": [4, 8, 16]})
+    model = build_model(cfg).eval()
+    extra = {"preprocessing": PreprocessConfig().model_dump(mode="json"), "patch_size": [16] * 3}
+    payload = load_payload(save_model_dir(tmp_path / "m", model, cfg, extra))
+    assert payload.output == "regions" and payload.source == str(tmp_path / "m")
+    rebuilt = build_from_payload(payload)
+    assert build_from_payload(payload) is rebuilt  # cached per process by weights hash
+    x = torch.rand(1, cfg.in_channels, 16, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))
 
 
 def test_predict_config_validation():

@@ -9,8 +9,9 @@ from monai.networks.blocks.mednext_block import MedNeXtUpBlock
 from monai.networks.nets import MedNeXt
 from torch import nn
 
+from bratslab.models import runtime
 from bratslab.models.depthwise import DepthwiseConv3d
-from bratslab.models.mednext import use_monai_layers
+from bratslab.models.mednext import use_fast_cpu_layers, use_monai_layers
 from bratslab.models.norm import InstanceGroupNorm
 from bratslab.models.transposed import FastConvTranspose3d
 from bratslab.models.zoo import build_model
@@ -41,6 +42,7 @@ def _step(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
 @pytest.mark.parametrize("deep_supervision", [True, False])
 def test_fast_layers_match_monai_mednext(channels_last, deep_supervision):
     model = build_model(tiny_config("mednext", deep_supervision=deep_supervision)).train()
+    use_fast_cpu_layers(model)
     kinds = {type(m) for m in model.modules()}
     assert set(FAST) <= kinds and not kinds & {nn.ConvTranspose3d, nn.GroupNorm, MedNeXtUpBlock}
     assert not [m for m in model.modules() if type(m) is nn.Conv3d and m.groups > 1]
@@ -56,8 +58,17 @@ def test_fast_layers_match_monai_mednext(channels_last, deep_supervision):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5 * scale)
 
 
-def test_use_monai_layers_restores_the_plain_classes():
+def test_cpu_layers_only_on_cpu():
+    # A freshly built model is MONAI's own (what runs on CUDA); prepare_model swaps the CPU ones.
     model = build_model(tiny_config("mednext"))
+    kinds = {type(m) for m in model.modules()}
+    assert not kinds & set(FAST) and set(PLAIN) | {MedNeXtUpBlock} <= kinds
+    kinds = {type(m) for m in runtime.prepare_model(model, "cpu").modules()}
+    assert set(FAST) <= kinds
+
+
+def test_use_monai_layers_restores_the_plain_classes():
+    model = runtime.prepare_model(build_model(tiny_config("mednext")), "cpu")
     use_monai_layers(model)
     kinds = {type(m) for m in model.modules()}
     assert not kinds & set(FAST) and set(PLAIN) | {MedNeXtUpBlock} <= kinds

@@ -17,7 +17,9 @@ def test_ops_commands_are_registered():
         ("submit",),
         ("jobs", "list"), ("jobs", "status"), ("jobs", "logs"), ("jobs", "stop"),
         ("models", "list"), ("models", "show"), ("models", "promote"), ("models", "download"),
+        ("models", "register"),
         ("runs", "list"), ("runs", "compare"),
+        ("spec", "schema"), ("spec", "explain"),
         ("ui",),
     ]:  # fmt: skip
         assert cmd in names, cmd
@@ -53,3 +55,37 @@ def test_loopback_hosts():
     assert is_loopback_host("localhost") and is_loopback_host("127.0.0.5")
     assert not is_loopback_host("0.0.0.0") and not is_loopback_host("10.0.0.1")
     assert not is_loopback_host("example.org")
+
+
+def test_jobs_list_json_rows_from_real_job_details():
+    """What `bratslab jobs list --json` prints (the command needs a cluster; the rows do not)."""
+    import json
+    from datetime import datetime
+
+    from ray.job_submission import JobDetails, JobStatus, JobType
+
+    from bratslab.jobs.cli import job_rows
+
+    t0 = 1_700_000_000_000
+    details = [
+        JobDetails(
+            type=JobType.SUBMISSION, submission_id="raysubmit_old", entrypoint="bratslab train a",
+            status=JobStatus.FAILED, start_time=t0, end_time=t0 + 90_500, message="boom",
+            metadata={"bratslab_kind": "train"},
+        ),
+        JobDetails(
+            type=JobType.SUBMISSION, submission_id="raysubmit_new", job_id="03000000",
+            entrypoint="bratslab sweep b", status=JobStatus.RUNNING, start_time=t0 + 100_000,
+        ),
+        JobDetails(type=JobType.SUBMISSION, entrypoint="x", status=JobStatus.PENDING),
+    ]  # fmt: skip
+    rows = json.loads(json.dumps(job_rows(details)))  # plain JSON types only
+    assert [r["submission_id"] for r in rows] == ["raysubmit_new", "raysubmit_old", None]
+    new, old, pending = rows
+    assert old["status"] == "FAILED" and old["kind"] == "train" and old["message"] == "boom"
+    assert old["duration_s"] == 90.5
+    assert datetime.fromisoformat(old["start_time"]).timestamp() == t0 / 1000
+    assert datetime.fromisoformat(old["end_time"]).timestamp() == (t0 + 90_500) / 1000
+    assert new["status"] == "RUNNING" and new["end_time"] is None and new["duration_s"] > 0
+    assert new["kind"] is None and new["job_id"] == "03000000" and new["metadata"] == {}
+    assert pending["start_time"] is None and pending["duration_s"] is None

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bratslab.config import ConfigError
-from bratslab.jobs.spec import job_from_dict, load_job
+from bratslab.spec import job_from_dict, load_job
 
 JOBS = Path(__file__).resolve().parents[3] / "jobs"
 
@@ -51,10 +51,16 @@ def test_freezing_everything_is_rejected():
 
 
 def test_overrides_apply_and_store_path_resolves_against_home(monkeypatch, tmp_path):
-    monkeypatch.setenv("BRATSLAB_HOME", str(tmp_path))
-    spec = load_job(JOBS / "smoke.yaml", ["training.epochs=7", "data.store=stores/a"])
+    for store in ("home/stores/a", "abs", "cwd/stores/b"):
+        (tmp_path / store).mkdir(parents=True)
+        (tmp_path / store / "dataset.json").write_text("{}")
+    monkeypatch.setenv("BRATSLAB_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path / "cwd")
+    spec = load_job(JOBS / "smoke.yaml", ["training.epochs=7", "data.store=stores/b"])
     assert spec.training.epochs == 7
-    assert spec.data.store_path() == tmp_path / "stores" / "a"
+    assert spec.data.store_path() == tmp_path / "cwd" / "stores" / "b"  # found here
+    spec = load_job(JOBS / "smoke.yaml", ["data.store=stores/a"])
+    assert spec.data.store_path() == tmp_path / "home" / "stores" / "a"  # not here: the home's
     spec = load_job(JOBS / "smoke.yaml", [f"data.store={tmp_path / 'abs'}"])
     assert spec.data.store_path() == tmp_path / "abs"
 

@@ -98,3 +98,29 @@ def test_source_run_of_a_logged_model(logged):
     _, run_id, uri = logged
     assert uri.startswith("models:/m-")
     assert find_run_id(uri) == run_id
+
+
+def test_local_model_dir_resolves_without_importing_mlflow(tiny_unet_cfg, tmp_path):
+    """The one resolver serves `bratslab predict --model ckpt/` too: a local folder must not
+    pay for importing MLflow, and a missing one is named."""
+    import subprocess
+    import sys
+
+    folder = save_model_dir(tmp_path / "ckpt", build_model(tiny_unet_cfg), tiny_unet_cfg, {})
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from bratslab.tracking.model_store import fetch_model_dir\n"
+        f"assert fetch_model_dir({str(folder)!r}) == Path({str(folder)!r})\n"
+        "try:\n"
+        f"    fetch_model_dir({str(tmp_path / 'nowhere')!r})\n"
+        "except FileNotFoundError as e:\n"
+        "    print(e)\n"
+        "print('mlflow' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    missing, imported = out.stdout.strip().splitlines()
+    assert (
+        missing == f"{tmp_path / 'nowhere'}: not a model directory (needs model.pt and model.json)"
+    )
+    assert imported == "False"

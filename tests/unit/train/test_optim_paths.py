@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from bratslab.data.config import AugmentConfig
 from bratslab.data.loader import PatchSampler, epoch_batches
-from bratslab.jobs.spec import AugmentConfig, OptimizerConfig, ScheduleConfig
 from bratslab.models.param_groups import param_groups
 from bratslab.models.zoo import build_model
-from bratslab.train.loop import init_weights, train_step
+from bratslab.train.config import OptimizerConfig, ScheduleConfig
+from bratslab.train.loop import StepContext, init_weights, train_step
 from bratslab.train.losses import SegmentationLoss
 from bratslab.train.optim import build_optimizer, lr_factor
 
@@ -43,23 +44,17 @@ def _train(cfg, opt, schedule, batch, steps=6, frozen=(), scaler=None):
     )
     if scaler is None:
         scaler = torch.amp.GradScaler("cuda", enabled=False)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    ctx = StepContext(
+        model=model,
+        bundle=bundle,
+        loss_fn=SegmentationLoss(),
+        scaler=scaler,
+        device=torch.device("cpu"),
+        grad_clip=12.0,
+    )
     model.train()
     bundle.train_mode()
-    losses = [
-        train_step(
-            model,
-            *batch,
-            SegmentationLoss(),
-            bundle,
-            scaler,
-            torch.device("cpu"),
-            False,
-            trainable,
-            12.0,
-        )
-        for _ in range(steps)
-    ]
+    losses = [train_step(ctx, *batch) for _ in range(steps)]
     bundle.eval_mode()
     return model, bundle, before, losses
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -47,32 +48,73 @@ def test_malformed_space_file_fails_naming_the_parameter(tmp_path, monkeypatch, 
 
 def test_parameter_unknown_to_the_job_fails_before_any_trial(tmp_path, monkeypatch):
     from bratslab.config import ConfigError
-    from bratslab.jobs.spec import load_job
-    from bratslab.tune.sweep import run_sweep
+    from bratslab.spec import load_job
+    from bratslab.tune.sweep import resume_sweep, start_sweep
 
     monkeypatch.setenv("BRATSLAB_HOME", str(tmp_path))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
     typo = {"parameters": {"training.optimiser.lr": {"type": "choice", "values": [0.1]}}}
     job = _job(tmp_path, typo)
     with pytest.raises(ConfigError) as err:
-        run_sweep(load_job(job), job_source=str(job))
+        start_sweep(load_job(job), job_source=str(job))
     assert "parameter 'training.optimiser.lr' = 0.1 does not fit" in str(err.value)
     assert "training.optimiser: unknown key" in str(err.value)
     assert not (tmp_path / "sweeps" / "bad").exists()
     assert not (tmp_path / "m.db").exists()  # no MLflow run was opened
     with pytest.raises(ConfigError, match="no sweep named 'nope'"):
-        run_sweep(resume="nope")
+        resume_sweep("nope")
 
 
 def test_grace_period_beyond_epochs_fails_before_any_trial(tmp_path, monkeypatch):
     from bratslab.config import ConfigError
-    from bratslab.jobs.spec import load_job
-    from bratslab.tune.sweep import run_sweep
+    from bratslab.spec import load_job
+    from bratslab.tune.sweep import start_sweep
 
     monkeypatch.setenv("BRATSLAB_HOME", str(tmp_path))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
     job = _job(tmp_path, yaml.safe_load((ROOT / "search_spaces/smoke.yaml").read_text()))
     spec = load_job(job, ["sweep.scheduler.grace_period=5"])  # the job trains 2 epochs
     with pytest.raises(ConfigError, match=r"grace_period \(5\) exceeds max_t \(2"):
-        run_sweep(spec, job_source=str(job))
+        start_sweep(spec, job_source=str(job))
     assert not (tmp_path / "m.db").exists()
+    assert not (tmp_path / "sweeps" / "bad").exists()
+
+
+def _stored_sweep(home: Path, name: str, space: dict, **manifest) -> Path:
+    """A sweep folder as `start_sweep` leaves it (manifest + space copy), without running it."""
+    from bratslab.spec import load_job
+
+    root = home / "sweeps" / name
+    root.mkdir(parents=True)
+    (root / "space.yaml").write_text(yaml.safe_dump(space))
+    job = load_job(ROOT / "jobs/sweep_smoke.yaml", [f"sweep.name={name}"]).resolved()
+    data = {"format": "bratslab-sweep/1", "name": name, "job": job, "parent_run_id": None}
+    data.update({"space_file": str(root / "space.yaml"), **manifest})
+    (root / "sweep.json").write_text(json.dumps(data))
+    return root
+
+
+def test_resume_checks_the_stored_sweep_before_any_run(tmp_path, monkeypatch):
+    from bratslab.config import ConfigError
+    from bratslab.spec import load_job
+    from bratslab.tune.sweep import resume_sweep, start_sweep
+
+    monkeypatch.setenv("BRATSLAB_HOME", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
+    smoke = yaml.safe_load((ROOT / "search_spaces/smoke.yaml").read_text())
+    _stored_sweep(tmp_path, "done", smoke, finished={"winner_trial": "t1"})
+    with pytest.raises(ConfigError, match="'done' already finished"):
+        resume_sweep("done")
+    with pytest.raises(ConfigError, match="not a valid name"):  # never a path outside sweeps/
+        resume_sweep("../done")
+    typo = {"parameters": {"training.optimiser.lr": {"type": "choice", "values": [0.1]}}}
+    stored = _stored_sweep(tmp_path, "drifted", typo)
+    with pytest.raises(ConfigError, match=f"does not fit {stored / 'sweep.json'}"):
+        resume_sweep("drifted")
+    with pytest.raises(ConfigError, match=r"no sweep named 'x' .*known: done, drifted\)"):
+        resume_sweep("x")
+    # starting a sweep under a name that exists points at --resume
+    spec = load_job(ROOT / "jobs/sweep_smoke.yaml", ["sweep.name=done"])
+    with pytest.raises(ConfigError, match="continue it with --resume done"):
+        start_sweep(spec, job_source=str(ROOT / "jobs/sweep_smoke.yaml"))
+    assert not (tmp_path / "m.db").exists()  # no MLflow run was opened

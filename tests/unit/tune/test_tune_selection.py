@@ -10,22 +10,27 @@ import os
 import optuna
 import pytest
 
+from bratslab.config import ConfigError
+from bratslab.spec import load_job
 from bratslab.tune import report, selection
+from bratslab.tune.trial_result import TrialResult
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
 
 
 def _rows():
     return [
-        {"trial_id": "a", "best_metric": 0.5, "best_checkpoint": "/a", "params": {"x": 1}},
-        {"trial_id": "b", "best_metric": 0.7, "best_checkpoint": "/b", "params": {"x": 2}},
-        {"trial_id": "c", "best_metric": 0.9, "best_checkpoint": None, "params": {"x": 3}},
-        {"trial_id": "d", "best_metric": math.nan, "best_checkpoint": "/d", "params": {}},
-        {"trial_id": "e", "best_metric": 0.6, "best_checkpoint": "/e", "params": {"x": 5}},
+        TrialResult("a", best_metric=0.5, best_checkpoint="/a", params={"x": 1}),
+        TrialResult("b", best_metric=0.7, best_checkpoint="/b", params={"x": 2}),
+        TrialResult("c", best_metric=0.9, best_checkpoint=None, params={"x": 3}),
+        TrialResult("d", best_metric=math.nan, best_checkpoint="/d"),
+        TrialResult("e", best_metric=0.6, best_checkpoint="/e", params={"x": 5}),
     ]
 
 
 def test_rank_candidates_needs_checkpoint_and_finite_metric():
-    assert [r["trial_id"] for r in selection.rank_candidates(_rows(), "max", 2)] == ["b", "e"]
-    assert [r["trial_id"] for r in selection.rank_candidates(_rows(), "min", 5)] == ["a", "e", "b"]
+    assert [r.trial_id for r in selection.rank_candidates(_rows(), "max", 2)] == ["b", "e"]
+    assert [r.trial_id for r in selection.rank_candidates(_rows(), "min", 5)] == ["a", "e", "b"]
 
 
 def test_tta_metrics_and_winner():
@@ -33,23 +38,49 @@ def test_tta_metrics_and_winner():
     assert m == {"tta/dice_mean": 0.8, "tta/lesion/dice_mean": 0.7}
     assert selection.tta_metrics({"tta/dice_wt": 0.9, "ok": True}) == {"tta/dice_wt": 0.9}
     cands = [
-        {"trial_id": "a", "tta": {"tta/dice_mean": 0.6}},
-        {"trial_id": "b", "tta": {"tta/dice_mean": 0.8}},
-        {"trial_id": "c", "tta": {"tta/dice_mean": math.nan}},
-        {"trial_id": "d", "tta": {}},
+        TrialResult("a", tta={"tta/dice_mean": 0.6}),
+        TrialResult("b", tta={"tta/dice_mean": 0.8}),
+        TrialResult("c", tta={"tta/dice_mean": math.nan}),
+        TrialResult("d"),
     ]
-    assert selection.pick_winner(cands, "tta/dice_mean", "max")["trial_id"] == "b"
-    assert selection.pick_winner(cands, "tta/dice_mean", "min")["trial_id"] == "a"
+    assert selection.pick_winner(cands, "tta/dice_mean", "max").trial_id == "b"
+    assert selection.pick_winner(cands, "tta/dice_mean", "min").trial_id == "a"
     assert selection.pick_winner(cands[2:], "tta/dice_mean", "max") is None
 
 
-def test_default_registry_name():
-    assert selection.default_registry_name("/data/ssa store/") == "bratslab-ssa-store"
+def test_default_registry_name_comes_from_the_job():
+    # the experiment names the model, unless it is the generic default; then the job name
+    assert selection.default_registry_name("sweep-smoke", "bratslab-gli") == "bratslab-gli"
+    assert selection.default_registry_name("sweep-smoke", "bratslab") == "sweep-smoke"
+    assert selection.default_registry_name("sweep-smoke", "") == "sweep-smoke"
+    # sanitised: MLflow rejects "/" and ":", "@" would split models:/NAME@alias
+    assert selection.default_registry_name("j", "BraTS GLI / 2024: v2@x") == "BraTS-GLI-2024-v2-x"
+    assert selection.model_name("..//..") == "bratslab-model"
+
+
+def test_registry_name_of_the_shipped_jobs():
+    def name(job, *overrides):
+        return selection.registry_name(load_job(os.path.join(ROOT, "jobs", job), list(overrides)))
+
+    assert name("demo.yaml") == "bratslab-demo"
+    assert name("sweep_smoke.yaml") == "bratslab-sweeps"
+    assert name("sweep_smoke.yaml", "tracking.experiment=bratslab") == "sweep-smoke"
+    assert name("sweep_smoke.yaml", "sweep.registry_name=mine") == "mine"
+    # the GLI sweep registers what the BraTS-Africa finetune starts from
+    finetune = load_job(os.path.join(ROOT, "jobs", "finetune_ssa.yaml"))
+    assert finetune.model.init_from == f"models:/{name('sweep_mednext.yaml')}@champion"
+
+
+def test_registry_name_that_mlflow_cannot_use_fails_at_load():
+    job = os.path.join(ROOT, "jobs", "sweep_smoke.yaml")
+    for bad in ("a/b", "a:b", "a@b", "'  '"):
+        with pytest.raises(ConfigError, match="sweep.registry_name"):
+            load_job(job, [f"sweep.registry_name={bad}"])
 
 
 def test_results_csv(tmp_path):
     rows = _rows()
-    rows[1]["tta"] = {"tta/dice_mean": 0.75}
+    rows[1].tta = {"tta/dice_mean": 0.75}
     path = report.write_results_csv(tmp_path / "results.csv", rows)
     with path.open() as f:
         table = list(csv.DictReader(f))
@@ -102,14 +133,14 @@ def test_worse_model_does_not_take_the_champion_alias(mlflow_store):
     ]
 
     def winner(i, dice):
-        return {
-            "trial_id": f"t{i}",
-            "mlflow_run_id": run_ids[i],
-            "best_checkpoint": str(ckpt),
-            "iterations": 2,
-            "params": {"training.optimizer.lr": 0.001 * (i + 1)},
-            "tta": {"tta/dice_mean": dice, "tta/lesion_dice_mean": dice - 0.1},
-        }
+        return TrialResult(
+            trial_id=f"t{i}",
+            mlflow_run_id=run_ids[i],
+            best_checkpoint=str(ckpt),
+            iterations=2,
+            params={"training.optimizer.lr": 0.001 * (i + 1)},
+            tta={"tta/dice_mean": dice, "tta/lesion_dice_mean": dice - 0.1},
+        )
 
     kw = {"name": "bratslab-test", "sweep_name": "sw", "metric": "tta/dice_mean", "mode": "max"}
     first = selection.register_winner(winner(0, 0.80), alias="champion", **kw)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from bratslab.config import load_yaml
-from bratslab.jobs.spec import job_from_dict
+from bratslab.spec import job_from_dict
 from bratslab.tune.config import SweepConfig
 from bratslab.tune.followup import upkern_job
 from bratslab.tune.harness import SweepPaths, TrialContext
 from bratslab.tune.space import load_space
+from bratslab.tune.trial_result import TrialResult
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -27,12 +28,12 @@ def _ctx(tmp_path):
 
 
 def _row(tid, kernel, best, ckpt=True):
-    return {
-        "trial_id": tid,
-        "best_metric": best,
-        "best_checkpoint": f"/ckpt/{tid}" if ckpt else None,
-        "params": {"model.mednext.kernel_size": kernel, "training.optimizer.lr": 1e-3},
-    }
+    return TrialResult(
+        trial_id=tid,
+        best_metric=best,
+        best_checkpoint=f"/ckpt/{tid}" if ckpt else None,
+        params={"model.mednext.kernel_size": kernel, "training.optimizer.lr": 1e-3},
+    )
 
 
 def test_upkern_job_starts_from_best_small_kernel_trial(tmp_path):
@@ -44,7 +45,7 @@ def test_upkern_job_starts_from_best_small_kernel_trial(tmp_path):
         _row("d", 3, 0.7),
     ]
     source, job = upkern_job(_ctx(tmp_path), cfg, rows)
-    assert source["trial_id"] == "b"
+    assert source.trial_id == "b"
     assert job.model.arch == "mednext" and job.model.mednext.kernel_size == 5
     assert job.model.init_from == "/ckpt/b"
     assert job.training.epochs == 7

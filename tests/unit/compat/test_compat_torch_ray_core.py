@@ -1,0 +1,32 @@
+"""The private APIs behind bratslab.compat still have the shape they were checked against.
+
+Each test fails loudly (not with a silent fallback) when a dependency upgrade moves them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bratslab.compat import ray_core, torch_ops
+
+
+def test_mkldnn_bf16_probe_exists_and_agrees():
+    assert hasattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported"), "torch moved the bf16 probe"
+    want = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert torch_ops.mkldnn_bf16_supported() is (want and torch.backends.mkldnn.is_available())
+
+
+def test_ray_cluster_constant_exists_and_follows_the_variable(monkeypatch):
+    from ray._private import ray_constants
+
+    assert isinstance(ray_constants.ENABLE_RAY_CLUSTER, bool), "Ray moved ENABLE_RAY_CLUSTER"
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    try:
+        monkeypatch.delenv(ray_core.ENV, raising=False)
+        ray_core.bind_single_machine_to_loopback()
+        assert ray_constants.ENABLE_RAY_CLUSTER is False
+        monkeypatch.setenv(ray_core.ENV, "1")
+        ray_core.bind_single_machine_to_loopback()
+        assert ray_constants.ENABLE_RAY_CLUSTER is True
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved

@@ -1,0 +1,61 @@
+"""The per-epoch console line (bratslab.train.progress): formatting and the ETA clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from bratslab.train.progress import EpochClock, format_duration, format_epoch_line
+
+
+def _metrics(**extra):
+    m = {"epoch": 1, "train/loss": 0.81234, "time/epoch_s": 12.34, "val/fresh": 1}
+    m.update({"val/dice_wt": 0.8123, "val/dice_tc": 0.7041, "val/dice_et": 0.6512})
+    m.update(extra)
+    return m
+
+
+def test_validated_epoch_shows_region_dice_lesion_mean_time_and_eta():
+    m = _metrics(
+        **{"val/lesion_dice_wt": 0.7, "val/lesion_dice_tc": 0.6, "val/lesion_dice_et": 0.5}
+    )
+    line = format_epoch_line(m, 10, epoch_s=41.23, eta_s=330, name="smoke")
+    assert line == (
+        "smoke: epoch 2/10 | loss 0.8123 | Dice WT 0.812 TC 0.704 ET 0.651 | "
+        "lesion Dice 0.600 | 41.2 s/epoch | ETA 5m30s"
+    )
+    assert "\n" not in line
+
+
+def test_reported_lesion_mean_wins_over_the_region_mean():
+    m = _metrics(**{"val/lesion_dice_mean": 0.42, "val/lesion_dice_wt": 0.9})
+    assert "lesion Dice 0.420" in format_epoch_line(m, 2)
+
+
+def test_unvalidated_epoch_omits_dice_and_falls_back_to_worker_time():
+    # Between validations the report repeats the last Dice; the line must not present it as new.
+    m = _metrics(**{"val/fresh": 0, "val/lesion_dice_wt": 0.7})
+    line = format_epoch_line(m, 3)
+    assert line == "epoch 2/3 | loss 0.8123 | 12.3 s/epoch"
+
+
+def test_no_lesion_scores_no_lesion_column():
+    line = format_epoch_line(_metrics(), 2, eta_s=0)
+    assert "Dice WT" in line and "lesion" not in line
+    assert line.endswith("ETA 0s")
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(0, "0s"), (59.4, "59s"), (61, "1m01s"), (7500, "2h05m")]
+)
+def test_format_duration(seconds, text):
+    assert format_duration(seconds) == text
+
+
+def test_epoch_clock_measures_between_reports_and_extrapolates():
+    now = iter([100.0, 130.0, 150.0])
+    clock = EpochClock(5, clock=lambda: next(now))
+    # First report: no previous one, so the worker's own epoch time.
+    assert clock.tick({"epoch": 0, "time/epoch_s": 20.0}) == (20.0, 4 * 20.0)
+    assert clock.tick({"epoch": 1, "time/epoch_s": 1.0}) == (30.0, 3 * 25.0)
+    spent, eta = clock.tick({"epoch": 4})
+    assert spent == 20.0 and eta == 0.0
