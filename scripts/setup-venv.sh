@@ -32,7 +32,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$digest $torch_version" ]; then
   echo "[setup] installing bratslab and its dependencies (torch pinned to $torch_version)"
   constraints=$(mktemp)
   echo "torch==$torch_version" >"$constraints"
-  "${pip[@]}" -c "$constraints" -e ".[dev,postgres]"
+  "${pip[@]}" -c "$constraints" -e ".[dev,postgres,s3]"
   rm -f "$constraints"
   after=$(.venv/bin/python -c 'import torch; print(torch.__version__)')
   if [ "$after" != "$torch_version" ]; then

@@ -9,7 +9,9 @@ import logging
 import os
 
 from bratslab.compat.ray_core import bind_single_machine_to_loopback
-from bratslab.settings import Settings, get_settings
+from bratslab.settings import Settings, get_settings, store_env
+
+SECRET_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,10 @@ def ensure_ray(
     )
     # Every worker, actor and trial resolves the driver's settings, not its own working folder's.
     env_vars.update(settings.env())
+    # Where an s3:// store lives and is cached on each node; never the credentials, which Ray's
+    # runtime env would show to anyone who can see the job: nodes get those from their own
+    # environment (a KubeRay Secret, an instance role).
+    env_vars.update({k: v for k, v in store_env(settings).items() if k not in SECRET_VARS})
     runtime_env = {"env_vars": env_vars}
     if settings.ray_address:
         log.info("joining Ray cluster at %s", settings.ray_address)

@@ -15,6 +15,10 @@ values through Ray's ``runtime_env`` (:meth:`Settings.env`). A relative default 
 | ``BRATSLAB_ARTIFACTS``      | ``$BRATSLAB_HOME/mlartifacts``                       |
 | ``BRATSLAB_RAY_CPUS``       | logical CPUs for a local Ray instance                |
 | ``BRATSLAB_OPTUNA_STORAGE`` | unset: ``optuna.db`` (SQLite) in each sweep's folder |
+| ``BRATSLAB_STORE_CACHE``    | ``$BRATSLAB_HOME/cache/stores`` (copies of ``s3://`` stores) |
+
+``s3://`` stores read the standard ``AWS_*`` variables (endpoint, keys, region); processes that
+open a store need the same values (:func:`store_env`).
 """
 
 from __future__ import annotations
@@ -51,6 +55,11 @@ class Settings(BaseModel):
         description="SQLAlchemy URL of the Optuna study storage shared by sweeps (e.g. "
         "`postgresql+psycopg://optuna:PW@host:5432/optuna`); None = SQLite beside each sweep.",
     )
+    store_cache: Path | None = Field(
+        default=None,
+        description="Folder of the node-local copies of `s3://` stores; None = "
+        "`home/cache/stores` (on a cluster with a shared `home`, set it to node-local disk).",
+    )
 
     @cached_property
     def tracking_uri(self) -> str:
@@ -74,6 +83,11 @@ class Settings(BaseModel):
         if self.optuna_storage is not None:
             env["BRATSLAB_OPTUNA_STORAGE"] = self.optuna_storage
         return env
+
+    @cached_property
+    def stores_cache(self) -> Path:
+        """Where ``s3://`` stores are copied on this node (:mod:`bratslab.data.remote`)."""
+        return (self.store_cache or self.home / "cache" / "stores").absolute()
 
     @property
     def is_embedded_tracking(self) -> bool:
@@ -108,6 +122,33 @@ def _optuna_storage(url: str | None) -> str | None:
     return absolute_uri(url) if url.startswith("sqlite:") else url
 
 
+# What an ``s3://`` store's client reads (bratslab.data.remote.s3_filesystem).
+OBJECT_STORE_VARS = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+)
+
+
+def store_env(settings: Settings | None = None) -> dict[str, str]:
+    """The variables every process that opens an ``s3://`` store needs, those that are set:
+    the ``AWS_*`` connection settings and ``BRATSLAB_STORE_CACHE`` (absolute).
+
+    Kept apart from :meth:`Settings.env` because it carries credentials: forward it only to
+    processes that read stores (Ray's runtime env shows its variables to anyone who can see
+    the job).
+    """
+    settings = settings or get_settings()
+    env = {k: os.environ[k] for k in OBJECT_STORE_VARS if os.environ.get(k)}
+    if settings.store_cache is not None:
+        env["BRATSLAB_STORE_CACHE"] = str(settings.store_cache)
+    return env
+
+
 def get_settings(**overrides) -> Settings:
     """Settings from the environment, with keyword overrides (e.g. from CLI flags).
 
@@ -124,6 +165,9 @@ def get_settings(**overrides) -> Settings:
         "artifact_root": Path(artifacts).expanduser().absolute() if artifacts else None,
         "ray_num_cpus": int(env["BRATSLAB_RAY_CPUS"]) if env.get("BRATSLAB_RAY_CPUS") else None,
         "optuna_storage": _optuna_storage(env.get("BRATSLAB_OPTUNA_STORAGE")),
+        "store_cache": Path(env["BRATSLAB_STORE_CACHE"]).expanduser().absolute()
+        if env.get("BRATSLAB_STORE_CACHE")
+        else None,
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**values)

@@ -80,7 +80,10 @@ def smoke(ray_cluster, store):
     from bratslab.train.trainer import run_training
 
     # The last worker exits abruptly at the start of epoch 1 on the first attempt.
-    spec = _spec(store, "it-smoke", "training.epochs=2")
+    # Checkpoints are picked by the lesion-wise score, as the real-data jobs do.
+    spec = _spec(
+        store, "it-smoke", "training.epochs=2", "training.selection_metric=val/lesion_dice_mean"
+    )
     return spec, run_training(spec, train_loop=failing_loop(1))
 
 
@@ -106,6 +109,7 @@ def test_smoke_run_checkpoints_and_logs_to_mlflow(smoke):
         "val/dice_et",
         "val/lesion_dice_wt",
         "val/lesion_dice_et",
+        "val/lesion_dice_mean",
         "lr/enc0",
         "time/epoch_s",
         "throughput/samples_per_s",
@@ -117,6 +121,10 @@ def test_smoke_run_checkpoints_and_logs_to_mlflow(smoke):
 
     latest = load_train_state(out.latest_checkpoint)
     assert latest["epoch"] == 2 and latest["global_step"] == 4
+    # the best checkpoint is the one with the best lesion-wise Dice (voxel Dice only logged)
+    best = load_train_state(out.best_checkpoint)["metrics"]
+    assert best["ckpt_score"] == best["val/lesion_dice_mean"]
+    assert best["ckpt_score"] == max(v for _, v in _history(out.run_id, "val/lesion_dice_mean"))
     assert {p.name for p in out.best_checkpoint.iterdir()} >= {
         "model.pt",
         "model.json",

@@ -175,7 +175,11 @@ def validate(
 @data_app.command("preprocess", epilog=EXIT_DOC)
 def preprocess(
     raw: Path = typer.Argument(..., help="Raw dataset folder (BraTS 2021 or 2023+ layout)."),
-    out: Path = typer.Argument(..., help="Store folder to write (created; reruns resume)."),
+    out: str = typer.Argument(
+        ...,
+        help="Store folder to write (created; reruns resume), or s3://bucket/prefix: built in "
+        "this node's cache folder and uploaded (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...).",
+    ),
     workers: int = typer.Option(
         2, "--workers", "-w", min=0, help="Cases in flight at once (Ray tasks); 0 = no Ray."
     ),
@@ -207,10 +211,15 @@ def preprocess(
     """Validate and preprocess every case into {id}_x/_y/_meta files + dataset.json (on Ray)."""
     from bratslab.config import ConfigError, load_yaml, validate
     from bratslab.data.config import PreprocessConfig
+    from bratslab.data.remote import is_remote, parse_uri
     from bratslab.data.runner import run_preprocess
 
     if not raw.is_dir():
         _fail(f"{raw}: no such folder")
+    try:  # an s3:// store stays a URI: never the local folder ./s3:/bucket/...
+        target: str | Path = str(parse_uri(out)) if is_remote(out) else Path(out)
+    except ConfigError as e:
+        _fail(str(e))
     try:
         data = load_yaml(config) if config else {}
     except ConfigError as e:
@@ -234,16 +243,21 @@ def preprocess(
     except ConfigError as e:
         _fail(str(e))
     try:
-        report = run_preprocess(raw, out, cfg, workers, use_ray=not no_ray and workers > 0)
-    except ValueError as e:
+        report = run_preprocess(raw, target, cfg, workers, use_ray=not no_ray and workers > 0)
+    except (ValueError, ConfigError) as e:
         _fail(str(e))
+    except OSError as e:  # the object store refused or is unreachable (s3:// output)
+        typer.secho(f"{out}: {e}", fg="red", err=True)
+        raise typer.Exit(1) from None
     n_ok = len(report.processed) + len(report.skipped)
     if n_ok + len(report.quarantined) == 0:
         _fail(f"{raw}: no BraTS case found")
     typer.echo(
-        f"{n_ok} cases in {out} ({len(report.processed)} processed, {len(report.skipped)} "
+        f"{n_ok} cases in {target} ({len(report.processed)} processed, {len(report.skipped)} "
         f"unchanged), {len(report.quarantined)} quarantined, {report.wall_s:.1f} s"
     )
+    if report.uri:
+        typer.echo(f"built in {report.out}; {report.uploaded} files uploaded to {report.uri}")
     if report.failures:
         _print_failures(report.failures)
     raise typer.Exit(report.exit_code)

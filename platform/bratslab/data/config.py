@@ -285,7 +285,10 @@ class DataSection(StrictModel):
     store: str = Field(
         description="Preprocessed store folder (dataset.json inside). A relative path means "
         "the folder of that name in the current directory if it exists there, otherwise under "
-        "$BRATSLAB_HOME; it is resolved once, when the job is loaded, and the log says which."
+        "$BRATSLAB_HOME; it is resolved once, when the job is loaded, and the log says which. "
+        "Or s3://bucket/prefix: synced into a node-local cache ($BRATSLAB_STORE_CACHE, default "
+        "$BRATSLAB_HOME/cache/stores) on every node that trains, each file checked against "
+        "the manifest's sha256."
     )
     fold: int = Field(default=0, ge=0, description="Cross-validation fold from the store.")
     foreground_oversample: float = Field(
@@ -304,16 +307,21 @@ class DataSection(StrictModel):
         default_factory=AugmentConfig, description="Training-patch augmentation."
     )
 
-    def locate_store(self) -> tuple[Path, str]:
-        """``(absolute store folder, where it was found)``; where is ``"as given"`` (an absolute
-        path), ``"the current folder"`` or ``"$BRATSLAB_HOME"``.
+    def locate_store(self) -> tuple[Path | str, str]:
+        """``(the store, where it was found)``: an absolute folder and ``"as given"`` (an
+        absolute path), ``"the current folder"`` or ``"$BRATSLAB_HOME"``; or, for an
+        ``s3://bucket/prefix`` store, that URI (normalised, not fetched) and ``"object
+        storage"``. A URI stays a URI so every node syncs its own copy (:meth:`store_path`).
 
         Raises:
-            ConfigError: the folder is in neither place, or holds no ``dataset.json``; the
-                message names every path tried.
+            ConfigError: the folder is in neither place, or holds no ``dataset.json`` (the
+                message names every path tried); or the URI is malformed or not ``s3://``.
         """
+        from bratslab.data.remote import is_remote, parse_uri
         from bratslab.settings import get_settings
 
+        if is_remote(self.store):
+            return str(parse_uri(self.store)), "object storage"
         p = Path(self.store).expanduser()
         if p.is_absolute():
             candidates = [(p, "as given")]
@@ -335,5 +343,20 @@ class DataSection(StrictModel):
         )
 
     def store_path(self) -> Path:
-        """The store folder as an absolute path (see :meth:`locate_store`)."""
-        return self.locate_store()[0]
+        """The store folder as an absolute path (see :meth:`locate_store`). An ``s3://``
+        store is first synced into this node's cache folder, verified against its manifest's
+        hashes (:func:`bratslab.data.remote.local_store`), and that folder is returned.
+
+        Raises:
+            ConfigError: no local store (see :meth:`locate_store`), or no ``dataset.json``
+                at the ``s3://`` URI.
+        """
+        from bratslab.data.remote import is_remote, local_store
+
+        located, _ = self.locate_store()
+        if not is_remote(located):
+            return Path(located)
+        try:
+            return local_store(located)
+        except FileNotFoundError as e:
+            raise ConfigError(f"data.store {self.store!r}: {e}") from None

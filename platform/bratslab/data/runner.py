@@ -5,7 +5,13 @@ RAW and OUT live on a shared filesystem and only small result dicts travel back)
 skipped when its ``{id}_meta.json`` names the same input sha256s and preprocessing hash and
 its arrays are complete; a bad case is quarantined (listed in ``failures.json``, its stale
 outputs removed) while all others go on. ``dataset.json`` is rebuilt from the per-case metas,
-sorted, so an interrupted and resumed run ends byte-identical to an uninterrupted one.
+sorted, so an interrupted and resumed run ends byte-identical to an uninterrupted one. It lists
+every case file's sha256 and size (``"files"``), which each task computes for its own case.
+
+``OUT`` may be ``s3://bucket/prefix``: the store is then built in this node's cache folder for
+that URI (:func:`bratslab.data.remote.cache_dir`), each task uploads its case's files as soon
+as they are made (skipping a case the bucket already holds), and the driver uploads
+``failures.json`` and, last, ``dataset.json`` (see :mod:`bratslab.data.remote`).
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ from bratslab.data.preprocess import (
     preprocess_case,
     write_case,
 )
-from bratslab.data.store import FAILURES, build_manifest, write_manifest
+from bratslab.data.remote import cache_dir, is_remote, parse_uri, upload_group, upload_manifest
+from bratslab.data.store import FAILURES, build_manifest, case_digests, write_manifest
 from bratslab.data.validate import Failure, file_hashes
 
 log = logging.getLogger(__name__)
@@ -45,6 +52,8 @@ class RunReport:
     timings: dict[str, float] = field(default_factory=dict)  # summed seconds per phase
     wall_s: float = 0.0
     manifest: dict = field(default_factory=dict)
+    uri: str | None = None  # the s3:// store written (``out`` is then its local build folder)
+    uploaded: int = 0  # files sent to ``uri`` by this run (0 when the bucket had them all)
 
     @property
     def quarantined(self) -> list[str]:
@@ -61,19 +70,26 @@ class RunReport:
 FAST_CAST_MIN_CASES = 32
 
 
-def process_one(case_dict: dict, out_dir: str, cfg_dict: dict, fast_cast: bool = False) -> dict:
+def process_one(
+    case_dict: dict,
+    out_dir: str,
+    cfg_dict: dict,
+    fast_cast: bool = False,
+    upload_to: str | None = None,
+) -> dict:
     """Preprocess and write one case unless its outputs are already complete (a Ray task body).
 
     ``fast_cast``: cast to float16 through torch (imported once per process; identical bytes),
     decided by the caller from the run's size (:data:`FAST_CAST_MIN_CASES`).
+    ``upload_to``: an ``s3://`` store to upload the case's files to (unless it has them).
 
     Returns:
         ``{"id", "status": "done"|"skipped"|"failed", "meta": dict|None, "failures": [...],
-        "timings": {phase: s}}``.
+        "files": {name: {"sha256", "size"}}, "uploaded": n, "timings": {phase: s}}``.
     """
     case = RawCase.from_dict(case_dict)
     cfg = PreprocessConfig.model_validate(cfg_dict)
-    result: dict = {"id": case.id, "meta": None, "failures": [], "timings": {}}
+    result: dict = {"id": case.id, "meta": None, "failures": [], "files": {}, "timings": {}}
     try:
         t0 = time.perf_counter()
         hashes = file_hashes(case) if not case.problems else None
@@ -82,12 +98,13 @@ def process_one(case_dict: dict, out_dir: str, cfg_dict: dict, fast_cast: bool =
             if meta is not None:
                 result.update(status="skipped", meta=meta.model_dump(mode="json"))
                 result["timings"]["check"] = time.perf_counter() - t0
-                return result
+                return _digest_and_upload(result, out_dir, upload_to)
         result["timings"]["check"] = time.perf_counter() - t0
         pre = preprocess_case(case, cfg, fast_cast=fast_cast)
         write_case(out_dir, pre)
         result["timings"].update(pre.timings)
         result.update(status="done", meta=pre.meta.model_dump(mode="json"))
+        _digest_and_upload(result, out_dir, upload_to)
     except CaseInvalid as e:
         _remove_outputs(out_dir, case.id)
         result.update(status="failed", failures=[f.to_dict() for f in e.failures])
@@ -98,6 +115,23 @@ def process_one(case_dict: dict, out_dir: str, cfg_dict: dict, fast_cast: bool =
     return result
 
 
+def _digest_and_upload(result: dict, out_dir: str | Path, upload_to: str | None) -> dict:
+    """Hash the case's files into ``result["files"]`` and upload them to ``upload_to``."""
+    t0 = time.perf_counter()
+    paths = case_paths(out_dir, result["id"])
+    names = [paths[k].name for k in ("x", "y", "meta_npy", "meta_json") if paths[k].is_file()]
+    result["files"] = case_digests([Path(out_dir) / n for n in names])
+    t1 = time.perf_counter()
+    result["timings"]["hash"] = t1 - t0
+    if upload_to is not None:
+        try:  # {id}_meta.json last: the marker of a complete case in the bucket
+            result["uploaded"] = upload_group(Path(out_dir), names, upload_to)
+        except OSError as e:
+            raise OSError(f"uploading {result['id']} to {upload_to} failed: {e}") from e
+        result["timings"]["upload"] = time.perf_counter() - t1
+    return result
+
+
 def _remove_outputs(out_dir: str | Path, case_id: str) -> None:
     # meta.json first: without it the case no longer counts as complete.
     paths = case_paths(out_dir, case_id)
@@ -105,7 +139,9 @@ def _remove_outputs(out_dir: str | Path, case_id: str) -> None:
         paths[key].unlink(missing_ok=True)
 
 
-def _iter_ray(cases: list[RawCase], out: Path, cfg: PreprocessConfig, workers: int):
+def _iter_ray(
+    cases: list[RawCase], out: Path, cfg: PreprocessConfig, workers: int, upload_to: str | None
+):
     """Yield task results as they finish, with at most ``workers`` tasks in flight."""
     import ray  # Ray: only imported where distribution happens
 
@@ -120,7 +156,7 @@ def _iter_ray(cases: list[RawCase], out: Path, cfg: PreprocessConfig, workers: i
     while pending or inflight:
         while pending and len(inflight) < workers:
             case = pending.pop()
-            inflight[task.remote(case.to_dict(), str(out), cfg_dict, fast)] = case
+            inflight[task.remote(case.to_dict(), str(out), cfg_dict, fast, upload_to)] = case
         done, _ = ray.wait(list(inflight), num_returns=1)  # Ray: first finished task
         for ref in done:
             case = inflight.pop(ref)
@@ -137,11 +173,13 @@ def _iter_ray(cases: list[RawCase], out: Path, cfg: PreprocessConfig, workers: i
                 }
 
 
-def _iter_local(cases: list[RawCase], out: Path, cfg: PreprocessConfig) -> Iterable[dict]:
+def _iter_local(
+    cases: list[RawCase], out: Path, cfg: PreprocessConfig, upload_to: str | None
+) -> Iterable[dict]:
     cfg_dict = cfg.model_dump(mode="json")
     fast = len(cases) >= FAST_CAST_MIN_CASES
     for case in cases:
-        yield process_one(case.to_dict(), str(out), cfg_dict, fast)
+        yield process_one(case.to_dict(), str(out), cfg_dict, fast, upload_to)
 
 
 def run_preprocess(
@@ -158,7 +196,8 @@ def run_preprocess(
 
     Args:
         raw: raw dataset folder (any BraTS layout, see :mod:`bratslab.data.layout`).
-        out: store folder (created).
+        out: store folder (created), or an ``s3://bucket/prefix`` string (built in this node's
+            cache folder for it and uploaded; see the module docstring).
         cfg: preprocessing settings (default: ``PreprocessConfig()``).
         workers: at most this many cases in flight (Ray tasks, 1 CPU each).
         use_ray: False (or ``workers == 0``) processes in this process, one case at a time.
@@ -167,25 +206,52 @@ def run_preprocess(
 
     Returns:
         :class:`RunReport`; ``OUT/dataset.json`` and ``OUT/failures.json`` are written.
+
+    Raises:
+        ConfigError: ``out`` is a malformed or unsupported URI.
     """
     t0 = time.perf_counter()
     cfg = cfg or PreprocessConfig()
+    uri = str(parse_uri(out)) if isinstance(out, str) and is_remote(out) else None
     # Absolute paths: Ray workers need not share the driver's working directory.
-    raw, out = Path(raw).absolute(), Path(out).absolute()
+    raw, out = Path(raw).absolute(), (cache_dir(uri) if uri else Path(out).absolute())
     out.mkdir(parents=True, exist_ok=True)
     swept = atomic.remove_stale_temps(out)
     if swept:
         log.info("removed %d temp files left by an interrupted run", swept)
     cases = discover_cases(raw)
-    report = RunReport(out=out)
-    metas: list[CaseMeta] = []
+    report = RunReport(out=out, uri=uri)
     if not cases:
         results: Iterable[dict] = iter(())
     elif use_ray and workers >= 1:
-        results = _iter_ray(cases, out, cfg, workers)
+        results = _iter_ray(cases, out, cfg, workers, uri)
     else:
-        results = _iter_local(cases, out, cfg)
+        results = _iter_local(cases, out, cfg, uri)
+    metas, files = _collect(results, report, len(cases), progress, on_result)
 
+    report.failures.sort(key=lambda f: (f.case, f.file, f.reason))
+    report.manifest = build_manifest(metas, cfg, report.quarantined, files)
+    write_manifest(out, report.manifest)
+    _write_if_changed(out / FAILURES, [f.to_dict() for f in report.failures])
+    if uri:
+        report.uploaded += upload_manifest(out, uri, extra=[FAILURES])  # dataset.json last
+    report.processed.sort()
+    report.skipped.sort()
+    report.wall_s = time.perf_counter() - t0
+    return report
+
+
+def _collect(
+    results: Iterable[dict],
+    report: RunReport,
+    total: int,
+    progress: bool,
+    on_result: Callable[[dict], None] | None,
+) -> tuple[list[CaseMeta], dict[str, dict]]:
+    """Fold task results into ``report`` as they arrive (with a progress bar on stderr);
+    return the metas and file digests of the cases in the store."""
+    metas: list[CaseMeta] = []
+    files: dict[str, dict] = {}
     bar = None
     if progress:
         from rich.console import Console
@@ -199,13 +265,15 @@ def run_preprocess(
             console=Console(stderr=True),
         )
         bar.start()
-        tid = bar.add_task("preprocess", total=len(cases))
+        tid = bar.add_task("preprocess", total=total)
     try:
         for res in results:
             if res["status"] == "failed":
                 report.failures.extend(Failure(**f) for f in res["failures"])
             else:
                 metas.append(CaseMeta.model_validate(res["meta"]))
+                files.update(res["files"])
+                report.uploaded += res.get("uploaded", 0)
                 (report.processed if res["status"] == "done" else report.skipped).append(res["id"])
             for k, v in res["timings"].items():
                 report.timings[k] = report.timings.get(k, 0.0) + v
@@ -216,15 +284,7 @@ def run_preprocess(
     finally:
         if bar is not None:
             bar.stop()
-
-    report.failures.sort(key=lambda f: (f.case, f.file, f.reason))
-    report.manifest = build_manifest(metas, cfg, report.quarantined)
-    write_manifest(out, report.manifest)
-    _write_if_changed(out / FAILURES, [f.to_dict() for f in report.failures])
-    report.processed.sort()
-    report.skipped.sort()
-    report.wall_s = time.perf_counter() - t0
-    return report
+    return metas, files
 
 
 def _write_if_changed(path: Path, obj) -> None:

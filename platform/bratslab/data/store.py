@@ -2,12 +2,16 @@
 
 Layout::
 
-    STORE/dataset.json     manifest, fingerprint, patch size, folds, preprocessing (see below)
+    STORE/dataset.json     manifest, fingerprint, patch size, folds, preprocessing, and
+                           "files": {name: {"sha256", "size"}} of every case file below
     STORE/{id}_x.npy       (C, X, Y, Z) float16|float32: t1n, t1c, t2w, t2f, foreground mask
     STORE/{id}_y.npy       (1, X, Y, Z) uint8 labels {0,1,2,3} (ET=3); only cases with a seg
     STORE/{id}_meta.npy    (3, 3) int64 [bbox start, bbox end (exclusive), original shape]
     STORE/{id}_meta.json   CaseMeta: everything needed to restore predictions exactly
     STORE/failures.json    [{"case", "file", "reason"}, ...] quarantined cases of the last run
+
+The per-file hashes let a copy of the store be verified file by file (an ``s3://`` store is
+synced into a node-local folder that way, see :mod:`bratslab.data.remote`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from bratslab.data.fingerprint import (
     suggest_patch_size,
 )
 from bratslab.data.meta import CaseMeta
+from bratslab.data.remote import sha256_file
 
 STORE_FORMAT = "bratslab-store/1"
 MANIFEST = "dataset.json"
@@ -35,9 +40,16 @@ FAILURES = "failures.json"
 
 
 def build_manifest(
-    metas: list[CaseMeta], cfg: PreprocessConfig, quarantined: list[str] | None = None
+    metas: list[CaseMeta],
+    cfg: PreprocessConfig,
+    quarantined: list[str] | None = None,
+    files: dict[str, dict] | None = None,
 ) -> dict:
-    """The ``dataset.json`` content for these cases (deterministic: sorted, no timestamps)."""
+    """The ``dataset.json`` content for these cases (deterministic: sorted, no timestamps).
+
+    ``files``: ``{file name: {"sha256", "size"}}`` of the cases' files (:func:`case_digests`),
+    listed under ``"files"`` when given.
+    """
     metas = sorted(metas, key=lambda m: m.id)
     fp = compute_fingerprint(metas)
     labeled = [m.id for m in metas if m.has_label]
@@ -78,6 +90,14 @@ def build_manifest(
         "num_folds": len(folds),
         "folds": folds,
         "preprocessing": cfg.model_dump(mode="json"),
+        **({"files": {k: files[k] for k in sorted(files)}} if files is not None else {}),
+    }
+
+
+def case_digests(paths: list[Path]) -> dict[str, dict]:
+    """``{file name: {"sha256", "size"}}`` of the existing files among ``paths``."""
+    return {
+        p.name: {"sha256": sha256_file(p), "size": p.stat().st_size} for p in paths if p.is_file()
     }
 
 

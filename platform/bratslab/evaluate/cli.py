@@ -56,6 +56,7 @@ def predict(
     from bratslab.config import validate
     from bratslab.evaluate.config import PredictConfig
     from bratslab.evaluate.predict import predict_folder
+    from bratslab.tracking.model_store import ModelIntegrityError
 
     cfg = validate(
         PredictConfig,
@@ -74,6 +75,8 @@ def predict(
     )
     try:
         report = predict_folder(model, input, output, cfg)
+    except ModelIntegrityError as e:  # the stored weights are not the registered ones
+        _fail(str(e), 1)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e), 2)
     typer.echo(
@@ -137,6 +140,7 @@ def evaluate_model_cmd(
     from rich.table import Table
 
     from bratslab.evaluate.model_eval import evaluate_model
+    from bratslab.tracking.model_store import ModelIntegrityError
 
     try:
         metrics = evaluate_model(
@@ -151,6 +155,8 @@ def evaluate_model_cmd(
             log_to_mlflow=not no_log,
             progress=True,
         )
+    except ModelIntegrityError as e:
+        _fail(str(e), 1)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e), 2)
     table = Table(title=f"{model} · fold {fold} · tta {tta}")

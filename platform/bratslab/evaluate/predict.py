@@ -207,7 +207,10 @@ def map_rows_with_actors(
     An error inside a row's call is the actor's to report (``predict_case`` returns a "failed"
     row). An actor that dies (killed for memory, a crash in native code) is restarted and its
     row retried at most :data:`ACTOR_RETRIES` times (Ray Data's default is forever); then that
-    row is dropped (no result) and the others go on.
+    row is dropped (no result) and the others go on. A row queued on the same actor when it
+    died shares its fate and may be dropped too (the caller reports every missing row).
+    (``max_tasks_in_flight_per_actor=1`` would avoid that, but in Ray 2.60 a pool whose actor
+    died for good then stalls instead of finishing.)
     """
     import warnings
 

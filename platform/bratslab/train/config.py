@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from bratslab.config import StrictModel
 
@@ -86,8 +86,15 @@ class TrainingSection(StrictModel):
         "e.g. all but the last decoder stages and the head.",
     )
     seed: int = Field(default=0, description="Seed for weights, sampling and augmentation.")
+    selection_metric: Literal["val/dice_mean", "val/lesion_dice_mean"] = Field(
+        default="val/dice_mean",
+        description="Validation score that picks the best checkpoint (the one logged as the "
+        "model): mean voxel Dice over WT/TC/ET, or the BraTS lesion-wise Dice mean (needs "
+        "val_lesionwise; recommended for real data, where small false-positive components "
+        "cost lesion-wise Dice but hardly any voxel Dice). Both are logged either way.",
+    )
     checkpoints_to_keep: int = Field(
-        default=2, ge=1, description="Best checkpoints kept by val/dice_mean (+ the latest)."
+        default=2, ge=1, description="Best checkpoints kept by the selection metric (+ the latest)."
     )
 
     @field_validator("patch_size")
@@ -96,6 +103,14 @@ class TrainingSection(StrictModel):
         if v is not None and (len(v) != 3 or any(int(s) < 8 for s in v)):
             raise ValueError("expected three sizes of at least 8 voxels, e.g. [128, 128, 128]")
         return v
+
+    @model_validator(mode="after")
+    def _check_selection(self) -> TrainingSection:
+        if self.selection_metric == "val/lesion_dice_mean" and not self.val_lesionwise:
+            raise ValueError(
+                "selection_metric val/lesion_dice_mean needs val_lesionwise (e.g. gli or ssa)"
+            )
+        return self
 
 
 class ScalingSection(StrictModel):

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch import nn
 
 from bratslab.data.loader import PatchSampler, epoch_batches, prefetch
+from bratslab.data.remote import is_remote, local_store_once, localize_rows
 from bratslab.models.config import ModelConfig
 from bratslab.models.runtime import autocast, needs_grad_scaler, prepare_input, prepare_model
 from bratslab.spec import JobSpec, job_from_dict
@@ -173,7 +174,8 @@ def train_loop_per_worker(
     for epoch in range(progress.epoch, tr.epochs):
         if on_epoch_start is not None:
             on_epoch_start(epoch)
-        rows = list(shard.iter_rows())  # Ray: case rows (ids, paths) only, never volumes
+        # Ray: case rows (ids, paths) only, never volumes; s3:// paths → this node's copy
+        rows = localize_rows(shard.iter_rows())
         t0 = time.perf_counter()
         metrics = train_epoch(w, rows, epoch, progress)
         metrics.update(validate_epoch(w, epoch, progress))
@@ -275,7 +277,9 @@ def _worker(
     sampler = PatchSampler(
         patch, model_cfg.in_channels, spec.data.foreground_oversample, seed=tr.seed + rank
     )
-    val_rows = config["val_rows"][rank::world]
+    if is_remote(spec.data.store):  # synced to this node's disk before a case file is opened
+        local_store_once(spec.data.store)
+    val_rows = localize_rows(config["val_rows"][rank::world])
     return Worker(spec, rank, world, step, bare, model_cfg, patch, sampler, val_rows)
 
 
@@ -340,13 +344,16 @@ def validate_epoch(w: Worker, epoch: int, progress: Progress) -> dict[str, Any]:
         if not tr.val_lesionwise:
             last_val = {k: v for k, v in last_val.items() if "lesion" not in k}
         last_val["val/dice_mean"] = sum(sums[:3]) / (3 * cases)
+        if tr.val_lesionwise:
+            last_val["val/lesion_dice_mean"] = sum(sums[3:6]) / (3 * cases)
         progress.last_val = last_val
-        progress.best = max(progress.best, last_val["val/dice_mean"])
+        progress.best = max(progress.best, last_val[tr.selection_metric])
         metrics["time/val_s"] = time.perf_counter() - tv
     metrics.update(progress.last_val)
     metrics["val/fresh"] = int(validated)
-    metrics["val/best_dice_mean"] = progress.best
-    metrics["ckpt_score"] = progress.last_val["val/dice_mean"] if validated else NOT_VALIDATED
+    # The checkpoint score is the selection metric (voxel or lesion-wise Dice; both are logged).
+    metrics["val/best_" + tr.selection_metric.removeprefix("val/")] = progress.best
+    metrics["ckpt_score"] = progress.last_val[tr.selection_metric] if validated else NOT_VALIDATED
     return metrics
 
 

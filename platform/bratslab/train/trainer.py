@@ -15,7 +15,8 @@
    checkpoint as a model.
 
 Storage: ``$BRATSLAB_HOME/ray_results`` must be on a filesystem every node sees when running on
-a cluster (set ``BRATSLAB_HOME`` to a shared mount), as must ``data.store``.
+a cluster (set ``BRATSLAB_HOME`` to a shared mount), as must a local ``data.store``; an
+``s3://`` store is copied to each node instead (:mod:`bratslab.data.remote`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,12 @@ LOGGED_EVERY_EPOCH = ("train/loss", "time/epoch_s", "time/train_s", "time/train_
 LOGGED_EVERY_EPOCH += ("time/data_wait_frac",)
 LOGGED_EVERY_EPOCH += ("throughput/samples_per_s", "resumed_from_epoch")
 LOGGED_ON_VALIDATION = ("val/dice_wt", "val/dice_tc", "val/dice_et", "val/dice_mean", "time/val_s")
-LOGGED_ON_VALIDATION += ("val/lesion_dice_wt", "val/lesion_dice_tc", "val/lesion_dice_et")
+LOGGED_ON_VALIDATION += (
+    "val/lesion_dice_wt",
+    "val/lesion_dice_tc",
+    "val/lesion_dice_et",
+    "val/lesion_dice_mean",
+)
 
 
 @dataclass
@@ -67,8 +73,13 @@ class PreparedData:
 
 
 def prepare_data(spec: JobSpec) -> PreparedData:
-    """Read the store's manifest: case rows for the fold, patch size, model.json extras."""
+    """Read the store's manifest: case rows for the fold, patch size, model.json extras.
+
+    An ``s3://`` store is synced into this node's cache first (``DataSection.store_path``) and
+    its rows name objects (``s3://.../{id}_x.npy``): each worker maps them onto its own node's
+    copy (:func:`bratslab.data.remote.localize_rows`)."""
     from bratslab.data.loader import case_rows
+    from bratslab.data.remote import rows_to_uris
     from bratslab.data.store import Store
     from bratslab.models.zoo import shape_factor
 
@@ -82,8 +93,9 @@ def prepare_data(spec: JobSpec) -> PreparedData:
             f"training.patch_size {patch}: every size must be a multiple of {factor} "
             f"(2**levels of the {spec.model.arch} model)"
         )
-    train_rows = case_rows(store, spec.data.fold, "train")
-    val_rows = case_rows(store, spec.data.fold, "val")
+    uri = spec.data.store
+    train_rows = rows_to_uris(case_rows(store, spec.data.fold, "train"), store.path, uri)
+    val_rows = rows_to_uris(case_rows(store, spec.data.fold, "val"), store.path, uri)
     if spec.data.max_val_cases:
         val_rows = val_rows[: spec.data.max_val_cases]
     extra = {
@@ -399,7 +411,8 @@ def _record(spec: JobSpec, name: str, run_id: str, run_dir: Path, result) -> Tra
         write_text(job_file, json.dumps(spec.resolved(), indent=2, sort_keys=True))
         mlflow_runs.log_artifact(run_id, job_file)
         mlflow_runs.log_artifact(run_id, learning_curve(run_id, Path(tmp) / "learning_curve.png"))
-    summary = {"best/" + k: v for k, v in best_metrics.items() if k in LOGGED_ON_VALIDATION[:4]}
+    best_keys = (*LOGGED_ON_VALIDATION[:4], "val/lesion_dice_mean")
+    summary = {"best/" + k: v for k, v in best_metrics.items() if k in best_keys}
     if summary:
         mlflow_runs.log_metrics(run_id, summary, int(best_metrics.get("epoch", 0)))
     if spec.tracking.log_model and best_dir is not None:

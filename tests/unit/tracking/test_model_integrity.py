@@ -73,6 +73,13 @@ def test_an_overwritten_model_pt_is_refused_naming_the_file_and_both_hashes(stor
     r = runner.invoke(app, ["models", "download", f"{NAME}@champion", str(tmp_path / "dl")])
     assert r.exit_code == 1 and good in r.stderr and bad in r.stderr, r.output
     assert not (tmp_path / "dl").exists()
+    (tmp_path / "in").mkdir()
+    r = runner.invoke(
+        app,
+        ["predict", "--model", f"models:/{NAME}@champion", "--input", str(tmp_path / "in"),
+         "--output", str(tmp_path / "pred")],
+    )  # fmt: skip
+    assert r.exit_code == 1 and good in r.stderr and bad in r.stderr, r.output
 
 
 def test_the_cache_is_content_addressed_and_reused(store, monkeypatch):

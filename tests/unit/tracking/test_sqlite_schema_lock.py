@@ -8,15 +8,13 @@ import multiprocessing as mp
 N = 4
 
 
-def _create_run(uri: str, barrier, results, i: int, skip_lock: bool) -> None:
+def _create_run(uri: str, barrier, results, i: int) -> None:
     import os
 
     os.environ["MLFLOW_TRACKING_URI"] = uri
     from bratslab.tracking import mlflow_runs
 
-    if skip_lock:  # how it was: every process migrates the new database by itself
-        mlflow_runs._SCHEMA_READY.add(uri)
-    barrier.wait()
+    barrier.wait()  # all at once, on a database that does not exist yet
     try:
         run_id = mlflow_runs.start_run(experiment="race", run_name=f"p{i}", uri=uri)
         mlflow_runs.log_metrics(run_id, {"x": float(i)}, step=0, uri=uri)
@@ -25,15 +23,12 @@ def _create_run(uri: str, barrier, results, i: int, skip_lock: bool) -> None:
         results.put((i, "error", f"{type(e).__name__}: {e}"))
 
 
-def _race(tmp_path, skip_lock=False):
+def _race(tmp_path):
     ctx = mp.get_context("spawn")
     uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
     (tmp_path / "fresh").mkdir()
     barrier, results = ctx.Barrier(N), ctx.Queue()
-    procs = [
-        ctx.Process(target=_create_run, args=(uri, barrier, results, i, skip_lock))
-        for i in range(N)
-    ]
+    procs = [ctx.Process(target=_create_run, args=(uri, barrier, results, i)) for i in range(N)]
     for p in procs:
         p.start()
     out = [results.get(timeout=300) for _ in procs]

@@ -71,3 +71,17 @@ def test_resolved_round_trips():
     assert again == spec
     assert again.model.init_from == "models:/bratslab-gli@champion"
     assert "init_from" not in again.model.model_config_only().model_dump()
+
+
+def test_lesion_wise_selection_needs_lesion_wise_validation():
+    from bratslab.config import ConfigError
+
+    spec = load_job(JOBS / "smoke.yaml", ["training.selection_metric=val/lesion_dice_mean"])
+    assert spec.training.selection_metric == "val/lesion_dice_mean"
+    with pytest.raises(ConfigError, match="needs val_lesionwise"):
+        load_job(
+            JOBS / "smoke.yaml",
+            ["training.selection_metric=val/lesion_dice_mean", "training.val_lesionwise=null"],
+        )
+    for job in ("train_unet", "train_segresnet", "train_mednext", "finetune_ssa"):
+        assert load_job(JOBS / f"{job}.yaml").training.selection_metric == "val/lesion_dice_mean"
