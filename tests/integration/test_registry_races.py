@@ -16,7 +16,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 DICE = (0.6, 0.8, 0.7, 0.75)  # version 2 must end as champion
-ROUNDS = 3
+ROUNDS = 2
 
 
 def _promote(uri, name, version, barrier, results, locked):

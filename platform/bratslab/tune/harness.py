@@ -147,15 +147,24 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         f.write(json.dumps({"time": time.time(), "job": job.name}) + "\n")
     from bratslab.train.trainer import run_training
 
+    # Every epoch's checkpoint folder gets a new name (train.loop.report_epoch).
+    existing = {p.name for p in (ctx.paths.train / job.name).glob("epoch*")}
     # run_training builds the TorchTrainer (build_trainer), opens the trial's MLflow run nested
     # under the sweep's parent, and reopens both when a restarted trial reuses its name.
-    run_training(
+    outcome = run_training(
         job,
         name=job.name,
         parent_run_id=ctx.parent_run_id,
         callbacks=[TuneReportCallback()],  # Ray: Train → Tune bridge (metrics + checkpoint path)
         storage_path=ctx.paths.train,
     )
+    latest = outcome.latest_checkpoint
+    if latest is not None and latest.name in existing:
+        # The Train run had registered its last epoch before the sweep's driver died (e.g.
+        # SIGKILL) but Tune never recorded the trial as done: this attempt resumed at the end,
+        # trained and reported nothing. Tune still needs the trial's final result.
+        log.warning("trial %s had finished training; reporting its last result", trial_id)
+        tune.report({**outcome.metrics, CHECKPOINT_PATH_KEY: str(latest)})  # Ray
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
@@ -278,7 +287,26 @@ def make_searcher(cfg: SweepConfig, space: SearchSpace, paths: SweepPaths, study
         )
         for point in cfg.search.initial_points:
             study.enqueue_trial(space.encode_point(point), skip_if_exists=True)
-    return OptunaSearch(
+
+    class ResumableOptunaSearch(OptunaSearch):
+        """Lets a restored trial replay a result the study already holds.
+
+        Tune snapshots its searcher periodically; when the driver dies hard (SIGKILL,
+        preemption) after a trial was told to the study but before the next snapshot, the
+        restored searcher still maps that trial to its (now finished) Optuna trial, and the
+        trial's replayed result (``trials/<id>.json``, see :func:`run_trial`) would make Optuna
+        raise ``UpdateFinishedTrialError`` and fail the resumed sweep. The study already holds
+        that outcome, so the result is dropped (``on_trial_complete``'s ``tell`` is already
+        guarded by Ray: a warning).
+        """
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            try:
+                super().on_trial_result(trial_id, result)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                log.info("trial %s is already finished in the Optuna study", trial_id)
+
+    return ResumableOptunaSearch(
         space=space.suggest,
         metric=cfg.metric,
         mode=cfg.mode,

@@ -1,0 +1,291 @@
+"""Sweep drivers stopped from outside, as a preemption or ``bratslab jobs stop`` would.
+
+Each sweep runs as a real ``bratslab sweep`` subprocess in a session of its own that joins the
+test session's Ray instance (``RAY_ADDRESS``), as a driver on a cluster does: killing the
+driver's process group kills the driver and nothing else, and Ray ends the driver's job (its
+trial actors, Train workers and placement groups) when it notices the driver is gone.
+
+- SIGKILL once a trial has completed: nothing in the driver runs, the parent MLflow run stays
+  RUNNING; ``bratslab sweep --resume NAME`` finishes the sweep without training any completed
+  trial again, registers a champion and ends the parent run FINISHED.
+- SIGTERM while trials run: the driver exits with 143 within ``STOP_WITHIN_S``, the parent run is
+  KILLED with ``bratslab.stop_reason=SIGTERM``; ``--resume`` finishes it and clears the tag.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+BRATSLAB = Path(sys.executable).with_name("bratslab")  # the console script of this venv
+MODEL = "bratslab-sweep-kill-it"
+TRIALS = 2
+STOP_WITHIN_S = 60  # SIGTERM → process gone (Tune cleanup, MLflow update, Ray disconnect)
+FREED_WITHIN_S = 60  # driver gone → Ray has ended its job and freed the job's CPUs
+
+
+# What a completed trial's recorded result must keep across the resume.
+KEPT = ("epoch", "train/loss", "val/dice_mean", "val/lesion_dice_mean", "checkpoint_path")
+
+
+def _tail(log: Path, lines: int = 60) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _env(home: Path, ray_address: str) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "BRATSLAB_HOME": str(home),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+        "RAY_ADDRESS": ray_address,  # the session's instance: it outlives the killed driver
+    }
+    for key in ("BRATSLAB_ARTIFACTS", "BRATSLAB_OPTUNA_STORAGE"):
+        env.pop(key, None)
+    return env
+
+
+def _job_args(store: Path, name: str) -> list[str]:
+    return [
+        str(ROOT / "jobs/sweep_smoke.yaml"),
+        *("--set", f"data.store={store}", "--set", "data.max_val_cases=1"),
+        *("--set", "training.epochs=1", "--set", "training.steps_per_epoch=2"),
+        *("--set", f"sweep.space={ROOT / 'search_spaces/smoke.yaml'}"),
+        *("--set", f"sweep.name={name}", "--set", f"sweep.num_trials={TRIALS}"),
+        *("--set", "sweep.max_concurrent=2", "--set", "sweep.top_k=1", "--set", "sweep.tta=none"),
+        *("--set", f"tracking.experiment={MODEL}"),  # no registry_name: the experiment names it
+    ]
+
+
+def _start(args: list[str], env: dict, log: Path, cwd: Path) -> subprocess.Popen:
+    with log.open("w") as out:
+        # A session (and process group) of its own: the signal reaches this driver only.
+        return subprocess.Popen(
+            [str(BRATSLAB), "sweep", *args], env=env, cwd=cwd, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+
+def _resume(name: str, env: dict, log: Path, cwd: Path) -> int:
+    """``bratslab sweep --resume NAME`` to the end; its exit code."""
+    with log.open("w") as out:
+        done = subprocess.run(
+            [str(BRATSLAB), "sweep", "--resume", name], env=env, cwd=cwd, stdout=out,
+            stderr=subprocess.STDOUT, timeout=420,
+        )  # fmt: skip
+    return done.returncode
+
+
+def _wait_until(
+    ready: Callable[[], bool], proc: subprocess.Popen, log: Path, what: str, timeout_s=300
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        assert proc.poll() is None, f"exited {proc.returncode} before {what}:\n{_tail(log)}"
+        assert time.monotonic() < deadline, f"no {what} in {timeout_s} s:\n{_tail(log)}"
+        time.sleep(0.2)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Teardown of a failed test: nothing of the subprocess's session may outlive it."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+
+
+def _group_gone(pgid: int, timeout_s: float = 10) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _wait_cpus_freed(ray, cpus: float) -> None:
+    """Until the session's instance has ``cpus`` CPUs free again: the dead driver's job (trial
+    actors, Train workers, placement groups) holds none of them any more."""
+    deadline = time.monotonic() + FREED_WITHIN_S
+    while ray.available_resources().get("CPU", 0) < cpus:
+        assert time.monotonic() < deadline, (
+            f"the killed driver's job still holds CPUs after {FREED_WITHIN_S} s: "
+            f"{ray.available_resources()} (expected {cpus} CPUs free)"
+        )
+        time.sleep(0.5)
+
+
+def _trial_runs(sweep_dir: Path, name: str, trial_ids) -> dict[str, str]:
+    """Trial id → its MLflow run id (from the trial's Train run-state file)."""
+    from bratslab.train.trainer import RUN_STATE
+
+    runs = {}
+    for tid in trial_ids:
+        state = sweep_dir / "train" / f"{name}-{tid}" / RUN_STATE
+        runs[tid] = json.loads(state.read_text())["mlflow_run_id"]
+    return runs
+
+
+def _epochs(run_id: str, uri: str) -> list[int]:
+    from bratslab.tracking.mlflow_runs import metric_history
+
+    return [step for step, _ in metric_history(run_id, "train/loss", uri)]
+
+
+def _check_finished_sweep(sweep_dir: Path, name: str, uri: str) -> dict:
+    """The resumed sweep ended as a sweep does: parent FINISHED, every trial done, a champion."""
+    from bratslab.tracking import mlflow_runs
+
+    manifest = json.loads((sweep_dir / "sweep.json").read_text())
+    parent_id = manifest["parent_run_id"]
+    parent = mlflow_runs.run_info(parent_id, uri)
+    assert parent["status"] == "FINISHED"
+    assert parent["tags"]["bratslab.sweep"] == name
+    assert parent["tags"]["bratslab.interrupted"] == "false"
+    assert "bratslab.stop_reason" not in parent["tags"]
+    done = {p.stem for p in (sweep_dir / "trials").glob("*.json")}
+    assert len(done) == TRIALS
+    client = mlflow_runs.client(uri)
+    children = client.search_runs(
+        [parent["experiment_id"]], f"tags.mlflow.parentRunId = '{parent_id}'"
+    )
+    assert {c.data.tags["bratslab.trial_id"] for c in children} == done
+    assert all(c.info.status == "FINISHED" for c in children), [
+        (c.data.tags["bratslab.trial_id"], c.info.status) for c in children
+    ]
+    # The Optuna study beside the sweep holds every trial once, none left RUNNING.
+    import optuna
+
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * TRIALS
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    assert champion.tags["bratslab.sweep"] == name
+    assert champion.tags["bratslab.trial_id"] == manifest["finished"]["winner_trial"]
+    return manifest
+
+
+def _sweep_home(tmp_path: Path, name: str, ray_cluster):
+    """``(home, tracking URI, env, sweep folder)`` of one sweep driven as a subprocess."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = _env(home, ray_cluster.get_runtime_context().gcs_address)
+    return home, f"sqlite:///{home / 'mlflow.db'}", env, home / "sweeps" / name
+
+
+def test_sigkilled_driver_resumes_without_retraining_completed_trials(
+    ray_cluster, tiny_store, tmp_path
+):
+    from bratslab.tracking import mlflow_runs
+
+    name = "kill-9"
+    home, uri, env, sweep_dir = _sweep_home(tmp_path, name, ray_cluster)
+    log1, log2 = tmp_path / "sweep.log", tmp_path / "resume.log"
+    cpus_free = ray_cluster.available_resources().get("CPU", 0)
+
+    proc = _start(_job_args(tiny_store, name), env, log1, home)
+    try:
+        _wait_until(
+            lambda: any((sweep_dir / "trials").glob("*.json")), proc, log1, "completed trial"
+        )
+        os.killpg(proc.pid, signal.SIGKILL)  # preemption: no handler, no cleanup runs
+        assert proc.wait(30) == -signal.SIGKILL
+    finally:
+        _kill_group(proc)
+    assert _group_gone(proc.pid), "a process of the killed driver's session survived"
+    _wait_cpus_freed(ray_cluster, cpus_free)
+
+    markers = {p.stem: p.read_text() for p in (sweep_dir / "trials").glob("*.json")}
+    assert markers
+    runs = _trial_runs(sweep_dir, name, markers)
+    epochs_before = {tid: _epochs(run_id, uri) for tid, run_id in runs.items()}
+    assert all(e == [0] for e in epochs_before.values()), epochs_before
+    manifest = json.loads((sweep_dir / "sweep.json").read_text())
+    # Nothing ran in the driver after the signal: its parent run was left as it was.
+    assert mlflow_runs.run_info(manifest["parent_run_id"], uri)["status"] == "RUNNING"
+
+    assert _resume(name, env, log2, home) == 0, _tail(log2)
+
+    final = _check_finished_sweep(sweep_dir, name, uri)
+    assert final["parent_run_id"] == manifest["parent_run_id"]
+    # Every trial completed before the kill kept its result and was not trained again.
+    for tid, marker in markers.items():
+        # (The replay rewrites the marker; Tune's own keys, e.g. its timestamps, then differ.)
+        after = json.loads((sweep_dir / "trials" / f"{tid}.json").read_text())["last_result"]
+        before = json.loads(marker)["last_result"]
+        assert {k: after.get(k) for k in KEPT} == {k: before.get(k) for k in KEPT}, tid
+        attempts = (sweep_dir / "trials" / f"{tid}.attempts.jsonl").read_text().splitlines()
+        assert len(attempts) == 1, (tid, attempts)
+        assert _epochs(runs[tid], uri) == epochs_before[tid], tid
+    rows = {r["trial_id"]: r for r in _csv_rows(sweep_dir / "results.csv")}
+    assert set(rows) == {p.stem for p in (sweep_dir / "trials").glob("*.json")}
+    for tid, marker in markers.items():
+        assert rows[tid]["mlflow_run_id"] == runs[tid]
+        recorded = json.loads(marker)["last_result"]["val/dice_mean"]
+        assert float(rows[tid]["best_metric"]) == pytest.approx(recorded)
+
+
+def test_sigterm_stops_the_sweep_with_143_and_resume_clears_the_stop(
+    ray_cluster, tiny_store, tmp_path
+):
+    from bratslab.shutdown import STOP_REASON_TAG
+    from bratslab.tracking import mlflow_runs
+
+    name = "term"
+    home, uri, env, sweep_dir = _sweep_home(tmp_path, name, ray_cluster)
+    log1, log2 = tmp_path / "sweep.log", tmp_path / "resume.log"
+    cpus_free = ray_cluster.available_resources().get("CPU", 0)
+
+    proc = _start(_job_args(tiny_store, name), env, log1, home)
+    try:
+        # A trial is training: its audit line is written as its Train run starts.
+        _wait_until(
+            lambda: any((sweep_dir / "trials").glob("*.attempts.jsonl")),
+            proc,
+            log1,
+            "trial training",
+        )
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)  # what `bratslab jobs stop` and Kubernetes send
+        try:
+            rc = proc.wait(STOP_WITHIN_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running {STOP_WITHIN_S} s after SIGTERM:\n{_tail(log1)}")
+        stopped_in = time.monotonic() - t0
+    finally:
+        _kill_group(proc)
+    assert rc == 143, f"exit {rc} after {stopped_in:.1f} s:\n{_tail(log1)}"
+    assert "stopped by SIGTERM" in log1.read_text()
+    assert _group_gone(proc.pid)
+    _wait_cpus_freed(ray_cluster, cpus_free)
+
+    manifest = json.loads((sweep_dir / "sweep.json").read_text())
+    parent = mlflow_runs.run_info(manifest["parent_run_id"], uri)
+    assert parent["status"] == "KILLED"
+    assert parent["tags"][STOP_REASON_TAG] == "SIGTERM"
+    assert parent["tags"]["bratslab.interrupted"] == "true"
+    done_before = {p.stem for p in (sweep_dir / "trials").glob("*.json")}
+
+    assert _resume(name, env, log2, home) == 0, _tail(log2)
+    final = _check_finished_sweep(sweep_dir, name, uri)  # FINISHED, stop tag cleared
+    assert final["parent_run_id"] == manifest["parent_run_id"]
+    for tid in done_before:
+        attempts = (sweep_dir / "trials" / f"{tid}.attempts.jsonl").read_text().splitlines()
+        assert len(attempts) == 1, (tid, attempts)
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
