@@ -352,7 +352,12 @@ def _settle(name: str, alias: str, metric: str, mode: str, *, uri: str | None) -
         held = holder.metrics.get(metric) if holder is not None else None
         if best is None or (holder is not None and not _better(best_value, held, mode)):
             return holder.version if holder is not None else ""
-        c.set_registered_model_alias(name, alias, best)
+        try:
+            c.set_registered_model_alias(name, alias, best)
+        except MlflowException as e:
+            # Another promoter wrote the alias row at the same moment (a unique-constraint
+            # conflict on a database store): re-read and compare again in the next round.
+            log.info("%s@%s: concurrent alias write (%s); re-reading", name, alias, e.error_code)
     raise RegistryError(f"{name}@{alias}: did not settle after {_SETTLE_ROUNDS} rounds")
 
 
