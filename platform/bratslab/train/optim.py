@@ -1,7 +1,8 @@
 """Optimizers on the zoo's parameter groups, and the learning-rate schedule.
 
-Per-group learning rates implement the seed's transfer recipe (stem and first encoder stage at
-1e-6, the rest at 1e-4); frozen groups are left out of the optimizer and have
+Per-group learning rates implement the slow-stem transfer recipe used when adapting a model to a
+small cohort such as BraTS-Africa (stem and first encoder stage at 1e-6, the rest at 1e-4, AdamW,
+warmup then cosine); frozen groups are left out of the optimizer and have
 ``requires_grad=False``. Schedules multiply each group's own base LR, so the ratios hold.
 """
 

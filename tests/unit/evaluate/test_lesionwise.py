@@ -1,4 +1,5 @@
-"""BraTS 2023 lesion-wise metrics on hand-built cases (official rules, REFERENCE.md)."""
+"""BraTS 2023 lesion-wise metrics on hand-built cases (official rules: 26-connectivity, GT lesions
+merged within a dilation of d, volume threshold T, missed lesion = Dice 0 / HD95 374)."""
 
 from __future__ import annotations
 
