@@ -32,7 +32,7 @@ BRATSLAB = Path(sys.executable).with_name("bratslab")  # the console script of t
 MODEL = "bratslab-sweep-kill-it"
 TRIALS = 2
 STOP_WITHIN_S = 60  # SIGTERM → process gone (Tune cleanup, MLflow update, Ray disconnect)
-FREED_WITHIN_S = 60  # driver gone → Ray has ended its job and freed the job's CPUs
+FREED_WITHIN_S = 120  # driver gone → Ray has ended its job and freed the job's CPUs
 
 
 # What a completed trial's recorded result must keep across the resume.

@@ -321,7 +321,7 @@ def run_training(
             run is then KILLED with the tag ``bratslab.stop_reason`` and the persisted
             checkpoints stay for a rerun to resume from.
     """
-    from bratslab.cluster import ensure_ray
+    from bratslab.cluster import ensure_ray, stop_driver
     from bratslab.names import check_name
     from bratslab.shutdown import Terminated, call_interruptibly, stop_on_signals
     from bratslab.tracking import mlflow_runs
@@ -356,22 +356,13 @@ def run_training(
             # (RAY_JOB_STOP_WAIT_TIME_S), and an epoch the controller still registers
             # meanwhile is logged consistently with the checkpoint a rerun resumes from.
             _stopped(name, run_id, stop)
-            _stop_ray()
+            stop_driver()
             raise
         except BaseException:
             mlflow_runs.end_run(run_id, "FAILED")
             raise
     log.info("job %s finished: best %s (run %s)", name, outcome.best_checkpoint, run_id)
     return outcome
-
-
-def _stop_ray() -> None:
-    """End this driver's Ray session. The Train controller and its workers are owned by this
-    driver and end with it (a local instance shuts down); the checkpoints Ray Train has
-    already persisted stay in the run folder."""
-    import ray  # Ray
-
-    ray.shutdown()
 
 
 def _stopped(name: str, run_id: str, stop) -> None:

@@ -221,7 +221,7 @@ def _run(
     Args:
         restore: continue the Tune experiment in ``paths.tune`` (``Tuner.restore``).
     """
-    from bratslab.cluster import ensure_ray
+    from bratslab.cluster import ensure_ray, stop_driver
     from bratslab.spec import job_from_dict
     from bratslab.tracking import mlflow_runs
 
@@ -257,6 +257,7 @@ def _run(
             parent_run_id, {STOP_REASON_TAG: stop.reason, "bratslab.interrupted": "true"}
         )
         mlflow_runs.end_run(parent_run_id, "KILLED")
+        stop_driver()
         raise
     except BaseException:
         mlflow_runs.end_run(parent_run_id, "FAILED")

@@ -30,3 +30,24 @@ def test_ray_cluster_constant_exists_and_follows_the_variable(monkeypatch):
         assert ray_constants.ENABLE_RAY_CLUSTER is True
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
+def test_remove_job_placement_groups_frees_this_jobs_cpus_only(ray_cluster):
+    """A stopping driver hands back its job's placement groups (and their CPUs), all of them."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from bratslab.compat.ray_core import remove_job_placement_groups
+
+    free = ray_cluster.available_resources().get("CPU", 0)
+    groups = [placement_group([{"CPU": 1}]) for _ in range(2)]
+    ray_cluster.get([g.ready() for g in groups], timeout=60)
+    assert ray_cluster.available_resources().get("CPU", 0) <= free - 2
+    try:
+        assert remove_job_placement_groups() >= 2
+        table = ray_cluster.util.placement_group_table()
+        assert all(table[g.id.hex()]["state"] == "REMOVED" for g in groups)
+        assert remove_job_placement_groups() == 0  # removed ones are not counted again
+    finally:
+        for g in groups:
+            if ray_cluster.util.placement_group_table()[g.id.hex()]["state"] != "REMOVED":
+                remove_placement_group(g)
