@@ -234,6 +234,18 @@ def end_run(run_id: str, status: str = "FINISHED", uri: str | None = None) -> No
     client(uri).set_terminated(run_id, status=status)
 
 
+def running_children(parent_run_id: str, uri: str | None = None) -> list[str]:
+    """Run ids of the RUNNING runs whose ``mlflow.parentRunId`` is ``parent_run_id``."""
+    c = client(uri)
+    parent = c.get_run(parent_run_id)
+    runs = c.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}' and attributes.status = 'RUNNING'",
+        max_results=10_000,
+    )
+    return [r.info.run_id for r in runs]
+
+
 def metric_history(run_id: str, key: str, uri: str | None = None) -> list[tuple[int, float]]:
     """``[(step, value), ...]`` of one metric, ordered by step then time."""
     hist = client(uri).get_metric_history(run_id, key)

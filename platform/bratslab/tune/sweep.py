@@ -224,6 +224,7 @@ def _run(
     from bratslab.cluster import ensure_ray, stop_driver
     from bratslab.spec import job_from_dict
     from bratslab.tracking import mlflow_runs
+    from bratslab.tune.dangling import close_dangling
 
     cfg: SweepConfig = spec.sweep
     name = manifest["name"]
@@ -274,6 +275,9 @@ def _run(
         mlflow_runs.end_run(parent_run_id, "KILLED")
         log.warning("sweep %s interrupted; continue with --resume %s", name, name)
         return outcome
+    # Tune ran to the end, so any trial still RUNNING was left by a driver that died (see
+    # bratslab.tune.dangling); closed before selection reads the study and the runs.
+    close_dangling(paths.optuna_url, name, parent_run_id)
     _finish(outcome, ctx, spec, manifest)
     return outcome
 
