@@ -96,22 +96,64 @@ def _ray_pods(cluster: dict) -> list[tuple[str, dict]]:
     return pods
 
 
-def test_token_auth_on_every_ray_container_and_the_autoscaler():
+def test_token_auth_through_kuberay_auth_options_and_on_every_node():
     cluster = _kind(KUBERAY / "raycluster.yaml", "RayCluster")
     job = _kind(KUBERAY / "rayjob.yaml", "RayJob")
+    # KubeRay sets RAY_AUTH_MODE/RAY_AUTH_TOKEN on every Ray container and the autoscaler from
+    # this Secret, and authenticates its own dashboard polling with it.
+    assert cluster["spec"]["authOptions"] == {"mode": "token", "secretName": "bratslab-ray-token"}
     containers = [(g, c) for g, t in _ray_pods(cluster) for c in _containers(t)]
     containers.append(("autoscaler", cluster["spec"]["autoscalerOptions"]))
-    containers += [("submitter", c) for c in _containers(job["spec"]["submitterPodTemplate"])]
-    for group, c in containers:
+    for group, c in containers:  # a literal token in a manifest would be a leaked secret
+        token = _env(c).get("RAY_AUTH_TOKEN")
+        assert token is None or "value" not in token, group
+    # The RayJob submitter is not a Ray container: it reads the same Secret itself.
+    for c in _containers(job["spec"]["submitterPodTemplate"]):
         env = _env(c)
-        assert env["RAY_AUTH_MODE"]["value"] == "token", group
+        assert env["RAY_AUTH_MODE"]["value"] == "token"
         secret = env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
-        assert secret == {"name": "bratslab-ray-token", "key": "auth_token"}, group
+        assert secret == {"name": "bratslab-ray-token", "key": "auth_token"}
     launcher = yaml.safe_load((INFRA / "ray-cluster" / "aws.yaml").read_text())
     for cmd in launcher["head_start_ray_commands"] + launcher["worker_start_ray_commands"]:
         if "ray start" in cmd:
             assert "RAY_AUTH_MODE=token ray start" in cmd
     assert "~/.ray/auth_token" in launcher["file_mounts"]
+
+
+def test_network_policy_admits_the_operator_to_the_dashboard_port_only():
+    policy = _kind(KUBERAY / "raycluster.yaml", "NetworkPolicy")
+    rules = policy["spec"]["ingress"]
+    operator = [
+        r for r in rules
+        if any(p.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/name")
+               == "kuberay-operator" for p in r["from"])
+    ]  # fmt: skip
+    assert len(operator) == 1
+    assert operator[0]["ports"] == [{"protocol": "TCP", "port": 8265}]
+    assert "namespaceSelector" in operator[0]["from"][0]  # the operator runs in its own namespace
+    open_rules = [r for r in rules if "ports" not in r]
+    for rule in open_rules:  # all ports: only this cluster's pods and labelled clients
+        for peer in rule["from"]:
+            assert "namespaceSelector" not in peer and "ipBlock" not in peer
+
+
+def test_stores_come_from_s3_into_a_node_local_cache():
+    cluster = _kind(KUBERAY / "raycluster.yaml", "RayCluster")
+    for group, template in _ray_pods(cluster):
+        c = _containers(template)[0]
+        env = _env(c)
+        cache = env["BRATSLAB_STORE_CACHE"]["value"]
+        mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+        mount = next(m for m in mounts if cache.startswith(m + "/"))
+        volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+        assert "emptyDir" in volumes[mounts[mount]], group  # node-local, not the shared volume
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+            assert env[key]["valueFrom"]["secretKeyRef"]["name"] == "bratslab-s3", (group, key)
+    launcher = yaml.safe_load((INFRA / "ray-cluster" / "aws.yaml").read_text())
+    assert any("BRATSLAB_STORE_CACHE=" in o for o in launcher["docker"]["run_options"])
+    for name, node in launcher["available_node_types"].items():
+        assert node["node_config"]["IamInstanceProfile"]["Arn"], name  # S3 without stored keys
+    assert "AWS_SECRET_ACCESS_KEY" not in (INFRA / "ray-cluster" / "aws.yaml").read_text()
 
 
 def test_gpu_worker_group_autoscales_and_images_match_the_dockerfiles():
