@@ -44,6 +44,7 @@ def _register_stages() -> None:
     from bratslab.evaluate import cli as evaluate_cli
     from bratslab.jobs import cli as jobs_cli
     from bratslab.models import cli as models_cli
+    from bratslab.postprocess import cli as postprocess_cli
     from bratslab.tracking import cli as tracking_cli
     from bratslab.train import cli as train_cli
     from bratslab.tune import cli as tune_cli
@@ -52,6 +53,7 @@ def _register_stages() -> None:
         stage.register(app)
     spec_cli.register(app)
     demo.register(app)
+    postprocess_cli.register(app)
 
 
 _register_stages()

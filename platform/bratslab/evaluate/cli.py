@@ -11,11 +11,33 @@ export_app = typer.Typer(
 )
 
 TTA_HELP = "Test-time augmentation: none, flips (8 mirrorings) or flips+rot90 (16 transforms)."
+PP_FILE_HELP = (
+    "Post-processing thresholds (JSON written by `bratslab postprocess fit`). Default: those "
+    "the registered model version carries, if any."
+)
+NO_PP_HELP = "No post-processing, even when the model carries thresholds."
 
 
 def _fail(message: str, code: int = 1) -> None:
     typer.secho(message, fg="red", err=True)
     raise typer.Exit(code)
+
+
+def _postprocess_choice(file: Path | None, off: bool):
+    """``--postprocess FILE`` / ``--no-postprocess`` → ``PredictConfig.postprocess``'s value."""
+    from bratslab.config import ConfigError
+    from bratslab.postprocess.config import load_config_file
+
+    if file is not None and off:
+        _fail("give --postprocess FILE or --no-postprocess, not both", 2)
+    if off:
+        return "none"
+    if file is None:
+        return "model"
+    try:
+        return load_config_file(file)
+    except (FileNotFoundError, ConfigError) as e:
+        _fail(str(e), 2)
 
 
 def _exit_on_failures(failures: list[dict[str, str]]) -> None:
@@ -51,8 +73,14 @@ def predict(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     no_amp: bool = typer.Option(False, "--no-amp", help="Full float32 (no bf16/fp16 autocast)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo cases already predicted."),
+    postprocess: Path | None = typer.Option(None, "--postprocess", help=PP_FILE_HELP),
+    no_postprocess: bool = typer.Option(False, "--no-postprocess", help=NO_PP_HELP),
 ) -> None:
-    """Segment every case of a raw folder; outputs in the source geometry and label convention."""
+    """Segment every case of a raw folder; outputs in the source geometry and label convention.
+
+    Small components are removed when the model is a registered version carrying fitted
+    thresholds (`bratslab postprocess fit`), or with --postprocess FILE; the log says which.
+    """
     from bratslab.config import validate
     from bratslab.evaluate.config import PredictConfig
     from bratslab.evaluate.predict import predict_folder
@@ -70,6 +98,7 @@ def predict(
             "device": device,
             "amp": not no_amp,
             "overwrite": overwrite,
+            "postprocess": _postprocess_choice(postprocess, no_postprocess),
         },
         "predict options",
     )
@@ -134,13 +163,18 @@ def evaluate_model_cmd(
         None, "--run-id", help="MLflow run to log to (default: the model's own run)."
     ),
     no_log: bool = typer.Option(False, "--no-log", help="Do not log to MLflow."),
+    postprocess: Path | None = typer.Option(None, "--postprocess", help=PP_FILE_HELP),
+    no_postprocess: bool = typer.Option(False, "--no-postprocess", help=NO_PP_HELP),
 ) -> None:
-    """Score a model on a fold with TTA and log tta/ metrics to its MLflow run."""
-    from rich.console import Console
-    from rich.table import Table
+    """Score a model on a fold with TTA and log tta/ metrics to its MLflow run.
 
+    When the model carries post-processing thresholds (or with --postprocess FILE), the scores
+    after post-processing are shown beside them and logged as pp/ metrics.
+    """
     from bratslab.evaluate.model_eval import evaluate_model
     from bratslab.tracking.model_store import ModelIntegrityError
+
+    choice = _postprocess_choice(postprocess, no_postprocess)
 
     try:
         metrics = evaluate_model(
@@ -154,16 +188,36 @@ def evaluate_model_cmd(
             run_id=run_id,
             log_to_mlflow=not no_log,
             progress=True,
+            postprocess=choice,
         )
     except ModelIntegrityError as e:
         _fail(str(e), 1)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e), 2)
-    table = Table(title=f"{model} · fold {fold} · tta {tta}")
+    _print_model_metrics(metrics, f"{model} · fold {fold} · tta {tta}")
+
+
+def _print_model_metrics(metrics: dict[str, float], title: str) -> None:
+    """One row per ``tta/`` metric; a ``post-processed`` column with its ``pp/`` twin if any."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from bratslab.evaluate.model_eval import PP_PREFIX
+
+    with_pp = any(k.startswith(PP_PREFIX) for k in metrics)
+    table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
+    if with_pp:
+        table.add_column("post-processed", justify="right")
     for k, v in metrics.items():
-        table.add_row(k, f"{v:.4f}")
+        if k.startswith(PP_PREFIX):
+            continue
+        row = [k, f"{v:.4f}"]
+        if with_pp:
+            twin = metrics.get(PP_PREFIX + k.partition("/")[2])
+            row.append("" if twin is None else f"{twin:.4f}")
+        table.add_row(*row)
     Console().print(table)
 
 

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from bratslab.config import StrictModel
+from bratslab.postprocess.config import PostprocessConfig
 
 
 class PredictConfig(StrictModel):
@@ -41,3 +42,9 @@ class PredictConfig(StrictModel):
         description="Prediction actors at most, one case each at a time (0: no cap).",
     )
     overwrite: bool = Field(default=False, description="Redo cases whose output exists.")
+    postprocess: Literal["model", "none"] | PostprocessConfig = Field(
+        default="model",
+        description="Post-processing of the label maps: 'model' applies the thresholds the "
+        "registered model version carries (`bratslab postprocess fit`; a local checkpoint has "
+        "none), 'none' skips it, or explicit thresholds.",
+    )

@@ -4,22 +4,42 @@ Works in store space: each val case's ``{id}_x.npy`` goes through sliding-window
 and is compared with ``{id}_y.npy`` (no round trip to NIfTI needed). The metrics — legacy Dice
 and HD95 plus BraTS lesion-wise Dice per region, and their means — are logged as ``tta/...`` to
 the model's MLflow run, which the sweep uses to pick the champion on TTA-evaluated scores rather
-than on the training loop's plain validation Dice.
+than on the training loop's plain validation Dice. When the model carries post-processing
+thresholds (:mod:`bratslab.postprocess`), the same metrics after post-processing are reported and
+logged under ``pp/``.
+
+The validation cases and their predictions (:func:`validation_cases`,
+:func:`predict_validation`) are shared with ``bratslab postprocess fit``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bratslab.data.labels import REGIONS, labels_to_regions, probabilities_to_regions
+from bratslab.data.labels import (
+    REGIONS,
+    labels_to_regions,
+    probabilities_to_regions,
+    regions_to_labels,
+)
+
+if TYPE_CHECKING:
+    from bratslab.data.store import Store
+    from bratslab.evaluate.model_loading import ModelPayload
+    from bratslab.postprocess.config import PostprocessConfig
+    from bratslab.postprocess.resolve import Choice
 
 log = logging.getLogger(__name__)
 
 RUN_STATE_FILE = "bratslab_run.json"  # written by the trainer beside a job's checkpoints
+PP_PREFIX = "pp/"  # metrics after post-processing
 
 
 def find_run_id(model_ref: str | Path, run_id: str | None = None) -> str | None:
@@ -47,6 +67,131 @@ def find_run_id(model_ref: str | Path, run_id: str | None = None) -> str | None:
     return None
 
 
+@dataclass
+class Validation:
+    """A model and the validation cases of one fold of a store, checked and ready to predict."""
+
+    model_ref: str
+    payload: ModelPayload
+    store: Store
+    fold: int
+    cases: list[str]
+
+
+@dataclass
+class ValPrediction:
+    """One predicted validation case: bool regions ``(3, X, Y, Z)`` (WT, TC, ET) of the
+    prediction and of the reference, and the voxel spacing in mm."""
+
+    case_id: str
+    pred: np.ndarray
+    gt: np.ndarray
+    spacing: tuple[float, ...]
+
+
+def validation_cases(
+    model_ref: str | Path, store: str | Path, fold: int, max_cases: int | None = None
+) -> Validation:
+    """Load ``model_ref`` and list fold ``fold``'s labelled validation cases of ``store``
+    (the first ``max_cases``); warns when the model was trained on another store.
+
+    Raises:
+        ValueError: fold out of range, or no labelled validation case.
+    """
+    from bratslab.data.store import Store
+    from bratslab.evaluate.model_loading import load_payload
+
+    payload = load_payload(model_ref)
+    st = Store(store)
+    trained_on = payload.info.get("store_fingerprint_hash")
+    if trained_on not in (None, st.fingerprint_hash):
+        log.warning(
+            "%s was trained on a store with fingerprint %s, evaluating on %s (%s)",
+            model_ref, trained_on, store, st.fingerprint_hash,
+        )  # fmt: skip
+    if not 0 <= fold < st.num_folds:
+        raise ValueError(f"{store}: fold {fold} out of range (store has {st.num_folds} folds)")
+    labelled = set(st.labeled_ids())
+    cases = [c for c in st.case_ids(fold=fold, split="val") if c in labelled]
+    if max_cases:
+        cases = cases[:max_cases]
+    if not cases:
+        raise ValueError(f"{store}: fold {fold} has no labelled validation cases")
+    return Validation(str(model_ref), payload, st, fold, cases)
+
+
+def predict_validation(
+    val: Validation,
+    tta: str = "flips",
+    *,
+    overlap: float = 0.5,
+    device: str = "auto",
+    amp: bool = True,
+    progress: bool = False,
+) -> Iterator[ValPrediction]:
+    """Sliding-window + TTA predictions of ``val``'s cases in store space, one at a time."""
+    from bratslab.evaluate.inference import predict_probabilities
+    from bratslab.evaluate.model_loading import build_from_payload, resolve_device
+    from bratslab.evaluate.report import progress_bar
+
+    model = build_from_payload(val.payload)
+    output = val.payload.output
+    dev = resolve_device(device)
+    st = val.store
+    with progress_bar(progress, len(val.cases), f"evaluate fold {val.fold}") as advance:
+        for cid in val.cases:
+            x = np.asarray(st.load_x(cid), dtype=np.float32)
+            probs, _ = predict_probabilities(
+                model,
+                x,
+                roi_size=[int(s) for s in val.payload.info["patch_size"]],
+                overlap=overlap,
+                tta=tta,
+                device=dev,
+                activation="sigmoid" if output == "regions" else "softmax",
+                amp=amp,
+            )
+            gt = labels_to_regions(np.asarray(st.load_y(cid)))
+            pred = probabilities_to_regions(probs, output)
+            yield ValPrediction(cid, pred, gt, tuple(st.meta(cid).zooms))
+            advance(f"evaluate {cid}")
+
+
+def score_case(pred: np.ndarray, gt: np.ndarray, spacing, challenge: str) -> dict[str, float]:
+    """Legacy Dice and HD95 and lesion-wise Dice per region of bool ``(3, X, Y, Z)`` masks."""
+    from bratslab.evaluate.lesionwise import region_lesion_metrics
+    from bratslab.evaluate.metrics import region_metrics
+
+    legacy = region_metrics(pred, gt, spacing)
+    lesion = region_lesion_metrics(pred, gt, spacing, challenge)
+    row = {}
+    for r in REGIONS:
+        row[f"dice_{r}"] = legacy[r]["dice"]
+        row[f"hd95_{r}"] = legacy[r]["hd95"]
+        row[f"lesion_dice_{r}"] = lesion[r].lesion_dice
+    return row
+
+
+def postprocessed_regions(pred: np.ndarray, cfg: PostprocessConfig) -> np.ndarray:
+    """Bool regions ``(3, X, Y, Z)`` → labels (as ``predict`` writes them) → ``cfg`` → regions."""
+    from bratslab.postprocess.apply import postprocess_labels
+
+    return labels_to_regions(postprocess_labels(regions_to_labels(pred), cfg))
+
+
+def summarise(per_case: list[dict[str, float]], prefix: str) -> dict[str, float]:
+    """Means over cases as ``{prefix}{key}``, plus ``{prefix}{name}_mean`` over regions."""
+    metrics: dict[str, float] = {}
+    for key in per_case[0]:
+        metrics[f"{prefix}{key}"] = float(np.mean([row[key] for row in per_case]))
+    for name in ("dice", "hd95", "lesion_dice"):
+        metrics[f"{prefix}{name}_mean"] = float(
+            np.mean([metrics[f"{prefix}{name}_{r}"] for r in REGIONS])
+        )
+    metrics[f"{prefix}cases"] = float(len(per_case))
+    return metrics
+
+
 def evaluate_model(
     model_ref: str | Path,
     store: str | Path,
@@ -61,6 +206,7 @@ def evaluate_model(
     device: str = "auto",
     amp: bool = True,
     progress: bool = False,
+    postprocess: Choice = "model",
 ) -> dict[str, float]:
     """Score ``model_ref`` on fold ``fold``'s validation cases of ``store``.
 
@@ -72,87 +218,59 @@ def evaluate_model(
         challenge: lesion-wise parameters (``gli``, ``ssa``, ``ped``, ``men``, ``met``).
         run_id: MLflow run to log to; found from ``model_ref`` when None (:func:`find_run_id`).
         log_to_mlflow: log ``tta/...`` metrics to that run (skipped with a warning if unknown).
+        postprocess: ``"model"`` (the thresholds a registered version carries, if any),
+            ``"none"``, or explicit thresholds; when there are some, every metric is also
+            reported after post-processing under ``pp/`` (:func:`resolve_postprocess`).
 
     Returns:
         ``{"tta/dice_wt", "tta/dice_tc", "tta/dice_et", "tta/dice_mean", "tta/hd95_*",
-        "tta/lesion_dice_*", "tta/cases"}`` — means over the scored cases.
+        "tta/lesion_dice_*", "tta/cases"}`` — means over the scored cases — and the same
+        keys under ``pp/`` when post-processing applies.
     """
-    from bratslab.data.store import Store
-    from bratslab.evaluate.inference import predict_probabilities
-    from bratslab.evaluate.lesionwise import region_lesion_metrics
-    from bratslab.evaluate.metrics import region_metrics
-    from bratslab.evaluate.model_loading import build_from_payload, load_payload, resolve_device
-    from bratslab.evaluate.report import progress_bar
+    from bratslab.postprocess.resolve import resolve_postprocess
 
-    payload = load_payload(model_ref)
-    info = payload.info
-    st = Store(store)
-    if info.get("store_fingerprint_hash") not in (None, st.fingerprint_hash):
-        log.warning(
-            "%s was trained on a store with fingerprint %s, evaluating on %s (%s)",
-            model_ref,
-            info.get("store_fingerprint_hash"),
-            store,
-            st.fingerprint_hash,
-        )
-    if not 0 <= fold < st.num_folds:
-        raise ValueError(f"{store}: fold {fold} out of range (store has {st.num_folds} folds)")
-    labelled = set(st.labeled_ids())
-    cases = [c for c in st.case_ids(fold=fold, split="val") if c in labelled]
-    if max_cases:
-        cases = cases[:max_cases]
-    if not cases:
-        raise ValueError(f"{store}: fold {fold} has no labelled validation cases")
-
-    model = build_from_payload(payload)
-    output = payload.output
-    dev = resolve_device(device)
+    val = validation_cases(model_ref, store, fold, max_cases)
+    pp = resolve_postprocess(postprocess, str(model_ref))
     per_case: list[dict[str, float]] = []
-    with progress_bar(progress, len(cases), f"evaluate fold {fold}") as advance:
-        for cid in cases:
-            x = np.asarray(st.load_x(cid), dtype=np.float32)
-            gt = labels_to_regions(np.asarray(st.load_y(cid)))
-            probs, _ = predict_probabilities(
-                model,
-                x,
-                roi_size=[int(s) for s in info["patch_size"]],
-                overlap=overlap,
-                tta=tta,
-                device=dev,
-                activation="sigmoid" if output == "regions" else "softmax",
-                amp=amp,
-            )
-            pred = probabilities_to_regions(probs, output)
-            spacing = st.meta(cid).zooms
-            legacy = region_metrics(pred, gt, spacing)
-            lesion = region_lesion_metrics(pred, gt, spacing, challenge)
-            row = {}
-            for r in REGIONS:
-                row[f"dice_{r}"] = legacy[r]["dice"]
-                row[f"hd95_{r}"] = legacy[r]["hd95"]
-                row[f"lesion_dice_{r}"] = lesion[r].lesion_dice
-            per_case.append(row)
-            advance(f"evaluate {cid}")
+    per_case_pp: list[dict[str, float]] = []
+    for case in predict_validation(
+        val, tta, overlap=overlap, device=device, amp=amp, progress=progress
+    ):
+        per_case.append(score_case(case.pred, case.gt, case.spacing, challenge))
+        if pp is not None:
+            pred_pp = postprocessed_regions(case.pred, pp)
+            per_case_pp.append(score_case(pred_pp, case.gt, case.spacing, challenge))
 
-    metrics: dict[str, float] = {}
-    for key in per_case[0]:
-        metrics[f"tta/{key}"] = float(np.mean([row[key] for row in per_case]))
-    for name in ("dice", "hd95", "lesion_dice"):
-        metrics[f"tta/{name}_mean"] = float(np.mean([metrics[f"tta/{name}_{r}"] for r in REGIONS]))
-    metrics["tta/cases"] = float(len(per_case))
-
+    metrics = summarise(per_case, "tta/")
+    if per_case_pp:
+        metrics.update(summarise(per_case_pp, PP_PREFIX))
     if log_to_mlflow:
-        rid = find_run_id(model_ref, run_id)
-        if rid is None:
-            log.warning("no MLflow run known for %s: tta/ metrics not logged", model_ref)
-        else:
-            from bratslab.tracking import mlflow_runs
-
-            step = int(info.get("epoch", 0))
-            mlflow_runs.log_metrics(rid, metrics, step)
-            mlflow_runs.set_tags(rid, {"bratslab.tta": tta, "bratslab.tta_fold": str(fold)})
-            log.info("logged %d tta/ metrics to run %s", len(metrics), rid)
+        _log_metrics(model_ref, run_id, metrics, val.payload.info, tta, fold)
     return metrics
 
 
-__all__ = ["evaluate_model", "find_run_id"]
+def _log_metrics(model_ref, run_id, metrics, info, tta: str, fold: int) -> None:
+    rid = find_run_id(model_ref, run_id)
+    if rid is None:
+        log.warning("no MLflow run known for %s: tta/ metrics not logged", model_ref)
+        return
+    from bratslab.tracking import mlflow_runs
+
+    step = int(info.get("epoch", 0))
+    mlflow_runs.log_metrics(rid, metrics, step)
+    mlflow_runs.set_tags(rid, {"bratslab.tta": tta, "bratslab.tta_fold": str(fold)})
+    log.info("logged %d tta/ metrics to run %s", len(metrics), rid)
+
+
+__all__ = [
+    "PP_PREFIX",
+    "ValPrediction",
+    "Validation",
+    "evaluate_model",
+    "find_run_id",
+    "postprocessed_regions",
+    "predict_validation",
+    "score_case",
+    "summarise",
+    "validation_cases",
+]

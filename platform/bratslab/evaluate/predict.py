@@ -3,9 +3,11 @@
 Per case: preprocess exactly as at training time (the :class:`PreprocessConfig` recorded in the
 model's ``model.json``), sliding-window + TTA inference in store space, threshold (region models)
 or argmax (label models), labels in the case's own convention (ET 4 for BraTS 2021, 3 for 2023+),
-then undo the crop and padding (:func:`restore_to_source`) and write ``PRED/{case}.nii.gz`` with
-the source affine and header. Optional ``{case}_prob.nii.gz`` (probabilities, channels last) and
-``{case}_std.nii.gz`` (TTA standard deviation).
+small components removed when the model carries post-processing thresholds
+(:mod:`bratslab.postprocess`, ``PredictConfig.postprocess``), then undo the crop and padding
+(:func:`restore_to_source`) and write ``PRED/{case}.nii.gz`` with the source affine and header.
+Optional ``{case}_prob.nii.gz`` (probabilities, channels last) and ``{case}_std.nii.gz`` (TTA
+standard deviation).
 
 Many cases run through Ray Data: a dataset of case rows mapped by a pool of actors, each holding
 the models. The model weights travel through the object store (so a model fetched from MLflow on
@@ -39,6 +41,7 @@ from bratslab.evaluate.model_loading import (
     resolve_device,
 )
 from bratslab.evaluate.nifti_out import output_paths, write_map, write_nifti
+from bratslab.postprocess.config import PostprocessConfig
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,7 @@ def predict_case(
     from bratslab.data.layout import RawCase
     from bratslab.data.preprocess import CaseInvalid, preprocess_case, restore_to_source
     from bratslab.evaluate.inference import predict_probabilities
+    from bratslab.postprocess.apply import postprocess_labels
 
     t0 = time.perf_counter()
     # The reference seg, if any, is not needed to predict (and must not fail the case).
@@ -109,6 +113,8 @@ def predict_case(
         )
         meta = pre.meta
         labels = probabilities_to_labels(probs, output, case.et_label, cfg.threshold)
+        if isinstance(cfg.postprocess, PostprocessConfig):  # resolved by predict_folder
+            labels = postprocess_labels(labels, cfg.postprocess, case.et_label)
         affine, header = meta.affine_array(), meta.header()
         if cfg.save_probabilities:
             restored = restore_to_source(probs, meta)
@@ -254,15 +260,19 @@ def predict_folder(
 
     ``model_refs``: one or more checkpoint folders or MLflow URIs; several form an ensemble
     (probabilities averaged). Cases already predicted are skipped unless ``cfg.overwrite``.
-    Failures are listed in ``out_dir/failures.json`` (case, file, reason).
+    Failures are listed in ``out_dir/failures.json`` (case, file, reason). Post-processing
+    thresholds are resolved here, once (:func:`bratslab.postprocess.resolve.resolve_postprocess`).
     """
     from bratslab.data.layout import discover_cases
+    from bratslab.postprocess.resolve import resolve_postprocess
 
     cfg = cfg or PredictConfig()
     t0 = time.perf_counter()
     refs = [model_refs] if isinstance(model_refs, (str, Path)) else list(model_refs)
     payloads = [load_payload(r) for r in refs]
     check_ensemble(payloads)
+    pp = resolve_postprocess(cfg.postprocess, refs)
+    cfg = cfg.model_copy(update={"postprocess": pp if pp is not None else "none"})
     cases = discover_cases(raw_dir)
     if not cases:
         raise FileNotFoundError(f"{raw_dir}: no BraTS cases found")

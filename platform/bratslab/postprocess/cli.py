@@ -1,0 +1,165 @@
+"""Commands of the post-processing stage: ``bratslab postprocess fit|apply``.
+
+Exit status: 0 success; 1 the model's stored files fail their integrity check, or some
+predictions could not be post-processed (named on stderr); 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+postprocess_app = typer.Typer(
+    help="Lesion-wise-aware post-processing: fit minimum component sizes on a fold's "
+    "validation cases, store them on the model's registered version, apply them.",
+    no_args_is_help=True,
+)
+
+TTA_HELP = "Test-time augmentation of the validation predictions (use what predict will use)."
+
+
+def register(app: typer.Typer) -> None:
+    """Add this stage's commands to the root app."""
+    app.add_typer(postprocess_app, name="postprocess")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(message, fg="red", err=True)
+    raise typer.Exit(code)
+
+
+def _parse_candidates(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        _fail(f"--candidates {text!r}: expected whole numbers separated by commas")
+
+
+@postprocess_app.command("fit")
+def fit_cmd(
+    model: str = typer.Option(
+        ..., "--model", "-m", help="Checkpoint folder or MLflow URI (models:/NAME@alias, ...)."
+    ),
+    store: Path = typer.Option(..., "--store", help="Preprocessed store folder."),
+    fold: int = typer.Option(0, "--fold", help="Fold whose validation cases are predicted."),
+    tta: str = typer.Option("flips", "--tta", help=TTA_HELP),
+    out: Path = typer.Option(Path("postprocess.json"), "--out", "-o", help="JSON to write."),
+    register_: bool = typer.Option(
+        True,
+        "--register/--no-register",
+        help="Store the thresholds on the registered model version (tags + run artifact), "
+        "where `bratslab predict` finds them. Ignored for a local checkpoint.",
+    ),
+    max_cases: int = typer.Option(0, "--max-cases", help="Use only the first N cases (0: all)."),
+    overlap: float = typer.Option(0.5, "--overlap", help="Sliding-window overlap in [0, 1)."),
+    challenge: str = typer.Option("gli", "--challenge", help="Lesion-wise parameters (d, T)."),
+    candidates: str | None = typer.Option(
+        None,
+        "--candidates",
+        help="Candidate sizes in voxels at full BraTS size, e.g. 0,10,25,50,100,150,250,500 "
+        "(the default); scaled to the store's volume size.",
+    ),
+) -> None:
+    """Fit per-region minimum component sizes (and ET→NCR) on a fold's validation cases.
+
+    Objective: mean BraTS lesion-wise Dice over WT, TC and ET; a coordinate-wise search over the
+    candidate sizes starting from no post-processing. Prints the scores before and after.
+    """
+    from bratslab.config import validate
+    from bratslab.evaluate.lesionwise import resolve_params
+    from bratslab.postprocess.config import FitConfig
+    from bratslab.postprocess.runner import (
+        fit_model,
+        register_document,
+        result_document,
+        write_document,
+    )
+    from bratslab.tracking.model_store import ModelIntegrityError
+
+    given = _parse_candidates(candidates)
+    fit = validate(
+        FitConfig,
+        {"challenge": challenge, **({"candidates": given} if given is not None else {})},
+        "postprocess fit options",
+    )
+    try:
+        resolve_params(challenge)
+        out = _check_out(out)
+        result = fit_model(
+            model, store, fold, tta, fit=fit, max_cases=max_cases or None, overlap=overlap,
+            progress=True,
+        )  # fmt: skip
+    except ModelIntegrityError as e:
+        _fail(str(e), 1)
+    except (FileNotFoundError, ValueError, LookupError) as e:
+        _fail(str(e), 2)
+    doc = result_document(result, model_ref=model, fold=fold, tta=tta)
+    write_document(out, doc)
+    _print_fit(result, f"{model} · fold {fold} · tta {tta}")
+    typer.echo(f"thresholds: {result.config.summary()}; wrote {out}")
+    if register_:
+        where = register_document(model, out, doc)
+        if where is None:
+            typer.echo(
+                f"{model} is not a registered model version: thresholds not stored in the "
+                f"registry (pass --postprocess {out} to predict)"
+            )
+        else:
+            typer.echo(f"stored on {where} (tag bratslab.postprocess); predict applies them")
+
+
+def _check_out(out: Path) -> Path:
+    """Fail before the (slow) fit when the output cannot be written."""
+    from bratslab.atomic import check_output_path
+
+    return check_output_path(out)
+
+
+def _print_fit(result, title: str) -> None:
+    """Lesion-wise Dice per region before and after, with the region's threshold."""
+    from rich.console import Console
+    from rich.table import Table
+
+    cfg = result.config
+    thresholds = {
+        "wt": f"min {cfg.min_size_wt}",
+        "tc": f"min {cfg.min_size_tc}",
+        "et": f"min {cfg.min_size_et}, NCR below {cfg.et_to_ncr_below}",
+        "mean": "",
+    }
+    table = Table(title=title)
+    for name, justify in (("region", "left"), ("before", "right"), ("after", "right")):
+        table.add_column(name, justify=justify)
+    table.add_column("threshold (voxels)")
+    for region, text in thresholds.items():
+        before, after = result.before[region], result.after[region]
+        table.add_row(region.upper(), f"{before:.4f}", f"{after:.4f}", text)
+    Console().print(table)
+
+
+@postprocess_app.command("apply")
+def apply_cmd(
+    config: Path = typer.Option(
+        ..., "--config", "-c", help="Thresholds JSON (postprocess.json from `fit`)."
+    ),
+    in_dir: Path = typer.Argument(..., help="Folder of predicted {case}.nii.gz."),
+    out_dir: Path = typer.Argument(..., help="Folder to write the post-processed masks to."),
+) -> None:
+    """Apply fitted thresholds to a folder of predictions (either ET convention)."""
+    from bratslab.config import ConfigError
+    from bratslab.postprocess.config import load_config_file
+    from bratslab.postprocess.runner import apply_folder
+
+    try:
+        cfg = load_config_file(config)
+        report = apply_folder(cfg, in_dir, out_dir)
+    except (FileNotFoundError, ConfigError) as e:
+        _fail(str(e), 2)
+    typer.echo(f"{len(report.written)} written ({cfg.summary()}) → {out_dir}")
+    for f in report.failures:
+        typer.secho(f"FAILED {f['case']}: {f['file']}: {f['reason']}", fg="red", err=True)
+    if report.failures:
+        raise typer.Exit(1)

@@ -1,0 +1,64 @@
+"""Which thresholds a prediction uses: explicit ones, none, or those its model carries.
+
+``"model"`` (the default of ``bratslab predict`` and ``evaluate-model``) reads the thresholds a
+registered model version carries (:mod:`bratslab.tracking.postprocess_store`). A local
+checkpoint, a ``runs:/`` URI or a version without thresholds gets no post-processing, and the
+log says so. An ensemble is post-processed only when every member carries the same thresholds
+(thresholds fitted for one model are not meant for another's outputs).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+from bratslab.postprocess.config import PostprocessConfig, config_from_data
+
+log = logging.getLogger(__name__)
+
+Choice = Literal["model", "none"] | PostprocessConfig
+
+
+def thresholds_for_model(ref: str | Path) -> PostprocessConfig | None:
+    """The thresholds carried by the registered version ``ref``, or None (see module doc)."""
+    text = str(ref)
+    if not text.startswith("models:/"):  # no registry lookup (nor MLflow import) for the rest
+        return None
+    from bratslab.tracking.postprocess_store import POSTPROCESS_TAG, read_thresholds
+
+    data = read_thresholds(text)
+    if data is None:
+        return None
+    return config_from_data(data, f"{text} (tag {POSTPROCESS_TAG})")
+
+
+def resolve_postprocess(
+    choice: Choice, model_refs: Sequence[str | Path] | str | Path
+) -> PostprocessConfig | None:
+    """The thresholds to apply (None: no post-processing), logging which and why."""
+    refs = [model_refs] if isinstance(model_refs, (str, Path)) else list(model_refs)
+    if isinstance(choice, PostprocessConfig):
+        log.info("post-processing: %s (given explicitly)", choice.summary())
+        return None if choice.is_noop else choice
+    if choice == "none":
+        log.info("post-processing: off (--no-postprocess)")
+        return None
+    found = [thresholds_for_model(r) for r in refs]
+    if any(f is None for f in found):
+        missing = [str(r) for r, f in zip(refs, found, strict=True) if f is None]
+        log.info(
+            "post-processing: none (%s carries no fitted thresholds: only a registered version "
+            "fitted with `bratslab postprocess fit` does)",
+            ", ".join(missing),
+        )
+        return None
+    if any(f != found[0] for f in found[1:]):
+        log.info("post-processing: none (the ensemble's members carry different thresholds)")
+        return None
+    log.info("post-processing: %s (from %s)", found[0].summary(), refs[0])
+    return None if found[0].is_noop else found[0]
+
+
+__all__ = ["Choice", "resolve_postprocess", "thresholds_for_model"]
