@@ -2,8 +2,9 @@
 
 synthesise → preprocess (Ray) → smoke sweep across U-Net, SegResNet and MedNeXt (Ray Tune +
 Optuna + ASHA, each trial a Ray Train run) → TTA re-evaluation of the best trials → register
-the champion in MLflow → predict held-out cases with ``models:/NAME@champion`` → evaluate →
-results table and a run report PNG logged to MLflow.
+the champion in MLflow → fit lesion-wise post-processing on validation (stored on the version)
+→ predict held-out cases with ``models:/NAME@champion`` (post-processed) → evaluate → results
+table and a run report PNG logged to MLflow.
 """
 
 from __future__ import annotations
@@ -56,15 +57,15 @@ def demo(
     def step(text: str) -> None:
         console.rule(f"[bold]{text}[/bold]  [dim]{time.perf_counter() - t0:.0f} s[/dim]")
 
-    step("1/7 synthesise BraTS-2023-style cases")
+    step("1/8 synthesise BraTS-2023-style cases")
     _synthesise(raw, held, cases, holdout, shape)
     console.print(f"{cases} training cases in {raw}, {holdout} held-out cases in {held}")
 
     ensure_ray(settings)
-    step("2/7 preprocess into a .npy store (Ray)")
+    step("2/8 preprocess into a .npy store (Ray)")
     _preprocess(raw, store, workers, console)
 
-    step("3/7 sweep U-Net / SegResNet / MedNeXt (Ray Tune + Optuna + ASHA)")
+    step("3/8 sweep U-Net / SegResNet / MedNeXt (Ray Tune + Optuna + ASHA)")
     from bratslab.spec import load_job
     from bratslab.tune.sweep import start_sweep
 
@@ -76,21 +77,24 @@ def demo(
         console.print("[red]the sweep registered no model; see the trial table above[/red]")
         raise typer.Exit(1)
     console.print(
-        f"steps 4-5/7 (TTA re-evaluation, registry): models:/{reg.name}/{reg.version} "
+        f"steps 4-5/8 (TTA re-evaluation, registry): models:/{reg.name}/{reg.version} "
         f"{'is now' if reg.promoted else 'did not beat the current'} '{reg.alias}'"
     )
 
-    step("6/7 predict held-out cases with the champion")
+    champion = f"models:/{reg.name}@{reg.alias}"
+    step("6/8 fit lesion-wise post-processing on fold 0's validation cases")
+    _fit_postprocess(champion, store, root, console)
+
+    step("7/8 predict held-out cases with the champion (post-processed)")
     from bratslab.evaluate.config import PredictConfig
     from bratslab.evaluate.predict import predict_folder
 
-    champion = f"models:/{reg.name}@{reg.alias}"
     pred = root / "pred"
     predict_folder(
         champion, held, pred, PredictConfig(tta="flips", workers=workers, overwrite=True)
     )
 
-    step("7/7 evaluate against the ground truth")
+    step("8/8 evaluate against the ground truth")
     from bratslab.evaluate.scoring import evaluate_folder
 
     result = evaluate_folder(pred, held, "gli", root / "metrics.csv", progress=False)
@@ -127,6 +131,23 @@ def _preprocess(raw: Path, store: Path, workers: int, console) -> None:
     if report.quarantined:
         console.print(f"[yellow]quarantined: {', '.join(report.quarantined)}[/yellow]")
     show_fingerprint(Store(store), console)
+
+
+def _fit_postprocess(champion: str, store: Path, root: Path, console) -> None:
+    """``bratslab postprocess fit`` on the champion: thresholds stored on its version, which
+    ``predict`` then applies by default."""
+    from bratslab.postprocess.runner import (
+        fit_model,
+        register_document,
+        result_document,
+        write_document,
+    )
+
+    result = fit_model(champion, store, 0, "flips")
+    doc = result_document(result, model_ref=champion, fold=0, tta="flips")
+    path = write_document(root / "postprocess.json", doc)
+    where = register_document(champion, path, doc)
+    console.print(f"thresholds {doc['config']} stored on {where}")
 
 
 def _report(root: Path, outcome, result, held: Path, pred: Path) -> Path:

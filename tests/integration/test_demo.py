@@ -5,6 +5,7 @@ default ``./bratslab-work`` and every Tune trial must still log to its ``mlflow.
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 
 import pytest
@@ -47,6 +48,9 @@ def test_reduced_demo_runs_the_whole_pipeline(tmp_path):
     assert [m.name for m in registry.list_models(uri=uri)] == ["bratslab-demo"]
     champion = registry.get_version("bratslab-demo", alias="champion", uri=uri)
     assert "tta/dice_mean" in champion.tags
+    # post-processing was fitted on validation cases and stored on the champion's version
+    assert json.loads(champion.tags["bratslab.postprocess"]).keys() >= {"min_size_wt"}
+    assert (out / "postprocess.json").is_file()
     # the trials compared all three architectures
     assert "architecture" in output
     for arch in ("unet", "segresnet", "mednext"):
