@@ -38,6 +38,7 @@ from bratslab.evaluate.model_loading import (
     build_from_payload,
     check_ensemble,
     load_payload,
+    member_payloads,
     resolve_device,
 )
 from bratslab.evaluate.nifti_out import output_paths, write_map, write_nifti
@@ -269,7 +270,9 @@ def predict_folder(
     cfg = cfg or PredictConfig()
     t0 = time.perf_counter()
     refs = [model_refs] if isinstance(model_refs, (str, Path)) else list(model_refs)
-    payloads = [load_payload(r) for r in refs]
+    # An ensemble version counts as its members: probabilities are averaged over them, and an
+    # --uncertainty map spreads over members as well as over TTA views.
+    payloads = member_payloads([load_payload(r) for r in refs])
     check_ensemble(payloads)
     pp = resolve_postprocess(cfg.postprocess, refs)
     cfg = cfg.model_copy(update={"postprocess": pp if pp is not None else "none"})

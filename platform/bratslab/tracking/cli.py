@@ -220,13 +220,28 @@ def _check_selection_metric(info, force: bool) -> None:
 
 @models_app.command("register")
 def models_register(
-    ref: str = typer.Argument(
-        ...,
-        metavar="RUN_ID | models:/MODEL_ID",
+    refs: list[str] = typer.Argument(
+        None,
+        metavar="RUN_ID | models:/MODEL_ID ...",
         help="A train run id (the model it logged is registered; the newest if it logged "
-        "several) or a logged model URI, models:/<model_id>.",
+        "several) or a logged model URI, models:/<model_id>. With --ensemble: two or more of "
+        "those (or registered versions, models:/NAME/V), or none with --cv-run.",
     ),
-    name: str = typer.Option(..., "--name", help="Registered model name (created if new)."),
+    name: str | None = typer.Option(None, "--name", help="Registered model name (created if new)."),
+    ensemble: str | None = typer.Option(
+        None,
+        "--ensemble",
+        metavar="NAME",
+        help="Register the models as ONE version of NAME holding them all (members/<m>/ + "
+        "ensemble.json, sha256 of every file); predict averages their probabilities.",
+    ),
+    cv_run: str | None = typer.Option(
+        None,
+        "--cv-run",
+        metavar="PARENT_RUN_ID",
+        help="With --ensemble: the members are the fold runs of this cross-validation run "
+        "(`train --folds`).",
+    ),
     alias: str | None = typer.Option(
         None,
         "--alias",
@@ -234,20 +249,93 @@ def models_register(
         "--if-better` compares first).",
     ),
 ) -> None:
-    """Register a run's logged model as a new version of NAME and print the version."""
+    """Register a run's logged model as a new version of NAME and print the version; with
+    --ensemble, several models (or a CV run's folds) as one ensemble version."""
     from mlflow.exceptions import MlflowException
 
     from bratslab.tracking import registry
+    from bratslab.tracking.model_store import ModelIntegrityError
 
+    refs = list(refs or [])
+    if ensemble is None and (cv_run or name is None or len(refs) != 1):
+        _fail("give one RUN_ID or models:/MODEL_ID and --name, or --ensemble NAME", 2)
+    if ensemble is not None and (name or (cv_run is None) == (not refs)):
+        _fail("--ensemble NAME takes two or more models or --cv-run PARENT_RUN_ID (not --name)", 2)
     try:
-        version, source = registry.register_logged_model(ref, name, alias)
+        if ensemble is not None:
+            version, members = registry.register_ensemble(
+                ensemble, refs, cv_run_id=cv_run, alias=alias
+            )
+            name = ensemble
+            listed = ", ".join(f"{m.name}={m.source}" for m in members)
+            typer.echo(f"registered an ensemble of {len(members)} ({listed}) as {name} "
+                       f"version {version}")  # fmt: skip
+        else:
+            version, source = registry.register_logged_model(refs[0], name, alias)
+            typer.echo(f"registered {source} as {name} version {version}")
     except ValueError as e:
         _fail(str(e), 2)
-    except (registry.RegistryError, MlflowException) as e:
+    except (registry.RegistryError, MlflowException, ModelIntegrityError, OSError) as e:
         _fail(getattr(e, "message", None) or str(e))
-    typer.echo(f"registered {source} as {name} version {version}")
     if alias:
         typer.echo(f"{name}@{alias} -> version {version}")
+
+
+@models_app.command("compare-ensemble")
+def models_compare_ensemble(
+    ref: str = typer.Argument(
+        ...,
+        help="An ensemble version: NAME/VERSION, NAME@ALIAS or a "
+        "models:/ URI (or a local ensemble folder).",
+    ),  # fmt: skip
+    store: Path | None = typer.Option(
+        None,
+        "--store",
+        help="Preprocessed store whose labelled cases are scored. Default: the store the "
+        "members trained on, where every member saw most cases in training; a separate store "
+        "(e.g. `data synth --shift strong` → `data preprocess`) is the honest test.",
+    ),
+    tta: str = typer.Option("none", "--tta", help="none, flips or flips+rot90."),
+    max_cases: int | None = typer.Option(None, "--max-cases", min=1, help="Score this many."),
+    challenge: str = typer.Option("gli", "--challenge", help="Lesion-wise parameters."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
+    no_log: bool = typer.Option(False, "--no-log", help="Do not log to MLflow."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Score an ensemble and each of its members on a store: voxel and lesion-wise Dice per
+    region, and whether the ensemble beats its best member (logged to the version's run)."""
+    from rich.table import Table
+
+    from bratslab.evaluate.ensemble_report import compare_ensemble, log_comparison, verdicts
+    from bratslab.tracking.model_store import ModelIntegrityError
+
+    try:
+        report = compare_ensemble(
+            ref, store, tta=tta, max_cases=max_cases, challenge=challenge, device=device
+        )
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e), 2)
+    except ModelIntegrityError as e:
+        _fail(str(e))
+    if not no_log:
+        log_comparison(ref, report)
+    if as_json:
+        _echo_json(report)
+        return
+    console = _console()
+    if report.same_store:
+        typer.secho(f"warning: {report.caveat}", fg="yellow", err=True)
+    table = Table(title=f"{ref} on {report.store} ({report.cases} cases, TTA {tta})")
+    cols = ("dice_wt", "dice_tc", "dice_et", "dice_mean")
+    cols += ("lesion_dice_wt", "lesion_dice_tc", "lesion_dice_et", "lesion_dice_mean")
+    table.add_column("model", no_wrap=True)
+    for c in cols:
+        table.add_column(c.replace("lesion_dice", "lesion").replace("dice_", ""), justify="right")
+    for label, metrics in [*report.members.items(), ("ENSEMBLE", report.ensemble)]:
+        table.add_row(label, *(_fmt(metrics.get(c)) for c in cols))
+    console.print(table)
+    for line in verdicts(report):
+        typer.echo(line)  # one unwrapped line each: scripts grep "does NOT beat"
 
 
 @models_app.command("download")

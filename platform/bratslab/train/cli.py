@@ -1,4 +1,4 @@
-"""``bratslab train JOB.yaml [--set key.sub=value ...] [--name NAME]``."""
+"""``bratslab train JOB.yaml [--set key.sub=value ...] [--name NAME] [--folds all|0,2,4]``."""
 
 from __future__ import annotations
 
@@ -20,6 +20,20 @@ def train(
         help="Run name (default: the job's `name`): letters, digits, _ . - (it names a folder); "
         "an existing name resumes.",
     ),
+    folds: str | None = typer.Option(
+        None,
+        "--folds",
+        help="Cross-validation: train these folds of the store ('all' or e.g. 0,2,4), one run "
+        "NAME-fold<k> each, under a parent MLflow run NAME that logs cv/fold<k>/... and "
+        "cv/mean/... metrics. A rerun resumes unfinished folds and keeps finished ones.",
+    ),
+    max_parallel: int = typer.Option(
+        1,
+        "--max-parallel",
+        min=1,
+        help="With --folds: folds trained at once on the Ray cluster (default 1, one after "
+        "another: one fold's workers already fill a small machine).",
+    ),
 ) -> None:
     """Train a model with Ray Train as described by JOB; rerunning a name resumes it."""
     from rich.console import Console
@@ -38,6 +52,9 @@ def train(
     except ConfigError as e:
         raise ConfigError(f"{job}: {e}") from None
     console = Console(stderr=True)
+    if folds is not None:
+        _train_folds(spec, job, folds, name, max_parallel, console)
+        return
     console.print(
         f"[bold]train[/] {spec.name}: {spec.model.arch}, {spec.training.epochs} epochs × "
         f"{spec.training.steps_per_epoch} steps, {spec.scaling.num_workers} worker(s)"
@@ -58,6 +75,60 @@ def train(
     console.print(f"best checkpoint: {out.best_checkpoint}")
     if out.model_uri:
         console.print(f"model: {out.model_uri}")
+
+
+def _train_folds(spec, job: Path, folds_text: str, name, max_parallel: int, console) -> None:
+    """``train --folds``: every selected fold, then a table of their validation scores."""
+    from rich.table import Table
+
+    from bratslab.config import ConfigError
+    from bratslab.data.store import Store
+    from bratslab.shutdown import Terminated
+    from bratslab.train.folds import FoldsFailed, fold_table, parse_folds, run_cv
+
+    try:
+        folds = parse_folds(folds_text, Store(spec.data.store_path()).num_folds)
+    except ConfigError as e:
+        typer.secho(f"{job}: {e}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    console.print(
+        f"[bold]train[/] {spec.name}: cross-validation over folds {folds}, "
+        f"{max_parallel} at a time ({spec.model.arch}, {spec.training.epochs} epochs each)"
+    )
+    failed = None
+    try:
+        outcome = run_cv(spec, folds, name=name, max_parallel=max_parallel)
+    except Terminated as stop:
+        console.print(
+            f"[yellow]stopped by {stop.reason}[/]: rerun the same command to resume the "
+            "unfinished folds (finished ones are kept)"
+        )
+        raise typer.Exit(stop.exit_code) from None
+    except FoldsFailed as e:
+        outcome, failed = e.outcome, e
+    table = Table(title=f"cross-validation {outcome.name} (parent run {outcome.parent_run_id})")
+    for col in ("fold", "run", "status", "val Dice mean", "val lesion Dice mean"):
+        table.add_column(col)
+    for row in fold_table(outcome):
+        table.add_row(
+            str(row["fold"]),
+            row["run"],
+            row["status"],
+            f"{row['dice_mean']:.4f}",
+            f"{row['lesion_dice_mean']:.4f}",
+        )
+    console.print(table)
+    if failed is not None:
+        typer.secho(str(failed), fg="red", err=True)
+        raise typer.Exit(1)
+    s = outcome.summary
+    for key in ("val/dice_mean", "val/lesion_dice_mean"):
+        if f"cv/mean/{key}" in s:
+            console.print(f"cv/mean/{key} = {s[f'cv/mean/{key}']:.4f} ± {s[f'cv/std/{key}']:.4f}")
+    console.print(
+        f"[green]done[/] parent MLflow run {outcome.parent_run_id}; ensemble the folds with "
+        f"`bratslab models register --ensemble NAME --cv-run {outcome.parent_run_id}`"
+    )
 
 
 def register(app: typer.Typer) -> None:
