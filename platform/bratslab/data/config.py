@@ -301,7 +301,27 @@ class DataSection(StrictModel):
         default=None, ge=1, description="Validate on at most this many of the fold's cases."
     )
     prefetch_batches: int = Field(
-        default=2, ge=0, description="Batches prepared ahead by each worker's loader thread."
+        default=2,
+        ge=0,
+        description="Batches prepared ahead for each worker: by its loader thread (loader: "
+        "thread), or fetched ahead from Ray Data (loader: ray; iter_torch_batches).",
+    )
+    loader: Literal["thread", "ray"] = Field(
+        default="thread",
+        description="Who samples and augments training patches. thread: one background "
+        "thread in each Train worker (no start-up cost; enough for small patches). ray: a "
+        "Ray Data pipeline (case rows -> patches on a pool of CPU actors, loader_cpus per "
+        "worker) streamed to the workers through Ray Train's dataset sharding; for 128^3 "
+        "patches with augmentation, where one thread cannot keep a GPU busy.",
+    )
+    loader_cpus: float = Field(
+        default=1.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="loader: ray only. CPUs of patch-making actors per Train worker "
+        "(fractions allowed, > 0): the pool has ceil(loader_cpus * num_workers) actors "
+        "sharing loader_cpus * num_workers CPUs. The cluster needs these CPUs on top of the "
+        "workers' own.",
     )
     augment: AugmentConfig = Field(
         default_factory=AugmentConfig, description="Training-patch augmentation."

@@ -5,7 +5,9 @@ a few hundred bytes each); Ray Train splits it across workers (``get_dataset_sha
 Each worker opens its cases' volumes with ``np.load(mmap_mode="r")`` and copies out only the
 patches it samples, so no process holds the dataset in memory. Patches are centred on a tumour
 voxel with probability ``foreground_oversample`` (nnU-Net: 1/3), otherwise anywhere; a background
-thread prepares the next batches while the model trains on the current one.
+thread prepares the next batches while the model trains on the current one (``data.loader:
+thread``). ``data.loader: ray`` runs the same sampler and augmentation on a Ray Data actor pool
+instead (:mod:`bratslab.data.patch_pipeline`).
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ class PatchSampler:
         self.rng = np.random.default_rng(seed)
         self._fg: dict[str, np.ndarray] = {}
 
-    def reseed(self, seed: int) -> None:
+    def reseed(self, seed) -> None:
+        """Restart the draws from ``seed`` (anything ``np.random.default_rng`` accepts)."""
         self.rng = np.random.default_rng(seed)
 
     def _foreground(self, row: dict[str, Any], y: np.ndarray) -> np.ndarray:
@@ -119,19 +122,28 @@ def epoch_batches(
         raise ValueError("this worker received no training cases (fewer cases than workers?)")
     sampler.reseed(seed)
     compose = build_augment(augment, seed)
-    has_mask = sampler.in_channels == 5
     for _ in range(steps):
         xs, ys = [], []
         for i in sampler.rng.integers(len(rows), size=batch_size):
             xp, yp = sampler.sample(rows[int(i)])
-            if has_mask:
-                xp, yp = apply_augment(compose, xp, yp)
-            elif compose is not None:  # no mask channel: augment with a dummy one, then drop it
-                xp, yp = apply_augment(compose, np.concatenate([xp, xp[:1] * 0]), yp)
-                xp = xp[:-1]
+            xp, yp = augment_patch(compose, xp, yp, has_mask=sampler.in_channels == 5)
             xs.append(xp)
             ys.append(yp)
         yield np.stack(xs), np.stack(ys)
+
+
+def augment_patch(
+    compose, x: np.ndarray, y: np.ndarray, *, has_mask: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`apply_augment` for one sampled patch; without a foreground-mask channel
+    (``has_mask`` False) the patch is augmented with a dummy one, which is then dropped.
+    Shapes and dtypes are kept: ``x`` ``(C, X, Y, Z)`` float32, ``y`` ``(1, X, Y, Z)`` uint8."""
+    if has_mask:
+        return apply_augment(compose, x, y)
+    if compose is None:
+        return x, y
+    xa, ya = apply_augment(compose, np.concatenate([x, x[:1] * 0]), y)
+    return xa[:-1], ya
 
 
 def prefetch(iterator: Iterator, depth: int) -> Iterator:

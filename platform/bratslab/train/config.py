@@ -125,3 +125,10 @@ class ScalingSection(StrictModel):
     max_failures: int = Field(
         default=2, ge=-1, description="Worker-group restarts from the last checkpoint (-1: ∞)."
     )
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        default="PACK",
+        description="How the workers' placement group spreads over nodes (Ray's strategies): "
+        "PACK fills as few nodes as possible, SPREAD spreads where it can, STRICT_SPREAD puts "
+        "every worker on a different node (waits until that many nodes have room), "
+        "STRICT_PACK all on one node.",
+    )

@@ -1,9 +1,11 @@
 """The per-worker training loop that Ray Train runs on every DDP rank.
 
-:func:`train_loop_per_worker` reads top to bottom: set up → (restore) → for each epoch: stream
-this worker's cases, train on sampled patches, validate every k epochs, report metrics + a
-checkpoint. The helpers beside it do one of those steps each. Lines that talk to Ray are marked
-``# Ray``. Workers never touch MLflow: the driver's callback logs what they report.
+:func:`train_loop_per_worker` reads top to bottom: set up → (restore) → for each epoch: take
+this epoch's patch batches (``data.loader``: sampled by a thread from this worker's cases, or
+the next batches of the Ray Data patch stream), train on them, validate every k epochs, report
+metrics + a checkpoint. The helpers beside it do one of those steps each. Lines that talk to
+Ray are marked ``# Ray``. Workers never touch MLflow: the driver's callback logs what they
+report.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ from bratslab.train.validation import VAL_KEYS, validate
 log = logging.getLogger(__name__)
 
 NOT_VALIDATED = -1.0  # checkpoint score of epochs without validation (ranked below any Dice)
+NODE_IP_KEY = "node_ip"  # reported by every rank (a string: Ray Train passes it, MLflow skips it)
 UNMEASURED = ("val/dice_wt", "val/dice_tc", "val/dice_et", "val/dice_mean")  # 0 until validated
 
 
@@ -68,12 +71,15 @@ class StepContext:
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
 
 
-def train_step(ctx: StepContext, x: np.ndarray, y: np.ndarray) -> float:
+def train_step(
+    ctx: StepContext, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor
+) -> float:
     """One optimizer step on a batch ``x`` ``(B, C, X, Y, Z)`` float32, ``y`` ``(B, 1, X, Y, Z)``
-    uint8 labels; returns the loss. Autocast covers the forward only; the loss is computed in
-    float32 and scaled by the GradScaler (a no-op unless fp16)."""
-    xt = prepare_input(torch.from_numpy(x), ctx.device)  # channels-last 3-D on CPU (oneDNN)
-    yt = torch.from_numpy(y).to(ctx.device, non_blocking=True)
+    uint8 labels (numpy arrays, or tensors from Ray Data, possibly already on the device);
+    returns the loss. Autocast covers the forward only; the loss is computed in float32 and
+    scaled by the GradScaler (a no-op unless fp16)."""
+    xt = prepare_input(torch.as_tensor(x), ctx.device)  # channels-last 3-D on CPU (oneDNN)
+    yt = torch.as_tensor(y).to(ctx.device, non_blocking=True)
     with autocast(ctx.device, enabled=ctx.amp, arch=ctx.arch):
         out = ctx.model(xt)
     loss = ctx.loss_fn(out, yt)
@@ -123,7 +129,8 @@ class Progress:
 @dataclass
 class Worker:
     """One rank's fixed setup: the step context, the bare module (validation, checkpoints)
-    and this rank's sampler and validation cases."""
+    and this rank's sampler and validation cases; with ``data.loader: ray``, ``patches`` is
+    this attempt's patch stream (opened at the first epoch, read across epochs)."""
 
     spec: JobSpec
     rank: int
@@ -134,6 +141,7 @@ class Worker:
     patch: list[int]
     sampler: PatchSampler
     val_rows: list[dict[str, Any]]
+    patches: Iterator[dict[str, torch.Tensor]] | None = None
 
 
 def train_loop_per_worker(
@@ -169,15 +177,14 @@ def train_loop_per_worker(
         log.info(
             "rank %d resumed at epoch %d (step %d)", w.rank, progress.epoch, progress.global_step
         )
-    shard = ray.train.get_dataset_shard("train")  # Ray: this worker's share of the case table
+    # Ray: this worker's share of the case table (thread) or of the patch stream (ray)
+    shard = ray.train.get_dataset_shard("train")
 
     for epoch in range(progress.epoch, tr.epochs):
         if on_epoch_start is not None:
             on_epoch_start(epoch)
-        # Ray: case rows (ids, paths) only, never volumes; s3:// paths → this node's copy
-        rows = localize_rows(shard.iter_rows())
         t0 = time.perf_counter()
-        metrics = train_epoch(w, rows, epoch, progress)
+        metrics = train_epoch(w, epoch_batches_of(w, shard, epoch), epoch, progress)
         metrics.update(validate_epoch(w, epoch, progress))
         metrics["time/epoch_s"] = time.perf_counter() - t0
         report_epoch(w, epoch, progress, metrics, config)
@@ -283,26 +290,66 @@ def _worker(
     return Worker(spec, rank, world, step, bare, model_cfg, patch, sampler, val_rows)
 
 
-def train_epoch(
-    w: Worker, rows: list[dict[str, Any]], epoch: int, progress: Progress
-) -> dict[str, Any]:
-    """``steps_per_epoch`` steps on patches of ``rows``; the loss and timings (loss and data
-    wait summed over ranks) and the learning rates, as report metrics."""
-    tr = w.spec.training
-    w.step.model.train()
-    w.step.bundle.train_mode()
-    # Seeds derive from (seed, epoch, rank): a resumed epoch draws the same patches.
+def epoch_batches_of(w: Worker, shard, epoch: int) -> Iterator[tuple[Any, Any]]:
+    """This epoch's ``steps_per_epoch`` batches ``(x, y)`` from ``shard``, this worker's
+    ``get_dataset_shard("train")``.
+
+    ``data.loader: thread``: a fresh pass over the shard's case rows (ids and paths, never
+    volumes; ``s3://`` paths → this node's copy), sampled and augmented by a prefetch thread,
+    seeded by (seed, epoch, rank), so a resumed epoch draws the same patches. ``ray``: the
+    next batches of the attempt's patch stream (:mod:`bratslab.data.patch_pipeline`), torch
+    tensors already on the worker's device, fetched ``prefetch_batches`` ahead by Ray Data.
+    """
+    tr, data = w.spec.training, w.spec.data
+    if data.loader == "ray":
+        if w.patches is None:
+            w.patches = iter(
+                shard.iter_torch_batches(  # Ray: one pass for the whole attempt
+                    batch_size=tr.batch_size,
+                    prefetch_batches=data.prefetch_batches,
+                    device=w.step.device,
+                    drop_last=True,
+                    pin_memory=w.step.device.type == "cuda",
+                )
+            )
+        return _take(w.patches, tr.steps_per_epoch)
+    rows = localize_rows(shard.iter_rows())  # Ray: case rows only
     batches = epoch_batches(
         rows,
         steps=tr.steps_per_epoch,
         batch_size=tr.batch_size,
         sampler=w.sampler,
-        augment=w.spec.data.augment,
+        augment=data.augment,
         seed=tr.seed * 1_000_003 + epoch * 1009 + w.rank,
     )
+    return prefetch(batches, data.prefetch_batches)
+
+
+def _take(stream: Iterator[dict[str, torch.Tensor]], steps: int) -> Iterator[tuple[Any, Any]]:
+    """``steps`` batches ``(image, label)`` of the Ray Data patch stream."""
+    for _ in range(steps):
+        batch = next(stream, None)
+        if batch is None:
+            raise RuntimeError(
+                "the Ray Data patch stream ended before the last epoch (it holds epochs * "
+                "steps_per_epoch batches per worker)"
+            )
+        yield batch["image"], batch["label"]
+
+
+def train_epoch(
+    w: Worker, stream: Iterator[tuple[Any, Any]], epoch: int, progress: Progress
+) -> dict[str, Any]:
+    """``steps_per_epoch`` steps on batches from ``stream`` (:func:`epoch_batches_of`); the
+    loss and timings (loss and data wait summed over ranks) and the learning rates, as report
+    metrics. ``time/data_wait_frac``: the fraction of the epoch's training wall time (the
+    steps, not validation) spent waiting for the next batch, over all ranks (0: the loader
+    kept up, 1: nothing but waiting)."""
+    tr = w.spec.training
+    w.step.model.train()
+    w.step.bundle.train_mode()
     t0, c0 = time.perf_counter(), time.process_time()
     wait = loss_sum = 0.0
-    stream = prefetch(batches, w.spec.data.prefetch_batches)
     for _ in range(tr.steps_per_epoch):
         tw = time.perf_counter()
         x, y = next(stream)
@@ -312,13 +359,16 @@ def train_epoch(
     stream.close()
     train_s = time.perf_counter() - t0
     train_cpu_s = time.process_time() - c0  # this worker process, all threads
-    loss_total, wait_total, n = _all_reduce_sum([loss_sum, wait, tr.steps_per_epoch], w.step.device)
+    loss_total, wait_total, n, train_total = _all_reduce_sum(
+        [loss_sum, wait, tr.steps_per_epoch, train_s], w.step.device
+    )
     return {
         "epoch": epoch,
         "train/loss": loss_total / n,
         "time/train_s": train_s,
         "time/train_cpu_s": train_cpu_s,
-        "time/data_wait_frac": wait_total / max(train_s * w.world, 1e-9),
+        # each rank's wait lies inside its own train_s, so the ratio of the sums is in [0, 1]
+        "time/data_wait_frac": wait_total / max(train_total, 1e-9),
         "throughput/samples_per_s": tr.steps_per_epoch * tr.batch_size * w.world / train_s,
         "resumed_from_epoch": progress.resumed_from,
         **w.step.bundle.lrs(),
@@ -362,6 +412,7 @@ def report_epoch(
 ) -> None:
     """Report ``metrics`` to Ray Train with rank 0's checkpoint of the state after ``epoch``."""
     import ray.train  # Ray
+    import ray.util  # Ray
 
     with tempfile.TemporaryDirectory(prefix="bratslab-ckpt-") as tmp:
         ckpt = None
@@ -377,6 +428,8 @@ def report_epoch(
             )
             ckpt = ray.train.Checkpoint.from_directory(tmp)  # Ray
         name = f"epoch{epoch + 1:04d}-{uuid.uuid4().hex[:6]}" if ckpt else None
+        # Every rank says where it runs: the driver tags the MLflow run with the spread.
+        metrics = {**metrics, NODE_IP_KEY: ray.util.get_node_ip_address()}  # Ray
         # Ray: a barrier across workers; rank 0's metrics are attached to the checkpoint.
         ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name)  # Ray
 

@@ -1,7 +1,7 @@
 """Per-epoch progress on the console, one line per epoch (like nnU-Net's training log)::
 
     smoke: epoch 2/10 | loss 0.8123 | Dice WT 0.812 TC 0.704 ET 0.651 | lesion Dice 0.602 |
-    41.2 s/epoch | ETA 5m30s
+    41.2 s/epoch | data wait 3% | ETA 5m30s
 
 (one line; wrapped here). The line is written by a ``ray.train.UserCallback`` in the Train
 controller, the process that receives every ``ray.train.report``: to its stderr, which Ray
@@ -53,7 +53,9 @@ def format_epoch_line(
 
     ``metrics`` is rank 0's report (``epoch`` 0-based, ``train/loss``, ``val/*``); validation
     scores are shown only when measured that epoch (``val/fresh``), the lesion-wise mean only
-    when present. ``epoch_s`` defaults to the worker's ``time/epoch_s``.
+    when present. ``epoch_s`` defaults to the worker's ``time/epoch_s``. ``data wait`` is
+    ``time/data_wait_frac``: the share of the training steps' time spent waiting for patches
+    (a loader that cannot keep up shows here first; see ``data.loader``).
     """
     parts = [f"epoch {int(metrics['epoch']) + 1}/{total_epochs}"]
     if name:
@@ -70,6 +72,8 @@ def format_epoch_line(
         epoch_s = float(metrics["time/epoch_s"])
     if epoch_s is not None:
         parts.append(f"{epoch_s:.1f} s/epoch")
+    if "time/data_wait_frac" in metrics:
+        parts.append(f"data wait {100 * float(metrics['time/data_wait_frac']):.0f}%")
     if eta_s is not None:
         parts.append(f"ETA {format_duration(eta_s)}")
     return " | ".join(parts)

@@ -36,6 +36,7 @@ from bratslab.spec import JobSpec
 log = logging.getLogger(__name__)
 
 RUN_STATE = "bratslab_run.json"  # beside Ray's files: which MLflow run this job writes to
+WORKER_NODES_TAG = "bratslab.worker_nodes"  # MLflow tag: "0=IP,1=IP", each rank's node
 LOGGED_EVERY_EPOCH = ("train/loss", "time/epoch_s", "time/train_s", "time/train_cpu_s")
 LOGGED_EVERY_EPOCH += ("time/data_wait_frac",)
 LOGGED_EVERY_EPOCH += ("throughput/samples_per_s", "resumed_from_epoch")
@@ -120,10 +121,16 @@ def _mlflow_callback_cls():
         def __init__(self, run_id: str, uri: str) -> None:
             self.run_id = run_id
             self.uri = uri
+            self.nodes_tagged = False
 
         def after_report(self, run_context, metrics, checkpoint) -> None:
             from bratslab.tracking import mlflow_runs
+            from bratslab.train.loop import NODE_IP_KEY
 
+            if not self.nodes_tagged:  # once per attempt: where each rank runs, in rank order
+                nodes = ",".join(f"{i}={w.get(NODE_IP_KEY, '?')}" for i, w in enumerate(metrics))
+                mlflow_runs.set_tags(self.run_id, {WORKER_NODES_TAG: nodes}, self.uri)
+                self.nodes_tagged = True
             m = metrics[0]
             keys = [k for k in m if k in LOGGED_EVERY_EPOCH or k.startswith("lr/")]
             if m.get("val/fresh"):
@@ -173,7 +180,6 @@ def build_trainer(
     from ray.train.torch import TorchConfig, TorchTrainer  # Ray
 
     from bratslab.cluster import ensure_ray
-    from bratslab.data.loader import case_dataset
     from bratslab.train.loop import train_loop_per_worker
 
     ensure_ray()
@@ -196,6 +202,7 @@ def build_trainer(
             num_workers=sc.num_workers,
             use_gpu=sc.use_gpu,
             resources_per_worker={"CPU": sc.cpus_per_worker, **({"GPU": 1} if sc.use_gpu else {})},
+            placement_strategy=sc.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
             name=name,
@@ -211,8 +218,53 @@ def build_trainer(
             ),
             callbacks=_callbacks(spec, root / name, mlflow_run_id, callbacks, progress),
         ),
-        datasets={"train": case_dataset(data.train_rows)},  # Ray Data: sharded per worker
+        datasets={"train": train_dataset(spec, data)},  # Ray Data: sharded per worker
     )
+
+
+def train_dataset(spec: JobSpec, data: PreparedData):
+    """The ``train`` dataset Ray Train splits across the workers (``streaming_split``): the
+    case table (``data.loader: thread``; each worker samples its own patches) or the patch
+    stream of :mod:`bratslab.data.patch_pipeline` (``ray``; an actor pool samples them)."""
+    from bratslab.data.loader import case_dataset
+
+    if spec.data.loader == "thread":
+        return case_dataset(data.train_rows)
+    from bratslab.data.patch_pipeline import patch_dataset
+
+    tr, sc = spec.training, spec.scaling
+    _check_loader_cpus(spec)
+    return patch_dataset(
+        data.train_rows,
+        spec.data,
+        patch_size=data.patch_size,
+        in_channels=spec.model.model_config_only().in_channels,
+        seed=tr.seed,
+        epochs=tr.epochs,
+        steps_per_epoch=tr.steps_per_epoch,
+        batch_size=tr.batch_size,
+        num_workers=sc.num_workers,
+    )
+
+
+def _check_loader_cpus(spec: JobSpec) -> None:
+    """Warn when the cluster has fewer CPUs than the workers and the loader actors together
+    (an autoscaling cluster may still add them; a fixed one would wait forever)."""
+    import ray  # Ray
+
+    sc = spec.scaling
+    need = sc.num_workers * (sc.cpus_per_worker + spec.data.loader_cpus)
+    have = ray.cluster_resources().get("CPU", 0.0)  # Ray
+    if have < need:
+        log.warning(
+            "data.loader ray: %d workers x (%g scaling.cpus_per_worker + %g data.loader_cpus) "
+            "= %g CPUs, but the Ray cluster has %g; the patch actors may wait for CPUs",
+            sc.num_workers,
+            sc.cpus_per_worker,
+            spec.data.loader_cpus,
+            need,
+            have,
+        )
 
 
 def _callbacks(
