@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,7 +198,8 @@ def _predict_with_ray_data(
         gpus = 1.0  # Ray hides GPUs from workers that did not ask for one
     rows = [{"case": json.dumps(c.to_dict())} for c in cases]
     ctor = {"payloads_ref": payloads_ref, "cfg": cfg.model_dump(), "out_dir": str(out_dir)}
-    yield from map_rows_with_actors(rows, CasePredictor, ctor, limit, cfg.threads, gpus)
+    ids = [c.id for c in cases]
+    yield from map_rows_recovering_lost(rows, ids, CasePredictor, ctor, limit, cfg.threads, gpus)
 
 
 def map_rows_with_actors(
@@ -215,7 +217,8 @@ def map_rows_with_actors(
     row). An actor that dies (killed for memory, a crash in native code) is restarted and its
     row retried at most :data:`ACTOR_RETRIES` times (Ray Data's default is forever); then that
     row is dropped (no result) and the others go on. A row queued on the same actor when it
-    died shares its fate and may be dropped too (the caller reports every missing row).
+    died shares its fate and may be dropped too (:func:`map_rows_recovering_lost` reruns those
+    alone; the caller reports every row still missing).
     (``max_tasks_in_flight_per_actor=1`` would avoid that, but in Ray 2.60 a pool whose actor
     died for good then stalls instead of finishing.)
     """
@@ -242,6 +245,65 @@ def map_rows_with_actors(
     finally:
         context.max_errored_blocks = saved
     yield from ds.iter_rows()
+
+
+def map_rows_recovering_lost(
+    rows: list[dict[str, Any]],
+    ids: list[str],
+    actor_cls: type,
+    ctor_kwargs: dict[str, Any],
+    max_actors: int,
+    num_cpus: float,
+    num_gpus: float = 0.0,
+) -> Iterator[dict[str, Any]]:
+    """:func:`map_rows_with_actors`, then each row that came back without a result, alone.
+
+    An actor that dies takes the rows queued on it down too; run alone, in an actor of its own
+    that is not restarted, a row that was only queued there comes back, and only the row that
+    kills its actor is lost again. ``ids[i]`` is the ``"case"`` of row ``i``'s result. A single
+    lost row is not rerun: it is the one that killed its actor (after its bounded retries).
+    """
+    seen = set()
+    pool = (actor_cls, ctor_kwargs, max_actors, num_cpus, num_gpus)
+    for result in map_rows_with_actors(rows, *pool):
+        seen.add(result["case"])
+        yield result
+    lost = [row for row, i in zip(rows, ids, strict=True) if i not in seen]
+    if len(lost) < 2:
+        return
+    log.warning("%d cases lost with a dead actor; predicting each alone once more", len(lost))
+    for row in lost:
+        result = _map_row_alone(row, actor_cls, ctor_kwargs, num_cpus, num_gpus)
+        if result is not None:
+            yield result
+
+
+class _OneRow:
+    """Ray actor: ``actor_cls(**ctor_kwargs)`` applied to one row (a Ray Data pool of one actor
+    stalls once that actor is dead for good, so a lone row runs in a plain actor instead)."""
+
+    def __init__(self, actor_cls: type, ctor_kwargs: dict[str, Any]) -> None:
+        self.fn = actor_cls(**ctor_kwargs)
+
+    def run(self, row: dict[str, Any]) -> dict[str, Any]:
+        return self.fn(row)
+
+
+def _map_row_alone(row, actor_cls, ctor_kwargs, num_cpus, num_gpus) -> dict[str, Any] | None:
+    """The row's result from a fresh, never restarted actor; None if that actor dies."""
+    import ray
+
+    actor = (
+        ray.remote(_OneRow)
+        .options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)
+        .remote(actor_cls, ctor_kwargs)
+    )
+    try:
+        return ray.get(actor.run.remote(row))
+    except ray.exceptions.RayActorError:
+        return None
+    finally:
+        ray.kill(actor)
 
 
 def actor_retry_args() -> dict[str, int]:

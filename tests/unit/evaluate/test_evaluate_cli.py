@@ -219,7 +219,12 @@ def test_a_case_that_kills_its_actor_is_dropped_after_bounded_retries(ray_cluste
     the case is tried 1 + ACTOR_RETRIES times, then dropped; the other cases go on."""
     import os
 
-    from bratslab.evaluate.predict import ACTOR_RETRIES, actor_retry_args, map_rows_with_actors
+    from bratslab.evaluate.predict import (
+        ACTOR_RETRIES,
+        actor_retry_args,
+        map_rows_recovering_lost,
+        map_rows_with_actors,
+    )
 
     assert actor_retry_args() == {"max_restarts": 1, "max_task_retries": 1}
     attempts = tmp_path / "attempts"
@@ -242,3 +247,18 @@ def test_a_case_that_kills_its_actor_is_dropped_after_bounded_retries(ray_cluste
     # and predict_folder reports every case without a result as failed).
     assert out and out <= {"a", "b", "c"}, out
     assert len(list(attempts.iterdir())) == 1 + ACTOR_RETRIES  # tried, retried once, dropped
+
+    # What predict runs: the lost rows once more, each alone. Every innocent case comes back,
+    # whatever was queued behind "boom" on the one actor; only "boom" is lost.
+    for f in attempts.iterdir():
+        f.unlink()
+    first = [{"case": c} for c in ("boom", "a", "b", "c")]  # queued behind "boom" on one actor
+    ids = [r["case"] for r in first]
+    got = [
+        r["case"]
+        for r in map_rows_recovering_lost(first, ids, Crasher, {"folder": str(attempts)}, 1, 1)
+    ]
+    assert sorted(got) == ["a", "b", "c"], got
+    # "boom": its bounded tries in the pool, then (when others were lost with it) once alone in
+    # an actor that is not restarted
+    assert len(list(attempts.iterdir())) in (1 + ACTOR_RETRIES, 1 + ACTOR_RETRIES + 1)
