@@ -16,9 +16,13 @@ values through Ray's ``runtime_env`` (:meth:`Settings.env`). A relative default 
 | ``BRATSLAB_RAY_CPUS``       | logical CPUs for a local Ray instance                |
 | ``BRATSLAB_OPTUNA_STORAGE`` | unset: ``optuna.db`` (SQLite) in each sweep's folder |
 | ``BRATSLAB_STORE_CACHE``    | ``$BRATSLAB_HOME/cache/stores`` (copies of ``s3://`` stores) |
+| ``BRATSLAB_RAY_STORAGE``    | ``$BRATSLAB_HOME/ray_results``, or ``s3://bucket/prefix``      |
 
 ``s3://`` stores read the standard ``AWS_*`` variables (endpoint, keys, region); processes that
-open a store need the same values (:func:`store_env`).
+open a store need the same values (:func:`store_env`). So does an ``s3://`` ``BRATSLAB_RAY_STORAGE``
+on every node of the job (Ray Train's controller and workers write checkpoints there); the job's
+own run files (``bratslab_run.json``, ``train_log.txt``) then stay in the driver's
+``$BRATSLAB_HOME/ray_results/<name>/`` (:mod:`bratslab.train.trainer`).
 """
 
 from __future__ import annotations
@@ -60,6 +64,11 @@ class Settings(BaseModel):
         description="Folder of the node-local copies of `s3://` stores; None = "
         "`home/cache/stores` (on a cluster with a shared `home`, set it to node-local disk).",
     )
+    ray_storage: str | None = Field(
+        default=None,
+        description="Where Ray Train persists checkpoints: `s3://bucket/prefix` or a folder "
+        "(absolute); None = `home/ray_results`.",
+    )
 
     @cached_property
     def tracking_uri(self) -> str:
@@ -82,6 +91,8 @@ class Settings(BaseModel):
             env["BRATSLAB_RAY_CPUS"] = str(self.ray_num_cpus)
         if self.optuna_storage is not None:
             env["BRATSLAB_OPTUNA_STORAGE"] = self.optuna_storage
+        if self.ray_storage is not None:
+            env["BRATSLAB_RAY_STORAGE"] = self.ray_storage
         return env
 
     @cached_property
@@ -149,6 +160,14 @@ def store_env(settings: Settings | None = None) -> dict[str, str]:
     return env
 
 
+def _ray_storage(value: str | None) -> str | None:
+    """A local folder made absolute (trials run in their own folders); a ``scheme://`` URI as
+    given (:mod:`bratslab.train.trainer` checks it is ``s3://`` when a job uses it)."""
+    if not value:
+        return None
+    return value if "://" in value else str(Path(value).expanduser().absolute())
+
+
 def get_settings(**overrides) -> Settings:
     """Settings from the environment, with keyword overrides (e.g. from CLI flags).
 
@@ -168,6 +187,7 @@ def get_settings(**overrides) -> Settings:
         "store_cache": Path(env["BRATSLAB_STORE_CACHE"]).expanduser().absolute()
         if env.get("BRATSLAB_STORE_CACHE")
         else None,
+        "ray_storage": _ray_storage(env.get("BRATSLAB_RAY_STORAGE")),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**values)

@@ -119,9 +119,16 @@ def parse_uri(uri: str) -> S3Uri:
 _FS_CACHE: dict[tuple, Any] = {}
 
 
-def s3_filesystem():
+def s3_filesystem(*, keys: bool = True):
     """A ``pyarrow.fs.S3FileSystem`` configured from the ``AWS_*`` variables (one per process
     and configuration).
+
+    Args:
+        keys: pass the access keys from the environment explicitly. With False the filesystem
+            holds only the endpoint and region, and the AWS SDK's default chain finds the keys
+            in whichever process uses it (the same ``AWS_*`` variables, ``~/.aws``, an instance
+            or pod role): such an object can be pickled to other Ray processes without carrying
+            a secret, which one with explicit keys would (pyarrow pickles its options).
 
     Raises:
         ConfigError: ``AWS_ENDPOINT_URL`` is not a ``http(s)://host:port`` URL.
@@ -131,6 +138,8 @@ def s3_filesystem():
     region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
     creds = tuple(env.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"))
     token = env.get("AWS_SESSION_TOKEN")
+    if not keys:
+        creds, token = (None, None), None
     key = (endpoint, region, creds, token)
     if key not in _FS_CACHE:
         from pyarrow import fs  # pyarrow ships with ray[data]

@@ -71,6 +71,7 @@ FORWARDED_ENV = (
     "BRATSLAB_ARTIFACTS",
     "BRATSLAB_RAY_CPUS",
     "BRATSLAB_OPTUNA_STORAGE",
+    "BRATSLAB_RAY_STORAGE",
 )
 #: Always set in the job: nothing phones home.
 QUIET_ENV = {
@@ -257,6 +258,8 @@ def job_env(
             env["BRATSLAB_RAY_CPUS"] = os.environ["BRATSLAB_RAY_CPUS"]
         if s.optuna_storage:
             env["BRATSLAB_OPTUNA_STORAGE"] = s.optuna_storage
+        if s.ray_storage:
+            env["BRATSLAB_RAY_STORAGE"] = str(s.ray_storage)
     else:
         env.update({k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)})
         uri = env.get("MLFLOW_TRACKING_URI", "")

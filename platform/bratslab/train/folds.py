@@ -184,7 +184,8 @@ def run_cv(
         name: parent run name (default ``spec.name``); folds are ``<name>-fold<k>``.
         max_parallel: folds trained at once (driver threads); 1 runs them one after another
             in the calling thread.
-        storage_path: Ray results root; default ``$BRATSLAB_HOME/ray_results``.
+        storage_path: Ray results root; default: ``BRATSLAB_RAY_STORAGE``, else
+            ``$BRATSLAB_HOME/ray_results`` (bratslab's own per-run files stay local).
         train_fn: the per-fold trainer, ``run_training``'s signature (tests substitute one).
 
     Raises:
@@ -201,12 +202,16 @@ def run_cv(
         raise ConfigError(f"--max-parallel {max_parallel}: must be at least 1")
     name = check_name(name or spec.name, "run name")
     check_name(fold_name(name, max(folds)), "fold run name")
-    root = Path(storage_path or get_settings().home / "ray_results")
+    # bratslab's own files (bratslab_cv.json, each fold's bratslab_run.json) stay local; Ray's
+    # results go to ``storage_path`` or, unset, wherever run_training puts them
+    # (BRATSLAB_RAY_STORAGE, e.g. s3://, else this same local folder).
+    local = storage_path is not None and "://" not in str(storage_path)
+    root = Path(storage_path) if local else get_settings().home / "ray_results"
     parent = _open_parent(spec, name, folds, root)
     train = train_fn or run_training
 
     def one(k: int) -> FoldResult:
-        return _train_fold(train, spec, name, k, parent, root, progress)
+        return _train_fold(train, spec, name, k, parent, root, progress, storage_path)
 
     if train_fn is None:
         ensure_ray()  # before the handlers (ray.init installs its own), once for all threads
@@ -289,6 +294,7 @@ def _train_fold(
     parent: str,
     root: Path,
     progress: bool,
+    storage_path: str | Path | None = None,
 ) -> FoldResult:
     """Train fold ``k`` (or adopt its finished run) and read its metrics; a failure is
     returned, not raised (:class:`~bratslab.shutdown.Terminated` is raised)."""
@@ -305,7 +311,7 @@ def _train_fold(
             fold_spec(spec, k),
             name=fname,
             parent_run_id=parent,
-            storage_path=root,
+            storage_path=storage_path,
             progress=progress,
         )
     except Exception as e:  # the run itself is FAILED (run_training); the others go on

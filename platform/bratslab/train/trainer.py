@@ -14,15 +14,22 @@
    (:mod:`bratslab.train.progress`), then logs the job, a learning-curve plot and the best
    checkpoint as a model.
 
-Storage: ``$BRATSLAB_HOME/ray_results`` must be on a filesystem every node sees when running on
-a cluster (set ``BRATSLAB_HOME`` to a shared mount), as must a local ``data.store``; an
-``s3://`` store is copied to each node instead (:mod:`bratslab.data.remote`).
+Storage (:func:`run_storage`): Ray Train persists checkpoints under ``BRATSLAB_RAY_STORAGE``
+(default ``$BRATSLAB_HOME/ray_results``). A local folder must be one every node sees when running
+on a cluster (a shared mount), as must a local ``data.store``; an ``s3://`` store is copied to
+each node instead (:mod:`bratslab.data.remote`). With ``BRATSLAB_RAY_STORAGE=s3://bucket/prefix``
+the checkpoints are objects under ``prefix/<name>/`` (resuming a rerun reads them from there),
+while the job's own files (``bratslab_run.json``, ``train_log.txt``) stay in the driver's
+``$BRATSLAB_HOME/ray_results/<name>/``; the best and latest checkpoints are downloaded into
+``checkpoints/`` there before the best is logged as a model, and the MLflow tag
+``bratslab.best_checkpoint`` names its object prefix (``s3://bucket/prefix/<name>/epoch0002-...``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -49,9 +56,18 @@ LOGGED_ON_VALIDATION += (
 )
 
 
+CHECKPOINT_COPIES = "checkpoints"  # in the run folder: local copies of s3:// checkpoints
+
+
 @dataclass
 class TrainOutcome:
-    """What a finished job produced."""
+    """What a finished job produced.
+
+    ``storage_dir`` is the local run folder (``bratslab_run.json``, ``train_log.txt``);
+    ``best_checkpoint`` and ``latest_checkpoint`` are local folders (with ``s3://`` storage,
+    copies in ``storage_dir/checkpoints``); ``best_checkpoint_uri`` is where Ray persisted the
+    best one (a path, or an ``s3://`` URI).
+    """
 
     name: str
     run_id: str
@@ -61,6 +77,67 @@ class TrainOutcome:
     metrics: dict[str, Any] = field(default_factory=dict)
     best_metrics: dict[str, Any] = field(default_factory=dict)
     model_uri: str | None = None
+    best_checkpoint_uri: str | None = None
+
+
+@dataclass(frozen=True)
+class RunStorage:
+    """Where a job's files go: Ray Train's checkpoints (``ray_path`` on ``filesystem``, the
+    ``RunConfig`` storage) and bratslab's own run files (``local_root/<name>/``)."""
+
+    ray_path: str
+    local_root: Path
+    filesystem: Any = None  # a pyarrow S3FileSystem for s3:// storage; None: a local folder
+
+    @property
+    def remote(self) -> bool:
+        return self.filesystem is not None
+
+    def run_dir(self, name: str) -> Path:
+        return self.local_root / name
+
+    def uri(self, fs_path: str) -> str:
+        """A path on the storage filesystem as a user names it: ``s3://bucket/key`` or a path."""
+        from bratslab.data.remote import SCHEME
+
+        return SCHEME + fs_path if self.remote else fs_path
+
+
+def run_storage(storage_path: str | Path | None = None) -> RunStorage:
+    """Resolve the storage of a job: ``storage_path`` if given, else ``BRATSLAB_RAY_STORAGE``,
+    else ``$BRATSLAB_HOME/ray_results``; a folder holds both Ray's and bratslab's files.
+
+    An ``s3://bucket/prefix`` becomes ``RunConfig(storage_path="bucket/prefix",
+    storage_filesystem=...)``. Ray pickles the ``RunConfig`` into the Train controller and
+    every worker (and its checkpoints carry the filesystem back), and pyarrow pickles an
+    ``S3FileSystem``'s options, access keys included. So the filesystem is built without keys
+    (:func:`bratslab.data.remote.s3_filesystem` with ``keys=False``: endpoint and region only)
+    and each process's AWS SDK finds them in its own environment, as it does for ``s3://``
+    stores. Ray 2.60 would also accept the URI form (``s3://b/p?endpoint_override=...``, parsed
+    by ``pyarrow.fs.FileSystem.from_uri`` in each process), equally free of secrets; the helper
+    keeps one place that reads and checks the ``AWS_*`` endpoint and region (and a region given
+    explicitly spares the SDK a lookup).
+
+    Raises:
+        ConfigError: a URI with another scheme, or a bucket name S3 would refuse.
+    """
+    from bratslab.config import ConfigError
+    from bratslab.data.remote import is_remote, parse_uri, s3_filesystem
+
+    settings = get_settings()
+    local_default = settings.home / "ray_results"
+    target = str(storage_path) if storage_path is not None else settings.ray_storage
+    if not target:
+        return RunStorage(str(local_default), local_default)
+    if not is_remote(target):
+        folder = Path(target).expanduser().absolute()
+        return RunStorage(str(folder), folder)
+    try:
+        u = parse_uri(target)
+    except ConfigError as e:
+        where = "storage_path" if storage_path is not None else "BRATSLAB_RAY_STORAGE"
+        raise ConfigError(f"{where}: {e}") from None
+    return RunStorage(u.key(""), local_default, s3_filesystem(keys=False))
 
 
 @dataclass
@@ -170,7 +247,8 @@ def build_trainer(
         name: Ray run name (default ``spec.name``); the folder under ``storage_path``.
         mlflow_run_id: log per-epoch metrics to this MLflow run (from the controller).
         callbacks: extra ``ray.train.UserCallback`` s, e.g. Tune's ``TuneReportCallback``.
-        storage_path: default ``$BRATSLAB_HOME/ray_results``.
+        storage_path: a folder or ``s3://bucket/prefix`` (:func:`run_storage`; default
+            ``BRATSLAB_RAY_STORAGE``, else ``$BRATSLAB_HOME/ray_results``).
         train_loop: the worker function, called with the loop config (default
             :func:`bratslab.train.loop.train_loop_per_worker`; tests wrap it to inject faults).
         progress: print one line per epoch on the driver's console and append it to
@@ -185,7 +263,7 @@ def build_trainer(
     ensure_ray()
     data = data or prepare_data(spec)
     name = name or spec.name
-    root = Path(storage_path or get_settings().home / "ray_results")
+    storage = run_storage(storage_path)
     sc = spec.scaling
     config = {
         "job": spec.resolved(),
@@ -206,7 +284,8 @@ def build_trainer(
         ),
         run_config=ray.train.RunConfig(
             name=name,
-            storage_path=str(root),
+            storage_path=storage.ray_path,
+            storage_filesystem=storage.filesystem,
             failure_config=ray.train.FailureConfig(max_failures=sc.max_failures),
             # Ray Train logs every report at INFO ("Reporting training result ..." with the whole
             # metrics dict); the one-line epoch progress (train/progress.py) says it readably.
@@ -216,7 +295,7 @@ def build_trainer(
                 checkpoint_score_attribute="ckpt_score",
                 checkpoint_score_order="max",
             ),
-            callbacks=_callbacks(spec, root / name, mlflow_run_id, callbacks, progress),
+            callbacks=_callbacks(spec, storage.run_dir(name), mlflow_run_id, callbacks, progress),
         ),
         datasets={"train": train_dataset(spec, data)},  # Ray Data: sharded per worker
     )
@@ -335,14 +414,34 @@ def learning_curve(run_id: str, out_png: Path) -> Path:
     return out_png
 
 
-def _best(result) -> tuple[Path | None, dict[str, Any]]:
+def _best(result) -> tuple[Any, dict[str, Any]]:
+    """The best scored ``ray.train.Checkpoint`` (else the latest) and its metrics."""
     scored = [(c, m) for c, m in (result.best_checkpoints or []) if m.get("ckpt_score", -1) >= 0]
     if scored:
         ckpt, metrics = max(scored, key=lambda cm: cm[1]["ckpt_score"])
-        return Path(ckpt.path), dict(metrics)
+        return ckpt, dict(metrics)
     if result.checkpoint is not None:
-        return Path(result.checkpoint.path), dict(result.metrics or {})
+        return result.checkpoint, dict(result.metrics or {})
     return None, {}
+
+
+def _local_copy(storage: RunStorage, run_dir: Path, checkpoint) -> Path | None:
+    """A local folder holding ``checkpoint``: its own path on local storage; on ``s3://``,
+    a copy downloaded into ``run_dir/checkpoints/<checkpoint name>`` (Ray's public
+    ``Checkpoint.to_directory``)."""
+    if checkpoint is None:
+        return None
+    if not storage.remote:
+        return Path(checkpoint.path)
+    dest = run_dir / CHECKPOINT_COPIES / Path(checkpoint.path).name
+    return Path(checkpoint.to_directory(str(dest)))  # Ray
+
+
+def _prune_copies(run_dir: Path, keep: set[Path | None]) -> None:
+    copies = run_dir / CHECKPOINT_COPIES
+    for folder in copies.iterdir() if copies.is_dir() else ():
+        if folder not in keep:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def run_training(
@@ -363,12 +462,15 @@ def run_training(
         parent_run_id: nest the MLflow run under this one (overrides ``tracking.parent_run_id``).
         callbacks: extra ``ray.train.UserCallback`` s (e.g. ``TuneReportCallback()``; every
             report carries ``val/dice_mean``).
-        storage_path: Ray results root; default ``$BRATSLAB_HOME/ray_results``.
+        storage_path: Ray results root, a folder or ``s3://bucket/prefix`` (see
+            :func:`run_storage`); default ``BRATSLAB_RAY_STORAGE``, else
+            ``$BRATSLAB_HOME/ray_results``.
         train_loop, progress: see :func:`build_trainer`.
 
     Raises:
-        ConfigError: ``data.store`` holds no store, or the name is not a safe folder name
-            (both checked before anything is created).
+        ConfigError: ``data.store`` holds no store, the storage is not a folder or an
+            ``s3://`` URI, or the name is not a safe folder name (all checked before anything
+            is created).
         Terminated: SIGTERM or SIGINT arrived during training (main thread only); the MLflow
             run is then KILLED with the tag ``bratslab.stop_reason`` and the persisted
             checkpoints stay for a rerun to resume from.
@@ -379,10 +481,10 @@ def run_training(
     from bratslab.tracking import mlflow_runs
 
     name = check_name(name or spec.name, "run name")  # it becomes a folder under root
+    storage = run_storage(storage_path)  # ConfigError for a bad URI, before anything is created
     spec.data.store_path()  # ConfigError naming the paths tried, before anything is created
-    root = Path(storage_path or get_settings().home / "ray_results")
     data = prepare_data(spec)
-    run_dir = root / name
+    run_dir = storage.run_dir(name)
     run_dir.mkdir(parents=True, exist_ok=True)
     run_id = _open_run(spec, name, run_dir, parent_run_id, data)
     ensure_ray()  # before the handlers: ray.init installs a SIGTERM handler of its own
@@ -396,13 +498,13 @@ def run_training(
                 name=name,
                 mlflow_run_id=run_id,
                 callbacks=callbacks,
-                storage_path=root,
+                storage_path=storage_path,
                 data=data,
                 train_loop=train_loop,
                 progress=progress,
             )
             result = call_interruptibly(trainer.fit, name=f"fit-{name}")
-            outcome = _record(spec, name, run_id, run_dir, result)
+            outcome = _record(spec, name, run_id, storage, result)
         except Terminated as stop:
             # The run's status first: `ray job stop` sends SIGKILL 3 s after its SIGTERM
             # (RAY_JOB_STOP_WAIT_TIME_S), and an epoch the controller still registers
@@ -433,22 +535,28 @@ def _stopped(name: str, run_id: str, stop) -> None:
     )
 
 
-def _record(spec: JobSpec, name: str, run_id: str, run_dir: Path, result) -> TrainOutcome:
+def _record(spec: JobSpec, name: str, run_id: str, storage: RunStorage, result) -> TrainOutcome:
     """Log the job, the learning curve, the best scores and (optionally) the best checkpoint
     as a model to the MLflow run, then close it."""
     from bratslab.tracking import mlflow_runs, model_store
 
-    best_dir, best_metrics = _best(result)
-    latest = Path(result.checkpoint.path) if result.checkpoint is not None else None
+    run_dir = storage.run_dir(name)
+    best, best_metrics = _best(result)
+    best_dir = _local_copy(storage, run_dir, best)
+    latest = result.checkpoint
+    same = latest is not None and best is not None and latest.path == best.path
     outcome = TrainOutcome(
         name=name,
         run_id=run_id,
         storage_dir=run_dir,
         best_checkpoint=best_dir,
-        latest_checkpoint=latest,
+        latest_checkpoint=best_dir if same else _local_copy(storage, run_dir, latest),
         metrics=dict(result.metrics or {}),
         best_metrics=best_metrics,
+        best_checkpoint_uri=storage.uri(best.path) if best is not None else None,
     )
+    if storage.remote:  # copies of an earlier run's checkpoints: only this run's two stay
+        _prune_copies(run_dir, {outcome.best_checkpoint, outcome.latest_checkpoint})
     with tempfile.TemporaryDirectory(prefix="bratslab-run-") as tmp:
         job_file = Path(tmp) / "job.json"
         write_text(job_file, json.dumps(spec.resolved(), indent=2, sort_keys=True))
@@ -460,7 +568,10 @@ def _record(spec: JobSpec, name: str, run_id: str, run_dir: Path, result) -> Tra
         mlflow_runs.log_metrics(run_id, summary, int(best_metrics.get("epoch", 0)))
     if spec.tracking.log_model and best_dir is not None:
         outcome.model_uri = model_store.log_model_dir(best_dir, run_id=run_id)
-        tags = {"bratslab.model_uri": outcome.model_uri, "bratslab.best_checkpoint": str(best_dir)}
+        tags = {
+            "bratslab.model_uri": outcome.model_uri,
+            "bratslab.best_checkpoint": str(outcome.best_checkpoint_uri),
+        }
         mlflow_runs.set_tags(run_id, tags)
     mlflow_runs.end_run(run_id, "FINISHED")
     return outcome
