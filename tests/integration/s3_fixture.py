@@ -145,6 +145,42 @@ def _create_bucket(server: S3Server, deadline: float) -> None:
     raise RuntimeError(f"could not create bucket {server.bucket}: {last}\n{server.log_tail()}")
 
 
+def write_identities(folder: Path) -> Path:
+    """The ``-s3.config`` file with the test's one access key (without an identity SeaweedFS
+    refuses every upload with INVALID_ACCESS_KEY_ID)."""
+    identity = {
+        "name": "bratslab",
+        "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+    }
+    path = folder / "identities.json"
+    path.write_text(json.dumps({"identities": [identity]}))
+    return path
+
+
+def weed_command(weed: Path, folder: Path, host: str, ports: dict[str, int]) -> list[str]:
+    """``weed server`` with master, volume, filer and S3 gateway on ``host`` only, data in
+    ``folder/data``, telemetry and the Iceberg/Lance listeners off."""
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    return [
+        str(weed),
+        "server",
+        f"-dir={folder / 'data'}",
+        f"-ip={host}",
+        f"-ip.bind={host}",
+        "-master.telemetry=false",
+        "-master.volumeSizeLimitMB=64",
+        f"-master.port={ports['master']}",
+        f"-volume.port={ports['volume']}",
+        f"-filer.port={ports['filer']}",
+        "-s3",
+        f"-s3.port={ports['s3']}",
+        f"-s3.config={write_identities(folder)}",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+    ]
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
     """A SeaweedFS S3 server on 127.0.0.1 with the bucket ``bratslab-test``, for the session."""
@@ -153,34 +189,7 @@ def s3_server() -> Iterator[S3Server]:
         pytest.skip(f"SeaweedFS's `weed` binary not found; {INSTALL_HINT}")
     folder = Path(tempfile.mkdtemp(prefix="bratslab-s3-"))
     ports = dict(zip(ROLES, _free_ports(len(ROLES)), strict=True))
-    identities = {
-        "identities": [
-            {
-                "name": "bratslab",
-                "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-            }
-        ]
-    }
-    (folder / "identities.json").write_text(json.dumps(identities))
-    (folder / "data").mkdir()
-    cmd = [
-        str(weed),
-        "server",
-        f"-dir={folder / 'data'}",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
-        "-master.telemetry=false",
-        "-master.volumeSizeLimitMB=64",
-        f"-master.port={ports['master']}",
-        f"-volume.port={ports['volume']}",
-        f"-filer.port={ports['filer']}",
-        "-s3",
-        f"-s3.port={ports['s3']}",
-        f"-s3.config={folder / 'identities.json'}",
-        "-s3.port.iceberg=0",
-        "-s3.port.lance=0",
-    ]
+    cmd = weed_command(weed, folder, "127.0.0.1", ports)
     with open(folder / "weed.log", "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=folder)
     server = S3Server(folder, ports, proc)

@@ -11,7 +11,6 @@ namespace, creates the bucket::
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -26,6 +25,8 @@ from s3_fixture import (
     _free_ports,
     _remove_sockets,
     find_weed,
+    weed_command,
+    write_identities,
 )
 
 __all__ = [
@@ -55,42 +56,6 @@ def client_env(host: str, port: int) -> dict[str, str]:
         "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
         "AWS_REGION": "us-east-1",
     }
-
-
-def write_identities(folder: Path) -> Path:
-    """The ``-s3.config`` file with the test's one access key (without an identity SeaweedFS
-    refuses every upload with INVALID_ACCESS_KEY_ID)."""
-    identity = {
-        "name": "bratslab",
-        "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-    }
-    path = folder / "identities.json"
-    path.write_text(json.dumps({"identities": [identity]}))
-    return path
-
-
-def weed_command(weed: Path, folder: Path, host: str, ports: dict[str, int]) -> list[str]:
-    """``weed server`` with master, volume, filer and S3 gateway on ``host`` only, data in
-    ``folder/data``, telemetry and the Iceberg/Lance listeners off."""
-    (folder / "data").mkdir(parents=True, exist_ok=True)
-    return [
-        str(weed),
-        "server",
-        f"-dir={folder / 'data'}",
-        f"-ip={host}",
-        f"-ip.bind={host}",
-        "-master.telemetry=false",
-        "-master.volumeSizeLimitMB=64",
-        f"-master.port={ports['master']}",
-        f"-volume.port={ports['volume']}",
-        f"-filer.port={ports['filer']}",
-        "-s3",
-        f"-s3.port={ports['s3']}",
-        f"-s3.config={write_identities(folder)}",
-        "-s3.port.iceberg=0",
-        "-s3.port.lance=0",
-    ]
 
 
 def start_weed(
