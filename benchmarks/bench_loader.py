@@ -99,14 +99,38 @@ def run_arm(rows, patch: int, augment: dict, cpus: float, batches: int, seed: in
     return (i1 - i0) * BATCH / (arrived[i1] - arrived[i0])
 
 
-def rounds(rows, patch, augment, args) -> dict[float, list[float]]:
+def run_thread_arm(rows, patch: int, augment: dict, batches: int, seed: int) -> float:
+    """Samples/s of ``data.loader: thread`` (one sampling thread feeding a prefetch queue in
+    the training process), over the middle half of ``batches``, as :func:`run_arm` times it."""
+    from bratslab.config import validate
+    from bratslab.data.config import AugmentConfig
+    from bratslab.data.loader import PatchSampler, epoch_batches, prefetch
+
+    sampler = PatchSampler([patch] * 3, 5, 1 / 3, seed)
+    aug = validate(AugmentConfig, augment, "augment")
+    gen = epoch_batches(
+        rows, steps=batches, batch_size=BATCH, sampler=sampler, augment=aug, seed=seed
+    )
+    arrived = []
+    for x, _ in prefetch(gen, 2):
+        assert x.shape == (BATCH, 5, patch, patch, patch)
+        arrived.append(time.perf_counter())
+    i0, i1 = batches // 4, 3 * batches // 4
+    return (i1 - i0) * BATCH / (arrived[i1] - arrived[i0])
+
+
+def rounds(rows, patch, augment, args) -> dict[float | str, list[float]]:
     """Interleaved rounds: every arm once per round, the order rotated by one each round."""
-    rates: dict[float, list[float]] = {a: [] for a in ARMS}
+    arms = (*ARMS, "thread")
+    rates: dict[float | str, list[float]] = {a: [] for a in arms}
     for r in range(args.rounds):
-        order = ARMS[r % len(ARMS) :] + ARMS[: r % len(ARMS)]
-        for cpus in order:
-            rates[cpus].append(run_arm(rows, patch, augment, cpus, args.batches, r))
-        line = ", ".join(f"{c:g} CPU {rates[c][-1]:.2f}/s" for c in ARMS)
+        order = arms[r % len(arms) :] + arms[: r % len(arms)]
+        for arm in order:
+            if arm == "thread":
+                rates[arm].append(run_thread_arm(rows, patch, augment, args.batches, r))
+            else:
+                rates[arm].append(run_arm(rows, patch, augment, arm, args.batches, r))
+        line = ", ".join(f"{c} {rates[c][-1]:.2f}/s" for c in arms)
         print(f"round {r + 1}/{args.rounds}: {line}", flush=True)
     return rates
 
@@ -153,6 +177,16 @@ def _report(args, patch: int, rates: dict[float, list[float]], cpu_s: float, wal
         actors, _ = pool_size(c, 1)
         per = ", ".join(f"{v:.2f}" for v in rates[c])
         print(f"| {c:g} | {actors} | {statistics.median(rates[c]):.2f} | {per} |")
+    thread = [b / a for a, b in zip(rates["thread"], rates[1.0], strict=True)]
+    print(
+        f"| thread | 0 (a thread of the training process) | "
+        f"{statistics.median(rates['thread']):.2f} | "
+        f"{', '.join(f'{v:.2f}' for v in rates['thread'])} |"
+    )
+    print(
+        f"\nray (1 loader CPU) vs thread loader: {statistics.median(thread):.2f}x (median of "
+        f"per-round ratios; range {min(thread):.2f}-{max(thread):.2f}); one change: the loader"
+    )
     met = "met" if med >= 1.8 else "NOT met"
     print(
         f"\nspeed-up 1 -> 2 loader CPUs: {med:.2f}x (median of per-round ratios; range "
@@ -170,6 +204,7 @@ def _report(args, patch: int, rates: dict[float, list[float]], cpu_s: float, wal
         out = {
             "patch": patch,
             "rates": {str(c): v for c, v in rates.items()},
+            "ray1_vs_thread": statistics.median(thread),
             "speedup": med,
             "ratios": ratios,
             "cpu_s_per_sample": cpu_s,
