@@ -273,7 +273,7 @@ def map_rows_recovering_lost(
         return
     log.warning("%d cases lost with a dead actor; predicting each alone once more", len(lost))
     for row in lost:
-        result = _map_row_alone(row, actor_cls, ctor_kwargs, num_cpus, num_gpus)
+        result = map_row_alone(row, actor_cls, ctor_kwargs, num_cpus, num_gpus)
         if result is not None:
             yield result
 
@@ -289,7 +289,7 @@ class _OneRow:
         return self.fn(row)
 
 
-def _map_row_alone(row, actor_cls, ctor_kwargs, num_cpus, num_gpus) -> dict[str, Any] | None:
+def map_row_alone(row, actor_cls, ctor_kwargs, num_cpus, num_gpus) -> dict[str, Any] | None:
     """The row's result from a fresh, never restarted actor; None if that actor dies."""
     import ray
 

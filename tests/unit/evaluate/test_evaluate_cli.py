@@ -222,6 +222,7 @@ def test_a_case_that_kills_its_actor_is_dropped_after_bounded_retries(ray_cluste
     from bratslab.evaluate.predict import (
         ACTOR_RETRIES,
         actor_retry_args,
+        map_row_alone,
         map_rows_recovering_lost,
         map_rows_with_actors,
     )
@@ -248,17 +249,19 @@ def test_a_case_that_kills_its_actor_is_dropped_after_bounded_retries(ray_cluste
     assert out and out <= {"a", "b", "c"}, out
     assert len(list(attempts.iterdir())) == 1 + ACTOR_RETRIES  # tried, retried once, dropped
 
-    # What predict runs: the lost rows once more, each alone. Every innocent case comes back,
-    # whatever was queued behind "boom" on the one actor; only "boom" is lost.
-    for f in attempts.iterdir():
-        f.unlink()
-    first = [{"case": c} for c in ("boom", "a", "b", "c")]  # queued behind "boom" on one actor
-    ids = [r["case"] for r in first]
+    # What predict runs: the same pool, then every lost row once more, alone. Every innocent
+    # case comes back, whichever actor it was queued on; only "boom" is lost.
+    ids = [r["case"] for r in rows]
     got = [
         r["case"]
-        for r in map_rows_recovering_lost(first, ids, Crasher, {"folder": str(attempts)}, 1, 1)
+        for r in map_rows_recovering_lost(rows, ids, Crasher, {"folder": str(attempts)}, 2, 1)
     ]
     assert sorted(got) == ["a", "b", "c"], got
-    # "boom": its bounded tries in the pool, then (when others were lost with it) once alone in
-    # an actor that is not restarted
-    assert len(list(attempts.iterdir())) in (1 + ACTOR_RETRIES, 1 + ACTOR_RETRIES + 1)
+
+    # A row run alone: an innocent one comes back, the killer's actor is not restarted (None).
+    for f in attempts.iterdir():
+        f.unlink()
+    ctor = {"folder": str(attempts)}
+    assert map_row_alone({"case": "a"}, Crasher, ctor, 1, 0) == {"case": "a", "status": "written"}
+    assert map_row_alone({"case": "boom"}, Crasher, ctor, 1, 0) is None
+    assert len(list(attempts.iterdir())) == 1  # tried once: no restart, no retry
