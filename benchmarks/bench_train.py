@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform as _platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +32,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # ray_cpu beside this file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -103,12 +106,18 @@ def plain_loop(spec, store: Path, steps: int, warmup: int = 3) -> dict[str, floa
 
 
 def ray_loop(spec) -> dict[str, float]:
+    from ray_cpu import RayCpuSampler
+
     from bratslab.tracking.mlflow_runs import metric_history
     from bratslab.train.trainer import run_training
 
+    sampler = RayCpuSampler().start()
     t0 = time.perf_counter()
-    out = run_training(spec)
-    run_wall = time.perf_counter() - t0
+    try:
+        out = run_training(spec)
+    finally:
+        run_wall = time.perf_counter() - t0
+        sampler.stop()
     all_train_s = metric_history(out.run_id, "time/train_s")
     train_s = all_train_s[1:]  # epochs after the first
     cpu_s = metric_history(out.run_id, "time/train_cpu_s")[1:]
@@ -121,6 +130,9 @@ def ray_loop(spec) -> dict[str, float]:
         # Constant cost, not per step: the run's wall time outside its epochs' step loops
         # (Ray and worker start-up, dataset split, per-epoch reports, checkpoints, shutdown).
         "outside_steps_s": run_wall - sum(v for _, v in all_train_s),
+        "run_wall_s": run_wall,
+        "total_steps": steps * len(all_train_s),
+        "ray_cpu": sampler.by_kind(),  # CPU s per Ray process kind during the whole run
     }
 
 
@@ -216,6 +228,7 @@ def main() -> None:
             f"- {t} thread(s): constant cost outside the step loops (start-up, per-epoch "
             f"reports and checkpoints, shutdown): {ray_r['outside_steps_s']:.1f} s per run."
         )
+    lines += cpu_breakdown(runs)
     lines += [
         "",
         "Target ≤ 5% of step time once started (Ray reports ≤ 2.5% against native DDP); the "
@@ -227,6 +240,31 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)
+
+
+def cpu_breakdown(runs: dict[int, dict[str, dict]]) -> list[str]:
+    """Where the CPU went during each Ray Train run, per kind of Ray process."""
+    lines = [
+        "",
+        "### CPU used by Ray's processes during each Ray Train run",
+        "",
+        "Whole run (start-up, epochs, reports, shutdown); `ray::RayTrainWorker` is the loop "
+        "itself, everything else competes with it for the same cores.",
+        "",
+        "| torch threads | process kind | CPU s | CPU s per step | share of wall × cores |",
+        "|---|---|---|---|---|",
+    ]
+    cores = os.cpu_count() or 1
+    for t, rows in runs.items():
+        r = rows["Ray Train"]
+        for kind, cpu in r["ray_cpu"].items():
+            if cpu < 0.05:
+                continue
+            lines.append(
+                f"| {t} | {kind} | {cpu:.1f} | {cpu / r['total_steps']:.3f} | "
+                f"{cpu / (r['run_wall_s'] * cores):.1%} |"
+            )
+    return lines
 
 
 def arch_sections(store: Path, common: list[str], steps: int, p: int) -> list[str]:
