@@ -30,7 +30,11 @@ import numpy as np
 
 from bratslab.atomic import write_text
 from bratslab.data.labels import REGIONS
-from bratslab.evaluate.label_maps import CaseError, prediction_files, read_label_map
+from bratslab.evaluate.label_maps import (
+    prediction_files,
+    read_label_map,
+    readable_label_maps,
+)
 
 COLUMNS = ("id", "case", "region", "shape", "rle")
 MASK_SETS = ("regions", "labels")
@@ -144,12 +148,7 @@ def export_rle(pred_dir: str | Path, out_csv: str | Path, by: str = "regions") -
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
-    for case, path in files:
-        try:
-            labels, _ = read_label_map(path)
-        except CaseError as e:
-            report.failures.append({"case": case, "file": e.file, "reason": e.reason})
-            continue
+    for case, _, labels in readable_label_maps(files, report.failures):
         rows = case_rle_rows(case, labels, by)
         writer.writerows(rows)
         report.rows += len(rows)

@@ -7,6 +7,7 @@ the problem, so the caller can report that one case and go on with the others.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,20 @@ def read_label_map(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
     if bad:
         raise CaseError(path, f"unexpected labels {sorted(bad)} (expected 0, 1, 2, 3|4)")
     return labels, tuple(float(z) for z in vol.zooms)
+
+
+def readable_label_maps(
+    files: list[tuple[str, Path]], failures: list[dict[str, str]]
+) -> Iterator[tuple[str, Path, np.ndarray]]:
+    """``(case, path, labels)`` of each ``(case, path)`` whose label map reads; one that does
+    not is added to ``failures`` as ``{case, file, reason}`` and skipped (the others go on)."""
+    for case, path in files:
+        try:
+            labels, _ = read_label_map(path)
+        except CaseError as e:
+            failures.append({"case": case, "file": e.file, "reason": e.reason})
+            continue
+        yield case, path, labels
 
 
 def prediction_files(pred_dir: str | Path) -> list[tuple[str, Path]]:

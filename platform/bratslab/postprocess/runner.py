@@ -105,7 +105,7 @@ def apply_folder(cfg: PostprocessConfig, in_dir: str | Path, out_dir: str | Path
     """
     import nibabel as nib
 
-    from bratslab.evaluate.label_maps import CaseError, prediction_files, read_label_map
+    from bratslab.evaluate.label_maps import prediction_files, readable_label_maps
     from bratslab.evaluate.nifti_out import write_nifti
     from bratslab.postprocess.apply import infer_et_label, postprocess_labels
 
@@ -115,12 +115,7 @@ def apply_folder(cfg: PostprocessConfig, in_dir: str | Path, out_dir: str | Path
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = ApplyReport()
-    for case, path in files:
-        try:
-            labels, _ = read_label_map(path)
-        except CaseError as e:
-            report.failures.append({"case": case, "file": e.file, "reason": e.reason})
-            continue
+    for case, path, labels in readable_label_maps(files, report.failures):
         header_img = nib.load(path)  # header only: the data was read and checked above
         out = postprocess_labels(labels.astype(np.uint8), cfg, infer_et_label(labels))
         write_nifti(out_dir / f"{case}.nii.gz", out, header_img.affine, header_img.header)
