@@ -1,9 +1,9 @@
 """Training benchmarks: Ray Train overhead, data-wait fraction, samples/s per architecture.
 
     .venv/bin/python benchmarks/bench_train.py [--steps 12] [--patch 48] [--threads 2 1]
-        [--overhead-only] [--out FILE]
+        [--epochs 3] [--arms ARM ...] [--overhead-only] [--out FILE]
 
-1. Ray Train (1 worker, the real ``run_training`` path: Ray Data case table, DDP wrapper,
+1. Ray Train (1 worker, the real ``run_training`` path: case table in the loop config, DDP wrapper,
    per-epoch report + checkpoint) vs a plain PyTorch loop running the same ``train_step`` on the
    same model, patch sampler, augmentation and batch. Steady state = epochs after the first; the
    Ray figure is the worker's own ``time/train_s`` (report/checkpoint/validation excluded, as
@@ -11,6 +11,10 @@
    with each ``--threads`` count: with as many torch threads as cores, any CPU that Ray's own
    processes use stalls the step; with one thread fewer they have a core of their own. The
    worker's CPU time per step (``time/train_cpu_s``) separates work done from waiting.
+   ``--arms``: more Ray Train runs, each changing exactly one thing against "Ray Train" (as
+   bratslab runs it); see ``ARMS``. Each gets its step time as a ratio to that run. The CPU of
+   every Ray process is sampled (``ray_cpu.py``) over the whole run and over its steady-state
+   epochs (from the first epoch's report to the last one's).
 2. Fraction of step time the worker waited for data (``time/data_wait_frac``).
 3. Samples/s per architecture (plain loop; each job's model section, shrunk to CPU size).
 4. The smoke job's model with ``training.amp`` off and on (its shipped setting is off).
@@ -36,6 +40,24 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # ray_cpu beside this file
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# One change each against "Ray Train" as bratslab runs it (issue 17): the first two undo a cut
+# bratslab made (so the ratio shows what the cut saves), the others switch off a part of Ray
+# Train through its environment variables (ray/train/v2/_internal/constants.py, Ray 2.60).
+ARMS = {
+    "ray-data-cases": "case table as a Ray Data dataset (trainer.CASE_TABLE_IN_CONFIG off)",
+    "cold-mlflow": "MLflow opened at the first report (trainer.WARM_MLFLOW_IN_CONTROLLER off)",
+    "no-progress": "no epoch line on the console / train_log.txt (progress=False)",
+    "no-train-metrics": "RAY_TRAIN_METRICS_ENABLED=0 (Train's controller/worker metrics)",
+    "no-preemption-watcher": "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0 (no drain-polling actor)",
+    "health-check-10s": "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=10 (workers polled every 10 s, not 2)",
+}
+ARM_ENV = {
+    "no-train-metrics": {"RAY_TRAIN_METRICS_ENABLED": "0"},
+    "no-preemption-watcher": {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"},
+    "health-check-10s": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "10"},
+}
+ARM_SWITCH = {"ray-data-cases": "CASE_TABLE_IN_CONFIG", "cold-mlflow": "WARM_MLFLOW_IN_CONTROLLER"}
 
 
 def build_store(root: Path, size: int) -> Path:
@@ -105,54 +127,105 @@ def plain_loop(spec, store: Path, steps: int, warmup: int = 3) -> dict[str, floa
     return {"step_s": total / steps, "cpu_s": cpu / steps, "wait_frac": wait / total}
 
 
-def ray_loop(spec) -> dict[str, float]:
+def run_arm(spec, arm: str | None):
+    """``run_training(spec)`` with ``arm``'s one change (None: as is), restored afterwards.
+
+    The environment variables reach Ray Train's controller and workers: the driver reads
+    ``RAY_TRAIN_METRICS_ENABLED`` when it builds the trainer, and passes the others it finds
+    set to the controller's runtime environment."""
+    import bratslab.train.trainer as trainer
+
+    env = ARM_ENV.get(arm or "", {})
+    switch = ARM_SWITCH.get(arm or "")
+    saved_env = {k: os.environ.get(k) for k in env}
+    saved_switch = getattr(trainer, switch) if switch else None
+    os.environ.update(env)
+    if switch:
+        setattr(trainer, switch, False)
+    try:
+        return trainer.run_training(spec, progress=arm != "no-progress")
+    finally:
+        if switch:
+            setattr(trainer, switch, saved_switch)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def ray_loop(spec, arm: str | None = None) -> dict:
     from ray_cpu import RayCpuSampler
 
-    from bratslab.tracking.mlflow_runs import metric_history
-    from bratslab.train.trainer import run_training
+    from bratslab.tracking.mlflow_runs import client
 
     sampler = RayCpuSampler().start()
     t0 = time.perf_counter()
     try:
-        out = run_training(spec)
+        out = run_arm(spec, arm)
     finally:
         run_wall = time.perf_counter() - t0
         sampler.stop()
-    all_train_s = metric_history(out.run_id, "time/train_s")
-    train_s = all_train_s[1:]  # epochs after the first
-    cpu_s = metric_history(out.run_id, "time/train_cpu_s")[1:]
-    wait = metric_history(out.run_id, "time/data_wait_frac")[1:]
+
+    def history(key: str) -> list:  # one Metric per epoch, in epoch order
+        return sorted(client().get_metric_history(out.run_id, key), key=lambda m: m.step)
+
+    all_train_s = history("time/train_s")
+    train_s = [m.value for m in all_train_s[1:]]  # epochs after the first
+    cpu_s = [m.value for m in history("time/train_cpu_s")[1:]]
+    wait = [m.value for m in history("time/data_wait_frac")[1:]]
     steps = spec.training.steps_per_epoch
+    # Steady state, wall clock: from the first epoch's report to the last one's (MLflow's
+    # timestamps are the controller's, taken as it logs each report).
+    steady = (all_train_s[0].timestamp / 1000, all_train_s[-1].timestamp / 1000)
     return {
-        "step_s": sum(v for _, v in train_s) / (len(train_s) * steps),
-        "cpu_s": sum(v for _, v in cpu_s) / (len(cpu_s) * steps),
-        "wait_frac": sum(v for _, v in wait) / len(wait),
+        "step_s": sum(train_s) / (len(train_s) * steps),
+        "cpu_s": sum(cpu_s) / (len(cpu_s) * steps),
+        "wait_frac": sum(wait) / len(wait),
+        "epoch_step_s": [m.value / steps for m in all_train_s],  # every epoch, the first too
         # Constant cost, not per step: the run's wall time outside its epochs' step loops
         # (Ray and worker start-up, dataset split, per-epoch reports, checkpoints, shutdown).
-        "outside_steps_s": run_wall - sum(v for _, v in all_train_s),
+        "outside_steps_s": run_wall - sum(m.value for m in all_train_s),
         "run_wall_s": run_wall,
         "total_steps": steps * len(all_train_s),
         "ray_cpu": sampler.by_kind(),  # CPU s per Ray process kind during the whole run
+        "steady_s": steady[1] - steady[0],
+        "steady_cpu": sampler.by_kind(steady),  # ... during the steady-state epochs
+        "sampler_cpu_s": sampler.own_cpu_s,  # this benchmark's own polling, in the driver
     }
 
 
-def overhead(store: Path, common: list[str], threads: int, steps: int) -> dict[str, dict]:
-    """Plain loop, Ray Train, plain loop again (bracketing Ray), all with ``threads`` torch
-    threads in a 2-CPU worker: s/step, CPU s/step and data-wait fraction of each."""
+def overhead(
+    store: Path,
+    common: list[str],
+    threads: int,
+    steps: int,
+    epochs: int = 3,
+    arms: list[str] = (),
+) -> dict[str, dict]:
+    """Plain loop, Ray Train, each of ``arms``, plain loop again (bracketing Ray), all with
+    ``threads`` torch threads in a 2-CPU worker: s/step, CPU s/step and data-wait fraction of
+    each (the plain loops run as many steps as Ray Train's steady-state epochs)."""
     from bratslab.spec import load_job
 
-    job = [
-        *common,
-        f"name=bench-ray-t{threads}",
-        "training.epochs=3",
-        "model.unet.filters=[16,32,64]",
-        f"scaling.torch_threads={threads}",
-    ]
-    spec = load_job(ROOT / "jobs" / "smoke.yaml", job)
-    plain = plain_loop(spec, store, steps=2 * steps)
-    ray_t = ray_loop(spec)
-    plain2 = plain_loop(spec, store, steps=2 * steps)
-    return {"plain (before Ray)": plain, "Ray Train": ray_t, "plain (after Ray)": plain2}
+    def spec_for(arm: str | None):
+        job = [
+            *common,
+            f"name=bench-ray-t{threads}" + (f"-{arm}" if arm else ""),
+            f"training.epochs={epochs}",
+            "model.unet.filters=[16,32,64]",
+            f"scaling.torch_threads={threads}",
+        ]
+        return load_job(ROOT / "jobs" / "smoke.yaml", job)
+
+    spec = spec_for(None)
+    plain_steps = (epochs - 1) * steps
+    rows = {"plain (before Ray)": plain_loop(spec, store, steps=plain_steps)}
+    rows["Ray Train"] = ray_loop(spec)
+    for arm in arms:
+        rows[f"Ray Train, {arm}"] = ray_loop(spec_for(arm), arm)
+    rows["plain (after Ray)"] = plain_loop(spec, store, steps=plain_steps)
+    return rows
 
 
 def main() -> None:
@@ -162,9 +235,22 @@ def main() -> None:
     ap.add_argument(
         "--threads", type=int, nargs="+", default=[2, 1], help="Torch threads per overhead run."
     )
+    ap.add_argument(
+        "--epochs", type=int, default=3, help="Epochs per Ray Train run (steady state: 2nd on)."
+    )
+    ap.add_argument(
+        "--arms",
+        nargs="+",
+        default=[],
+        choices=sorted(ARMS),
+        help="Extra Ray Train runs, one change each against Ray Train as is: "
+        + "; ".join(f"{k}: {v}" for k, v in ARMS.items()),
+    )
     ap.add_argument("--overhead-only", action="store_true", help="Skip sections 3 and 4.")
     ap.add_argument("--out", type=Path, default=ROOT / ".bench" / "train.md")
     args = ap.parse_args()
+    if args.epochs < 2:
+        ap.error("--epochs: at least 2 (the first epoch is not steady state)")
 
     home = Path(tempfile.mkdtemp(prefix="bench-train-"))
     os.environ["BRATSLAB_HOME"] = str(home)
@@ -184,13 +270,17 @@ def main() -> None:
         "tracking.log_model=false",
         "tracking.experiment=bench-train",
     ]
-    runs = {t: overhead(store, common, t, args.steps) for t in args.threads}
+    runs = {t: overhead(store, common, t, args.steps, args.epochs, args.arms) for t in args.threads}
 
     cmd = "OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_train.py"
     if args.steps != 12 or args.patch != 48:
         cmd += f" --steps {args.steps} --patch {args.patch}"
     if args.threads != [2, 1]:
         cmd += " --threads " + " ".join(map(str, args.threads))
+    if args.epochs != 3:
+        cmd += f" --epochs {args.epochs}"
+    if args.arms:
+        cmd += " --arms " + " ".join(args.arms)
     if args.overhead_only:
         cmd += " --overhead-only"
     lines = [
@@ -228,6 +318,7 @@ def main() -> None:
             f"- {t} thread(s): constant cost outside the step loops (start-up, per-epoch "
             f"reports and checkpoints, shutdown): {ray_r['outside_steps_s']:.1f} s per run."
         )
+    lines += arm_table(runs, args.steps)
     lines += cpu_breakdown(runs)
     lines += [
         "",
@@ -242,28 +333,76 @@ def main() -> None:
     print(text)
 
 
+def ray_rows(rows: dict[str, dict]) -> dict[str, dict]:
+    """The Ray Train runs of one thread count: "Ray Train" and its arms."""
+    return {name: r for name, r in rows.items() if name.startswith("Ray Train")}
+
+
+def others_share(r: dict) -> float:
+    """CPU of every Ray process but the training worker during the steady-state epochs, as a
+    share of their wall time × cores (what competed with the step)."""
+    other = sum(c for k, c in r["steady_cpu"].items() if k != "ray::RayTrainWorker")
+    return other / (max(r["steady_s"], 1e-9) * (os.cpu_count() or 1))
+
+
+def arm_table(runs: dict[int, dict[str, dict]], steps: int) -> list[str]:
+    """Each Ray Train run's step time against "Ray Train" (as is) and the faster plain run,
+    its per-epoch step times and what Ray's other processes used in its steady state."""
+    used = {name.removeprefix("Ray Train, ") for rows in runs.values() for name in rows}
+    lines = [
+        "",
+        "### Ray Train runs: one change each against Ray Train as is",
+        "",
+        *(f"- `{k}`: {v}" for k, v in ARMS.items() if k in used),
+        "",
+        "s/step per epoch: every epoch, the first (not steady state) included. Others' CPU: "
+        "every Ray process but the worker during the steady-state epochs, share of wall × cores. "
+        "Sampler: this benchmark's own polling of Ray's processes (in the driver), CPU s per step.",
+        "",
+        "| torch threads | run | s/step | vs Ray Train as is | vs faster plain | "
+        "s/step per epoch | others' CPU (steady) | sampler CPU s/step | outside steps (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for t, rows in runs.items():
+        ref = min(rows["plain (before Ray)"]["step_s"], rows["plain (after Ray)"]["step_s"])
+        base = rows["Ray Train"]["step_s"]
+        for name, r in ray_rows(rows).items():
+            per_epoch = ", ".join(f"{v:.3f}" for v in r["epoch_step_s"])
+            lines.append(
+                f"| {t} | {name} | {r['step_s']:.3f} | {r['step_s'] / base - 1:+.1%} | "
+                f"{r['step_s'] / ref - 1:+.1%} | {per_epoch} | {others_share(r):.1%} | "
+                f"{r['sampler_cpu_s'] / r['total_steps']:.3f} | {r['outside_steps_s']:.1f} |"
+            )
+    return lines
+
+
 def cpu_breakdown(runs: dict[int, dict[str, dict]]) -> list[str]:
-    """Where the CPU went during each Ray Train run, per kind of Ray process."""
+    """Where the CPU went during each Ray Train run, per kind of Ray process: over the whole
+    run, and over its steady-state epochs."""
     lines = [
         "",
         "### CPU used by Ray's processes during each Ray Train run",
         "",
-        "Whole run (start-up, epochs, reports, shutdown); `ray::RayTrainWorker` is the loop "
-        "itself, everything else competes with it for the same cores.",
+        "Whole run (start-up, epochs, reports, shutdown) and steady state (from the first "
+        "epoch's report to the last one's); `ray::RayTrainWorker` is the loop itself, everything "
+        "else competes with it for the same cores.",
         "",
-        "| torch threads | process kind | CPU s | CPU s per step | share of wall × cores |",
-        "|---|---|---|---|---|",
+        "| torch threads | run | process kind | CPU s | CPU s per step | share of wall × cores "
+        "| steady: CPU s | steady: share of wall × cores |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     cores = os.cpu_count() or 1
     for t, rows in runs.items():
-        r = rows["Ray Train"]
-        for kind, cpu in r["ray_cpu"].items():
-            if cpu < 0.05:
-                continue
-            lines.append(
-                f"| {t} | {kind} | {cpu:.1f} | {cpu / r['total_steps']:.3f} | "
-                f"{cpu / (r['run_wall_s'] * cores):.1%} |"
-            )
+        for name, r in ray_rows(rows).items():
+            for kind, cpu in r["ray_cpu"].items():
+                if cpu < 0.05:
+                    continue
+                steady = r["steady_cpu"].get(kind, 0.0)
+                lines.append(
+                    f"| {t} | {name} | {kind} | {cpu:.1f} | {cpu / r['total_steps']:.3f} | "
+                    f"{cpu / (r['run_wall_s'] * cores):.1%} | {steady:.1f} | "
+                    f"{steady / (max(r['steady_s'], 1e-9) * cores):.1%} |"
+                )
     return lines
 
 

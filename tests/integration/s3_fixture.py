@@ -56,6 +56,27 @@ class S3Server:
             "AWS_REGION": "us-east-1",
         }
 
+    def mlflow_env(self) -> dict[str, str]:
+        """What an ``mlflow server --artifacts-destination s3://...`` reads (and only it: the
+        artifacts are proxied, so its clients need none of this)."""
+        return {
+            "MLFLOW_S3_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        }
+
+    def boto3_client(self):
+        """A boto3 S3 client on this server (the library MLflow's S3 artifact store uses)."""
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+            region_name="us-east-1",
+        )
+
     def filesystem(self):
         """A pyarrow S3 filesystem on this server (the tests' own view of the bucket)."""
         from pyarrow import fs

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
+from mlflow_server import free_port, mlflow_server, stop, wait_healthy
 from typer.testing import CliRunner
 
 pytestmark = pytest.mark.integration
@@ -27,67 +26,19 @@ pytestmark = pytest.mark.integration
 NAME = "bratslab-test"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited early:\n{log.read_text()}")
-        try:
-            if requests.get(f"{url}/health", timeout=5).status_code == 200:
-                return
-        except requests.RequestException:  # not listening yet, or busy starting up
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"server not healthy after {timeout} s:\n{log.read_text()}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop the server and its workers (its own process group, started by this test)."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`mlflow server` on 127.0.0.1 with a SQLite backend and served artifacts; the process
     environment points MLFLOW_TRACKING_URI at it for the module. Yields its folder."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    log = root / "server.log"
-    cmd = [
-        sys.executable, "-m", "mlflow", "server",
-        "--host", "127.0.0.1", "--port", str(port),
-        "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
-        "--artifacts-destination", str(root / "artifacts"),
-        "--serve-artifacts", "--workers", "1",
-    ]  # fmt: skip
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-    url = f"http://127.0.0.1:{port}"
     mp = pytest.MonkeyPatch()
-    try:
-        _wait_healthy(url, proc, log)
-        mp.setenv("MLFLOW_TRACKING_URI", url)
-        mp.setenv("BRATSLAB_HOME", str(root / "home"))
-        yield root
-    finally:
-        mp.undo()
-        _stop(proc)
+    with mlflow_server(root, str(root / "artifacts")) as url:
+        try:
+            mp.setenv("MLFLOW_TRACKING_URI", url)
+            mp.setenv("BRATSLAB_HOME", str(root / "home"))
+            yield root
+        finally:
+            mp.undo()
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +207,7 @@ def test_ui_serves_a_sqlite_store_on_loopback(server, versions, tmp_path):
     """`bratslab ui` over a SQLite store (here: the one the server above wrote, which saves
     a second schema migration): healthy, shows its runs, answers on loopback only."""
     (_, run1), _ = versions
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.update(MLFLOW_TRACKING_URI=f"sqlite:///{server / 'server.db'}", BRATSLAB_HOME=str(tmp_path))
     log = tmp_path / "ui.log"
@@ -268,7 +219,7 @@ def test_ui_serves_a_sqlite_store_on_loopback(server, versions, tmp_path):
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(url, proc, log)
+        wait_healthy(url, proc, log)
         r = requests.get(f"{url}/api/2.0/mlflow/runs/get", params={"run_id": run1}, timeout=10)
         assert r.status_code == 200 and r.json()["run"]["info"]["run_name"] == "dice-0.8"
         # Nothing answers on the machine's other addresses.
@@ -277,4 +228,4 @@ def test_ui_serves_a_sqlite_store_on_loopback(server, versions, tmp_path):
             with pytest.raises(requests.ConnectionError):
                 requests.get(f"http://{host_ip}:{port}/health", timeout=2)
     finally:
-        _stop(proc)
+        stop(proc)

@@ -1,11 +1,17 @@
-"""Ray Train checkpoints in object storage (``BRATSLAB_RAY_STORAGE=s3://...``) against a real
-S3-compatible server (SeaweedFS, s3_fixture).
+"""Ray Train checkpoints and MLflow artifacts in object storage, against a real S3-compatible
+server (SeaweedFS, s3_fixture) and a real ``mlflow server`` (mlflow_server).
 
 ``bratslab train`` runs as a subprocess with only the ``AWS_*`` variables pointing it at the
-server: the checkpoints become objects in the bucket, the job's own files stay in the local
-``$BRATSLAB_HOME/ray_results/<name>``, the MLflow run finishes with the best checkpoint's
-``s3://`` URI as a tag and the best checkpoint logged as a model; rerunning the same name with
-more epochs resumes from the checkpoint in the bucket.
+server (``BRATSLAB_RAY_STORAGE=s3://...``) and ``MLFLOW_TRACKING_URI`` at an ``mlflow server``
+on 127.0.0.1 with a SQLite backend and proxied artifacts in the same bucket
+(``--serve-artifacts --artifacts-destination s3://<bucket>/mlflow-artifacts``; the S3 endpoint
+and keys are given to the server only). The checkpoints become objects in the bucket, the job's
+own files stay in the local ``$BRATSLAB_HOME/ray_results/<name>``, the MLflow run finishes with
+the best checkpoint's ``s3://`` URI as a tag and the best checkpoint logged as a model; the
+run's artifacts (job, learning curve) and the model are objects under the server's prefix, none
+is on the server's disk, and the model loads back through the server, with no S3 credentials,
+equal to the checkpoint. Rerunning the same name with more epochs resumes from the checkpoint
+in the bucket.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from mlflow_server import mlflow_server
 from s3_fixture import s3_server  # noqa: F401  (the session's S3 server fixture)
 
 pytestmark = pytest.mark.integration
@@ -26,14 +33,26 @@ pytestmark = pytest.mark.integration
 BRATSLAB = Path(sys.executable).with_name("bratslab")  # the console script of this venv
 JOB = Path(__file__).resolve().parents[2] / "jobs" / "smoke.yaml"
 PREFIX = "ray_results"
+ARTIFACTS = "mlflow-artifacts"  # the tracking server's prefix in the bucket
+PROXIED = "mlflow-artifacts:/"  # artifact URIs of a server with --serve-artifacts
 
 
-def _env(server, home: Path) -> dict[str, str]:
+@pytest.fixture
+def tracking_server(s3_server, tmp_path):  # noqa: F811
+    """``mlflow server`` with its artifacts in the bucket; yields (URL, the server's folder)."""
+    root = tmp_path / "mlflow-server"
+    dest = f"s3://{s3_server.bucket}/{ARTIFACTS}"
+    with mlflow_server(root, dest, s3_server.mlflow_env()) as url:
+        yield url, root
+
+
+def _env(server, home: Path, tracking_uri: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "BRATSLAB_"))}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("MLFLOW_S3_ENDPOINT_URL", None)
     env.pop("RAY_ADDRESS", None)
     env.update(server.env(), BRATSLAB_HOME=str(home), BRATSLAB_RAY_CPUS="4")
     env["BRATSLAB_RAY_STORAGE"] = f"s3://{server.bucket}/{PREFIX}"
+    env["MLFLOW_TRACKING_URI"] = tracking_uri
     return env
 
 
@@ -63,14 +82,57 @@ def _checkpoints(server) -> dict[str, set[str]]:
     return out
 
 
-def test_checkpoints_in_s3_then_resume_from_them(s3_server, tiny_store, tmp_path):  # noqa: F811
+def _key_prefix(location: str) -> str:
+    """A proxied artifact location's prefix in the bucket: ``mlflow-artifacts:/<path>`` is
+    ``s3://<bucket>/mlflow-artifacts/<path>``."""
+    assert location.startswith(PROXIED), location  # proxied: the client never sees S3
+    return f"{ARTIFACTS}/{location.removeprefix(PROXIED).strip('/')}/"
+
+
+def _artifact_keys(server, location: str) -> set[str]:
+    """The objects under a proxied artifact location, relative to it, listed with boto3."""
+    prefix = _key_prefix(location)
+    pages = server.boto3_client().get_paginator("list_objects_v2")
+    pages = pages.paginate(Bucket=server.bucket, Prefix=prefix)
+    return {o["Key"][len(prefix) :] for page in pages for o in page.get("Contents", [])}
+
+
+def _check_artifacts_in_bucket(server, uri: str, run_id: str, model_uri: str, best_uri: str):
+    """The run's artifacts and its logged model are objects in the bucket; the model's
+    weights are the best checkpoint's, byte for byte."""
+    from bratslab.tracking.mlflow_runs import client
+    from bratslab.tracking.model_store import model_id_of
+
+    c = client(uri)
+    run_keys = _artifact_keys(server, c.get_run(run_id).info.artifact_uri)
+    assert {"job.json", "learning_curve.png"} <= run_keys, run_keys
+    location = c.get_logged_model(model_id_of(model_uri)).artifact_location
+    keys = _artifact_keys(server, location)
+    weights = [k for k in keys if k.endswith("model_dir/model.pt")]
+    assert "MLmodel" in keys and len(weights) == 1, keys
+    assert weights[0].removesuffix(".pt") + ".json" in keys
+    s3 = server.boto3_client()
+    logged = s3.get_object(Bucket=server.bucket, Key=_key_prefix(location) + weights[0])
+    logged = logged["Body"].read()
+    ckpt = best_uri.removeprefix(f"s3://{server.bucket}/") + "/model.pt"
+    assert logged == s3.get_object(Bucket=server.bucket, Key=ckpt)["Body"].read()
+
+
+def test_checkpoints_in_s3_then_resume_from_them(
+    s3_server,  # noqa: F811
+    tracking_server,
+    tiny_store,
+    tmp_path,
+    monkeypatch,
+):
     from bratslab.models.weights import load_model_dir
     from bratslab.tracking.mlflow_runs import metric_history, run_info
     from bratslab.tracking.model_store import fetch_model_dir
     from bratslab.train.checkpoint import load_train_state
 
     home = tmp_path / "home"
-    env = _env(s3_server, home)
+    uri, server_dir = tracking_server
+    env = _env(s3_server, home, uri)
     _train(tiny_store, env, tmp_path)
 
     # Ray's checkpoints are objects in the bucket; the run files are local, nothing else is.
@@ -83,14 +145,19 @@ def test_checkpoints_in_s3_then_resume_from_them(s3_server, tiny_store, tmp_path
     assert not list(run_dir.glob("epoch*"))  # Ray wrote no checkpoint locally
     run_id = json.loads((run_dir / "bratslab_run.json").read_text())["mlflow_run_id"]
 
-    uri = f"sqlite:///{home / 'mlflow.db'}"
-    info = run_info(run_id, uri)
+    info = run_info(run_id, uri)  # the run is on the tracking server
     assert info["status"] == "FINISHED"
+    assert not (home / "mlflow.db").exists()  # nothing went to the embedded store
     best_uri = info["tags"]["bratslab.best_checkpoint"]
     prefix = f"s3://{s3_server.bucket}/{PREFIX}/smoke/"
     assert best_uri.startswith(prefix) and best_uri[len(prefix) :] in first
-    # The logged model is the best checkpoint's weights (downloaded from the bucket first).
-    model, _ = load_model_dir(fetch_model_dir(info["tags"]["bratslab.model_uri"], uri=uri))
+    model_uri = info["tags"]["bratslab.model_uri"]
+    _check_artifacts_in_bucket(s3_server, uri, run_id, model_uri, best_uri)
+    # The logged model, downloaded through the server by a client without any S3 setting, is
+    # the best checkpoint's weights.
+    for key in [k for k in os.environ if k.startswith("AWS_")] + ["MLFLOW_S3_ENDPOINT_URL"]:
+        monkeypatch.delenv(key, raising=False)
+    model, _ = load_model_dir(fetch_model_dir(model_uri, uri=uri, cache=tmp_path / "cache"))
     with s3_server.filesystem().open_input_stream(best_uri[len("s3://") :] + "/model.pt") as f:
         remote = torch.load(io.BytesIO(f.read()), weights_only=True)
     for key, value in model.state_dict().items():
@@ -109,3 +176,6 @@ def test_checkpoints_in_s3_then_resume_from_them(s3_server, tiny_store, tmp_path
     # Only the best and the latest are kept as local copies.
     best = run_info(run_id, uri)["tags"]["bratslab.best_checkpoint"].rsplit("/", 1)[-1]
     assert {p.name for p in (run_dir / "checkpoints").iterdir()} == {latest, best}
+    # The tracking server kept no artifact on its own disk: only its database and log.
+    kept = {p.name for p in server_dir.rglob("*") if p.is_file()}
+    assert {n for n in kept if not n.startswith(("server.db", "server.log"))} == set()

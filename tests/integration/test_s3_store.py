@@ -2,8 +2,10 @@
 
 ``bratslab data preprocess raw/ s3://...`` builds and uploads a store; :func:`sync_store` copies
 it into a node-local cache (verified; a second sync downloads nothing; a tampered object is
-refused); ``bratslab train`` trains from the URI on two Ray Train workers. Commands run as
-subprocesses with only the ``AWS_*`` variables pointing them at the server.
+refused); ``bratslab train`` trains from the URI on two Ray Train workers with
+``data.loader: ray`` (the Ray Data patch actors map the store's objects onto the node's copy as
+the workers do). Commands run as subprocesses with only the ``AWS_*`` variables pointing them at
+the server.
 """
 
 from __future__ import annotations
@@ -129,13 +131,20 @@ def test_sync_verifies_reuses_and_refuses_tampered_objects(
         f.write(bytes(data))
 
 
-def test_train_from_s3_store(s3_server, uploaded, tmp_path):  # noqa: F811
+def test_train_from_s3_store_with_ray_data_loader(s3_server, uploaded, tmp_path):  # noqa: F811
+    from mlflow import MlflowClient
+
     uri, _, _ = uploaded
     home, cache = tmp_path / "home", tmp_path / "node-cache"
     args = ["train", str(JOB), "--set", f"data.store={uri}", "--set", "training.epochs=1"]
     args += ["--set", "training.steps_per_epoch=2", "--set", "training.val_sw_batch_size=2"]
-    proc = _run(args, _env(s3_server, home, cache), tmp_path, timeout=300)
+    # 2 workers x (1 + 0.5 loader CPUs) fit the 4 logical CPUs of _env's Ray instance.
+    args += ["--set", "data.loader=ray", "--set", "data.loader_cpus=0.5"]
+    proc = _run(args, _env(s3_server, home, cache), tmp_path, timeout=480)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")  # the embedded store
+    (run,) = client.search_runs([client.get_experiment_by_name("bratslab-smoke").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["data.loader"] == "ray"
     copies = list(cache.glob(f"{s3_server.bucket}/*/dataset.json"))
     assert len(copies) == 1  # synced into BRATSLAB_STORE_CACHE, nowhere else
     assert len(list(copies[0].parent.glob("*_x.npy"))) == 4

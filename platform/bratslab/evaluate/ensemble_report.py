@@ -82,7 +82,7 @@ def compare_ensemble(
     """
     from bratslab.data.store import Store
     from bratslab.evaluate.model_eval import summarise
-    from bratslab.evaluate.model_loading import build_from_payload, load_payload
+    from bratslab.evaluate.model_loading import build_models, load_payload
 
     payload = load_payload(ref)
     if not payload.members:
@@ -92,7 +92,7 @@ def compare_ensemble(
     if not cases:
         raise ValueError(f"{st.path}: no labelled cases to score")
     names = list(payload.info["ensemble"]["members"])
-    models = [build_from_payload(m) for m in payload.members]  # each kept: one build per member
+    models = build_models(payload.members)  # one build per member, cached as a set
     rows: dict[str, list[dict[str, float]]] = {n: [] for n in [*names, "ensemble"]}
     for cid in cases:
         for label, row in _score_one(st, cid, models, names, payload, tta, challenge, device, amp):

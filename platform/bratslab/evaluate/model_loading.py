@@ -10,6 +10,8 @@ An ensemble folder (``ensemble.json`` + ``members/<name>/``, e.g. a registered v
 ``bratslab models register --ensemble``) loads as one payload whose ``members`` are the member
 payloads (:func:`member_payloads` lists them); it builds into an :class:`EnsembleNet`, which
 averages the members' probabilities exactly like several ``--model`` arguments do (see there).
+:func:`load_member_models` builds the networks ``predict`` averages in one call; the MLflow
+pyfunc of an ensemble version (:mod:`bratslab.tracking.pyfunc_model`) predicts with them.
 """
 
 from __future__ import annotations
@@ -113,20 +115,52 @@ def check_ensemble(payloads: list[ModelPayload]) -> None:
             raise ValueError(f"ensemble: {p.source} and {first.source} differ in output kind")
 
 
-_MODEL_CACHE: dict[str, Any] = {}  # per worker process: weights hash → built model
+def load_member_models(ref: str | Path) -> tuple[list[Any], dict[str, Any]]:
+    """The networks ``bratslab predict --model ref`` averages, built once each, and the info
+    they share: a single model alone, or an ensemble's members.
+
+    The same steps as :func:`bratslab.evaluate.predict.predict_folder`: :func:`load_payload`,
+    :func:`member_payloads`, :func:`check_ensemble`, then each member rebuilt from its
+    weights-only bytes (``torch.load(weights_only=True)``), in eval mode on CPU. Passed as the
+    ``models`` of :func:`bratslab.evaluate.inference.predict_probabilities`, their
+    probabilities are averaged exactly as ``predict`` averages them. Not taken from the
+    per-process cache (which keeps one entry): the caller holds them.
+
+    Returns:
+        ``(models, info)``: ``info`` is ``load_payload(ref).info`` (patch size,
+        preprocessing, ``model.output``; ``"ensemble"`` for an ensemble).
+    Raises:
+        FileNotFoundError / ValueError naming the file and the problem.
+    """
+    payload = load_payload(ref)
+    members = member_payloads([payload])
+    check_ensemble(members)
+    return [_build(m) for m in members], payload.info
+
+
+_MODEL_CACHE: dict[tuple[str, ...], Any] = {}  # per worker process: weights hashes → models
+
+
+def build_models(payloads: list[ModelPayload]) -> list:
+    """Rebuild the networks of ``payloads`` (repeated ``-m``), cached per process as one set:
+    a predict actor serves one set for every case, so only the last set is kept."""
+    key = tuple(p.key for p in payloads)
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE.clear()
+        _MODEL_CACHE[key] = [_build_one(p) for p in payloads]
+    return _MODEL_CACHE[key]
 
 
 def build_from_payload(payload: ModelPayload):
     """Rebuild the network of ``payload`` (cached per process) in eval mode on CPU; an
     ensemble's as an :class:`EnsembleNet` of its members."""
-    if payload.key not in _MODEL_CACHE:
-        if payload.members:
-            model = EnsembleNet([_build(m) for m in payload.members], payload.output)
-        else:
-            model = _build(payload)
-        _MODEL_CACHE.clear()  # keep one ensemble's worth; workers serve one run at a time
-        _MODEL_CACHE[payload.key] = model.eval()
-    return _MODEL_CACHE[payload.key]
+    return build_models([payload])[0]
+
+
+def _build_one(payload: ModelPayload):
+    if payload.members:
+        return EnsembleNet([_build(m) for m in payload.members], payload.output).eval()
+    return _build(payload)
 
 
 def _build(payload: ModelPayload):
@@ -206,7 +240,9 @@ __all__ = [
     "EnsembleNet",
     "ModelPayload",
     "build_from_payload",
+    "build_models",
     "check_ensemble",
+    "load_member_models",
     "load_payload",
     "member_payloads",
     "resolve_device",

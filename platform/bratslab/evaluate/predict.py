@@ -36,7 +36,7 @@ from bratslab.config import validate
 from bratslab.evaluate.config import PredictConfig
 from bratslab.evaluate.model_loading import (
     ModelPayload,
-    build_from_payload,
+    build_models,
     check_ensemble,
     load_payload,
     member_payloads,
@@ -100,7 +100,7 @@ def predict_case(
             reason = "; ".join(f.reason for f in e.failures)
             return _failed(case.id, first.file, reason, t0)
         output = payloads[0].output
-        models = [build_from_payload(p) for p in payloads]
+        models = build_models(payloads)  # built once per actor, not per case
         probs, std = predict_probabilities(
             models,
             pre.x,

@@ -486,5 +486,8 @@ def ui(
         )
     cmd = server_command(settings, host, port)
     typer.echo(f"MLflow UI for {uri} at http://{host}:{port}  (Ctrl-C to stop)", err=True)
+    # No job runner (MLflow's GenAI jobs; bratslab has none): a process less to start, and the
+    # server then exits on SIGTERM at once instead of waiting for it. A user's setting wins.
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     # Become the server: signals (Ctrl-C, a supervisor's SIGTERM) reach it directly.
     os.execv(cmd[0], cmd)

@@ -198,8 +198,16 @@ def start_run(
     return run_id
 
 
-def log_metrics(run_id: str, metrics: Mapping[str, Any], step: int, uri: str | None = None) -> None:
-    """Log the finite numeric entries of ``metrics`` at ``step`` (others are skipped)."""
+def log_metrics(
+    run_id: str,
+    metrics: Mapping[str, Any],
+    step: int,
+    uri: str | None = None,
+    *,
+    tags: Mapping[str, str] | None = None,
+) -> None:
+    """Log the finite numeric entries of ``metrics`` at ``step`` (others are skipped), and
+    ``tags`` if given, in one ``log_batch`` call (one store transaction)."""
     now = int(time.time() * 1000)
     items = []
     for k, v in metrics.items():
@@ -207,8 +215,9 @@ def log_metrics(run_id: str, metrics: Mapping[str, Any], step: int, uri: str | N
             continue
         if math.isfinite(v):
             items.append(Metric(k, float(v), now, int(step)))
-    if items:
-        client(uri).log_batch(run_id, metrics=items, synchronous=True)
+    tag_items = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+    if items or tag_items:
+        client(uri).log_batch(run_id, metrics=items, tags=tag_items, synchronous=True)
 
 
 def set_tags(run_id: str, tags: Mapping[str, str], uri: str | None = None) -> None:

@@ -8,6 +8,12 @@ architecture from ``model.json`` and loads the state dict with ``torch.load(weig
 Why not ``mlflow.pytorch.log_model``: in MLflow 3 it exports a traced ``pt2`` program that needs
 an input example and specialises on its shape; BraTS volumes vary in size after cropping, and a
 sliding-window predictor over an ``nn.Module`` rebuilt from config serves them all.
+
+An ensemble version (``bratslab models register --ensemble``: ``ensemble.json`` + one model
+directory per member) loads every member the way ``bratslab predict`` does
+(:func:`bratslab.evaluate.model_loading.load_member_models`, weights-only) and predicts with
+``predict``'s own inference (:func:`bratslab.evaluate.inference.predict_probabilities`), so
+the members' probabilities are averaged by the same code, not a copy of it.
 """
 
 from __future__ import annotations
@@ -19,17 +25,33 @@ import numpy as np
 
 
 class BratsSegmenter(mlflow.pyfunc.PythonModel):
-    """``predict(x)``: ``x`` float32 ``(C_in, X, Y, Z)`` (store space) → probabilities
-    ``(C_out, X, Y, Z)`` float32 (sigmoid regions WT/TC/ET or softmax labels), by sliding-window
-    inference with the training patch size."""
+    """``predict(x)``: ``x`` float32 ``(C_in, X, Y, Z)`` or a batch ``(B, C_in, X, Y, Z)``
+    (store space) → probabilities ``(C_out, X, Y, Z)`` (resp. ``(B, C_out, X, Y, Z)``) float32
+    (sigmoid regions WT/TC/ET or softmax labels), by sliding-window inference with the
+    training patch size.
+
+    A single model blends its windows' logits (overlap 0.5, constant weights). An ensemble
+    averages its members' probabilities per window and blends them with Gaussian weights
+    (overlap 0.5, no test-time augmentation, float32): ``bratslab predict --tta none --no-amp``
+    on the preprocessed volume."""
 
     def load_context(self, context) -> None:
         from bratslab.models.weights import load_model_dir
+        from bratslab.tracking.model_store import is_ensemble_dir
 
-        self.model, self.info = load_model_dir(context.artifacts["model_dir"])
+        model_dir = context.artifacts["model_dir"]
+        self.members = None  # an ensemble's networks, averaged by predict's inference
+        if is_ensemble_dir(model_dir):
+            from bratslab.evaluate.model_loading import load_member_models
+
+            self.members, self.info = load_member_models(model_dir)
+            return
+        self.model, self.info = load_model_dir(model_dir)
         self.model.eval()
 
     def predict(self, context, model_input, params=None):
+        if self.members is not None:
+            return self._predict_ensemble(model_input)
         import torch
         from monai.inferers import sliding_window_inference
 
@@ -45,6 +67,27 @@ class BratsSegmenter(mlflow.pyfunc.PythonModel):
             probs = torch.sigmoid(logits)
         out = probs.float().numpy()
         return out[0] if np.asarray(model_input).ndim == 4 else out
+
+    def _predict_ensemble(self, model_input) -> np.ndarray:
+        """The members' mean probabilities, one volume at a time (``predict``'s inference)."""
+        from bratslab.evaluate.inference import predict_probabilities
+
+        x = np.asarray(model_input, dtype=np.float32)
+        output = self.info["model"].get("output", "regions")
+        volumes = [
+            predict_probabilities(
+                self.members,
+                volume,
+                roi_size=[int(s) for s in self.info["patch_size"]],
+                overlap=0.5,
+                tta="none",
+                sw_batch_size=2,
+                activation="sigmoid" if output == "regions" else "softmax",
+                amp=False,  # float32, as the single model runs
+            )[0]
+            for volume in (x[None] if x.ndim == 4 else x)
+        ]
+        return volumes[0] if x.ndim == 4 else np.stack(volumes)
 
 
 with warnings.catch_warnings():

@@ -3,9 +3,9 @@
 :func:`train_loop_per_worker` reads top to bottom: set up → (restore) → for each epoch: take
 this epoch's patch batches (``data.loader``: sampled by a thread from this worker's cases, or
 the next batches of the Ray Data patch stream), train on them, validate every k epochs, report
-metrics + a checkpoint. The helpers beside it do one of those steps each. Lines that talk to
-Ray are marked ``# Ray``. Workers never touch MLflow: the driver's callback logs what they
-report.
+metrics + a checkpoint (one ``ray.train.report`` per epoch, none per step). The helpers beside
+it do one of those steps each. Lines that talk to Ray are marked ``# Ray``. Workers never touch
+MLflow: the driver's callback logs what they report.
 """
 
 from __future__ import annotations
@@ -149,8 +149,10 @@ def train_loop_per_worker(
 ) -> None:
     """Entry point of every Ray Train worker. ``config`` (built by the driver) holds the
     resolved ``job`` spec, the ``patch_size``, the validation ``val_rows``, the ``model_extra``
-    written into model.json, and optionally ``init_weights`` (an object ref to a state dict).
-    ``on_epoch_start(epoch)``, if given, runs before each epoch (e.g. a test's fault)."""
+    written into model.json, optionally ``init_weights`` (an object ref to a state dict), and
+    for ``data.loader: thread`` the case table ``train_rows`` (absent: this worker's Ray Data
+    shard of it). ``on_epoch_start(epoch)``, if given, runs before each epoch (e.g. a test's
+    fault)."""
     import ray.train  # Ray
     import ray.train.torch  # Ray
 
@@ -177,8 +179,7 @@ def train_loop_per_worker(
         log.info(
             "rank %d resumed at epoch %d (step %d)", w.rank, progress.epoch, progress.global_step
         )
-    # Ray: this worker's share of the case table (thread) or of the patch stream (ray)
-    shard = ray.train.get_dataset_shard("train")
+    shard = train_shard(config, w.rank, w.world)  # Ray for a dataset shard: see there
 
     for epoch in range(progress.epoch, tr.epochs):
         if on_epoch_start is not None:
@@ -189,6 +190,17 @@ def train_loop_per_worker(
         metrics["time/epoch_s"] = time.perf_counter() - t0
         report_epoch(w, epoch, progress, metrics, config)
         bundle.train_mode()
+
+
+def train_shard(config: dict[str, Any], rank: int, world: int):
+    """Rank ``rank``'s share of the training data: its rows of the case table in the loop
+    config (``rows[rank::world]``, a list), else its Ray Data shard (``data.loader: ray``'s
+    patch stream, or a case table sent as a dataset)."""
+    import ray.train  # Ray
+
+    if config.get("train_rows") is not None:
+        return list(config["train_rows"])[rank::world]
+    return ray.train.get_dataset_shard("train")  # Ray
 
 
 def _world() -> tuple[int, int]:
@@ -292,9 +304,10 @@ def _worker(
 
 def epoch_batches_of(w: Worker, shard, epoch: int) -> Iterator[tuple[Any, Any]]:
     """This epoch's ``steps_per_epoch`` batches ``(x, y)`` from ``shard``, this worker's
-    ``get_dataset_shard("train")``.
+    share of the training data (:func:`train_shard`: a list of case rows, or its
+    ``get_dataset_shard("train")``).
 
-    ``data.loader: thread``: a fresh pass over the shard's case rows (ids and paths, never
+    ``data.loader: thread``: a fresh pass over the worker's case rows (ids and paths, never
     volumes; ``s3://`` paths → this node's copy), sampled and augmented by a prefetch thread,
     seeded by (seed, epoch, rank), so a resumed epoch draws the same patches. ``ray``: the
     next batches of the attempt's patch stream (:mod:`bratslab.data.patch_pipeline`), torch
@@ -313,7 +326,8 @@ def epoch_batches_of(w: Worker, shard, epoch: int) -> Iterator[tuple[Any, Any]]:
                 )
             )
         return _take(w.patches, tr.steps_per_epoch)
-    rows = localize_rows(shard.iter_rows())  # Ray: case rows only
+    # Ray (a dataset shard only): a split of the case rows on every epoch
+    rows = localize_rows(shard if isinstance(shard, list) else shard.iter_rows())
     batches = epoch_batches(
         rows,
         steps=tr.steps_per_epoch,

@@ -3,14 +3,17 @@
 :func:`run_training` is what ``bratslab train`` and each Ray Tune trial call. It
 
 1. checks that ``data.store`` holds a store (a ``ConfigError`` before anything is created),
-   reads its manifest into a case table (a Ray Data dataset Ray Train shards per worker),
+   reads its manifest into a case table (``data.loader: thread``: a plain list in the loop
+   config, each worker taking every N-th row; ``ray``: a Ray Data patch stream Ray Train
+   shards per worker),
 2. opens (or, for a rerun of the same job name, reopens) one MLflow run,
 3. runs :func:`bratslab.train.loop.train_loop_per_worker` on N workers with fault tolerance:
    ``FailureConfig(max_failures)`` restarts the worker group from the latest checkpoint, and a
    rerun with the same name finds the run folder ``$BRATSLAB_HOME/ray_results/<name>`` and
    resumes from its latest checkpoint (Ray Train V2 reloads its checkpoint-manager snapshot),
 4. logs per-epoch metrics from a :class:`MLflowCallback` in the Train controller (workers never
-   talk to MLflow) and prints one progress line per epoch on the driver's console
+   talk to MLflow; one ``log_batch`` per epoch, MLflow opened while the controller starts)
+   and prints one progress line per epoch on the driver's console
    (:mod:`bratslab.train.progress`), then logs the job, a learning-curve plot and the best
    checkpoint as a model.
 
@@ -57,6 +60,16 @@ LOGGED_ON_VALIDATION += (
 
 
 CHECKPOINT_COPIES = "checkpoints"  # in the run folder: local copies of s3:// checkpoints
+
+# What each Ray Train run spends besides the training step (issue 17). Both are on by default;
+# benchmarks/bench_train.py turns each off in an arm of its own to measure what it saves.
+# The thread loader's case table (ids and paths, a few hundred bytes per case) travels in the
+# loop config: a Ray Data dataset would start a DatasetManager, a SplitCoordinator, a stats
+# and an autoscaling actor, and run a split on every epoch, on the cores the step uses.
+CASE_TABLE_IN_CONFIG = True
+# The controller imports MLflow and opens the store while it starts, before any worker exists:
+# at the first report instead (~2 CPU-s) it competes with the workers' second epoch.
+WARM_MLFLOW_IN_CONTROLLER = True
 
 
 @dataclass
@@ -193,26 +206,42 @@ def _mlflow_callback_cls():
 
     class MLflowCallback(ray.train.UserCallback):
         """Runs in the Train controller (pinned to the driver's node by Ray 2.60) and logs
-        rank 0's reported metrics to MLflow, one step per epoch."""
+        rank 0's reported metrics to MLflow, one step and one ``log_batch`` per epoch.
 
-        def __init__(self, run_id: str, uri: str) -> None:
+        With ``warm``, the process that unpickles it (the controller, while it starts and
+        before it starts any worker) imports MLflow and opens the store there and then."""
+
+        def __init__(self, run_id: str, uri: str, warm: bool = True) -> None:
             self.run_id = run_id
             self.uri = uri
+            self.warm = warm
             self.nodes_tagged = False
+
+        def __setstate__(self, state: dict[str, Any]) -> None:
+            self.__dict__.update(state)
+            if self.warm:
+                try:
+                    from bratslab.tracking import mlflow_runs
+
+                    mlflow_runs.client(self.uri)  # import + schema check, cached per process
+                except Exception as e:  # the first report retries and raises it properly
+                    log.warning("MLflow store %s not ready at controller start: %s", self.uri, e)
 
         def after_report(self, run_context, metrics, checkpoint) -> None:
             from bratslab.tracking import mlflow_runs
             from bratslab.train.loop import NODE_IP_KEY
 
+            tags = None
             if not self.nodes_tagged:  # once per attempt: where each rank runs, in rank order
                 nodes = ",".join(f"{i}={w.get(NODE_IP_KEY, '?')}" for i, w in enumerate(metrics))
-                mlflow_runs.set_tags(self.run_id, {WORKER_NODES_TAG: nodes}, self.uri)
+                tags = {WORKER_NODES_TAG: nodes}
                 self.nodes_tagged = True
             m = metrics[0]
             keys = [k for k in m if k in LOGGED_EVERY_EPOCH or k.startswith("lr/")]
             if m.get("val/fresh"):
                 keys += [k for k in LOGGED_ON_VALIDATION if k in m]
-            mlflow_runs.log_metrics(self.run_id, {k: m[k] for k in keys}, int(m["epoch"]), self.uri)
+            values = {k: m[k] for k in keys}
+            mlflow_runs.log_metrics(self.run_id, values, int(m["epoch"]), self.uri, tags=tags)
 
     return MLflowCallback
 
@@ -272,6 +301,11 @@ def build_trainer(
         "model_extra": data.model_extra,
         "init_weights": _init_weights_ref(spec),
     }
+    datasets = None
+    if spec.data.loader == "thread" and CASE_TABLE_IN_CONFIG:
+        config["train_rows"] = data.train_rows  # each worker takes rows[rank::world]
+    else:
+        datasets = {"train": train_dataset(spec, data)}  # Ray Data: sharded per worker
     return TorchTrainer(
         train_loop or train_loop_per_worker,
         train_loop_config=config,
@@ -297,14 +331,15 @@ def build_trainer(
             ),
             callbacks=_callbacks(spec, storage.run_dir(name), mlflow_run_id, callbacks, progress),
         ),
-        datasets={"train": train_dataset(spec, data)},  # Ray Data: sharded per worker
+        datasets=datasets,
     )
 
 
 def train_dataset(spec: JobSpec, data: PreparedData):
     """The ``train`` dataset Ray Train splits across the workers (``streaming_split``): the
-    case table (``data.loader: thread``; each worker samples its own patches) or the patch
-    stream of :mod:`bratslab.data.patch_pipeline` (``ray``; an actor pool samples them)."""
+    patch stream of :mod:`bratslab.data.patch_pipeline` (``data.loader: ray``; an actor pool
+    samples them), or, for ``thread`` with :data:`CASE_TABLE_IN_CONFIG` off, the case table
+    (each worker samples its own patches)."""
     from bratslab.data.loader import case_dataset
 
     if spec.data.loader == "thread":
@@ -355,7 +390,7 @@ def _callbacks(
 
     out: list[Any] = []
     if mlflow_run_id:
-        out.append(_mlflow_callback_cls()(mlflow_run_id, tracking_uri()))
+        out.append(_mlflow_callback_cls()(mlflow_run_id, tracking_uri(), WARM_MLFLOW_IN_CONTROLLER))
     if progress:
         out.append(progress_callback(run_dir.name, spec.training.epochs, run_dir / LOG_FILE))
     return out + list(extra)

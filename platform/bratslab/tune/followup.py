@@ -39,7 +39,10 @@ def upkern_job(ctx: TrialContext, cfg: SweepConfig, rows: list[TrialResult]):
     source, data = eligible[0]
     data.pop("sweep", None)
     data["model"]["mednext"]["kernel_size"] = uk.to_kernel
-    data["model"]["init_from"] = source.best_checkpoint
+    # A checkpoint in a bucket is copied into the sweep folder first (init_from is local).
+    data["model"]["init_from"] = ctx.paths.experiment.localize(
+        source.best_checkpoint, source.trial_id
+    )
     apply_overrides(data, uk.overrides)
     data["name"] = f"{ctx.sweep_name}-upkern-k{uk.to_kernel}"
     tracking = data.setdefault("tracking", {})
@@ -71,7 +74,7 @@ def run_upkern(ctx: TrialContext, cfg: SweepConfig, outcome) -> None:
         return
     log.info("upkern: k%d → k%d from trial %s", cfg.upkern.from_kernel, cfg.upkern.to_kernel,
              source.trial_id)  # fmt: skip
-    done = run_training(job, name=job.name, storage_path=ctx.paths.train)
+    done = run_training(job, name=job.name, storage_path=ctx.paths.experiment.train_storage)
     best = done.best_metrics.get(cfg.metric)
     outcome.trials.append(
         TrialResult(

@@ -8,7 +8,6 @@ described in :mod:`bratslab.tune.sweep`.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import warnings
@@ -17,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bratslab import atomic
 from bratslab.compat.ray_tune import TUNE_REPORT_CHECKPOINT_KEY, PlacementGroupRecord
 from bratslab.config import ConfigError
 from bratslab.settings import Settings, get_settings
 from bratslab.tune.config import SweepConfig
+from bratslab.tune.experiment_storage import ExperimentStorage
 from bratslab.tune.space import SearchSpace
 from bratslab.tune.storage import open_storage, sqlite_beside
 from bratslab.tune.trial_result import TrialResult
@@ -42,10 +41,19 @@ class SweepPaths:
         root: the sweep folder.
         optuna_storage: SQLAlchemy URL of the Optuna study storage (``BRATSLAB_OPTUNA_STORAGE``,
             see :mod:`bratslab.tune.storage`); None keeps the study in ``optuna.db`` in ``root``.
+        ray_storage: ``s3://bucket/prefix/sweeps/<name>`` when the Tune experiment, trial
+            checkpoints and markers live in a bucket (:mod:`bratslab.tune.experiment_storage`);
+            None keeps them in ``root``.
     """
 
     root: Path
     optuna_storage: str | None = None
+    ray_storage: str | None = None
+
+    @property
+    def experiment(self) -> ExperimentStorage:
+        """Where the Tune experiment, the trials' checkpoints and their markers live."""
+        return ExperimentStorage(self.root, self.ray_storage)
 
     @property
     def manifest(self) -> Path:
@@ -132,9 +140,9 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial_id = tune.get_context().get_trial_id()
-    marker = ctx.paths.marker(trial_id)
-    if marker.is_file():
-        done = json.loads(marker.read_text())
+    storage = ctx.paths.experiment  # the sweep folder or the bucket (markers, checkpoints)
+    done = storage.read_marker(trial_id)
+    if done is not None:
         log.warning("trial %s already completed; replaying its recorded result", trial_id)
         from bratslab.compat.ray_tune import tune_auto_result_keys
 
@@ -143,12 +151,12 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         tune.report({k: v for k, v in done["last_result"].items() if k not in skip})
         return
     job = ctx.trial_job(trial_id, config)
-    with ctx.paths.attempts(trial_id).open("a") as f:  # audit trail: one line per training start
-        f.write(json.dumps({"time": time.time(), "job": job.name}) + "\n")
+    # Audit trail: one line per training start.
+    storage.append_attempt(trial_id, {"time": time.time(), "job": job.name})
     from bratslab.train.trainer import run_training
 
     # Every epoch's checkpoint folder gets a new name (train.loop.report_epoch).
-    existing = {p.name for p in (ctx.paths.train / job.name).glob("epoch*")}
+    existing = storage.checkpoint_names(job.name)
     # run_training builds the TorchTrainer (build_trainer), opens the trial's MLflow run nested
     # under the sweep's parent, and reopens both when a restarted trial reuses its name.
     outcome = run_training(
@@ -156,7 +164,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         name=job.name,
         parent_run_id=ctx.parent_run_id,
         callbacks=[TuneReportCallback()],  # Ray: Train → Tune bridge (metrics + checkpoint path)
-        storage_path=ctx.paths.train,
+        storage_path=storage.train_storage,
     )
     latest = outcome.latest_checkpoint
     if latest is not None and latest.name in existing:
@@ -164,7 +172,8 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         # SIGKILL) but Tune never recorded the trial as done: this attempt resumed at the end,
         # trained and reported nothing. Tune still needs the trial's final result.
         log.warning("trial %s had finished training; reporting its last result", trial_id)
-        tune.report({**outcome.metrics, CHECKPOINT_PATH_KEY: str(latest)})  # Ray
+        path = storage.checkpoint_path(job.name, latest.name)  # as Ray Train reports it
+        tune.report({**outcome.metrics, CHECKPOINT_PATH_KEY: path})  # Ray
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
@@ -243,8 +252,8 @@ def _completion_recorder(paths: SweepPaths):
                 remove_orphaned_placement_groups()
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            atomic.write_json(
-                paths.marker(trial.trial_id),
+            paths.experiment.write_marker(
+                trial.trial_id,
                 {
                     "trial_id": trial.trial_id,
                     "config": _jsonable(dict(trial.config)),
@@ -384,17 +393,24 @@ def run_tuner(
         tune.with_parameters(run_trial, ctx=ctx),
         {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu},
     )
-    ctx.paths.trials.mkdir(parents=True, exist_ok=True)
+    storage = ctx.paths.experiment
+    if not storage.remote:
+        ctx.paths.trials.mkdir(parents=True, exist_ok=True)
+    # In a bucket, Ray is given pyarrow's path and the keyless filesystem (not the URI), as
+    # Ray Train is by the train stage (see bratslab.tune.experiment_storage).
+    fs, tune_path = storage.filesystem, storage.tune_path(TUNE_DIRNAME)
     if resume:
-        if not tune.Tuner.can_restore(str(ctx.paths.tune)):
-            raise ConfigError(f"{ctx.paths.tune}: no Tune experiment state to resume")
+        if not tune.Tuner.can_restore(tune_path, storage_filesystem=fs):
+            where = storage.checkpoint_uri(tune_path)
+            raise ConfigError(f"{where}: no Tune experiment state to resume")
         # Finished trials are kept; unfinished ones continue (same trial ids); errored ones
         # start again from scratch.
         tuner = tune.Tuner.restore(
-            str(ctx.paths.tune),
+            tune_path,
             trainable=trainable,
             resume_unfinished=True,
             restart_errored=True,
+            storage_filesystem=fs,
         )
     else:
         tuner = tune.Tuner(
@@ -409,7 +425,8 @@ def run_tuner(
             ),
             run_config=tune.RunConfig(
                 name=TUNE_DIRNAME,
-                storage_path=str(ctx.paths.root.resolve()),
+                storage_path=storage.tune_storage_path,
+                storage_filesystem=fs,
                 failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
                 callbacks=[_completion_recorder(ctx.paths)],
                 verbose=1,
@@ -425,8 +442,10 @@ def trial_rows(grid, cfg: SweepConfig, paths: SweepPaths) -> list[TrialResult]:
     """One :class:`TrialResult` per trial: id, status, params, best metric, epochs, checkpoint.
 
     The best checkpoint of a trial is the reported ``checkpoint_path`` with the best ``metric``
-    among those still on disk (the trainer keeps its top checkpoints by the same metric).
+    among those still stored (the trainer keeps its top checkpoints by the same metric): a
+    folder, or an ``s3://`` URI when the sweep's checkpoints are in a bucket.
     """
+    storage = paths.experiment
     sign = 1.0 if cfg.mode == "max" else -1.0
     rows = []
     for res in grid:
@@ -445,17 +464,20 @@ def trial_rows(grid, cfg: SweepConfig, paths: SweepPaths) -> list[TrialResult]:
                     fresh = scored[scored[FRESH_KEY] == 1] if FRESH_KEY in scored else scored
                     with_ckpt = fresh[fresh[CHECKPOINT_PATH_KEY].notna()]
                     with_ckpt = with_ckpt[
-                        with_ckpt[CHECKPOINT_PATH_KEY].map(lambda p: Path(str(p)).is_dir())
+                        with_ckpt[CHECKPOINT_PATH_KEY].map(
+                            lambda p: storage.checkpoint_exists(str(p))
+                        )
                     ]
                     if len(with_ckpt):
                         idx = (with_ckpt[cfg.metric] * sign).idxmax()
-                        best_ckpt = str(with_ckpt.loc[idx, CHECKPOINT_PATH_KEY])
-        marker = paths.marker(trial_id)
+                        best_ckpt = storage.checkpoint_uri(
+                            str(with_ckpt.loc[idx, CHECKPOINT_PATH_KEY])
+                        )
         rows.append(
             TrialResult(
                 trial_id=trial_id,
                 status="ERROR" if res.error else "TERMINATED",
-                completed=marker.is_file(),
+                completed=storage.has_marker(trial_id),
                 iterations=iters,
                 best_metric=best_value,
                 best_checkpoint=best_ckpt,

@@ -15,6 +15,11 @@ Layout of a sweep folder (``$BRATSLAB_HOME/sweeps/<name>/``)::
     trials/<id>.json  a completed trial's outcome, written atomically when its training ends
     results.csv       the results table (also an artifact of the parent run)
 
+With ``BRATSLAB_RAY_STORAGE=s3://bucket/prefix``, ``tune/``, ``train/`` and ``trials/`` are in
+the bucket under ``prefix/sweeps/<name>/`` instead, and the rest stays in the folder; the
+manifest records that location (``ray_storage``) and a resume reads the experiment from there
+(:mod:`bratslab.tune.experiment_storage` says what lives where).
+
 Resume guarantee (``--resume NAME``): ``Tuner.restore`` brings back the trials, the searcher
 (whose Optuna study, named after the sweep, lives in ``optuna.db`` or in the database the sweep
 started with) and the scheduler from Tune's last experiment snapshot. Tune takes that snapshot
@@ -41,7 +46,14 @@ from bratslab.names import check_name
 from bratslab.settings import Settings, get_settings
 from bratslab.shutdown import STOP_REASON_TAG, Terminated, stop_on_signals
 from bratslab.tune.config import SweepConfig
-from bratslab.tune.harness import SweepPaths, TrialContext, run_tuner, sweeps_root
+from bratslab.tune.experiment_storage import sweep_storage_uri
+from bratslab.tune.harness import (
+    TUNE_DIRNAME,
+    SweepPaths,
+    TrialContext,
+    run_tuner,
+    sweeps_root,
+)
 from bratslab.tune.space import SearchSpace
 from bratslab.tune.storage import check_new_study, manifest_entry, storage_for_resume
 from bratslab.tune.trial_result import TrialResult
@@ -98,10 +110,17 @@ def start_sweep(
         raise ConfigError(f"{source}: no `sweep` section")
     settings = _pin_stores(settings)
     name = spec.sweep.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    paths = SweepPaths(sweeps_root(settings) / name, settings.optuna_storage)
+    ray_storage = sweep_storage_uri(settings.ray_storage, name)  # ConfigError: a bad URI
+    paths = SweepPaths(sweeps_root(settings) / name, settings.optuna_storage, ray_storage)
     if paths.manifest.is_file():
         raise ConfigError(
             f"sweep {name!r} exists in {paths.root}; continue it with --resume {name}"
+        )
+    if paths.experiment.remote and paths.experiment.has_experiment(TUNE_DIRNAME):
+        # Another work folder's sweep of this name: Tune would mix both experiments.
+        raise ConfigError(
+            f"{source}: {ray_storage} already holds a Tune experiment; give the sweep another "
+            f"sweep.name (resume an interrupted sweep with --resume {name} from its work folder)"
         )
     space_path = _resolve_space_path(spec.sweep.space, job_source)
     space = SearchSpace.from_file(space_path)
@@ -131,13 +150,15 @@ def resume_sweep(name: str, *, settings: Settings | None = None) -> SweepOutcome
             f"sweep {name!r} already finished ({manifest['finished']}); "
             "start a new sweep to search again"
         )
-    paths = SweepPaths(paths.root, storage_for_resume(manifest, settings, str(paths.manifest)))
+    optuna_storage = storage_for_resume(manifest, settings, str(paths.manifest))
+    paths = SweepPaths(paths.root, optuna_storage, _ray_storage_for_resume(manifest, settings))
     spec = job_from_dict(manifest["job"], str(paths.manifest))
     space = SearchSpace.from_file(paths.root / "space.yaml")
     space.source = manifest["space_file"]
     validate_sweep(spec, space, str(paths.manifest))
     # A sweep interrupted before Tune wrote any state starts its Tune experiment afresh.
-    return _run(spec, space, paths, manifest, settings, restore=paths.tune.exists())
+    restore = paths.experiment.has_experiment(TUNE_DIRNAME)
+    return _run(spec, space, paths, manifest, settings, restore=restore)
 
 
 def validate_sweep(spec, space: SearchSpace, source: str) -> None:
@@ -194,9 +215,26 @@ def _create_sweep_folder(paths: SweepPaths, name: str, spec, space_path: Path) -
         "job": spec.resolved(),
         "space_file": str(space_path),
         "optuna": manifest_entry(paths.optuna_storage, name),
+        "ray_storage": paths.ray_storage,  # None: tune/, train/, trials/ are in the folder
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "parent_run_id": None,
     }
+
+
+def _ray_storage_for_resume(manifest: dict, settings: Settings) -> str | None:
+    """Where the sweep's experiment is: the location it started with (recorded in the
+    manifest, no secrets), whatever ``BRATSLAB_RAY_STORAGE`` says now; a difference is logged."""
+    recorded = manifest.get("ray_storage")
+    now = sweep_storage_uri(settings.ray_storage, manifest["name"])
+    if now != recorded:
+        log.warning(
+            "sweep %s: its Tune experiment and checkpoints are in %s (where it started); "
+            "BRATSLAB_RAY_STORAGE=%s is not used for it",
+            manifest["name"],
+            recorded or "its folder",
+            settings.ray_storage or "(unset)",
+        )
+    return recorded
 
 
 def _load_sweep(name: str, settings: Settings) -> tuple[SweepPaths, dict]:
@@ -294,7 +332,7 @@ def _finish(outcome: SweepOutcome, ctx: TrialContext, spec, manifest: dict) -> N
             from bratslab.tune.followup import run_upkern
 
             run_upkern(ctx, cfg, outcome)
-        _select_and_register(outcome, spec, cfg)
+        _select_and_register(outcome, spec, cfg, ctx.paths.experiment)
         write_and_log_results(outcome, ctx.paths)
     except BaseException:
         write_and_log_results(outcome, ctx.paths)
@@ -317,7 +355,7 @@ def _attach_run_ids(rows: list[TrialResult], paths: SweepPaths, sweep_name: str)
     from bratslab.train.trainer import RUN_STATE
 
     for r in rows:
-        state = paths.train / f"{sweep_name}-{r.trial_id}" / RUN_STATE
+        state = paths.experiment.trial_run_dir(f"{sweep_name}-{r.trial_id}") / RUN_STATE
         r.mlflow_run_id = (
             json.loads(state.read_text())["mlflow_run_id"] if state.is_file() else None
         )
@@ -352,7 +390,12 @@ def _mark_stopped_trials(rows: list[TrialResult], ctx: TrialContext) -> None:
                 mlflow_runs.end_run(r.mlflow_run_id, "FINISHED")
 
 
-def _select_and_register(outcome: SweepOutcome, spec, cfg: SweepConfig) -> None:
+def _select_and_register(outcome: SweepOutcome, spec, cfg: SweepConfig, storage) -> None:
+    """Re-evaluate the top candidates with TTA, pick and register the winner.
+
+    Args:
+        storage: the sweep's :class:`~bratslab.tune.experiment_storage.ExperimentStorage`.
+    """
     from bratslab.tracking import mlflow_runs
     from bratslab.tune import selection
 
@@ -364,6 +407,8 @@ def _select_and_register(outcome: SweepOutcome, spec, cfg: SweepConfig) -> None:
         log.warning("sweep %s: no trial produced a checkpoint; nothing to register", outcome.name)
         return
     store = str(spec.data.store_path())
+    for c in candidates:  # checkpoints in a bucket are re-evaluated from local copies
+        c.best_checkpoint = storage.localize(c.best_checkpoint, c.trial_id)
     selection.evaluate_candidates(candidates, store, spec.data.fold, cfg.tta)
     winner = selection.pick_winner(candidates, cfg.selection_metric, cfg.selection_mode)
     if winner is None:

@@ -13,6 +13,7 @@ from bratslab.evaluate.model_eval import find_run_id
 from bratslab.evaluate.model_loading import (
     ModelPayload,
     build_from_payload,
+    build_models,
     check_ensemble,
     load_payload,
     resolve_device,
@@ -123,3 +124,27 @@ def test_predict_config_validation():
         validate(PredictConfig, {"tta": "mirror"}, "predict options")
     with pytest.raises(ConfigError, match="overlap"):
         validate(PredictConfig, {"overlap": 1.5}, "predict options")
+
+
+def test_repeated_models_are_built_once_per_set(tmp_path):
+    """Predicting with two ``-m`` models must not rebuild both for every case."""
+    import torch
+
+    from bratslab.data.config import PreprocessConfig
+    from bratslab.models.config import ModelConfig
+    from bratslab.models.weights import save_model_dir
+    from bratslab.models.zoo import build_model
+
+    cfg = ModelConfig(arch="unet", unet={"filters": [4, 8, 16]})
+    extra = {"preprocessing": PreprocessConfig().model_dump(mode="json"), "patch_size": [16] * 3}
+    payloads = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = build_model(cfg).eval()
+        payloads.append(load_payload(save_model_dir(tmp_path / f"m{seed}", model, cfg, extra)))
+    first = build_models(payloads)
+    again = build_models(payloads)
+    assert len(first) == 2 and all(a is b for a, b in zip(first, again, strict=True))
+    assert first[0] is not first[1]
+    # Another set replaces the cached one (an actor serves one set at a time).
+    assert build_models(payloads[:1])[0] is not first[0]
