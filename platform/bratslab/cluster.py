@@ -38,8 +38,8 @@ def ensure_ray(
         "RAY_USAGE_STATS_ENABLED": "0",
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DO_NOT_TRACK": "1",
-        # Each epoch splits a case table of a few rows; Ray Data's per-split progress bars
-        # would bury the training output. Users can set it back to 0.
+        # ``data.loader: ray`` streams patches and predict maps cases through Ray Data; its
+        # per-dataset progress bars would bury the training output. Users can set it to 0.
         "RAY_DATA_DISABLE_PROGRESS_BARS": os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS", "1"),
     }
     os.environ.setdefault(

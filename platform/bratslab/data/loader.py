@@ -1,7 +1,9 @@
-"""Training data path: case table (Ray Data) → per-worker patch sampling + augmentation → batches.
+"""Training data path: case table → per-worker patch sampling + augmentation → batches.
 
-The driver turns the store's manifest into a Ray Data dataset of *case rows* (ids and file paths,
-a few hundred bytes each); Ray Train splits it across workers (``get_dataset_shard("train")``).
+The driver turns the store's manifest into a table of *case rows* (ids and file paths, a few
+hundred bytes each) that travels in the training loop's config; each worker takes every N-th
+row (:func:`bratslab.train.loop.train_shard`; no Ray Data split, whose actors would share the
+cores with the step). :func:`case_dataset` makes the same table a Ray Data dataset instead.
 Each worker opens its cases' volumes with ``np.load(mmap_mode="r")`` and copies out only the
 patches it samples, so no process holds the dataset in memory. Patches are centred on a tumour
 voxel with probability ``foreground_oversample`` (nnU-Net: 1/3), otherwise anywhere; a background

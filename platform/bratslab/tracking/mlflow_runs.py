@@ -255,6 +255,20 @@ def running_children(parent_run_id: str, uri: str | None = None) -> list[str]:
     return [r.info.run_id for r in runs]
 
 
+def children_by_tag(parent_run_id: str, key: str, uri: str | None = None) -> dict[str, str]:
+    """``{tag value: run id}`` of the runs under ``parent_run_id`` that carry tag ``key`` (the
+    newest run for a value that several carry)."""
+    c = client(uri)
+    parent = c.get_run(parent_run_id)
+    runs = c.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'",
+        max_results=10_000,
+        order_by=["attributes.start_time ASC"],
+    )
+    return {r.data.tags[key]: r.info.run_id for r in runs if key in r.data.tags}
+
+
 def metric_history(run_id: str, key: str, uri: str | None = None) -> list[tuple[int, float]]:
     """``[(step, value), ...]`` of one metric, ordered by step then time."""
     hist = client(uri).get_metric_history(run_id, key)

@@ -25,6 +25,8 @@ from bratslab.tune.space import SearchSpace
 from bratslab.tune.storage import open_storage, sqlite_beside
 from bratslab.tune.trial_result import TrialResult
 
+TRIAL_ID_TAG = "bratslab.trial_id"  # on every trial's MLflow run: which trial it is
+
 log = logging.getLogger(__name__)
 
 TUNE_DIRNAME = "tune"
@@ -123,7 +125,7 @@ class TrialContext:
             **(tracking.get("tags") or {}),
             **self.extra_tags,
             "bratslab.sweep": self.sweep_name,
-            "bratslab.trial_id": trial_id,
+            TRIAL_ID_TAG: trial_id,
         }
         # Only the sweep's winner becomes an MLflow model (after TTA re-evaluation).
         tracking["log_model"] = False

@@ -48,6 +48,7 @@ from bratslab.shutdown import STOP_REASON_TAG, Terminated, stop_on_signals
 from bratslab.tune.config import SweepConfig
 from bratslab.tune.experiment_storage import sweep_storage_uri
 from bratslab.tune.harness import (
+    TRIAL_ID_TAG,
     TUNE_DIRNAME,
     SweepPaths,
     TrialContext,
@@ -302,7 +303,7 @@ def _run(
         mlflow_runs.end_run(parent_run_id, "FAILED")
         raise
     rows = tuned.trials
-    _attach_run_ids(rows, paths, name)
+    _attach_run_ids(rows, paths, name, parent_run_id)
     interrupted = len(rows) < cfg.num_trials or any(
         not r.completed and r.status != "ERROR" for r in rows
     )
@@ -350,15 +351,24 @@ def _finish(outcome: SweepOutcome, ctx: TrialContext, spec, manifest: dict) -> N
     atomic.write_json(ctx.paths.manifest, manifest)
 
 
-def _attach_run_ids(rows: list[TrialResult], paths: SweepPaths, sweep_name: str) -> None:
-    """Attach each trial's MLflow run id (from the train stage's run-state file)."""
+def _attach_run_ids(
+    rows: list[TrialResult], paths: SweepPaths, sweep_name: str, parent_run_id: str
+) -> None:
+    """Attach each trial's MLflow run id: from the train stage's run-state file where the
+    driver can read it, else from the sweep's MLflow children (tag ``bratslab.trial_id``): with
+    an ``s3://`` Ray storage a trial's run folder is on the node that ran it."""
+    from bratslab.tracking import mlflow_runs
     from bratslab.train.trainer import RUN_STATE
 
+    by_trial: dict[str, str] | None = None
     for r in rows:
         state = paths.experiment.trial_run_dir(f"{sweep_name}-{r.trial_id}") / RUN_STATE
-        r.mlflow_run_id = (
-            json.loads(state.read_text())["mlflow_run_id"] if state.is_file() else None
-        )
+        if state.is_file():
+            r.mlflow_run_id = json.loads(state.read_text())["mlflow_run_id"]
+            continue
+        if by_trial is None:  # one query, only when a file is missing
+            by_trial = mlflow_runs.children_by_tag(parent_run_id, TRIAL_ID_TAG)
+        r.mlflow_run_id = by_trial.get(r.trial_id)
 
 
 def _mark_stopped_trials(rows: list[TrialResult], ctx: TrialContext) -> None:

@@ -61,3 +61,31 @@ def test_a_sweep_without_a_study_closes_nothing(stores):
     parent = mlflow_runs.start_run(experiment="sw2", run_name="sw2")
     closed = close_dangling(f"sqlite:///{stores / 'optuna.db'}", "never-asked", parent)
     assert closed.optuna_trials == () and closed.mlflow_runs == ()
+
+
+def test_trial_runs_are_found_through_mlflow_when_the_run_folder_is_on_another_node(stores):
+    """With an s3:// Ray storage a trial's run-state file is on the node that ran it: the
+    sweep driver then finds the trial's run among its MLflow children by trial id."""
+    import json
+
+    from bratslab.tracking import mlflow_runs
+    from bratslab.train.trainer import RUN_STATE
+    from bratslab.tune.harness import TRIAL_ID_TAG, SweepPaths
+    from bratslab.tune.sweep import _attach_run_ids
+    from bratslab.tune.trial_result import TrialResult
+
+    parent = mlflow_runs.start_run(experiment="sw", run_name="sw")
+    remote = mlflow_runs.start_run(
+        experiment="sw", run_name="sw-b", parent_run_id=parent, tags={TRIAL_ID_TAG: "b"}
+    )
+    mlflow_runs.start_run(experiment="sw", run_name="x", tags={TRIAL_ID_TAG: "c"})  # not a child
+    paths = SweepPaths(stores / "sweeps" / "sw")
+    local = paths.experiment.trial_run_dir("sw-a") / RUN_STATE
+    local.parent.mkdir(parents=True)
+    local.write_text(json.dumps({"mlflow_run_id": "from-the-file"}))
+    rows = [TrialResult("a"), TrialResult("b"), TrialResult("c")]
+
+    _attach_run_ids(rows, paths, "sw", parent)
+
+    assert [r.mlflow_run_id for r in rows] == ["from-the-file", remote, None]
+    assert mlflow_runs.children_by_tag(parent, TRIAL_ID_TAG) == {"b": remote}
