@@ -17,7 +17,7 @@ demo: venv
 	$(VENV)/bratslab demo
 
 test: venv
-	$(VENV)/python -m pytest -n $(TEST_WORKERS) --dist loadfile tests
+	$(VENV)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 test-unit: venv
 	$(VENV)/python -m pytest tests/unit
