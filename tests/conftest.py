@@ -14,8 +14,10 @@ import pytest
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
-# Keep test processes from oversubscribing the 2 cores with intra-op threads.
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Keep test processes from oversubscribing the cores with intra-op threads: `make test` runs two
+# pytest-xdist workers side by side, so each (and the Ray workers it starts) gets one thread;
+# waiting OpenMP threads spin, and two 2-thread pools on 2 cores burn CPU doing nothing.
+os.environ.setdefault("OMP_NUM_THREADS", "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2")
 
 
 PINNED = ("BRATSLAB_HOME", "MLFLOW_TRACKING_URI", "BRATSLAB_ARTIFACTS", "BRATSLAB_RAY_CPUS")

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-import pytest
-
 from bratslab.compat import ray_tune as compat
 
 
@@ -55,12 +53,21 @@ def test_placement_group_state_accessor_exists():
 
 
 def test_placement_group_accessor_refuses_without_ray():
-    import ray
+    """In a fresh process: an earlier test in this one may have started Ray."""
+    import subprocess
+    import sys
 
-    if ray.is_initialized():
-        pytest.skip("a Ray instance is up in this process")
-    with pytest.raises(ray.exceptions.RaySystemError, match="ray.init"):
-        compat.placement_group_records()
+    code = (
+        "import ray\n"
+        "from bratslab.compat import ray_tune as compat\n"
+        "try:\n"
+        "    compat.placement_group_records()\n"
+        "except ray.exceptions.RaySystemError as e:\n"
+        "    assert 'ray.init' in str(e), e\n"
+        "    print('refused')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "refused", out.stderr[-2000:]
 
 
 def test_placement_group_table_data_decodes():
