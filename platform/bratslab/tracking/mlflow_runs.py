@@ -245,28 +245,27 @@ def end_run(run_id: str, status: str = "FINISHED", uri: str | None = None) -> No
 
 def running_children(parent_run_id: str, uri: str | None = None) -> list[str]:
     """Run ids of the RUNNING runs whose ``mlflow.parentRunId`` is ``parent_run_id``."""
-    c = client(uri)
-    parent = c.get_run(parent_run_id)
-    runs = c.search_runs(
-        [parent.info.experiment_id],
-        filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}' and attributes.status = 'RUNNING'",
-        max_results=10_000,
-    )
+    runs = _children(parent_run_id, uri, "and attributes.status = 'RUNNING'")
     return [r.info.run_id for r in runs]
 
 
 def children_by_tag(parent_run_id: str, key: str, uri: str | None = None) -> dict[str, str]:
     """``{tag value: run id}`` of the runs under ``parent_run_id`` that carry tag ``key`` (the
     newest run for a value that several carry)."""
+    runs = _children(parent_run_id, uri, order_by=["attributes.start_time ASC"])
+    return {r.data.tags[key]: r.info.run_id for r in runs if key in r.data.tags}
+
+
+def _children(parent_run_id: str, uri: str | None, more: str = "", order_by=None) -> list:
+    """The runs whose ``mlflow.parentRunId`` is ``parent_run_id`` (``more``: extra filter)."""
     c = client(uri)
     parent = c.get_run(parent_run_id)
-    runs = c.search_runs(
+    return c.search_runs(
         [parent.info.experiment_id],
-        filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'",
+        filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}' {more}".strip(),
         max_results=10_000,
-        order_by=["attributes.start_time ASC"],
+        order_by=order_by,
     )
-    return {r.data.tags[key]: r.info.run_id for r in runs if key in r.data.tags}
 
 
 def metric_history(run_id: str, key: str, uri: str | None = None) -> list[tuple[int, float]]:
