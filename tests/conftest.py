@@ -83,7 +83,6 @@ SLOW_FIRST = (
     "test_train_ray.py",
     "test_s3_checkpoints.py",
     "test_train_signals.py",
-    "test_sweep.py",
     "test_jobs_cluster.py",
     "test_s3_store.py",
     "test_two_nodes.py",

@@ -9,7 +9,13 @@ trial actors, Train workers and placement groups) when it notices the driver is 
   RUNNING; ``bratslab sweep --resume NAME`` finishes the sweep without training any completed
   trial again, registers a champion and ends the parent run FINISHED.
 - SIGTERM while trials run: the driver exits with 143 within ``STOP_WITHIN_S``, the parent run is
-  KILLED with ``bratslab.stop_reason=SIGTERM``; ``--resume`` finishes it and clears the tag.
+  KILLED with ``bratslab.stop_reason=SIGTERM``; ``--resume`` finishes it and clears the tag. That
+  resumed sweep is then checked as any finished sweep: the parent run's results table and Optuna
+  plot, one child run per trial with its params and metrics, the TTA re-evaluated winner
+  registered as champion with its TTA metrics and parameters as tags, its model directory, and a
+  second ``--resume`` refused (it would register the winner twice).
+
+(A Ctrl-C, SIGINT, is the stop of ``test_postgres.py``.)
 """
 
 from __future__ import annotations
@@ -55,14 +61,14 @@ def _env(home: Path, ray_address: str) -> dict[str, str]:
     return env
 
 
-def _job_args(store: Path, name: str) -> list[str]:
+def _job_args(store: Path, name: str, tta: str = "none") -> list[str]:
     return [
         str(ROOT / "jobs/sweep_smoke.yaml"),
         *("--set", f"data.store={store}", "--set", "data.max_val_cases=1"),
         *("--set", "training.epochs=1", "--set", "training.steps_per_epoch=2"),
         *("--set", f"sweep.space={ROOT / 'search_spaces/smoke.yaml'}"),
         *("--set", f"sweep.name={name}", "--set", f"sweep.num_trials={TRIALS}"),
-        *("--set", "sweep.max_concurrent=2", "--set", "sweep.top_k=1", "--set", "sweep.tta=none"),
+        *("--set", "sweep.max_concurrent=2", "--set", "sweep.top_k=1", "--set", f"sweep.tta={tta}"),
         *("--set", f"tracking.experiment={MODEL}"),  # no registry_name: the experiment names it
     ]
 
@@ -246,7 +252,7 @@ def test_sigterm_stops_the_sweep_with_143_and_resume_clears_the_stop(
     log1, log2 = tmp_path / "sweep.log", tmp_path / "resume.log"
     cpus_free = ray_cluster.available_resources().get("CPU", 0)
 
-    proc = _start(_job_args(tiny_store, name), env, log1, home)
+    proc = _start(_job_args(tiny_store, name, tta="flips"), env, log1, home)
     try:
         # A trial is training: its audit line is written as its Train run starts.
         _wait_until(
@@ -282,6 +288,52 @@ def test_sigterm_stops_the_sweep_with_143_and_resume_clears_the_stop(
     for tid in done_before:
         attempts = (sweep_dir / "trials" / f"{tid}.attempts.jsonl").read_text().splitlines()
         assert len(attempts) == 1, (tid, attempts)
+    _check_what_a_finished_sweep_leaves(sweep_dir, name, home, env, final)
+
+
+def _check_what_a_finished_sweep_leaves(
+    sweep_dir: Path, name: str, home: Path, env: dict, manifest: dict
+) -> None:
+    """MLflow's parent and child runs, the registered champion and its model directory, and a
+    refused second resume."""
+    from bratslab.tracking import mlflow_runs
+    from bratslab.tracking.model_store import fetch_model_dir
+
+    uri = env["MLFLOW_TRACKING_URI"]
+    client = mlflow_runs.client(uri)
+    parent_id = manifest["parent_run_id"]
+    artifacts = {a.path for a in client.list_artifacts(parent_id)}
+    assert {"results.csv", "optuna_history.png"} <= artifacts
+    experiment = mlflow_runs.run_info(parent_id, uri)["experiment_id"]
+    children = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent_id}'")
+    for child in children:
+        assert "val/dice_mean" in child.data.metrics
+        assert "training.optimizer.lr" in child.data.params
+    rows = (sweep_dir / "results.csv").read_text().splitlines()
+    assert len(rows) == TRIALS + 1 and rows[0].startswith("trial_id,")
+
+    # The TTA-evaluated winner: alias champion, TTA metrics, sweep and params as tags.
+    champ = client.get_model_version_by_alias(MODEL, "champion")
+    assert manifest["finished"]["registered"] == f"{MODEL}/{champ.version}"
+    for key in ("tta/dice_mean", "tta/lesion_dice_mean", "tta/dice_wt", "tta/hd95_mean"):
+        assert key in champ.tags, key
+    winner = next(
+        c for c in children if c.data.tags["bratslab.trial_id"] == champ.tags["bratslab.trial_id"]
+    )
+    assert float(champ.tags["tta/dice_mean"]) == pytest.approx(winner.data.metrics["tta/dice_mean"])
+    assert any(k.startswith("param.training.optimizer.lr") for k in champ.tags)
+    # The winner's model comes back as a model directory (what `bratslab predict` loads).
+    model_dir = fetch_model_dir(f"models:/{MODEL}@champion", uri=uri, cache=home / "cache")
+    info = json.loads((model_dir / "model.json").read_text())
+    assert info["model"]["arch"] == "unet" and info["patch_size"] == [32, 32, 32]
+
+    # A finished sweep is not resumed (it would register its winner twice): exit 2, and why.
+    again = subprocess.run(
+        [str(BRATSLAB), "sweep", "--resume", name], env=env, cwd=home, capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert again.returncode == 2, again.stdout + again.stderr
+    assert "already finished" in again.stdout + again.stderr
 
 
 def _csv_rows(path: Path) -> list[dict[str, str]]:
