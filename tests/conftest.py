@@ -84,7 +84,6 @@ SLOW_FIRST = (
     "test_s3_checkpoints.py",
     "test_train_signals.py",
     "test_jobs_cluster.py",
-    "test_s3_store.py",
     "test_two_nodes.py",
     "test_cv_ensemble.py",
     "test_registry_server.py",

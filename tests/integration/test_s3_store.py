@@ -2,10 +2,9 @@
 
 ``bratslab data preprocess raw/ s3://...`` builds and uploads a store; :func:`sync_store` copies
 it into a node-local cache (verified; a second sync downloads nothing; a tampered object is
-refused); ``bratslab train`` trains from the URI on two Ray Train workers with
-``data.loader: ray`` (the Ray Data patch actors map the store's objects onto the node's copy as
-the workers do). Commands run as subprocesses with only the ``AWS_*`` variables pointing them at
-the server.
+refused). Commands run as subprocesses with only the ``AWS_*`` variables pointing them at the
+server. Training from an ``s3://`` store (two nodes, each syncing its own copy, Ray Data's patch
+actors included) is ``test_two_nodes.py``; checkpoints in S3 are ``test_s3_checkpoints.py``.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from s3_fixture import s3_server  # noqa: F401  (the session's S3 server fixture
 pytestmark = pytest.mark.integration
 
 BRATSLAB = Path(sys.executable).with_name("bratslab")  # the console script of this venv
-JOB = Path(__file__).resolve().parents[2] / "jobs" / "smoke.yaml"
 PREFIX = "stores/tiny"
 
 
@@ -31,7 +29,7 @@ def _env(server, home: Path, cache: Path | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "BRATSLAB_"))}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("RAY_ADDRESS", None)
-    env.update(server.env(), BRATSLAB_HOME=str(home), BRATSLAB_RAY_CPUS="4")
+    env.update(server.env(), BRATSLAB_HOME=str(home))
     if cache is not None:
         env["BRATSLAB_STORE_CACHE"] = str(cache)
     return env
@@ -126,26 +124,6 @@ def test_sync_verifies_reuses_and_refuses_tampered_objects(
     assert not (tmp_path / "fresh" / "dataset.json").exists()
     # The verified copy is untouched by the change in the bucket.
     assert sync_store(uri, tmp_path / "cache").downloaded == []
-    data[-1] ^= 0xFF  # restore the object for the training test
+    data[-1] ^= 0xFF  # restore the object for the other tests of this module
     with s3_server.filesystem().open_output_stream(key) as f:
         f.write(bytes(data))
-
-
-def test_train_from_s3_store_with_ray_data_loader(s3_server, uploaded, tmp_path):  # noqa: F811
-    from mlflow import MlflowClient
-
-    uri, _, _ = uploaded
-    home, cache = tmp_path / "home", tmp_path / "node-cache"
-    args = ["train", str(JOB), "--set", f"data.store={uri}", "--set", "training.epochs=1"]
-    args += ["--set", "training.steps_per_epoch=2", "--set", "training.val_sw_batch_size=2"]
-    # 2 workers x (1 + 0.5 loader CPUs) fit the 4 logical CPUs of _env's Ray instance.
-    args += ["--set", "data.loader=ray", "--set", "data.loader_cpus=0.5"]
-    proc = _run(args, _env(s3_server, home, cache), tmp_path, timeout=480)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")  # the embedded store
-    (run,) = client.search_runs([client.get_experiment_by_name("bratslab-smoke").experiment_id])
-    assert run.info.status == "FINISHED" and run.data.params["data.loader"] == "ray"
-    copies = list(cache.glob(f"{s3_server.bucket}/*/dataset.json"))
-    assert len(copies) == 1  # synced into BRATSLAB_STORE_CACHE, nowhere else
-    assert len(list(copies[0].parent.glob("*_x.npy"))) == 4
-    assert not (tmp_path / "s3:").exists()

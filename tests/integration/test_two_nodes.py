@@ -4,9 +4,9 @@ Two Linux network namespaces are two nodes on one machine (:mod:`netns`): node A
 head and a SeaweedFS S3 server, node B a Ray worker node; each node has its own
 ``BRATSLAB_STORE_CACHE``. The test builds a tiny store straight into the bucket, then runs
 ``bratslab train jobs/smoke.yaml`` as a driver on node A with ``data.store=s3://...`` and
-``scaling.placement_strategy=STRICT_SPREAD``: one DDP rank per node, gloo talking over the veth
-pair, each node syncing (and verifying) its own copy of the store from S3. Needs root for
-``ip netns``; skipped otherwise.
+``scaling.placement_strategy=STRICT_SPREAD`` and ``data.loader=ray``: one DDP rank per node, gloo
+talking over the veth pair, Ray Data's patch actors feeding the ranks, and each node syncing (and
+verifying) its own copy of the store from S3. Needs root for ``ip netns``; skipped otherwise.
 """
 
 from __future__ import annotations
@@ -56,6 +56,10 @@ def trained(cluster, tmp_path_factory):
         "training.val_sw_batch_size=2",
         "scaling.num_workers=2",
         "scaling.placement_strategy=STRICT_SPREAD",
+        # Patches come from Ray Data actors, which map the store's objects onto their own
+        # node's copy as the workers do: each node then (1 trainer + 0.5 loader) of its 2 CPUs.
+        "data.loader=ray",
+        "data.loader_cpus=0.5",
     ]
     argv = [BRATSLAB, "train", JOB, *(a for s in sets for a in ("--set", s))]
     proc = cluster.run_in_a(argv, env, root, timeout=240)
@@ -103,6 +107,7 @@ def test_two_node_run_is_tracked_and_checkpointed(cluster, trained):
     assert info["params"]["scaling.placement_strategy"] == "STRICT_SPREAD"
     assert info["params"]["data.store"] == URI
     assert info["params"]["scaling.num_workers"] == "2"
+    assert info["params"]["data.loader"] == "ray"
     # The run itself says where each rank ran: one per node.
     nodes = dict(kv.split("=") for kv in info["tags"]["bratslab.worker_nodes"].split(","))
     assert sorted(nodes) == ["0", "1"] and sorted(nodes.values()) == sorted(

@@ -8,8 +8,9 @@ the mask stays binary and the labels stay put.
 
 Order (nnU-Net's, with the MR-specific transforms where the scanner puts them): flips and one
 affine resampling; bias field and Rician noise (on the brain as a magnitude image); Gaussian
-noise; blur; brightness, per-modality scale, contrast; low resolution; gamma (inverted, then
-plain). Transforms with probability 0 are left out of the pipeline.
+noise; blur; brightness, per-modality scale, contrast; low resolution; a random intensity curve
+per modality (histogram shift); gamma (inverted, then plain). Transforms with probability 0 are
+left out of the pipeline.
 """
 
 from __future__ import annotations
@@ -93,6 +94,49 @@ class RandThickSlicesd(RandomizableTransform, MapTransform):
             low[self._axis] = max(1, round(size[self._axis] * self._zoom))
             down = T.Resize(low, mode="nearest")(d[key])
             d[key] = T.Resize(size, mode="trilinear")(down)
+        return d
+
+
+class PerModalityd(Randomizable, MapTransform):
+    """Run a MONAI array intensity transform on each modality separately, over the brain only.
+
+    The wrapped transform draws its parameters afresh for every modality (a scanner's contrast
+    differs per sequence), and sees only brain voxels, so the curve spans the brain's intensity
+    range rather than a background or outlier voxel's; voxels outside the brain keep their
+    input values. The brain is as in :class:`MagnitudeDomaind`. ``prob`` is per patch.
+    """
+
+    def __init__(
+        self, transform: RandomizableTransform, prob: float, key: str = IMAGE, mask_key: str = MASK
+    ):
+        MapTransform.__init__(self, [key])
+        self.transform, self.prob = transform, prob
+        self.key, self.mask_key = key, mask_key
+        self._do = False
+
+    def set_random_state(self, seed=None, state=None) -> PerModalityd:
+        super().set_random_state(seed, state)
+        self.transform.set_random_state(seed, state)
+        return self
+
+    def randomize(self, data=None) -> None:
+        self._do = self.R.rand() < self.prob
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        self.randomize()
+        if not self._do:
+            return d
+        img = convert_to_numpy(d[self.key], dtype=np.float32)  # (C, X, Y, Z)
+        brain = convert_to_numpy(d[self.mask_key])[0] > 0.5
+        if not brain.any():
+            brain = (img != 0).any(axis=0)
+        out = img.copy()
+        for c in range(img.shape[0]):
+            values = img[c][brain]  # (N,) brain voxels of modality c
+            if values.size > 1:
+                out[c][brain] = convert_to_numpy(self.transform(values), dtype=np.float32)
+        d[self.key] = out
         return d
 
 
@@ -186,6 +230,9 @@ def _intensity(cfg: AugmentConfig) -> list:
         steps.append(
             T.RandSimulateLowResolutiond(IMAGE, prob=cfg.lowres_prob, zoom_range=cfg.lowres_zoom)
         )
+    if cfg.histogram_shift_prob > 0:
+        curve = T.RandHistogramShift(num_control_points=cfg.histogram_shift_points, prob=1.0)
+        steps.append(PerModalityd(curve, prob=cfg.histogram_shift_prob))
     # retain_stats: z-scored inputs keep their mean/std after the gamma curve (nnU-Net).
     if cfg.gamma_invert_prob > 0:
         steps.append(

@@ -268,6 +268,29 @@ class AugmentConfig(StrictModel):
         default=0.25, ge=0, lt=1, description="Contrast factor drawn from 1 ± this value."
     )
 
+    histogram_shift_prob: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Probability of a random monotone intensity curve per modality over the "
+        "brain (RandHistogramShift, one curve drawn for each modality): tissue contrasts "
+        "change relative to each other, as between scanners, field strengths and contrast "
+        "doses (e.g. weaker enhancement on T1c).",
+    )
+    histogram_shift_points: tuple[int, int] = Field(
+        default=(5, 10),
+        description="Range of the curve's number of control points (more points: more "
+        "irregular curves).",
+    )
+
+    @field_validator("histogram_shift_points")
+    @classmethod
+    def _check_points(cls, v: tuple[int, int]) -> tuple[int, int]:
+        lo, hi = v
+        if not 3 <= lo <= hi:
+            raise ValueError(f"histogram_shift_points needs 3 <= low <= high, not {list(v)}")
+        return v
+
     @field_validator("gamma_range", "blur_sigma", "lowres_zoom")
     @classmethod
     def _check_range(cls, v: tuple[float, float], info) -> tuple[float, float]:

@@ -27,6 +27,7 @@ INTENSITY = [
     ("brightness_prob", {}),
     ("channel_scale_prob", {}),
     ("contrast_prob", {}),
+    ("histogram_shift_prob", {}),
 ]
 SPATIAL = [("flip_prob", {}), ("rotate_prob", {}), ("scale_prob", {"scale_range": 0.3})]
 
@@ -199,3 +200,30 @@ def test_config_keeps_old_keys_and_checks_ranges():
         AugmentConfig(gamma_range=(1.5, 0.7))
     with pytest.raises(ValidationError, match="extra"):
         AugmentConfig(elastic_prob=0.2)
+
+
+def test_histogram_shift_draws_one_monotone_curve_per_modality_over_the_brain(patch):
+    """Each modality gets its own random curve: inside the brain the voxel order of a modality
+    is kept (the curve is monotone) and its range too (the end points are fixed), while the
+    modalities' curves differ; voxels outside the brain keep their values."""
+    x, _ = patch
+    xa, _ = run(only("histogram_shift_prob"), patch, seed=3)
+    brain = x[-1] > 0.5
+    np.testing.assert_array_equal(xa[:-1][:, ~brain], x[:-1][:, ~brain])
+    ratios = []
+    for c in range(4):
+        before, after = x[c][brain], xa[c][brain]
+        order = np.argsort(before, kind="stable")
+        assert (np.diff(after[order]) >= -1e-5).all(), c  # monotone non-decreasing
+        assert after.min() == pytest.approx(before.min(), abs=1e-5)
+        assert after.max() == pytest.approx(before.max(), abs=1e-5)
+        mid = (before > np.quantile(before, 0.4)) & (before < np.quantile(before, 0.6))
+        ratios.append(float(np.mean(after[mid] - before[mid])))
+    assert len({round(r, 4) for r in ratios}) == 4, ratios  # four different curves
+
+
+def test_histogram_shift_points_are_checked():
+    with pytest.raises(ValidationError, match="histogram_shift_points"):
+        AugmentConfig(histogram_shift_points=(2, 5))
+    with pytest.raises(ValidationError, match="histogram_shift_points"):
+        AugmentConfig(histogram_shift_points=(8, 5))
