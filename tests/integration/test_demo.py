@@ -24,6 +24,7 @@ def test_reduced_demo_runs_the_whole_pipeline(tmp_path):
         "--shape", "64", "64", "48",
         "--set", "training.epochs=2",
         "--set", "training.steps_per_epoch=2",
+        "--set", "sweep.top_k=1",
     ]  # fmt: skip
     proc = subprocess.run(
         argv, cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=1200

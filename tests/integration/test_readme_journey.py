@@ -35,6 +35,7 @@ SMALLER = {
     "training.epochs=5": "training.epochs=1",
     "bratslab sweep jobs/sweep_smoke.yaml": (
         "bratslab sweep jobs/sweep_smoke.yaml --set sweep.num_trials=2 --set training.epochs=1"
+        " --set sweep.top_k=1"
     ),
 }
 
