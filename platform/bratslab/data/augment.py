@@ -29,6 +29,13 @@ IMAGE, MASK, LABEL = "image", "mask", "label"
 SPATIAL = [IMAGE, MASK, LABEL]
 
 
+def _brain(img: np.ndarray, mask) -> np.ndarray:
+    """Brain voxels ``(X, Y, Z)`` bool: ``mask > 0.5``, or where the mask is empty (stores
+    without a mask channel) the voxels where any modality of ``img`` ``(C, X, Y, Z)`` is not 0."""
+    brain = convert_to_numpy(mask)[0] > 0.5
+    return brain if brain.any() else (img != 0).any(axis=0)
+
+
 class MagnitudeDomaind(Randomizable, MapTransform):
     """Run a MONAI intensity transform on the brain seen as a non-negative magnitude image.
 
@@ -55,9 +62,7 @@ class MagnitudeDomaind(Randomizable, MapTransform):
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
         img = convert_to_numpy(d[self.key], dtype=np.float32)  # (C, X, Y, Z)
-        brain = convert_to_numpy(d[self.mask_key])[0] > 0.5
-        if not brain.any():
-            brain = (img != 0).any(axis=0)
+        brain = _brain(img, d[self.mask_key])
         if not brain.any():
             return d
         lo = np.where(brain, img, np.inf).min(axis=(1, 2, 3)).reshape(-1, 1, 1, 1)
@@ -128,9 +133,7 @@ class PerModalityd(Randomizable, MapTransform):
         if not self._do:
             return d
         img = convert_to_numpy(d[self.key], dtype=np.float32)  # (C, X, Y, Z)
-        brain = convert_to_numpy(d[self.mask_key])[0] > 0.5
-        if not brain.any():
-            brain = (img != 0).any(axis=0)
+        brain = _brain(img, d[self.mask_key])
         out = img.copy()
         for c in range(img.shape[0]):
             values = img[c][brain]  # (N,) brain voxels of modality c
