@@ -286,7 +286,14 @@ def _submission_id(kind: str, name: str) -> str:
 
 
 def _runtime_env(working_dir: Path, env: dict[str, str]) -> dict:
-    return {"working_dir": str(working_dir), "excludes": list(EXCLUDES), "env_vars": env}
+    from bratslab.compat.ray_worker_logging import runtime_env_hook
+
+    return {
+        "working_dir": str(working_dir),
+        "excludes": list(EXCLUDES),
+        "env_vars": env,
+        **runtime_env_hook(),
+    }
 
 
 def plan_spec_job(
