@@ -9,7 +9,6 @@ import logging
 import os
 
 from bratslab.compat.ray_core import bind_single_machine_to_loopback
-from bratslab.compat.ray_worker_logging import runtime_env_hook
 from bratslab.settings import Settings, get_settings, store_env
 
 SECRET_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
@@ -52,7 +51,7 @@ def ensure_ray(
     # runtime env would show to anyone who can see the job: nodes get those from their own
     # environment (a KubeRay Secret, an instance role).
     env_vars.update({k: v for k, v in store_env(settings).items() if k not in SECRET_VARS})
-    runtime_env = {"env_vars": env_vars, **runtime_env_hook()}
+    runtime_env = {"env_vars": env_vars}
     if settings.ray_address:
         log.info("joining Ray cluster at %s", settings.ray_address)
         # Inside a submitted Ray job the job's runtime env already applies (and Ray refuses a

@@ -96,9 +96,6 @@ def test_sigterm_marks_the_run_killed_and_a_rerun_resumes_it(tiny_store, tmp_pat
         _stop(proc)
     assert proc.returncode == 143, f"exit {proc.returncode} after {stopped_in:.1f} s:\n{out}{err}"
     assert "stopped by SIGTERM" in err
-    # Without a dashboard the placement-group cleaner's State API query fails once a second;
-    # the worker setup hook lets its warning through once per worker, not once a second.
-    assert err.count("Failed to query Ray Train Controller actor state") <= 1
 
     run_id = json.loads((run_dir / RUN_STATE).read_text())["mlflow_run_id"]
     info = run_info(run_id, uri)

@@ -286,14 +286,7 @@ def _submission_id(kind: str, name: str) -> str:
 
 
 def _runtime_env(working_dir: Path, env: dict[str, str]) -> dict:
-    from bratslab.compat.ray_worker_logging import runtime_env_hook
-
-    return {
-        "working_dir": str(working_dir),
-        "excludes": list(EXCLUDES),
-        "env_vars": env,
-        **runtime_env_hook(),
-    }
+    return {"working_dir": str(working_dir), "excludes": list(EXCLUDES), "env_vars": env}
 
 
 def plan_spec_job(
