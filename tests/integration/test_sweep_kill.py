@@ -149,8 +149,9 @@ def _epochs(run_id: str, uri: str) -> list[int]:
     return [step for step, _ in metric_history(run_id, "train/loss", uri)]
 
 
-def _check_finished_sweep(sweep_dir: Path, name: str, uri: str) -> dict:
-    """The resumed sweep ended as a sweep does: parent FINISHED, every trial done, a champion."""
+def _check_finished_sweep(sweep_dir: Path, name: str, uri: str) -> tuple[dict, list]:
+    """The resumed sweep ended as a sweep does: parent FINISHED, every trial done, a champion.
+    Returns the sweep's manifest and its child runs."""
     from bratslab.tracking import mlflow_runs
 
     manifest = json.loads((sweep_dir / "sweep.json").read_text())
@@ -178,7 +179,7 @@ def _check_finished_sweep(sweep_dir: Path, name: str, uri: str) -> dict:
     champion = client.get_model_version_by_alias(MODEL, "champion")
     assert champion.tags["bratslab.sweep"] == name
     assert champion.tags["bratslab.trial_id"] == manifest["finished"]["winner_trial"]
-    return manifest
+    return manifest, children
 
 
 def _sweep_home(tmp_path: Path, name: str, ray_cluster):
@@ -222,7 +223,7 @@ def test_sigkilled_driver_resumes_without_retraining_completed_trials(
 
     assert _resume(name, env, log2, home) == 0, _tail(log2)
 
-    final = _check_finished_sweep(sweep_dir, name, uri)
+    final, _ = _check_finished_sweep(sweep_dir, name, uri)
     assert final["parent_run_id"] == manifest["parent_run_id"]
     # Every trial completed before the kill kept its result and was not trained again.
     for tid, marker in markers.items():
@@ -283,16 +284,16 @@ def test_sigterm_stops_the_sweep_with_143_and_resume_clears_the_stop(
     done_before = {p.stem for p in (sweep_dir / "trials").glob("*.json")}
 
     assert _resume(name, env, log2, home) == 0, _tail(log2)
-    final = _check_finished_sweep(sweep_dir, name, uri)  # FINISHED, stop tag cleared
+    final, children = _check_finished_sweep(sweep_dir, name, uri)  # FINISHED, stop tag cleared
     assert final["parent_run_id"] == manifest["parent_run_id"]
     for tid in done_before:
         attempts = (sweep_dir / "trials" / f"{tid}.attempts.jsonl").read_text().splitlines()
         assert len(attempts) == 1, (tid, attempts)
-    _check_what_a_finished_sweep_leaves(sweep_dir, name, home, env, final)
+    _check_what_a_finished_sweep_leaves(sweep_dir, name, home, env, final, children)
 
 
 def _check_what_a_finished_sweep_leaves(
-    sweep_dir: Path, name: str, home: Path, env: dict, manifest: dict
+    sweep_dir: Path, name: str, home: Path, env: dict, manifest: dict, children: list
 ) -> None:
     """MLflow's parent and child runs, the registered champion and its model directory, and a
     refused second resume."""
@@ -304,8 +305,6 @@ def _check_what_a_finished_sweep_leaves(
     parent_id = manifest["parent_run_id"]
     artifacts = {a.path for a in client.list_artifacts(parent_id)}
     assert {"results.csv", "optuna_history.png"} <= artifacts
-    experiment = mlflow_runs.run_info(parent_id, uri)["experiment_id"]
-    children = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent_id}'")
     for child in children:
         assert "val/dice_mean" in child.data.metrics
         assert "training.optimizer.lr" in child.data.params

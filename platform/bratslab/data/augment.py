@@ -102,7 +102,7 @@ class RandThickSlicesd(RandomizableTransform, MapTransform):
         return d
 
 
-class PerModalityd(Randomizable, MapTransform):
+class PerModalityd(RandomizableTransform, MapTransform):
     """Run a MONAI array intensity transform on each modality separately, over the brain only.
 
     The wrapped transform draws its parameters afresh for every modality (a scanner's contrast
@@ -114,23 +114,19 @@ class PerModalityd(Randomizable, MapTransform):
     def __init__(
         self, transform: RandomizableTransform, prob: float, key: str = IMAGE, mask_key: str = MASK
     ):
+        RandomizableTransform.__init__(self, prob)
         MapTransform.__init__(self, [key])
-        self.transform, self.prob = transform, prob
-        self.key, self.mask_key = key, mask_key
-        self._do = False
+        self.transform, self.key, self.mask_key = transform, key, mask_key
 
     def set_random_state(self, seed=None, state=None) -> PerModalityd:
         super().set_random_state(seed, state)
         self.transform.set_random_state(seed, state)
         return self
 
-    def randomize(self, data=None) -> None:
-        self._do = self.R.rand() < self.prob
-
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
-        self.randomize()
-        if not self._do:
+        self.randomize(None)
+        if not self._do_transform:
             return d
         img = convert_to_numpy(d[self.key], dtype=np.float32)  # (C, X, Y, Z)
         brain = _brain(img, d[self.mask_key])
