@@ -134,8 +134,10 @@ def _preprocess(raw: Path, store: Path, workers: int, console) -> None:
 
 
 def _fit_postprocess(champion: str, store: Path, root: Path, console) -> None:
-    """``bratslab postprocess fit`` on the champion: thresholds stored on its version, which
+    """``bratslab postprocess fit --stress 1`` on the champion (as the CPU recipe fits, with
+    one stressed copy of each validation case): thresholds stored on its version, which
     ``predict`` then applies by default."""
+    from bratslab.postprocess.config import FitConfig
     from bratslab.postprocess.runner import (
         fit_model,
         register_document,
@@ -143,7 +145,7 @@ def _fit_postprocess(champion: str, store: Path, root: Path, console) -> None:
         write_document,
     )
 
-    result = fit_model(champion, store, 0, "flips")
+    result = fit_model(champion, store, 0, "flips", fit=FitConfig(stress=1))
     doc = result_document(result, model_ref=champion, fold=0, tta="flips")
     path = write_document(root / "postprocess.json", doc)
     where = register_document(champion, path, doc)

@@ -51,7 +51,9 @@ def test_reduced_demo_runs_the_whole_pipeline(tmp_path):
     assert "tta/dice_mean" in champion.tags
     # post-processing was fitted on validation cases and stored on the champion's version
     assert json.loads(champion.tags["bratslab.postprocess"]).keys() >= {"min_size_wt"}
-    assert (out / "postprocess.json").is_file()
+    # ... on the validation cases and a stressed copy of each, as the CPU recipe fits
+    fitted = json.loads((out / "postprocess.json").read_text())["fit"]["cases"]
+    assert fitted and all(f"{c}~stress1" in fitted for c in fitted if "~" not in c)
     # the trials compared all three architectures
     assert "architecture" in output
     for arch in ("unet", "segresnet", "mednext"):

@@ -62,12 +62,15 @@ def test_thresholds_round_trip_through_the_registry(
     res = runner.invoke(
         app,
         ["postprocess", "fit", "--model", REF, "--store", str(tiny_store), "--fold", "0",
-         "--tta", "none", "--out", str(out)],
+         "--tta", "none", "--stress", "1", "--out", str(out)],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "WT" in res.stdout and "before" in res.stdout and f"{NAME} version 1" in res.stdout
     doc = json.loads(out.read_text())
-    assert doc["fit"]["fold"] == 0 and len(doc["fit"]["cases"]) == 2
+    # Each of the fold's 2 validation cases, then its scanner-stressed copy.
+    cases = doc["fit"]["cases"]
+    assert doc["fit"]["fold"] == 0 and len(cases) == 4
+    assert cases[1] == f"{cases[0]}~stress1" and cases[3] == f"{cases[2]}~stress1"
     fitted = load_config_file(out)
     # The version carries the thresholds; the run holds the file.
     assert thresholds_for_model(REF) == fitted == thresholds_for_model(f"models:/{NAME}/1")

@@ -7,10 +7,12 @@ resampling (labels with nearest neighbour); intensity transforms touch the modal
 the mask stays binary and the labels stay put.
 
 Order (nnU-Net's, with the MR-specific transforms where the scanner puts them): flips and one
-affine resampling; bias field and Rician noise (on the brain as a magnitude image); Gaussian
-noise; blur; brightness, per-modality scale, contrast; low resolution; a random intensity curve
-per modality (histogram shift); gamma (inverted, then plain). Transforms with probability 0 are
-left out of the pipeline.
+affine resampling; small copies of the tumour pasted into the brain (lesion copy-paste, so the
+scanner transforms after it act on the copies too); the tumour's contrast against the brain per
+sub-region and modality; bias field and Rician noise (on the brain as
+a magnitude image); Gaussian noise; blur; brightness, per-modality scale, contrast; low
+resolution; a random intensity curve per modality (histogram shift); gamma (inverted, then
+plain). Transforms with probability 0 are left out of the pipeline.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 from monai import transforms as T
 from monai.transforms import MapTransform, Randomizable, RandomizableTransform
 from monai.utils import convert_to_numpy
+from scipy import ndimage
 
 from bratslab.data.config import AugmentConfig
 
@@ -137,6 +140,146 @@ class PerModalityd(RandomizableTransform, MapTransform):
                 out[c][brain] = convert_to_numpy(self.transform(values), dtype=np.float32)
         d[self.key] = out
         return d
+
+
+class _TumourTransformd(RandomizableTransform, MapTransform):
+    """Base of the transforms that act on a patch's tumour (keys image, mask, label): with
+    probability ``prob`` per patch, and only when the patch holds tumour, ``apply`` gets copies
+    of the image ``(C, X, Y, Z)`` float32 and labels ``(X, Y, Z)`` uint8, and the brain
+    ``(X, Y, Z)`` bool, and changes the first two in place."""
+
+    def __init__(self, prob: float, keys: tuple[str, str, str] = (IMAGE, MASK, LABEL)):
+        RandomizableTransform.__init__(self, prob)
+        MapTransform.__init__(self, list(keys))
+        self.image_key, self.mask_key, self.label_key = keys
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        label = np.rint(convert_to_numpy(d[self.label_key])[0]).astype(np.uint8)
+        if not label.any():
+            return d
+        img = convert_to_numpy(d[self.image_key], dtype=np.float32).copy()
+        self.apply(img, label, _brain(img, d[self.mask_key]))
+        d[self.image_key], d[self.label_key] = img, label[None].astype(np.float32)
+        return d
+
+    def apply(self, img: np.ndarray, label: np.ndarray, brain: np.ndarray) -> None:
+        raise NotImplementedError
+
+
+class RandLesionPasted(_TumourTransformd):
+    """Paste shrunken copies of the patch's tumour elsewhere in its brain (tumour copy-paste,
+    TumorCP, Yang et al., MICCAI 2021), so the model sees small lesions and satellites.
+
+    With probability ``prob`` per patch that holds tumour: the bounding box of every tumour
+    voxel is cut out of the image (all modalities) and the labels, zoomed by a factor drawn
+    from ``zoom_range`` (linear for the image, nearest for the labels), and pasted ``count``
+    times (drawn from the range) at random brain positions where it lands wholly inside the
+    brain and clear of existing tumour. Only the copy's tumour voxels are pasted, their edge
+    blended over about a voxel so the copy has no sharp seam. Copies that find no room after
+    a few tries are skipped. The mask never changes.
+    """
+
+    TRIES = 10
+
+    def __init__(
+        self,
+        prob: float,
+        zoom_range: tuple[float, float],
+        count: tuple[int, int] = (1, 1),
+        keys: tuple[str, str, str] = (IMAGE, MASK, LABEL),
+    ):
+        super().__init__(prob, keys)
+        self.zoom_range, self.count = zoom_range, count
+
+    def apply(self, img: np.ndarray, label: np.ndarray, brain: np.ndarray) -> None:
+        tumour = label > 0
+        box = ndimage.find_objects(tumour.astype(np.int8))[0]
+        free = brain & ~ndimage.binary_dilation(tumour, iterations=2)
+        for _ in range(int(self.R.randint(self.count[0], self.count[1] + 1))):
+            z = float(self.R.uniform(*self.zoom_range))
+            small_lab = ndimage.zoom(label[box], z, order=0)
+            lesion = small_lab > 0
+            if not lesion.any():
+                continue
+            small_img = ndimage.zoom(img[(slice(None), *box)], (1, z, z, z), order=1)
+            at = self._place(free, lesion)
+            if at is None:
+                continue
+            # Blend weight: 1 inside the copy's tumour, falling to 0 over about one voxel.
+            alpha = np.clip(ndimage.gaussian_filter(lesion.astype(np.float32), 0.7) * 2, 0, 1)
+            alpha[lesion] = 1.0
+            img[(slice(None), *at)] = alpha * small_img + (1 - alpha) * img[(slice(None), *at)]
+            label[at] = np.where(lesion, small_lab, label[at])
+            free[at] &= ~ndimage.binary_dilation(lesion, iterations=2)
+
+    def _place(self, free: np.ndarray, lesion: np.ndarray) -> tuple[slice, ...] | None:
+        """A box for ``lesion`` inside the patch whose lesion voxels all fall on ``free``: its
+        centre is drawn among the free voxels, up to ``TRIES`` times."""
+        centres = np.argwhere(free)
+        if not len(centres):
+            return None
+        for _ in range(self.TRIES):
+            c = centres[self.R.randint(len(centres))]
+            lo = [int(v) - s // 2 for v, s in zip(c, lesion.shape, strict=True)]
+            if any(
+                o < 0 or o + s > n for o, s, n in zip(lo, lesion.shape, free.shape, strict=True)
+            ):
+                continue
+            at = tuple(slice(o, o + s) for o, s in zip(lo, lesion.shape, strict=True))
+            if free[at][lesion].all():
+                return at
+        return None
+
+
+class RandLesionContrastd(_TumourTransformd):
+    """Change how far each tumour sub-region stands out from the normal brain, per modality:
+    lesion contrast differs between scanners, field strengths and contrast doses (weaker
+    enhancement on T1c at a low dose or field, fainter oedema on FLAIR).
+
+    With probability ``prob`` per patch that holds tumour: for each label present (NCR, ED, ET)
+    and each modality, a factor ``f`` drawn from ``factor_range``; that label's voxels move to
+    ``ref + f * (x - ref)``, ``ref`` the median of the patch's normal brain in that modality.
+    The factor map is smoothed over about a voxel, so no new edge appears at label boundaries.
+    Only the image changes.
+    """
+
+    def __init__(
+        self,
+        prob: float,
+        factor_range: tuple[float, float],
+        keys: tuple[str, str, str] = (IMAGE, MASK, LABEL),
+    ):
+        super().__init__(prob, keys)
+        self.factor_range = factor_range
+
+    def apply(self, img: np.ndarray, label: np.ndarray, brain: np.ndarray) -> None:
+        tumour = label > 0
+        normal = brain & ~tumour
+        if normal.sum() < 8:
+            return
+        box = _grow_box(ndimage.find_objects(tumour.astype(np.int8))[0], 3, tumour.shape)
+        sub_label, sub_brain = label[box], brain[box]
+        present = [int(k) for k in np.unique(sub_label) if k]
+        for c in range(img.shape[0]):
+            ref = float(np.median(img[c][normal]))
+            f = np.ones(sub_label.shape, dtype=np.float32)
+            for k in present:
+                f[sub_label == k] = self.R.uniform(*self.factor_range)
+            f = ndimage.gaussian_filter(f, 0.8)
+            x = img[c][box]
+            moved = sub_brain & (np.abs(f - 1) > 1e-3)  # the filter's far tail: leave it
+            img[c][box] = np.where(moved, ref + f * (x - ref), x)
+
+
+def _grow_box(box: tuple[slice, ...], margin: int, shape) -> tuple[slice, ...]:
+    return tuple(
+        slice(max(b.start - margin, 0), min(b.stop + margin, n))
+        for b, n in zip(box, shape, strict=True)
+    )
 
 
 def _affine(cfg: AugmentConfig) -> T.OneOf | None:
@@ -263,12 +406,68 @@ def build_augment(cfg: AugmentConfig, seed: int) -> T.Compose | None:
     affine = _affine(cfg)
     if affine is not None:
         steps.append(affine)
+    if cfg.lesion_paste_prob > 0:
+        steps.append(
+            RandLesionPasted(cfg.lesion_paste_prob, cfg.lesion_paste_zoom, cfg.lesion_paste_count)
+        )
+    if cfg.lesion_contrast_prob > 0:
+        steps.append(RandLesionContrastd(cfg.lesion_contrast_prob, cfg.lesion_contrast_range))
     steps += _noise_and_blur(cfg) + _intensity(cfg)
     if not steps:
         return None
     compose = T.Compose(steps)
     compose.set_random_state(seed=seed % (2**32))
     return compose
+
+
+def stress_config() -> AugmentConfig:
+    """The stress put on validation cases to fit post-processing (``postprocess fit
+    --stress``): small copies of the case's tumour pasted into its brain (true small lesions,
+    whose loss the fit must weigh against the false positives it removes), then every
+    scanner-shift intensity transform at once, each at probability 1 and at or beyond the CPU
+    recipe's training magnitudes (strong coil bias, low SNR, thick slices, a contrast curve per
+    modality, gain and gamma). Nothing moves the case, so the labels stay aligned."""
+    return AugmentConfig(
+        flip_prob=0,
+        rotate_prob=0,
+        scale_prob=0,
+        noise_prob=0,
+        intensity_prob=0,
+        lesion_paste_prob=1.0,
+        lesion_paste_zoom=(0.2, 0.45),
+        lesion_paste_count=(2, 4),
+        bias_field_prob=1.0,
+        bias_field_coeff=0.3,
+        rician_prob=1.0,
+        rician_std=0.15,
+        lowres_prob=1.0,
+        lowres_zoom=(0.33, 0.5),
+        lowres_axes="one",
+        channel_scale_prob=1.0,
+        channel_scale_range=0.3,
+        histogram_shift_prob=1.0,
+        gamma_prob=1.0,
+        gamma_range=(0.7, 1.5),
+    )
+
+
+def stress_case(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """One draw of :func:`stress_config` on a whole case: ``x`` ``(C, X, Y, Z)`` float32 store
+    volume (4 modalities, then the foreground mask if the store has one) and ``y``
+    ``(1, X, Y, Z)`` uint8 labels → the same shapes, the mask channel unchanged and the labels
+    gaining the pasted lesions. Deterministic per ``seed``."""
+    from bratslab.data.layout import MODALITIES
+
+    compose = build_augment(stress_config(), seed)
+    n = len(MODALITIES)
+    with_mask = x if x.shape[0] > n else np.concatenate([x, x[:1] * 0])
+    out, labels = apply_augment(compose, with_mask, np.asarray(y, dtype=np.uint8))
+    out = out[: x.shape[0]]
+    # Outside the brain the scanner records nothing: keep the background as it was (gamma and
+    # thick slices would otherwise move it).
+    outside = ~_brain(with_mask[:n], with_mask[n:])
+    out[:n, outside] = x[:n, outside]
+    return out, labels
 
 
 def apply_augment(

@@ -283,6 +283,44 @@ class AugmentConfig(StrictModel):
         "irregular curves).",
     )
 
+    lesion_paste_prob: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Probability, per patch that holds tumour, of pasting shrunken copies of "
+        "that tumour elsewhere in the brain (tumour copy-paste): small lesions and satellites "
+        "that the training cases lack.",
+    )
+    lesion_paste_zoom: tuple[float, float] = Field(
+        default=(0.25, 0.6),
+        description="Range of the copies' size factor (per axis) relative to the tumour.",
+    )
+    lesion_paste_count: tuple[int, int] = Field(
+        default=(1, 3), description="Range of the number of copies pasted into one patch."
+    )
+
+    lesion_contrast_prob: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Probability, per patch that holds tumour, of changing how far each "
+        "tumour sub-region (NCR, ED, ET) stands out from the normal brain in each modality, "
+        "as contrast doses, field strengths and protocols do (e.g. weak enhancement on T1c).",
+    )
+    lesion_contrast_range: tuple[float, float] = Field(
+        default=(0.25, 1.25),
+        description="Range of the factor on a sub-region's difference from the normal brain's "
+        "median (1 keeps it; one factor per sub-region and modality).",
+    )
+
+    @field_validator("lesion_paste_count")
+    @classmethod
+    def _check_count(cls, v: tuple[int, int]) -> tuple[int, int]:
+        lo, hi = v
+        if not 1 <= lo <= hi:
+            raise ValueError(f"lesion_paste_count needs 1 <= low <= high, not {list(v)}")
+        return v
+
     @field_validator("histogram_shift_points")
     @classmethod
     def _check_points(cls, v: tuple[int, int]) -> tuple[int, int]:
@@ -291,7 +329,9 @@ class AugmentConfig(StrictModel):
             raise ValueError(f"histogram_shift_points needs 3 <= low <= high, not {list(v)}")
         return v
 
-    @field_validator("gamma_range", "blur_sigma", "lowres_zoom")
+    @field_validator(
+        "gamma_range", "blur_sigma", "lowres_zoom", "lesion_paste_zoom", "lesion_contrast_range"
+    )
     @classmethod
     def _check_range(cls, v: tuple[float, float], info) -> tuple[float, float]:
         lo, hi = v

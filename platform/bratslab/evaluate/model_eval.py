@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,8 +129,15 @@ def predict_validation(
     device: str = "auto",
     amp: bool = True,
     progress: bool = False,
+    stress: int = 0,
 ) -> Iterator[ValPrediction]:
-    """Sliding-window + TTA predictions of ``val``'s cases in store space, one at a time."""
+    """Sliding-window + TTA predictions of ``val``'s cases in store space, one at a time.
+
+    ``stress`` > 0 adds that many stressed copies of each case after it (small lesions pasted
+    in, then scanner shift: :func:`bratslab.data.augment.stress_case`, seeded by the case and
+    the copy), with ids ``{case}~stress{k}`` and references that include the pasted lesions.
+    """
+    from bratslab.data.augment import stress_case
     from bratslab.evaluate.inference import predict_probabilities
     from bratslab.evaluate.model_loading import build_from_payload, resolve_device
     from bratslab.evaluate.report import progress_bar
@@ -138,9 +146,14 @@ def predict_validation(
     output = val.payload.output
     dev = resolve_device(device)
     st = val.store
-    with progress_bar(progress, len(val.cases), f"evaluate fold {val.fold}") as advance:
-        for cid in val.cases:
+    total = len(val.cases) * (1 + stress)
+    with progress_bar(progress, total, f"evaluate fold {val.fold}") as advance:
+        for cid, k in ((c, k) for c in val.cases for k in range(stress + 1)):
             x = np.asarray(st.load_x(cid), dtype=np.float32)
+            y = np.asarray(st.load_y(cid))
+            cid_k = f"{cid}~stress{k}" if k else cid
+            if k:
+                x, y = stress_case(x, y, zlib.crc32(cid_k.encode()))
             probs, _ = predict_probabilities(
                 model,
                 x,
@@ -151,10 +164,10 @@ def predict_validation(
                 activation="sigmoid" if output == "regions" else "softmax",
                 amp=amp,
             )
-            gt = labels_to_regions(np.asarray(st.load_y(cid)))
+            gt = labels_to_regions(y)
             pred = probabilities_to_regions(probs, output)
-            yield ValPrediction(cid, pred, gt, tuple(st.meta(cid).zooms))
-            advance(f"evaluate {cid}")
+            yield ValPrediction(cid_k, pred, gt, tuple(st.meta(cid).zooms))
+            advance(f"evaluate {cid_k}")
 
 
 def score_case(pred: np.ndarray, gt: np.ndarray, spacing, challenge: str) -> dict[str, float]:

@@ -56,6 +56,14 @@ def fit_cmd(
     max_cases: int = typer.Option(0, "--max-cases", help="Use only the first N cases (0: all)."),
     overlap: float = typer.Option(0.5, "--overlap", help="Sliding-window overlap in [0, 1)."),
     challenge: str = typer.Option("gli", "--challenge", help="Lesion-wise parameters (d, T)."),
+    stress: int = typer.Option(
+        0,
+        "--stress",
+        help="Also fit on N stressed copies of each validation case: small copies of its "
+        "tumour pasted in, then a strong scanner shift (bias field, noise, thick slices, "
+        "contrast curves). Clean cases show neither the small false positives of shifted "
+        "scans nor small true lesions, which the thresholds must weigh.",
+    ),
     candidates: str | None = typer.Option(
         None,
         "--candidates",
@@ -82,7 +90,11 @@ def fit_cmd(
     given = _parse_candidates(candidates)
     fit = validate(
         FitConfig,
-        {"challenge": challenge, **({"candidates": given} if given is not None else {})},
+        {
+            "challenge": challenge,
+            "stress": stress,
+            **({"candidates": given} if given is not None else {}),
+        },
         "postprocess fit options",
     )
     try:

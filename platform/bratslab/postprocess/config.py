@@ -66,6 +66,16 @@ class FitConfig(StrictModel):
     min_gain: float = Field(
         default=1e-6, ge=0.0, description="A change must raise the objective by more than this."
     )
+    stress: int = Field(
+        default=0,
+        ge=0,
+        le=8,
+        description="Stressed copies of each validation case to fit on besides the case "
+        "itself: small copies of its tumour pasted in, then a strong scanner shift (bias "
+        "field, Rician noise, thick slices, contrast curves, gamma). Clean validation cases "
+        "show neither the small false positives of shifted scans nor small true lesions, so "
+        "thresholds fitted on them alone stay at 0.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> FitConfig:

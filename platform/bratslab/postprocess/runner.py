@@ -44,12 +44,18 @@ def fit_model(
     """
     from bratslab.evaluate.model_eval import predict_validation, validation_cases
 
+    fit = fit or FitConfig()
     val = validation_cases(model_ref, store, fold, max_cases)
     cases = [
         FitCase(p.case_id, regions_to_labels(p.pred), p.gt, p.spacing)
-        for p in predict_validation(val, tta, overlap=overlap, device=device, progress=progress)
+        for p in predict_validation(
+            val, tta, overlap=overlap, device=device, progress=progress, stress=fit.stress
+        )
     ]
-    log.info("fitting post-processing on %d validation cases of fold %d", len(cases), fold)
+    log.info(
+        "fitting post-processing on %d validation cases of fold %d (%d scanner-stressed copies "
+        "each)", len(val.cases), fold, fit.stress,
+    )  # fmt: skip
     return fit_thresholds(cases, fit)
 
 

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from monai import transforms as T
 from pydantic import ValidationError
+from scipy import ndimage
 
-from bratslab.data.augment import apply_augment, build_augment
+from bratslab.data.augment import apply_augment, build_augment, stress_case
 from bratslab.data.config import AugmentConfig
 
 N = 24
@@ -30,6 +31,7 @@ INTENSITY = [
     ("histogram_shift_prob", {}),
 ]
 SPATIAL = [("flip_prob", {}), ("rotate_prob", {}), ("scale_prob", {"scale_range": 0.3})]
+LESION = [("lesion_paste_prob", {}), ("lesion_contrast_prob", {})]
 
 
 def _ids(cases):
@@ -80,7 +82,10 @@ def test_spatial_transform_applied_at_1_and_moves_everything(key, extra, patch):
     assert not np.array_equal(ya, y)
 
 
-@pytest.mark.parametrize(("key", "extra"), INTENSITY + SPATIAL, ids=_ids(INTENSITY + SPATIAL))
+ALL = INTENSITY + SPATIAL + LESION
+
+
+@pytest.mark.parametrize(("key", "extra"), ALL, ids=_ids(ALL))
 def test_probability_0_leaves_the_patch_alone(key, extra, patch):
     x, y = patch
     cfg = AugmentConfig(**{**OFF, key: 0.0, **extra})
@@ -227,3 +232,96 @@ def test_histogram_shift_points_are_checked():
         AugmentConfig(histogram_shift_points=(2, 5))
     with pytest.raises(ValidationError, match="histogram_shift_points"):
         AugmentConfig(histogram_shift_points=(8, 5))
+
+
+def test_lesion_paste_adds_small_copies_of_the_tumour_inside_the_brain(patch):
+    """Copies are smaller than the tumour, carry its labels, lie wholly in the brain apart from
+    the tumour; the image changes only around them; the mask never changes."""
+    x, y = patch
+    tumour = y[0] > 0
+    cfg = only("lesion_paste_prob", lesion_paste_zoom=(0.4, 0.6), lesion_paste_count=(2, 2))
+    pasted = 0
+    for seed in range(6):
+        xa, ya = run(cfg, patch, seed=seed)
+        np.testing.assert_array_equal(xa[-1], x[-1])
+        np.testing.assert_array_equal(ya[0][tumour], y[0][tumour])  # the tumour is kept
+        new = (ya[0] > 0) & ~tumour
+        assert set(np.unique(ya[0][new])) <= {1, 2, 3}
+        assert (x[-1][new] > 0.5).all()  # in the brain
+        assert not (new & ndimage.binary_dilation(tumour)).any()  # clear of the tumour
+        comps, n = ndimage.label(new, structure=np.ones((3, 3, 3)))
+        sizes = ndimage.sum_labels(new, comps, range(1, n + 1))
+        assert (sizes < tumour.sum() / 2).all()
+        near = ndimage.binary_dilation(new, iterations=3)
+        np.testing.assert_array_equal(xa[:-1][:, ~near], x[:-1][:, ~near])
+        if n:
+            assert not np.array_equal(xa[:-1][:, new], x[:-1][:, new])
+        pasted += n
+    assert pasted >= 6  # most draws find room for both copies
+
+
+def test_lesion_contrast_scales_each_sub_region_against_the_normal_brain(patch):
+    """Inside each sub-region a modality's difference from the normal brain's median is scaled
+    by one factor (up to the smoothing at its edge); far from the tumour nothing changes; the
+    labels and the mask stay put."""
+    x, y = patch
+    cfg = only("lesion_contrast_prob", lesion_contrast_range=(0.2, 0.6))
+    xa, ya = run(cfg, patch, seed=2)
+    np.testing.assert_array_equal(ya, y)
+    np.testing.assert_array_equal(xa[-1], x[-1])
+    tumour = y[0] > 0
+    far = ~ndimage.binary_dilation(tumour, iterations=4)
+    np.testing.assert_array_equal(xa[:-1][:, far], x[:-1][:, far])
+    normal = (x[-1] > 0.5) & ~tumour
+    core = ndimage.binary_erosion(y[0] == 2, iterations=1)  # ED away from its edges
+    for c in range(4):
+        ref = np.median(x[c][normal])
+        f = (xa[c][core] - ref) / (x[c][core] - ref)
+        assert 0.15 < np.median(f) < 0.65, c  # pulled towards the brain, by the drawn factor
+
+
+def test_lesion_contrast_needs_tumour_and_checks_its_range(patch):
+    x, y = patch
+    empty = np.zeros_like(y)
+    xa, _ = apply_augment(build_augment(only("lesion_contrast_prob"), 0), x, empty)
+    np.testing.assert_array_equal(xa, x)
+    with pytest.raises(ValidationError, match="lesion_contrast_range"):
+        AugmentConfig(lesion_contrast_range=(0.0, 1.0))
+
+
+def test_lesion_paste_needs_tumour_in_the_patch(patch):
+    x, y = patch
+    empty = np.zeros_like(y)
+    xa, ya = apply_augment(build_augment(only("lesion_paste_prob"), 0), x, empty)
+    np.testing.assert_array_equal(xa, x)
+    np.testing.assert_array_equal(ya, empty)
+
+
+def test_lesion_paste_count_is_checked():
+    with pytest.raises(ValidationError, match="lesion_paste_count"):
+        AugmentConfig(lesion_paste_count=(0, 2))
+    with pytest.raises(ValidationError, match="lesion_paste_zoom"):
+        AugmentConfig(lesion_paste_zoom=(0.6, 0.3))
+
+
+@pytest.mark.parametrize("with_mask", [True, False])
+def test_stress_case_is_seeded_adds_lesions_and_keeps_background_and_mask(patch, with_mask):
+    """The post-processing fit's stress: small tumour copies join the labels, every modality
+    changes inside the brain, background and the mask channel do not, and a seed gives the same
+    case every time."""
+    x, y = patch
+    x = x if with_mask else x[:-1]
+    (a, ya), (b, yb), (c, _) = (stress_case(x, y, s) for s in (7, 7, 8))
+    assert a.shape == x.shape and a.dtype == np.float32 and ya.shape == y.shape
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(ya, yb)
+    assert not np.array_equal(a, c)
+    tumour = y[0] > 0
+    np.testing.assert_array_equal(ya[0][tumour], y[0][tumour])
+    assert ((ya[0] > 0) & ~tumour).any()  # pasted lesions are in the reference
+    brain = patch[0][-1] > 0.5
+    for m in range(4):
+        assert not np.allclose(a[m][brain], x[m][brain])
+    np.testing.assert_array_equal(a[:4][:, ~brain], x[:4][:, ~brain])
+    if with_mask:
+        np.testing.assert_array_equal(a[-1], x[-1])
