@@ -137,7 +137,6 @@ def predict_validation(
     in, then scanner shift: :func:`bratslab.data.augment.stress_case`, seeded by the case and
     the copy), with ids ``{case}~stress{k}`` and references that include the pasted lesions.
     """
-    from bratslab.data.augment import stress_case
     from bratslab.evaluate.inference import predict_probabilities
     from bratslab.evaluate.model_loading import build_from_payload, resolve_device
     from bratslab.evaluate.report import progress_bar
@@ -148,12 +147,7 @@ def predict_validation(
     st = val.store
     total = len(val.cases) * (1 + stress)
     with progress_bar(progress, total, f"evaluate fold {val.fold}") as advance:
-        for cid, k in ((c, k) for c in val.cases for k in range(stress + 1)):
-            x = np.asarray(st.load_x(cid), dtype=np.float32)
-            y = np.asarray(st.load_y(cid))
-            cid_k = f"{cid}~stress{k}" if k else cid
-            if k:
-                x, y = stress_case(x, y, zlib.crc32(cid_k.encode()))
+        for cid, cid_k, x, y in _cases_and_stressed_copies(st, val.cases, stress):
             probs, _ = predict_probabilities(
                 model,
                 x,
@@ -168,6 +162,22 @@ def predict_validation(
             pred = probabilities_to_regions(probs, output)
             yield ValPrediction(cid_k, pred, gt, tuple(st.meta(cid).zooms))
             advance(f"evaluate {cid_k}")
+
+
+def _cases_and_stressed_copies(
+    st: Store, cases: list[str], stress: int
+) -> Iterator[tuple[str, str, np.ndarray, np.ndarray]]:
+    """``(case, id, x, y)`` for each case and then its ``stress`` stressed copies: each case is
+    read from the store once; copy ``k`` has id ``{case}~stress{k}`` and is seeded by it."""
+    from bratslab.data.augment import stress_case
+
+    for cid in cases:
+        x = np.asarray(st.load_x(cid), dtype=np.float32)
+        y = np.asarray(st.load_y(cid))
+        yield cid, cid, x, y
+        for k in range(1, stress + 1):
+            cid_k = f"{cid}~stress{k}"
+            yield (cid, cid_k, *stress_case(x, y, zlib.crc32(cid_k.encode())))
 
 
 def score_case(pred: np.ndarray, gt: np.ndarray, spacing, challenge: str) -> dict[str, float]:
