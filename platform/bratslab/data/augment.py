@@ -27,6 +27,8 @@ from monai.utils import convert_to_numpy
 from scipy import ndimage
 
 from bratslab.data.config import AugmentConfig
+from bratslab.data.labels import STORE_ET
+from bratslab.data.layout import MODALITIES
 
 IMAGE, MASK, LABEL = "image", "mask", "label"
 SPATIAL = [IMAGE, MASK, LABEL]
@@ -244,7 +246,8 @@ class RandLesionContrastd(_TumourTransformd):
     and each modality, a factor ``f`` drawn from ``factor_range``; that label's voxels move to
     ``ref + f * (x - ref)``, ``ref`` the median of the patch's normal brain in that modality.
     The factor map is smoothed over about a voxel, so no new edge appears at label boundaries.
-    Only the image changes.
+    Only the image changes. ``labels`` (store labels) and ``channels`` (image channels) limit
+    it to some sub-regions and modalities; the rest keep their contrast.
     """
 
     def __init__(
@@ -252,9 +255,13 @@ class RandLesionContrastd(_TumourTransformd):
         prob: float,
         factor_range: tuple[float, float],
         keys: tuple[str, str, str] = (IMAGE, MASK, LABEL),
+        labels: tuple[int, ...] = (1, 2, 3),
+        channels: tuple[int, ...] | None = None,
     ):
         super().__init__(prob, keys)
         self.factor_range = factor_range
+        self.labels = frozenset(labels)
+        self.channels = channels
 
     def apply(self, img: np.ndarray, label: np.ndarray, brain: np.ndarray) -> None:
         tumour = label > 0
@@ -263,8 +270,10 @@ class RandLesionContrastd(_TumourTransformd):
             return
         box = _grow_box(ndimage.find_objects(tumour.astype(np.int8))[0], 3, tumour.shape)
         sub_label, sub_brain = label[box], brain[box]
-        present = [int(k) for k in np.unique(sub_label) if k]
-        for c in range(img.shape[0]):
+        present = [int(k) for k in np.unique(sub_label) if k in self.labels]
+        if not present:
+            return
+        for c in self.channels if self.channels is not None else range(img.shape[0]):
             ref = float(np.median(img[c][normal]))
             f = np.ones(sub_label.shape, dtype=np.float32)
             for k in present:
@@ -273,6 +282,18 @@ class RandLesionContrastd(_TumourTransformd):
             x = img[c][box]
             moved = sub_brain & (np.abs(f - 1) > 1e-3)  # the filter's far tail: leave it
             img[c][box] = np.where(moved, ref + f * (x - ref), x)
+
+
+def _lesion_contrast(cfg: AugmentConfig) -> RandLesionContrastd:
+    """``RandLesionContrastd`` for the config's sub-regions and modalities (store labels and
+    channel order: NCR 1, ED 2, ET 3; channels in ``MODALITIES`` order)."""
+    store_label = {"ncr": 1, "ed": 2, "et": STORE_ET}
+    return RandLesionContrastd(
+        cfg.lesion_contrast_prob,
+        cfg.lesion_contrast_range,
+        labels=tuple(store_label[k] for k in cfg.lesion_contrast_labels),
+        channels=tuple(MODALITIES.index(m) for m in cfg.lesion_contrast_modalities),
+    )
 
 
 def _grow_box(box: tuple[slice, ...], margin: int, shape) -> tuple[slice, ...]:
@@ -411,7 +432,7 @@ def build_augment(cfg: AugmentConfig, seed: int) -> T.Compose | None:
             RandLesionPasted(cfg.lesion_paste_prob, cfg.lesion_paste_zoom, cfg.lesion_paste_count)
         )
     if cfg.lesion_contrast_prob > 0:
-        steps.append(RandLesionContrastd(cfg.lesion_contrast_prob, cfg.lesion_contrast_range))
+        steps.append(_lesion_contrast(cfg))
     steps += _noise_and_blur(cfg) + _intensity(cfg)
     if not steps:
         return None
@@ -456,8 +477,6 @@ def stress_case(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, np
     volume (4 modalities, then the foreground mask if the store has one) and ``y``
     ``(1, X, Y, Z)`` uint8 labels → the same shapes, the mask channel unchanged and the labels
     gaining the pasted lesions. Deterministic per ``seed``."""
-    from bratslab.data.layout import MODALITIES
-
     compose = build_augment(stress_config(), seed)
     n = len(MODALITIES)
     with_mask = x if x.shape[0] > n else np.concatenate([x, x[:1] * 0])

@@ -312,6 +312,18 @@ class AugmentConfig(StrictModel):
         description="Range of the factor on a sub-region's difference from the normal brain's "
         "median (1 keeps it; one factor per sub-region and modality).",
     )
+    lesion_contrast_labels: list[Literal["ncr", "ed", "et"]] = Field(
+        default=["ncr", "ed", "et"],
+        min_length=1,
+        description="Sub-regions whose contrast changes; the others keep theirs (e.g. [et]: "
+        "only the enhancement varies, so oedema keeps telling tumour from normal brain).",
+    )
+    lesion_contrast_modalities: list[str] = Field(
+        default=list(MODALITIES),
+        min_length=1,
+        description="Modalities (canonical names) in which it changes (e.g. [t1c]: the "
+        "contrast agent's dose and timing).",
+    )
 
     @field_validator("lesion_paste_count")
     @classmethod
@@ -319,6 +331,14 @@ class AugmentConfig(StrictModel):
         lo, hi = v
         if not 1 <= lo <= hi:
             raise ValueError(f"lesion_paste_count needs 1 <= low <= high, not {list(v)}")
+        return v
+
+    @field_validator("lesion_contrast_modalities")
+    @classmethod
+    def _check_modalities(cls, v: list[str]) -> list[str]:
+        unknown = [m for m in v if m not in MODALITIES]
+        if unknown:
+            raise ValueError(f"unknown modalities {unknown}; choose from {list(MODALITIES)}")
         return v
 
     @field_validator("histogram_shift_points")

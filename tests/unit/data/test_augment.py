@@ -280,6 +280,41 @@ def test_lesion_contrast_scales_each_sub_region_against_the_normal_brain(patch):
         assert 0.15 < np.median(f) < 0.65, c  # pulled towards the brain, by the drawn factor
 
 
+def test_lesion_contrast_limited_to_enhancement_on_t1c(patch):
+    """``lesion_contrast_labels=[et]``, ``_modalities=[t1c]`` (a contrast dose): only T1c
+    changes, only at ET and its smoothed edge; inside the oedema away from ET, T1c keeps its
+    values, and ET's contrast is scaled by the drawn factor."""
+    x, y = patch
+    cfg = only(
+        "lesion_contrast_prob",
+        lesion_contrast_range=(0.2, 0.6),
+        lesion_contrast_labels=["et"],
+        lesion_contrast_modalities=["t1c"],
+    )
+    xa, ya = run(cfg, patch, seed=2)
+    np.testing.assert_array_equal(ya, y)
+    t1c = 1  # channel order t1n, t1c, t2w, t2f
+    others = [c for c in range(x.shape[0]) if c != t1c]
+    np.testing.assert_array_equal(xa[others], x[others])
+    et = y[0] == 3
+    near_et = ndimage.binary_dilation(et, iterations=4)
+    np.testing.assert_array_equal(xa[t1c][~near_et], x[t1c][~near_et])
+    assert not np.array_equal(xa[t1c][et], x[t1c][et])
+    normal = (x[-1] > 0.5) & (y[0] == 0)
+    ref = np.median(x[t1c][normal])
+    # ET is a thin rim here, so its voxels all sit at the smoothed edge: pulled towards the
+    # brain, by less than the drawn factor at the rim's border.
+    f = (xa[t1c][et] - ref) / (x[t1c][et] - ref)
+    assert f.max() < 1 and 0.15 < np.median(f) < 0.85
+
+
+def test_lesion_contrast_names_unknown_modalities_and_labels():
+    with pytest.raises(ValidationError, match="lesion_contrast_modalities"):
+        AugmentConfig(lesion_contrast_modalities=["t1ce"])
+    with pytest.raises(ValidationError, match="lesion_contrast_labels"):
+        AugmentConfig(lesion_contrast_labels=["core"])
+
+
 def test_lesion_contrast_needs_tumour_and_checks_its_range(patch):
     x, y = patch
     empty = np.zeros_like(y)
