@@ -146,7 +146,7 @@ def _fit_postprocess(champion: str, store: Path, root: Path, console) -> None:
     )
 
     result = fit_model(champion, store, 0, "flips", fit=FitConfig(stress=1))
-    doc = result_document(result, model_ref=champion, fold=0, tta="flips")
+    doc = result_document(result, model=champion, fold=0, tta="flips")
     path = write_document(root / "postprocess.json", doc)
     where = register_document(champion, path, doc)
     console.print(f"thresholds {doc['config']} stored on {where}")

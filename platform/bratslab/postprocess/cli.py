@@ -1,7 +1,8 @@
 """Commands of the post-processing stage: ``bratslab postprocess fit|apply``.
 
 Exit status: 0 success; 1 the model's stored files fail their integrity check, or some
-predictions could not be post-processed (named on stderr); 2 usage or configuration error.
+predictions could not be post-processed or fitted on (named on stderr); 2 usage or
+configuration error.
 """
 
 from __future__ import annotations
@@ -40,10 +41,23 @@ def _parse_candidates(text: str | None) -> list[int] | None:
 
 @postprocess_app.command("fit")
 def fit_cmd(
-    model: str = typer.Option(
-        ..., "--model", "-m", help="Checkpoint folder or MLflow URI (models:/NAME@alias, ...)."
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Checkpoint folder or MLflow URI (models:/NAME@alias, ...): predict its fold's "
+        "validation cases and fit on them. With --pred, only where the thresholds are stored.",
     ),
-    store: Path = typer.Option(..., "--store", help="Preprocessed store folder."),
+    store: Path | None = typer.Option(None, "--store", help="Preprocessed store folder."),
+    pred: Path | None = typer.Option(
+        None,
+        "--pred",
+        help="Instead of predicting: a folder of predictions already written "
+        "({case}.nii.gz, e.g. each fold model's predictions of its held-out cases) ...",
+    ),
+    ref: Path | None = typer.Option(
+        None, "--ref", help="... and the raw BraTS folder with their reference segs."
+    ),
     fold: int = typer.Option(0, "--fold", help="Fold whose validation cases are predicted."),
     tta: str = typer.Option("flips", "--tta", help=TTA_HELP),
     out: Path = typer.Option(Path("postprocess.json"), "--out", "-o", help="JSON to write."),
@@ -71,7 +85,8 @@ def fit_cmd(
         "(the default); scaled to the store's volume size.",
     ),
 ) -> None:
-    """Fit per-region minimum component sizes (and ET→NCR) on a fold's validation cases.
+    """Fit per-region minimum component sizes (and ET→NCR) on a fold's validation cases
+    (--model --store), or on predictions already written (--pred --ref).
 
     Objective: mean BraTS lesion-wise Dice over WT, TC and ET; a coordinate-wise search over the
     candidate sizes starting from no post-processing. Prints the scores before and after.
@@ -80,6 +95,7 @@ def fit_cmd(
     from bratslab.evaluate.lesionwise import resolve_params
     from bratslab.postprocess.config import FitConfig
     from bratslab.postprocess.runner import (
+        fit_folder,
         fit_model,
         register_document,
         result_document,
@@ -97,22 +113,37 @@ def fit_cmd(
         },
         "postprocess fit options",
     )
+    from_folder = pred is not None or ref is not None
+    if from_folder and (pred is None or ref is None or store is not None):
+        _fail("fit on written predictions with --pred and --ref (no --store)")
+    if not from_folder and (model is None or store is None):
+        _fail("give --model and --store (predict the fold's validation cases), or --pred and --ref")
+    failures: list[dict[str, str]] = []
     try:
         resolve_params(challenge)
         out = _check_out(out)
-        result = fit_model(
-            model, store, fold, tta, fit=fit, max_cases=max_cases or None, overlap=overlap,
-            progress=True,
-        )  # fmt: skip
+        if from_folder:
+            folder_fit = fit_folder(pred, ref, fit, progress=True)
+            result, failures = folder_fit.result, folder_fit.failures
+            doc = result_document(result, pred=pred, ref=ref)
+            title = f"{pred} against {ref}"
+        else:
+            result = fit_model(
+                model, store, fold, tta, fit=fit, max_cases=max_cases or None, overlap=overlap,
+                progress=True,
+            )  # fmt: skip
+            doc = result_document(result, model=model, fold=fold, tta=tta)
+            title = f"{model} · fold {fold} · tta {tta}"
     except ModelIntegrityError as e:
         _fail(str(e), 1)
     except (FileNotFoundError, ValueError, LookupError) as e:
         _fail(str(e), 2)
-    doc = result_document(result, model_ref=model, fold=fold, tta=tta)
     write_document(out, doc)
-    _print_fit(result, f"{model} · fold {fold} · tta {tta}")
+    _print_fit(result, title)
     typer.echo(f"thresholds: {result.config.summary()}; wrote {out}")
-    if register_:
+    for f in failures:
+        typer.secho(f"LEFT OUT {f['case']}: {f['file']}: {f['reason']}", fg="red", err=True)
+    if register_ and model is not None:
         where = register_document(model, out, doc)
         if where is None:
             typer.echo(
@@ -121,6 +152,8 @@ def fit_cmd(
             )
         else:
             typer.echo(f"stored on {where} (tag bratslab.postprocess); predict applies them")
+    if failures:
+        raise typer.Exit(1)
 
 
 def _check_out(out: Path) -> Path:

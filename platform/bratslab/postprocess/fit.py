@@ -37,12 +37,18 @@ PARAMS = ("min_size_wt", "min_size_tc", "et_to_ncr_below", "min_size_et")
 @dataclass
 class FitCase:
     """One validation case: predicted store labels ``(X, Y, Z)`` (ET = 3), the reference
-    regions bool ``(3, X, Y, Z)`` (WT, TC, ET) and the voxel spacing in mm."""
+    regions bool ``(3, X, Y, Z)`` (WT, TC, ET) and the voxel spacing in mm; ``volume_voxels``:
+    the size of the whole volume when these arrays are a crop of it (else their own size)."""
 
     case_id: str
     labels: np.ndarray
     gt: np.ndarray
     spacing: Sequence[float]
+    volume_voxels: int | None = None
+
+    @property
+    def voxels(self) -> int:
+        return self.volume_voxels or self.labels.size
 
 
 @dataclass
@@ -110,7 +116,7 @@ def candidate_sizes(cases: Sequence[FitCase], fit: FitConfig) -> list[int]:
     """The candidates scaled to the cases' size: ``fit.scale``, or for ``"auto"`` the cube root
     of (median voxels per case / a full BraTS volume), at most 1. 0 stays 0; others stay ≥ 1."""
     if fit.scale == "auto":
-        voxels = float(np.median([c.labels.size for c in cases]))
+        voxels = float(np.median([c.voxels for c in cases]))
         scale = min(1.0, (voxels / REFERENCE_VOXELS) ** (1.0 / 3.0))
     else:
         scale = float(fit.scale)

@@ -59,12 +59,101 @@ def fit_model(
     return fit_thresholds(cases, fit)
 
 
-def result_document(result: FitResult, *, model_ref: str, fold: int, tta: str) -> dict[str, Any]:
-    """The content of ``postprocess.json``: ``{"config": thresholds, "fit": how they were fit}``."""
+# Voxels kept around the union of a case's predicted and reference tumour when the folder fit
+# crops it: more than any challenge's lesion-wise dilation (3), so matching is unchanged.
+FOLDER_CROP_MARGIN = 8
+
+
+@dataclass
+class FolderFit:
+    """``fit_folder``'s outcome: the fit, and the cases left out (case, file, reason)."""
+
+    result: FitResult
+    failures: list[dict[str, str]] = field(default_factory=list)
+
+
+def fit_folder(
+    pred_dir: str | Path,
+    ref_dir: str | Path,
+    fit: FitConfig | None = None,
+    *,
+    progress: bool = False,
+) -> FolderFit:
+    """Fit thresholds on predictions already written, ``PRED/{case}.nii.gz``, against the
+    segmentations of the labelled cases under ``ref_dir`` (a raw BraTS folder), as nnU-Net
+    determines its post-processing on the out-of-fold predictions of a cross-validation.
+
+    Either ET convention on both sides. Each case is cropped to its predicted and reference
+    tumour plus :data:`FOLDER_CROP_MARGIN` voxels, which changes no lesion-wise score and keeps
+    memory to the tumours. A reference case without a prediction, or whose files cannot be read
+    or disagree in shape, is reported in ``failures`` and left out; the others are fitted.
+
+    Raises:
+        FileNotFoundError: no such folder, or no labelled reference case.
+        ValueError: no case could be used, or ``fit.stress`` > 0 (stressed copies need a model).
+    """
+    from bratslab.data.layout import discover_cases
+    from bratslab.evaluate.label_maps import CaseError, find_prediction, read_label_map
+    from bratslab.evaluate.report import progress_bar
+
+    fit = fit or FitConfig()
+    if fit.stress:
+        raise ValueError("--stress needs --model and --store: stressed copies are predicted")
+    pred_dir = Path(pred_dir)
+    if not pred_dir.is_dir():
+        raise FileNotFoundError(f"{pred_dir}: no such prediction folder")
+    refs = [c for c in discover_cases(ref_dir) if c.seg is not None]
+    if not refs:
+        raise FileNotFoundError(f"{ref_dir}: no cases with a segmentation to fit against")
+    cases: list[FitCase] = []
+    failures: list[dict[str, str]] = []
+    with progress_bar(progress, len(refs), "read") as advance:
+        for ref in refs:
+            pred_path = find_prediction(pred_dir, ref.id)
+            try:
+                if pred_path is None:
+                    raise CaseError(pred_dir / f"{ref.id}.nii.gz", "no prediction for this case")
+                cases.append(_folder_case(ref.id, pred_path, ref.seg, read_label_map))
+            except CaseError as e:
+                log.warning("%s: %s: %s (left out of the fit)", ref.id, e.file, e.reason)
+                failures.append({"case": ref.id, "file": e.file, "reason": e.reason})
+            advance()
+    if not cases:
+        raise ValueError(f"{pred_dir}: no case could be used ({len(failures)} failed)")
+    return FolderFit(fit_thresholds(cases, fit), failures)
+
+
+def _folder_case(case_id: str, pred_path: Path, seg_path: Path, read) -> FitCase:
+    """One :class:`FitCase` from a predicted and a reference label map, cropped (see
+    :func:`fit_folder`); raises ``CaseError`` for unreadable files or mismatched shapes."""
+    from bratslab.data.labels import STORE_ET
+    from bratslab.evaluate.label_maps import CaseError
+    from bratslab.evaluate.scoring import source_regions
+
+    pred, _ = read(pred_path)
+    ref, spacing = read(seg_path)
+    if pred.shape != ref.shape:
+        raise CaseError(pred_path, f"shape {pred.shape} differs from the reference's {ref.shape}")
+    labels = pred.astype(np.uint8)
+    labels[labels == 4] = STORE_ET  # BraTS 2021 ET → the store's
+    voxels = labels.size
+    tumour = (labels > 0) | (ref > 0)
+    if tumour.any():
+        lo = np.maximum(np.argwhere(tumour).min(0) - FOLDER_CROP_MARGIN, 0)
+        hi = np.argwhere(tumour).max(0) + FOLDER_CROP_MARGIN + 1
+        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        labels, ref = labels[box], ref[box]
+    return FitCase(case_id, np.ascontiguousarray(labels), source_regions(ref), spacing, voxels)
+
+
+def result_document(result: FitResult, **source: Any) -> dict[str, Any]:
+    """The content of ``postprocess.json``: ``{"config": thresholds, "fit": how they were fit}``;
+    ``source`` says what was fitted on (``model``, ``fold``, ``tta``; or ``pred``, ``ref``)."""
     return {
         CONFIG_KEY: result.config.model_dump(),
-        "fit": {"model": str(model_ref), "fold": fold, "tta": tta, **result.to_dict()},
-    }
+        "fit": {**{k: str(v) if isinstance(v, Path) else v for k, v in source.items()},
+                **result.to_dict()},
+    }  # fmt: skip
 
 
 def write_document(path: str | Path, doc: dict[str, Any]) -> Path:
@@ -88,7 +177,7 @@ def register_document(model_ref: str, path: Path, doc: dict[str, Any]) -> str | 
     if postprocess_store.registered_version(model_ref) is None:
         return None
     fit = doc["fit"]
-    summary = {k: fit[k] for k in ("before", "after", "fold", "tta")}
+    summary = {k: fit[k] for k in ("before", "after", "fold", "tta", "pred") if k in fit}
     version = postprocess_store.save_thresholds(model_ref, doc[CONFIG_KEY], summary, path)
     return f"{version.name} version {version.version}"
 
@@ -130,8 +219,11 @@ def apply_folder(cfg: PostprocessConfig, in_dir: str | Path, out_dir: str | Path
 
 
 __all__ = [
+    "FOLDER_CROP_MARGIN",
     "ApplyReport",
+    "FolderFit",
     "apply_folder",
+    "fit_folder",
     "fit_model",
     "register_document",
     "result_document",

@@ -81,3 +81,101 @@ def test_fit_rejects_bad_candidates(runner, tmp_path):
         ["postprocess", "fit", "--model", "m", "--store", str(tmp_path), "--candidates", "0,x"],
     )
     assert res.exit_code == 2 and "--candidates" in res.stderr
+
+
+SHAPE = (48, 48, 40)  # larger than the crop around tumour and island
+
+
+def _ref_case(root, case, seg):
+    """A raw BraTS 2023 case folder: four modality files and the reference seg."""
+    folder = root / case
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(len(case))
+    for m in ("t1n", "t1c", "t2w", "t2f"):
+        img = rng.integers(1, 100, SHAPE).astype(np.int16)
+        nib.save(nib.Nifti1Image(img, AFFINE), folder / f"{case}-{m}.nii.gz")
+    nib.save(nib.Nifti1Image(seg, AFFINE), folder / f"{case}-seg.nii.gz")
+
+
+def _tumour_seg(et_label=3):
+    seg = np.zeros(SHAPE, np.uint8)
+    seg[4:16, 4:16, 4:14] = 2
+    seg[6:14, 6:14, 6:12] = 1
+    seg[8:12, 8:12, 7:11] = et_label
+    return seg
+
+
+def _written_predictions(tmp_path):
+    """Three reference cases; predictions equal to the reference plus one 8-voxel oedema
+    island far from the tumour (case-b's in the BraTS 2021 convention, ET = 4); case-c has
+    no prediction."""
+    ref, pred = tmp_path / "ref", tmp_path / "pred"
+    pred.mkdir()
+    for case, et in (("case-a", 3), ("case-b", 4), ("case-c", 3)):
+        _ref_case(ref, case, _tumour_seg())
+        if case == "case-c":
+            continue
+        p = _tumour_seg(et)
+        p[30:32, 30:32, 24:26] = 2
+        nib.save(nib.Nifti1Image(p, AFFINE), pred / f"{case}.nii.gz")
+    return pred, ref
+
+
+def test_fit_on_written_predictions_removes_islands_and_names_missing_cases(runner, tmp_path):
+    """`postprocess fit --pred --ref`: fitted on the predictions already written (as nnU-Net
+    fits on out-of-fold predictions); a case without a prediction is named and left out (exit
+    1); the candidates scale with the whole volume, not the crop the fit works in."""
+    from bratslab.postprocess.config import DEFAULT_CANDIDATES, REFERENCE_VOXELS
+
+    pred, ref = _written_predictions(tmp_path)
+    out = tmp_path / "pp.json"
+    res = runner.invoke(
+        app, ["postprocess", "fit", "--pred", str(pred), "--ref", str(ref), "--out", str(out)]
+    )
+    assert res.exit_code == 1, res.output
+    assert "LEFT OUT case-c" in res.stderr and "no prediction" in res.stderr
+    doc = json.loads(out.read_text())
+    assert doc["fit"]["cases"] == ["case-a", "case-b"]
+    assert doc["fit"]["pred"] == str(pred) and doc["fit"]["ref"] == str(ref)
+    scale = (np.prod(SHAPE) / REFERENCE_VOXELS) ** (1 / 3)
+    expected = sorted({0 if c == 0 else max(1, round(c * scale)) for c in DEFAULT_CANDIDATES})
+    assert doc["fit"]["candidates"] == expected
+    assert doc["config"]["min_size_wt"] > 8  # the islands go ...
+    assert doc["fit"]["before"]["wt"] == pytest.approx(0.5)  # one true lesion, one false
+    assert doc["fit"]["after"] == pytest.approx({"wt": 1.0, "tc": 1.0, "et": 1.0, "mean": 1.0})
+
+
+def test_fit_on_written_predictions_scores_as_on_whole_volumes(tmp_path):
+    """The folder fit crops each case around its tumours; its scores equal those of the same
+    fit on the whole volumes."""
+    from bratslab.evaluate.scoring import source_regions
+    from bratslab.postprocess.config import FitConfig
+    from bratslab.postprocess.fit import FitCase, fit_thresholds
+    from bratslab.postprocess.runner import fit_folder
+
+    pred, ref = _written_predictions(tmp_path)
+    grid = FitConfig(candidates=[0, 4, 16], scale=1.0)
+    folder = fit_folder(pred, ref, grid)
+    assert [f["case"] for f in folder.failures] == ["case-c"]
+    whole = []
+    for case in ("case-a", "case-b"):
+        p = np.asarray(nib.load(pred / f"{case}.nii.gz").dataobj).astype(np.uint8)
+        p[p == 4] = 3
+        gt = np.asarray(nib.load(ref / case / f"{case}-seg.nii.gz").dataobj)
+        whole.append(FitCase(case, p, source_regions(gt), (1.0, 1.0, 1.5)))
+    full = fit_thresholds(whole, grid)
+    assert folder.result.config == full.config and folder.result.config.min_size_wt == 16
+    assert folder.result.before == pytest.approx(full.before)
+    assert folder.result.after == pytest.approx(full.after)
+
+
+def test_fit_needs_a_model_and_store_or_predictions_and_references(runner, tmp_path):
+    res = runner.invoke(app, ["postprocess", "fit", "--pred", str(tmp_path)])
+    assert res.exit_code == 2 and "--pred and --ref" in res.stderr
+    res = runner.invoke(app, ["postprocess", "fit", "--model", "m"])
+    assert res.exit_code == 2 and "--model and --store" in res.stderr
+    pred, ref = _written_predictions(tmp_path)
+    res = runner.invoke(
+        app, ["postprocess", "fit", "--pred", str(pred), "--ref", str(ref), "--stress", "1"]
+    )
+    assert res.exit_code == 2 and "--stress needs --model and --store" in res.stderr
