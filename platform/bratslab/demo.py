@@ -145,8 +145,9 @@ def _fit_postprocess(champion: str, store: Path, root: Path, console) -> None:
         write_document,
     )
 
-    result = fit_model(champion, store, 0, "flips", fit=FitConfig(stress=1))
-    doc = result_document(result, model=champion, fold=0, tta="flips")
+    fit = FitConfig(stress=1)
+    result = fit_model(champion, store, 0, "flips", fit=fit)
+    doc = result_document(result, model=champion, fold=0, tta="flips", stress=fit.stress)
     path = write_document(root / "postprocess.json", doc)
     where = register_document(champion, path, doc)
     console.print(f"thresholds {doc['config']} stored on {where}")

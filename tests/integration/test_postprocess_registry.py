@@ -69,7 +69,7 @@ def test_thresholds_round_trip_through_the_registry(
     doc = json.loads(out.read_text())
     # Each of the fold's 2 validation cases, then its scanner-stressed copy.
     cases = doc["fit"]["cases"]
-    assert doc["fit"]["fold"] == 0 and len(cases) == 4
+    assert doc["fit"]["fold"] == 0 and doc["fit"]["stress"] == 1 and len(cases) == 4
     assert cases[1] == f"{cases[0]}~stress1" and cases[3] == f"{cases[2]}~stress1"
     fitted = load_config_file(out)
     # The version carries the thresholds; the run holds the file.

@@ -132,7 +132,7 @@ def fit_cmd(
                 model, store, fold, tta, fit=fit, max_cases=max_cases or None, overlap=overlap,
                 progress=True,
             )  # fmt: skip
-            doc = result_document(result, model=model, fold=fold, tta=tta)
+            doc = result_document(result, model=model, fold=fold, tta=tta, stress=stress)
             title = f"{model} · fold {fold} · tta {tta}"
     except ModelIntegrityError as e:
         _fail(str(e), 1)

@@ -148,7 +148,8 @@ def _folder_case(case_id: str, pred_path: Path, seg_path: Path, read) -> FitCase
 
 def result_document(result: FitResult, **source: Any) -> dict[str, Any]:
     """The content of ``postprocess.json``: ``{"config": thresholds, "fit": how they were fit}``;
-    ``source`` says what was fitted on (``model``, ``fold``, ``tta``; or ``pred``, ``ref``)."""
+    ``source`` says what was fitted on (``model``, ``fold``, ``tta``, ``stress``; or ``pred``,
+    ``ref``)."""
     return {
         CONFIG_KEY: result.config.model_dump(),
         "fit": {**{k: str(v) if isinstance(v, Path) else v for k, v in source.items()},
@@ -177,7 +178,8 @@ def register_document(model_ref: str, path: Path, doc: dict[str, Any]) -> str | 
     if postprocess_store.registered_version(model_ref) is None:
         return None
     fit = doc["fit"]
-    summary = {k: fit[k] for k in ("before", "after", "fold", "tta", "pred") if k in fit}
+    keys = ("before", "after", "fold", "tta", "stress", "pred")
+    summary = {k: fit[k] for k in keys if k in fit}
     version = postprocess_store.save_thresholds(model_ref, doc[CONFIG_KEY], summary, path)
     return f"{version.name} version {version.version}"
 
