@@ -92,6 +92,25 @@ def prediction_files(pred_dir: str | Path) -> list[tuple[str, Path]]:
     return out
 
 
+def paired_folders(pred_dir: str | Path, ref_dir: str | Path, purpose: str) -> tuple[Path, list]:
+    """``(pred_dir, labelled reference cases)`` for scoring or fitting predictions against a
+    raw folder: the :class:`~bratslab.data.layout.RawCase` of ``ref_dir`` that have a seg.
+
+    Raises:
+        FileNotFoundError: ``pred_dir`` is not a folder, or ``ref_dir`` has no labelled case
+            (the message says what they were wanted for: ``purpose``, e.g. "score against").
+    """
+    from bratslab.data.layout import discover_cases
+
+    pred_dir = Path(pred_dir)
+    if not pred_dir.is_dir():
+        raise FileNotFoundError(f"{pred_dir}: no such prediction folder")
+    refs = [c for c in discover_cases(ref_dir) if c.seg is not None]
+    if not refs:
+        raise FileNotFoundError(f"{ref_dir}: no cases with a segmentation to {purpose}")
+    return pred_dir, refs
+
+
 def find_prediction(pred_dir: Path, case_id: str) -> Path | None:
     """``pred_dir/{case_id}.nii.gz`` (or ``.nii``) if it exists, else None."""
     for name in (f"{case_id}.nii.gz", f"{case_id}.nii"):
@@ -100,4 +119,10 @@ def find_prediction(pred_dir: Path, case_id: str) -> Path | None:
     return None
 
 
-__all__ = ["CaseError", "find_prediction", "prediction_files", "read_label_map"]
+__all__ = [
+    "CaseError",
+    "find_prediction",
+    "paired_folders",
+    "prediction_files",
+    "read_label_map",
+]

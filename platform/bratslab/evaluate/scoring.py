@@ -25,7 +25,12 @@ import numpy as np
 
 from bratslab.data.labels import REGIONS
 from bratslab.evaluate.export import label_masks
-from bratslab.evaluate.label_maps import CaseError, find_prediction, read_label_map
+from bratslab.evaluate.label_maps import (
+    CaseError,
+    find_prediction,
+    paired_folders,
+    read_label_map,
+)
 from bratslab.evaluate.lesionwise import region_lesion_metrics, resolve_params
 from bratslab.evaluate.metrics import region_metrics
 
@@ -175,19 +180,13 @@ def evaluate_folder(
         FileNotFoundError / ValueError: bad usage, found before any case is scored (no such
             folder, no reference segmentations, unknown challenge, ``output`` a directory).
     """
-    from bratslab.data.layout import discover_cases
     from bratslab.evaluate.report import check_output_files, plot_path, summary_path
 
     resolve_params(challenge)  # fail fast on an unknown challenge
     if output is not None:
         output = Path(output)
         check_output_files(output, summary_path(output), plot_path(output))
-    pred_dir = Path(pred_dir)
-    if not pred_dir.is_dir():
-        raise FileNotFoundError(f"{pred_dir}: no such prediction folder")
-    refs = [c for c in discover_cases(ref_dir) if c.seg is not None]
-    if not refs:
-        raise FileNotFoundError(f"{ref_dir}: no cases with a segmentation to score against")
+    pred_dir, refs = paired_folders(pred_dir, ref_dir, "score against")
     jobs, missing = [], []
     for c in refs:
         pred = find_prediction(pred_dir, c.id)

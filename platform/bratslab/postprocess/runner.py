@@ -92,19 +92,18 @@ def fit_folder(
         FileNotFoundError: no such folder, or no labelled reference case.
         ValueError: no case could be used, or ``fit.stress`` > 0 (stressed copies need a model).
     """
-    from bratslab.data.layout import discover_cases
-    from bratslab.evaluate.label_maps import CaseError, find_prediction, read_label_map
+    from bratslab.evaluate.label_maps import (
+        CaseError,
+        find_prediction,
+        paired_folders,
+        read_label_map,
+    )
     from bratslab.evaluate.report import progress_bar
 
     fit = fit or FitConfig()
     if fit.stress:
         raise ValueError("--stress needs --model and --store: stressed copies are predicted")
-    pred_dir = Path(pred_dir)
-    if not pred_dir.is_dir():
-        raise FileNotFoundError(f"{pred_dir}: no such prediction folder")
-    refs = [c for c in discover_cases(ref_dir) if c.seg is not None]
-    if not refs:
-        raise FileNotFoundError(f"{ref_dir}: no cases with a segmentation to fit against")
+    pred_dir, refs = paired_folders(pred_dir, ref_dir, "fit against")
     cases: list[FitCase] = []
     failures: list[dict[str, str]] = []
     with progress_bar(progress, len(refs), "read") as advance:
