@@ -27,7 +27,7 @@ from monai.utils import convert_to_numpy
 from scipy import ndimage
 
 from bratslab.data.config import AugmentConfig
-from bratslab.data.labels import STORE_ET
+from bratslab.data.labels import STORE_LABELS
 from bratslab.data.layout import MODALITIES
 
 IMAGE, MASK, LABEL = "image", "mask", "label"
@@ -255,7 +255,7 @@ class RandLesionContrastd(_TumourTransformd):
         prob: float,
         factor_range: tuple[float, float],
         keys: tuple[str, str, str] = (IMAGE, MASK, LABEL),
-        labels: tuple[int, ...] = (1, 2, 3),
+        labels: tuple[int, ...] = tuple(STORE_LABELS.values()),
         channels: tuple[int, ...] | None = None,
     ):
         super().__init__(prob, keys)
@@ -287,11 +287,10 @@ class RandLesionContrastd(_TumourTransformd):
 def _lesion_contrast(cfg: AugmentConfig) -> RandLesionContrastd:
     """``RandLesionContrastd`` for the config's sub-regions and modalities (store labels and
     channel order: NCR 1, ED 2, ET 3; channels in ``MODALITIES`` order)."""
-    store_label = {"ncr": 1, "ed": 2, "et": STORE_ET}
     return RandLesionContrastd(
         cfg.lesion_contrast_prob,
         cfg.lesion_contrast_range,
-        labels=tuple(store_label[k] for k in cfg.lesion_contrast_labels),
+        labels=tuple(STORE_LABELS[k] for k in cfg.lesion_contrast_labels),
         channels=tuple(MODALITIES.index(m) for m in cfg.lesion_contrast_modalities),
     )
 

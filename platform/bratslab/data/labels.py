@@ -17,6 +17,8 @@ import numpy as np
 
 REGIONS: tuple[str, ...] = ("wt", "tc", "et")
 STORE_ET = 3  # ET label inside the preprocessed store, whatever the source convention
+# Store labels of the tumour sub-regions, by the names job specs use.
+STORE_LABELS: dict[str, int] = {"ncr": 1, "ed": 2, "et": STORE_ET}
 
 
 def to_store_labels(seg: np.ndarray, et_label: int) -> np.ndarray:

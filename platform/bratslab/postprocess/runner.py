@@ -92,12 +92,7 @@ def fit_folder(
         FileNotFoundError: no such folder, or no labelled reference case.
         ValueError: no case could be used, or ``fit.stress`` > 0 (stressed copies need a model).
     """
-    from bratslab.evaluate.label_maps import (
-        CaseError,
-        find_prediction,
-        paired_folders,
-        read_label_map,
-    )
+    from bratslab.evaluate.label_maps import CaseError, find_prediction, paired_folders
     from bratslab.evaluate.report import progress_bar
 
     fit = fit or FitConfig()
@@ -112,7 +107,7 @@ def fit_folder(
             try:
                 if pred_path is None:
                     raise CaseError(pred_dir / f"{ref.id}.nii.gz", "no prediction for this case")
-                cases.append(_folder_case(ref.id, pred_path, ref.seg, read_label_map))
+                cases.append(_folder_case(ref.id, pred_path, ref.seg))
             except CaseError as e:
                 log.warning("%s: %s: %s (left out of the fit)", ref.id, e.file, e.reason)
                 failures.append({"case": ref.id, "file": e.file, "reason": e.reason})
@@ -122,27 +117,28 @@ def fit_folder(
     return FolderFit(fit_thresholds(cases, fit), failures)
 
 
-def _folder_case(case_id: str, pred_path: Path, seg_path: Path, read) -> FitCase:
+def _folder_case(case_id: str, pred_path: Path, seg_path: Path) -> FitCase:
     """One :class:`FitCase` from a predicted and a reference label map, cropped (see
     :func:`fit_folder`); raises ``CaseError`` for unreadable files or mismatched shapes."""
-    from bratslab.data.labels import STORE_ET
-    from bratslab.evaluate.label_maps import CaseError
+    from bratslab.data.labels import to_store_labels
+    from bratslab.data.preprocess import foreground_bbox
+    from bratslab.evaluate.label_maps import CaseError, read_label_map
     from bratslab.evaluate.scoring import source_regions
+    from bratslab.postprocess.apply import infer_et_label
 
-    pred, _ = read(pred_path)
-    ref, spacing = read(seg_path)
+    pred, _ = read_label_map(pred_path)
+    ref, spacing = read_label_map(seg_path)
     if pred.shape != ref.shape:
         raise CaseError(pred_path, f"shape {pred.shape} differs from the reference's {ref.shape}")
-    labels = pred.astype(np.uint8)
-    labels[labels == 4] = STORE_ET  # BraTS 2021 ET → the store's
-    voxels = labels.size
-    tumour = (labels > 0) | (ref > 0)
-    if tumour.any():
-        lo = np.maximum(np.argwhere(tumour).min(0) - FOLDER_CROP_MARGIN, 0)
-        hi = np.argwhere(tumour).max(0) + FOLDER_CROP_MARGIN + 1
-        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-        labels, ref = labels[box], ref[box]
-    return FitCase(case_id, np.ascontiguousarray(labels), source_regions(ref), spacing, voxels)
+    labels = to_store_labels(pred, infer_et_label(pred))
+    start, end = foreground_bbox((labels > 0) | (ref > 0))  # the whole volume when empty
+    box = tuple(
+        slice(max(a - FOLDER_CROP_MARGIN, 0), b + FOLDER_CROP_MARGIN)
+        for a, b in zip(start, end, strict=True)
+    )
+    return FitCase(
+        case_id, np.ascontiguousarray(labels[box]), source_regions(ref[box]), spacing, labels.size
+    )
 
 
 def result_document(result: FitResult, **source: Any) -> dict[str, Any]:
