@@ -60,6 +60,8 @@ class Head:
     proc: subprocess.Popen
     log: Path
     temp_dir: Path
+    #: The `bratslab submit --wait -- data synth RAW` run the moment `ray start` was launched.
+    first_submit: subprocess.CompletedProcess | None = None
 
     def diagnosis(self) -> str:
         """Why the head is gone: `ray start`'s output and the tails of the component logs."""
@@ -69,16 +71,20 @@ class Head:
                 parts += [f"--- {f.name}:", "\n".join(f.read_text().splitlines()[-15:])]
         return "\n".join(parts)
 
-    def cli(self, *args: str, env: dict | None = None, timeout: float = 600):
+    def cli(self, *args: str, env: dict | None = None, timeout: float = 600, cwd: Path = REPO):
         """Run ``bratslab ARGS`` as a user on this machine would."""
-        return subprocess.run(
-            [str(BIN / "bratslab"), *args],
-            env=env or self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=REPO,
-        )
+        return run_cli(args, env or self.env, timeout=timeout, cwd=cwd)
+
+
+def run_cli(args, env: dict, *, timeout: float = 600, cwd: Path = REPO):
+    return subprocess.run(
+        [str(BIN / "bratslab"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+    )
 
 
 def _client_env(home: Path, work: Path) -> dict[str, str]:
@@ -170,19 +176,26 @@ def head():
     )  # fmt: skip
     log_path = base / "ray-start.log"
     address = f"http://127.0.0.1:{dash}"
-    proc = None
+    # The first job is submitted the moment `ray start` is launched, with no sleep: `submit`
+    # itself must wait for the head (connection refused, then "No available agent").
+    first = [
+        "submit", "--address", address, "--wait", "--head-wait", "300", "--",
+        "data", "synth", str(work / "raw"), "--cases", "4", "--shape", "48", "48", "40",
+    ]  # fmt: skip
+    proc = submitted = None
     try:
         # Ray gives the raylet a fixed 30 s to register with the GCS; on a saturated shared
         # machine that can pass, and `ray start` then gives up. Try again a few times.
         for attempt in range(3):
             proc = _start_head(cmd, head_env, log_path, base)
-            if _wait_started(proc, log_path, address, timeout_s=240):
+            submitted = run_cli(first, env, timeout=900)
+            if proc.poll() is None:
                 break
             _terminate_tree(proc, str(temp_dir))
             (base / f"ray-start.failed-{attempt}.log").write_text(log_path.read_text())
         else:
             raise RuntimeError(f"the Ray head did not start 3 times:\n{log_path.read_text()}")
-        yield Head(address, home, work, env, proc, log_path, temp_dir)
+        yield Head(address, home, work, env, proc, log_path, temp_dir, submitted)
     finally:
         if proc is not None:
             _terminate_tree(proc, str(temp_dir))
@@ -192,22 +205,6 @@ def head():
 def _start_head(cmd: list[str], env: dict, log_path: Path, cwd: Path) -> subprocess.Popen:
     with open(log_path, "w") as log:
         return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
-
-
-def _wait_started(proc, log_path: Path, address: str, timeout_s: float) -> bool:
-    """True once `ray start` reports the runtime started and the dashboard answers."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        if "Ray runtime started" in log_path.read_text():
-            try:
-                if requests.get(f"{address}/api/version", timeout=5).status_code in (200, 401):
-                    return True
-            except requests.RequestException:
-                pass
-        time.sleep(1)
-    return False
 
 
 @pytest.fixture(autouse=True)
@@ -266,23 +263,37 @@ def test_missing_token_is_a_clear_error(head, tmp_path):
     assert "was rejected" in r.stderr
 
 
-def _submit_wait(head: Head, *args: str) -> str:
+def _submit_wait(head: Head, *args: str, cwd: Path = REPO) -> str:
     """``bratslab submit ARGS --wait``; asserts SUCCEEDED and returns the job id."""
-    r = head.cli("submit", "--address", head.address, "--wait", *args)
+    r = head.cli("submit", "--address", head.address, "--wait", *args, cwd=cwd)
+    return _succeeded(r)
+
+
+def _succeeded(r: subprocess.CompletedProcess) -> str:
     assert r.returncode == 0, r.stdout + r.stderr
     assert "job finished: SUCCEEDED" in r.stderr
     return r.stdout.strip().splitlines()[-1]
 
 
+def _clone_after_the_journey(root: Path) -> Path:
+    """A project folder as a user's clone is after the README journey: its job specs, and data
+    and outputs lying in it (the job reads the store from here, and uploads none of it)."""
+    (root / "jobs").mkdir(parents=True)
+    (root / "pyproject.toml").write_text((REPO / "pyproject.toml").read_text())
+    (root / "jobs" / "smoke.yaml").write_text(SMOKE_SPEC.read_text())
+    (root / "pred").mkdir()
+    (root / "pred" / "old.nii.gz").write_bytes(os.urandom(1 << 20))
+    return root
+
+
 def test_pipeline_as_cluster_jobs_synth_preprocess_train(head):
-    """Command jobs (`-- data synth`, `-- data preprocess`) then `bratslab submit
-    jobs/smoke.yaml --wait`: every job SUCCEEDED, and the training job's MLflow run exists."""
+    """Submitted as `ray start` was launched (no sleep): `-- data synth`; then, from a clone
+    holding the journey's outputs, `-- data preprocess raw store` (relative paths) and
+    `bratslab submit jobs/smoke.yaml --wait` (relative data.store): every job SUCCEEDED, the
+    training read the clone's ./store, and the training job's MLflow run exists."""
+    job_id = _succeeded(head.first_submit)
+    assert "waiting for the Ray head" in head.first_submit.stderr  # it did not just sail in
     raw = head.work / "raw"
-    # jobs/smoke.yaml reads data.store "store", resolved under the forwarded $BRATSLAB_HOME.
-    store = head.work / "store"
-    job_id = _submit_wait(
-        head, "--", "data", "synth", str(raw), "--cases", "4", "--shape", "48", "48", "40"
-    )
     assert job_id.startswith("bratslab-data-synth-")
     assert len(list(raw.rglob("*.nii.gz"))) == 4 * 5  # 4 modalities + seg per case
 
@@ -290,14 +301,21 @@ def test_pipeline_as_cluster_jobs_synth_preprocess_train(head):
     assert r.returncode == 0
     assert "bratslab data synth" in r.stdout  # Ray logs the entrypoint it ran
 
+    clone = _clone_after_the_journey(head.work / "clone")
+    os.symlink(raw, clone / "raw")
     # The preprocessing job's own Ray driver joins this cluster (RAY_ADDRESS set by the job).
-    _submit_wait(head, "--", "data", "preprocess", str(raw), str(store), "--min-size", "32")
+    _submit_wait(head, "--", "data", "preprocess", "raw", "store", "--min-size", "32", cwd=clone)
+    store = clone / "store"
     assert (store / "dataset.json").is_file()
 
-    if not SMOKE_SPEC.is_file():
-        pytest.skip("jobs/smoke.yaml is not there yet (training stage)")
-    job_id = _submit_wait(head, str(SMOKE_SPEC), "--set", "training.epochs=1")
+    r = head.cli(
+        "submit", "--address", head.address, "--wait", "jobs/smoke.yaml",
+        "--set", "training.epochs=1", cwd=clone,
+    )  # fmt: skip
+    job_id = _succeeded(r)
     assert job_id.startswith("bratslab-train-smoke-")
+    size = float(r.stderr.split(f"uploading {clone} (")[1].split(" MB)")[0])
+    assert size < 0.1, r.stderr  # specs only: no store, no predictions
 
     r = head.cli("jobs", "status", job_id, "--address", head.address)
     assert r.returncode == 0 and "SUCCEEDED" in r.stdout
@@ -312,6 +330,7 @@ def test_pipeline_as_cluster_jobs_synth_preprocess_train(head):
     runs = mlflow.search_runs([exp.experiment_id])
     assert [r.info.status for r in runs] == ["FINISHED"]
     assert runs[0].data.params.get("training.epochs") == "1"  # --set reached the job
+    assert runs[0].data.params.get("data.store") == str(store)  # the clone's, verbatim
     assert "val/dice_mean" in runs[0].data.metrics
 
     r = head.cli("runs", "list", "--experiment", "bratslab-smoke")

@@ -32,11 +32,18 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def _connect(address: str | None):
+def _waiting(message: str) -> None:
+    typer.secho(f"  {message}…", err=True)
+
+
+def _connect(address: str | None, wait_s: float | None = None):
+    from bratslab.config import ConfigError
     from bratslab.jobs.submit import JobsError, connect
 
     try:
-        return connect(address)
+        return connect(address, wait_s=wait_s, on_wait=_waiting)
+    except ConfigError as e:
+        _fail(str(e), 2)
     except JobsError as e:
         _fail(str(e))
 
@@ -111,6 +118,13 @@ def submit(
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Print the entrypoint and runtime environment; submit nothing."
     ),
+    head_wait: float | None = typer.Option(
+        None,
+        "--head-wait",
+        min=0,
+        help="Seconds to wait for a head that is still starting (connection refused, no job "
+        "agent yet). Default: $BRATSLAB_HEAD_WAIT_S or 60.",
+    ),
 ) -> None:
     """Submit a job spec or a bratslab command to a Ray cluster and print the job id.
 
@@ -149,12 +163,19 @@ def submit(
                     "entrypoint": plan.entrypoint,
                     "runtime_env": plan.runtime_env,
                     "metadata": plan.metadata,
+                    "package_bytes": plan.package_bytes,
                 },
                 indent=2,
             )
         )
         return
-    jobs = _connect(url)
+    typer.secho(
+        f"  uploading {plan.runtime_env['working_dir']} ({plan.package_bytes / 2**20:.1f} MB)",
+        err=True,
+    )
+    if plan.package_warning():
+        typer.secho(f"  warning: {plan.package_warning()}", fg="yellow", err=True)
+    jobs = _connect(url, head_wait)
     _quiet_ray_client_logs()
     try:
         job_id = sj.submit(jobs, plan)

@@ -75,6 +75,14 @@ def resolve_command(argv: Sequence[str]) -> tuple[str, ...]:
     return path
 
 
+def leaf_command(path: Sequence[str]):
+    """The click command object at ``path`` (as returned by :func:`resolve_command`)."""
+    cmd = _root_group()
+    for token in path:
+        cmd = _subcommands(cmd)[token]
+    return cmd
+
+
 def spec_kind(spec_path: Path, overrides: Sequence[str] = ()) -> str:
     """``"sweep"`` for a job spec with a ``sweep`` section, otherwise ``"train"``.
 

@@ -4,7 +4,12 @@ What travels with a job (its ``runtime_env``):
 
 * ``working_dir`` = the project directory (the repository root by default), so job specs,
   ``search_spaces/`` and the current source reach the cluster. ``.gitignore`` is honoured by
-  Ray; :data:`EXCLUDES` also keeps virtualenvs, work directories, data and caches out.
+  Ray; :data:`EXCLUDES` also keeps virtualenvs, work directories, data, the README journey's
+  outputs and caches out, so the package never carries data: its size is printed, and a
+  package over :data:`PACKAGE_WARN_BYTES` is a warning naming its biggest folders.
+* paths in the job spec or command line are resolved here, on the submitting machine, into
+  what the cluster reads (:mod:`bratslab.jobs.paths`): a job never reads a relative path inside
+  its temporary copy of the project.
 * ``env_vars``: telemetry off, plus where results go (``MLFLOW_TRACKING_URI``, ``BRATSLAB_HOME``,
   ...) and any ``--env KEY=VALUE``.
 
@@ -33,6 +38,7 @@ from urllib.parse import urlparse
 
 from bratslab.config import ConfigError
 from bratslab.jobs import entrypoint as ep
+from bratslab.jobs import paths as jp
 from bratslab.jobs.auth import AuthTokenError, auth_headers, missing_token_message
 from bratslab.settings import get_settings
 
@@ -46,10 +52,20 @@ DEFAULT_ADDRESS = f"http://127.0.0.1:{DASHBOARD_PORT}"
 #: "/data" skips a top-level data folder but keeps the ``bratslab/data`` package).
 EXCLUDES = [
     ".git",
-    "/.venv",
-    "/venv",
+    ".venv",
+    "venv",
     "/bratslab-work",
     "/data",
+    # What the README journey leaves in the folder it ran in (data, predictions, results).
+    "/store",
+    "/store_*",
+    "/raw*",
+    "/pred*",
+    "/model_dir",
+    "/metrics.*",
+    "/submission.csv",
+    "/postprocess.json",
+    "*.npz",
     "/mlruns",
     "/mlartifacts",
     "/.bench",
@@ -89,6 +105,15 @@ QUIET_ENV = {
 }
 
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
+
+#: A working-dir package larger than this is a warning (source and specs weigh ~1 MB).
+PACKAGE_WARN_BYTES = 5 * 1024 * 1024
+
+#: How long ``submit`` and ``jobs`` wait for a head that is still starting, in seconds.
+HEAD_WAIT_ENV = "BRATSLAB_HEAD_WAIT_S"
+DEFAULT_HEAD_WAIT_S = 60.0
+#: Answers of a head whose dashboard or job agent is not up yet (worth waiting for).
+STARTING_SIGNS = ("No available agent", "Failed to connect to Ray at address", "Connection refused")
 
 
 class JobsError(RuntimeError):
@@ -172,28 +197,82 @@ def _explained(address: str) -> Iterator[None]:
         raise JobsError(f"{address}: {e}") from None
 
 
+def head_wait_s() -> float:
+    """Seconds to wait for a starting head: ``$BRATSLAB_HEAD_WAIT_S`` or 60."""
+    raw = os.environ.get(HEAD_WAIT_ENV, "")
+    try:
+        return max(0.0, float(raw)) if raw else DEFAULT_HEAD_WAIT_S
+    except ValueError:
+        raise ConfigError(f"{HEAD_WAIT_ENV}={raw!r}: expected a number of seconds") from None
+
+
+def _head_starting(err: Exception) -> bool:
+    """True for the answers of a head that is starting: its dashboard refuses connections, or
+    it has no job agent yet (HTTP 500 "No available agent to submit job")."""
+    return any(sign in str(err) for sign in STARTING_SIGNS)
+
+
+def _patiently(
+    action: Callable[[], object], address: str, wait_s: float, on_wait: Callable[[str], None]
+):
+    """``action()``, retried with backoff while the head at ``address`` is still starting, for
+    up to ``wait_s`` seconds; any other error (or the last one) is raised at once."""
+    deadline = time.monotonic() + wait_s
+    delay, announced = 0.5, False
+    while True:
+        try:
+            return action()
+        except Exception as e:  # noqa: BLE001 - filtered by _head_starting, re-raised otherwise
+            if not _head_starting(e) or time.monotonic() + delay > deadline:
+                raise
+            if not announced:
+                on_wait(f"waiting for the Ray head at {address} to accept jobs (≤ {wait_s:.0f} s)")
+                announced = True
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 @dataclass
 class Jobs:
-    """A connected Jobs API client; every call explains auth and connection failures."""
+    """A connected Jobs API client; every call explains auth and connection failures, and waits
+    (up to ``wait_s``) while the head is still starting."""
 
     address: str
     client: object = field(repr=False)
+    wait_s: float = 0.0
+    on_wait: Callable[[str], None] = field(default=log.warning, repr=False)
 
     def call(self, method: str, *args, **kwargs):
         with _explained(self.address):
-            return getattr(self.client, method)(*args, **kwargs)
+            return _patiently(
+                lambda: getattr(self.client, method)(*args, **kwargs),
+                self.address,
+                self.wait_s,
+                self.on_wait,
+            )
 
 
-def connect(address: str | None = None) -> Jobs:
+def connect(
+    address: str | None = None,
+    *,
+    wait_s: float | None = None,
+    on_wait: Callable[[str], None] | None = None,
+) -> Jobs:
     """A :class:`Jobs` client for the cluster at ``address`` (see :func:`resolve_address`),
-    authenticated with the Ray token when one is available."""
+    authenticated with the Ray token when one is available.
+
+    A head that is still starting (connection refused, "No available agent") is waited for, with
+    backoff, up to ``wait_s`` seconds (default :func:`head_wait_s`); ``on_wait`` is told once.
+    """
     from ray.job_submission import JobSubmissionClient
 
     url = resolve_address(address)
+    wait_s = head_wait_s() if wait_s is None else wait_s
+    on_wait = on_wait or log.warning
     with _explained(url):
         headers = auth_headers()
-        client = JobSubmissionClient(url, headers=headers)
-    return Jobs(url, client)
+        client = _patiently(lambda: JobSubmissionClient(url, headers=headers), url, wait_s, on_wait)
+    return Jobs(url, client, wait_s, on_wait)
 
 
 # --------------------------------------------------------------------------- job plans
@@ -209,6 +288,19 @@ class JobPlan:
     runtime_env: dict
     submission_id: str
     metadata: dict[str, str]
+    #: Bytes of the working_dir package and its heaviest top-level entries.
+    package_bytes: int = 0
+    package_biggest: list[tuple[str, int]] = field(default_factory=list)
+
+    def package_warning(self) -> str | None:
+        """A line naming what makes the package heavy, when it is over the warning size."""
+        if self.package_bytes <= PACKAGE_WARN_BYTES:
+            return None
+        parts = ", ".join(f"{name} ({size / 2**20:.1f} MB)" for name, size in self.package_biggest)
+        return (
+            f"the job's working_dir package is {self.package_bytes / 2**20:.1f} MB, mostly "
+            f"{parts}: add data and outputs to .gitignore or .rayignore, or pass --working-dir"
+        )
 
 
 def project_root(start: Path | None = None) -> Path:
@@ -289,6 +381,47 @@ def _runtime_env(working_dir: Path, env: dict[str, str]) -> dict:
     return {"working_dir": str(working_dir), "excludes": list(EXCLUDES), "env_vars": env}
 
 
+def _package(root: Path) -> tuple[dict[Path, int], Callable[[Path], str | None]]:
+    """The files Ray will upload from ``root`` (with their sizes), and a function mapping a
+    client path to its path inside that package (None when the package does not carry it)."""
+    from bratslab.compat.ray_packaging import package_files
+
+    sizes = package_files(root, EXCLUDES)
+    folders = {parent for rel in sizes for parent in rel.parents}
+
+    def packed(path: Path) -> str | None:
+        try:
+            rel = path.resolve().relative_to(root)
+        except ValueError:
+            return None
+        return rel.as_posix() if rel in sizes or (rel in folders and rel != Path()) else None
+
+    return sizes, packed
+
+
+def _plan(
+    kind: str,
+    argv: list[str],
+    root: Path,
+    env: dict[str, str],
+    name: str,
+    metadata: dict,
+    sizes: dict[Path, int],
+) -> JobPlan:
+    from bratslab.compat.ray_packaging import biggest_folders
+
+    return JobPlan(
+        kind=kind,
+        argv=argv,
+        entrypoint=ep.shell_command(argv),
+        runtime_env=_runtime_env(root, env),
+        submission_id=_submission_id(kind, name),
+        metadata=metadata,
+        package_bytes=sum(sizes.values()),
+        package_biggest=biggest_folders(sizes),
+    )
+
+
 def plan_spec_job(
     spec: Path,
     overrides: Sequence[str] = (),
@@ -300,8 +433,12 @@ def plan_spec_job(
 ) -> JobPlan:
     """Plan ``bratslab train|sweep SPEC`` for a job spec inside the uploaded project folder.
 
+    The spec's path-like keys (``data.store``, a folder in ``model.init_from``) are pinned with
+    ``--set`` to what the cluster reads (:func:`bratslab.jobs.paths.spec_path_overrides`).
+
     Raises:
-        ConfigError: the spec is invalid (naming the key), or lies outside ``working_dir``.
+        ConfigError: the spec is invalid (naming the key), lies outside ``working_dir``, or
+            names a client-local folder that a remote cluster cannot see.
     """
     spec = Path(spec)
     if not spec.is_file():
@@ -315,15 +452,12 @@ def plan_spec_job(
             f"{spec}: the job spec must lie inside the folder uploaded with the job ({root}); "
             "move it under jobs/ or pass --working-dir"
         ) from None
-    argv = ep.spec_argv(kind, rel, overrides)
-    return JobPlan(
-        kind=kind,
-        argv=argv,
-        entrypoint=ep.shell_command(argv),
-        runtime_env=_runtime_env(root, job_env(address, env, same_machine=same_machine)),
-        submission_id=_submission_id(kind, spec.stem),
-        metadata={"bratslab_kind": kind, "spec": rel},
-    )
+    same = runs_on_this_machine(address) if same_machine is None else same_machine
+    pinned = jp.spec_path_overrides(spec, overrides, same_machine=same)
+    argv = ep.spec_argv(kind, rel, [*overrides, *pinned])
+    env = job_env(address, env, same_machine=same)
+    sizes, _ = _package(root)
+    return _plan(kind, argv, root, env, spec.stem, {"bratslab_kind": kind, "spec": rel}, sizes)
 
 
 def plan_command_job(
@@ -334,18 +468,22 @@ def plan_command_job(
     env: dict[str, str] | None = None,
     same_machine: bool | None = None,
 ) -> JobPlan:
-    """Plan an explicit ``bratslab ARGV`` job, e.g. ``["data", "preprocess", RAW, OUT]``."""
+    """Plan an explicit ``bratslab ARGV`` job, e.g. ``["data", "preprocess", RAW, OUT]``.
+
+    Relative path arguments are made absolute for a cluster on this machine; for a remote one
+    they must name something the uploaded package carries (a job spec, a config file) and are
+    refused otherwise (:func:`bratslab.jobs.paths.command_path_args`).
+    """
     path = ep.resolve_command(argv)
     kind = "-".join(path)
     root = (working_dir or project_root()).resolve()
-    return JobPlan(
-        kind=kind,
-        argv=list(argv),
-        entrypoint=ep.shell_command(argv),
-        runtime_env=_runtime_env(root, job_env(address, env, same_machine=same_machine)),
-        submission_id=_submission_id(kind, kind),
-        metadata={"bratslab_kind": kind},
+    same = runs_on_this_machine(address) if same_machine is None else same_machine
+    sizes, packed = _package(root)
+    args = jp.command_path_args(
+        ep.leaf_command(path), argv[len(path) :], same_machine=same, packed=packed
     )
+    env = job_env(address, env, same_machine=same)
+    return _plan(kind, [*path, *args], root, env, kind, {"bratslab_kind": kind}, sizes)
 
 
 def submit(jobs: Jobs, plan: JobPlan) -> str:

@@ -57,13 +57,14 @@ def test_smoke_spec_plans_bratslab_train_with_overrides():
     spec = REPO / "jobs" / "smoke.yaml"
     plan = sj.plan_spec_job(spec, ["training.epochs=1"], address=LOCAL, same_machine=True)
     assert plan.kind == "train"
-    assert shlex.split(plan.entrypoint) == [
-        "bratslab", "train", "jobs/smoke.yaml", "--set", "training.epochs=1",
-    ]  # fmt: skip
+    words = shlex.split(plan.entrypoint)
+    assert words[:5] == ["bratslab", "train", "jobs/smoke.yaml", "--set", "training.epochs=1"]
+    # The relative data.store is pinned to what this machine means by it (see below).
+    assert words[5] == "--set" and words[6].startswith("data.store=/") and len(words) == 7
     assert ep.resolve_command(plan.argv) == ("train",)
     renv = plan.runtime_env
     assert renv["working_dir"] == str(REPO)
-    assert "/.venv" in renv["excludes"] and "/bratslab-work" in renv["excludes"]
+    assert ".venv" in renv["excludes"] and "/bratslab-work" in renv["excludes"]
     env = renv["env_vars"]
     # Local cluster: absolute work dir and tracking store, so runs land where `runs list` looks.
     assert env["BRATSLAB_HOME"].endswith("home") and Path(env["BRATSLAB_HOME"]).is_absolute()
@@ -183,3 +184,169 @@ def test_excludes_keep_the_package_and_drop_heavy_folders(tmp_path):
     names = {n.rstrip("/") for n in zipfile.ZipFile(out).namelist()}
     for rel, kept in files.items():
         assert (rel in names) == kept, rel
+
+
+# --------------------------------------------------------------------------- paths (#30)
+
+
+def _project(root: Path, store: bool = True) -> Path:
+    """A clone-like folder after the README journey: specs, and a ./store with data in it."""
+    (root / "jobs").mkdir(parents=True)
+    (root / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    (root / "jobs" / "smoke.yaml").write_text((REPO / "jobs" / "smoke.yaml").read_text())
+    if store:
+        (root / "store").mkdir()
+        (root / "store" / "dataset.json").write_text("{}")
+        (root / "store" / "BraTS-GLI-00000-000_x.npy").write_bytes(b"\0" * 4096)
+    for rel in ("raw/c/c-t1n.nii.gz", "pred/c.nii.gz", "metrics.csv", "submission.csv"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"\0" * 4096)
+    return root
+
+
+def _sets(plan) -> dict[str, str]:
+    argv = plan.argv
+    pairs = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+    return dict(p.split("=", 1) for p in pairs)
+
+
+def test_a_relative_store_means_the_client_folder_on_a_local_cluster(tmp_path, monkeypatch):
+    """The README journey leaves ./store in the clone: the job must read that very folder
+    (absolute), not `store/` inside its uploaded copy of the project, which never holds data."""
+    root = _project(tmp_path / "clone")
+    monkeypatch.chdir(root)
+    plan = sj.plan_spec_job(Path("jobs/smoke.yaml"), address=LOCAL, same_machine=True)
+    assert _sets(plan)["data.store"] == str(root / "store")
+    from bratslab.compat.ray_packaging import package_files
+
+    packed = {p.as_posix() for p in package_files(root, sj.EXCLUDES)}
+    assert packed == {"pyproject.toml", "jobs/smoke.yaml"}
+    assert plan.package_bytes == sum((root / p).stat().st_size for p in packed)
+    assert plan.package_warning() is None
+
+
+def test_a_store_not_in_the_folder_is_the_work_dirs_on_a_local_cluster(tmp_path, monkeypatch):
+    root = _project(tmp_path / "clone", store=False)
+    monkeypatch.chdir(root)
+    plan = sj.plan_spec_job(Path("jobs/smoke.yaml"), address=LOCAL, same_machine=True)
+    assert _sets(plan)["data.store"] == str(tmp_path / "home" / "store")
+
+
+def test_a_client_local_store_is_refused_for_a_remote_cluster(tmp_path, monkeypatch):
+    root = _project(tmp_path / "clone")
+    monkeypatch.chdir(root)
+    spec = Path("jobs/smoke.yaml")
+    with pytest.raises(ConfigError, match="data.store 'store' is a folder on this machine.*s3://"):
+        sj.plan_spec_job(spec, address=REMOTE, same_machine=False)
+    # Shared names pass verbatim: an object-store URI, a path the cluster mounts.
+    for store in ("s3://bucket/brats", "/mnt/shared/store"):
+        plan = sj.plan_spec_job(spec, [f"data.store={store}"], address=REMOTE, same_machine=False)
+        assert [k for k in _sets(plan) if k != "data.store"] == []
+        assert _sets(plan)["data.store"] == store  # the user's own --set, unchanged
+        assert plan.argv.count("--set") == 1
+    # A relative name that is not here means the cluster's own $BRATSLAB_HOME/NAME.
+    (root / "store" / "dataset.json").unlink()
+    (root / "store" / "BraTS-GLI-00000-000_x.npy").unlink()
+    (root / "store").rmdir()
+    plan = sj.plan_spec_job(spec, address=REMOTE, same_machine=False)
+    assert "data.store" not in _sets(plan)
+
+
+def test_init_from_folders_are_pinned_and_model_uris_pass(tmp_path, monkeypatch):
+    root = _project(tmp_path / "clone")
+    monkeypatch.chdir(root)
+    spec = Path("jobs/smoke.yaml")
+    plan = sj.plan_spec_job(spec, ["model.init_from=ckpt/best"], address=LOCAL, same_machine=True)
+    assert _sets(plan)["model.init_from"] == str(root / "ckpt" / "best")
+    uri = "models:/bratslab-gli@champion"
+    plan = sj.plan_spec_job(spec, [f"model.init_from={uri}"], address=LOCAL, same_machine=True)
+    assert _sets(plan)["model.init_from"] == uri and plan.argv.count(f"model.init_from={uri}") == 1
+    with pytest.raises(ConfigError, match="model.init_from 'ckpt/best' is a folder on this"):
+        sj.plan_spec_job(
+            spec,
+            ["model.init_from=ckpt/best", "data.store=s3://b/s"],
+            address=REMOTE,
+            same_machine=False,
+        )
+
+
+def test_command_job_paths_are_absolute_locally_and_refused_remotely(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["data", "preprocess", "raw/", "--workers", "2", "store"]
+    plan = sj.plan_command_job(argv, address=LOCAL, same_machine=True)
+    assert plan.argv == [
+        "data", "preprocess", str(tmp_path / "raw"), "--workers", "2", str(tmp_path / "store"),
+    ]  # fmt: skip
+    plan = sj.plan_command_job(
+        ["predict", "--model", "models:/m@champion", "--input=in", "--output", "out"],
+        address=LOCAL,
+        same_machine=True,
+    )
+    assert plan.argv[-3:] == [f"--input={tmp_path / 'in'}", "--output", str(tmp_path / "out")]
+    assert "models:/m@champion" in plan.argv
+    with pytest.raises(ConfigError, match="RAW 'raw' is a folder on this machine"):
+        sj.plan_command_job(argv, address=REMOTE, same_machine=False)
+    remote = ["data", "preprocess", "/mnt/raw", "s3://bucket/store"]
+    assert sj.plan_command_job(remote, address=REMOTE, same_machine=False).argv == remote
+
+
+def test_a_heavy_package_is_a_warning_naming_its_biggest_folders(tmp_path, monkeypatch):
+    root = _project(tmp_path / "clone")
+    (root / "notes").mkdir()
+    (root / "notes" / "scan.bin").write_bytes(b"\0" * (sj.PACKAGE_WARN_BYTES + 1))
+    monkeypatch.chdir(root)
+    plan = sj.plan_spec_job(Path("jobs/smoke.yaml"), address=LOCAL, same_machine=True)
+    assert plan.package_bytes > sj.PACKAGE_WARN_BYTES
+    assert "mostly notes (5.0 MB)" in plan.package_warning()
+
+
+def test_a_starting_head_is_waited_for_and_other_errors_are_not(monkeypatch):
+    answers = [
+        RuntimeError("Request failed with status code 500: No available agent to submit job"),
+        ConnectionError("Failed to connect to Ray at address: http://127.0.0.1:1."),
+        "job-1",
+    ]
+    told: list[str] = []
+
+    def action():
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert sj._patiently(action, LOCAL, 30, told.append) == "job-1"
+    assert len(told) == 1 and "waiting for the Ray head" in told[0]
+    # Not a starting head: raised at once, nothing waited.
+    answers[:] = [RuntimeError("Request failed with status code 404: no such job")]
+    with pytest.raises(RuntimeError, match="404"):
+        sj._patiently(action, LOCAL, 30, told.append)
+    assert len(told) == 1
+    # A head that never comes up: the last error, once the wait is spent.
+    answers[:] = [ConnectionError("Failed to connect to Ray at address: x")] * 10
+    with pytest.raises(ConnectionError):
+        sj._patiently(action, LOCAL, 0.2, told.append)
+    monkeypatch.setenv(sj.HEAD_WAIT_ENV, "5")
+    assert sj.head_wait_s() == 5.0
+    monkeypatch.setenv(sj.HEAD_WAIT_ENV, "soon")
+    with pytest.raises(ConfigError, match="BRATSLAB_HEAD_WAIT_S='soon'"):
+        sj.head_wait_s()
+
+
+def test_a_remote_command_may_name_files_its_package_carries(tmp_path, monkeypatch):
+    root = _project(tmp_path / "clone")
+    (root / "configs").mkdir()
+    (root / "configs" / "pp.json").write_text("{}")
+    monkeypatch.chdir(root / "configs")
+    argv = ["postprocess", "apply", "--config", "pp.json", "/mnt/in", "s3x"]
+    with pytest.raises(ConfigError, match="OUT_DIR 's3x' is a folder on this machine"):
+        sj.plan_command_job(argv, address=REMOTE, working_dir=root, same_machine=False)
+    argv[-1] = "/mnt/out"
+    plan = sj.plan_command_job(argv, address=REMOTE, working_dir=root, same_machine=False)
+    assert plan.argv == [
+        "postprocess",
+        "apply",
+        "--config",
+        "configs/pp.json",
+        "/mnt/in",
+        "/mnt/out",
+    ]
