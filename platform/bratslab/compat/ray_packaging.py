@@ -30,6 +30,7 @@ def package_files(root: Path, excludes: Sequence[str]) -> dict[Path, int]:
     include_gitignore = os.environ.get("RAY_RUNTIME_ENV_IGNORE_GITIGNORE", "0") != "1"
     # Ray logs each ignore file it honours at INFO; that is not news for the user.
     quiet = logging.getLogger(__name__)
+    quiet.setLevel(logging.WARNING)
     _dir_travel(root, [_get_excludes(root, list(excludes))], add, include_gitignore, logger=quiet)
     return sizes
 

@@ -38,7 +38,7 @@ def _waiting(message: str) -> None:
 
 def _connect(address: str | None, wait_s: float | None = None):
     from bratslab.config import ConfigError
-    from bratslab.jobs.submit import JobsError, connect
+    from bratslab.jobs.client import JobsError, connect
 
     try:
         return connect(address, wait_s=wait_s, on_wait=_waiting)
@@ -52,7 +52,7 @@ def _exit_for(status: str, jobs=None, job_id: str | None = None, tail: int = 40)
     """Report the final status; after a failure also the job's message and last log lines."""
     color = "green" if status == "SUCCEEDED" else "red"
     if status != "SUCCEEDED" and jobs is not None and job_id:
-        from bratslab.jobs.submit import JobsError
+        from bratslab.jobs.client import JobsError
 
         try:
             info = jobs.call("get_job_info", job_id)
@@ -131,10 +131,11 @@ def submit(
     Authenticates with the Ray token from $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or
     ~/.ray/auth_token when one exists.
     """
+    from bratslab.jobs import client as jc
     from bratslab.jobs import submit as sj
 
     try:
-        url = sj.resolve_address(address)
+        url = jc.resolve_address(address)
         extra = sj.parse_env(env)
         is_spec = len(target) == 1 and target[0].endswith((".yaml", ".yml"))
         if is_spec:
@@ -152,7 +153,7 @@ def submit(
             plan = sj.plan_command_job(
                 target, address=url, working_dir=working_dir, env=extra, same_machine=share_store
             )
-    except sj.JobsError as e:
+    except jc.JobsError as e:
         _fail(str(e))
     if dry_run:
         typer.echo(
@@ -169,17 +170,16 @@ def submit(
             )
         )
         return
-    typer.secho(
-        f"  uploading {plan.runtime_env['working_dir']} ({plan.package_bytes / 2**20:.1f} MB)",
-        err=True,
-    )
+    size = plan.package_bytes
+    shown = f"{size / 2**20:.1f} MB" if size >= 2**20 else f"{size / 2**10:.0f} KB"
+    typer.secho(f"  uploading {plan.runtime_env['working_dir']} ({shown})", err=True)
     if plan.package_warning():
         typer.secho(f"  warning: {plan.package_warning()}", fg="yellow", err=True)
     jobs = _connect(url, head_wait)
     _quiet_ray_client_logs()
     try:
         job_id = sj.submit(jobs, plan)
-    except sj.JobsError as e:
+    except jc.JobsError as e:
         _fail(str(e))
     typer.echo(job_id)
     typer.secho(
@@ -189,16 +189,16 @@ def submit(
     )
     try:
         if follow:
-            _exit_for(sj.follow(jobs, job_id))
+            _exit_for(jc.follow(jobs, job_id))
         if wait:
-            status = sj.wait(
+            status = jc.wait(
                 jobs,
                 job_id,
                 timeout_s=timeout,
                 on_change=lambda s: typer.secho(f"  {job_id}: {s}", err=True),
             )
             _exit_for(status, jobs, job_id)
-    except sj.JobsError as e:
+    except jc.JobsError as e:
         _fail(str(e))
 
 
@@ -252,7 +252,7 @@ def list_jobs(
     from rich.console import Console
     from rich.table import Table
 
-    from bratslab.jobs.submit import JobsError
+    from bratslab.jobs.client import JobsError
 
     jobs = _connect(address)
     try:
@@ -283,7 +283,7 @@ def status(
     address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP),
 ) -> None:
     """A job's status and message; exit 0 when SUCCEEDED or still running, 1 otherwise."""
-    from bratslab.jobs.submit import JobsError
+    from bratslab.jobs.client import JobsError
 
     jobs = _connect(address)
     try:
@@ -313,14 +313,14 @@ def logs(
     address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP),
 ) -> None:
     """Print a job's driver logs (stdout and stderr of its entrypoint)."""
-    from bratslab.jobs import submit as sj
+    from bratslab.jobs import client as jc
 
     jobs = _connect(address)
     try:
         if follow:
-            _exit_for(sj.follow(jobs, job_id))
+            _exit_for(jc.follow(jobs, job_id))
         typer.echo(jobs.call("get_job_logs", job_id), nl=False)
-    except sj.JobsError as e:
+    except jc.JobsError as e:
         _fail(str(e))
 
 
@@ -331,7 +331,7 @@ def stop(
     address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP),
 ) -> None:
     """Stop a running job (SIGTERM to its entrypoint, then SIGKILL after Ray's grace period)."""
-    from bratslab.jobs import submit as sj
+    from bratslab.jobs import client as jc
 
     jobs = _connect(address)
     try:
@@ -339,7 +339,7 @@ def stop(
         if not stopped:
             typer.echo(f"{job_id} had already ended: {jobs.call('get_job_status', job_id)}")
             return
-        final = sj.wait(jobs, job_id, poll_s=0.5, timeout_s=60) if wait else "stopping"
-    except sj.JobsError as e:
+        final = jc.wait(jobs, job_id, poll_s=0.5, timeout_s=60) if wait else "stopping"
+    except jc.JobsError as e:
         _fail(str(e))
     typer.echo(f"{job_id}: {final}")

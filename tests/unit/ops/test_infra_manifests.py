@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bratslab.jobs import client as jc
 from bratslab.jobs import entrypoint as ep
-from bratslab.jobs import submit as sj
 
 REPO = Path(__file__).resolve().parents[3]
 INFRA = REPO / "infra"
@@ -65,11 +65,11 @@ def test_dashboard_port_matches_the_submit_default():
     cluster = _kind(KUBERAY / "raycluster.yaml", "RayCluster")
     head = _containers(cluster["spec"]["headGroupSpec"]["template"])[0]
     ports = {p["name"]: p["containerPort"] for p in head["ports"]}
-    assert ports["dashboard"] == sj.DASHBOARD_PORT
-    assert sj.DEFAULT_ADDRESS.endswith(f":{sj.DASHBOARD_PORT}")
+    assert ports["dashboard"] == jc.DASHBOARD_PORT
+    assert jc.DEFAULT_ADDRESS.endswith(f":{jc.DASHBOARD_PORT}")
     launcher = yaml.safe_load((INFRA / "ray-cluster" / "aws.yaml").read_text())
     head_cmd = " ".join(launcher["head_start_ray_commands"])
-    assert f"--dashboard-port={sj.DASHBOARD_PORT}" in head_cmd
+    assert f"--dashboard-port={jc.DASHBOARD_PORT}" in head_cmd
 
 
 def test_dashboard_is_never_exposed_outside_the_cluster():

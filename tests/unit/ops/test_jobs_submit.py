@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bratslab.config import ConfigError
+from bratslab.jobs import client as jc
 from bratslab.jobs import entrypoint as ep
 from bratslab.jobs import submit as sj
 
@@ -40,17 +41,17 @@ def clean_env(monkeypatch, tmp_path):
 def test_resolve_address(monkeypatch, given, env, expected):
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    assert sj.resolve_address(given) == expected
+    assert jc.resolve_address(given) == expected
 
 
 def test_resolve_address_rejects_ray_client_urls():
-    with pytest.raises(sj.JobsError, match="dashboard's http"):
-        sj.resolve_address("ray://head:10001")
+    with pytest.raises(jc.JobsError, match="dashboard's http"):
+        jc.resolve_address("ray://head:10001")
 
 
 def test_loopback_detection():
-    assert sj.is_loopback(LOCAL) and sj.is_loopback("http://localhost:1")
-    assert not sj.is_loopback(REMOTE) and not sj.is_loopback("http://10.1.2.3:8265")
+    assert jc.is_loopback(LOCAL) and jc.is_loopback("http://localhost:1")
+    assert not jc.is_loopback(REMOTE) and not jc.is_loopback("http://10.1.2.3:8265")
 
 
 def test_smoke_spec_plans_bratslab_train_with_overrides():
@@ -122,12 +123,12 @@ def test_a_loopback_port_that_is_not_a_ray_dashboard_is_remote():
         s.bind(("127.0.0.1", 0))
         s.listen()
         address = f"http://127.0.0.1:{s.getsockname()[1]}"
-        assert sj.is_loopback(address)
-        assert not sj.runs_on_this_machine(address)  # the listener is this pytest process
+        assert jc.is_loopback(address)
+        assert not jc.runs_on_this_machine(address)  # the listener is this pytest process
         env = sj.job_env(address)
     # Remote treatment: no local tracking store or PATH is imposed on the cluster.
     assert "MLFLOW_TRACKING_URI" not in env and "PATH" not in env
-    assert not sj.runs_on_this_machine(REMOTE)
+    assert not jc.runs_on_this_machine(REMOTE)
 
 
 def test_remote_cluster_gets_only_explicit_settings(monkeypatch, caplog):
@@ -314,22 +315,22 @@ def test_a_starting_head_is_waited_for_and_other_errors_are_not(monkeypatch):
             raise answer
         return answer
 
-    assert sj._patiently(action, LOCAL, 30, told.append) == "job-1"
+    assert jc._patiently(action, LOCAL, 30, told.append) == "job-1"
     assert len(told) == 1 and "waiting for the Ray head" in told[0]
     # Not a starting head: raised at once, nothing waited.
     answers[:] = [RuntimeError("Request failed with status code 404: no such job")]
     with pytest.raises(RuntimeError, match="404"):
-        sj._patiently(action, LOCAL, 30, told.append)
+        jc._patiently(action, LOCAL, 30, told.append)
     assert len(told) == 1
     # A head that never comes up: the last error, once the wait is spent.
     answers[:] = [ConnectionError("Failed to connect to Ray at address: x")] * 10
     with pytest.raises(ConnectionError):
-        sj._patiently(action, LOCAL, 0.2, told.append)
-    monkeypatch.setenv(sj.HEAD_WAIT_ENV, "5")
-    assert sj.head_wait_s() == 5.0
-    monkeypatch.setenv(sj.HEAD_WAIT_ENV, "soon")
+        jc._patiently(action, LOCAL, 0.2, told.append)
+    monkeypatch.setenv(jc.HEAD_WAIT_ENV, "5")
+    assert jc.head_wait_s() == 5.0
+    monkeypatch.setenv(jc.HEAD_WAIT_ENV, "soon")
     with pytest.raises(ConfigError, match="BRATSLAB_HEAD_WAIT_S='soon'"):
-        sj.head_wait_s()
+        jc.head_wait_s()
 
 
 def test_a_remote_command_may_name_files_its_package_carries(tmp_path, monkeypatch):
