@@ -25,6 +25,13 @@ data_app = typer.Typer(
 )
 
 
+PROFILE_HELP = (
+    "Challenge profile the segmentations are in (`bratslab data profiles` lists them), e.g. "
+    "brats2024-gli for post-treatment glioma with RC = 4. Default: detected from file names and "
+    "label values; an ambiguous label 4 is an error naming both readings."
+)
+
+
 class LayoutChoice(str, Enum):
     brats2023 = "brats2023"
     brats2021 = "brats2021"
@@ -141,16 +148,21 @@ def validate(
         help="Print a JSON report on stdout (total, ok, ok_cases, quarantined, failures) "
         "instead of the summary and table; the exit status is the same.",
     ),
+    profile: str | None = typer.Option(None, "--profile", help=PROFILE_HELP),
 ) -> None:
     """Check every case (files, gzip CRC, header, shapes, affines, NaN/Inf, labels)."""
+    import dataclasses
+
     from rich.progress import track
 
     from bratslab import atomic
     from bratslab.data.layout import discover_cases
+    from bratslab.data.profiles import get_profile
     from bratslab.data.validate import load_case
 
     try:
-        cases = discover_cases(raw)
+        name = get_profile(profile).name if profile else None
+        cases = [dataclasses.replace(c, profile=name) for c in discover_cases(raw)]
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
     if not cases:
@@ -207,6 +219,7 @@ def preprocess(
         None, "--config", help="YAML PreprocessConfig; options given on the command line win."
     ),
     no_ray: bool = typer.Option(False, "--no-ray", help="Run in this process, without Ray."),
+    profile: str | None = typer.Option(None, "--profile", help=PROFILE_HELP),
 ) -> None:
     """Validate and preprocess every case into {id}_x/_y/_meta files + dataset.json (on Ray)."""
     from bratslab.config import ConfigError, load_yaml, validate
@@ -243,7 +256,9 @@ def preprocess(
     except ConfigError as e:
         _fail(str(e))
     try:
-        report = run_preprocess(raw, target, cfg, workers, use_ray=not no_ray and workers > 0)
+        report = run_preprocess(
+            raw, target, cfg, workers, use_ray=not no_ray and workers > 0, profile=profile
+        )
     except (ValueError, ConfigError) as e:
         _fail(str(e))
     except OSError as e:  # the object store refused or is unreachable (s3:// output)
@@ -261,6 +276,34 @@ def preprocess(
     if report.failures:
         _print_failures(report.failures)
     raise typer.Exit(report.exit_code)
+
+
+@data_app.command("profiles")
+def profiles(
+    as_json: bool = typer.Option(False, "--json", help="Print the profiles as JSON."),
+) -> None:
+    """List the challenge profiles: labels, regions, lesion-wise metric settings."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from bratslab.data.profiles import PROFILES
+
+    if as_json:
+        typer.echo(json.dumps([p.model_dump(mode="json") for p in PROFILES.values()], indent=2))
+        return
+    table = Table(title="challenge profiles (--profile NAME or alias)")
+    for col in ("name", "aliases", "labels", "regions", "lesion-wise"):
+        table.add_column(col, overflow="fold")
+    for p in PROFILES.values():
+        lw = p.lesionwise
+        table.add_row(
+            p.name,
+            ", ".join(p.aliases),
+            ", ".join(f"{v} {n}" for v, n in sorted(p.labels.items())),
+            ", ".join(f"{r.upper()}={{{','.join(map(str, ls))}}}" for r, ls in p.regions.items()),
+            f"{lw.family} (brats2023 family: d={lw.dilation}, T={lw.min_size_mm3:g} mm³)",
+        )
+    Console().print(table)
 
 
 def show_fingerprint(store, console=None) -> None:

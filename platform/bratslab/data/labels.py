@@ -45,7 +45,8 @@ def labels_to_regions(labels: np.ndarray) -> np.ndarray:
     """
     if labels.ndim == 4 and labels.shape[0] == 1:
         labels = labels[0]
-    wt = labels > 0
+    # Not ``labels > 0``: a post-treatment store also holds RC = 4, which lies outside WT.
+    wt = (labels > 0) & (labels <= STORE_ET)
     tc = (labels == 1) | (labels == STORE_ET)
     et = labels == STORE_ET
     return np.stack([wt, tc, et])

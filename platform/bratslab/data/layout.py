@@ -74,6 +74,9 @@ class RawCase:
         cohort: ``GLI``/``SSA``/``PED``/``MEN``/``MET``/... when the name tells, else None.
         problems: ``(file, reason)`` found during discovery (missing or duplicated modality);
             validation turns them into failures.
+        profile: the challenge profile (:mod:`bratslab.data.profiles`) the case is read in:
+            given by the user (``--profile``) or detected from its labels (RC); None: the
+            BraTS 2021/2023 convention its layout names.
     """
 
     id: str
@@ -83,6 +86,7 @@ class RawCase:
     et_label: int
     cohort: str | None = None
     problems: list[tuple[str, str]] = field(default_factory=list)
+    profile: str | None = None
 
     @property
     def has_label(self) -> bool:
@@ -105,6 +109,7 @@ class RawCase:
             "et_label": self.et_label,
             "cohort": self.cohort,
             "problems": [list(p) for p in self.problems],
+            "profile": self.profile,
         }
 
     @classmethod
@@ -117,6 +122,7 @@ class RawCase:
             et_label=int(d["et_label"]),
             cohort=d.get("cohort"),
             problems=[tuple(p) for p in d.get("problems", [])],
+            profile=d.get("profile"),
         )
 
 

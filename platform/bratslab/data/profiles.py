@@ -86,6 +86,11 @@ class Profile(StrictModel):
         """Every value a reference segmentation may hold (0 and the profile's labels)."""
         return [0, *sorted(self.labels)]
 
+    @property
+    def legacy_labels(self) -> bool:
+        """A BraTS 2021/2023 convention (NCR 1, ED 2, ET 3|4): stored as labels {1, 2, 3}."""
+        return self.rc_label is None and sorted(self.labels) in ([1, 2, 3], [1, 2, 4])
+
     def store_label(self, label: int) -> int:
         """The value ``label`` has inside a preprocessed store."""
         return self.store_labels.get(label, label)

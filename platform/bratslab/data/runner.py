@@ -16,6 +16,7 @@ as they are made (skipping a case the bucket already holds), and the driver uplo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -34,6 +35,7 @@ from bratslab.data.preprocess import (
     preprocess_case,
     write_case,
 )
+from bratslab.data.profiles import get_profile
 from bratslab.data.remote import cache_dir, is_remote, parse_uri, upload_group, upload_manifest
 from bratslab.data.store import FAILURES, build_manifest, case_digests, write_manifest
 from bratslab.data.validate import Failure, file_hashes
@@ -191,6 +193,7 @@ def run_preprocess(
     use_ray: bool = True,
     progress: bool = True,
     on_result: Callable[[dict], None] | None = None,
+    profile: str | None = None,
 ) -> RunReport:
     """Preprocess every case under ``raw`` into the store ``out``.
 
@@ -203,6 +206,8 @@ def run_preprocess(
         use_ray: False (or ``workers == 0``) processes in this process, one case at a time.
         progress: show a rich progress bar on stderr.
         on_result: called with each case's result dict as it arrives.
+        profile: challenge profile every case is read in (name or alias, see
+            :mod:`bratslab.data.profiles`); None: detected per case from names and labels.
 
     Returns:
         :class:`RunReport`; ``OUT/dataset.json`` and ``OUT/failures.json`` are written.
@@ -219,7 +224,9 @@ def run_preprocess(
     swept = atomic.remove_stale_temps(out)
     if swept:
         log.info("removed %d temp files left by an interrupted run", swept)
-    cases = discover_cases(raw)
+    if profile is not None:
+        profile = get_profile(profile).name  # an unknown name fails before any work
+    cases = [dataclasses.replace(c, profile=profile) for c in discover_cases(raw)]
     report = RunReport(out=out, uri=uri)
     if not cases:
         results: Iterable[dict] = iter(())
@@ -230,7 +237,7 @@ def run_preprocess(
     metas, files = _collect(results, report, len(cases), progress, on_result)
 
     report.failures.sort(key=lambda f: (f.case, f.file, f.reason))
-    report.manifest = build_manifest(metas, cfg, report.quarantined, files)
+    report.manifest = build_manifest(metas, cfg, report.quarantined, files, profile)
     write_manifest(out, report.manifest)
     _write_if_changed(out / FAILURES, [f.to_dict() for f in report.failures])
     if uri:
