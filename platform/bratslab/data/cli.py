@@ -138,7 +138,9 @@ def validation_report(raw: Path, cases, failures) -> dict:
 
 @data_app.command("validate", epilog=EXIT_DOC)
 def validate(
-    raw: Path = typer.Argument(..., help="Raw dataset folder (BraTS 2021 or 2023+ layout)."),
+    raw: Path = typer.Argument(
+        ..., help="Raw dataset folder (BraTS 2021, 2023+ or an nnU-Net raw DatasetXXX_Name)."
+    ),
     failures_json: Path | None = typer.Option(
         None, "--failures", help="Also write the failures to this JSON file."
     ),
@@ -162,7 +164,9 @@ def validate(
 
     try:
         name = get_profile(profile).name if profile else None
-        cases = [dataclasses.replace(c, profile=name) for c in discover_cases(raw)]
+        cases = discover_cases(raw, name)
+        if name:
+            cases = [dataclasses.replace(c, profile=name) for c in cases]
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
     if not cases:
@@ -186,7 +190,9 @@ def validate(
 
 @data_app.command("preprocess", epilog=EXIT_DOC)
 def preprocess(
-    raw: Path = typer.Argument(..., help="Raw dataset folder (BraTS 2021 or 2023+ layout)."),
+    raw: Path = typer.Argument(
+        ..., help="Raw dataset folder (BraTS 2021, 2023+ or an nnU-Net raw DatasetXXX_Name)."
+    ),
     out: str = typer.Argument(
         ...,
         help="Store folder to write (created; reruns resume), or s3://bucket/prefix: built in "
@@ -220,6 +226,12 @@ def preprocess(
     ),
     no_ray: bool = typer.Option(False, "--no-ray", help="Run in this process, without Ray."),
     profile: str | None = typer.Option(None, "--profile", help=PROFILE_HELP),
+    splits: Path | None = typer.Option(
+        None,
+        "--splits",
+        help="nnU-Net splits_final.json (nnUNet_preprocessed/DatasetXXX/): the store's folds "
+        "become exactly these.",
+    ),
 ) -> None:
     """Validate and preprocess every case into {id}_x/_y/_meta files + dataset.json (on Ray)."""
     from bratslab.config import ConfigError, load_yaml, validate
@@ -257,7 +269,13 @@ def preprocess(
         _fail(str(e))
     try:
         report = run_preprocess(
-            raw, target, cfg, workers, use_ray=not no_ray and workers > 0, profile=profile
+            raw,
+            target,
+            cfg,
+            workers,
+            use_ray=not no_ray and workers > 0,
+            profile=profile,
+            splits=splits,
         )
     except (ValueError, ConfigError) as e:
         _fail(str(e))

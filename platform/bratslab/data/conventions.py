@@ -64,3 +64,20 @@ def profile_hint(case: RawCase) -> str:
     by_cohort = {"PED": "brats2024-ped", "MET": "brats2025-met", "GLI": POST_TREATMENT}
     name = by_cohort.get(case.cohort or "")
     return f" (label 4 is part of the {name} profile: give --profile {name})" if name else ""
+
+
+def apply_relabel(case: RawCase, seg: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """``case.relabel`` applied to ``seg`` (``(X, Y, Z)`` uint8 result), or the reason it
+    cannot be: values the dataset does not declare."""
+    if not case.relabel:
+        return seg, None
+    values = np.unique(seg)
+    bad = sorted(v for v in values.tolist() if v not in case.relabel)
+    if bad:
+        declared = sorted(case.relabel)
+        return seg, f"labels {bad} are not declared in dataset.json (declared: {declared})"
+    lut = np.zeros(int(values.max()) + 1, dtype=np.uint8)
+    for src, dst in case.relabel.items():
+        if src < lut.size:
+            lut[src] = dst
+    return lut[seg.astype(np.intp, copy=False)], None

@@ -194,6 +194,7 @@ def run_preprocess(
     progress: bool = True,
     on_result: Callable[[dict], None] | None = None,
     profile: str | None = None,
+    splits: str | Path | None = None,
 ) -> RunReport:
     """Preprocess every case under ``raw`` into the store ``out``.
 
@@ -208,6 +209,7 @@ def run_preprocess(
         on_result: called with each case's result dict as it arrives.
         profile: challenge profile every case is read in (name or alias, see
             :mod:`bratslab.data.profiles`); None: detected per case from names and labels.
+        splits: nnU-Net ``splits_final.json`` whose folds become the store's, exactly.
 
     Returns:
         :class:`RunReport`; ``OUT/dataset.json`` and ``OUT/failures.json`` are written.
@@ -226,7 +228,8 @@ def run_preprocess(
         log.info("removed %d temp files left by an interrupted run", swept)
     if profile is not None:
         profile = get_profile(profile).name  # an unknown name fails before any work
-    cases = [dataclasses.replace(c, profile=profile) for c in discover_cases(raw)]
+    cases = _with_profile(discover_cases(raw, profile), profile)
+    folds = _read_splits(splits, cases)
     report = RunReport(out=out, uri=uri)
     if not cases:
         results: Iterable[dict] = iter(())
@@ -237,7 +240,7 @@ def run_preprocess(
     metas, files = _collect(results, report, len(cases), progress, on_result)
 
     report.failures.sort(key=lambda f: (f.case, f.file, f.reason))
-    report.manifest = build_manifest(metas, cfg, report.quarantined, files, profile)
+    report.manifest = build_manifest(metas, cfg, report.quarantined, files, profile, folds)
     write_manifest(out, report.manifest)
     _write_if_changed(out / FAILURES, [f.to_dict() for f in report.failures])
     if uri:
@@ -246,6 +249,31 @@ def run_preprocess(
     report.skipped.sort()
     report.wall_s = time.perf_counter() - t0
     return report
+
+
+def _with_profile(cases: list[RawCase], profile: str | None) -> list[RawCase]:
+    """Every case read in ``profile`` (its own, e.g. an nnU-Net dataset's, when None)."""
+    if profile is None:
+        return cases
+    return [dataclasses.replace(c, profile=profile) for c in cases]
+
+
+def _read_splits(splits: str | Path | None, cases: list[RawCase]) -> list[dict] | None:
+    """The folds of ``splits`` (nnU-Net ``splits_final.json``), checked against the cases.
+
+    Raises:
+        ValueError: unreadable splits, or ids that are no case of the dataset.
+    """
+    if splits is None:
+        return None
+    from bratslab.data.nnunet import read_splits
+
+    folds = read_splits(splits)
+    unknown = sorted({i for f in folds for i in f["train"] + f["val"]} - {c.id for c in cases})
+    if unknown:
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise ValueError(f"{splits}: ids {unknown[:5]}{more} are no case of the dataset")
+    return folds
 
 
 def _collect(

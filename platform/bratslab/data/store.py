@@ -18,6 +18,7 @@ synced into a node-local folder that way, see :mod:`bratslab.data.remote`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from functools import cached_property
 from pathlib import Path
@@ -48,12 +49,15 @@ def build_manifest(
     quarantined: list[str] | None = None,
     files: dict[str, dict] | None = None,
     profile: str | None = None,
+    folds: list[dict] | None = None,
 ) -> dict:
     """The ``dataset.json`` content for these cases (deterministic: sorted, no timestamps).
 
     ``files``: ``{file name: {"sha256", "size"}}`` of the cases' files (:func:`case_digests`),
     listed under ``"files"`` when given. ``profile``: the challenge profile the user gave;
-    without one it is :func:`dataset_profile` of the cases.
+    without one it is :func:`dataset_profile` of the cases. ``folds``: given folds (nnU-Net's
+    ``splits_final.json``) instead of the seeded split; ids of cases not in the store (e.g.
+    quarantined) are left out of them.
     """
     metas = sorted(metas, key=lambda m: m.id)
     fp = compute_fingerprint(metas)
@@ -68,7 +72,15 @@ def build_manifest(
         if metas
         else None
     )
-    folds = make_folds(labeled, cfg.num_folds, cfg.split_seed)
+    fp_hash = fingerprint_hash(fp, cfg, [m.id for m in metas])
+    if folds is None:
+        folds = make_folds(labeled, cfg.num_folds, cfg.split_seed)
+    else:
+        keep = set(labeled)
+        folds = [{k: sorted(i for i in f[k] if i in keep) for k in ("train", "val")} for f in folds]
+        # The folds are part of what a model trained on this store saw.
+        blob = json.dumps(folds, sort_keys=True).encode()
+        fp_hash = hashlib.sha256(fp_hash.encode() + blob).hexdigest()
     return {
         "format": STORE_FORMAT,
         "channels": cfg.channels,
@@ -92,7 +104,7 @@ def build_manifest(
         "profile": profile or dataset_profile(metas),
         "quarantined": sorted(quarantined or []),
         "fingerprint": fp,
-        "fingerprint_hash": fingerprint_hash(fp, cfg, [m.id for m in metas]),
+        "fingerprint_hash": fp_hash,
         "patch_size": patch,
         "num_folds": len(folds),
         "folds": folds,

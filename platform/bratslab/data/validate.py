@@ -23,7 +23,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bratslab.data.conventions import allowed_labels, profile_hint, resolve_convention
+from bratslab.data.conventions import (
+    allowed_labels,
+    apply_relabel,
+    profile_hint,
+    resolve_convention,
+)
 from bratslab.data.layout import MODALITIES, RawCase
 from bratslab.data.nifti import (
     MAX_BYTES,
@@ -169,13 +174,15 @@ def _check_together(case: RawCase, vols: dict[str, NiftiVolume]):
                 failures.append(Failure(case.id, str(files[m]), reason))
     seg = counts = None
     if not failures and case.seg is not None:
-        case, ambiguous = resolve_convention(case, vols["seg"].data)
+        seg_data, bad_values = apply_relabel(case, vols["seg"].data)
+        case, ambiguous = resolve_convention(case, seg_data)
+        ambiguous = bad_values or ambiguous
         allowed, convention = allowed_labels(case)
         try:
             if ambiguous:
                 raise CaseError(case.seg, ambiguous)
             seg, counts = check_labels(
-                vols["seg"].data, case.seg, case.et_label, convention, allowed, profile_hint(case)
+                seg_data, case.seg, case.et_label, convention, allowed, profile_hint(case)
             )
         except CaseError as e:
             failures.append(Failure(case.id, e.file, e.reason))
