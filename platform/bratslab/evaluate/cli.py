@@ -22,8 +22,10 @@ METRIC_HELP = (
     "components matched on Dice, every region of --profile; needs bratslab[panoptica])."
 )
 PROFILE_HELP = (
-    "Challenge profile whose regions and labels the panoptica metric scores (default gli = "
-    "BraTS 2024+ post-treatment glioma); `bratslab data profiles` lists them."
+    "Challenge profile: the labels and the regions scored (`bratslab data profiles` lists them; "
+    "e.g. gli = BraTS 2024+ post-treatment glioma with RC). brats2023 metric: also its d and T, "
+    "instead of --challenge; default WT/TC/ET of either 2021/2023 convention. panoptica metric: "
+    "default gli."
 )
 
 
@@ -157,11 +159,15 @@ def evaluate(
     if metric == "panoptica":
         _evaluate_panoptica(pred, ref, profile, output)
         return
-    if profile is not None:
-        _fail("--profile selects the panoptica metric's regions; give --metric panoptica", 2)
     try:
         result = evaluate_folder(
-            pred, ref, challenge, output, nsd_tolerance_mm=nsd_tolerance, workers=workers
+            pred,
+            ref,
+            challenge,
+            output,
+            nsd_tolerance_mm=nsd_tolerance,
+            workers=workers,
+            profile=profile,
         )
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e), 2)
