@@ -30,9 +30,9 @@ def resolve_convention(case: RawCase, seg: np.ndarray) -> tuple[RawCase, str | N
         prof = get_profile(case.profile)
         et = prof.et_label if prof.et_label is not None else case.et_label
         return dataclasses.replace(case, profile=prof.name, et_label=et), None
-    has3, has4 = bool((seg == 3).any()), bool((seg == 4).any())
     if case.cohort is not None and (case.layout == "brats2021" or case.cohort != "GLI"):
         return case, None  # official names; a stray 3 or 4 is reported by the label checks
+    has3, has4 = bool((seg == 3).any()), bool((seg == 4).any())
     if case.layout == "brats2021":  # other names, 2021 modality names: ET 4 unless only 3
         et = 3 if has3 and not has4 else case.et_label
         return dataclasses.replace(case, et_label=et), None
@@ -76,8 +76,12 @@ def apply_relabel(case: RawCase, seg: np.ndarray) -> tuple[np.ndarray, str | Non
     if bad:
         declared = sorted(case.relabel)
         return seg, f"labels {bad} are not declared in dataset.json (declared: {declared})"
-    lut = np.zeros(int(values.max()) + 1, dtype=np.uint8)
-    for src, dst in case.relabel.items():
-        if src < lut.size:
-            lut[src] = dst
-    return lut[seg.astype(np.intp, copy=False)], None
+    return relabel_values(seg, case.relabel), None
+
+
+def relabel_values(seg: np.ndarray, mapping: dict[int, int]) -> np.ndarray:
+    """``seg`` (non-negative integer labels, all keys of ``mapping``) → mapped uint8 labels."""
+    lut = np.zeros(max(int(seg.max(initial=0)), max(mapping)) + 1, dtype=np.uint8)
+    for src, dst in mapping.items():
+        lut[src] = dst
+    return lut[seg.astype(np.intp, copy=False)]

@@ -22,6 +22,7 @@ import numpy as np
 from bratslab.data.profiles import Profile, get_profile
 from bratslab.evaluate.label_maps import CaseError, find_prediction, paired_folders, read_label_map
 from bratslab.evaluate.panoptica_metric import capped, score_labels
+from bratslab.evaluate.scoring import relabelled_reference
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +61,22 @@ class PanopticaResult:
     failures: list[dict[str, str]] = field(default_factory=list)
 
 
-def score_files(case: str, pred_path: Path | None, ref_path: Path, profile: Profile) -> list[dict]:
+def score_files(
+    case: str,
+    pred_path: Path | None,
+    ref_path: Path,
+    profile: Profile,
+    relabel: dict[int, int] | None = None,
+) -> list[dict]:
     """Rows of one case (``pred_path=None``: an empty prediction); spacing from the reference.
+    ``relabel``: the reference's values → the profile's (an nnU-Net dataset's labelsTr).
 
     Raises:
         CaseError: unreadable file, shape mismatch or labels outside the profile.
     """
     ref, spacing = read_label_map(ref_path)
+    if relabel:
+        ref = relabelled_reference(ref, relabel, ref_path)
     if pred_path is None:
         pred = np.zeros_like(ref)
     else:
@@ -160,7 +170,7 @@ def evaluate_folder_panoptica(
                 missing.append(c.id)
                 log.warning("%s: no prediction in %s; scored as empty", c.id, pred_dir)
             try:
-                rows.extend(score_files(c.id, pred, c.seg, prof))
+                rows.extend(score_files(c.id, pred, c.seg, prof, c.relabel))
             except CaseError as e:
                 failures.append({"case": c.id, "file": e.file, "reason": e.reason})
             advance()

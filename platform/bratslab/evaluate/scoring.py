@@ -98,6 +98,16 @@ def score_regions(
     return rows
 
 
+def relabelled_reference(ref: np.ndarray, relabel: dict[int, int], path: Path) -> np.ndarray:
+    """A reference in its dataset's values → the profile's (nnU-Net labelsTr)."""
+    from bratslab.data.conventions import relabel_values
+
+    bad = sorted(set(np.unique(ref).tolist()) - set(relabel))
+    if bad:
+        raise CaseError(path, f"labels {bad} are not declared in dataset.json")
+    return relabel_values(ref, relabel).astype(ref.dtype)
+
+
 def score_case(
     case: str,
     pred_path: Path | None,
@@ -105,15 +115,19 @@ def score_case(
     challenge: str | LesionParams = "gli",
     nsd_tolerance_mm: float = 1.0,
     profile: str | None = None,
+    relabel: dict[int, int] | None = None,
 ) -> list[dict]:
     """Rows for one case; ``pred_path=None`` scores an empty prediction. Spacing from the ref.
     With ``profile``: the labels are in its convention and every region of it is scored.
+    ``relabel``: the reference's values → the profile's (an nnU-Net dataset's labelsTr).
 
     Raises:
         CaseError: a file that cannot be read, holds bad labels, or a prediction whose shape
             differs from the reference.
     """
     ref, spacing = read_label_map(ref_path)
+    if relabel:
+        ref = relabelled_reference(ref, relabel, ref_path)
     if pred_path is None:
         pred = np.zeros_like(ref)
     else:
@@ -232,7 +246,7 @@ def evaluate_folder(
         if pred is None:
             missing.append(c.id)
             log.warning("%s: no prediction in %s; scored as empty", c.id, pred_dir)
-        jobs.append((c.id, pred, c.seg, params, nsd_tolerance_mm, profile))
+        jobs.append((c.id, pred, c.seg, params, nsd_tolerance_mm, profile, c.relabel))
 
     rows, failures = _score_jobs(jobs, workers, progress)
     summary = summarise(rows, challenge, missing, failures, regions)

@@ -143,3 +143,17 @@ def test_sub_region_labels_and_rc_choose_the_post_treatment_profile(nnunet_raw):
     )
     (case, *_) = discover_cases(root)
     assert case.profile == "brats2024-gli" and case.relabel == {0: 0, 1: 1, 2: 2, 3: 3, 4: 4}
+
+
+def test_evaluate_reads_labels_tr_in_the_dataset_values(nnunet_raw, tmp_path):
+    from bratslab.evaluate.scoring import evaluate_folder
+
+    root, segs = nnunet_raw
+    pred_dir = tmp_path / "pred"
+    pred_dir.mkdir()
+    affine = nib.load(root / "labelsTr" / "BRATS_000.nii.gz").affine
+    for cid, seg in segs.items():  # perfect predictions, in BraTS values (as predict writes)
+        nib.save(nib.Nifti1Image(seg, affine), pred_dir / f"{cid}.nii.gz")
+    result = evaluate_folder(pred_dir, root, progress=False)
+    assert result.failures == [] and len(result.rows) == 3 * len(IDS)
+    assert all(r["dice"] == 1.0 for r in result.rows)  # TC/ET would not match nnU-Net's raw 1/2
