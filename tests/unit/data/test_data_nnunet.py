@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bratslab.cli import app
-from bratslab.data.layout import discover_cases
+from bratslab.data.layout import RawCase, discover_cases
 from bratslab.data.preprocess import PreprocessConfig
 from bratslab.data.runner import run_preprocess
 from bratslab.data.store import Store
@@ -71,6 +71,8 @@ def test_cases_read_with_channels_and_labels_mapped(nnunet_raw):
     assert first.files["t2f"].name == "BRATS_000_0003.nii.gz"
     assert first.profile == "brats2023-gli" and first.relabel == {0: 0, 1: 2, 2: 1, 3: 3}
     assert cases[-1].seg is None  # imagesTs: inference only
+    # what a Ray task receives (JSON-friendly) is the same case
+    assert RawCase.from_dict(json.loads(json.dumps(first.to_dict()))) == first
     loaded, failures = load_case(first)
     assert failures == []
     np.testing.assert_array_equal(loaded.seg, segs[first.id])  # back to NCR 1, ED 2, ET 3

@@ -153,3 +153,17 @@ def test_cli_lists_profiles_and_validate_takes_one(cases):
     assert res.exit_code == 1 and "outside the brats2023-gli convention" in res.output
     res = runner.invoke(app, ["data", "validate", str(cases.root), "--profile", "nope"])
     assert res.exit_code == 2 and "unknown profile" in res.output
+
+
+@pytest.mark.parametrize("name", list(PROFILES))
+def test_regions_rebuild_the_label_map(name):
+    from bratslab.data.labels import profile_regions, rebuild_profile_labels
+
+    prof = get_profile(name)
+    rng = np.random.default_rng(0)
+    labels = rng.choice([0, *prof.labels], size=(6, 5, 4)).astype(np.uint8)
+    regions = profile_regions(labels, prof)
+    assert regions.shape == (len(prof.rebuild), 6, 5, 4)
+    np.testing.assert_array_equal(rebuild_profile_labels(regions, prof), labels)
+    with pytest.raises(ValueError, match="expected"):
+        rebuild_profile_labels(regions[:1], prof)
