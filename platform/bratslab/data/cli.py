@@ -310,7 +310,7 @@ def profiles(
         typer.echo(json.dumps([p.model_dump(mode="json") for p in PROFILES.values()], indent=2))
         return
     table = Table(title="challenge profiles (--profile NAME or alias)")
-    for col in ("name", "aliases", "labels", "regions", "lesion-wise"):
+    for col in ("name", "aliases", "labels", "regions", "lesion-wise (default; brats2023 d, T)"):
         table.add_column(col, overflow="fold")
     for p in PROFILES.values():
         lw = p.lesionwise
@@ -319,7 +319,7 @@ def profiles(
             ", ".join(p.aliases),
             ", ".join(f"{v} {n}" for v, n in sorted(p.labels.items())),
             ", ".join(f"{r.upper()}={{{','.join(map(str, ls))}}}" for r, ls in p.regions.items()),
-            f"{lw.family} (brats2023 family: d={lw.dilation}, T={lw.min_size_mm3:g} mm³)",
+            f"{lw.family}; d={lw.dilation}, T={lw.min_size_mm3:g} mm³",
         )
     Console().print(table)
 

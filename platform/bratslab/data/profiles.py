@@ -186,7 +186,7 @@ PROFILES: dict[str, Profile] = {
             rc_label=4,
             lesionwise=LesionwiseSettings(family="panoptica", dilation=1, min_size_mm3=2.0),
             official_config="mets",
-            aliases=("mets", "met"),
+            aliases=("mets",),
         ),
     )
 }

@@ -157,7 +157,7 @@ def evaluate(
     if metric not in ("brats2023", "panoptica"):
         _fail(f"--metric must be brats2023 or panoptica, not {metric!r}", 2)
     if metric == "panoptica":
-        _evaluate_panoptica(pred, ref, profile, output)
+        _evaluate_panoptica(pred, ref, profile, output, workers)
         return
     try:
         result = evaluate_folder(
@@ -176,7 +176,9 @@ def evaluate(
     _exit_on_failures(result.failures)
 
 
-def _evaluate_panoptica(pred: Path, ref: Path, profile: str | None, output: Path) -> None:
+def _evaluate_panoptica(
+    pred: Path, ref: Path, profile: str | None, output: Path, workers: int
+) -> None:
     """``evaluate --metric panoptica``: score, print the table, exit 1 on failed cases."""
     from rich.console import Console
 
@@ -185,7 +187,7 @@ def _evaluate_panoptica(pred: Path, ref: Path, profile: str | None, output: Path
     from bratslab.evaluate.report import summary_path
 
     try:
-        result = evaluate_folder_panoptica(pred, ref, profile or "gli", output)
+        result = evaluate_folder_panoptica(pred, ref, profile or "gli", output, workers=workers)
     except MissingExtraError as e:
         _fail(str(e), 2)
     except (FileNotFoundError, ValueError) as e:
