@@ -337,6 +337,7 @@ def show_fingerprint(store, console=None) -> None:
         f"[bold]{store.path}[/bold]  {len(store)} cases ({len(labeled)} labelled), "
         f"channels {', '.join(store.channels)}, dtype {m['dtype']}"
     )
+    con.print(f"profile {store.profile.name}: {store.profile.description}")
     if m.get("quarantined"):
         con.print(f"quarantined: {', '.join(m['quarantined'])}")
     if not fp.get("num_cases"):

@@ -115,6 +115,8 @@ def test_store_records_the_profile(cases, tmp_path):
     assert store.manifest["profile"] == "brats2024-gli" and store.profile.rc_label == 4
     assert store.case(GLI)["profile"] == "brats2024-gli"
     assert set(np.unique(store.load_y(GLI)).tolist()) == {0, 1, 2, 3, 4}
+    shown = CliRunner().invoke(app, ["data", "fingerprint", str(tmp_path / "store")])
+    assert shown.exit_code == 0 and "profile brats2024-gli" in shown.output
     # a store written before profiles existed reads as the 2023 profile
     manifest = json.loads((tmp_path / "store" / "dataset.json").read_text())
     del manifest["profile"]
