@@ -85,6 +85,13 @@ def synth(
         "(BraTS-Africa-like: scanner gain, bias field, Rician noise, 3 mm slices, textured "
         "tumours, dim enhancement, satellite lesions).",
     ),
+    profile: str | None = typer.Option(
+        None,
+        "--profile",
+        help="brats2024-gli (alias gli-post): post-treatment glioma cases with a resection "
+        "cavity (labels NETC 1, SNFH 2, ET 3, RC 4; 2023 names, timepoint 100). Default: "
+        "--layout's convention.",
+    ),
 ) -> None:
     """Write a synthetic BraTS-like dataset: brain phantom, 4 contrasts, nested tumours."""
     from bratslab.data.synth import synthesize_dataset
@@ -94,6 +101,9 @@ def synth(
     try:
         if min(spacing) <= 0:
             raise ValueError(f"spacing must be positive, not {list(spacing)}")
+        if profile is not None:
+            _synth_profile(out, cases, profile, seed, shape, spacing, unlabeled, shift.value)
+            return
         folders = synthesize_dataset(
             out,
             cases,
@@ -108,6 +118,23 @@ def synth(
     except ValueError as e:
         _fail(str(e))
     typer.echo(f"wrote {len(folders)} {layout.value} cases to {out}")
+
+
+def _synth_profile(out, cases, profile, seed, shape, spacing, unlabeled, shift) -> None:
+    """``data synth --profile``: only the post-treatment profile adds something (RC)."""
+    from bratslab.data.profiles import get_profile
+    from bratslab.data.synth_post import synthesize_post_treatment
+
+    name = get_profile(profile).name
+    if name != "brats2024-gli":
+        raise ValueError(
+            f"--profile {profile}: synth writes brats2024-gli (post-treatment) cases; use "
+            "--layout for the 2021/2023 conventions"
+        )
+    folders = synthesize_post_treatment(
+        out, cases, seed, shape, spacing=spacing, unlabeled=unlabeled, shift=shift
+    )
+    typer.echo(f"wrote {len(folders)} {name} cases to {out}")
 
 
 def _print_failures(failures) -> None:

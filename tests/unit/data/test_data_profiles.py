@@ -169,3 +169,40 @@ def test_regions_rebuild_the_label_map(name):
     np.testing.assert_array_equal(rebuild_profile_labels(regions, prof), labels)
     with pytest.raises(ValueError, match="expected"):
         rebuild_profile_labels(regions[:1], prof)
+
+
+def test_synth_post_treatment_cases_validate_and_preprocess(tmp_path):
+    raw = tmp_path / "raw"
+    runner = CliRunner()
+    res = runner.invoke(
+        app,
+        [
+            "data",
+            "synth",
+            str(raw),
+            "-n",
+            "2",
+            "--shape",
+            "48",
+            "48",
+            "32",
+            "--profile",
+            "gli-post",
+        ],  # fmt: skip
+    )
+    assert res.exit_code == 0, res.output
+    seg_path = raw / "BraTS-GLI-00000-100" / "BraTS-GLI-00000-100-seg.nii.gz"
+    seg = np.asarray(nib.load(seg_path).dataobj)
+    assert set(np.unique(seg).tolist()) >= {0, 2, 4}
+    t2w = np.asarray(nib.load(seg_path.with_name("BraTS-GLI-00000-100-t2w.nii.gz")).dataobj)
+    t1n = np.asarray(nib.load(seg_path.with_name("BraTS-GLI-00000-100-t1n.nii.gz")).dataobj)
+    brain = t1n > 0
+    assert t2w[seg == 4].mean() > t2w[brain & (seg == 0)].mean()  # fluid: bright in T2
+    assert t1n[seg == 4].mean() < t1n[brain & (seg == 0)].mean()  # and dark in T1
+    res = runner.invoke(app, ["data", "validate", str(raw)])
+    assert res.exit_code == 0, res.output
+    cfg = PreprocessConfig(min_size=(0, 0, 0), num_folds=2)
+    run_preprocess(raw, tmp_path / "store", cfg, use_ray=False, progress=False)
+    assert Store(tmp_path / "store").profile.name == "brats2024-gli"
+    res = runner.invoke(app, ["data", "synth", str(tmp_path / "x"), "--profile", "ped"])
+    assert res.exit_code == 2 and "brats2024-gli" in res.output
