@@ -206,3 +206,14 @@ def test_synth_post_treatment_cases_validate_and_preprocess(tmp_path):
     assert Store(tmp_path / "store").profile.name == "brats2024-gli"
     res = runner.invoke(app, ["data", "synth", str(tmp_path / "x"), "--profile", "ped"])
     assert res.exit_code == 2 and "brats2024-gli" in res.output
+
+
+def test_training_targets_leave_rc_out_of_wt():
+    import torch
+
+    from bratslab.train.losses import labels_to_region_targets
+
+    y = torch.tensor([0, 1, 2, 3, 4], dtype=torch.uint8).reshape(1, 1, 5, 1, 1)
+    wt, tc, et = labels_to_region_targets(y)[0, :, :, 0, 0]
+    assert wt.tolist() == [0, 1, 1, 1, 0] and tc.tolist() == [0, 1, 0, 1, 0]
+    np.testing.assert_array_equal(labels_to_regions(y.numpy()[0])[0][:, 0, 0], wt.numpy() > 0)
