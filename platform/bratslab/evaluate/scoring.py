@@ -143,6 +143,12 @@ def score_case(
         pred_r, ref_r = profile_regions(pred, prof, pred_path), profile_regions(ref, prof, ref_path)
         regions = tuple(prof.regions)
         return score_regions(pred_r, ref_r, spacing, challenge, nsd_tolerance_mm, case, regions)
+    if (ref == 3).any() and (ref == 4).any():  # no 2021/2023 convention has both
+        raise CaseError(
+            ref_path,
+            "holds labels 3 and 4: post-treatment glioma (ET 3, RC 4)? give --profile "
+            "brats2024-gli to score its regions",
+        )
     return score_regions(
         source_regions(pred), source_regions(ref), spacing, challenge, nsd_tolerance_mm, case
     )

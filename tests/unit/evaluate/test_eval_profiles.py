@@ -99,3 +99,10 @@ def test_cli_writes_the_profile_regions(tmp_path):
         ],  # fmt: skip
     )
     assert res.exit_code == 1 and "outside the brats2023-gli convention" in res.output
+
+
+def test_without_a_profile_rc_is_never_read_as_et(tmp_path):
+    pred_dir, ref_dir = _folders(tmp_path)
+    result = evaluate_folder(pred_dir, ref_dir, progress=False)
+    assert result.rows == [] and len(result.failures) == 2
+    assert all("give --profile brats2024-gli" in f["reason"] for f in result.failures)
