@@ -25,7 +25,7 @@ PROFILE_HELP = (
     "Challenge profile: the labels and the regions scored (`bratslab data profiles` lists them; "
     "e.g. gli = BraTS 2024+ post-treatment glioma with RC). brats2023 metric: also its d and T, "
     "instead of --challenge; default WT/TC/ET of either 2021/2023 convention. panoptica metric: "
-    "default gli."
+    "default from the reference names (2021 → brats2021, BraTS-GLI → brats2024-gli, ...)."
 )
 
 
@@ -187,7 +187,7 @@ def _evaluate_panoptica(
     from bratslab.evaluate.report import summary_path
 
     try:
-        result = evaluate_folder_panoptica(pred, ref, profile or "gli", output, workers=workers)
+        result = evaluate_folder_panoptica(pred, ref, profile, output, workers=workers)
     except MissingExtraError as e:
         _fail(str(e), 2)
     except (FileNotFoundError, ValueError) as e:

@@ -137,10 +137,38 @@ def rows_to_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+# Without --profile, by the references' cohort: the profile whose labels read them right
+# (2024+ GLI and 2025 MET add RC = 4 to the 2023 labels; 2023 and 2024 PED differ entirely).
+_BY_COHORT = {"GLI": "brats2024-gli", "SSA": "brats2023-ssa", "MEN": "brats2023-men",
+              "MET": "brats2025-met"}  # fmt: skip
+
+
+def default_profile(refs: list) -> str:
+    """The profile to score reference cases (:class:`RawCase`) in when none is given.
+
+    Raises:
+        ValueError: the names do not decide it (the message says to give ``--profile``).
+    """
+    names = set()
+    for c in refs:
+        if c.profile is not None:  # an nnU-Net dataset's, or detected
+            names.add(c.profile)
+        elif c.layout == "brats2021":
+            names.add("brats2021")
+        else:
+            names.add(_BY_COHORT.get(c.cohort or "GLI", ""))
+    if len(names) != 1 or "" in names:
+        raise ValueError(
+            "the reference names do not tell which challenge profile to score; give --profile "
+            "(`bratslab data profiles` lists them)"
+        )
+    return names.pop()
+
+
 def evaluate_folder_panoptica(
     pred_dir: str | Path,
     ref_dir: str | Path,
-    profile: str | Profile,
+    profile: str | Profile | None,
     output: str | Path | None = None,
     *,
     progress: bool = True,
@@ -148,7 +176,8 @@ def evaluate_folder_panoptica(
 ) -> PanopticaResult:
     """Score ``PRED/{case}.nii.gz`` against every labelled case under ``ref_dir``.
 
-    With ``output``: the CSV there and ``<stem>.summary.json`` beside it. ``workers`` > 1
+    ``profile``: None picks one from the reference names (:func:`default_profile`). With
+    ``output``: the CSV there and ``<stem>.summary.json`` beside it. ``workers`` > 1
     scores cases in parallel processes (a 240×240×155 case takes seconds).
 
     Raises:
@@ -159,12 +188,12 @@ def evaluate_folder_panoptica(
     from bratslab.evaluate.panoptica_metric import build_evaluator
     from bratslab.evaluate.report import check_output_files, progress_bar, summary_path
 
-    prof = get_profile(profile)
-    build_evaluator(prof)  # fail fast when the extra is missing
     if output is not None:
         output = Path(output)
         check_output_files(output, summary_path(output))
     pred_dir, refs = paired_folders(pred_dir, ref_dir, "score against")
+    prof = get_profile(profile or default_profile(refs))
+    build_evaluator(prof)  # fail fast when the extra is missing
     rows: list[dict] = []
     missing: list[str] = []
     failures: list[dict[str, str]] = []

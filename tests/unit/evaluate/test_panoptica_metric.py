@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -245,3 +246,30 @@ def test_missing_extra_is_named(monkeypatch):
             panoptica_metric.build_evaluator("gli")
     finally:
         panoptica_metric._build_evaluator.cache_clear()
+
+
+def test_default_profile_follows_the_reference_names(tmp_path):
+    from bratslab.data.layout import discover_cases
+    from bratslab.evaluate.panoptica_scoring import default_profile, evaluate_folder_panoptica
+
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    pred_dir.mkdir()
+    ref = np.zeros(SHAPE, np.uint8)
+    ref[4:12, 4:12, 4:10] = 2
+    ref[6:10, 6:10, 5:9] = 4  # BraTS 2021: 4 is ET, not RC
+    cid = "BraTS2021_00001"
+    (ref_dir / cid).mkdir(parents=True)
+    for m in ("t1", "t1ce", "t2", "flair"):
+        image = nib.Nifti1Image(np.ones(SHAPE, np.int16), np.eye(4))
+        nib.save(image, ref_dir / cid / f"{cid}_{m}.nii.gz")
+    nib.save(nib.Nifti1Image(ref, np.eye(4)), ref_dir / cid / f"{cid}_seg.nii.gz")
+    nib.save(nib.Nifti1Image(ref, np.eye(4)), pred_dir / f"{cid}.nii.gz")
+    assert default_profile(discover_cases(ref_dir)) == "brats2021"
+    result = evaluate_folder_panoptica(pred_dir, ref_dir, None, progress=False)
+    et = next(r for r in result.rows if r["region"] == "et")
+    assert result.summary["profile"] == "brats2021" and et["tp"] == 1 and et["sq_dsc"] == 1.0
+    peds = [
+        dataclasses.replace(c, cohort="PED", layout="brats2023") for c in discover_cases(ref_dir)
+    ]
+    with pytest.raises(ValueError, match="give --profile"):
+        default_profile(peds)
