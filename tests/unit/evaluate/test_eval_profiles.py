@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import nibabel as nib
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from bratslab.cli import app
@@ -106,3 +108,20 @@ def test_without_a_profile_rc_is_never_read_as_et(tmp_path):
     result = evaluate_folder(pred_dir, ref_dir, progress=False)
     assert result.rows == [] and len(result.failures) == 2
     assert all("give --profile brats2024-gli" in f["reason"] for f in result.failures)
+
+
+def test_missing_extra_is_named(monkeypatch, tmp_path):
+    # Runs without panoptica installed too: the error must name the extra to install.
+    from bratslab.evaluate import panoptica_metric
+
+    panoptica_metric._build_evaluator.cache_clear()
+    monkeypatch.setitem(sys.modules, "panoptica", None)  # as if not installed
+    try:
+        with pytest.raises(panoptica_metric.MissingExtraError, match=r"bratslab\[panoptica\]"):
+            panoptica_metric.build_evaluator("gli")
+        pred_dir, ref_dir = _folders(tmp_path)
+        args = ["evaluate", "--pred", str(pred_dir), "--ref", str(ref_dir), "--metric", "panoptica"]
+        res = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "m.csv")])
+        assert res.exit_code == 2 and "pip install 'bratslab[panoptica]'" in res.output
+    finally:
+        panoptica_metric._build_evaluator.cache_clear()

@@ -234,20 +234,6 @@ def test_evaluate_cli_panoptica_writes_every_region(tmp_path):
     assert summary["regions"]["rc"]["global_bin_hd95"]["mean"] <= 373.0
 
 
-def test_missing_extra_is_named(monkeypatch):
-    import sys
-
-    from bratslab.evaluate import panoptica_metric
-
-    panoptica_metric._build_evaluator.cache_clear()
-    monkeypatch.setitem(sys.modules, "panoptica", None)  # as if not installed
-    try:
-        with pytest.raises(panoptica_metric.MissingExtraError, match=r"bratslab\[panoptica\]"):
-            panoptica_metric.build_evaluator("gli")
-    finally:
-        panoptica_metric._build_evaluator.cache_clear()
-
-
 def test_default_profile_follows_the_reference_names(tmp_path):
     from bratslab.data.layout import discover_cases
     from bratslab.evaluate.panoptica_scoring import default_profile, evaluate_folder_panoptica
