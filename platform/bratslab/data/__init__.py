@@ -3,6 +3,9 @@
 Modules, in pipeline order:
 
 * :mod:`~bratslab.data.layout` — case discovery, BraTS 2021 / 2023+ naming, modality synonyms;
+* :mod:`~bratslab.data.nnunet` — nnU-Net raw datasets (``dataset.json``, ``splits_final.json``);
+* :mod:`~bratslab.data.profiles` — challenge profiles: labels, regions, lesion-wise settings;
+* :mod:`~bratslab.data.conventions` — which profile a case's labels are in (detection);
 * :mod:`~bratslab.data.synth` — synthetic BraTS-like datasets for demos and tests;
 * :mod:`~bratslab.data.nifti` — the guarded NIfTI-1 loader (header first, bounded reads);
 * :mod:`~bratslab.data.validate` — case checks on top of ``nifti.load_nifti``;

@@ -25,6 +25,13 @@ data_app = typer.Typer(
 )
 
 
+PROFILE_HELP = (
+    "Challenge profile the segmentations are in (`bratslab data profiles` lists them), e.g. "
+    "brats2024-gli for post-treatment glioma with RC = 4. Default: detected from file names and "
+    "label values; an ambiguous label 4 is an error naming both readings."
+)
+
+
 class LayoutChoice(str, Enum):
     brats2023 = "brats2023"
     brats2021 = "brats2021"
@@ -78,6 +85,13 @@ def synth(
         "(BraTS-Africa-like: scanner gain, bias field, Rician noise, 3 mm slices, textured "
         "tumours, dim enhancement, satellite lesions).",
     ),
+    profile: str | None = typer.Option(
+        None,
+        "--profile",
+        help="brats2024-gli (alias gli-post): post-treatment glioma cases with a resection "
+        "cavity (labels NETC 1, SNFH 2, ET 3, RC 4; 2023 names, timepoint 100). Default: "
+        "--layout's convention.",
+    ),
 ) -> None:
     """Write a synthetic BraTS-like dataset: brain phantom, 4 contrasts, nested tumours."""
     from bratslab.data.synth import synthesize_dataset
@@ -87,6 +101,9 @@ def synth(
     try:
         if min(spacing) <= 0:
             raise ValueError(f"spacing must be positive, not {list(spacing)}")
+        if profile is not None:
+            _synth_profile(out, cases, profile, seed, shape, spacing, unlabeled, shift.value)
+            return
         folders = synthesize_dataset(
             out,
             cases,
@@ -101,6 +118,23 @@ def synth(
     except ValueError as e:
         _fail(str(e))
     typer.echo(f"wrote {len(folders)} {layout.value} cases to {out}")
+
+
+def _synth_profile(out, cases, profile, seed, shape, spacing, unlabeled, shift) -> None:
+    """``data synth --profile``: only the post-treatment profile adds something (RC)."""
+    from bratslab.data.profiles import get_profile
+    from bratslab.data.synth_post import synthesize_post_treatment
+
+    name = get_profile(profile).name
+    if name != "brats2024-gli":
+        raise ValueError(
+            f"--profile {profile}: synth writes brats2024-gli (post-treatment) cases; use "
+            "--layout for the 2021/2023 conventions"
+        )
+    folders = synthesize_post_treatment(
+        out, cases, seed, shape, spacing=spacing, unlabeled=unlabeled, shift=shift
+    )
+    typer.echo(f"wrote {len(folders)} {name} cases to {out}")
 
 
 def _print_failures(failures) -> None:
@@ -131,7 +165,9 @@ def validation_report(raw: Path, cases, failures) -> dict:
 
 @data_app.command("validate", epilog=EXIT_DOC)
 def validate(
-    raw: Path = typer.Argument(..., help="Raw dataset folder (BraTS 2021 or 2023+ layout)."),
+    raw: Path = typer.Argument(
+        ..., help="Raw dataset folder (BraTS 2021, 2023+ or an nnU-Net raw DatasetXXX_Name)."
+    ),
     failures_json: Path | None = typer.Option(
         None, "--failures", help="Also write the failures to this JSON file."
     ),
@@ -141,16 +177,23 @@ def validate(
         help="Print a JSON report on stdout (total, ok, ok_cases, quarantined, failures) "
         "instead of the summary and table; the exit status is the same.",
     ),
+    profile: str | None = typer.Option(None, "--profile", help=PROFILE_HELP),
 ) -> None:
     """Check every case (files, gzip CRC, header, shapes, affines, NaN/Inf, labels)."""
+    import dataclasses
+
     from rich.progress import track
 
     from bratslab import atomic
     from bratslab.data.layout import discover_cases
+    from bratslab.data.profiles import get_profile
     from bratslab.data.validate import load_case
 
     try:
-        cases = discover_cases(raw)
+        name = get_profile(profile).name if profile else None
+        cases = discover_cases(raw, name)
+        if name:
+            cases = [dataclasses.replace(c, profile=name) for c in cases]
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
     if not cases:
@@ -174,7 +217,9 @@ def validate(
 
 @data_app.command("preprocess", epilog=EXIT_DOC)
 def preprocess(
-    raw: Path = typer.Argument(..., help="Raw dataset folder (BraTS 2021 or 2023+ layout)."),
+    raw: Path = typer.Argument(
+        ..., help="Raw dataset folder (BraTS 2021, 2023+ or an nnU-Net raw DatasetXXX_Name)."
+    ),
     out: str = typer.Argument(
         ...,
         help="Store folder to write (created; reruns resume), or s3://bucket/prefix: built in "
@@ -207,6 +252,13 @@ def preprocess(
         None, "--config", help="YAML PreprocessConfig; options given on the command line win."
     ),
     no_ray: bool = typer.Option(False, "--no-ray", help="Run in this process, without Ray."),
+    profile: str | None = typer.Option(None, "--profile", help=PROFILE_HELP),
+    splits: Path | None = typer.Option(
+        None,
+        "--splits",
+        help="nnU-Net splits_final.json (nnUNet_preprocessed/DatasetXXX/): the store's folds "
+        "become exactly these.",
+    ),
 ) -> None:
     """Validate and preprocess every case into {id}_x/_y/_meta files + dataset.json (on Ray)."""
     from bratslab.config import ConfigError, load_yaml, validate
@@ -243,7 +295,15 @@ def preprocess(
     except ConfigError as e:
         _fail(str(e))
     try:
-        report = run_preprocess(raw, target, cfg, workers, use_ray=not no_ray and workers > 0)
+        report = run_preprocess(
+            raw,
+            target,
+            cfg,
+            workers,
+            use_ray=not no_ray and workers > 0,
+            profile=profile,
+            splits=splits,
+        )
     except (ValueError, ConfigError) as e:
         _fail(str(e))
     except OSError as e:  # the object store refused or is unreachable (s3:// output)
@@ -263,6 +323,34 @@ def preprocess(
     raise typer.Exit(report.exit_code)
 
 
+@data_app.command("profiles")
+def profiles(
+    as_json: bool = typer.Option(False, "--json", help="Print the profiles as JSON."),
+) -> None:
+    """List the challenge profiles: labels, regions, lesion-wise metric settings."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from bratslab.data.profiles import PROFILES
+
+    if as_json:
+        typer.echo(json.dumps([p.model_dump(mode="json") for p in PROFILES.values()], indent=2))
+        return
+    table = Table(title="challenge profiles (--profile NAME or alias)")
+    for col in ("name", "aliases", "labels", "regions", "lesion-wise (default; brats2023 d, T)"):
+        table.add_column(col, overflow="fold")
+    for p in PROFILES.values():
+        lw = p.lesionwise
+        table.add_row(
+            p.name,
+            ", ".join(p.aliases),
+            ", ".join(f"{v} {n}" for v, n in sorted(p.labels.items())),
+            ", ".join(f"{r.upper()}={{{','.join(map(str, ls))}}}" for r, ls in p.regions.items()),
+            f"{lw.family}; d={lw.dilation}, T={lw.min_size_mm3:g} mm³",
+        )
+    Console().print(table)
+
+
 def show_fingerprint(store, console=None) -> None:
     """Print a store's cases, fingerprint, patch size and folds readably (also used by demo)."""
     from rich.console import Console
@@ -276,6 +364,7 @@ def show_fingerprint(store, console=None) -> None:
         f"[bold]{store.path}[/bold]  {len(store)} cases ({len(labeled)} labelled), "
         f"channels {', '.join(store.channels)}, dtype {m['dtype']}"
     )
+    con.print(f"profile {store.profile.name}: {store.profile.description}")
     if m.get("quarantined"):
         con.print(f"quarantined: {', '.join(m['quarantined'])}")
     if not fp.get("num_cases"):

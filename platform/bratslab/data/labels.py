@@ -45,7 +45,8 @@ def labels_to_regions(labels: np.ndarray) -> np.ndarray:
     """
     if labels.ndim == 4 and labels.shape[0] == 1:
         labels = labels[0]
-    wt = labels > 0
+    # Not ``labels > 0``: a post-treatment store also holds RC = 4, which lies outside WT.
+    wt = (labels > 0) & (labels <= STORE_ET)
     tc = (labels == 1) | (labels == STORE_ET)
     et = labels == STORE_ET
     return np.stack([wt, tc, et])
@@ -89,3 +90,32 @@ def probabilities_to_labels(
     if output == "regions":
         return regions_to_labels(probs >= threshold, et_label=et_label)
     return from_store_labels(np.argmax(probs, axis=0).astype(np.uint8), et_label)
+
+
+def profile_regions(
+    labels: np.ndarray, profile, names: tuple[str, ...] | None = None
+) -> np.ndarray:
+    """Labels ``(X, Y, Z)`` in a profile's source convention → bool ``(R, X, Y, Z)``.
+
+    ``profile``: a :class:`~bratslab.data.profiles.Profile`; ``names``: the regions to build
+    (default: the regions its ``rebuild`` paints, i.e. what a region model of the profile
+    outputs, e.g. WT, TC, ET, RC for post-treatment glioma).
+    """
+    names = names or tuple(r for r, _ in profile.rebuild)
+    return np.stack([np.isin(labels, profile.regions[r]) for r in names])
+
+
+def rebuild_profile_labels(regions: np.ndarray, profile) -> np.ndarray:
+    """Bool/0-1 ``(R, X, Y, Z)`` in the order of ``profile.rebuild`` → labels ``(X, Y, Z)`` uint8
+    in the profile's source convention: each region painted with its label in that order, later
+    ones winning (nnU-Net's ``regions_class_order``; for WT/TC/ET: WT∖TC → ED, TC∖ET → NCR,
+    ET → ET, as :func:`regions_to_labels`)."""
+    if len(regions) != len(profile.rebuild):
+        raise ValueError(
+            f"{profile.name}: expected {len(profile.rebuild)} regions "
+            f"({', '.join(r for r, _ in profile.rebuild)}), got {len(regions)}"
+        )
+    out = np.zeros(np.shape(regions[0]), dtype=np.uint8)
+    for mask, (_, label) in zip(regions, profile.rebuild, strict=True):
+        out[np.asarray(mask, dtype=bool)] = label
+    return out

@@ -74,6 +74,11 @@ class RawCase:
         cohort: ``GLI``/``SSA``/``PED``/``MEN``/``MET``/... when the name tells, else None.
         problems: ``(file, reason)`` found during discovery (missing or duplicated modality);
             validation turns them into failures.
+        profile: the challenge profile (:mod:`bratslab.data.profiles`) the case is read in:
+            given by the user (``--profile``) or detected from its labels (RC); None: the
+            BraTS 2021/2023 convention its layout names.
+        relabel: source label value → profile value, applied when the seg is read (nnU-Net
+            datasets, whose BraTS values are 1 = ED, 2 = NCR, 3 = ET); None: values as they are.
     """
 
     id: str
@@ -83,6 +88,8 @@ class RawCase:
     et_label: int
     cohort: str | None = None
     problems: list[tuple[str, str]] = field(default_factory=list)
+    profile: str | None = None
+    relabel: dict[int, int] | None = None
 
     @property
     def has_label(self) -> bool:
@@ -105,6 +112,8 @@ class RawCase:
             "et_label": self.et_label,
             "cohort": self.cohort,
             "problems": [list(p) for p in self.problems],
+            "profile": self.profile,
+            "relabel": {str(k): v for k, v in self.relabel.items()} if self.relabel else None,
         }
 
     @classmethod
@@ -117,6 +126,8 @@ class RawCase:
             et_label=int(d["et_label"]),
             cohort=d.get("cohort"),
             problems=[tuple(p) for p in d.get("problems", [])],
+            profile=d.get("profile"),
+            relabel={int(k): int(v) for k, v in d["relabel"].items()} if d.get("relabel") else None,
         )
 
 
@@ -160,7 +171,7 @@ def detect_layout(case_id: str, tokens: set[str]) -> tuple[Layout, str | None]:
     return "brats2023", None
 
 
-def discover_cases(raw_dir: str | Path) -> list[RawCase]:
+def discover_cases(raw_dir: str | Path, profile: str | None = None) -> list[RawCase]:
     """Find every case under ``raw_dir`` (recursively), sorted by id.
 
     Files are grouped per folder by the prefix left after removing the modality suffix, so both
@@ -168,12 +179,20 @@ def discover_cases(raw_dir: str | Path) -> list[RawCase]:
 
     A case id found in two folders becomes a problem of that case (it is quarantined).
 
+    An nnU-Net raw dataset (``dataset.json`` + ``imagesTr/``) is read by
+    :func:`bratslab.data.nnunet.discover_nnunet` instead (its labels mapped to ``profile``'s).
+
     Raises:
         FileNotFoundError: ``raw_dir`` does not exist.
+        ValueError: a malformed nnU-Net ``dataset.json`` (the message names the problem).
     """
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
         raise FileNotFoundError(f"{raw_dir}: no such folder")
+    from bratslab.data import nnunet  # imports this module: loaded on use
+
+    if nnunet.is_nnunet_raw(raw_dir):
+        return nnunet.discover_nnunet(raw_dir, profile)
     groups: dict[tuple[Path, str], list[tuple[str, str, Path]]] = defaultdict(list)
     for path in sorted(raw_dir.rglob("*")):
         if not path.is_file() or path.name.startswith("."):

@@ -31,6 +31,11 @@ class CaseMeta(BaseModel):
     layout: str = Field(description="Source layout: brats2021 or brats2023.")
     cohort: str | None = Field(default=None, description="GLI/SSA/PED/MEN/MET when known.")
     et_label: int = Field(description="ET label in the source convention (3 or 4).")
+    profile: str | None = Field(
+        default=None,
+        description="Challenge profile the seg was read in (None: the layout's 2021/2023 "
+        "convention); its store labels are the profile's own values unless 2021/2023.",
+    )
     has_label: bool = Field(description="Whether {id}_y.npy exists (the case had a seg).")
     original_shape: list[int] = Field(description="Source volume shape (X0, Y0, Z0), voxels.")
     bbox_start: list[int] = Field(description="Crop box start in source voxels (inclusive).")

@@ -20,6 +20,7 @@ from bratslab.data.config import PreprocessConfig
 from bratslab.data.labels import to_store_labels
 from bratslab.data.layout import RawCase
 from bratslab.data.meta import META_FORMAT, CaseMeta, restore_to_source, to_store_space
+from bratslab.data.profiles import get_profile
 from bratslab.data.validate import Failure, LoadedCase, load_case
 
 __all__ = [
@@ -160,8 +161,13 @@ def _store_labels(loaded: LoadedCase, box: tuple, inner: tuple, target: list[int
         return None, {}
     case = loaded.case
     y = np.zeros((1, *target), dtype=np.uint8)
-    y[(0, *inner)] = to_store_labels(loaded.seg[box], case.et_label)
     counts = loaded.label_counts
+    prof = get_profile(case.profile) if case.profile else None
+    if prof is not None and not prof.legacy_labels:
+        # 2024+ profiles (RC, paediatric CC, ...): the store keeps the profile's own values.
+        y[(0, *inner)] = loaded.seg[box]
+        return y, {str(v): int(counts[v]) if v < len(counts) else 0 for v in sorted(prof.labels)}
+    y[(0, *inner)] = to_store_labels(loaded.seg[box], case.et_label)
     label_voxels = {"1": int(counts[1]), "2": int(counts[2]), "3": int(counts[case.et_label])}
     return y, label_voxels
 
@@ -222,6 +228,7 @@ def preprocess_loaded(
         layout=case.layout,
         cohort=case.cohort,
         et_label=case.et_label,
+        profile=case.profile,
         has_label=y is not None,
         original_shape=src_shape,
         bbox_start=list(start),
@@ -326,6 +333,8 @@ def outputs_complete(
         return None
     if meta.preprocess_hash != cfg.content_hash():
         return None
+    if case.profile is not None and meta.profile != case.profile:
+        return None  # read in another profile before: redo
     if {k: v["sha256"] for k, v in meta.files.items()} != hashes:
         return None
     if {k: v["path"] for k, v in meta.files.items()} != {

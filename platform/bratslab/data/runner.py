@@ -16,6 +16,7 @@ as they are made (skipping a case the bucket already holds), and the driver uplo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -34,6 +35,7 @@ from bratslab.data.preprocess import (
     preprocess_case,
     write_case,
 )
+from bratslab.data.profiles import get_profile
 from bratslab.data.remote import cache_dir, is_remote, parse_uri, upload_group, upload_manifest
 from bratslab.data.store import FAILURES, build_manifest, case_digests, write_manifest
 from bratslab.data.validate import Failure, file_hashes
@@ -191,6 +193,8 @@ def run_preprocess(
     use_ray: bool = True,
     progress: bool = True,
     on_result: Callable[[dict], None] | None = None,
+    profile: str | None = None,
+    splits: str | Path | None = None,
 ) -> RunReport:
     """Preprocess every case under ``raw`` into the store ``out``.
 
@@ -203,6 +207,9 @@ def run_preprocess(
         use_ray: False (or ``workers == 0``) processes in this process, one case at a time.
         progress: show a rich progress bar on stderr.
         on_result: called with each case's result dict as it arrives.
+        profile: challenge profile every case is read in (name or alias, see
+            :mod:`bratslab.data.profiles`); None: detected per case from names and labels.
+        splits: nnU-Net ``splits_final.json`` whose folds become the store's, exactly.
 
     Returns:
         :class:`RunReport`; ``OUT/dataset.json`` and ``OUT/failures.json`` are written.
@@ -219,7 +226,10 @@ def run_preprocess(
     swept = atomic.remove_stale_temps(out)
     if swept:
         log.info("removed %d temp files left by an interrupted run", swept)
-    cases = discover_cases(raw)
+    if profile is not None:
+        profile = get_profile(profile).name  # an unknown name fails before any work
+    cases = _with_profile(discover_cases(raw, profile), profile)
+    folds = _read_splits(splits, cases)
     report = RunReport(out=out, uri=uri)
     if not cases:
         results: Iterable[dict] = iter(())
@@ -230,7 +240,7 @@ def run_preprocess(
     metas, files = _collect(results, report, len(cases), progress, on_result)
 
     report.failures.sort(key=lambda f: (f.case, f.file, f.reason))
-    report.manifest = build_manifest(metas, cfg, report.quarantined, files)
+    report.manifest = build_manifest(metas, cfg, report.quarantined, files, profile, folds)
     write_manifest(out, report.manifest)
     _write_if_changed(out / FAILURES, [f.to_dict() for f in report.failures])
     if uri:
@@ -239,6 +249,31 @@ def run_preprocess(
     report.skipped.sort()
     report.wall_s = time.perf_counter() - t0
     return report
+
+
+def _with_profile(cases: list[RawCase], profile: str | None) -> list[RawCase]:
+    """Every case read in ``profile`` (its own, e.g. an nnU-Net dataset's, when None)."""
+    if profile is None:
+        return cases
+    return [dataclasses.replace(c, profile=profile) for c in cases]
+
+
+def _read_splits(splits: str | Path | None, cases: list[RawCase]) -> list[dict] | None:
+    """The folds of ``splits`` (nnU-Net ``splits_final.json``), checked against the cases.
+
+    Raises:
+        ValueError: unreadable splits, or ids that are no case of the dataset.
+    """
+    if splits is None:
+        return None
+    from bratslab.data.nnunet import read_splits
+
+    folds = read_splits(splits)
+    unknown = sorted({i for f in folds for i in f["train"] + f["val"]} - {c.id for c in cases})
+    if unknown:
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise ValueError(f"{splits}: ids {unknown[:5]}{more} are no case of the dataset")
+    return folds
 
 
 def _collect(

@@ -5,7 +5,9 @@ Layout::
     STORE/dataset.json     manifest, fingerprint, patch size, folds, preprocessing, and
                            "files": {name: {"sha256", "size"}} of every case file below
     STORE/{id}_x.npy       (C, X, Y, Z) float16|float32: t1n, t1c, t2w, t2f, foreground mask
-    STORE/{id}_y.npy       (1, X, Y, Z) uint8 labels {0,1,2,3} (ET=3); only cases with a seg
+    STORE/{id}_y.npy       (1, X, Y, Z) uint8 labels {0,1,2,3} (ET=3) for BraTS 2021/2023
+                           data, the profile's own values for 2024+ profiles (RC = 4, ...);
+                           only cases with a seg
     STORE/{id}_meta.npy    (3, 3) int64 [bbox start, bbox end (exclusive), original shape]
     STORE/{id}_meta.json   CaseMeta: everything needed to restore predictions exactly
     STORE/failures.json    [{"case", "file", "reason"}, ...] quarantined cases of the last run
@@ -16,6 +18,7 @@ synced into a node-local folder that way, see :mod:`bratslab.data.remote`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from functools import cached_property
 from pathlib import Path
@@ -32,6 +35,7 @@ from bratslab.data.fingerprint import (
     suggest_patch_size,
 )
 from bratslab.data.meta import CaseMeta
+from bratslab.data.profiles import DEFAULT_PROFILE, Profile, get_profile, legacy_profile
 from bratslab.data.remote import sha256_file
 
 STORE_FORMAT = "bratslab-store/1"
@@ -44,11 +48,16 @@ def build_manifest(
     cfg: PreprocessConfig,
     quarantined: list[str] | None = None,
     files: dict[str, dict] | None = None,
+    profile: str | None = None,
+    folds: list[dict] | None = None,
 ) -> dict:
     """The ``dataset.json`` content for these cases (deterministic: sorted, no timestamps).
 
     ``files``: ``{file name: {"sha256", "size"}}`` of the cases' files (:func:`case_digests`),
-    listed under ``"files"`` when given.
+    listed under ``"files"`` when given. ``profile``: the challenge profile the user gave;
+    without one it is :func:`dataset_profile` of the cases. ``folds``: given folds (nnU-Net's
+    ``splits_final.json``) instead of the seeded split; ids of cases not in the store (e.g.
+    quarantined) are left out of them.
     """
     metas = sorted(metas, key=lambda m: m.id)
     fp = compute_fingerprint(metas)
@@ -63,7 +72,15 @@ def build_manifest(
         if metas
         else None
     )
-    folds = make_folds(labeled, cfg.num_folds, cfg.split_seed)
+    fp_hash = fingerprint_hash(fp, cfg, [m.id for m in metas])
+    if folds is None:
+        folds = make_folds(labeled, cfg.num_folds, cfg.split_seed)
+    else:
+        keep = set(labeled)
+        folds = [{k: sorted(i for i in f[k] if i in keep) for k in ("train", "val")} for f in folds]
+        # The folds are part of what a model trained on this store saw.
+        blob = json.dumps(folds, sort_keys=True).encode()
+        fp_hash = hashlib.sha256(fp_hash.encode() + blob).hexdigest()
     return {
         "format": STORE_FORMAT,
         "channels": cfg.channels,
@@ -80,18 +97,35 @@ def build_manifest(
                 "layout": m.layout,
                 "cohort": m.cohort,
                 "et_label": m.et_label,
+                "profile": m.profile,
             }
             for m in metas
         ],
+        "profile": profile or dataset_profile(metas),
         "quarantined": sorted(quarantined or []),
         "fingerprint": fp,
-        "fingerprint_hash": fingerprint_hash(fp, cfg, [m.id for m in metas]),
+        "fingerprint_hash": fp_hash,
         "patch_size": patch,
         "num_folds": len(folds),
         "folds": folds,
         "preprocessing": cfg.model_dump(mode="json"),
         **({"files": {k: files[k] for k in sorted(files)}} if files is not None else {}),
     }
+
+
+def dataset_profile(metas: list[CaseMeta]) -> str:
+    """The profile a store of these cases follows: the one detected on its cases (a 2024+
+    post-treatment case makes the whole store post-treatment, whose label values include the
+    2023 ones), else the 2023 profile of their common cohort, else ``brats2023-gli``."""
+    detected = sorted({m.profile for m in metas if m.profile})
+    if len(detected) > 1:
+        raise ValueError(f"cases were read in different profiles {detected}; give --profile")
+    if detected:
+        return detected[0]
+    cohorts = {m.cohort for m in metas if m.layout == "brats2023"}
+    if len(cohorts) == 1 and None not in cohorts:
+        return legacy_profile("brats2023", cohorts.pop()).name
+    return DEFAULT_PROFILE
 
 
 def case_digests(paths: list[Path]) -> dict[str, dict]:
@@ -146,6 +180,12 @@ class Store:
     @property
     def channels(self) -> list[str]:
         return list(self.manifest["channels"])
+
+    @property
+    def profile(self) -> Profile:
+        """The challenge profile of the store's labels (a store written before profiles were
+        recorded is a BraTS 2023 store)."""
+        return get_profile(self.manifest.get("profile") or DEFAULT_PROFILE)
 
     @property
     def patch_size(self) -> tuple[int, int, int] | None:

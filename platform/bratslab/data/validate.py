@@ -16,7 +16,6 @@ convention, images with no non-zero voxel.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from bratslab.data.conventions import (
+    allowed_labels,
+    apply_relabel,
+    profile_hint,
+    resolve_convention,
+)
 from bratslab.data.layout import MODALITIES, RawCase
 from bratslab.data.nifti import (
     MAX_BYTES,
@@ -82,9 +87,16 @@ class LoadedCase:
 
 
 def check_labels(
-    seg: np.ndarray, path: str | Path, et_label: int, layout: str
+    seg: np.ndarray,
+    path: str | Path,
+    et_label: int,
+    layout: str,
+    allowed_values: list[int] | None = None,
+    hint_for_4: str = "",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Check integer labels within ``{0, 1, 2, et_label}``.
+    """Check integer labels within ``{0, 1, 2, et_label}`` (or ``allowed_values``, a profile's;
+    ``layout`` is then the profile's name in messages; ``hint_for_4`` is appended to the error
+    when label 4 is one of the values outside).
 
     Returns:
         ``(seg (X, Y, Z) uint8, counts)`` where ``counts[v]`` is the voxel count of label v.
@@ -96,7 +108,7 @@ def check_labels(
         seg = rounded
     if seg.dtype.kind not in "iuf":
         raise CaseError(path, f"segmentation has non-numeric dtype {seg.dtype}")
-    allowed = {0, 1, 2, et_label}
+    allowed = set(allowed_values) if allowed_values is not None else {0, 1, 2, et_label}
     if seg.dtype != np.uint8:
         lo, hi = seg.min(), seg.max()
         if lo < 0 or hi > 255:
@@ -114,28 +126,14 @@ def check_labels(
         counts = np.bincount(flat, minlength=5)
     bad = sorted(int(v) for v in np.flatnonzero(counts) if int(v) not in allowed)
     if bad:
-        hint = ""
+        hint = hint_for_4 if 4 in bad else ""
         other = 3 if et_label == 4 else 4
-        if bad == [other]:
+        if bad == [other] and not hint and allowed_values is None:
             hint = f" (ET={other} is the other BraTS convention: is the layout right?)"
         raise CaseError(
             path, f"labels {bad} outside the {layout} convention {sorted(allowed)}{hint}"
         )
     return seg8, counts
-
-
-def detect_et_label(case: RawCase, seg: np.ndarray) -> RawCase:
-    """Label convention from the seg's content when the case name does not tell.
-
-    Names of the official releases fix the convention (2021: ET=4, 2023+: ET=3). For other
-    names the layout is only a guess from the modality names, so a seg holding 4 but not 3
-    (or 3 but not 4) decides. Returns ``case`` itself or a copy with the detected ``et_label``.
-    """
-    if case.cohort is not None:
-        return case
-    has3, has4 = bool((seg == 3).any()), bool((seg == 4).any())
-    et = 4 if has4 and not has3 else 3 if has3 and not has4 else case.et_label
-    return case if et == case.et_label else dataclasses.replace(case, et_label=et)
 
 
 def _read_files(case: RawCase, limits: dict) -> tuple[dict[str, NiftiVolume], list[Failure]]:
@@ -176,9 +174,16 @@ def _check_together(case: RawCase, vols: dict[str, NiftiVolume]):
                 failures.append(Failure(case.id, str(files[m]), reason))
     seg = counts = None
     if not failures and case.seg is not None:
-        case = detect_et_label(case, vols["seg"].data)
+        seg_data, bad_values = apply_relabel(case, vols["seg"].data)
+        case, ambiguous = resolve_convention(case, seg_data)
+        ambiguous = bad_values or ambiguous
+        allowed, convention = allowed_labels(case)
         try:
-            seg, counts = check_labels(vols["seg"].data, case.seg, case.et_label, case.layout)
+            if ambiguous:
+                raise CaseError(case.seg, ambiguous)
+            seg, counts = check_labels(
+                seg_data, case.seg, case.et_label, convention, allowed, profile_hint(case)
+            )
         except CaseError as e:
             failures.append(Failure(case.id, e.file, e.reason))
     if not failures:

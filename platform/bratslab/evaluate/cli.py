@@ -16,6 +16,17 @@ PP_FILE_HELP = (
     "the registered model version carries, if any."
 )
 NO_PP_HELP = "No post-processing, even when the model carries thresholds."
+METRIC_HELP = (
+    "Lesion-wise metric family: brats2023 (dilation + small-lesion floor, regions WT/TC/ET, "
+    "--challenge sets d and T) or panoptica (the organisers' package since 2025: connected "
+    "components matched on Dice, every region of --profile; needs bratslab[panoptica])."
+)
+PROFILE_HELP = (
+    "Challenge profile: the labels and the regions scored (`bratslab data profiles` lists them; "
+    "e.g. gli = BraTS 2024+ post-treatment glioma with RC). brats2023 metric: also its d and T, "
+    "instead of --challenge; default WT/TC/ET of either 2021/2023 convention. panoptica metric: "
+    "default from the reference names (2021 → brats2021, BraTS-GLI → brats2024-gli, ...)."
+)
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -131,8 +142,11 @@ def evaluate(
     ),
     nsd_tolerance: float = typer.Option(1.0, "--nsd-tolerance", help="NSD tolerance in mm."),
     workers: int = typer.Option(1, "--workers", help="Cases scored in parallel processes."),
+    metric: str = typer.Option("brats2023", "--metric", help=METRIC_HELP),
+    profile: str | None = typer.Option(None, "--profile", help=PROFILE_HELP),
 ) -> None:
-    """Dice, HD95, NSD and BraTS 2023 lesion-wise metrics per case and region.
+    """Dice, HD95, NSD and BraTS 2023 lesion-wise metrics per case and region, or (with
+    --metric panoptica) the organisers' current panoptica-based metrics per region of a profile.
 
     A case whose prediction or reference cannot be read is named on stderr and left out; the
     others are scored and written, and the exit status is 1.
@@ -140,14 +154,48 @@ def evaluate(
     from bratslab.evaluate.report import plot_path, print_summary, summary_path
     from bratslab.evaluate.scoring import evaluate_folder
 
+    if metric not in ("brats2023", "panoptica"):
+        _fail(f"--metric must be brats2023 or panoptica, not {metric!r}", 2)
+    if metric == "panoptica":
+        _evaluate_panoptica(pred, ref, profile, output, workers)
+        return
     try:
         result = evaluate_folder(
-            pred, ref, challenge, output, nsd_tolerance_mm=nsd_tolerance, workers=workers
+            pred,
+            ref,
+            challenge,
+            output,
+            nsd_tolerance_mm=nsd_tolerance,
+            workers=workers,
+            profile=profile,
         )
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e), 2)
     print_summary(result.summary)
     typer.echo(f"wrote {output}, {summary_path(output)}, {plot_path(output)}")
+    _exit_on_failures(result.failures)
+
+
+def _evaluate_panoptica(
+    pred: Path, ref: Path, profile: str | None, output: Path, workers: int
+) -> None:
+    """``evaluate --metric panoptica``: score, print the table, exit 1 on failed cases."""
+    from rich.console import Console
+
+    from bratslab.evaluate.panoptica_metric import MissingExtraError
+    from bratslab.evaluate.panoptica_scoring import evaluate_folder_panoptica, summary_table
+    from bratslab.evaluate.report import summary_path
+
+    try:
+        result = evaluate_folder_panoptica(pred, ref, profile, output, workers=workers)
+    except MissingExtraError as e:
+        _fail(str(e), 2)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e), 2)
+    Console().print(summary_table(result.summary))
+    if result.missing:
+        typer.echo(f"no prediction (scored as empty): {', '.join(result.missing)}")
+    typer.echo(f"wrote {output}, {summary_path(output)}")
     _exit_on_failures(result.failures)
 
 

@@ -77,6 +77,11 @@ class LesionResult:
     lesions: list[LesionScore] = field(default_factory=list)
 
 
+def profile_params(profile) -> LesionParams:
+    """The brats2023-family parameters of a challenge profile (:mod:`bratslab.data.profiles`)."""
+    return LesionParams(profile.lesionwise.dilation, profile.lesionwise.min_size_mm3)
+
+
 def resolve_params(challenge: str | LesionParams) -> LesionParams:
     """``"gli"|"ssa"|"ped"|"men"|"met"`` (case-insensitive, ``BraTS-`` prefix allowed) → params."""
     if isinstance(challenge, LesionParams):
@@ -189,8 +194,11 @@ def region_lesion_metrics(
     gt: np.ndarray,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     challenge: str | LesionParams = "gli",
+    regions: Sequence[str] = REGIONS,
 ) -> dict[str, LesionResult]:
-    """:func:`lesion_metrics` for each region of bool ``(3, X, Y, Z)`` masks (WT, TC, ET)."""
-    if pred.shape != gt.shape or pred.ndim != 4 or pred.shape[0] != len(REGIONS):
-        raise ValueError(f"expected (3, X, Y, Z) regions, got {pred.shape} and {gt.shape}")
-    return {r: lesion_metrics(pred[i], gt[i], spacing, challenge) for i, r in enumerate(REGIONS)}
+    """:func:`lesion_metrics` for each region of bool ``(R, X, Y, Z)`` masks named ``regions``
+    (default WT, TC, ET; a profile's regions otherwise)."""
+    n = len(regions)
+    if pred.shape != gt.shape or pred.ndim != 4 or pred.shape[0] != n:
+        raise ValueError(f"expected ({n}, X, Y, Z) regions, got {pred.shape} and {gt.shape}")
+    return {r: lesion_metrics(pred[i], gt[i], spacing, challenge) for i, r in enumerate(regions)}

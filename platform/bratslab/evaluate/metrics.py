@@ -161,10 +161,10 @@ def nsd(
     return surface_metrics(pred, gt, spacing, tolerance_mm)[1]
 
 
-def _check_regions(pred: np.ndarray, gt: np.ndarray) -> None:
-    if pred.shape != gt.shape or pred.ndim != 4 or pred.shape[0] != len(REGIONS):
+def _check_regions(pred: np.ndarray, gt: np.ndarray, n: int = len(REGIONS)) -> None:
+    if pred.shape != gt.shape or pred.ndim != 4 or pred.shape[0] != n:
         raise ValueError(
-            f"expected prediction and ground truth regions of shape (3, X, Y, Z), "
+            f"expected prediction and ground truth regions of shape ({n}, X, Y, Z), "
             f"got {pred.shape} and {gt.shape}"
         )
 
@@ -182,16 +182,18 @@ def region_metrics(
     gt: np.ndarray,
     spacing: Spacing = (1.0, 1.0, 1.0),
     nsd_tolerance_mm: float = 1.0,
+    regions: Sequence[str] = REGIONS,
 ) -> dict[str, dict[str, float]]:
-    """Dice, HD95 (mm) and NSD per region for bool regions ``(3, X, Y, Z)``.
+    """Dice, HD95 (mm) and NSD per region for bool regions ``(R, X, Y, Z)`` named ``regions``
+    (default WT, TC, ET; a profile's regions otherwise).
 
     Returns ``{"wt": {"dice", "hd95", "nsd"}, "tc": ..., "et": ...}``.
     """
     pred = np.asarray(pred, dtype=bool)
     gt = np.asarray(gt, dtype=bool)
-    _check_regions(pred, gt)
+    _check_regions(pred, gt, len(regions))
     out: dict[str, dict[str, float]] = {}
-    for i, r in enumerate(REGIONS):
+    for i, r in enumerate(regions):
         hd, surface_dice = surface_metrics(pred[i], gt[i], spacing, nsd_tolerance_mm)
         out[r] = {"dice": dice(pred[i], gt[i]), "hd95": hd, "nsd": surface_dice}
     return out

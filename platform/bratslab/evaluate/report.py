@@ -64,13 +64,14 @@ def dice_bar_chart(summary: dict) -> bytes:
     import numpy as np
 
     regions = summary["regions"]
-    x = np.arange(len(REGIONS))
-    legacy = [regions[r]["dice"]["mean"] for r in REGIONS]
-    lesion = [regions[r]["lesion_dice"]["mean"] for r in REGIONS]
+    names = list(regions) or list(REGIONS)  # WT/TC/ET, or a profile's regions
+    x = np.arange(len(names))
+    legacy = [regions[r]["dice"]["mean"] for r in names]
+    lesion = [regions[r]["lesion_dice"]["mean"] for r in names]
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
     ax.bar(x - 0.2, legacy, 0.4, label="Dice")
     ax.bar(x + 0.2, lesion, 0.4, label="lesion-wise Dice")
-    ax.set_xticks(x, [r.upper() for r in REGIONS])
+    ax.set_xticks(x, [r.upper() for r in names])
     ax.set_ylim(0, 1)
     ax.set_ylabel("mean over cases")
     ax.set_title(f"{summary['cases']} cases, challenge {summary['challenge'].upper()}")
@@ -107,18 +108,19 @@ def summary_table(summary: dict):
         caption="cells: mean / median over cases",
     )
     table.add_column("metric")
-    for r in REGIONS:
-        table.add_column(r.upper(), justify="right", no_wrap=True)
     regions = summary["regions"]
+    names = list(regions) or list(REGIONS)  # WT/TC/ET, or a profile's regions
+    for r in names:
+        table.add_column(r.upper(), justify="right", no_wrap=True)
     for key, label, digits in TABLE_METRICS:
         cells = [
             f"{regions[r][key]['mean']:.{digits}f} / {regions[r][key]['median']:.{digits}f}"
-            for r in REGIONS
+            for r in names
         ]
         table.add_row(label, *cells)
     table.add_row(
         "lesions TP/FP/FN",
-        *(f"{regions[r]['tp']}/{regions[r]['fp']}/{regions[r]['fn']}" for r in REGIONS),
+        *(f"{regions[r]['tp']}/{regions[r]['fp']}/{regions[r]['fn']}" for r in names),
     )
     return table
 

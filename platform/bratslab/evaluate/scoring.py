@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from bratslab.data.labels import REGIONS
+from bratslab.data.profiles import Profile, get_profile
 from bratslab.evaluate.export import label_masks
 from bratslab.evaluate.label_maps import (
     CaseError,
@@ -31,7 +32,12 @@ from bratslab.evaluate.label_maps import (
     paired_folders,
     read_label_map,
 )
-from bratslab.evaluate.lesionwise import region_lesion_metrics, resolve_params
+from bratslab.evaluate.lesionwise import (
+    LesionParams,
+    profile_params,
+    region_lesion_metrics,
+    resolve_params,
+)
 from bratslab.evaluate.metrics import region_metrics
 
 log = logging.getLogger(__name__)
@@ -46,19 +52,36 @@ def source_regions(labels: np.ndarray) -> np.ndarray:
     return np.stack([masks[r] for r in REGIONS])
 
 
+def profile_regions(labels: np.ndarray, profile: Profile, path: Path) -> np.ndarray:
+    """Label map ``(X, Y, Z)`` in ``profile``'s convention → bool ``(R, X, Y, Z)``, one channel
+    per region of the profile.
+
+    Raises:
+        CaseError: a label the profile does not have.
+    """
+    bad = sorted(set(np.unique(labels).tolist()) - set(profile.allowed_labels))
+    if bad:
+        raise CaseError(
+            path, f"labels {bad} outside the {profile.name} convention {profile.allowed_labels}"
+        )
+    return np.stack([np.isin(labels, members) for members in profile.regions.values()])
+
+
 def score_regions(
     pred: np.ndarray,
     gt: np.ndarray,
     spacing: Sequence[float],
-    challenge: str = "gli",
+    challenge: str | LesionParams = "gli",
     nsd_tolerance_mm: float = 1.0,
     case: str = "",
+    regions: Sequence[str] = REGIONS,
 ) -> list[dict]:
-    """Rows (:data:`COLUMNS`) for bool regions ``(3, X, Y, Z)`` of one case; spacing in mm."""
-    legacy = region_metrics(pred, gt, spacing, nsd_tolerance_mm)
-    lesion = region_lesion_metrics(pred, gt, spacing, challenge)
+    """Rows (:data:`COLUMNS`) for bool regions ``(R, X, Y, Z)`` named ``regions`` of one case;
+    spacing in mm."""
+    legacy = region_metrics(pred, gt, spacing, nsd_tolerance_mm, regions)
+    lesion = region_lesion_metrics(pred, gt, spacing, challenge, regions)
     rows = []
-    for r in REGIONS:
+    for r in regions:
         lw = lesion[r]
         rows.append(
             {
@@ -75,20 +98,36 @@ def score_regions(
     return rows
 
 
+def relabelled_reference(ref: np.ndarray, relabel: dict[int, int], path: Path) -> np.ndarray:
+    """A reference in its dataset's values → the profile's (nnU-Net labelsTr)."""
+    from bratslab.data.conventions import relabel_values
+
+    bad = sorted(set(np.unique(ref).tolist()) - set(relabel))
+    if bad:
+        raise CaseError(path, f"labels {bad} are not declared in dataset.json")
+    return relabel_values(ref, relabel).astype(ref.dtype)
+
+
 def score_case(
     case: str,
     pred_path: Path | None,
     ref_path: Path,
-    challenge: str = "gli",
+    challenge: str | LesionParams = "gli",
     nsd_tolerance_mm: float = 1.0,
+    profile: str | None = None,
+    relabel: dict[int, int] | None = None,
 ) -> list[dict]:
     """Rows for one case; ``pred_path=None`` scores an empty prediction. Spacing from the ref.
+    With ``profile``: the labels are in its convention and every region of it is scored.
+    ``relabel``: the reference's values → the profile's (an nnU-Net dataset's labelsTr).
 
     Raises:
         CaseError: a file that cannot be read, holds bad labels, or a prediction whose shape
             differs from the reference.
     """
     ref, spacing = read_label_map(ref_path)
+    if relabel:
+        ref = relabelled_reference(ref, relabel, ref_path)
     if pred_path is None:
         pred = np.zeros_like(ref)
     else:
@@ -99,6 +138,17 @@ def score_case(
                 f"shape {pred.shape} differs from the reference {ref_path} {ref.shape}; "
                 "predictions must be in the source geometry",
             )
+    if profile is not None:
+        prof = get_profile(profile)
+        pred_r, ref_r = profile_regions(pred, prof, pred_path), profile_regions(ref, prof, ref_path)
+        regions = tuple(prof.regions)
+        return score_regions(pred_r, ref_r, spacing, challenge, nsd_tolerance_mm, case, regions)
+    if (ref == 3).any() and (ref == 4).any():  # no 2021/2023 convention has both
+        raise CaseError(
+            ref_path,
+            "holds labels 3 and 4: post-treatment glioma (ET 3, RC 4)? give --profile "
+            "brats2024-gli to score its regions",
+        )
     return score_regions(
         source_regions(pred), source_regions(ref), spacing, challenge, nsd_tolerance_mm, case
     )
@@ -120,6 +170,7 @@ def summarise(
     challenge: str,
     missing: Sequence[str] = (),
     failures: Sequence[dict[str, str]] = (),
+    regions: Sequence[str] = REGIONS,
 ) -> dict:
     """Mean and median of every metric per region, plus lesion counts and the case count
     (scored cases; failed ones are listed under ``failed``)."""
@@ -130,7 +181,7 @@ def summarise(
         "failed": [dict(f) for f in failures],
         "regions": {},
     }
-    for region in REGIONS:
+    for region in regions:
         sel = [r for r in rows if r["region"] == region]
         stats = {}
         for m in METRICS:
@@ -143,9 +194,9 @@ def summarise(
             stats[m] = int(sum(int(r[m]) for r in sel))
         out["regions"][region] = stats
     if rows:
-        out["mean_dice"] = float(np.mean([out["regions"][r]["dice"]["mean"] for r in REGIONS]))
+        out["mean_dice"] = float(np.mean([out["regions"][r]["dice"]["mean"] for r in regions]))
         out["mean_lesion_dice"] = float(
-            np.mean([out["regions"][r]["lesion_dice"]["mean"] for r in REGIONS])
+            np.mean([out["regions"][r]["lesion_dice"]["mean"] for r in regions])
         )
     return out
 
@@ -168,6 +219,7 @@ def evaluate_folder(
     nsd_tolerance_mm: float = 1.0,
     workers: int = 1,
     progress: bool = True,
+    profile: str | None = None,
 ) -> EvaluationResult:
     """Score ``PRED/{case}.nii.gz`` against the ``seg`` of every labelled case under ``ref_dir``.
 
@@ -182,7 +234,14 @@ def evaluate_folder(
     """
     from bratslab.evaluate.report import check_output_files, plot_path, summary_path
 
-    resolve_params(challenge)  # fail fast on an unknown challenge
+    regions: Sequence[str] = REGIONS
+    if profile is not None:  # the profile's regions and lesion-wise parameters
+        prof = get_profile(profile)
+        profile, regions, challenge = prof.name, tuple(prof.regions), prof.name
+        params: str | LesionParams = profile_params(prof)
+    else:
+        params = challenge
+    resolve_params(params)  # fail fast on an unknown challenge
     if output is not None:
         output = Path(output)
         check_output_files(output, summary_path(output), plot_path(output))
@@ -193,10 +252,10 @@ def evaluate_folder(
         if pred is None:
             missing.append(c.id)
             log.warning("%s: no prediction in %s; scored as empty", c.id, pred_dir)
-        jobs.append((c.id, pred, c.seg, challenge, nsd_tolerance_mm))
+        jobs.append((c.id, pred, c.seg, params, nsd_tolerance_mm, profile, c.relabel))
 
     rows, failures = _score_jobs(jobs, workers, progress)
-    summary = summarise(rows, challenge, missing, failures)
+    summary = summarise(rows, challenge, missing, failures, regions)
     if output is not None:
         from bratslab.evaluate.report import write_outputs
 

@@ -31,7 +31,7 @@ def deep_supervision_weights(n_outputs: int) -> list[float]:
 def labels_to_region_targets(labels: torch.Tensor) -> torch.Tensor:
     """Store labels ``(B, 1, X, Y, Z)`` → float region maps ``(B, 3, X, Y, Z)`` (WT, TC, ET)."""
     y = labels[:, 0]
-    wt = y > 0
+    wt = (y > 0) & (y <= STORE_ET)  # a post-treatment store's RC (4) lies outside WT
     tc = (y == 1) | (y == STORE_ET)
     et = y == STORE_ET
     return torch.stack([wt, tc, et], 1).float()
