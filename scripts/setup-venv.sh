@@ -27,13 +27,23 @@ torch_version=$(.venv/bin/python -c 'import torch; print(torch.__version__)')
 
 # Reinstall the project only when its dependency list changed (a stamp of pyproject.toml).
 stamp=.venv/.bratslab-stamp
-digest=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
+digest=$(cat pyproject.toml scripts/setup-venv.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$digest $torch_version" ]; then
   echo "[setup] installing bratslab and its dependencies (torch pinned to $torch_version)"
   constraints=$(mktemp)
   echo "torch==$torch_version" >"$constraints"
   "${pip[@]}" -c "$constraints" -e ".[dev,postgres,s3]"
   rm -f "$constraints"
+  # Test-only reference for `evaluate --metric panoptica`: the organisers' own package and
+  # panoptica, installed without their pins (numpy<2.3, pandas<3, rich<14 would downgrade what
+  # bratslab runs on; panoptica works on the newer ones, which its agreement test checks). Their
+  # other needs go in with everything already installed held where it is.
+  held=$(mktemp)
+  .venv/bin/python -m pip freeze | grep -iE '^(numpy|pandas|rich|scipy|typer|torch|nibabel)==' >"$held"
+  "${pip[@]}" -c "$held" 'connected-components-3d>=3.12.3,<4' 'plotly>=5.16.1,<6' \
+    'ruamel.yaml>=0.18.6,<1' 'scikit-image>=0.22,<1' 'SimpleITK>=2.2.2,<3' tqdm
+  "${pip[@]}" --no-deps 'panoptica==2.1.7' 'brats-evaluation==0.0.10'
+  rm -f "$held"
   after=$(.venv/bin/python -c 'import torch; print(torch.__version__)')
   if [ "$after" != "$torch_version" ]; then
     echo "[setup] ERROR: torch changed from $torch_version to $after during install" >&2
