@@ -14,10 +14,12 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import requests
+from mlflow import MlflowClient
 from mlflow_server import free_port, mlflow_server, stop, wait_healthy
 from typer.testing import CliRunner
 
@@ -219,6 +221,18 @@ def test_ui_serves_a_sqlite_store_on_loopback(server, versions, tmp_path):
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
+        # The URL is printed only once the server answers: the moment the line appears, the
+        # UI is there (no waiting on our side), on the runs view of the latest experiment.
+        deadline = time.monotonic() + 240
+        while "MLflow UI at" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        assert requests.get(f"{url}/health", timeout=5).status_code == 200
+        exp_id = MlflowClient(env["MLFLOW_TRACKING_URI"]).get_run(run1).info.experiment_id
+        assert f"MLflow UI at {url}/#/experiments/{exp_id}/runs" in log.read_text()
+        # Model training, not MLflow 3's GenAI view (traces, "Start Demo").
+        exp = MlflowClient(env["MLFLOW_TRACKING_URI"]).get_experiment(exp_id)
+        assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
         wait_healthy(url, proc, log)
         r = requests.get(f"{url}/api/2.0/mlflow/runs/get", params={"run_id": run1}, timeout=10)
         assert r.status_code == 200 and r.json()["run"]["info"]["run_name"] == "dice-0.8"
@@ -229,3 +243,8 @@ def test_ui_serves_a_sqlite_store_on_loopback(server, versions, tmp_path):
                 requests.get(f"http://{host_ip}:{port}/health", timeout=2)
     finally:
         stop(proc)
+    # A port that cannot be is a usage error (exit 2), not a server traceback.
+    r = subprocess.run(
+        [bratslab, "ui", "--port", "99999"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 2 and "--port" in r.stderr and "Traceback" not in r.stderr, r.stderr

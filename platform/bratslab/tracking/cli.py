@@ -458,7 +458,7 @@ def runs_compare(
 
 
 def ui(
-    port: int = typer.Option(5000, "--port", "-p", help="Port to serve the UI on."),
+    port: int = typer.Option(5000, "--port", "-p", min=1, max=65535, help="Port to serve on."),
     host: str = typer.Option(
         "127.0.0.1",
         "--host",
@@ -466,11 +466,16 @@ def ui(
         "run; reach it from elsewhere through an SSH tunnel.",
     ),
 ) -> None:
-    """Start the MLflow UI on the embedded tracking store (Ctrl-C stops it)."""
+    """Start the MLflow UI on the embedded tracking store (Ctrl-C stops it).
+
+    It opens on the training runs of the experiment that ran last; the URL is printed once the
+    server answers.
+    """
     import os
 
     from bratslab.settings import get_settings
-    from bratslab.tracking.ui import is_loopback_host, server_command
+    from bratslab.tracking.mlflow_runs import latest_experiment, mark_training_experiments
+    from bratslab.tracking.ui import is_loopback_host, serve, server_command
 
     settings = get_settings()
     uri = settings.tracking_uri
@@ -484,10 +489,19 @@ def ui(
             fg="yellow",
             err=True,
         )
-    cmd = server_command(settings, host, port)
-    typer.echo(f"MLflow UI for {uri} at http://{host}:{port}  (Ctrl-C to stop)", err=True)
+    # Experiments made before bratslab set their kind would open in MLflow's GenAI view.
+    mark_training_experiments(uri)
+    latest = latest_experiment(uri)
+    base = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+    page = f"{base}/#/experiments/{latest}/runs" if latest else base
     # No job runner (MLflow's GenAI jobs; bratslab has none): a process less to start, and the
     # server then exits on SIGTERM at once instead of waiting for it. A user's setting wins.
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    # Become the server: signals (Ctrl-C, a supervisor's SIGTERM) reach it directly.
-    os.execv(cmd[0], cmd)
+    typer.echo(f"starting the MLflow UI for {uri} …", err=True)
+    code, ready = serve(
+        server_command(settings, host, port),
+        base,
+        lambda: typer.echo(f"MLflow UI at {page}  (Ctrl-C to stop)", err=True),
+    )
+    if not ready:
+        _fail(f"the MLflow UI did not start (exit {code}): is port {port} already in use?", 1)

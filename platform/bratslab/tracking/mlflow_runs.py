@@ -102,6 +102,34 @@ def ensure_schema(uri: str) -> None:
         _SCHEMA_READY.add(uri)
 
 
+#: MLflow 3's UI opens an experiment in the view its kind names; bratslab's are model training
+#: (runs, metrics, models), not GenAI (traces, evaluations).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_KIND = "custom_model_development"
+
+
+def mark_training_experiments(uri: str | None = None) -> list[str]:
+    """Tag every experiment that has no kind yet as model training (experiments created before
+    bratslab set the kind); returns the ids of those tagged."""
+    c = client(uri)
+    marked = []
+    for exp in c.search_experiments():
+        if EXPERIMENT_KIND_TAG not in (exp.tags or {}):
+            c.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+            marked.append(exp.experiment_id)
+    return marked
+
+
+def latest_experiment(uri: str | None = None) -> str | None:
+    """Id of the experiment whose newest run started last (None without runs)."""
+    c = client(uri)
+    ids = [e.experiment_id for e in c.search_experiments()]
+    if not ids:
+        return None
+    runs = c.search_runs(ids, max_results=1, order_by=["attributes.start_time DESC"])
+    return runs[0].info.experiment_id if runs else None
+
+
 def get_or_create_experiment(name: str, uri: str | None = None) -> str:
     """Experiment id for ``name``; new experiments of a database store (the embedded SQLite or
     PostgreSQL) keep their artifacts under ``$BRATSLAB_ARTIFACTS`` (default
@@ -119,7 +147,9 @@ def get_or_create_experiment(name: str, uri: str | None = None) -> str:
         # MLflow writes to ./mlruns of whichever process creates the experiment.
         location = (settings.artifacts / name).as_uri()
     try:
-        return c.create_experiment(name, artifact_location=location)
+        return c.create_experiment(
+            name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: TRAINING_KIND}
+        )
     except mlflow.exceptions.MlflowException:  # created concurrently by another trial
         return c.get_experiment_by_name(name).experiment_id
 
