@@ -1,0 +1,309 @@
+"""The augmentation recipe applied to a whole batch in torch, on the training device
+(``data.augment.on: device``).
+
+The same transforms, order and parameter ranges as the MONAI pipeline of
+:mod:`bratslab.data.augment` (see its docstring), each drawn per patch
+(:func:`bratslab.data.augment_draw.draw_sample`): flips, rotation and scaling folded into ONE
+``affine_grid`` + ``grid_sample`` resampling (image and mask trilinear, labels nearest), that
+also crops the loader's larger patch to the training patch; lesion copy-paste and lesion
+contrast (per patch on the CPU with the MONAI path's own classes: their boxes, zooms and
+placements are irregular, and they fire only on patches that hold tumour); bias field and
+Rician noise on the brain as a magnitude image; Gaussian noise; blur; brightness,
+per-modality scale, the coarse intensity scale and shift; contrast; low resolution (thick
+slices or all axes); a histogram curve per modality over the brain; inverted gamma, gamma.
+
+Tensors: ``x`` ``(B, C, D, H, W)`` float32 (``C`` = 4 modalities, then the foreground mask if
+the store has one), ``y`` ``(B, 1, D, H, W)`` uint8 store labels. Intensity transforms touch
+the modalities only; the mask comes back binary and the labels within the input's label set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.networks.layers import gaussian_1d, separable_filtering
+from monai.transforms.utils import create_rotate, create_scale
+
+from bratslab.data.augment import IMAGE, LABEL, MASK, RandLesionPasted, _lesion_contrast
+from bratslab.data.augment_draw import SampleDraw, Vec, draw_sample
+from bratslab.data.config import AugmentConfig
+
+MODALITY_CHANNELS = 4
+
+
+def _theta(d: SampleDraw, size_in: Sequence[int], size_out: Sequence[int]) -> np.ndarray:
+    """``(3, 4)`` ``affine_grid`` matrix of one draw: output voxel (centred) → input voxel is
+    flip ∘ rotate ∘ scale (MONAI's AffineGrid product, the flips of RandFlipd before it), in
+    ``grid_sample``'s normalised (x=W, y=H, z=D) coordinates, ``align_corners=False``."""
+    a = np.diag([-1.0 if f else 1.0 for f in d.flips] + [1.0])
+    if d.rotate is not None:
+        a = a @ create_rotate(3, d.rotate, backend="numpy")
+    if d.scale is not None:
+        a = a @ create_scale(3, d.scale, backend="numpy")
+    t = np.diag(2.0 / np.asarray(size_in)) @ a[:3, :3] @ np.diag(np.asarray(size_out) / 2.0)
+    return np.concatenate([t[::-1, ::-1], np.zeros((3, 1))], axis=1)
+
+
+def spatial(
+    x: torch.Tensor, y: torch.Tensor, draws: Sequence[SampleDraw], size: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flips, rotation and scaling in one resampling, and the centre crop to ``size``:
+    ``x`` ``(B, C, D', H', W')``, ``y`` ``(B, 1, D', H', W')`` (each side at least ``size``'s)
+    → ``(B, C, *size)``, ``(B, 1, *size)``. Patches without rotation or scaling are only
+    cropped and flipped (exact); the others are resampled trilinear (labels nearest), zeros
+    outside the input."""
+    size_in = list(x.shape[2:])
+    lo = [(i - o) // 2 for i, o in zip(size_in, size, strict=True)]
+    crop = tuple(slice(a, a + o) for a, o in zip(lo, size, strict=True))
+    xo, yo = x[(slice(None), slice(None), *crop)].clone(), y[(slice(None), slice(None), *crop)]
+    yo = yo.clone()
+    moved = [i for i, d in enumerate(draws) if d.affine]
+    for i, d in enumerate(draws):
+        dims = [a + 1 for a in range(3) if d.flips[a]]
+        if i not in moved and dims:
+            xo[i], yo[i] = xo[i].flip(dims), yo[i].flip(dims)
+    if moved:
+        theta = np.stack([_theta(draws[i], size_in, size) for i in moved])
+        theta_t = torch.as_tensor(theta, dtype=torch.float32, device=x.device)
+        grid = F.affine_grid(theta_t, [len(moved), 1, *size], align_corners=False)
+        xo[moved] = F.grid_sample(x[moved], grid, mode="bilinear", align_corners=False)
+        ys = F.grid_sample(y[moved].float(), grid, mode="nearest", align_corners=False)
+        yo[moved] = ys.round().to(y.dtype)
+    return xo, yo
+
+
+def brain_of(img: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Brain ``(n, 1, D, H, W)`` bool: ``mask > 0.5``, or where a patch's mask is empty the
+    voxels where any modality of ``img`` ``(n, C, D, H, W)`` is not 0."""
+    brain = mask > 0.5
+    empty = ~brain.flatten(1).any(1)
+    if bool(empty.any()):
+        brain = torch.where(empty.view(-1, 1, 1, 1, 1), (img != 0).any(1, keepdim=True), brain)
+    return brain
+
+
+def _magnitude(img: torch.Tensor, brain: torch.Tensor, fn) -> torch.Tensor:
+    """``fn`` on the brain as a non-negative magnitude image: each channel shifted so its
+    darkest brain voxel is 0, background 0; shifted back; voxels outside the brain kept."""
+    lo = torch.where(brain, img, torch.inf).amin(dim=(2, 3, 4), keepdim=True)
+    lo = torch.where(torch.isfinite(lo), lo, 0)  # a patch without brain: left as it is
+    out = fn(torch.where(brain, img - lo, 0))
+    return torch.where(brain, out + lo, img)
+
+
+_LEGENDRE: dict[tuple[int, int, str], torch.Tensor] = {}
+
+
+def _legendre(n: int, degree: int, device: torch.device) -> torch.Tensor:
+    """``(degree + 1, n)`` Legendre polynomials on ``linspace(-1, 1, n)`` (cached)."""
+    key = (n, degree, str(device))
+    if key not in _LEGENDRE:
+        x = np.linspace(-1.0, 1.0, n, dtype=np.float32).astype(np.float64)
+        v = np.polynomial.legendre.legvander(x, degree).T
+        _LEGENDRE[key] = torch.as_tensor(v, dtype=torch.float32, device=device)
+    return _LEGENDRE[key]
+
+
+def bias_field(coeffs: Sequence[Vec], degree: int, shape, device) -> torch.Tensor:
+    """``exp`` of RandBiasField's Legendre polynomial field: ``(n, D, H, W)`` for ``n``
+    coefficient vectors (MONAI's order of the ``(i, j, k)`` terms, total degree <= degree)."""
+    pts = [
+        (i, j, k)
+        for i in range(degree + 1)
+        for j in range(degree + 1 - i)
+        for k in range(degree + 1 - i - j)
+    ]
+    mat = torch.zeros((len(coeffs), *(degree + 1,) * 3), dtype=torch.float32, device=device)
+    idx = torch.as_tensor(pts, device=device).T
+    mat[:, idx[0], idx[1], idx[2]] = torch.as_tensor(coeffs, dtype=torch.float32, device=device)
+    px, py, pz = (_legendre(n, degree, device) for n in shape)
+    return torch.exp(torch.einsum("bijk,ix,jy,kz->bxyz", mat, px, py, pz))
+
+
+def _randn(shape, seed: int, salt: int, device) -> torch.Tensor:
+    """Standard normal noise of one patch, reproducible per (draw seed, transform)."""
+    g = torch.Generator(device=device).manual_seed((seed * 7919 + salt) % 2**63)
+    return torch.randn(shape, generator=g, device=device)
+
+
+def _gamma(img: torch.Tensor, gammas: Sequence[float], invert: bool) -> torch.Tensor:
+    """MONAI AdjustContrast with retain_stats over each patch's modalities together:
+    ``img`` ``(n, C, D, H, W)``, one gamma per patch."""
+    x = -img if invert else img
+    flat = x.flatten(1)
+    mn, sd = flat.mean(1), flat.std(1)
+    lo, hi = flat.amin(1), flat.amax(1)
+    g = torch.as_tensor(gammas, dtype=x.dtype, device=x.device)
+    v = lambda t: t.view(-1, 1, 1, 1, 1)  # noqa: E731
+    rng = hi - lo
+    ret = ((x - v(lo)) / v(rng + 1e-7)) ** v(g) * v(rng) + v(lo)
+    rf = ret.flatten(1)
+    ret = (ret - v(rf.mean(1))) / v(rf.std(1) + 1e-8) * v(sd) + v(mn)
+    return -ret if invert else ret
+
+
+def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear ``x`` (N,) through ``(xp, fp)`` (K,) (RandHistogramShift.interp)."""
+    m = (fp[1:] - fp[:-1]) / (xp[1:] - xp[:-1])
+    b = fp[:-1] - m * xp[:-1]
+    i = (torch.searchsorted(xp, x) - 1).clamp(0, len(m) - 1)
+    f = m[i] * x + b[i]
+    f[x < xp[0]] = fp[0]
+    f[x > xp[-1]] = fp[-1]
+    return f
+
+
+def histogram_shift(img: torch.Tensor, brain: torch.Tensor, curves: Sequence[Vec]) -> None:
+    """One patch ``img`` ``(C, D, H, W)``, in place: channel ``c``'s brain voxels through the
+    curve ``curves[c]`` (control points on [0, 1]) scaled to their own range."""
+    for c, curve in enumerate(curves):
+        values = img[c][brain]
+        if values.numel() < 2:
+            continue
+        lo, hi = values.min(), values.max()
+        if lo == hi:
+            continue
+        fp = torch.as_tensor(curve, dtype=img.dtype, device=img.device)
+        xp = torch.linspace(0, 1, len(curve), dtype=torch.float64).to(img.device, img.dtype)
+        img[c][brain] = _interp(values, xp * (hi - lo) + lo, fp * (hi - lo) + lo)
+
+
+def low_resolution(img: torch.Tensor, axis: int, zoom: float) -> torch.Tensor:
+    """One patch ``img`` ``(C, D, H, W)`` down-sampled by ``zoom`` (nearest) along ``axis``
+    (-1: every axis) and back (trilinear), as RandThickSlicesd / RandSimulateLowResolution."""
+    size = list(img.shape[1:])
+    if axis < 0:
+        low = [max(1, int(np.round(s * zoom))) for s in size]
+    else:
+        low = list(size)
+        low[axis] = max(1, round(size[axis] * zoom))
+    down = F.interpolate(img[None], size=low, mode="nearest")
+    return F.interpolate(down, size=size, mode="trilinear", align_corners=False)[0]
+
+
+def blur(img: torch.Tensor, sigma: Sequence[float]) -> torch.Tensor:
+    """One patch ``(C, D, H, W)`` smoothed as MONAI's GaussianSmooth (erf kernels, zeros
+    outside)."""
+    kernels = [gaussian_1d(torch.tensor(s), truncated=4.0, approx="erf") for s in sigma]
+    return separable_filtering(img[None], [k.to(img.device) for k in kernels])[0]
+
+
+def _picked(draws: Sequence[SampleDraw], name: str) -> list[int]:
+    """Indices of the patches whose draw fires transform ``name``."""
+    return [i for i, d in enumerate(draws) if getattr(d, name) not in (None, False)]
+
+
+def _per_patch(values, img: torch.Tensor) -> torch.Tensor:
+    """Per-patch (``(n,)``) or per-modality (``(n, C)``) values → broadcastable to ``img``."""
+    t = torch.as_tensor(values, dtype=img.dtype, device=img.device)
+    return t.view(t.shape[0], -1, 1, 1, 1)
+
+
+class BatchAugment:
+    """The recipe of ``cfg`` for batches cut ``margin`` voxels larger than ``patch_size`` on
+    each side (:func:`~bratslab.data.augment_draw.affine_margin`); ``__call__`` draws each
+    patch's parameters from its seed and applies them on the batch's device."""
+
+    def __init__(self, cfg: AugmentConfig, patch_size: Sequence[int]):
+        self.cfg, self.size = cfg, [int(p) for p in patch_size]
+        self.paste = None
+        if cfg.lesion_paste_prob > 0:
+            self.paste = RandLesionPasted(1.0, cfg.lesion_paste_zoom, cfg.lesion_paste_count)
+        self.lesion_contrast = None
+        if cfg.lesion_contrast_prob > 0:
+            self.lesion_contrast = _lesion_contrast(
+                cfg.model_copy(update={"lesion_contrast_prob": 1.0})
+            )
+
+    def draws(self, seeds: Sequence[int]) -> list[SampleDraw]:
+        return [draw_sample(self.cfg, int(s), MODALITY_CHANNELS) for s in seeds]
+
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, seeds: Sequence[int], draws=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` ``(B, C, D', H', W')`` float32, ``y`` ``(B, 1, D', H', W')`` uint8 (the loader's
+        larger patches, any device) → ``(B, C, *patch_size)``, ``(B, 1, *patch_size)``, the same
+        device and dtypes; ``seeds`` ``(B,)`` one per patch (``draws`` overrides them)."""
+        draws = list(draws) if draws is not None else self.draws(seeds)
+        channels = x.shape[1]
+        x = x.float()
+        if channels == MODALITY_CHANNELS:  # no mask channel in the store: an empty one
+            x = torch.cat([x, torch.zeros_like(x[:, :1])], 1)
+        x, y = spatial(x, y, draws, self.size)
+        x[:, MODALITY_CHANNELS:] = (x[:, MODALITY_CHANNELS:] > 0.5).float()
+        self._lesions(x, y, draws)
+        img, mask = x[:, :MODALITY_CHANNELS], x[:, MODALITY_CHANNELS:]
+        self._scanner(img, mask, draws)
+        self._contrast(img, mask, draws)
+        return x[:, :channels], y
+
+    def _lesions(self, x: torch.Tensor, y: torch.Tensor, draws: Sequence[SampleDraw]) -> None:
+        """Lesion copy-paste and lesion contrast, per patch on the CPU (MONAI path's classes)."""
+        steps = [(self.paste, "lesion_paste", 0), (self.lesion_contrast, "lesion_contrast", 1)]
+        for t, name, salt in steps:
+            for i in _picked(draws, name) if t is not None else []:
+                t.set_random_state(seed=(draws[i].seed + salt) % 2**32)
+                out = t(
+                    {
+                        IMAGE: x[i, :MODALITY_CHANNELS].cpu().numpy(),
+                        MASK: x[i, MODALITY_CHANNELS:].cpu().numpy(),
+                        LABEL: y[i].cpu().numpy().astype(np.float32),
+                    }
+                )
+                x[i, :MODALITY_CHANNELS] = torch.as_tensor(out[IMAGE]).to(x.device)
+                y[i] = torch.as_tensor(np.rint(np.asarray(out[LABEL]))).to(y)
+
+    def _scanner(self, img: torch.Tensor, mask: torch.Tensor, draws) -> None:
+        """Bias field, Rician noise (magnitude domain), Gaussian noise, blur; in place."""
+        dev, cfg = img.device, self.cfg
+        idx = _picked(draws, "bias_coeffs")
+        if idx:
+            coeffs = [draws[i].bias_coeffs for i in idx]
+            field = bias_field(coeffs, cfg.bias_field_degree, img.shape[2:], dev)[:, None]
+            img[idx] = _magnitude(img[idx], brain_of(img[idx], mask[idx]), lambda m: m * field)
+        idx = _picked(draws, "rician_std")
+        if idx:
+            std = _per_patch([draws[i].rician_std for i in idx], img)
+            shape = img.shape[1:]
+
+            def rician(m: torch.Tensor) -> torch.Tensor:
+                n1 = torch.stack([_randn(shape, draws[i].seed, 1, dev) for i in idx]) * std
+                n2 = torch.stack([_randn(shape, draws[i].seed, 2, dev) for i in idx]) * std
+                return torch.sqrt((m + n1) ** 2 + n2**2)
+
+            img[idx] = _magnitude(img[idx], brain_of(img[idx], mask[idx]), rician)
+        idx = _picked(draws, "noise_std")
+        if idx:
+            noise = torch.stack([_randn(img.shape[1:], draws[i].seed, 3, dev) for i in idx])
+            img[idx] += noise * _per_patch([draws[i].noise_std for i in idx], img)
+        for i in _picked(draws, "blur_sigma"):
+            img[i] = blur(img[i], draws[i].blur_sigma)
+
+    def _contrast(self, img: torch.Tensor, mask: torch.Tensor, draws) -> None:
+        """Gain, contrast, resolution, histogram curve, gamma; in place."""
+        for name in ("brightness", "channel_scale", "intensity_scale"):
+            idx = _picked(draws, name)
+            if idx:
+                img[idx] *= 1 + _per_patch([getattr(draws[i], name) for i in idx], img)
+        idx = _picked(draws, "intensity_shift")
+        if idx:
+            img[idx] += _per_patch([draws[i].intensity_shift for i in idx], img)
+        idx = _picked(draws, "contrast")
+        if idx:
+            x = img[idx]
+            mn = x.mean(dim=(2, 3, 4), keepdim=True)
+            lo, hi = x.amin(dim=(2, 3, 4), keepdim=True), x.amax(dim=(2, 3, 4), keepdim=True)
+            f = _per_patch([draws[i].contrast for i in idx], img)
+            img[idx] = torch.minimum(torch.maximum((x - mn) * (1 + f) + mn, lo), hi)
+        for i in _picked(draws, "lowres"):
+            img[i] = low_resolution(img[i], *draws[i].lowres)
+        for i in _picked(draws, "histogram"):
+            brain = brain_of(img[i : i + 1], mask[i : i + 1])[0, 0]
+            histogram_shift(img[i], brain, draws[i].histogram)
+        for name, invert in (("gamma_invert", True), ("gamma", False)):
+            idx = _picked(draws, name)
+            if idx:
+                img[idx] = _gamma(img[idx], [getattr(draws[i], name) for i in idx], invert)
