@@ -154,6 +154,6 @@ def affine_margin(cfg: AugmentConfig, patch) -> list[int]:
         return [0, 0, 0]
     extent = p.copy()
     for axis in range(3):
-        extent = np.maximum(extent, np.abs(_rotation(axis, rot) @ p))
+        extent = np.maximum(extent, np.abs(_rotation(axis, rot)) @ p)
     extent *= grow
     return [int(math.ceil((e - n) / 2)) for e, n in zip(extent, p, strict=True)]
