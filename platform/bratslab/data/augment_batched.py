@@ -58,20 +58,18 @@ def spatial(
     size_in = list(x.shape[2:])
     lo = [(i - o) // 2 for i, o in zip(size_in, size, strict=True)]
     crop = tuple(slice(a, a + o) for a, o in zip(lo, size, strict=True))
-    xo, yo = x[(slice(None), slice(None), *crop)].clone(), y[(slice(None), slice(None), *crop)]
-    yo = yo.clone()
-    moved = [i for i, d in enumerate(draws) if d.affine]
+    xo = x[(slice(None), slice(None), *crop)].clone()
+    yo = y[(slice(None), slice(None), *crop)].clone()
     for i, d in enumerate(draws):
         dims = [a + 1 for a in range(3) if d.flips[a]]
-        if i not in moved and dims:
+        if d.affine:  # one patch at a time: x[i : i + 1] is a view, x[list] would copy
+            theta = torch.as_tensor(_theta(d, size_in, size)[None], dtype=torch.float32)
+            grid = F.affine_grid(theta.to(x.device), [1, 1, *size], align_corners=False)
+            xo[i] = F.grid_sample(x[i : i + 1], grid, mode="bilinear", align_corners=False)[0]
+            ys = F.grid_sample(y[i : i + 1].float(), grid, mode="nearest", align_corners=False)
+            yo[i] = ys[0].round().to(y.dtype)
+        elif dims:
             xo[i], yo[i] = xo[i].flip(dims), yo[i].flip(dims)
-    if moved:
-        theta = np.stack([_theta(draws[i], size_in, size) for i in moved])
-        theta_t = torch.as_tensor(theta, dtype=torch.float32, device=x.device)
-        grid = F.affine_grid(theta_t, [len(moved), 1, *size], align_corners=False)
-        xo[moved] = F.grid_sample(x[moved], grid, mode="bilinear", align_corners=False)
-        ys = F.grid_sample(y[moved].float(), grid, mode="nearest", align_corners=False)
-        yo[moved] = ys.round().to(y.dtype)
     return xo, yo
 
 

@@ -154,3 +154,46 @@ def test_affine_margin_grows_with_the_recipe():
     small = affine_margin(AugmentConfig(rotate_range_deg=10, scale_range=0.1), [64] * 3)
     large = affine_margin(AugmentConfig(rotate_range_deg=30, scale_range=0.2), [64] * 3)
     assert 0 < small[0] < large[0]
+
+
+def _worker(cases, tmp_path, *overrides):
+    """A rank-0 :class:`~bratslab.train.loop.Worker` of the smoke job on ``cases``, built as
+    the loop builds its sampler and augmenter (no model: only the data path is exercised)."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from bratslab.data.augment_batched import BatchAugment
+    from bratslab.spec import load_job
+    from bratslab.train.loop import Worker
+
+    job = Path(__file__).resolve().parents[3] / "jobs" / "smoke.yaml"
+    spec = load_job(job, [f"data.store={tmp_path}", "training.patch_size=[24,24,24]", *overrides])
+    aug = spec.data.augment
+    sampler = margin_sampler(aug, [N] * 3, 5, spec.data.foreground_oversample, spec.training.seed)
+    w = Worker(spec, 0, 1, SimpleNamespace(device=torch.device("cpu")), None, None, [N] * 3,
+               sampler, [])  # fmt: skip
+    if aug.on == "device" and aug.enabled:
+        w.augmenter = BatchAugment(aug, [N] * 3)
+    return w
+
+
+def test_loop_hook_thread_loader(cases, tmp_path):
+    # The training loop's thread loader with on: device yields augmented patch-size tensors,
+    # the same for the same epoch; with augmentation off, exactly on: loader's batches.
+    from bratslab.train.loop import epoch_batches_of
+
+    w = _worker(cases, tmp_path, "data.augment.on=device")
+    first = list(epoch_batches_of(w, cases, 1))
+    again = list(epoch_batches_of(_worker(cases, tmp_path, "data.augment.on=device"), cases, 1))
+    assert len(first) == w.spec.training.steps_per_epoch
+    for (x, y), (x2, y2) in zip(first, again, strict=True):
+        assert isinstance(x, torch.Tensor) and x.shape == (2, 5, N, N, N)
+        assert set(torch.unique(y).tolist()) <= {0, 1, 2, 3}
+        assert torch.equal(y, y2)
+        torch.testing.assert_close(x, x2)
+    off = ["data.augment.enabled=false"]
+    plain = list(epoch_batches_of(_worker(cases, tmp_path, *off), cases, 1))
+    dev = list(epoch_batches_of(_worker(cases, tmp_path, *off, "data.augment.on=device"), cases, 1))
+    for (x, y), (x2, y2) in zip(plain, dev, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(x2))
+        np.testing.assert_array_equal(np.asarray(y), np.asarray(y2))
