@@ -5,9 +5,9 @@ The same transforms, order and parameter ranges as the MONAI pipeline of
 :mod:`bratslab.data.augment` (see its docstring), each drawn per patch
 (:func:`bratslab.data.augment_draw.draw_sample`): flips, rotation and scaling folded into ONE
 ``affine_grid`` + ``grid_sample`` resampling (image and mask trilinear, labels nearest), that
-also crops the loader's larger patch to the training patch; lesion copy-paste and lesion
-contrast (per patch on the CPU with the MONAI path's own classes: their boxes, zooms and
-placements are irregular, and they fire only on patches that hold tumour); bias field and
+also crops the loader's larger patch to the training patch; lesion copy-paste (per patch on
+the CPU with the MONAI path's own class: its boxes, zooms and placement tries are irregular,
+and it fires only on patches that hold tumour); lesion contrast (per patch, in torch); bias and
 Rician noise on the brain as a magnitude image; Gaussian noise; blur; brightness,
 per-modality scale, the coarse intensity scale and shift; contrast; low resolution (thick
 slices or all axes); a histogram curve per modality over the brain; inverted gamma, gamma.
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from monai.networks.layers import gaussian_1d, separable_filtering
 from monai.transforms.utils import create_rotate, create_scale
 
-from bratslab.data.augment import IMAGE, LABEL, MASK, RandLesionPasted, _lesion_contrast
+from bratslab.data.augment import IMAGE, LABEL, MASK, RandLesionPasted
 from bratslab.data.augment_draw import SampleDraw, Vec, draw_sample
 from bratslab.data.config import AugmentConfig
 
@@ -189,6 +189,56 @@ def blur(img: torch.Tensor, sigma: Sequence[float]) -> torch.Tensor:
     return separable_filtering(img[None], [k.to(img.device) for k in kernels])[0]
 
 
+def _smooth(f: torch.Tensor, sigma: float) -> torch.Tensor:
+    """scipy's ``gaussian_filter(f, sigma)`` (mode reflect, truncate 4) of ``f`` (D, H, W)."""
+    r = int(4.0 * sigma + 0.5)
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float64) / sigma) ** 2)
+    k = (k / k.sum()).to(f.device, f.dtype)
+    out = f[None, None]
+    for axis in range(3):
+        d = axis + 2
+        n = out.shape[d]
+        if n < r:  # scipy reflects repeatedly; a box this thin is left unsmoothed on that axis
+            continue
+        pads = [out.narrow(d, 0, r).flip(d), out, out.narrow(d, n - r, r).flip(d)]
+        shape = [1, 1, 1, 1, 1]
+        shape[d] = 2 * r + 1
+        out = F.conv3d(torch.cat(pads, d), k.view(shape))
+    return out[0, 0]
+
+
+def lesion_contrast(img, label, brain, cfg: AugmentConfig, rng: np.random.RandomState) -> None:
+    """RandLesionContrastd on one patch in torch, in place: ``img`` ``(C, D, H, W)``, labels
+    ``(D, H, W)`` uint8, brain ``(D, H, W)`` bool; factors drawn from ``rng`` in the CPU
+    class's order (per modality, per sub-region present), so the same random state gives
+    the same output."""
+    from bratslab.data.labels import STORE_LABELS
+    from bratslab.data.layout import MODALITIES
+
+    tumour = label > 0
+    normal = brain & ~tumour
+    if int(normal.sum()) < 8 or not bool(tumour.any()):
+        return
+    nz = tumour.nonzero()
+    lo = (nz.amin(0) - 3).clamp(min=0).tolist()
+    hi = [min(int(h) + 4, n) for h, n in zip(nz.amax(0).tolist(), label.shape, strict=True)]
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    sub_label, sub_brain = label[box], brain[box]
+    labels = {STORE_LABELS[k] for k in cfg.lesion_contrast_labels}
+    present = [k for k in torch.unique(sub_label).tolist() if k in labels]
+    if not present:
+        return
+    for c in (MODALITIES.index(m) for m in cfg.lesion_contrast_modalities):
+        ref = torch.quantile(img[c][normal], 0.5)  # np.median: the mean of the middle two
+        f = torch.ones(sub_label.shape, dtype=img.dtype, device=img.device)
+        for k in present:
+            f[sub_label == k] = float(rng.uniform(*cfg.lesion_contrast_range))
+        f = _smooth(f, 0.8)
+        x = img[c][box]
+        moved = sub_brain & ((f - 1).abs() > 1e-3)  # the filter's far tail: leave it
+        img[c][box] = torch.where(moved, ref + f * (x - ref), x)
+
+
 def _picked(draws: Sequence[SampleDraw], name: str) -> list[int]:
     """Indices of the patches whose draw fires transform ``name``."""
     return [i for i, d in enumerate(draws) if getattr(d, name) not in (None, False)]
@@ -210,11 +260,6 @@ class BatchAugment:
         self.paste = None
         if cfg.lesion_paste_prob > 0:
             self.paste = RandLesionPasted(1.0, cfg.lesion_paste_zoom, cfg.lesion_paste_count)
-        self.lesion_contrast = None
-        if cfg.lesion_contrast_prob > 0:
-            self.lesion_contrast = _lesion_contrast(
-                cfg.model_copy(update={"lesion_contrast_prob": 1.0})
-            )
 
     def draws(self, seeds: Sequence[int]) -> list[SampleDraw]:
         return [draw_sample(self.cfg, int(s), MODALITY_CHANNELS) for s in seeds]
@@ -239,20 +284,25 @@ class BatchAugment:
         return x[:, :channels], y
 
     def _lesions(self, x: torch.Tensor, y: torch.Tensor, draws: Sequence[SampleDraw]) -> None:
-        """Lesion copy-paste and lesion contrast, per patch on the CPU (MONAI path's classes)."""
-        steps = [(self.paste, "lesion_paste", 0), (self.lesion_contrast, "lesion_contrast", 1)]
-        for t, name, salt in steps:
-            for i in _picked(draws, name) if t is not None else []:
-                t.set_random_state(seed=(draws[i].seed + salt) % 2**32)
-                out = t(
-                    {
-                        IMAGE: x[i, :MODALITY_CHANNELS].cpu().numpy(),
-                        MASK: x[i, MODALITY_CHANNELS:].cpu().numpy(),
-                        LABEL: y[i].cpu().numpy().astype(np.float32),
-                    }
-                )
-                x[i, :MODALITY_CHANNELS] = torch.as_tensor(out[IMAGE]).to(x.device)
-                y[i] = torch.as_tensor(np.rint(np.asarray(out[LABEL]))).to(y)
+        """Lesion copy-paste per patch on the CPU (the MONAI path's class: irregular boxes,
+        zooms and placement tries), then lesion contrast in torch on the batch's device."""
+        c = MODALITY_CHANNELS
+        for i in _picked(draws, "lesion_paste") if self.paste is not None else []:
+            self.paste.set_random_state(seed=draws[i].seed % 2**32)
+            out = self.paste(
+                {
+                    IMAGE: x[i, :c].cpu().numpy(),
+                    MASK: x[i, c:].cpu().numpy(),
+                    LABEL: y[i].cpu().numpy().astype(np.float32),
+                }
+            )
+            x[i, :c] = torch.as_tensor(out[IMAGE]).to(x.device)
+            y[i] = torch.as_tensor(np.rint(np.asarray(out[LABEL]))).to(y)
+        for i in _picked(draws, "lesion_contrast"):
+            rng = np.random.RandomState((draws[i].seed + 1) % 2**32)
+            rng.rand()  # the CPU class's own draw of whether it fires
+            brain = brain_of(x[i : i + 1, :c], x[i : i + 1, c:])[0, 0]
+            lesion_contrast(x[i, :c], y[i, 0], brain, self.cfg, rng)
 
     def _scanner(self, img: torch.Tensor, mask: torch.Tensor, draws) -> None:
         """Bias field, Rician noise (magnitude domain), Gaussian noise, blur; in place."""

@@ -288,3 +288,22 @@ def test_draw_probabilities_and_ranges():
     gammas = [d.gamma for d in draws if d.gamma is not None]
     assert min(gammas) >= 0.7 and max(gammas) <= 1.5
     assert draw_sample(cfg, 5, 4) == draw_sample(cfg, 5, 4)  # reproducible per seed
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_lesion_contrast_equals_monai(patch, device):
+    # The torch version draws its factors from the same random state as the CPU class.
+    from bratslab.data.augment import _lesion_contrast
+    from bratslab.data.augment_batched import lesion_contrast
+
+    x, y = patch
+    cfg = AugmentConfig(lesion_contrast_prob=1.0, lesion_contrast_range=(0.3, 1.5))
+    t = _lesion_contrast(cfg)
+    t.set_random_state(seed=5)
+    want = t({"image": x[:4], "mask": x[4:], "label": y.astype(np.float32)})["image"]
+    rng = np.random.RandomState(5)
+    rng.rand()
+    img = _t(x[:4], device).clone()
+    lesion_contrast(img, _t(y[0], device), _t(x[4] > 0.5, device), cfg, rng)
+    assert not np.allclose(want, x[:4])
+    np.testing.assert_allclose(_np(img), want, atol=1e-5)
