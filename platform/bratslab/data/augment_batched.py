@@ -83,13 +83,16 @@ def brain_of(img: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return brain
 
 
-def _magnitude(img: torch.Tensor, brain: torch.Tensor, fn) -> torch.Tensor:
-    """``fn`` on the brain as a non-negative magnitude image: each channel shifted so its
-    darkest brain voxel is 0, background 0; shifted back; voxels outside the brain kept."""
-    lo = torch.where(brain, img, torch.inf).amin(dim=(2, 3, 4), keepdim=True)
-    lo = torch.where(torch.isfinite(lo), lo, 0)  # a patch without brain: left as it is
-    out = fn(torch.where(brain, img - lo, 0))
-    return torch.where(brain, out + lo, img)
+def _magnitude(img: torch.Tensor, brain: torch.Tensor, fn) -> None:
+    """``fn`` on one patch's brain as a non-negative magnitude image, in place: each channel of
+    ``img`` ``(C, D, H, W)`` shifted so its darkest voxel of ``brain`` ``(1, D, H, W)`` is 0,
+    ``fn`` (pointwise: the background's values are discarded, so they need no zeroing),
+    shifted back; voxels outside the brain keep their values."""
+    if not bool(brain.any()):
+        return
+    lo = img.masked_fill(~brain, torch.inf).amin(dim=(1, 2, 3), keepdim=True)
+    out = fn(img - lo).add_(lo)
+    img.copy_(torch.where(brain, out, img))
 
 
 _LEGENDRE: dict[tuple[int, int, str], torch.Tensor] = {}
@@ -127,20 +130,18 @@ def _randn(shape, seed: int, salt: int, device) -> torch.Tensor:
     return torch.randn(shape, generator=g, device=device)
 
 
-def _gamma(img: torch.Tensor, gammas: Sequence[float], invert: bool) -> torch.Tensor:
-    """MONAI AdjustContrast with retain_stats over each patch's modalities together:
-    ``img`` ``(n, C, D, H, W)``, one gamma per patch."""
-    x = -img if invert else img
-    flat = x.flatten(1)
-    mn, sd = flat.mean(1), flat.std(1)
-    lo, hi = flat.amin(1), flat.amax(1)
-    g = torch.as_tensor(gammas, dtype=x.dtype, device=x.device)
-    v = lambda t: t.view(-1, 1, 1, 1, 1)  # noqa: E731
-    rng = hi - lo
-    ret = ((x - v(lo)) / v(rng + 1e-7)) ** v(g) * v(rng) + v(lo)
-    rf = ret.flatten(1)
-    ret = (ret - v(rf.mean(1))) / v(rf.std(1) + 1e-8) * v(sd) + v(mn)
-    return -ret if invert else ret
+def _gamma(img: torch.Tensor, gamma: float, invert: bool) -> None:
+    """MONAI AdjustContrast(gamma, invert_image, retain_stats) on one patch ``(C, D, H, W)``
+    (all modalities together), in place. Standardising ``u ** gamma * range + min`` equals
+    standardising ``u ** gamma``, which saves two passes over the volume."""
+    flat = img.flatten()
+    mn, sd = flat.mean(), flat.std()
+    lo, hi = flat.aminmax()
+    r = hi - lo
+    # inverted: x = -img, whose minimum is -hi, so x - min(x) = hi - img
+    z = (hi - img if invert else img - lo).div_(r + 1e-7).pow_(gamma)
+    scale = sd * r / (r * z.std() + 1e-8)
+    img.copy_(z.sub_(z.mean()).mul_(-scale if invert else scale).add_(mn))
 
 
 def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
@@ -305,53 +306,48 @@ class BatchAugment:
             lesion_contrast(x[i, :c], y[i, 0], brain, self.cfg, rng)
 
     def _scanner(self, img: torch.Tensor, mask: torch.Tensor, draws) -> None:
-        """Bias field, Rician noise (magnitude domain), Gaussian noise, blur; in place."""
-        dev, cfg = img.device, self.cfg
-        idx = _picked(draws, "bias_coeffs")
-        if idx:
-            coeffs = [draws[i].bias_coeffs for i in idx]
-            field = bias_field(coeffs, cfg.bias_field_degree, img.shape[2:], dev)[:, None]
-            img[idx] = _magnitude(img[idx], brain_of(img[idx], mask[idx]), lambda m: m * field)
-        idx = _picked(draws, "rician_std")
-        if idx:
-            std = _per_patch([draws[i].rician_std for i in idx], img)
-            shape = img.shape[1:]
+        """Bias field, Rician noise (magnitude domain), Gaussian noise, blur; in place, one
+        patch at a time on views (no copies of the batch)."""
+        dev, shape = img.device, img.shape[1:]
+        for i in _picked(draws, "bias_coeffs"):
+            d = draws[i]
+            field = bias_field([d.bias_coeffs], self.cfg.bias_field_degree, shape[1:], dev)
+            brain = brain_of(img[i : i + 1], mask[i : i + 1])[0]
+            _magnitude(img[i], brain, lambda m, f=field: m.mul_(f))
+        for i in _picked(draws, "rician_std"):
+            d = draws[i]
+            std = torch.as_tensor(d.rician_std, dtype=img.dtype, device=dev).view(-1, 1, 1, 1)
 
-            def rician(m: torch.Tensor) -> torch.Tensor:
-                n1 = torch.stack([_randn(shape, draws[i].seed, 1, dev) for i in idx]) * std
-                n2 = torch.stack([_randn(shape, draws[i].seed, 2, dev) for i in idx]) * std
-                return torch.sqrt((m + n1) ** 2 + n2**2)
+            def rician(m: torch.Tensor, d=d, std=std) -> torch.Tensor:
+                n1 = _randn(shape, d.seed, 1, dev).mul_(std).add_(m).square_()
+                n2 = _randn(shape, d.seed, 2, dev).mul_(std).square_()
+                return n1.add_(n2).sqrt_()
 
-            img[idx] = _magnitude(img[idx], brain_of(img[idx], mask[idx]), rician)
-        idx = _picked(draws, "noise_std")
-        if idx:
-            noise = torch.stack([_randn(img.shape[1:], draws[i].seed, 3, dev) for i in idx])
-            img[idx] += noise * _per_patch([draws[i].noise_std for i in idx], img)
+            _magnitude(img[i], brain_of(img[i : i + 1], mask[i : i + 1])[0], rician)
+        for i in _picked(draws, "noise_std"):
+            img[i].add_(_randn(shape, draws[i].seed, 3, dev).mul_(draws[i].noise_std))
         for i in _picked(draws, "blur_sigma"):
             img[i] = blur(img[i], draws[i].blur_sigma)
 
     def _contrast(self, img: torch.Tensor, mask: torch.Tensor, draws) -> None:
-        """Gain, contrast, resolution, histogram curve, gamma; in place."""
+        """Gain, contrast, resolution, histogram curve, gamma; in place, per patch."""
         for name in ("brightness", "channel_scale", "intensity_scale"):
-            idx = _picked(draws, name)
-            if idx:
-                img[idx] *= 1 + _per_patch([getattr(draws[i], name) for i in idx], img)
-        idx = _picked(draws, "intensity_shift")
-        if idx:
-            img[idx] += _per_patch([draws[i].intensity_shift for i in idx], img)
-        idx = _picked(draws, "contrast")
-        if idx:
-            x = img[idx]
-            mn = x.mean(dim=(2, 3, 4), keepdim=True)
-            lo, hi = x.amin(dim=(2, 3, 4), keepdim=True), x.amax(dim=(2, 3, 4), keepdim=True)
-            f = _per_patch([draws[i].contrast for i in idx], img)
-            img[idx] = torch.minimum(torch.maximum((x - mn) * (1 + f) + mn, lo), hi)
+            for i in _picked(draws, name):
+                img[i].mul_(1 + _per_patch([getattr(draws[i], name)], img)[0])
+        for i in _picked(draws, "intensity_shift"):
+            img[i].add_(_per_patch([draws[i].intensity_shift], img)[0])
+        for i in _picked(draws, "contrast"):
+            x = img[i]
+            mn = x.mean(dim=(1, 2, 3), keepdim=True)
+            lo, hi = x.amin(dim=(1, 2, 3), keepdim=True), x.amax(dim=(1, 2, 3), keepdim=True)
+            f = _per_patch([draws[i].contrast], img)[0]
+            x.sub_(mn).mul_(1 + f).add_(mn)
+            torch.minimum(torch.maximum(x, lo, out=x), hi, out=x)
         for i in _picked(draws, "lowres"):
             img[i] = low_resolution(img[i], *draws[i].lowres)
         for i in _picked(draws, "histogram"):
             brain = brain_of(img[i : i + 1], mask[i : i + 1])[0, 0]
             histogram_shift(img[i], brain, draws[i].histogram)
         for name, invert in (("gamma_invert", True), ("gamma", False)):
-            idx = _picked(draws, name)
-            if idx:
-                img[idx] = _gamma(img[idx], [getattr(draws[i], name) for i in idx], invert)
+            for i in _picked(draws, name):
+                _gamma(img[i], getattr(draws[i], name), invert)

@@ -136,7 +136,7 @@ def test_affine_margin():
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_bias_field_equals_monai(patch, device):
-    x, _ = patch
+    x, y = patch
     coeffs = tuple(np.random.default_rng(1).uniform(-0.3, 0.3, 20))
     field = bias_field([coeffs], 3, [N] * 3, device)
     t = T.RandBiasField(degree=3, coeff_range=(-0.3, 0.3), prob=1.0)
@@ -145,11 +145,16 @@ def test_bias_field_equals_monai(patch, device):
     np.testing.assert_allclose(_np(field[0]), ref, rtol=1e-4)
     # in the magnitude domain of the brain, as MagnitudeDomaind does it
     img, mask = _t(x[None, :4], device), _t(x[None, 4:], device)
-    out = _magnitude(img, brain_of(img, mask), lambda m: m * field[:, None])
+    out = img.clone()
+    _magnitude(out[0], brain_of(img, mask)[0], lambda m: m * field)
     ref_field = ref[None].astype(np.float32)
     wrapped = MagnitudeDomaind(T.Lambdad("image", lambda m: m * ref_field))
     want = wrapped({"image": x[:4], "mask": x[4:]})["image"]
     np.testing.assert_allclose(_np(out[0]), want, atol=1e-4)
+    # and through the batch transform, from a draw
+    aug = BatchAugment(AugmentConfig(), [N] * 3)
+    x_aug, _ = aug(_t(x[None], device), _t(y[None], device), [0], draws=[_none(bias_coeffs=coeffs)])
+    np.testing.assert_allclose(_np(x_aug[0, :4]), want, atol=1e-4)
 
 
 @pytest.mark.parametrize("device", DEVICES)
