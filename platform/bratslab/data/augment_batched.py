@@ -25,25 +25,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.networks.layers import gaussian_1d, separable_filtering
-from monai.transforms.utils import create_rotate, create_scale
 
 from bratslab.data.augment import IMAGE, LABEL, MASK, RandLesionPasted
-from bratslab.data.augment_draw import SampleDraw, Vec, draw_sample
+from bratslab.data.augment_draw import SampleDraw, Vec, affine_matrix, draw_sample
 from bratslab.data.config import AugmentConfig
 
 MODALITY_CHANNELS = 4
 
 
 def _theta(d: SampleDraw, size_in: Sequence[int], size_out: Sequence[int]) -> np.ndarray:
-    """``(3, 4)`` ``affine_grid`` matrix of one draw: output voxel (centred) → input voxel is
-    flip ∘ rotate ∘ scale (MONAI's AffineGrid product, the flips of RandFlipd before it), in
+    """``(3, 4)`` ``affine_grid`` matrix of one draw (:func:`affine_matrix`) in
     ``grid_sample``'s normalised (x=W, y=H, z=D) coordinates, ``align_corners=False``."""
-    a = np.diag([-1.0 if f else 1.0 for f in d.flips] + [1.0])
-    if d.rotate is not None:
-        a = a @ create_rotate(3, d.rotate, backend="numpy")
-    if d.scale is not None:
-        a = a @ create_scale(3, d.scale, backend="numpy")
-    t = np.diag(2.0 / np.asarray(size_in)) @ a[:3, :3] @ np.diag(np.asarray(size_out) / 2.0)
+    a = affine_matrix(d)
+    t = np.diag(2.0 / np.asarray(size_in)) @ a @ np.diag(np.asarray(size_out) / 2.0)
     return np.concatenate([t[::-1, ::-1], np.zeros((3, 1))], axis=1)
 
 

@@ -13,6 +13,7 @@ rotation and scaling resample real voxels instead of zeros (nnU-Net's larger ini
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -129,6 +130,30 @@ def draw_sample(cfg: AugmentConfig, seed: int, channels: int) -> SampleDraw:
         gamma=gamma,
         seed=int(r.integers(2**32)),
     )
+
+
+def affine_matrix(d: SampleDraw) -> np.ndarray:
+    """``(3, 3)``: output voxel (centred) → input voxel of one draw: flip ∘ rotate ∘ scale
+    (MONAI's AffineGrid product rotate @ scale, after RandFlipd's flips)."""
+    from monai.transforms.utils import create_rotate, create_scale
+
+    a = np.diag([-1.0 if f else 1.0 for f in d.flips] + [1.0])
+    if d.rotate is not None:
+        a = a @ create_rotate(3, d.rotate, backend="numpy")
+    if d.scale is not None:
+        a = a @ create_scale(3, d.scale, backend="numpy")
+    return a[:3, :3]
+
+
+def needed_margin(d: SampleDraw, patch, most: Sequence[int]) -> list[int]:
+    """Voxels per side the loader must read around ``patch`` for this draw: 0 without
+    rotation or scaling, else the input box its resampling reads (the patch's corners mapped
+    by :func:`affine_matrix`, one more voxel for the interpolation), at most ``most``."""
+    if not d.affine:
+        return [0, 0, 0]
+    half = np.abs(affine_matrix(d)) @ (np.asarray(patch, dtype=float) / 2)
+    need = np.ceil(half - np.asarray(patch) / 2) + 1
+    return [int(min(max(n, 0), m)) for n, m in zip(need, most, strict=True)]
 
 
 def _rotation(axis: int, angle: float) -> np.ndarray:

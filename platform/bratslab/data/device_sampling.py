@@ -16,22 +16,35 @@ from typing import Any
 
 import numpy as np
 
-from bratslab.data.augment_draw import affine_margin
+from bratslab.data.augment_draw import affine_margin, draw_sample, needed_margin
 from bratslab.data.config import AugmentConfig
-from bratslab.data.loader import PatchSampler, epoch_batches
-from bratslab.data.patch_pipeline import _AUGMENT, PatchMaker, draw_rng
+from bratslab.data.loader import PatchSampler
+from bratslab.data.patch_pipeline import _AUGMENT, _SAMPLE, CASE_KEYS, PatchMaker, draw_rng
+from bratslab.data.remote import localize_rows
+
+MODALITY_CHANNELS = 4
 
 
 class MarginSampler(PatchSampler):
     """:class:`PatchSampler` whose patches ``(C, X+2m, Y+2m, Z+2m)`` carry a ``margin`` ``m``
     per axis around the patch the base class would cut (the same random draws, so its centre
-    crop is that patch exactly); voxels outside the volume are 0."""
+    crop is that patch exactly); voxels outside the volume are 0. :meth:`sample_into` reads
+    only as much of the margin as one draw's resampling needs and leaves the rest 0."""
 
     def __init__(self, patch_size, in_channels, fg_fraction, seed, margin: Sequence[int]):
         super().__init__(patch_size, in_channels, fg_fraction, seed)
         self.margin = np.asarray(margin, dtype=int)
+        self.shape = tuple(int(v) for v in self.patch + 2 * self.margin)
 
     def sample(self, row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        xp = np.zeros((self.in_channels, *self.shape), np.float32)
+        yp = np.zeros((1, *self.shape), np.uint8)
+        self.sample_into(row, xp, yp, self.margin)
+        return xp, yp
+
+    def sample_into(self, row: dict[str, Any], xp: np.ndarray, yp: np.ndarray, read) -> None:
+        """Draw one patch (the base class's draws) into zeroed ``xp`` ``(C, *shape)`` and
+        ``yp`` ``(1, *shape)``, reading ``read`` (<= ``margin``) voxels around the patch."""
         x = np.load(row["x_path"], mmap_mode="r")
         y = np.load(row["y_path"], mmap_mode="r")
         shape = np.asarray(x.shape[1:])
@@ -41,43 +54,62 @@ class MarginSampler(PatchSampler):
         else:
             centre = np.array([self.rng.integers(0, s) for s in shape])
         start = np.clip(centre - self.patch // 2, 0, np.maximum(shape - self.patch, 0))
-        lo, hi = start - self.margin, start + self.patch + self.margin
-        src = tuple(
-            slice(int(a), int(b))
-            for a, b in zip(np.maximum(lo, 0), np.minimum(hi, shape), strict=True)
+        read = np.asarray(read, dtype=int)
+        lo, hi = start - read, start + self.patch + read
+        inside = zip(np.maximum(lo, 0), np.minimum(hi, shape), strict=True)
+        src = tuple(slice(int(a), int(b)) for a, b in inside)
+        base = lo - (start - self.margin)  # where the read box sits in the output
+        dst = tuple(
+            slice(int(s.start - a + o), int(s.stop - a + o))
+            for s, a, o in zip(src, lo, base, strict=True)
         )
-        size = tuple(int(v) for v in hi - lo)
-        xp = np.zeros((self.in_channels, *size), np.float32)
-        yp = np.zeros((1, *size), np.uint8)
-        dst = tuple(slice(int(s.start - a), int(s.stop - a)) for s, a in zip(src, lo, strict=True))
         xp[(slice(None), *dst)] = x[(slice(0, self.in_channels), *src)]
         yp[(slice(None), *dst)] = y[(slice(0, 1), *src)]
-        return xp, yp
 
 
 def margin_sampler(
     augment: AugmentConfig, patch_size, in_channels: int, fg_fraction: float, seed: int
 ) -> PatchSampler:
-    """The loader's sampler for ``augment.on``: the plain one, or one with the margin."""
-    if augment.on == "loader":
+    """The loader's sampler for ``augment``: the plain one for ``on: loader`` or without
+    augmentation, else one with the affine margin."""
+    if augment.on == "loader" or not augment.enabled:
         return PatchSampler(patch_size, in_channels, fg_fraction, seed)
     margin = affine_margin(augment, patch_size)
     return MarginSampler(patch_size, in_channels, fg_fraction, seed, margin)
 
 
+def fill_batch(sampler: PatchSampler, rows, seeds, augment: AugmentConfig):
+    """One batch ``x`` ``(B, C, *shape)`` float32, ``y`` ``(B, 1, *shape)`` uint8 of the
+    ``rows`` (one per seed): written in place into zeroed arrays (no stacking copy; the
+    margin a patch does not need stays untouched zero pages)."""
+    if not isinstance(sampler, MarginSampler):
+        xs, ys = zip(*(sampler.sample(r) for r in rows), strict=True)
+        return np.stack(xs), np.stack(ys)
+    x = np.zeros((len(rows), sampler.in_channels, *sampler.shape), np.float32)
+    y = np.zeros((len(rows), 1, *sampler.shape), np.uint8)
+    for j, (row, seed) in enumerate(zip(rows, seeds, strict=True)):
+        d = draw_sample(augment, int(seed), MODALITY_CHANNELS)
+        sampler.sample_into(row, x[j], y[j], needed_margin(d, sampler.patch, sampler.margin))
+    return x, y
+
+
 def sampled_batches(
-    rows, *, steps: int, batch_size: int, sampler: PatchSampler, seed: int
+    rows, *, steps: int, batch_size: int, sampler: PatchSampler, seed: int, augment=None
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """:func:`~bratslab.data.loader.epoch_batches` without augmentation (the same draws of
     cases and centres for the same ``seed``), each batch with its ``(B,)`` augmentation
-    seeds from ``(seed, step)``."""
-    off = AugmentConfig(enabled=False)
-    batches = epoch_batches(
-        rows, steps=steps, batch_size=batch_size, sampler=sampler, augment=off, seed=seed
-    )
-    for step, (x, y) in enumerate(batches):
-        rng = np.random.default_rng([int(seed) % 2**63, step, _AUGMENT])
-        yield x, y, rng.integers(2**32, size=len(x))
+    seeds from ``(seed, step)``; patches cut with ``augment``'s margins."""
+    if not rows:
+        raise ValueError("this worker received no training cases (fewer cases than workers?)")
+    augment = augment or AugmentConfig(enabled=False)
+    sampler.reseed(seed)
+    for step in range(steps):
+        picks = sampler.rng.integers(len(rows), size=batch_size)
+        seeds = np.random.default_rng([int(seed) % 2**63, step, _AUGMENT]).integers(
+            2**32, size=batch_size
+        )
+        x, y = fill_batch(sampler, [rows[int(i)] for i in picks], seeds, augment)
+        yield x, y, seeds
 
 
 def augmented(stream, augment, device) -> Iterator[tuple[Any, Any]]:
@@ -122,16 +154,23 @@ class DevicePatchMaker(PatchMaker):
             seed=seed,
             threads=threads,
         )
-        cfg = AugmentConfig.model_validate(augment)
-        self.sampler = margin_sampler(cfg, patch_size, in_channels, fg_fraction, seed)
+        self.augment = AugmentConfig.model_validate(augment)
+        self.sampler = margin_sampler(self.augment, patch_size, in_channels, fg_fraction, seed)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = super().__call__(batch)
-        out["seed"] = np.array(
+        n = len(batch["case_id"])
+        rows = localize_rows({k: str(batch[k][i]) for k in CASE_KEYS} for i in range(n))
+        seeds = np.array(
             [
                 int(draw_rng(self.seed, int(e), int(d), _AUGMENT).integers(2**32))
                 for e, d in zip(batch["epoch"], batch["draw"], strict=True)
             ],
             dtype=np.int64,
         )
-        return out
+        xs, ys = [], []
+        for row, e, d, seed in zip(rows, batch["epoch"], batch["draw"], seeds, strict=True):
+            self.sampler.reseed(draw_rng(self.seed, int(e), int(d), _SAMPLE))
+            x, y = fill_batch(self.sampler, [row], [seed], self.augment)
+            xs.append(x)
+            ys.append(y)
+        return {"image": np.concatenate(xs), "label": np.concatenate(ys), "seed": seeds}

@@ -342,7 +342,7 @@ def epoch_batches_of(w: Worker, shard, epoch: int) -> Iterator[tuple[Any, Any]]:
     if w.augmenter is not None:  # data.augment.on: device (issue 28): the thread only samples
         seed = tr.seed * 1_000_003 + epoch * 1009 + w.rank
         kw = {"steps": tr.steps_per_epoch, "batch_size": tr.batch_size, "sampler": w.sampler}
-        sampled = sampled_batches(rows, **kw, seed=seed)
+        sampled = sampled_batches(rows, **kw, seed=seed, augment=data.augment)
         if w.step.device.type == "cpu":  # the CPU augments in the thread, beside the step
             return prefetch(_on_device(w, sampled), data.prefetch_batches)
         return _on_device(w, prefetch(sampled, data.prefetch_batches))

@@ -197,3 +197,22 @@ def test_loop_hook_thread_loader(cases, tmp_path):
     for (x, y), (x2, y2) in zip(plain, dev, strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(x2))
         np.testing.assert_array_equal(np.asarray(y), np.asarray(y2))
+
+
+def test_partial_margin_reads_what_the_resampling_needs(cases):
+    # The loader reads only each draw's needed margin; the resampled patch is the same as
+    # from the fully read margin (what the grid reads lies inside the part read).
+    from bratslab.data.augment_batched import spatial
+    from bratslab.data.augment_draw import draw_sample, needed_margin
+    from bratslab.data.device_sampling import fill_batch
+
+    cfg = AugmentConfig(rotate_prob=1.0, scale_prob=0.5, rotate_range_deg=30, scale_range=0.2)
+    seeds = list(range(12))
+    full = MarginSampler([N] * 3, 5, 0.5, 3, affine_margin(cfg, [N] * 3))
+    part = MarginSampler([N] * 3, 5, 0.5, 3, affine_margin(cfg, [N] * 3))
+    xf = np.stack([full.sample(cases[s % 2])[0] for s in seeds])
+    xp, yp = fill_batch(part, [cases[s % 2] for s in seeds], seeds, cfg)
+    draws = [draw_sample(cfg, s, 4) for s in seeds]
+    assert any(needed_margin(d, [N] * 3, full.margin) < list(full.margin) for d in draws)
+    outs = [spatial(torch.as_tensor(x), torch.as_tensor(yp), draws, [N] * 3)[0] for x in (xf, xp)]
+    torch.testing.assert_close(outs[0], outs[1])
