@@ -44,9 +44,8 @@ import torch
 
 from bratslab.data.augment import build_augment
 from bratslab.data.augment_batched import BatchAugment
-from bratslab.data.augment_draw import affine_margin
 from bratslab.data.config import AugmentConfig
-from bratslab.data.device_sampling import MarginSampler
+from bratslab.data.device_sampling import fill_batch, margin_sampler
 from bratslab.data.loader import PatchSampler, augment_patch
 from bratslab.spec import load_job
 
@@ -127,37 +126,42 @@ def _cpu(fn) -> float:
     return time.process_time() - c0
 
 
-def arm_loader(rows, patch, cfg, n, seed) -> float:
-    """(a) CPU s/sample: sample + MONAI per-sample augmentation."""
+def arm_loader(rows, patch, cfg, n, seed, batch) -> float:
+    """(a) CPU s/sample of today's loader: sample, MONAI per-sample augmentation, stack."""
     sampler = PatchSampler([patch] * 3, 5, 1 / 3, seed)
     compose = build_augment(cfg, seed)
 
     def run():
-        for i in range(n):
-            x, y = sampler.sample(rows[i % len(rows)])
-            augment_patch(compose, x, y, has_mask=True)
+        for i in range(0, n, batch):
+            pairs = [
+                augment_patch(compose, *sampler.sample(rows[(i + j) % len(rows)]), has_mask=True)
+                for j in range(batch)
+            ]
+            np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
     return _cpu(run) / n
 
 
 def arm_device(rows, patch, cfg, n, seed, batch) -> tuple[float, float]:
-    """(b) CPU s/sample of sampling with the margin; (b+) of the batched augmentation on CPU."""
-    sampler = MarginSampler([patch] * 3, 5, 1 / 3, seed, affine_margin(cfg, [patch] * 3))
+    """(b) CPU s/sample of the ``on: device`` loader (sampling with each draw's margin,
+    written into the batch); (b+) of the batched augmentation on the CPU."""
+    cfg = cfg.model_copy(update={"on": "device"})
+    sampler = margin_sampler(cfg, [patch] * 3, 5, 1 / 3, seed)
     out: list = []
 
     def sample():
-        out.extend(sampler.sample(rows[i % len(rows)]) for i in range(n))
+        for i in range(0, n, batch):
+            seeds = [seed * 1000 + i + j for j in range(batch)]
+            picked = [rows[(i + j) % len(rows)] for j in range(batch)]
+            out.append((fill_batch(sampler, picked, seeds, cfg), seeds))
 
     sample_s = _cpu(sample) / n
     aug = BatchAugment(cfg, [patch] * 3)
 
     def augment():
-        for i in range(0, n, batch):
-            chunk = out[i : i + batch]
-            x = torch.from_numpy(np.stack([c[0] for c in chunk]))
-            y = torch.from_numpy(np.stack([c[1] for c in chunk]))
+        for (x, y), seeds in out:
             with torch.no_grad():
-                aug(x, y, [seed * 1000 + i + j for j in range(len(chunk))])
+                aug(torch.from_numpy(x), torch.from_numpy(y), seeds)
 
     return sample_s, _cpu(augment) / n
 
@@ -193,7 +197,9 @@ def _arms(rows: dict, args, r: int) -> list:
     arms = []
     for p in args.sizes:
         for name, cfg in recipes().items():
-            arms.append(("a", p, name, lambda p=p, c=cfg: (arm_loader(rows[p], p, c, n, r),)))
+            arms.append(
+                ("a", p, name, lambda p=p, c=cfg: (arm_loader(rows[p], p, c, n, r, batch),))
+            )
             arms.append(("b", p, name, lambda p=p, c=cfg: arm_device(rows[p], p, c, n, r, batch)))
     py = args.nnunet_python
     for p in args.sizes:
@@ -215,7 +221,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-augment-") as tmp:
         rows = {p: _cases(Path(tmp) / str(p), p) for p in args.sizes}
         for p in args.sizes:  # warm-up: imports, page cache
-            arm_loader(rows[p], p, AugmentConfig(), 1, 0)
+            arm_loader(rows[p], p, AugmentConfig(), args.batch, 0, args.batch)
             arm_device(rows[p], p, AugmentConfig(), args.batch, 0, args.batch)
         for r in range(args.rounds):
             arms = _arms(rows, args, r)
