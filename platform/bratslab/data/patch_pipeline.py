@@ -151,7 +151,7 @@ def patch_dataset(
         "threads": max(1, round(cpus)),
     }
     maker_class = PatchMaker
-    if data.augment.on == "device":  # the workers augment; the actors only sample (issue 28)
+    if data.augment.on == "device":  # the workers augment; the actors only sample
         from bratslab.data.device_sampling import DevicePatchMaker
 
         maker_class = DevicePatchMaker

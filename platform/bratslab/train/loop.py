@@ -295,7 +295,7 @@ def _worker(
         grad_clip=tr.grad_clip,
     )
     patch = list(config["patch_size"])
-    # data.augment.on: device — the sampler cuts a margin, the worker augments (issue 28)
+    # data.augment.on: device — the sampler cuts a margin, the worker augments
     aug_cfg = spec.data.augment
     sampler = margin_sampler(
         aug_cfg, patch, model_cfg.in_channels, spec.data.foreground_oversample, tr.seed + rank
@@ -321,6 +321,8 @@ def epoch_batches_of(w: Worker, shard, epoch: int) -> Iterator[tuple[Any, Any]]:
     seeded by (seed, epoch, rank), so a resumed epoch draws the same patches. ``ray``: the
     next batches of the attempt's patch stream (:mod:`bratslab.data.patch_pipeline`), torch
     tensors already on the worker's device, fetched ``prefetch_batches`` ahead by Ray Data.
+    With ``data.augment.on: device`` either loader only samples (patches with a margin, and a
+    seed each) and :func:`_on_device` augments the batch on the worker's device.
     """
     tr, data = w.spec.training, w.spec.data
     if data.loader == "ray":
@@ -334,12 +336,12 @@ def epoch_batches_of(w: Worker, shard, epoch: int) -> Iterator[tuple[Any, Any]]:
                     pin_memory=w.step.device.type == "cuda",
                 )
             )
-        if w.augmenter is not None:  # data.augment.on: device (issue 28): augment here
+        if w.augmenter is not None:  # data.augment.on: device: augment here, on the device
             return _on_device(w, take_seeded(w.patches, tr.steps_per_epoch))
         return _take(w.patches, tr.steps_per_epoch)
     # Ray (a dataset shard only): a split of the case rows on every epoch
     rows = localize_rows(shard if isinstance(shard, list) else shard.iter_rows())
-    if w.augmenter is not None:  # data.augment.on: device (issue 28): the thread only samples
+    if w.augmenter is not None:  # data.augment.on: device: the thread only samples
         seed = tr.seed * 1_000_003 + epoch * 1009 + w.rank
         kw = {"steps": tr.steps_per_epoch, "batch_size": tr.batch_size, "sampler": w.sampler}
         sampled = sampled_batches(rows, **kw, seed=seed, augment=data.augment)
@@ -358,7 +360,7 @@ def epoch_batches_of(w: Worker, shard, epoch: int) -> Iterator[tuple[Any, Any]]:
 
 
 def _on_device(w: Worker, stream: Iterator[tuple[Any, Any, Any]]) -> Iterator[tuple[Any, Any]]:
-    """``data.augment.on: device`` (issue 28): ``(x, y, seeds)`` batches of sampled patches →
+    """``data.augment.on: device``: ``(x, y, seeds)`` batches of sampled patches →
     ``(x, y)`` tensors augmented on the worker's device by ``w.augmenter``."""
     return augmented(stream, w.augmenter, w.step.device)
 
