@@ -24,7 +24,10 @@ is printed beside the results.
 ``--step-s`` seconds per batch (default 0.35 s for batch 2 at 128³: the figure the issue
 assumes for one GPU, not measured here); at 64³ the step is taken as 1/8 of it.
 
-Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_augment.py --rounds 3 --samples 4``.
+Where a GPU is present (or with ``--device-arm-on cpu``) it also times, in wall ms per batch,
+the batched augmentation against one training step on that device.
+
+Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_augment.py --rounds 2 --samples 6``.
 """
 
 from __future__ import annotations
@@ -191,6 +194,47 @@ def arm_nnunet(python: str, rows, patch, n, seed) -> float | None:
     return statistics.mean(json.loads(res.stdout.strip().splitlines()[-1])["cpu_s"])
 
 
+def device_arm(patch: int, cfg: AugmentConfig, batch: int, device: str, reps: int = 5):
+    """Wall ms per batch on ``device`` of the batched augmentation (from margin patches) and
+    of one training step (``jobs/train_cpu.yaml``'s SegResNet, fp16 autocast on CUDA, AdamW,
+    Dice + BCE on regions) at the same patch size."""
+    from bratslab.data.augment_draw import affine_margin
+    from bratslab.models.zoo import build_model
+    from bratslab.train.losses import SegmentationLoss
+
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    big = [patch + 2 * m for m in affine_margin(cfg, [patch] * 3)]
+    x = torch.randn(batch, 5, *big, device=dev)
+    x[:, 4] = (x[:, 4] > -1).float()
+    y = torch.randint(0, 4, (batch, 1, *big), dtype=torch.uint8, device=dev)
+    aug = BatchAugment(cfg, [patch] * 3)
+    job = load_job(ROOT / "jobs" / "train_cpu.yaml", [f"data.store={ROOT}"])
+    model = build_model(job.model.model_config_only()).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    loss_fn = SegmentationLoss("regions")
+    xs, ys = aug(x, y, list(range(batch)))
+
+    def step():
+        with torch.autocast(dev.type, enabled=dev.type == "cuda"):
+            out = model(xs)
+        loss = loss_fn(out, ys)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def timed(fn) -> float:
+        fn()  # warm-up
+        sync()
+        t0 = time.perf_counter()
+        for k in range(reps):
+            fn() if fn is step else aug(x, y, [k * batch + j for j in range(batch)])
+        sync()
+        return (time.perf_counter() - t0) / reps * 1000
+
+    return timed(lambda: aug(x, y, list(range(batch)))), timed(step)
+
+
 def _arms(rows: dict, args, r: int) -> list:
     """Round ``r``'s arms: ``(arm, size, recipe, fn)``, ``fn()`` → a tuple of CPU s/sample."""
     n, batch = args.samples, args.batch
@@ -215,6 +259,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--step-s", type=float, default=0.35, help="GPU step s per batch at 128^3")
     ap.add_argument("--nnunet-python", default=NNUNET_PY)
+    ap.add_argument("--device-arm-on", default=None, help="run the device arm here (e.g. cpu)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     res: dict[tuple, list[float]] = {}
@@ -231,6 +276,17 @@ def main() -> None:
                     res.setdefault((arm + "+" * j, p, name), []).append(v)
             print(f"round {r + 1}/{args.rounds} done, load {os.getloadavg()[0]:.2f}", flush=True)
     report(res, args)
+    if torch.cuda.is_available() or args.device_arm_on:
+        device = args.device_arm_on or "cuda"
+        for p in args.sizes:
+            for name, cfg in recipes().items():
+                aug_ms, step_ms = device_arm(p, cfg, args.batch, device)
+                print(
+                    f"{device} {p}³ {name}: batched augmentation {aug_ms:.1f} ms / batch of "
+                    f"{args.batch}, training step {step_ms:.1f} ms ({aug_ms / step_ms:.2f})"
+                )
+    else:
+        print("no GPU here: the device arm (augmentation vs training step on CUDA) skipped")
 
 
 def report(res: dict, args) -> None:
