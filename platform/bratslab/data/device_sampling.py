@@ -122,7 +122,8 @@ def augmented(stream, augment, device) -> Iterator[tuple[Any, Any]]:
             xt = torch.as_tensor(x).to(device, non_blocking=True)
             yt = torch.as_tensor(y).to(device, non_blocking=True)
             with torch.no_grad():
-                yield augment(xt, yt, [int(s) for s in np.asarray(torch.as_tensor(seeds).cpu())])
+                out = augment(xt, yt, [int(s) for s in np.asarray(torch.as_tensor(seeds).cpu())])
+            yield out  # outside no_grad: the consumer's step needs gradients
     finally:
         close = getattr(stream, "close", None)
         if close is not None:

@@ -98,7 +98,10 @@ def test_whole_recipe_on_a_batch(cases, device):
     sampler = margin_sampler(cfg, [N] * 3, 5, 1.0, 0)
     stream = sampled_batches(cases, steps=2, batch_size=3, sampler=sampler, seed=4)
     aug = BatchAugment(cfg, [N] * 3)
-    out = list(augmented(stream, aug, torch.device(device)))
+    out = []
+    for batch in augmented(stream, aug, torch.device(device)):
+        assert torch.is_grad_enabled()  # the training step gets gradients between batches
+        out.append(batch)
     sampler = margin_sampler(cfg, [N] * 3, 5, 1.0, 0)
     stream = sampled_batches(cases, steps=2, batch_size=3, sampler=sampler, seed=4)
     again = list(augmented(stream, aug, torch.device(device)))
