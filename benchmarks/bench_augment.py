@@ -3,6 +3,7 @@
 Arms, on the same synthetic cases (4 modalities + foreground mask, labels 1-3), one thread each,
 CPU time (``time.process_time``) per sample:
 
+(s) today's loader with augmentation off (sampling and stacking only), the floor.
 (a) ``on: loader`` — today's loader: sample a patch, then the MONAI per-sample recipe.
 (b) ``on: device`` — the loader only samples, with the affine margin
     (:func:`bratslab.data.augment_draw.affine_margin`); and (b+) the batched torch augmentation
@@ -145,6 +146,18 @@ def arm_loader(rows, patch, cfg, n, seed, batch) -> float:
     return _cpu(run) / n
 
 
+def arm_plain(rows, patch, n, seed, batch) -> float:
+    """(s) CPU s/sample of today's loader with augmentation off: sample and stack."""
+    sampler = PatchSampler([patch] * 3, 5, 1 / 3, seed)
+
+    def run():
+        for i in range(0, n, batch):
+            pairs = [sampler.sample(rows[(i + j) % len(rows)]) for j in range(batch)]
+            np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+    return _cpu(run) / n
+
+
 def arm_device(rows, patch, cfg, n, seed, batch) -> tuple[float, float]:
     """(b) CPU s/sample of the ``on: device`` loader (sampling with each draw's margin,
     written into the batch); (b+) of the batched augmentation on the CPU."""
@@ -247,6 +260,7 @@ def _arms(rows: dict, args, r: int) -> list:
             arms.append(("b", p, name, lambda p=p, c=cfg: arm_device(rows[p], p, c, n, r, batch)))
     py = args.nnunet_python
     for p in args.sizes:
+        arms.append(("s", p, "off", lambda p=p: (arm_plain(rows[p], p, n, r, batch),)))
         arms.append(("c", p, "nnunet", lambda p=p: (arm_nnunet(py, rows[p], p, n, r),)))
     return arms
 
@@ -293,6 +307,7 @@ def report(res: dict, args) -> None:
     load = os.getloadavg()
     med = {k: (statistics.median(v) if None not in v else None) for k, v in res.items()}
     label = {
+        "s": "(s) sampling only, augmentation off (today)",
         "a": "(a) on: loader, MONAI per sample",
         "b": "(b) on: device, loader samples only",
         "b+": "(b+) on: device, batched augmentation on CPU",
@@ -308,7 +323,7 @@ def report(res: dict, args) -> None:
         if v is None:
             print(f"| {p}³ | {name} | {label[arm]} | skipped (no {args.nnunet_python}) | |")
             continue
-        need = v * args.batch / step if arm in ("a", "b", "c") else float("nan")
+        need = v * args.batch / step if arm in ("s", "a", "b", "c") else float("nan")
         cell = f"{need:.2f}" if arm != "b+" else "(worker's CPU)"
         print(f"| {p}³ | {name} | {label[arm]} | {v:.4f} | {cell} |")
     for p in args.sizes:
