@@ -42,9 +42,10 @@ class MarginSampler(PatchSampler):
         self.sample_into(row, xp, yp, self.margin)
         return xp, yp
 
-    def sample_into(self, row: dict[str, Any], xp: np.ndarray, yp: np.ndarray, read) -> None:
+    def sample_into(self, row: dict[str, Any], xp: np.ndarray, yp: np.ndarray, read) -> tuple:
         """Draw one patch (the base class's draws) into zeroed ``xp`` ``(C, *shape)`` and
-        ``yp`` ``(1, *shape)``, reading ``read`` (<= ``margin``) voxels around the patch."""
+        ``yp`` ``(1, *shape)``, reading ``read`` (<= ``margin``) voxels around the patch;
+        returns the box written (spatial slices)."""
         x = np.load(row["x_path"], mmap_mode="r")
         y = np.load(row["y_path"], mmap_mode="r")
         shape = np.asarray(x.shape[1:])
@@ -65,6 +66,7 @@ class MarginSampler(PatchSampler):
         )
         xp[(slice(None), *dst)] = x[(slice(0, self.in_channels), *src)]
         yp[(slice(None), *dst)] = y[(slice(0, 1), *src)]
+        return dst
 
 
 def margin_sampler(
@@ -78,27 +80,71 @@ def margin_sampler(
     return MarginSampler(patch_size, in_channels, fg_fraction, seed, margin)
 
 
-def fill_batch(sampler: PatchSampler, rows, seeds, augment: AugmentConfig):
+class BatchRing:
+    """``size`` batch arrays handed out in turn and reused: fresh arrays of the margin shape
+    would cost page faults and kernel zeroing of hundreds of MB per batch at 128³ (numpy asks
+    for 2 MiB huge pages, so even the untouched margin gets zeroed). A reused slot has only
+    the boxes its last batch wrote set back to 0. A slot comes back ``size`` batches later,
+    so ``size`` must exceed the batches alive at once (queued, being filled, being used)."""
+
+    def __init__(self, size: int):
+        self.size, self.slots, self.turn = size, [], 0
+
+    def take(self, n: int, channels: int, shape) -> tuple[np.ndarray, np.ndarray, list]:
+        """Zeroed ``x`` ``(n, channels, *shape)`` float32, ``y`` ``(n, 1, *shape)`` uint8 and
+        the list in which to record the boxes written ``(j, box)``."""
+        if self.slots and self.slots[0][0].shape != (n, channels, *shape):
+            self.slots, self.turn = [], 0
+        if len(self.slots) < self.size:
+            x = np.zeros((n, channels, *shape), np.float32)
+            self.slots.append((x, np.zeros((n, 1, *shape), np.uint8), []))
+        slot = self.slots[self.turn % len(self.slots)]
+        self.turn += 1
+        x, y, written = slot
+        for j, box in written:
+            x[(j, slice(None), *box)] = 0
+            y[(j, slice(None), *box)] = 0
+        written.clear()
+        return slot
+
+
+def sampler_ring(sampler: PatchSampler, size: int) -> BatchRing | None:
+    """The :class:`BatchRing` of ``size`` slots kept on a margin sampler (None otherwise), so
+    its arrays are reused across epochs."""
+    if not isinstance(sampler, MarginSampler):
+        return None
+    if getattr(sampler, "ring", None) is None or sampler.ring.size != size:
+        sampler.ring = BatchRing(size)
+    return sampler.ring
+
+
+def fill_batch(sampler: PatchSampler, rows, seeds, augment: AugmentConfig, ring=None):
     """One batch ``x`` ``(B, C, *shape)`` float32, ``y`` ``(B, 1, *shape)`` uint8 of the
-    ``rows`` (one per seed): written in place into zeroed arrays (no stacking copy; the
-    margin a patch does not need stays untouched zero pages)."""
+    ``rows`` (one per seed), each patch read with its draw's margin and written in place
+    (no stacking copy) into zeroed arrays: a :class:`BatchRing`'s next slot, or fresh ones."""
     if not isinstance(sampler, MarginSampler):
         xs, ys = zip(*(sampler.sample(r) for r in rows), strict=True)
         return np.stack(xs), np.stack(ys)
-    x = np.zeros((len(rows), sampler.in_channels, *sampler.shape), np.float32)
-    y = np.zeros((len(rows), 1, *sampler.shape), np.uint8)
+    n, c = len(rows), sampler.in_channels
+    if ring is None:
+        x = np.zeros((n, c, *sampler.shape), np.float32)
+        y, written = np.zeros((n, 1, *sampler.shape), np.uint8), []
+    else:
+        x, y, written = ring.take(n, c, sampler.shape)
     for j, (row, seed) in enumerate(zip(rows, seeds, strict=True)):
         d = draw_sample(augment, int(seed), MODALITY_CHANNELS)
-        sampler.sample_into(row, x[j], y[j], needed_margin(d, sampler.patch, sampler.margin))
+        read = needed_margin(d, sampler.patch, sampler.margin)
+        written.append((j, sampler.sample_into(row, x[j], y[j], read)))
     return x, y
 
 
 def sampled_batches(
-    rows, *, steps: int, batch_size: int, sampler: PatchSampler, seed: int, augment=None
+    rows, *, steps: int, batch_size: int, sampler: PatchSampler, seed: int, augment=None, ring=None
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """:func:`~bratslab.data.loader.epoch_batches` without augmentation (the same draws of
     cases and centres for the same ``seed``), each batch with its ``(B,)`` augmentation
-    seeds from ``(seed, step)``; patches cut with ``augment``'s margins."""
+    seeds from ``(seed, step)``; patches cut with ``augment``'s margins, into ``ring``'s
+    arrays if one is given (see :class:`BatchRing`)."""
     if not rows:
         raise ValueError("this worker received no training cases (fewer cases than workers?)")
     augment = augment or AugmentConfig(enabled=False)
@@ -108,7 +154,7 @@ def sampled_batches(
         seeds = np.random.default_rng([int(seed) % 2**63, step, _AUGMENT]).integers(
             2**32, size=batch_size
         )
-        x, y = fill_batch(sampler, [rows[int(i)] for i in picks], seeds, augment)
+        x, y = fill_batch(sampler, [rows[int(i)] for i in picks], seeds, augment, ring)
         yield x, y, seeds
 
 

@@ -24,7 +24,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from bratslab.data.device_sampling import augmented, margin_sampler, sampled_batches, take_seeded
+from bratslab.data.device_sampling import (
+    augmented,
+    margin_sampler,
+    sampled_batches,
+    sampler_ring,
+    take_seeded,
+)
 from bratslab.data.loader import PatchSampler, epoch_batches, prefetch
 from bratslab.data.remote import is_remote, local_store_once, localize_rows
 from bratslab.models.config import ModelConfig
@@ -344,6 +350,8 @@ def epoch_batches_of(w: Worker, shard, epoch: int) -> Iterator[tuple[Any, Any]]:
     if w.augmenter is not None:  # data.augment.on: device: the thread only samples
         seed = tr.seed * 1_000_003 + epoch * 1009 + w.rank
         kw = {"steps": tr.steps_per_epoch, "batch_size": tr.batch_size, "sampler": w.sampler}
+        # arrays reused: more slots than batches queued + being filled + being augmented
+        kw["ring"] = sampler_ring(w.sampler, data.prefetch_batches + 3)
         sampled = sampled_batches(rows, **kw, seed=seed, augment=data.augment)
         if w.step.device.type == "cpu":  # the CPU augments in the thread, beside the step
             return prefetch(_on_device(w, sampled), data.prefetch_batches)

@@ -219,3 +219,23 @@ def test_partial_margin_reads_what_the_resampling_needs(cases):
     assert any(needed_margin(d, [N] * 3, full.margin) < list(full.margin) for d in draws)
     outs = [spatial(torch.as_tensor(x), torch.as_tensor(yp), draws, [N] * 3)[0] for x in (xf, xp)]
     torch.testing.assert_close(outs[0], outs[1])
+
+
+def test_batch_ring_reuse_equals_fresh_arrays(cases):
+    # Reused arrays (only the last batch's boxes zeroed again) hold what fresh ones would.
+    from bratslab.data.device_sampling import BatchRing
+
+    cfg = AugmentConfig(on="device", rotate_prob=0.5, scale_prob=0.5)
+
+    def batches(ring):
+        sampler = margin_sampler(cfg, [N] * 3, 5, 0.5, 0)
+        stream = sampled_batches(
+            cases, steps=6, batch_size=2, sampler=sampler, seed=9, augment=cfg, ring=ring
+        )
+        return [(x.copy(), y.copy()) for x, y, _ in stream]
+
+    ring = BatchRing(2)
+    for (x, y), (xr, yr) in zip(batches(None), batches(ring), strict=True):
+        np.testing.assert_array_equal(x, xr)
+        np.testing.assert_array_equal(y, yr)
+    assert len(ring.slots) == 2
