@@ -118,13 +118,18 @@ def sampler_ring(sampler: PatchSampler, size: int) -> BatchRing | None:
     return sampler.ring
 
 
-def fill_batch(sampler: PatchSampler, rows, seeds, augment: AugmentConfig, ring=None):
+def fill_batch(sampler: PatchSampler, rows, seeds, augment: AugmentConfig, ring=None, before=None):
     """One batch ``x`` ``(B, C, *shape)`` float32, ``y`` ``(B, 1, *shape)`` uint8 of the
     ``rows`` (one per seed), each patch read with its draw's margin and written in place
-    (no stacking copy) into zeroed arrays: a :class:`BatchRing`'s next slot, or fresh ones."""
+    (no stacking copy) into zeroed arrays: a :class:`BatchRing`'s next slot, or fresh ones.
+    ``before(j)``, if given, runs before patch ``j`` is sampled (e.g. to reseed)."""
+    before = before or (lambda j: None)
     if not isinstance(sampler, MarginSampler):
-        xs, ys = zip(*(sampler.sample(r) for r in rows), strict=True)
-        return np.stack(xs), np.stack(ys)
+        pairs = []
+        for j, r in enumerate(rows):
+            before(j)
+            pairs.append(sampler.sample(r))
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
     n, c = len(rows), sampler.in_channels
     if ring is None:
         x = np.zeros((n, c, *sampler.shape), np.float32)
@@ -132,6 +137,7 @@ def fill_batch(sampler: PatchSampler, rows, seeds, augment: AugmentConfig, ring=
     else:
         x, y, written = ring.take(n, c, sampler.shape)
     for j, (row, seed) in enumerate(zip(rows, seeds, strict=True)):
+        before(j)
         d = draw_sample(augment, int(seed), MODALITY_CHANNELS)
         read = needed_margin(d, sampler.patch, sampler.margin)
         written.append((j, sampler.sample_into(row, x[j], y[j], read)))
@@ -214,10 +220,10 @@ class DevicePatchMaker(PatchMaker):
             ],
             dtype=np.int64,
         )
-        xs, ys = [], []
-        for row, e, d, seed in zip(rows, batch["epoch"], batch["draw"], seeds, strict=True):
-            self.sampler.reseed(draw_rng(self.seed, int(e), int(d), _SAMPLE))
-            x, y = fill_batch(self.sampler, [row], [seed], self.augment)
-            xs.append(x)
-            ys.append(y)
-        return {"image": np.concatenate(xs), "label": np.concatenate(ys), "seed": seeds}
+        draws = list(zip(batch["epoch"], batch["draw"], strict=True))
+
+        def reseed(j: int) -> None:  # each draw's own sampling seed, as PatchMaker.draw
+            self.sampler.reseed(draw_rng(self.seed, int(draws[j][0]), int(draws[j][1]), _SAMPLE))
+
+        x, y = fill_batch(self.sampler, rows, seeds, self.augment, before=reseed)
+        return {"image": x, "label": y, "seed": seeds}

@@ -239,3 +239,26 @@ def test_batch_ring_reuse_equals_fresh_arrays(cases):
         np.testing.assert_array_equal(x, xr)
         np.testing.assert_array_equal(y, yr)
     assert len(ring.slots) == 2
+
+
+def test_device_patch_maker_samples_what_patch_maker_does(cases):
+    # The Ray Data UDF for on: device (called here without Ray): the same draws' patches as
+    # PatchMaker without augmentation, inside a margin, and each draw's augmentation seed.
+    from bratslab.data.device_sampling import DevicePatchMaker
+    from bratslab.data.patch_pipeline import _AUGMENT, PatchMaker, choose_cases, draw_rng
+
+    cfg = AugmentConfig(on="device")
+    kw = dict(patch_size=[N] * 3, in_channels=5, fg_fraction=0.5, seed=4)
+    batch = choose_cases({"id": np.arange(4)}, cases=cases, seed=4, per_epoch=2)
+    plain = PatchMaker(**kw, augment=AugmentConfig(enabled=False).model_dump(mode="json"))(batch)
+    dev = DevicePatchMaker(**kw, augment=cfg.model_dump(mode="json"))(batch)
+    m = affine_margin(cfg, [N] * 3)
+    assert dev["image"].shape == (4, 5, *(N + 2 * k for k in m))
+    inner = (slice(None), slice(None), *(slice(k, k + N) for k in m))
+    np.testing.assert_array_equal(dev["image"][inner], plain["image"])
+    np.testing.assert_array_equal(dev["label"][inner], plain["label"])
+    want = [
+        int(draw_rng(4, e, d, _AUGMENT).integers(2**32))
+        for e, d in [(0, 0), (0, 1), (1, 2), (1, 3)]
+    ]
+    assert dev["seed"].tolist() == want
