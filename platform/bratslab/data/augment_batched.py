@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.networks.layers import gaussian_1d, separable_filtering
+from monai.networks.layers import gaussian_1d
 
 from bratslab.data.augment import IMAGE, LABEL, MASK, RandLesionPasted
 from bratslab.data.augment_draw import SampleDraw, Vec, affine_matrix, draw_sample
@@ -178,10 +178,21 @@ def low_resolution(img: torch.Tensor, axis: int, zoom: float) -> torch.Tensor:
 
 
 def blur(img: torch.Tensor, sigma: Sequence[float]) -> torch.Tensor:
-    """One patch ``(C, D, H, W)`` smoothed as MONAI's GaussianSmooth (erf kernels, zeros
-    outside)."""
-    kernels = [gaussian_1d(torch.tensor(s), truncated=4.0, approx="erf") for s in sigma]
-    return separable_filtering(img[None], [k.to(img.device) for k in kernels])[0]
+    """One patch ``(C, D, H, W)`` smoothed as MONAI's GaussianSmooth (its erf kernels, zeros
+    outside), each axis as a weighted sum of shifted views: ~3x less CPU than the depthwise
+    ``conv3d`` MONAI's separable filter runs, the same result within float32 rounding."""
+    out = img
+    for axis, s in enumerate(sigma):
+        k = gaussian_1d(torch.tensor(s), truncated=4.0, approx="erf").tolist()
+        tail, d, n = (len(k) - 1) // 2, axis + 1, img.shape[axis + 1]
+        pad = [0, 0] * 3
+        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = tail
+        padded = F.pad(out, pad)
+        acc = padded.narrow(d, 0, n) * k[0]
+        for t in range(1, len(k)):
+            acc.add_(padded.narrow(d, t, n), alpha=k[t])
+        out = acc
+    return out
 
 
 def _smooth(f: torch.Tensor, sigma: float) -> torch.Tensor:
