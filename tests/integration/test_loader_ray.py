@@ -13,7 +13,10 @@ pytestmark = pytest.mark.integration
 JOB = Path(__file__).resolve().parents[2] / "jobs" / "smoke.yaml"
 
 
-def test_smoke_epoch_trains_from_the_ray_patch_stream(ray_cluster, tiny_store):
+@pytest.mark.parametrize("augment_on", ["loader", "device"])
+def test_smoke_epoch_trains_from_the_ray_patch_stream(ray_cluster, tiny_store, augment_on):
+    # on: device — the actors only sample (with the affine margin) and each worker augments
+    # its batch in torch (issue 28).
     from bratslab.spec import load_job
     from bratslab.tracking.mlflow_runs import metric_history, run_info
     from bratslab.train.trainer import run_training
@@ -25,6 +28,7 @@ def test_smoke_epoch_trains_from_the_ray_patch_stream(ray_cluster, tiny_store):
             f"data.store={tiny_store}",
             "data.loader=ray",
             "data.loader_cpus=0.5",  # 2 workers x 0.5: one actor holding one CPU
+            f"data.augment.on={augment_on}",
             "training.epochs=1",
             "training.steps_per_epoch=3",
             "training.val_sw_batch_size=2",
@@ -37,6 +41,7 @@ def test_smoke_epoch_trains_from_the_ray_patch_stream(ray_cluster, tiny_store):
     info = run_info(out.run_id)
     assert info["status"] == "FINISHED"
     assert info["params"]["data.loader"] == "ray"
+    assert info["params"]["data.augment.on"] == augment_on
     wait = metric_history(out.run_id, "time/data_wait_frac")
     assert [s for s, _ in wait] == [0] and 0.0 <= wait[0][1] <= 1.0
     loss = metric_history(out.run_id, "train/loss")

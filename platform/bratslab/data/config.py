@@ -130,6 +130,13 @@ class AugmentConfig(StrictModel):
     """
 
     enabled: bool = Field(default=True, description="Apply augmentation to training patches.")
+    on: Literal["loader", "device"] = Field(
+        default="loader",
+        description="Where the recipe runs. loader: per patch on the CPU (MONAI), in the loader "
+        "thread or the Ray Data actors. device: the loader only samples patches (larger by a "
+        "margin where rotation/scaling needs one) and each training worker augments the whole "
+        "batch in torch on its own device (CUDA when present), the same recipe.",
+    )
     flip_prob: float = Field(default=0.5, ge=0, le=1, description="Flip probability per axis.")
     rotate_prob: float = Field(
         default=0.2,
@@ -324,6 +331,14 @@ class AugmentConfig(StrictModel):
         description="Modalities (canonical names) in which it changes (e.g. [t1c]: the "
         "contrast agent's dose and timing).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on_key(cls, data):
+        # YAML 1.1 (PyYAML) reads the bare key `on` as the boolean True.
+        if isinstance(data, dict) and True in data and "on" not in data:
+            data = {("on" if k is True else k): v for k, v in data.items()}
+        return data
 
     @field_validator("lesion_paste_count")
     @classmethod

@@ -150,6 +150,11 @@ def patch_dataset(
         "seed": seed,
         "threads": max(1, round(cpus)),
     }
+    maker_class = PatchMaker
+    if data.augment.on == "device":  # the workers augment; the actors only sample
+        from bratslab.data.device_sampling import DevicePatchMaker
+
+        maker_class = DevicePatchMaker
     return (
         ray.data.range(epochs * per_epoch, override_num_blocks=epochs)  # Ray
         .map_batches(
@@ -161,7 +166,7 @@ def patch_dataset(
         # Ray (experimental, streaming): one training batch per block, spread over the actors
         .repartition(target_num_rows_per_block=batch_size)
         .map_batches(
-            PatchMaker,
+            maker_class,
             fn_constructor_kwargs=maker,
             batch_size=batch_size,
             compute=ray.data.ActorPoolStrategy(size=actors),  # Ray: fixed-size pool

@@ -24,6 +24,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from bratslab.data.device_sampling import (
+    augmented,
+    margin_sampler,
+    sampled_batches,
+    sampler_ring,
+    take_seeded,
+)
 from bratslab.data.loader import PatchSampler, epoch_batches, prefetch
 from bratslab.data.remote import is_remote, local_store_once, localize_rows
 from bratslab.models.config import ModelConfig
@@ -142,6 +149,7 @@ class Worker:
     sampler: PatchSampler
     val_rows: list[dict[str, Any]]
     patches: Iterator[dict[str, torch.Tensor]] | None = None
+    augmenter: Any = None  # data.augment.on: device — the BatchAugment this rank applies
 
 
 def train_loop_per_worker(
@@ -293,13 +301,20 @@ def _worker(
         grad_clip=tr.grad_clip,
     )
     patch = list(config["patch_size"])
-    sampler = PatchSampler(
-        patch, model_cfg.in_channels, spec.data.foreground_oversample, seed=tr.seed + rank
+    # data.augment.on: device — the sampler cuts a margin, the worker augments
+    aug_cfg = spec.data.augment
+    sampler = margin_sampler(
+        aug_cfg, patch, model_cfg.in_channels, spec.data.foreground_oversample, tr.seed + rank
     )
     if is_remote(spec.data.store):  # synced to this node's disk before a case file is opened
         local_store_once(spec.data.store)
     val_rows = localize_rows(config["val_rows"][rank::world])
-    return Worker(spec, rank, world, step, bare, model_cfg, patch, sampler, val_rows)
+    w = Worker(spec, rank, world, step, bare, model_cfg, patch, sampler, val_rows)
+    if aug_cfg.on == "device" and aug_cfg.enabled:
+        from bratslab.data.augment_batched import BatchAugment
+
+        w.augmenter = BatchAugment(aug_cfg, patch)
+    return w
 
 
 def epoch_batches_of(w: Worker, shard, epoch: int) -> Iterator[tuple[Any, Any]]:
@@ -312,6 +327,8 @@ def epoch_batches_of(w: Worker, shard, epoch: int) -> Iterator[tuple[Any, Any]]:
     seeded by (seed, epoch, rank), so a resumed epoch draws the same patches. ``ray``: the
     next batches of the attempt's patch stream (:mod:`bratslab.data.patch_pipeline`), torch
     tensors already on the worker's device, fetched ``prefetch_batches`` ahead by Ray Data.
+    With ``data.augment.on: device`` either loader only samples (patches with a margin, and a
+    seed each) and :func:`_on_device` augments the batch on the worker's device.
     """
     tr, data = w.spec.training, w.spec.data
     if data.loader == "ray":
@@ -325,9 +342,20 @@ def epoch_batches_of(w: Worker, shard, epoch: int) -> Iterator[tuple[Any, Any]]:
                     pin_memory=w.step.device.type == "cuda",
                 )
             )
+        if w.augmenter is not None:  # data.augment.on: device: augment here, on the device
+            return _on_device(w, take_seeded(w.patches, tr.steps_per_epoch))
         return _take(w.patches, tr.steps_per_epoch)
     # Ray (a dataset shard only): a split of the case rows on every epoch
     rows = localize_rows(shard if isinstance(shard, list) else shard.iter_rows())
+    if w.augmenter is not None:  # data.augment.on: device: the thread only samples
+        seed = tr.seed * 1_000_003 + epoch * 1009 + w.rank
+        kw = {"steps": tr.steps_per_epoch, "batch_size": tr.batch_size, "sampler": w.sampler}
+        # arrays reused: more slots than batches queued + being filled + being augmented
+        kw["ring"] = sampler_ring(w.sampler, data.prefetch_batches + 3)
+        sampled = sampled_batches(rows, **kw, seed=seed, augment=data.augment)
+        if w.step.device.type == "cpu":  # the CPU augments in the thread, beside the step
+            return prefetch(_on_device(w, sampled), data.prefetch_batches)
+        return _on_device(w, prefetch(sampled, data.prefetch_batches))
     batches = epoch_batches(
         rows,
         steps=tr.steps_per_epoch,
@@ -337,6 +365,12 @@ def epoch_batches_of(w: Worker, shard, epoch: int) -> Iterator[tuple[Any, Any]]:
         seed=tr.seed * 1_000_003 + epoch * 1009 + w.rank,
     )
     return prefetch(batches, data.prefetch_batches)
+
+
+def _on_device(w: Worker, stream: Iterator[tuple[Any, Any, Any]]) -> Iterator[tuple[Any, Any]]:
+    """``data.augment.on: device``: ``(x, y, seeds)`` batches of sampled patches →
+    ``(x, y)`` tensors augmented on the worker's device by ``w.augmenter``."""
+    return augmented(stream, w.augmenter, w.step.device)
 
 
 def _take(stream: Iterator[dict[str, torch.Tensor]], steps: int) -> Iterator[tuple[Any, Any]]:
