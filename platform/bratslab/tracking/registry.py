@@ -44,6 +44,11 @@ import mlflow
 from mlflow.entities import LoggedModelStatus
 from mlflow.exceptions import MlflowException
 
+from bratslab.tracking.alias_guard import (  # AliasRefusedError: callers catch it from here
+    SELECTION_TAG,
+    AliasRefusedError,  # noqa: F401
+    check_alias_target,
+)
 from bratslab.tracking.mlflow_runs import (
     client,
     download_artifacts,
@@ -70,6 +75,7 @@ KIND_TAG = "bratslab.kind"  # "sweep", "cv" (a cross-validation parent run), "en
 CV_FOLDS_TAG = "bratslab.cv.folds"  # on a CV parent run: the folds it trains, "0,1,2"
 MEMBERS_TAG = "bratslab.ensemble.members"  # on an ensemble version: its member names
 CV_RUN_TAG = "bratslab.cv_run_id"  # on an ensemble version made from a CV run
+CV_SELECTION = "cv/mean/val/dice_mean"  # what a CV ensemble's alias moves are judged on
 
 
 class RegistryError(LookupError):
@@ -220,17 +226,23 @@ def logged_model_of_run(run_id: str, *, uri: str | None = None) -> str:
 
 
 def register_logged_model(
-    ref: str, name: str, alias: str | None = None, *, uri: str | None = None
+    ref: str,
+    name: str,
+    alias: str | None = None,
+    *,
+    uri: str | None = None,
+    force: bool = False,
 ) -> tuple[str, str]:
     """Register a run's logged model (``ref``: a run id) or a logged model itself
     (``models:/<model_id>``) as a new version of ``name``; optionally point ``alias`` at it
-    (unconditionally; ``promote_if_better`` compares first).
+    (through :func:`set_alias`'s guard, without comparing; ``promote_if_better`` compares).
 
     Returns:
         ``(version, model_uri)``.
     Raises:
         RegistryError: the run or logged model does not exist, or the run logged no model.
         ValueError: ``ref`` is neither a run id nor ``models:/<model_id>``.
+        AliasRefusedError: the new version (registered) has no finite selection metric.
     """
     ref = ref.strip()
     if _RUN_ID.fullmatch(ref):
@@ -245,7 +257,7 @@ def register_logged_model(
         raise ValueError(f"{ref!r}: expected a run id (32 hex digits) or models:/<model_id>")
     version = register(source, name, uri=uri)
     if alias:
-        set_alias(name, version, alias, uri=uri)
+        set_alias(name, version, alias, uri=uri, force=force)
     return version, source
 
 
@@ -361,6 +373,7 @@ def register_ensemble(
     cv_run_id: str | None = None,
     alias: str | None = None,
     uri: str | None = None,
+    force: bool = False,
 ) -> tuple[str, list[Member]]:
     """Register models as ONE version of ``name`` whose artifact folder holds them all
     (``ensemble.json`` + ``members/<name>/model.pt``/``model.json``, see
@@ -369,7 +382,8 @@ def register_ensemble(
     The members are ``refs`` (:func:`members_of`) or the fold runs of the CV parent
     ``cv_run_id`` (:func:`cv_members`). The folder is logged as a model of a new run
     ``ensemble-<name>`` (kind ``ensemble``, nested under the CV run when there is one, with
-    that run's ``cv/`` metrics copied so the version shows them).
+    that run's ``cv/`` metrics copied so the version shows them; its selection metric, which
+    ``alias`` is guarded on, is then ``cv/mean/val/dice_mean``).
 
     Returns:
         ``(version, members)``.
@@ -404,10 +418,10 @@ def register_ensemble(
         mlflow_runs.end_run(run_id, "FINISHED", uri)
     tags = {KIND_TAG: "ensemble", MEMBERS_TAG: ",".join(m.name for m in members)}
     if cv_run_id:
-        tags[CV_RUN_TAG] = cv_run_id
+        tags.update({CV_RUN_TAG: cv_run_id, SELECTION_TAG: CV_SELECTION})
     version = register(source, name, tags, uri=uri)
     if alias:
-        set_alias(name, version, alias, uri=uri)
+        set_alias(name, version, alias, uri=uri, force=force)
     return version, members
 
 
@@ -439,14 +453,24 @@ def _ensemble_run(name: str, members: list[Member], cv_run_id: str | None, uri) 
     return run_id
 
 
-def set_alias(name: str, version: str | int, alias: str = CHAMPION, *, uri: str | None = None):
-    """Point ``alias`` at ``version`` unconditionally (last-writer-wins).
+def set_alias(
+    name: str,
+    version: str | int,
+    alias: str = CHAMPION,
+    *,
+    uri: str | None = None,
+    force: bool = False,
+):
+    """Point ``alias`` at ``version`` without comparing (last-writer-wins), once the version
+    passes :func:`bratslab.tracking.alias_guard.check_alias_target` (a finite selection
+    metric; ``force`` only warns).
 
     A choice made by hand ends any running contest for the alias: the candidate marks of
     :func:`promote_if_better` are cleared, so a later promotion compares against this holder
     only, rather than re-promoting an earlier candidate."""
     c = client(uri)
-    get_version(name, version=version, uri=uri)  # a clear error for a missing version
+    info = get_version(name, version=version, uri=uri)  # a clear error for a missing version
+    check_alias_target(info, alias, force=force)
     c.set_registered_model_alias(name, alias, str(version))
     for mv in c.search_model_versions(_name_filter(name)):
         if CANDIDATE_TAG + alias in (mv.tags or {}):
@@ -473,14 +497,13 @@ def promote_if_better(
     Returns:
         True when ``alias`` points at ``version`` once settled (moved, or already there).
     Raises:
-        RegistryError: ``version`` does not exist or has no value for ``metric``.
+        RegistryError: ``version`` does not exist.
+        AliasRefusedError: it has no finite value for ``metric`` (the alias guard).
     """
     if mode not in ("max", "min"):
         raise ValueError(f"mode must be 'max' or 'min', not {mode!r}")
     candidate = get_version(name, version=version, uri=uri)
-    new = candidate.metrics.get(metric)
-    if new is None or not math.isfinite(new):
-        raise RegistryError(f"{name} version {version}: no finite value for metric {metric!r}")
+    new = check_alias_target(candidate, alias, metric=metric)
     with _promotion_lock(uri):
         mark = json.dumps({"t": time.time(), "metric": metric, "mode": mode})
         client(uri).set_model_version_tag(name, candidate.version, CANDIDATE_TAG + alias, mark)

@@ -65,8 +65,12 @@ def test_an_ensemble_is_one_version_with_every_member_and_a_hash_per_file(runs, 
 
     home, ids, dirs = runs
     r = _invoke("models", "register", "--ensemble", NAME, *ids, "--alias", "champion")
+    assert r.exit_code == 2  # never evaluated: registered, but the alias guard refuses it
+    assert f"{NAME} version 1: no finite value for metric 'tta/dice_mean'" in r.stderr
+    r = _invoke("models", "register", "--ensemble", NAME, *ids, "--alias", "champion", "--force")
     assert r.exit_code == 0, r.output
-    assert f"as {NAME} version 1" in r.stdout and "fold0=models:/m-" in r.stdout
+    assert f"as {NAME} version 2" in r.stdout and "fold0=models:/m-" in r.stdout
+    assert registry.get_version(NAME, alias="champion").version == "2"
 
     info = registry.get_version(NAME, version=1)
     assert info.tags["bratslab.kind"] == "ensemble"
