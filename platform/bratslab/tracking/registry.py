@@ -49,6 +49,7 @@ from bratslab.tracking.alias_guard import (  # AliasRefusedError: callers catch 
     AliasRefusedError,  # noqa: F401
     check_alias_target,
 )
+from bratslab.tracking.manifest import write_manifest
 from bratslab.tracking.mlflow_runs import (
     client,
     download_artifacts,
@@ -182,13 +183,24 @@ def register(
 
 def source_hashes(model_uri: str, *, uri: str | None = None) -> dict[str, str]:
     """``{hash tag: sha256}`` of the model directory stored under ``model_uri``; empty (with a
-    warning) when the source holds no bratslab model directory (a foreign MLflow model)."""
+    warning) when the source holds no bratslab model directory (a foreign MLflow model).
+
+    A logged model's files are first checked against the sha256 tags it was logged with, so
+    files changed in the artifact store between logging and registering are refused
+    (:class:`~bratslab.tracking.model_store.ModelIntegrityError`) rather than registered."""
+    from bratslab.tracking.logged_hashes import logged_hashes
+
+    model_id = _model_id_from(model_uri)
+    logged = logged_hashes(model_id, uri=uri, ref=model_uri) if model_id else {}
     with tempfile.TemporaryDirectory(prefix="bratslab-hash-") as tmp:
         local = download_artifacts(model_uri, tmp, uri)
         if not any(is_model_dir(p.parent) for p in local.rglob("model.json")):
             log.warning("%s holds no model.pt + model.json: registered without hashes", model_uri)
             return {}
-        return model_hashes(find_model_dir(local, model_uri))
+        found = find_model_dir(local, model_uri)
+        if logged:
+            _verify(found, logged, model_uri)
+        return model_hashes(found)
 
 
 def _tag_value(value: Any) -> str:
@@ -343,14 +355,11 @@ def members_of(refs: list[str], *, uri: str | None = None) -> list[Member]:
 
 
 def _member_dir(member: Member, tmp: Path, uri: str | None) -> Path:
-    """A verified local model directory of ``member`` (registered versions through the
-    content-addressed cache, logged models downloaded into ``tmp``)."""
+    """A verified local model directory of ``member`` (registered versions and logged models
+    alike, through the content-addressed cache, checked against their recorded sha256)."""
     from bratslab.tracking.model_store import fetch_model_dir
 
-    if _model_id_from(member.source) is None:
-        return fetch_model_dir(member.source, uri=uri)
-    local = download_artifacts(member.source, tmp / member.name, uri)
-    return find_model_dir(local, member.source)
+    return fetch_model_dir(member.source, uri=uri)
 
 
 def _check_compatible(dirs: list[tuple[str, Path]]) -> None:
@@ -749,7 +758,9 @@ def list_models(*, uri: str | None = None) -> list[ModelSummary]:
 def download(ref: str, dst: str | Path, *, uri: str | None = None) -> Path:
     """Download the files of ``ref`` (``NAME@ALIAS``, ``NAME/VERSION``, ``models:/...``) into
     the folder ``dst``, atomically: a failed download leaves no partial ``dst``. The model
-    files are checked against the sha256 tags of the version.
+    files are checked against the sha256 tags of the version, and listed with their sha256 in
+    a ``SHA256SUMS`` beside them (:mod:`bratslab.tracking.manifest`), which ``predict --model``
+    on that folder checks.
 
     Raises:
         RegistryError: the reference does not resolve.
@@ -767,10 +778,12 @@ def download(ref: str, dst: str | Path, *, uri: str | None = None) -> Path:
     try:
         local = download_artifacts(model_uri(name, version=info.version), staging, uri)
         expected = hash_tags_of(info.tags)
+        found = find_model_dir(local, ref)
         if expected:
-            _verify(find_model_dir(local, ref), expected, ref)
+            _verify(found, expected, ref)
         else:
             log.warning("%s: no sha256 recorded at registration; files not verified", ref)
+        write_manifest(found)  # the folder then checks itself wherever it is loaded from
         if dst.exists():
             dst.rmdir()
         staging.rename(dst)

@@ -87,6 +87,7 @@ def test_an_ensemble_is_one_version_with_every_member_and_a_hash_per_file(runs, 
     (folder,) = {p.parent for p in dl.rglob("ensemble.json")}
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     assert files == [
+        "SHA256SUMS",  # what `models download` verified, for the folder to check itself
         "ensemble.json",
         "members/fold0/model.json", "members/fold0/model.pt",
         "members/fold1/model.json", "members/fold1/model.pt",
