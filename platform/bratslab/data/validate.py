@@ -33,6 +33,7 @@ from bratslab.data.nifti import (
     NiftiVolume,
     load_nifti,
 )
+from bratslab.data.nifti_scan import needs_scan, scan_nifti
 
 AFFINE_ATOL = 1e-3  # mm: co-registered BraTS modalities share an affine up to float noise
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -138,13 +139,49 @@ def detect_et_label(case: RawCase, seg: np.ndarray) -> RawCase:
     return case if et == case.et_label else dataclasses.replace(case, et_label=et)
 
 
-def _read_files(case: RawCase, limits: dict) -> tuple[dict[str, NiftiVolume], list[Failure]]:
-    """Every file of ``case`` through the guarded loader; one failure per unreadable file."""
-    vols: dict[str, NiftiVolume] = {}
+def _screen(case: RawCase, limits: dict) -> tuple[set[str], list[Failure]]:
+    """Stream-check (:mod:`bratslab.data.nifti_scan`) the files that inflate to far more than
+    their size, before any file is held in memory: ``(keys checked, failures)``. A modality
+    with no non-zero voxel fails here ("image is all zeros"), so a few-MB case declaring GBs
+    of zeros costs a few MiB, not its declared size (a seg may be all background)."""
+    screened: set[str] = set()
     failures: list[Failure] = []
     for key, path in case.all_files().items():
         try:
-            vols[key] = load_nifti(path, **limits)
+            if needs_scan(path, limits) is None:
+                continue
+            screened.add(key)
+            scan = scan_nifti(path, limits)
+        except NiftiError as e:
+            screened.add(key)  # its one failure is this one
+            failures.append(Failure(case.id, e.file, e.reason))
+            continue
+        except Exception as e:  # a reader bug must not hide the other files' problems
+            screened.add(key)
+            reason = f"internal error while reading: {type(e).__name__}: {e}"
+            failures.append(Failure(case.id, str(path), reason))
+            continue
+        if key != "seg" and scan.nonzero == 0:
+            failures.append(Failure(case.id, str(path), "image is all zeros"))
+    return screened, failures
+
+
+def _read_files(case: RawCase, limits: dict) -> tuple[dict[str, NiftiVolume], list[Failure]]:
+    """Every file of ``case`` through the guarded loader; one failure per unreadable file.
+
+    Suspicious files are screened first (:func:`_screen`); when that finds a problem, the
+    case is lost anyway, so only the other files are still read (for their own problems) and
+    none is kept."""
+    screened, failures = _screen(case, limits)
+    vols: dict[str, NiftiVolume] = {}
+    for key, path in case.all_files().items():
+        if failures and key in screened:
+            continue
+        try:
+            vol = load_nifti(path, **limits)
+            if not failures:
+                vols[key] = vol
+            del vol
         except NiftiError as e:
             failures.append(Failure(case.id, e.file, e.reason))
         except Exception as e:  # a reader bug must not hide the other files' problems
