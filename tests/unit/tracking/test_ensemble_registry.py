@@ -125,7 +125,9 @@ def test_a_tampered_member_file_is_refused_naming_the_file_and_both_hashes(runs,
         model_store.fetch_model_dir(f"models:/{NAME}/1")
     message = str(err.value)
     assert "members/fold1/model.pt" in message and good in message and bad in message
-    assert not list((home / "cache" / "models").iterdir())  # nothing bad was cached
+    cached = [_sha(p) for p in (home / "cache" / "models").rglob("model.pt")]
+    assert bad not in cached  # nothing bad was cached (the members, fetched to build it, are)
+    assert not list((home / "cache" / "models").rglob("ensemble.json"))
     r = _invoke("models", "download", f"{NAME}/1", str(tmp_path / "dl"))
     assert r.exit_code == 1 and good in r.stderr and bad in r.stderr, r.output
 
