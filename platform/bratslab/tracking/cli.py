@@ -182,6 +182,10 @@ def models_promote(
     from bratslab.tracking import registry
 
     try:
+        registry.check_model_name(name)
+    except ValueError as e:
+        _fail(str(e), 2)
+    try:
         if if_better:
             moved = registry.promote_if_better(name, version, if_better, mode, alias)
         else:

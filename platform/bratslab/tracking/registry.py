@@ -150,6 +150,23 @@ def model_uri(name: str, alias: str | None = None, version: str | int | None = N
 # --------------------------------------------------------------------------- writing
 
 
+def check_model_name(name: str) -> str:
+    """``name`` if it can be a registered model name here, before any work is done.
+
+    MLflow refuses ``/`` and ``:`` and empty names; ``@`` is refused too, since
+    ``models:/NAME@ALIAS`` could not name it; surrounding spaces are refused as a likely typo.
+
+    Raises:
+        ValueError: naming the name and the rule (the CLI exits 2).
+    """
+    if not name or name != name.strip() or any(c in name for c in "/:@"):
+        raise ValueError(
+            f"invalid registered model name {name!r}: must be non-empty, without surrounding "
+            "spaces, and without '/', ':' or '@'"
+        )
+    return name
+
+
 def register(
     model_uri: str,
     name: str,
@@ -171,6 +188,7 @@ def register(
     Returns:
         The new version number, as a string (MLflow's type for versions).
     """
+    check_model_name(name)
     uri = tracking_uri(uri)
     str_tags = {k: _tag_value(v) for k, v in (tags or {}).items()}
     str_tags.update(source_hashes(model_uri, uri=uri))
@@ -256,6 +274,7 @@ def register_logged_model(
         ValueError: ``ref`` is neither a run id nor ``models:/<model_id>``.
         AliasRefusedError: the new version (registered) has no finite selection metric.
     """
+    check_model_name(name)
     ref = ref.strip()
     if _RUN_ID.fullmatch(ref):
         source = logged_model_of_run(ref, uri=uri)
@@ -403,6 +422,7 @@ def register_ensemble(
     from bratslab.tracking import mlflow_runs
     from bratslab.tracking.model_store import log_model_dir, write_ensemble_dir
 
+    check_model_name(name)
     if (cv_run_id is None) == (not refs):
         raise ValueError("give the member models or a CV run (--cv-run), not both or neither")
     members = cv_members(cv_run_id, uri=uri) if cv_run_id else members_of(list(refs or []), uri=uri)

@@ -92,6 +92,8 @@ def test_register_a_logged_model_uri_and_download_it(store, tmp_path):
 
 
 def test_register_errors_name_the_problem(store):
+    from bratslab.tracking import registry
+
     _, runs, _ = store
     r = _cli("models", "register", runs["bare"], "--name", NAME)
     assert r.exit_code == 1 and f"run {runs['bare']} (bare) has no logged model" in r.stderr
@@ -105,6 +107,14 @@ def test_register_errors_name_the_problem(store):
     )
     r = _cli("models", "register", runs["trained"])
     assert r.exit_code == 2  # --name is required
+    for bad in ("a/b", "a:b", "a@b", "", " x"):  # refused before anything is logged
+        r = _cli("models", "register", runs["trained"], "--name", bad)
+        assert r.exit_code == 2 and f"invalid registered model name {bad!r}" in r.stderr
+        r = _cli("models", "register", "--ensemble", bad, runs["trained"], runs["resumed"])
+        assert r.exit_code == 2 and f"invalid registered model name {bad!r}" in r.stderr
+    r = _cli("models", "promote", "a/b", "1")
+    assert r.exit_code == 2 and "invalid registered model name 'a/b'" in r.stderr
+    assert not [m for m in registry.list_models() if m.name in ("a/b", "a:b", "a@b")]
 
 
 def test_models_and_runs_list_json(store):
