@@ -392,7 +392,7 @@ def runs_list(
             r.run_id,
             r.name,
             r.experiment,
-            r.status,
+            r.shown_status,
             _fmt(r.start),
             _duration(r.duration_s),
             *(r.params.get(p, "-") for p in params),
