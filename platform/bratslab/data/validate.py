@@ -280,3 +280,28 @@ def file_hashes(case: RawCase) -> dict[str, str] | None:
         except OSError:
             return None
     return out
+
+
+def empty_case_folders(raw_dir: str | Path, cases: list[RawCase]) -> list[Failure]:
+    """Folders under ``raw_dir`` with no sub-folder that gave no case file: a case folder
+    whose images are missing (an interrupted copy), named rather than silently skipped.
+    Hidden folders (``.name``) are not looked at.
+
+    Returns:
+        One :class:`Failure` per such folder: ``case`` is the folder's name.
+    """
+    raw_dir = Path(raw_dir)
+    used = {p.parent for c in cases for p in c.all_files().values()}
+    used |= {q for c in cases for f, _ in c.problems for q in (Path(f), Path(f).parent)}
+    out = []
+    for folder in sorted(p for p in raw_dir.rglob("*") if p.is_dir()):
+        rel = folder.relative_to(raw_dir).parts
+        if any(part.startswith(".") for part in rel) or folder in used:
+            continue
+        if any(p.is_dir() for p in folder.iterdir()):
+            continue
+        held = sum(1 for p in folder.iterdir() if not p.name.startswith("."))
+        plural = "" if held == 1 else "s"
+        what = "is empty" if held == 0 else f"holds no BraTS image ({held} other file{plural})"
+        out.append(Failure(folder.name, str(folder), f"case folder {what}"))
+    return out
