@@ -147,6 +147,10 @@ def log_model_dir(
         # Only the weights and config travel: a checkpoint dir also holds optimizer state.
         staged = Path(tmp) / "model_dir"
         _copy_model_files(model_dir, staged)
+        from bratslab.tracking.manifest import write_manifest  # (imports this module)
+
+        hashes = model_hashes(staged)
+        write_manifest(staged)  # checked by the pyfunc when MLflow itself loads the model
         with (
             _FLUENT_LOCK,
             global_uris(uri),
@@ -161,7 +165,7 @@ def log_model_dir(
                 pip_requirements=["bratslab", "torch", "monai"],
                 # The sha256 of every file as logged: every later fetch of this logged model
                 # (models:/<model_id>, runs:/..., a run id, a registration) checks them.
-                tags=model_hashes(staged),
+                tags=hashes,
             )
     log.info("logged model %s (run %s)", info.model_uri, run_id)
     return info.model_uri
