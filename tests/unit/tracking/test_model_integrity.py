@@ -154,9 +154,11 @@ def test_every_remote_path_to_the_weights_checks_the_sha256_recorded_at_logging(
 
     from bratslab.tracking.mlflow_runs import global_uris
 
-    with global_uris(registry.tracking_uri()):
-        with pytest.raises(model_store.ModelIntegrityError, match="SHA256SUMS"):
-            mlflow.pyfunc.load_model(logged)
+    with (
+        global_uris(registry.tracking_uri()),
+        pytest.raises(model_store.ModelIntegrityError, match="SHA256SUMS"),
+    ):
+        mlflow.pyfunc.load_model(logged)
 
 
 def test_a_downloaded_folder_checks_its_sha256sums_and_one_without_is_loaded_as_is(store, tmp_path):
