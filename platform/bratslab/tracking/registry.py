@@ -798,12 +798,12 @@ def download(ref: str, dst: str | Path, *, uri: str | None = None) -> Path:
     try:
         local = download_artifacts(model_uri(name, version=info.version), staging, uri)
         expected = hash_tags_of(info.tags)
-        found = find_model_dir(local, ref)
         if expected:
+            found = find_model_dir(local, ref)
             _verify(found, expected, ref)
+            write_manifest(found)  # the folder then checks itself wherever it is loaded from
         else:
             log.warning("%s: no sha256 recorded at registration; files not verified", ref)
-        write_manifest(found)  # the folder then checks itself wherever it is loaded from
         if dst.exists():
             dst.rmdir()
         staging.rename(dst)
