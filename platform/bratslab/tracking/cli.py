@@ -340,7 +340,7 @@ def models_download(
 
     try:
         out = registry.download(ref, dst)
-    except (registry.RegistryError, FileExistsError, ModelIntegrityError) as e:
+    except (registry.RegistryError, FileExistsError, FileNotFoundError, ModelIntegrityError) as e:
         _fail(str(e))
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     typer.echo(f"downloaded {ref} to {out} ({len(files)} files)")
