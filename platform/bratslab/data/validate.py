@@ -6,12 +6,18 @@ voxel type, voxel sizes and NaN/Inf. On top of that, :func:`load_case` checks th
 whole. Preprocessing reads cases through :func:`load_case` too, so ``data validate`` and
 ``data preprocess`` reject exactly the same cases for the same reasons.
 
-Classes detected: missing/duplicate modality, empty file, unreadable file (not NIfTI-1, I/O
-error), truncated file, trailing data, corrupt gzip (incl. CRC trailer), absurd header
-dimensions or sizes, non-3-D image, voxel types that are not real scalars (RGB, complex),
-non-finite or non-positive voxel sizes, shape or affine mismatch between modalities and seg,
-NaN/Inf voxels, intensities beyond float32, non-integer labels, labels outside the layout's
-convention, images with no non-zero voxel.
+Classes detected: missing/duplicate modality, empty case folder (:func:`empty_case_folders`),
+empty file, unreadable file (not NIfTI-1, I/O error), truncated file, trailing data, corrupt
+gzip (incl. CRC trailer), absurd header dimensions or sizes, non-3-D image, voxel types that
+are not real scalars (RGB, complex), non-finite or non-positive voxel sizes, shape or affine
+mismatch between modalities and seg, NaN/Inf voxels, intensities beyond float32, non-integer
+labels, labels outside the layout's convention, images with no non-zero voxel, a case
+declaring far more voxel bytes than its files could plausibly hold.
+
+Memory: files that inflate to far more than their size are streamed through first
+(:mod:`bratslab.data.nifti_scan`), and a case over :data:`CASE_BUDGET_BYTES` at more than
+:data:`CASE_MAX_RATIO` times its size on disk is refused unloaded, so a case of a few MB costs
+at most ~160 MiB of voxels, whatever its headers say.
 """
 
 from __future__ import annotations
@@ -32,9 +38,12 @@ from bratslab.data.nifti import (
     NiftiError,
     NiftiVolume,
     load_nifti,
+    read_header,
 )
 from bratslab.data.nifti_scan import needs_scan, scan_nifti
 
+CASE_BUDGET_BYTES = 160 << 20  # voxel bytes any case may declare, however small its files
+CASE_MAX_RATIO = 24  # beyond that, declared voxel bytes per byte on disk of the whole case
 AFFINE_ATOL = 1e-3  # mm: co-registered BraTS modalities share an affine up to float noise
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -163,7 +172,33 @@ def _screen(case: RawCase, limits: dict) -> tuple[set[str], list[Failure]]:
             continue
         if key != "seg" and scan.nonzero == 0:
             failures.append(Failure(case.id, str(path), "image is all zeros"))
+    if not failures:
+        failures += _over_budget(case, limits)
     return screened, failures
+
+
+def _over_budget(case: RawCase, limits: dict) -> list[Failure]:
+    """A case whose files together declare more than :data:`CASE_BUDGET_BYTES` of voxels at
+    more than :data:`CASE_MAX_RATIO` times their size on disk is refused before loading: real
+    scans do not compress that well (a BraTS case inflates ~8x, to ~80 MB), so this is a nearly
+    empty volume at an implausible size, and loading it would cost memory out of proportion to
+    the input. Bounds what any case of a few MB can cost (see the module docstring)."""
+    declared = on_disk = 0
+    for path in case.all_files().values():
+        try:
+            declared += read_header(path, **limits).nbytes
+            on_disk += Path(path).stat().st_size
+        except (NiftiError, OSError):
+            return []  # the load names the problem
+    if declared <= max(CASE_BUDGET_BYTES, CASE_MAX_RATIO * on_disk):
+        return []
+    folder = Path(next(iter(case.all_files().values()))).parent
+    reason = (
+        f"its files declare {declared / 2**20:.0f} MiB of voxels in {on_disk / 2**20:.1f} MiB "
+        f"on disk ({declared / max(on_disk, 1):.0f}x; real scans inflate under "
+        f"{CASE_MAX_RATIO}x): nearly empty volumes at an implausible size, not loaded"
+    )
+    return [Failure(case.id, str(folder), reason)]
 
 
 def _read_files(case: RawCase, limits: dict) -> tuple[dict[str, NiftiVolume], list[Failure]]:

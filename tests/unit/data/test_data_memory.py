@@ -27,11 +27,13 @@ print(json.dumps({"rc": r.returncode, "out": r.stdout, "err": r.stderr, "peak_mb
 """
 
 
-def _zero_case(root: Path) -> Path:
+def _zero_case(root: Path, nonzero_voxel: bool = False) -> Path:
     folder = root / CASE
     folder.mkdir(parents=True)
     first = folder / f"{CASE}-t1n.nii.gz"
-    nib.save(nib.Nifti1Image(np.zeros((512, 512, 256), np.float32), np.eye(4)), first)
+    data = np.zeros((512, 512, 256), np.float32)
+    data[256, 256, 128] = nonzero_voxel  # 1.0 (a label 1 in the seg too) or 0
+    nib.save(nib.Nifti1Image(data, np.eye(4)), first)
     for m in ("t1c", "t2w", "t2f", "seg"):
         shutil.copy(first, folder / f"{CASE}-{m}.nii.gz")
     return folder
@@ -53,3 +55,18 @@ def test_a_zero_filled_case_fails_as_all_zeros_in_bounded_memory(tmp_path, brats
     modalities = ("t1n", "t1c", "t2w", "t2f")
     assert named == {(f"{CASE}-{m}.nii.gz", "image is all zeros") for m in modalities}
     assert "Traceback" not in result["err"]
+
+
+def test_a_nearly_empty_case_at_an_implausible_size_is_refused_unloaded(tmp_path, bratslab_home):
+    """One non-zero voxel per volume: not all zeros, but 1.3 GB declared in a few MB."""
+    folder = _zero_case(tmp_path / "raw", nonzero_voxel=True)
+    bratslab = str(Path(sys.executable).parent / "bratslab")
+    cmd = [bratslab, "data", "validate", str(tmp_path / "raw"), "--json"]
+    proc = subprocess.run(
+        [sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True, timeout=600
+    )
+    result = json.loads(proc.stdout)
+    assert result["rc"] == 1 and result["peak_mb"] < PEAK_LIMIT_MB, result
+    (failure,) = json.loads(result["out"])["failures"]
+    assert failure["file"] == str(folder)
+    assert "MiB of voxels in" in failure["reason"] and "implausible size" in failure["reason"]
