@@ -44,7 +44,8 @@ def registered(bratslab_home, tiny_store, tmp_path_factory):
     }
     src = save_model_dir(tmp_path_factory.mktemp("ckpt") / "model", model, cfg, extra)
     run_id = mlflow_runs.start_run(experiment="postprocess-test", run_name="tiny")
-    version = registry.register(model_store.log_model_dir(src, run_id=run_id), NAME)
+    uri = model_store.log_model_dir(src, run_id=run_id)
+    version = registry.register(uri, NAME, {"tta/dice_mean": 0.5})  # the alias guard's metric
     registry.set_alias(NAME, version)
     return run_id
 

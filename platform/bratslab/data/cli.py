@@ -156,7 +156,7 @@ def validation_report(raw: Path, cases, failures) -> dict:
     return {
         "raw": str(raw),
         "total": len(cases),
-        "ok": len(cases) - len(bad),
+        "ok": sum(c.id not in bad for c in cases),
         "ok_cases": [c.id for c in cases if c.id not in bad],
         "quarantined": [c.id for c in cases if c.id in bad],
         "failures": [f.to_dict() for f in failures],
@@ -187,7 +187,7 @@ def validate(
     from bratslab import atomic
     from bratslab.data.layout import discover_cases
     from bratslab.data.profiles import get_profile
-    from bratslab.data.validate import load_case
+    from bratslab.data.validate import empty_case_folders, load_case
 
     try:
         name = get_profile(profile).name if profile else None
@@ -198,7 +198,7 @@ def validate(
         _fail(str(e))
     if not cases:
         _fail(f"{raw}: no BraTS case found")
-    failures = []
+    failures = empty_case_folders(raw, cases)
     for case in track(cases, description="validate", transient=True, disable=as_json):
         _, bad = load_case(case)
         failures.extend(bad)
@@ -207,8 +207,8 @@ def validate(
     if as_json:
         typer.echo(json.dumps(validation_report(raw, cases, failures), indent=2))
     else:
-        n_bad = len({f.case for f in failures})
-        typer.echo(f"{len(cases) - n_bad}/{len(cases)} cases OK")
+        n_ok = sum(c.id not in {f.case for f in failures} for c in cases)
+        typer.echo(f"{n_ok}/{len(cases)} cases OK")
         if failures:
             _print_failures(failures)
     if failures:

@@ -12,13 +12,21 @@ every case file's sha256 and size (``"files"``), which each task computes for it
 that URI (:func:`bratslab.data.remote.cache_dir`), each task uploads its case's files as soon
 as they are made (skipping a case the bucket already holds), and the driver uploads
 ``failures.json`` and, last, ``dataset.json`` (see :mod:`bratslab.data.remote`).
+
+A full disk (``ENOSPC``/``EDQUOT`` while writing a case or the manifest) is not a bad case: the
+run stops with :class:`DiskFullError`, the case being written is removed, and ``dataset.json``
+and ``failures.json`` are left as they were; cases finished before it stay on disk, unlisted,
+for the rerun (once there is room) to find complete and skip.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
+import re
+import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -67,6 +75,34 @@ class RunReport:
         return 1 if self.failures else 0
 
 
+class DiskFullError(OSError):
+    """The store's file system is full; nothing was recorded about the run's cases."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.errno = errno.ENOSPC
+
+
+_SHORT_WRITE = re.compile(r"(\d+) requested and (\d+) written")  # numpy's tofile/np.save
+
+
+def _is_disk_full(e: BaseException | None, folder: str | Path) -> bool:
+    """``e`` (or what it was raised from) is ENOSPC / EDQUOT, or a short write (numpy reports
+    one without an errno) while ``folder``'s file system has less room than was requested."""
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        short = _SHORT_WRITE.search(str(e)) if isinstance(e, OSError) else None
+        if short is not None:
+            try:
+                return shutil.disk_usage(folder).free < int(short.group(1))
+            except OSError:
+                return False
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
+
+
 # From this many cases per worker on, a worker imports torch once for its fast float16 cast
 # (a few seconds of import against ~0.05 s CPU saved per case; see preprocess._store_into).
 FAST_CAST_MIN_CASES = 32
@@ -112,6 +148,12 @@ def process_one(
         result.update(status="failed", failures=[f.to_dict() for f in e.failures])
     except Exception as e:  # one broken case must never stop the others
         _remove_outputs(out_dir, case.id)
+        if _is_disk_full(
+            e, out_dir
+        ):  # not the case's fault: the run stops (see the module docstring)
+            reason = f"disk full while writing case {case.id} to {out_dir} ({e})"
+            result.update(status="disk_full", reason=reason)
+            return result
         reason = f"internal error while preprocessing: {type(e).__name__}: {e}"
         result.update(status="failed", failures=[{"case": case.id, "file": "", "reason": reason}])
     return result
@@ -216,6 +258,7 @@ def run_preprocess(
 
     Raises:
         ConfigError: ``out`` is a malformed or unsupported URI.
+        DiskFullError: the store's disk filled up (nothing recorded; see the module docstring).
     """
     t0 = time.perf_counter()
     cfg = cfg or PreprocessConfig()
@@ -241,8 +284,13 @@ def run_preprocess(
 
     report.failures.sort(key=lambda f: (f.case, f.file, f.reason))
     report.manifest = build_manifest(metas, cfg, report.quarantined, files, profile, folds)
-    write_manifest(out, report.manifest)
-    _write_if_changed(out / FAILURES, [f.to_dict() for f in report.failures])
+    try:
+        write_manifest(out, report.manifest)
+        _write_if_changed(out / FAILURES, [f.to_dict() for f in report.failures])
+    except OSError as e:
+        if _is_disk_full(e, out):
+            raise DiskFullError(f"disk full while writing the manifest of {out} ({e})") from e
+        raise
     if uri:
         report.uploaded += upload_manifest(out, uri, extra=[FAILURES])  # dataset.json last
     report.processed.sort()
@@ -303,6 +351,8 @@ def _collect(
         tid = bar.add_task("preprocess", total=total)
     try:
         for res in results:
+            if res["status"] == "disk_full":
+                raise DiskFullError(res["reason"])
             if res["status"] == "failed":
                 report.failures.extend(Failure(**f) for f in res["failures"])
             else:

@@ -6,12 +6,18 @@ voxel type, voxel sizes and NaN/Inf. On top of that, :func:`load_case` checks th
 whole. Preprocessing reads cases through :func:`load_case` too, so ``data validate`` and
 ``data preprocess`` reject exactly the same cases for the same reasons.
 
-Classes detected: missing/duplicate modality, empty file, unreadable file (not NIfTI-1, I/O
-error), truncated file, trailing data, corrupt gzip (incl. CRC trailer), absurd header
-dimensions or sizes, non-3-D image, voxel types that are not real scalars (RGB, complex),
-non-finite or non-positive voxel sizes, shape or affine mismatch between modalities and seg,
-NaN/Inf voxels, intensities beyond float32, non-integer labels, labels outside the layout's
-convention, images with no non-zero voxel.
+Classes detected: missing/duplicate modality, empty case folder (:func:`empty_case_folders`),
+empty file, unreadable file (not NIfTI-1, I/O error), truncated file, trailing data, corrupt
+gzip (incl. CRC trailer), absurd header dimensions or sizes, non-3-D image, voxel types that
+are not real scalars (RGB, complex), non-finite or non-positive voxel sizes, shape or affine
+mismatch between modalities and seg, NaN/Inf voxels, intensities beyond float32, non-integer
+labels, labels outside the layout's convention, images with no non-zero voxel, a case
+declaring far more voxel bytes than its files could plausibly hold.
+
+Memory: files that inflate to far more than their size are streamed through first
+(:mod:`bratslab.data.nifti_scan`), and a case over :data:`CASE_BUDGET_BYTES` at more than
+:data:`CASE_MAX_RATIO` times its size on disk is refused unloaded, so a case of a few MB costs
+at most ~160 MiB of voxels, whatever its headers say.
 """
 
 from __future__ import annotations
@@ -37,8 +43,12 @@ from bratslab.data.nifti import (
     NiftiError,
     NiftiVolume,
     load_nifti,
+    read_header,
 )
+from bratslab.data.nifti_scan import needs_scan, scan_nifti
 
+CASE_BUDGET_BYTES = 160 << 20  # voxel bytes any case may declare, however small its files
+CASE_MAX_RATIO = 24  # beyond that, declared voxel bytes per byte on disk of the whole case
 AFFINE_ATOL = 1e-3  # mm: co-registered BraTS modalities share an affine up to float noise
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -136,13 +146,75 @@ def check_labels(
     return seg8, counts
 
 
-def _read_files(case: RawCase, limits: dict) -> tuple[dict[str, NiftiVolume], list[Failure]]:
-    """Every file of ``case`` through the guarded loader; one failure per unreadable file."""
-    vols: dict[str, NiftiVolume] = {}
+def _screen(case: RawCase, limits: dict) -> tuple[set[str], list[Failure]]:
+    """Stream-check (:mod:`bratslab.data.nifti_scan`) the files that inflate to far more than
+    their size, before any file is held in memory: ``(keys checked, failures)``. A modality
+    with no non-zero voxel fails here ("image is all zeros"), so a few-MB case declaring GBs
+    of zeros costs a few MiB, not its declared size (a seg may be all background)."""
+    screened: set[str] = set()
     failures: list[Failure] = []
     for key, path in case.all_files().items():
         try:
-            vols[key] = load_nifti(path, **limits)
+            if needs_scan(path, limits) is None:
+                continue
+            screened.add(key)
+            scan = scan_nifti(path, limits)
+        except NiftiError as e:
+            screened.add(key)  # its one failure is this one
+            failures.append(Failure(case.id, e.file, e.reason))
+            continue
+        except Exception as e:  # a reader bug must not hide the other files' problems
+            screened.add(key)
+            reason = f"internal error while reading: {type(e).__name__}: {e}"
+            failures.append(Failure(case.id, str(path), reason))
+            continue
+        if key != "seg" and scan.nonzero == 0:
+            failures.append(Failure(case.id, str(path), "image is all zeros"))
+    if not failures:
+        failures += _over_budget(case, limits)
+    return screened, failures
+
+
+def _over_budget(case: RawCase, limits: dict) -> list[Failure]:
+    """A case whose files together declare more than :data:`CASE_BUDGET_BYTES` of voxels at
+    more than :data:`CASE_MAX_RATIO` times their size on disk is refused before loading: real
+    scans do not compress that well (a BraTS case inflates ~8x, to ~80 MB), so this is a nearly
+    empty volume at an implausible size, and loading it would cost memory out of proportion to
+    the input. Bounds what any case of a few MB can cost (see the module docstring)."""
+    declared = on_disk = 0
+    for path in case.all_files().values():
+        try:
+            declared += read_header(path, **limits).nbytes
+            on_disk += Path(path).stat().st_size
+        except (NiftiError, OSError):
+            return []  # the load names the problem
+    if declared <= max(CASE_BUDGET_BYTES, CASE_MAX_RATIO * on_disk):
+        return []
+    folder = Path(next(iter(case.all_files().values()))).parent
+    reason = (
+        f"its files declare {declared / 2**20:.0f} MiB of voxels in {on_disk / 2**20:.1f} MiB "
+        f"on disk ({declared / max(on_disk, 1):.0f}x; real scans inflate under "
+        f"{CASE_MAX_RATIO}x): nearly empty volumes at an implausible size, not loaded"
+    )
+    return [Failure(case.id, str(folder), reason)]
+
+
+def _read_files(case: RawCase, limits: dict) -> tuple[dict[str, NiftiVolume], list[Failure]]:
+    """Every file of ``case`` through the guarded loader; one failure per unreadable file.
+
+    Suspicious files are screened first (:func:`_screen`); when that finds a problem, the
+    case is lost anyway, so only the other files are still read (for their own problems) and
+    none is kept."""
+    screened, failures = _screen(case, limits)
+    vols: dict[str, NiftiVolume] = {}
+    for key, path in case.all_files().items():
+        if failures and key in screened:
+            continue
+        try:
+            vol = load_nifti(path, **limits)
+            if not failures:
+                vols[key] = vol
+            del vol
         except NiftiError as e:
             failures.append(Failure(case.id, e.file, e.reason))
         except Exception as e:  # a reader bug must not hide the other files' problems
@@ -247,4 +319,29 @@ def file_hashes(case: RawCase) -> dict[str, str] | None:
             out[key] = h.hexdigest()
         except OSError:
             return None
+    return out
+
+
+def empty_case_folders(raw_dir: str | Path, cases: list[RawCase]) -> list[Failure]:
+    """Folders under ``raw_dir`` with no sub-folder that gave no case file: a case folder
+    whose images are missing (an interrupted copy), named rather than silently skipped.
+    Hidden folders (``.name``) are not looked at.
+
+    Returns:
+        One :class:`Failure` per such folder: ``case`` is the folder's name.
+    """
+    raw_dir = Path(raw_dir)
+    used = {p.parent for c in cases for p in c.all_files().values()}
+    used |= {q for c in cases for f, _ in c.problems for q in (Path(f), Path(f).parent)}
+    out = []
+    for folder in sorted(p for p in raw_dir.rglob("*") if p.is_dir()):
+        rel = folder.relative_to(raw_dir).parts
+        if any(part.startswith(".") for part in rel) or folder in used:
+            continue
+        if any(p.is_dir() for p in folder.iterdir()):
+            continue
+        held = sum(1 for p in folder.iterdir() if not p.name.startswith("."))
+        plural = "" if held == 1 else "s"
+        what = "is empty" if held == 0 else f"holds no BraTS image ({held} other file{plural})"
+        out.append(Failure(folder.name, str(folder), f"case folder {what}"))
     return out

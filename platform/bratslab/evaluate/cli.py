@@ -276,6 +276,9 @@ def export_rle_cmd(
     by: str = typer.Option(
         "regions", "--by", help="One row per region (wt, tc, et) or per label (1, 2, et)."
     ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace OUT when it exists (refused otherwise, exit 2)."
+    ),
 ) -> None:
     """Kaggle-style run-length encoding: Fortran order, 1-based start/length pairs.
 
@@ -285,7 +288,7 @@ def export_rle_cmd(
     from bratslab.evaluate.export import NoPredictionsError, export_rle
 
     try:
-        report = export_rle(pred, out, by)
+        report = export_rle(pred, out, by, overwrite)
     except NoPredictionsError as e:
         _fail(str(e), 1)
     except (FileNotFoundError, ValueError) as e:

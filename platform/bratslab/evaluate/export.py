@@ -123,20 +123,26 @@ def iter_rle_rows(pred_dir: str | Path, by: str = "regions") -> Iterator[dict[st
         yield from case_rle_rows(case, read_label_map(path)[0], by)
 
 
-def export_rle(pred_dir: str | Path, out_csv: str | Path, by: str = "regions") -> ExportReport:
-    """Write the RLE CSV of every readable prediction in ``pred_dir`` atomically.
+def export_rle(
+    pred_dir: str | Path, out_csv: str | Path, by: str = "regions", overwrite: bool = False
+) -> ExportReport:
+    """Write the RLE CSV of every readable prediction in ``pred_dir`` atomically; an existing
+    ``out_csv`` (a submission already made) is replaced only with ``overwrite``.
 
     Damaged predictions are listed in the report's ``failures`` and left out; the CSV is written
     when at least one case could be exported.
 
     Raises:
-        ValueError: ``out_csv`` is a directory, or ``by`` is unknown (before reading anything).
+        ValueError: ``out_csv`` is a directory, exists without ``overwrite``, or ``by`` is
+            unknown (before reading anything).
         FileNotFoundError: no such prediction folder.
         NoPredictionsError: the folder holds no prediction.
     """
     from bratslab.evaluate.report import check_output_files
 
     check_output_files(out_csv)
+    if Path(out_csv).exists() and not overwrite:
+        raise ValueError(f"{out_csv}: exists; pass --overwrite to replace it")
     if by not in MASK_SETS:
         raise ValueError(f"by must be one of {MASK_SETS}, not {by!r}")
     files = prediction_files(pred_dir)

@@ -311,6 +311,24 @@ def actor_retry_args() -> dict[str, int]:
     return {"max_restarts": ACTOR_RETRIES, "max_task_retries": ACTOR_RETRIES}
 
 
+def check_output_dir(out_dir: str | Path) -> None:
+    """``out_dir`` must be a folder or creatable as one.
+
+    Raises:
+        ValueError: it, or the nearest existing parent, is a file (naming it).
+    """
+    out_dir = Path(out_dir)
+    for path in (out_dir, *out_dir.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "" if path == out_dir else f" (in {out_dir})"
+                raise ValueError(
+                    f"{path}{what}: exists and is not a folder; --output names the folder "
+                    "predictions are written to"
+                )
+            return
+
+
 def predict_folder(
     model_refs: list[str] | str,
     raw_dir: str | Path,
@@ -331,6 +349,7 @@ def predict_folder(
 
     cfg = cfg or PredictConfig()
     t0 = time.perf_counter()
+    check_output_dir(out_dir)  # before the models load: a typo costs nothing
     refs = [model_refs] if isinstance(model_refs, (str, Path)) else list(model_refs)
     # An ensemble version counts as its members: probabilities are averaged over them, and an
     # --uncertainty map spreads over members as well as over TTA views.

@@ -11,6 +11,7 @@ from datetime import datetime
 
 from mlflow.exceptions import MlflowException
 
+from bratslab.tracking.driver import driver_gone
 from bratslab.tracking.mlflow_runs import TAG_PARENT, client, tracking_uri
 
 #: Metrics shown by ``runs list`` when a run has them (the rest are in ``runs compare``).
@@ -39,6 +40,12 @@ class RunRow:
     metrics: dict[str, float] = field(default_factory=dict)
     params: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
+    driver_gone: bool = False  # RUNNING, but its driver process on this host is dead
+
+    @property
+    def shown_status(self) -> str:
+        """``status``, or ``RUNNING (driver gone)`` for a run no process drives any more."""
+        return f"{self.status} (driver gone)" if self.driver_gone else self.status
 
 
 def _row(run, experiments: dict[str, str]) -> RunRow:
@@ -55,6 +62,7 @@ def _row(run, experiments: dict[str, str]) -> RunRow:
         metrics=dict(run.data.metrics),
         params=dict(run.data.params),
         tags={k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")},
+        driver_gone=info.status == "RUNNING" and driver_gone(run.data.tags),
     )
 
 

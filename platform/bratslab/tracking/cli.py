@@ -13,6 +13,8 @@ from pathlib import Path
 
 import typer
 
+from bratslab.tracking.alias_guard import DEFAULT_SELECTION, SELECTION_TAG
+
 models_app = typer.Typer(
     help="Browse the MLflow model registry: versions, aliases (champion), metrics, downloads.",
     no_args_is_help=True,
@@ -154,8 +156,10 @@ def models_show(
             console.print(t)
 
 
-SELECTION_TAG = "bratslab.selection_metric"  # set by a sweep on the versions it registers
-DEFAULT_SELECTION = "tta/dice_mean"
+FORCE_HELP = (
+    "Move the alias even when the version has no finite value for its selection metric (the "
+    f"{SELECTION_TAG} tag a sweep sets, else {DEFAULT_SELECTION}); warns."
+)
 
 
 @models_app.command("promote")
@@ -170,24 +174,25 @@ def models_promote(
         "(e.g. tta/dice_mean).",
     ),
     mode: str = typer.Option("max", "--mode", help="With --if-better: max or min is better."),
-    force: bool = typer.Option(
-        False,
-        "--force",
-        help="Move the alias even when the version has no finite value for its selection "
-        f"metric (the {SELECTION_TAG} tag a sweep sets, else {DEFAULT_SELECTION}).",
-    ),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Point an alias (default: champion) at a version. The version must have a finite value
-    for its selection metric unless --force; with --if-better it must also beat the holder."""
+    for its selection metric unless --force (exit 2 otherwise); with --if-better it must also
+    beat the holder on METRIC."""
     from bratslab.tracking import registry
 
+    try:
+        registry.check_model_name(name)
+    except ValueError as e:
+        _fail(str(e), 2)
     try:
         if if_better:
             moved = registry.promote_if_better(name, version, if_better, mode, alias)
         else:
-            _check_selection_metric(registry.get_version(name, version=version), force)
-            registry.set_alias(name, version, alias)
+            registry.set_alias(name, version, alias, force=force)
             moved = True
+    except registry.AliasRefusedError as e:
+        _fail(str(e), 2)
     except (registry.RegistryError, ValueError) as e:
         _fail(str(e))
     if moved:
@@ -198,24 +203,6 @@ def models_promote(
             f"{name}@{alias} stays on version {current.version}: version {version} is not better "
             f"on {if_better}"
         )
-
-
-def _check_selection_metric(info, force: bool) -> None:
-    """Refuse (exit 1) a version without a finite selection metric, unless ``force``."""
-    import math
-
-    metric = info.tags.get(SELECTION_TAG) or DEFAULT_SELECTION
-    value = info.metrics.get(metric)
-    if value is not None and math.isfinite(value):
-        return
-    what = "is missing" if value is None else f"is {value}"
-    message = (
-        f"{info.name} version {info.version}: selection metric {metric!r} {what}; "
-        "an unevaluated or failed model would be served"
-    )
-    if not force:
-        _fail(message + " (pass --force to promote it anyway)")
-    typer.secho(f"warning: {message}; promoting because of --force", fg="yellow", err=True)
 
 
 @models_app.command("register")
@@ -245,9 +232,11 @@ def models_register(
     alias: str | None = typer.Option(
         None,
         "--alias",
-        help="Also point this alias at the new version, unconditionally (`models promote "
-        "--if-better` compares first).",
+        help="Also point this alias at the new version, without comparing (`models promote "
+        "--if-better` compares first); refused (exit 2, the version stays registered) when "
+        "the version has no finite selection metric, unless --force.",
     ),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Register a run's logged model as a new version of NAME and print the version; with
     --ensemble, several models (or a CV run's folds) as one ensemble version."""
@@ -264,15 +253,17 @@ def models_register(
     try:
         if ensemble is not None:
             version, members = registry.register_ensemble(
-                ensemble, refs, cv_run_id=cv_run, alias=alias
+                ensemble, refs, cv_run_id=cv_run, alias=alias, force=force
             )
             name = ensemble
             listed = ", ".join(f"{m.name}={m.source}" for m in members)
             typer.echo(f"registered an ensemble of {len(members)} ({listed}) as {name} "
                        f"version {version}")  # fmt: skip
         else:
-            version, source = registry.register_logged_model(refs[0], name, alias)
+            version, source = registry.register_logged_model(refs[0], name, alias, force=force)
             typer.echo(f"registered {source} as {name} version {version}")
+    except registry.AliasRefusedError as e:
+        _fail(f"registered, but the alias was not moved: {e}", 2)
     except ValueError as e:
         _fail(str(e), 2)
     except (registry.RegistryError, MlflowException, ModelIntegrityError, OSError) as e:
@@ -349,7 +340,7 @@ def models_download(
 
     try:
         out = registry.download(ref, dst)
-    except (registry.RegistryError, FileExistsError, ModelIntegrityError) as e:
+    except (registry.RegistryError, FileExistsError, FileNotFoundError, ModelIntegrityError) as e:
         _fail(str(e))
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     typer.echo(f"downloaded {ref} to {out} ({len(files)} files)")
@@ -401,7 +392,7 @@ def runs_list(
             r.run_id,
             r.name,
             r.experiment,
-            r.status,
+            r.shown_status,
             _fmt(r.start),
             _duration(r.duration_s),
             *(r.params.get(p, "-") for p in params),

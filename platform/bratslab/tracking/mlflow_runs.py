@@ -32,6 +32,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from bratslab.settings import get_settings
+from bratslab.tracking.driver import driver_tag
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,8 @@ def start_run(
     resume_run_id: str | None = None,
     uri: str | None = None,
 ) -> str:
-    """Create a run (or reopen ``resume_run_id`` if it still exists) and return its id.
+    """Create a run (or reopen ``resume_run_id`` if it still exists) and return its id; the
+    calling process is recorded as its driver (:mod:`bratslab.tracking.driver`).
 
     ``params`` is a nested config, flattened to dotted keys. On resume the params already
     logged are kept (MLflow forbids changing a param), and the run is set back to RUNNING.
@@ -210,12 +212,14 @@ def start_run(
             run = None
         if run is not None and run.info.lifecycle_stage != "deleted":
             c.update_run(resume_run_id, status="RUNNING")
+            for key, value in driver_tag().items():  # this process drives it now
+                c.set_tag(resume_run_id, key, value)
             for key in RESUME_CLEARS_TAGS & set(run.data.tags):  # stale once it runs again
                 c.delete_tag(resume_run_id, key)
             log.info("resuming MLflow run %s", resume_run_id)
             return resume_run_id
     exp_id = get_or_create_experiment(experiment, uri)
-    all_tags = dict(tags or {})
+    all_tags = {**driver_tag(), **(tags or {})}  # see bratslab.tracking.driver
     if parent_run_id:
         all_tags[TAG_PARENT] = parent_run_id
     run = c.create_run(exp_id, run_name=run_name, tags=all_tags)

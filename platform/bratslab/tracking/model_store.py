@@ -50,6 +50,7 @@ HASH_PREFIX = "bratslab.sha256."
 ENSEMBLE_FILE = "ensemble.json"
 ENSEMBLE_FORMAT = "bratslab-ensemble/1"
 MEMBER_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # members/<name>: one plain folder
+RUN_ID = re.compile(r"[0-9a-f]{32}")  # an MLflow run id
 CACHE_KEY_CHARS = 16  # cache folder name: this many hex digits of model.pt's (ensemble.json's)
 _FLUENT_LOCK = threading.Lock()  # log_model needs MLflow's process-global active run
 
@@ -131,7 +132,8 @@ def log_model_dir(
 ) -> str:
     """Log ``model_dir`` (model.pt + model.json, other files ignored; or an ensemble folder,
     :func:`write_ensemble_dir`) as a pyfunc model of run ``run_id``; returns its URI
-    ``models:/<model_id>`` (register it with the registry module).
+    ``models:/<model_id>`` (register it with the registry module). The logged model carries
+    the sha256 of every file as tags (:func:`hash_tag`), checked on every fetch.
     """
     import mlflow
 
@@ -145,6 +147,10 @@ def log_model_dir(
         # Only the weights and config travel: a checkpoint dir also holds optimizer state.
         staged = Path(tmp) / "model_dir"
         _copy_model_files(model_dir, staged)
+        from bratslab.tracking.manifest import write_manifest  # (imports this module)
+
+        hashes = model_hashes(staged)
+        write_manifest(staged)  # checked by the pyfunc when MLflow itself loads the model
         with (
             _FLUENT_LOCK,
             global_uris(uri),
@@ -157,6 +163,9 @@ def log_model_dir(
                 python_model=str(PYFUNC_CODE),
                 artifacts={"model_dir": str(staged)},
                 pip_requirements=["bratslab", "torch", "monai"],
+                # The sha256 of every file as logged: every later fetch of this logged model
+                # (models:/<model_id>, runs:/..., a run id, a registration) checks them.
+                tags=hashes,
             )
     log.info("logged model %s (run %s)", info.model_uri, run_id)
     return info.model_uri
@@ -225,12 +234,13 @@ def _not_a_model_dir(path: Path) -> str:
 
 
 class ModelIntegrityError(ValueError):
-    """A downloaded model file does not match the sha256 recorded when it was registered."""
+    """A model file does not match the sha256 recorded when it was logged or registered (or
+    listed in its folder's ``SHA256SUMS``)."""
 
     def __init__(self, ref: str, file: str, expected: str, actual: str):
         super().__init__(
-            f"{ref}: {file} does not match the registered version (sha256 expected {expected}, "
-            f"got {actual}); the artifact store was changed after registration, refusing it"
+            f"{ref}: {file} does not match the sha256 recorded for it (expected {expected}, "
+            f"got {actual}); it was changed after it was recorded, refusing it"
         )
         self.file, self.expected, self.actual = file, expected, actual
 
@@ -314,8 +324,15 @@ def fetch_model_dir(ref: str | Path, *, uri: str | None = None, cache: Path | No
     """A local model directory for ``ref``.
 
     ``ref`` is a local folder holding model.pt + model.json (returned as is, without importing
-    MLflow) or an MLflow model URI: ``runs:/<run_id>/<name>``, ``models:/NAME@alias``,
-    ``models:/NAME/VERSION`` or ``models:/<model_id>``.
+    MLflow; checked against its ``SHA256SUMS`` when it has one, see
+    :mod:`bratslab.tracking.manifest`), an MLflow model URI: ``runs:/<run_id>/<name>``,
+    ``models:/NAME@alias``, ``models:/NAME/VERSION`` or ``models:/<model_id>``, or a run id
+    (the newest model that run logged).
+
+    Every remote model is checked against sha256 values recorded when it was made: a
+    registered version's version tags, a logged model's (``models:/<model_id>``, a
+    ``runs:/`` URI or a run id) tags set when it was logged. A model with none recorded (logged
+    by an older bratslab) is used with a warning.
 
     Remote models land in a content-addressed cache, ``$BRATSLAB_HOME/cache/models/<first 16
     hex digits of model.pt's sha256>/`` (model.pt + model.json only). A registered version's
@@ -331,11 +348,20 @@ def fetch_model_dir(ref: str | Path, *, uri: str | None = None, cache: Path | No
         ModelIntegrityError: a downloaded or cached file does not match its registered sha256.
         ValueError: a URI of another scheme (``s3://``, ``file:/``...).
     """
+    from bratslab.tracking.manifest import verify_local_dir
+
     text = str(ref)
     path = Path(text).expanduser()
     if is_model_root(path):  # a local folder, even one whose name happens to contain ":/"
+        verify_local_dir(path)
         return path
-    if "://" not in text and ":/" not in text:
+    label = text  # what errors name: the reference as given
+    if RUN_ID.fullmatch(text):
+        from bratslab.tracking.logged_hashes import logged_model_of_run
+
+        text = logged_model_of_run(text, uri)
+        label = f"{label} ({text})"
+    elif "://" not in text and ":/" not in text:
         raise FileNotFoundError(_not_a_model_dir(path))
     if not text.startswith(("runs:/", "models:/")):
         raise ValueError(f"{text}: expected a model directory, runs:/... or models:/... URI")
@@ -343,21 +369,28 @@ def fetch_model_dir(ref: str | Path, *, uri: str | None = None, cache: Path | No
     root.mkdir(parents=True, exist_ok=True)
     source, expected = _resolve_version(text, uri)
     if expected:
-        hit = _cached(root, expected, text)
+        hit = _cached(root, expected, label)
         if hit is not None:
             return hit
     else:
-        log.warning("%s: no sha256 recorded at registration; its files are not verified", text)
-    return _download_into_cache(text, source, expected, root, uri)
+        log.warning("%s: no sha256 recorded when it was logged; files not verified", label)
+    return _download_into_cache(label, source, expected, root, uri)
 
 
 def _resolve_version(text: str, uri: str | None) -> tuple[str, dict[str, str]]:
     """``(URI to download, expected hash tags)``: a registered version by number (an alias
-    resolved now) and its hash tags; any other URI as is, with no expectations."""
+    resolved now) and its version's hash tags; a logged model (``models:/<model_id>``, or the
+    one a ``runs:/<run_id>/<name>`` URI names) and the hash tags it was logged with."""
     from bratslab.tracking import registry
+    from bratslab.tracking.logged_hashes import logged_hashes, logged_model_of_runs_uri
 
-    if not text.startswith("models:/") or model_id_of(text) is not None:
-        return text, {}
+    model_id = model_id_of(text)
+    if text.startswith("runs:/"):
+        model_id = logged_model_of_runs_uri(text, uri)
+        if model_id is None:
+            return text, {}
+    if model_id is not None:
+        return f"models:/{model_id}", logged_hashes(model_id, uri=uri, ref=text)
     try:
         name, alias, version = registry.parse_ref(text)
         info = registry.get_version(name, alias=alias, version=version, uri=uri)

@@ -19,6 +19,7 @@ the members' probabilities are averaged by the same code, not a copy of it.
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -37,9 +38,11 @@ class BratsSegmenter(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         from bratslab.models.weights import load_model_dir
+        from bratslab.tracking.manifest import verify_local_dir
         from bratslab.tracking.model_store import is_ensemble_dir
 
         model_dir = context.artifacts["model_dir"]
+        verify_local_dir(Path(model_dir))  # the SHA256SUMS logged with it (log_model_dir)
         self.members = None  # an ensemble's networks, averaged by predict's inference
         if is_ensemble_dir(model_dir):
             from bratslab.evaluate.model_loading import load_member_models

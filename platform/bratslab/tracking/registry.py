@@ -44,6 +44,12 @@ import mlflow
 from mlflow.entities import LoggedModelStatus
 from mlflow.exceptions import MlflowException
 
+from bratslab.tracking.alias_guard import (  # AliasRefusedError: callers catch it from here
+    SELECTION_TAG,
+    AliasRefusedError,  # noqa: F401
+    check_alias_target,
+)
+from bratslab.tracking.manifest import write_manifest
 from bratslab.tracking.mlflow_runs import (
     client,
     download_artifacts,
@@ -70,6 +76,7 @@ KIND_TAG = "bratslab.kind"  # "sweep", "cv" (a cross-validation parent run), "en
 CV_FOLDS_TAG = "bratslab.cv.folds"  # on a CV parent run: the folds it trains, "0,1,2"
 MEMBERS_TAG = "bratslab.ensemble.members"  # on an ensemble version: its member names
 CV_RUN_TAG = "bratslab.cv_run_id"  # on an ensemble version made from a CV run
+CV_SELECTION = "cv/mean/val/dice_mean"  # what a CV ensemble's alias moves are judged on
 
 
 class RegistryError(LookupError):
@@ -143,6 +150,23 @@ def model_uri(name: str, alias: str | None = None, version: str | int | None = N
 # --------------------------------------------------------------------------- writing
 
 
+def check_model_name(name: str) -> str:
+    """``name`` if it can be a registered model name here, before any work is done.
+
+    MLflow refuses ``/`` and ``:`` and empty names; ``@`` is refused too, since
+    ``models:/NAME@ALIAS`` could not name it; surrounding spaces are refused as a likely typo.
+
+    Raises:
+        ValueError: naming the name and the rule (the CLI exits 2).
+    """
+    if not name or name != name.strip() or any(c in name for c in "/:@"):
+        raise ValueError(
+            f"invalid registered model name {name!r}: must be non-empty, without surrounding "
+            "spaces, and without '/', ':' or '@'"
+        )
+    return name
+
+
 def register(
     model_uri: str,
     name: str,
@@ -164,6 +188,7 @@ def register(
     Returns:
         The new version number, as a string (MLflow's type for versions).
     """
+    check_model_name(name)
     uri = tracking_uri(uri)
     str_tags = {k: _tag_value(v) for k, v in (tags or {}).items()}
     str_tags.update(source_hashes(model_uri, uri=uri))
@@ -176,13 +201,24 @@ def register(
 
 def source_hashes(model_uri: str, *, uri: str | None = None) -> dict[str, str]:
     """``{hash tag: sha256}`` of the model directory stored under ``model_uri``; empty (with a
-    warning) when the source holds no bratslab model directory (a foreign MLflow model)."""
+    warning) when the source holds no bratslab model directory (a foreign MLflow model).
+
+    A logged model's files are first checked against the sha256 tags it was logged with, so
+    files changed in the artifact store between logging and registering are refused
+    (:class:`~bratslab.tracking.model_store.ModelIntegrityError`) rather than registered."""
+    from bratslab.tracking.logged_hashes import logged_hashes
+
+    model_id = _model_id_from(model_uri)
+    logged = logged_hashes(model_id, uri=uri, ref=model_uri) if model_id else {}
     with tempfile.TemporaryDirectory(prefix="bratslab-hash-") as tmp:
         local = download_artifacts(model_uri, tmp, uri)
         if not any(is_model_dir(p.parent) for p in local.rglob("model.json")):
             log.warning("%s holds no model.pt + model.json: registered without hashes", model_uri)
             return {}
-        return model_hashes(find_model_dir(local, model_uri))
+        found = find_model_dir(local, model_uri)
+        if logged:
+            _verify(found, logged, model_uri)
+        return model_hashes(found)
 
 
 def _tag_value(value: Any) -> str:
@@ -220,18 +256,25 @@ def logged_model_of_run(run_id: str, *, uri: str | None = None) -> str:
 
 
 def register_logged_model(
-    ref: str, name: str, alias: str | None = None, *, uri: str | None = None
+    ref: str,
+    name: str,
+    alias: str | None = None,
+    *,
+    uri: str | None = None,
+    force: bool = False,
 ) -> tuple[str, str]:
     """Register a run's logged model (``ref``: a run id) or a logged model itself
     (``models:/<model_id>``) as a new version of ``name``; optionally point ``alias`` at it
-    (unconditionally; ``promote_if_better`` compares first).
+    (through :func:`set_alias`'s guard, without comparing; ``promote_if_better`` compares).
 
     Returns:
         ``(version, model_uri)``.
     Raises:
         RegistryError: the run or logged model does not exist, or the run logged no model.
         ValueError: ``ref`` is neither a run id nor ``models:/<model_id>``.
+        AliasRefusedError: the new version (registered) has no finite selection metric.
     """
+    check_model_name(name)
     ref = ref.strip()
     if _RUN_ID.fullmatch(ref):
         source = logged_model_of_run(ref, uri=uri)
@@ -245,7 +288,7 @@ def register_logged_model(
         raise ValueError(f"{ref!r}: expected a run id (32 hex digits) or models:/<model_id>")
     version = register(source, name, uri=uri)
     if alias:
-        set_alias(name, version, alias, uri=uri)
+        set_alias(name, version, alias, uri=uri, force=force)
     return version, source
 
 
@@ -331,14 +374,11 @@ def members_of(refs: list[str], *, uri: str | None = None) -> list[Member]:
 
 
 def _member_dir(member: Member, tmp: Path, uri: str | None) -> Path:
-    """A verified local model directory of ``member`` (registered versions through the
-    content-addressed cache, logged models downloaded into ``tmp``)."""
+    """A verified local model directory of ``member`` (registered versions and logged models
+    alike, through the content-addressed cache, checked against their recorded sha256)."""
     from bratslab.tracking.model_store import fetch_model_dir
 
-    if _model_id_from(member.source) is None:
-        return fetch_model_dir(member.source, uri=uri)
-    local = download_artifacts(member.source, tmp / member.name, uri)
-    return find_model_dir(local, member.source)
+    return fetch_model_dir(member.source, uri=uri)
 
 
 def _check_compatible(dirs: list[tuple[str, Path]]) -> None:
@@ -361,6 +401,7 @@ def register_ensemble(
     cv_run_id: str | None = None,
     alias: str | None = None,
     uri: str | None = None,
+    force: bool = False,
 ) -> tuple[str, list[Member]]:
     """Register models as ONE version of ``name`` whose artifact folder holds them all
     (``ensemble.json`` + ``members/<name>/model.pt``/``model.json``, see
@@ -369,7 +410,8 @@ def register_ensemble(
     The members are ``refs`` (:func:`members_of`) or the fold runs of the CV parent
     ``cv_run_id`` (:func:`cv_members`). The folder is logged as a model of a new run
     ``ensemble-<name>`` (kind ``ensemble``, nested under the CV run when there is one, with
-    that run's ``cv/`` metrics copied so the version shows them).
+    that run's ``cv/`` metrics copied so the version shows them; its selection metric, which
+    ``alias`` is guarded on, is then ``cv/mean/val/dice_mean``).
 
     Returns:
         ``(version, members)``.
@@ -380,6 +422,7 @@ def register_ensemble(
     from bratslab.tracking import mlflow_runs
     from bratslab.tracking.model_store import log_model_dir, write_ensemble_dir
 
+    check_model_name(name)
     if (cv_run_id is None) == (not refs):
         raise ValueError("give the member models or a CV run (--cv-run), not both or neither")
     members = cv_members(cv_run_id, uri=uri) if cv_run_id else members_of(list(refs or []), uri=uri)
@@ -404,10 +447,10 @@ def register_ensemble(
         mlflow_runs.end_run(run_id, "FINISHED", uri)
     tags = {KIND_TAG: "ensemble", MEMBERS_TAG: ",".join(m.name for m in members)}
     if cv_run_id:
-        tags[CV_RUN_TAG] = cv_run_id
+        tags.update({CV_RUN_TAG: cv_run_id, SELECTION_TAG: CV_SELECTION})
     version = register(source, name, tags, uri=uri)
     if alias:
-        set_alias(name, version, alias, uri=uri)
+        set_alias(name, version, alias, uri=uri, force=force)
     return version, members
 
 
@@ -439,14 +482,24 @@ def _ensemble_run(name: str, members: list[Member], cv_run_id: str | None, uri) 
     return run_id
 
 
-def set_alias(name: str, version: str | int, alias: str = CHAMPION, *, uri: str | None = None):
-    """Point ``alias`` at ``version`` unconditionally (last-writer-wins).
+def set_alias(
+    name: str,
+    version: str | int,
+    alias: str = CHAMPION,
+    *,
+    uri: str | None = None,
+    force: bool = False,
+):
+    """Point ``alias`` at ``version`` without comparing (last-writer-wins), once the version
+    passes :func:`bratslab.tracking.alias_guard.check_alias_target` (a finite selection
+    metric; ``force`` only warns).
 
     A choice made by hand ends any running contest for the alias: the candidate marks of
     :func:`promote_if_better` are cleared, so a later promotion compares against this holder
     only, rather than re-promoting an earlier candidate."""
     c = client(uri)
-    get_version(name, version=version, uri=uri)  # a clear error for a missing version
+    info = get_version(name, version=version, uri=uri)  # a clear error for a missing version
+    check_alias_target(info, alias, force=force)
     c.set_registered_model_alias(name, alias, str(version))
     for mv in c.search_model_versions(_name_filter(name)):
         if CANDIDATE_TAG + alias in (mv.tags or {}):
@@ -473,14 +526,13 @@ def promote_if_better(
     Returns:
         True when ``alias`` points at ``version`` once settled (moved, or already there).
     Raises:
-        RegistryError: ``version`` does not exist or has no value for ``metric``.
+        RegistryError: ``version`` does not exist.
+        AliasRefusedError: it has no finite value for ``metric`` (the alias guard).
     """
     if mode not in ("max", "min"):
         raise ValueError(f"mode must be 'max' or 'min', not {mode!r}")
     candidate = get_version(name, version=version, uri=uri)
-    new = candidate.metrics.get(metric)
-    if new is None or not math.isfinite(new):
-        raise RegistryError(f"{name} version {version}: no finite value for metric {metric!r}")
+    new = check_alias_target(candidate, alias, metric=metric)
     with _promotion_lock(uri):
         mark = json.dumps({"t": time.time(), "metric": metric, "mode": mode})
         client(uri).set_model_version_tag(name, candidate.version, CANDIDATE_TAG + alias, mark)
@@ -726,7 +778,9 @@ def list_models(*, uri: str | None = None) -> list[ModelSummary]:
 def download(ref: str, dst: str | Path, *, uri: str | None = None) -> Path:
     """Download the files of ``ref`` (``NAME@ALIAS``, ``NAME/VERSION``, ``models:/...``) into
     the folder ``dst``, atomically: a failed download leaves no partial ``dst``. The model
-    files are checked against the sha256 tags of the version.
+    files are checked against the sha256 tags of the version, and listed with their sha256 in
+    a ``SHA256SUMS`` beside them (:mod:`bratslab.tracking.manifest`), which ``predict --model``
+    on that folder checks.
 
     Raises:
         RegistryError: the reference does not resolve.
@@ -745,7 +799,9 @@ def download(ref: str, dst: str | Path, *, uri: str | None = None) -> Path:
         local = download_artifacts(model_uri(name, version=info.version), staging, uri)
         expected = hash_tags_of(info.tags)
         if expected:
-            _verify(find_model_dir(local, ref), expected, ref)
+            found = find_model_dir(local, ref)
+            _verify(found, expected, ref)
+            write_manifest(found)  # the folder then checks itself wherever it is loaded from
         else:
             log.warning("%s: no sha256 recorded at registration; files not verified", ref)
         if dst.exists():

@@ -61,3 +61,24 @@ def test_without_json_the_summary_and_table_are_unchanged(tmp_path):
 def test_usage_errors_still_exit_2_in_json_mode(tmp_path):
     r = _validate(str(tmp_path / "missing"), "--json")
     assert r.exit_code == 2 and r.stdout == ""
+
+
+def test_an_empty_case_folder_is_named_not_skipped(tmp_path):
+    synthesize_dataset(tmp_path / "raw", 1, shape=(24, 24, 16), seed=0)
+    empty = tmp_path / "raw" / "BraTS-GLI-00009-000"
+    empty.mkdir()
+    notes = tmp_path / "raw" / "BraTS-GLI-00010-000"
+    notes.mkdir()
+    (notes / "README.txt").write_text("images to follow")
+    (tmp_path / "raw" / ".cache").mkdir()  # hidden: not a case folder
+    r = _validate(str(tmp_path / "raw"), "--json")
+    assert r.exit_code == 1, r.output
+    report = json.loads(r.stdout)
+    assert report["total"] == 1 and report["ok"] == 1
+    assert report["failures"] == [
+        {"case": empty.name, "file": str(empty), "reason": "case folder is empty"},
+        {"case": notes.name, "file": str(notes),
+         "reason": "case folder holds no BraTS image (1 other file)"},
+    ]  # fmt: skip
+    r = _validate(str(tmp_path / "raw"))
+    assert r.exit_code == 1 and "1/1 cases OK" in r.stdout and empty.name in r.stderr

@@ -156,6 +156,38 @@ def test_export_to_a_directory_exits_2(runner, folders, tmp_path):
     assert "Traceback" not in res.output and list(target.iterdir()) == []
 
 
+def test_export_refuses_an_existing_file_unless_overwrite(runner, folders, tmp_path):
+    _, pred = folders
+    out = tmp_path / "submission.csv"
+    out.write_text("an earlier submission\n")
+    res = runner.invoke(app, ["export", "rle", str(pred), str(out)])
+    assert res.exit_code == 2, res.output
+    assert res.stderr.strip() == f"{out}: exists; pass --overwrite to replace it"
+    assert out.read_text() == "an earlier submission\n"  # untouched
+    res = runner.invoke(app, ["export", "rle", str(pred), str(out), "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert out.read_text().startswith("id,case,region,shape,rle\n")
+
+
+def test_predict_into_an_existing_file_is_one_line_exit_2(runner, folders, tmp_path):
+    from bratslab.models.config import ModelConfig
+    from bratslab.models.weights import save_model_dir
+    from bratslab.models.zoo import build_model
+
+    raw, _ = folders
+    cfg = ModelConfig(arch="unet", unet={"filters": [4, 8, 8]})
+    model = save_model_dir(tmp_path / "model", build_model(cfg), cfg, {"patch_size": [16] * 3})
+    taken = tmp_path / "taken.nii.gz"
+    taken.write_bytes(b"someone's file")
+    for output, named in ((taken, taken), (taken / "pred", taken)):
+        args = ["predict", "--model", str(model), "--input", str(raw), "--output", str(output)]
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, res.output
+        assert "Traceback" not in res.output and len(res.stderr.strip().splitlines()) == 1
+        assert f"{named}" in res.stderr and "exists and is not a folder" in res.stderr
+    assert taken.read_bytes() == b"someone's file"
+
+
 def test_export_skips_and_names_a_damaged_prediction(runner, folders, tmp_path):
     _, pred = folders
     _damage(pred / f"{BAD}.nii.gz", "truncated")

@@ -49,12 +49,21 @@ def test_register_a_train_run_by_id_with_an_alias(store):
     from bratslab.tracking import registry
 
     _, runs, uris = store
+    # The run was never TTA-evaluated: registered, but the alias guard keeps it from champion.
     r = _cli("models", "register", runs["trained"], "--name", NAME, "--alias", "champion")
+    assert r.exit_code == 2, r.output
+    assert f"registered, but the alias was not moved: {NAME} version 1: no finite value for " \
+        "metric 'tta/dice_mean' (is missing)" in r.stderr  # fmt: skip
+    assert "Traceback" not in r.output
+    with pytest.raises(registry.RegistryError, match="no alias 'champion'"):
+        registry.get_version(NAME, alias="champion")
+    r = _cli("models", "register", runs["trained"], "--name", NAME, "--alias", "champion",
+             "--force")  # fmt: skip
     assert r.exit_code == 0, r.output
-    assert f"registered {uris['trained'][0]} as {NAME} version 1" in r.stdout
-    assert f"{NAME}@champion -> version 1" in r.stdout
+    assert f"registered {uris['trained'][0]} as {NAME} version 2" in r.stdout
+    assert f"{NAME}@champion -> version 2" in r.stdout
     info = registry.get_version(NAME, alias="champion")
-    assert info.version == "1" and info.run_id == runs["trained"]
+    assert info.version == "2" and info.run_id == runs["trained"]
     assert f"models:/{info.model_id}" == uris["trained"][0]
     assert info.metrics["val/dice_mean"] == pytest.approx(0.6)  # from the source run
 
@@ -83,6 +92,8 @@ def test_register_a_logged_model_uri_and_download_it(store, tmp_path):
 
 
 def test_register_errors_name_the_problem(store):
+    from bratslab.tracking import registry
+
     _, runs, _ = store
     r = _cli("models", "register", runs["bare"], "--name", NAME)
     assert r.exit_code == 1 and f"run {runs['bare']} (bare) has no logged model" in r.stderr
@@ -96,11 +107,20 @@ def test_register_errors_name_the_problem(store):
     )
     r = _cli("models", "register", runs["trained"])
     assert r.exit_code == 2  # --name is required
+    for bad in ("a/b", "a:b", "a@b", "", " x"):  # refused before anything is logged
+        r = _cli("models", "register", runs["trained"], "--name", bad)
+        assert r.exit_code == 2 and f"invalid registered model name {bad!r}" in r.stderr
+        r = _cli("models", "register", "--ensemble", bad, runs["trained"], runs["resumed"])
+        assert r.exit_code == 2 and f"invalid registered model name {bad!r}" in r.stderr
+    r = _cli("models", "promote", "a/b", "1")
+    assert r.exit_code == 2 and "invalid registered model name 'a/b'" in r.stderr
+    assert not [m for m in registry.list_models() if m.name in ("a/b", "a:b", "a@b")]
 
 
 def test_models_and_runs_list_json(store):
     _, runs, _ = store
-    r = _cli("models", "register", runs["trained"], "--name", "listed", "--alias", "best")
+    r = _cli("models", "register", runs["trained"], "--name", "listed", "--alias", "best",
+             "--force")  # fmt: skip
     assert r.exit_code == 0, r.output
     r = _cli("models", "list", "--json")
     assert r.exit_code == 0, r.output

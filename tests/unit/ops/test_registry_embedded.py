@@ -67,7 +67,7 @@ def test_promotion_compares_then_sets(store):
     assert registry.promote_if_better(NAME, 3, "val/dice_mean", alias="low", mode="min")
     assert registry.promote_if_better(NAME, 1, "val/dice_mean", alias="low", mode="min")
     assert registry.get_version(NAME, alias="low").version == "1"
-    with pytest.raises(registry.RegistryError, match="no finite value"):
+    with pytest.raises(registry.AliasRefusedError, match="no finite value"):
         registry.promote_if_better(NAME, 3, "tta/dice_mean")
     with pytest.raises(registry.RegistryError, match="has no version 7"):
         registry.promote_if_better(NAME, 7, "tta/dice_mean")

@@ -65,8 +65,12 @@ def test_an_ensemble_is_one_version_with_every_member_and_a_hash_per_file(runs, 
 
     home, ids, dirs = runs
     r = _invoke("models", "register", "--ensemble", NAME, *ids, "--alias", "champion")
+    assert r.exit_code == 2  # never evaluated: registered, but the alias guard refuses it
+    assert f"{NAME} version 1: no finite value for metric 'tta/dice_mean'" in r.stderr
+    r = _invoke("models", "register", "--ensemble", NAME, *ids, "--alias", "champion", "--force")
     assert r.exit_code == 0, r.output
-    assert f"as {NAME} version 1" in r.stdout and "fold0=models:/m-" in r.stdout
+    assert f"as {NAME} version 2" in r.stdout and "fold0=models:/m-" in r.stdout
+    assert registry.get_version(NAME, alias="champion").version == "2"
 
     info = registry.get_version(NAME, version=1)
     assert info.tags["bratslab.kind"] == "ensemble"
@@ -83,6 +87,7 @@ def test_an_ensemble_is_one_version_with_every_member_and_a_hash_per_file(runs, 
     (folder,) = {p.parent for p in dl.rglob("ensemble.json")}
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     assert files == [
+        "SHA256SUMS",  # what `models download` verified, for the folder to check itself
         "ensemble.json",
         "members/fold0/model.json", "members/fold0/model.pt",
         "members/fold1/model.json", "members/fold1/model.pt",
@@ -120,7 +125,9 @@ def test_a_tampered_member_file_is_refused_naming_the_file_and_both_hashes(runs,
         model_store.fetch_model_dir(f"models:/{NAME}/1")
     message = str(err.value)
     assert "members/fold1/model.pt" in message and good in message and bad in message
-    assert not list((home / "cache" / "models").iterdir())  # nothing bad was cached
+    cached = [_sha(p) for p in (home / "cache" / "models").rglob("model.pt")]
+    assert bad not in cached  # nothing bad was cached (the members, fetched to build it, are)
+    assert not list((home / "cache" / "models").rglob("ensemble.json"))
     r = _invoke("models", "download", f"{NAME}/1", str(tmp_path / "dl"))
     assert r.exit_code == 1 and good in r.stderr and bad in r.stderr, r.output
 

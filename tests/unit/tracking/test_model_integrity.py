@@ -6,6 +6,7 @@ store is then tampered with the way an overwrite of ``model.pt`` would."""
 from __future__ import annotations
 
 import hashlib
+import shutil
 
 import pytest
 from typer.testing import CliRunner
@@ -108,3 +109,74 @@ def test_the_cache_is_content_addressed_and_reused(store, monkeypatch):
     (first / "model.pt").write_bytes(b"damaged")
     assert model_store.fetch_model_dir(f"models:/{NAME}@champion") == first
     assert _sha(first / "model.pt") == _sha(src / "model.pt") and len(downloads) == 1
+
+
+def _predict(model: str, tmp_path, out: str = "pred"):
+    from bratslab.cli import app
+
+    (tmp_path / "in").mkdir(exist_ok=True)
+    return CliRunner().invoke(
+        app,
+        ["predict", "--model", model, "--input", str(tmp_path / "in"),
+         "--output", str(tmp_path / out)],
+    )  # fmt: skip
+
+
+def test_every_remote_path_to_the_weights_checks_the_sha256_recorded_at_logging(store, tmp_path):
+    """models:/m-<id>, runs:/<run>/model, a bare run id (and registering the logged model
+    anew) check the hashes the logged model was tagged with when it was logged; the cache is
+    cleared first, as an attacker would."""
+    from bratslab.tracking import model_store, registry
+
+    home, src = store
+    info = registry.get_version(NAME, version=1)
+    logged = f"models:/{info.model_id}"
+    good = _sha(src / "model.pt")
+    tags = registry.client().get_logged_model(info.model_id).tags
+    assert tags["bratslab.sha256.model_pt"] == good  # recorded when it was logged
+    stored = _stored_weights(home)
+    stored.write_bytes(stored.read_bytes()[:-8] + b"tampered")
+    bad = _sha(stored)
+    for ref in (logged, f"runs:/{info.run_id}/model", info.run_id):
+        shutil.rmtree(home / "cache", ignore_errors=True)
+        with pytest.raises(model_store.ModelIntegrityError) as err:
+            model_store.fetch_model_dir(ref)
+        assert ref in str(err.value) and good in str(err.value) and bad in str(err.value)
+    with pytest.raises(model_store.ModelIntegrityError):
+        registry.register(logged, NAME)  # not registered with the tampered file's hash
+    assert [v.version for v in registry.list_versions(NAME)] == ["1"]
+
+    r = _predict(logged, tmp_path)
+    assert r.exit_code == 1 and good in r.stderr and bad in r.stderr, r.output
+    assert "Traceback" not in r.output and not (tmp_path / "pred").exists()
+    # MLflow's own loader: the pyfunc checks the SHA256SUMS logged beside the files.
+    import mlflow
+
+    from bratslab.tracking.mlflow_runs import global_uris
+
+    with (
+        global_uris(registry.tracking_uri()),
+        pytest.raises(model_store.ModelIntegrityError, match="SHA256SUMS"),
+    ):
+        mlflow.pyfunc.load_model(logged)
+
+
+def test_a_downloaded_folder_checks_its_sha256sums_and_one_without_is_loaded_as_is(store, tmp_path):
+    from bratslab.tracking import model_store, registry
+
+    _, src = store
+    folder = registry.download(f"{NAME}@champion", tmp_path / "dl")
+    (model_dir,) = {p.parent for p in folder.rglob("SHA256SUMS")}
+    sums = (model_dir / "SHA256SUMS").read_text()
+    assert f"{_sha(src / 'model.pt')}  model.pt\n" in sums and "  model.json\n" in sums
+    assert model_store.fetch_model_dir(model_dir) == model_dir  # checked, unchanged
+
+    weights = model_dir / "model.pt"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"tampered")
+    with pytest.raises(model_store.ModelIntegrityError, match="SHA256SUMS"):
+        model_store.fetch_model_dir(model_dir)
+    r = _predict(str(model_dir), tmp_path)
+    assert r.exit_code == 1 and _sha(weights) in r.stderr and "Traceback" not in r.output
+    # Without a manifest a folder is the user's own files: loaded as they are.
+    (model_dir / "SHA256SUMS").unlink()
+    assert model_store.fetch_model_dir(model_dir) == model_dir

@@ -45,14 +45,17 @@ def test_promote_refuses_a_version_without_a_finite_selection_metric(store):
     r = _promote("1", "--alias", "champion")
     assert r.exit_code == 0 and f"{NAME}@champion -> version 1" in r.stdout
     r = _promote("2", "--alias", "champion")
-    assert r.exit_code == 1
-    assert "version 2: selection metric 'tta/dice_mean' is missing" in r.stderr
-    assert "--force" in r.stderr
+    assert r.exit_code == 2
+    assert "version 2: no finite value for metric 'tta/dice_mean' (is missing)" in r.stderr
+    assert "--force" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = _promote("3", "--alias", "champion")
-    assert r.exit_code == 1 and "version 3: selection metric 'tta/dice_mean' is nan" in r.stderr
+    assert r.exit_code == 2
+    assert "version 3: no finite value for metric 'tta/dice_mean' (is nan)" in r.stderr
+    r = _promote("3", "--alias", "champion", "--if-better", "tta/dice_mean")
+    assert r.exit_code == 2 and "(is nan); refusing to point alias 'champion'" in r.stderr
     assert registry.get_version(NAME, alias="champion").version == "1"  # unchanged
     r = _promote("4", "--alias", "champion")  # its own selection metric is set: accepted
     assert r.exit_code == 0, r.output
     r = _promote("2", "--alias", "champion", "--force")
-    assert r.exit_code == 0 and "promoting because of --force" in r.stderr
+    assert r.exit_code == 0, r.output
     assert registry.get_version(NAME, alias="champion").version == "2"
