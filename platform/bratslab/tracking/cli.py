@@ -334,12 +334,15 @@ def models_download(
     ref: str = typer.Argument(..., help="NAME@ALIAS, NAME/VERSION or a models:/ URI."),
     dst: Path = typer.Argument(..., help="Folder to create (must not exist or be empty)."),
 ) -> None:
-    """Download a registered model's files into a folder."""
+    """Download a registered version as a self-contained folder (weights, model.json,
+    post-processing thresholds, version.json, SHA256SUMS): `bratslab predict --model FOLDER`
+    then predicts exactly as with the registry reference."""
     from bratslab.tracking import registry
+    from bratslab.tracking.download import download
     from bratslab.tracking.model_store import ModelIntegrityError
 
     try:
-        out = registry.download(ref, dst)
+        out = download(ref, dst)
     except (registry.RegistryError, FileExistsError, FileNotFoundError, ModelIntegrityError) as e:
         _fail(str(e))
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from bratslab.tracking.model_store import (
@@ -30,11 +31,12 @@ MANIFEST = "SHA256SUMS"
 _LINE = re.compile(r"([0-9a-f]{64}) [ *](\S.*)")
 
 
-def write_manifest(folder: str | Path) -> Path:
+def write_manifest(folder: str | Path, extra: Sequence[str] = ()) -> Path:
     """Write ``folder/SHA256SUMS`` for the model files of ``folder`` (model.pt + model.json, or
-    an ensemble's files); returns its path."""
+    an ensemble's files) and the ``extra`` files beside them; returns its path."""
     folder = Path(folder)
-    lines = [f"{sha256_file(folder / rel)}  {rel}\n" for rel in model_files(folder)]
+    files = [*model_files(folder), *extra]
+    lines = [f"{sha256_file(folder / rel)}  {rel}\n" for rel in files]
     path = folder / MANIFEST
     path.write_text("".join(lines))
     return path

@@ -30,7 +30,6 @@ import json
 import logging
 import math
 import re
-import shutil
 import tempfile
 import time
 from collections.abc import Mapping
@@ -49,7 +48,6 @@ from bratslab.tracking.alias_guard import (  # AliasRefusedError: callers catch 
     AliasRefusedError,  # noqa: F401
     check_alias_target,
 )
-from bratslab.tracking.manifest import write_manifest
 from bratslab.tracking.mlflow_runs import (
     client,
     download_artifacts,
@@ -59,7 +57,6 @@ from bratslab.tracking.mlflow_runs import (
 )
 from bratslab.tracking.model_store import (
     find_model_dir,
-    hash_tags_of,
     is_model_dir,
     model_hashes,
 )
@@ -773,41 +770,3 @@ def list_models(*, uri: str | None = None) -> list[ModelSummary]:
             )
         )
     return sorted(out, key=lambda m: m.name)
-
-
-def download(ref: str, dst: str | Path, *, uri: str | None = None) -> Path:
-    """Download the files of ``ref`` (``NAME@ALIAS``, ``NAME/VERSION``, ``models:/...``) into
-    the folder ``dst``, atomically: a failed download leaves no partial ``dst``. The model
-    files are checked against the sha256 tags of the version, and listed with their sha256 in
-    a ``SHA256SUMS`` beside them (:mod:`bratslab.tracking.manifest`), which ``predict --model``
-    on that folder checks.
-
-    Raises:
-        RegistryError: the reference does not resolve.
-        ModelIntegrityError: a file does not match its registered sha256 (``dst`` not made).
-        FileExistsError: ``dst`` exists and is not empty.
-    """
-    name, alias, version = parse_ref(ref)
-    info = get_version(name, alias=alias, version=version, uri=uri)
-    dst = Path(dst)
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
-        raise FileExistsError(f"{dst}: exists and is not an empty folder")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    uri = tracking_uri(uri)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
-    try:
-        local = download_artifacts(model_uri(name, version=info.version), staging, uri)
-        expected = hash_tags_of(info.tags)
-        if expected:
-            found = find_model_dir(local, ref)
-            _verify(found, expected, ref)
-            write_manifest(found)  # the folder then checks itself wherever it is loaded from
-        else:
-            log.warning("%s: no sha256 recorded at registration; files not verified", ref)
-        if dst.exists():
-            dst.rmdir()
-        staging.rename(dst)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return dst

@@ -87,6 +87,7 @@ def test_models_uris_resolve_in_the_store_given_not_the_environment(stores, tmp_
     from mlflow import MlflowClient
 
     from bratslab.tracking import registry
+    from bratslab.tracking.download import download
 
     elsewhere, ours = stores
     c = MlflowClient(tracking_uri=ours, registry_uri=ours)
@@ -104,7 +105,7 @@ def test_models_uris_resolve_in_the_store_given_not_the_environment(stores, tmp_
     assert (version, source) == ("2", f"models:/{logged.model_id}")
     info = registry.get_version("compat", version=1, uri=ours)
     assert info.run_id == run.info.run_id and info.model_id == logged.model_id
-    out = registry.download("compat/2", tmp_path / "dl", uri=ours)
+    out = download("compat/2", tmp_path / "dl", uri=ours)
     assert (out / "weights.txt").read_text() == "ours"
 
     assert not (tmp_path / "elsewhere.db").exists()  # the environment's store was never opened

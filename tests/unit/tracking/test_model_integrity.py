@@ -162,10 +162,11 @@ def test_every_remote_path_to_the_weights_checks_the_sha256_recorded_at_logging(
 
 
 def test_a_downloaded_folder_checks_its_sha256sums_and_one_without_is_loaded_as_is(store, tmp_path):
-    from bratslab.tracking import model_store, registry
+    from bratslab.tracking import model_store
+    from bratslab.tracking.download import download
 
     _, src = store
-    folder = registry.download(f"{NAME}@champion", tmp_path / "dl")
+    folder = download(f"{NAME}@champion", tmp_path / "dl")
     (model_dir,) = {p.parent for p in folder.rglob("SHA256SUMS")}
     sums = (model_dir / "SHA256SUMS").read_text()
     assert f"{_sha(src / 'model.pt')}  model.pt\n" in sums and "  model.json\n" in sums
