@@ -1,0 +1,255 @@
+"""What a bratslab command prints, and where everything else goes.
+
+The run commands (``train``, ``sweep``, ``demo``, ``predict``, ``evaluate-model``,
+``postprocess``) print bratslab's own lines only: a header (what runs where, the name and how
+to resume), one line per epoch, progress bars for long steps, and a summary. Everything else
+goes to a log file:
+
+- bratslab's own logging at INFO (its WARNING and ERROR records also reach the console),
+- the logging of Ray, MLflow, Optuna, SQLAlchemy and Python ``warnings`` in the driver,
+- the stdout/stderr of every Ray worker and actor (Train workers and controllers, Tune trials,
+  Ray's own helper actors) and the raylet's messages, which Ray would otherwise print on the
+  driver's console with an ``(Actor pid=…)`` prefix (:mod:`bratslab.compat.ray_logs`).
+
+The log file is ``bratslab.log`` in the run's folder (``$BRATSLAB_HOME/ray_results/<name>/``
+for ``train``, the sweep's or the demo's folder), or ``$BRATSLAB_HOME/logs/<command>-<time>.log``
+for commands without one; the train and sweep commands also log it to their MLflow run.
+
+``-v/--verbose`` or ``BRATSLAB_LOG_LEVEL=DEBUG`` turns all of this off: every log record at
+DEBUG on stderr and every worker line as Ray prints it. Other commands log at INFO on stderr.
+
+A line that a Ray actor wants on the driver's console (the Train controller's epoch line,
+:mod:`bratslab.train.progress`) is printed with :func:`relay`: the driver then prints it
+without Ray's prefix and colours.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+LOG_FILE = "bratslab.log"
+RELAY_MARK = "[bratslab-console] "  # on a worker's stderr: print this line on the console
+QUIET_COMMANDS = frozenset({"train", "sweep", "demo", "predict", "evaluate-model", "postprocess"})
+# Commands that have no run folder of their own: their log file is in $BRATSLAB_HOME/logs.
+LOGS_FOLDER_COMMANDS = frozenset({"predict", "evaluate-model", "postprocess"})
+# Libraries that install their own stderr handler (and stop propagation) on import or init.
+LIBRARY_LOGGERS = ("ray", "mlflow", "optuna", "alembic", "sqlalchemy.engine", "huey")
+FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+BUFFER_CAPACITY = 20_000  # records kept until the log file is known
+
+log = logging.getLogger(__name__)
+worker_log = logging.getLogger("ray_workers")  # not under bratslab: file only
+
+
+class _Buffer(logging.Handler):
+    """Holds records until the command knows its log file (:func:`attach`)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self.records) < BUFFER_CAPACITY:
+            self.records.append(record)
+
+
+class _State:
+    quiet = False
+    command = ""
+    buffer: _Buffer | None = None
+    file_handler: logging.FileHandler | None = None
+    dashboard: str | None = None  # the Ray dashboard of the connected cluster, if any
+
+
+_state = _State()
+
+
+def quiet() -> bool:
+    """True when this process routes the libraries' output to the log file."""
+    return _state.quiet
+
+
+def log_file() -> Path | None:
+    """The log file of this command, once known."""
+    fh = _state.file_handler
+    return Path(fh.baseFilename) if fh is not None else None
+
+
+def configure(command: str | None, verbose: bool) -> None:
+    """Set up logging for one CLI command (called by the root callback).
+
+    Args:
+        command: the subcommand name (``train``, ``postprocess``...), None for none.
+        verbose: ``-v``; ``BRATSLAB_LOG_LEVEL=DEBUG`` means the same.
+    """
+    verbose = verbose or os.environ.get("BRATSLAB_LOG_LEVEL", "").upper() == "DEBUG"
+    if verbose or command not in QUIET_COMMANDS:
+        logging.basicConfig(
+            level=logging.DEBUG if verbose else logging.INFO, format=FILE_FORMAT, force=True
+        )
+        return
+    _state.quiet, _state.command = True, command
+    # Inherited by Ray's workers too: MLflow's loggers propagate (to this process's file, or
+    # to the worker's stderr, which the driver routes there) and no tqdm bars are drawn.
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    # Ray Tune's console reporter prints its experiment table and a TensorBoard hint even at
+    # verbose=0; the legacy reporter prints nothing at verbose=0 (bratslab.tune.harness).
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.setLevel(logging.INFO)
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.WARNING)
+    console.addFilter(lambda r: r.name.startswith("bratslab"))
+    console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    _state.buffer = _Buffer()
+    root.addHandler(console)
+    root.addHandler(_state.buffer)
+    logging.captureWarnings(True)  # UserWarnings of the libraries: into the file
+    adopt_library_loggers()
+    if command in LOGS_FOLDER_COMMANDS:
+        attach(_logs_folder(), f"{command}-{time.strftime('%Y%m%d-%H%M%S')}.log")
+    else:
+        atexit.register(_attach_fallback)
+
+
+def adopt_library_loggers() -> None:
+    """Route the libraries' own handlers into ours (call again after importing one of them:
+    Ray and Optuna install a stderr handler when imported, Ray again in ``ray.init``)."""
+    if not _state.quiet:
+        return
+    from bratslab.compat.mlflow_output import silence_eprint
+
+    silence_eprint()
+    for name in LIBRARY_LOGGERS:
+        lg = logging.getLogger(name)
+        for h in list(lg.handlers):
+            lg.removeHandler(h)
+        lg.propagate = True
+
+
+def attach(folder: Path, name: str = LOG_FILE) -> Path | None:
+    """Write this command's log to ``folder/name`` from now on, starting with every record
+    held so far; the first call wins (a cross-validation's folds share their parent's file).
+    Returns the file, or None when the command does not route its logs (``--verbose``)."""
+    if not _state.quiet:
+        return None
+    if _state.file_handler is not None:
+        return log_file()
+    folder.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(folder / name, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(FILE_FORMAT))
+    root = logging.getLogger()
+    if _state.buffer is not None:
+        for record in _state.buffer.records:
+            handler.handle(record)
+        root.removeHandler(_state.buffer)
+        _state.buffer = None
+    root.addHandler(handler)
+    _state.file_handler = handler
+    return log_file()
+
+
+def _logs_folder() -> Path:
+    from bratslab.settings import get_settings
+
+    return get_settings().home / "logs"
+
+
+def _attach_fallback() -> None:
+    """At exit, a command that never reached its run folder keeps its log in the logs folder."""
+    if _state.quiet and _state.file_handler is None and _state.buffer and _state.buffer.records:
+        with suppress(OSError):
+            attach(_logs_folder(), f"{_state.command}-{time.strftime('%Y%m%d-%H%M%S')}.log")
+
+
+def ray_where() -> str:
+    """Where Ray runs, for a command's header: ``local Ray (6 CPUs)`` or the cluster address,
+    with its dashboard URL when there is one."""
+    import ray  # Ray: the connected cluster's address and size
+
+    if not ray.is_initialized():
+        return "Ray not started"
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    nodes = len([n for n in ray.nodes() if n.get("Alive")])
+    where = f"Ray: {nodes} node(s), {cpus} CPUs"
+    if _state.dashboard:
+        where += f", dashboard {_state.dashboard}"
+    return where
+
+
+def say(text: str) -> None:
+    """One line of the command's own output: on stderr, and in the log file."""
+    if _state.quiet:
+        print(text, file=sys.stderr, flush=True)
+        log.info("%s", text)
+    else:
+        log.info("%s", text)
+
+
+@contextmanager
+def step(text: str) -> Iterator[None]:
+    """A step that takes a while (a TTA re-evaluation, a post-processing fit): on a terminal a
+    spinner with the elapsed time, then ``text: 42 s``; otherwise ``text ...`` as it starts."""
+    if not _state.quiet:
+        log.info("%s", text)
+        yield
+        return
+    if not sys.stderr.isatty():
+        say(f"{text} ...")
+        yield
+        return
+    from rich.console import Console
+
+    t0 = time.monotonic()
+    with Console(stderr=True).status(text):
+        yield
+    say(f"{text}: {time.monotonic() - t0:.0f} s")
+
+
+def relay(line: str) -> None:
+    """From a Ray actor: print ``line`` on the driver's console, without Ray's prefix (the
+    driver's router strips the mark); printed as is where nothing routes the output."""
+    print(RELAY_MARK + line, file=sys.stderr, flush=True)
+
+
+def route_worker_output(data: dict[str, Any]) -> None:
+    """The driver's handler of a batch of worker output (see :mod:`bratslab.compat.ray_logs`):
+    relayed lines on the console, every line in the log file."""
+    who = data.get("actor_name") or data.get("task_name") or ""
+    pid = data.get("pid", "?")
+    prefix = f"({who} pid={pid})" if pid not in ("raylet", "autoscaler") else f"({pid})"
+    if pid == "autoscaler":  # periodic cluster-status dumps (``ray status`` shows them)
+        return
+    for line in data.get("lines") or ():
+        if RELAY_MARK in line:
+            text = line.split(RELAY_MARK, 1)[1]
+            print(text, file=sys.stderr, flush=True)
+            log.info("%s", text)
+        else:
+            worker_log.info("%s %s", prefix, line)
+
+
+def route_ray_output(context: Any = None) -> None:
+    """After ``ray.init`` (``context`` is what it returned): in a quiet command, the driver's
+    Ray logging and every worker line into the log file (relayed lines on the console)."""
+    url = getattr(context, "dashboard_url", None)
+    _state.dashboard = f"http://{url}" if url and "://" not in url else url
+    if not _state.quiet:
+        return
+    from bratslab.compat.ray_logs import route_worker_output as install
+
+    adopt_library_loggers()
+    if not install(route_worker_output):
+        log.debug("Ray's worker-output hooks differ from 2.60: workers print as Ray does")
