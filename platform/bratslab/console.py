@@ -26,12 +26,13 @@ without Ray's prefix and colours.
 from __future__ import annotations
 
 import atexit
+import io
 import logging
 import os
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, redirect_stderr, redirect_stdout, suppress
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,8 @@ def configure(command: str | None, verbose: bool) -> None:
     # Ray Tune's console reporter prints its experiment table and a TensorBoard hint even at
     # verbose=0; the legacy reporter prints nothing at verbose=0 (bratslab.tune.harness).
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Ray Data configures its own console handler when imported (its progress every 10 s).
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
@@ -200,22 +203,40 @@ def say(text: str) -> None:
 
 @contextmanager
 def step(text: str) -> Iterator[None]:
-    """A step that takes a while (a TTA re-evaluation, a post-processing fit): on a terminal a
-    spinner with the elapsed time, then ``text: 42 s``; otherwise ``text ...`` as it starts."""
-    if not _state.quiet:
-        log.info("%s", text)
-        yield
-        return
-    if not sys.stderr.isatty():
-        say(f"{text} ...")
-        yield
-        return
-    from rich.console import Console
-
+    """A step that takes a while (a TTA re-evaluation, a post-processing fit): ``text ...`` as
+    it starts, ``text: 42 s`` in the log file when it ends. (No spinner: the step may show a
+    progress bar of its own, and rich allows one live display at a time.)"""
     t0 = time.monotonic()
-    with Console(stderr=True).status(text):
+    say(f"{text} ...")
+    yield
+    log.info("%s: %.0f s", text, time.monotonic() - t0)
+
+
+class _LogWriter(io.TextIOBase):
+    """A text stream whose lines become INFO records of ``logger`` (file only)."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger, self.pending = logger, ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            if line.strip():
+                self.logger.info("%s", line)
+        return len(text)
+
+
+@contextmanager
+def captured() -> Iterator[None]:
+    """Library calls that print straight to stdout/stderr (MLflow's "Created version ..." when
+    a model is registered): their lines go to the log file in a quiet command."""
+    if not _state.quiet:
         yield
-    say(f"{text}: {time.monotonic() - t0:.0f} s")
+        return
+    writer = _LogWriter(logging.getLogger("printed"))
+    with redirect_stdout(writer), redirect_stderr(writer):
+        yield
 
 
 def relay(line: str) -> None:

@@ -430,14 +430,16 @@ def _select_and_register(outcome: SweepOutcome, spec, cfg: SweepConfig, storage)
     mlflow_runs.log_metrics(outcome.parent_run_id, summary, 0)
     mlflow_runs.set_tags(outcome.parent_run_id, {"bratslab.winner_trial": winner.trial_id})
     if cfg.register_model:
-        outcome.registration = reg = selection.register_winner(
-            winner,
-            name=selection.registry_name(spec),
-            sweep_name=outcome.name,
-            metric=cfg.selection_metric,
-            mode=cfg.selection_mode,
-            alias=cfg.alias,
-        )
+        with console.captured():  # MLflow prints "Created version ..." (said in the summary)
+            reg = selection.register_winner(
+                winner,
+                name=selection.registry_name(spec),
+                sweep_name=outcome.name,
+                metric=cfg.selection_metric,
+                mode=cfg.selection_mode,
+                alias=cfg.alias,
+            )
+        outcome.registration = reg
         mlflow_runs.set_tags(
             outcome.parent_run_id,
             {
