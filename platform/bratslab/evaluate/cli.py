@@ -135,10 +135,11 @@ def evaluate(
     """Dice, HD95, NSD and BraTS 2023 lesion-wise metrics per case and region.
 
     A case whose prediction or reference cannot be read is named on stderr and left out; the
-    others are scored and written, and the exit status is 1.
+    others are scored and written, and the exit status is 1. A reference without a prediction
+    is scored as empty, unless more than half lack one: then nothing is scored (exit 1).
     """
     from bratslab.evaluate.report import plot_path, print_summary, summary_path
-    from bratslab.evaluate.scoring import evaluate_folder
+    from bratslab.evaluate.scoring import PredictionsMissing, evaluate_folder
 
     try:
         result = evaluate_folder(
@@ -146,6 +147,8 @@ def evaluate(
         )
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e), 2)
+    except PredictionsMissing as e:  # nothing written: scoring them as empty would mislead
+        _fail(str(e), 1)
     print_summary(result.summary)
     typer.echo(f"wrote {output}, {summary_path(output)}, {plot_path(output)}")
     _exit_on_failures(result.failures)
