@@ -188,3 +188,22 @@ def test_a_bad_set_override_is_named_and_a_near_miss_key_gets_a_suggestion(tmp_p
     lines = str(in_file.value).splitlines()
     assert "  training.epochs: Input should be a valid integer" in "\n".join(lines)
     assert not any(line.startswith("  --set") and "epochs" in line for line in lines)
+
+
+def test_the_readme_journey_outputs_are_git_ignored():
+    """Running the README's "Using it" block in a clone leaves `git status` clean."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    outputs = ["raw/x", "raw_test/x", "store/x", "pred/x", "bratslab-work/x", "metrics.csv"]
+    outputs += ["metrics.summary.json", "metrics.png", "submission.csv", "postprocess.json"]
+    proc = subprocess.run(
+        ["git", "check-ignore", "--no-index", *outputs], cwd=root, capture_output=True, text=True
+    )
+    assert sorted(proc.stdout.split()) == sorted(outputs)
+    kept = subprocess.run(["git", "check-ignore", "--no-index", "jobs/smoke.yaml"], cwd=root)
+    assert kept.returncode == 1  # the repo's own files are not
