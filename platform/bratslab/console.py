@@ -11,6 +11,9 @@ goes to a log file:
   Ray's own helper actors) and the raylet's messages, which Ray would otherwise print on the
   driver's console with an ``(Actor pid=…)`` prefix (:mod:`bratslab.compat.ray_logs`).
 
+A few INFO lines say what a command does (which post-processing ``predict`` applies, each pass
+of ``postprocess fit``): those reach the console too (:data:`CONSOLE_INFO_LOGGERS`).
+
 The log file is ``bratslab.log`` in the run's folder (``$BRATSLAB_HOME/ray_results/<name>/``
 for ``train``, the sweep's or the demo's folder), or ``$BRATSLAB_HOME/logs/<command>-<time>.log``
 for commands without one; the train and sweep commands also log it to their MLflow run.
@@ -43,11 +46,29 @@ QUIET_COMMANDS = frozenset({"train", "sweep", "demo", "predict", "evaluate-model
 LOGS_FOLDER_COMMANDS = frozenset({"predict", "evaluate-model", "postprocess"})
 # Libraries that install their own stderr handler (and stop propagation) on import or init.
 LIBRARY_LOGGERS = ("ray", "mlflow", "optuna", "alembic", "sqlalchemy.engine", "huey")
+# bratslab loggers whose INFO lines a quiet command still prints: which post-processing
+# predict applies (and why), and each pass of the post-processing fit's search.
+CONSOLE_INFO_LOGGERS = frozenset({"bratslab.postprocess.resolve", "bratslab.postprocess.fit"})
 FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 BUFFER_CAPACITY = 20_000  # records kept until the log file is known
 
 log = logging.getLogger(__name__)
 worker_log = logging.getLogger("ray_workers")  # not under bratslab: file only
+
+
+def _on_console(record: logging.LogRecord) -> bool:
+    """bratslab's warnings and errors, and the few INFO lines that say what a command does."""
+    if not record.name.startswith("bratslab"):
+        return False
+    return record.levelno >= logging.WARNING or record.name in CONSOLE_INFO_LOGGERS
+
+
+class _ConsoleFormatter(logging.Formatter):
+    """``WARNING: text`` for warnings and errors, the bare text for INFO lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if record.levelno < logging.WARNING else f"{record.levelname}: {text}"
 
 
 class _Buffer(logging.Handler):
@@ -113,9 +134,8 @@ def configure(command: str | None, verbose: bool) -> None:
         root.removeHandler(h)
     root.setLevel(logging.INFO)
     console = logging.StreamHandler(sys.stderr)
-    console.setLevel(logging.WARNING)
-    console.addFilter(lambda r: r.name.startswith("bratslab"))
-    console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    console.addFilter(_on_console)
+    console.setFormatter(_ConsoleFormatter())
     _state.buffer = _Buffer()
     root.addHandler(console)
     root.addHandler(_state.buffer)

@@ -116,3 +116,10 @@ def test_ray_hands_worker_output_to_the_router(routing):
     finally:
         worker.print_to_stdstream = original
         dispatcher.handlers = handlers
+
+
+def test_the_lines_that_say_what_a_command_does_stay_on_the_console(routing, capsys):
+    routing.configure("predict", verbose=False)
+    logging.getLogger("bratslab.postprocess.resolve").info("post-processing: min 10 (from m)")
+    logging.getLogger("bratslab.evaluate.predict").info("an internal detail")
+    assert capsys.readouterr().err == "post-processing: min 10 (from m)\n"
