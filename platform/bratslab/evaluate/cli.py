@@ -48,6 +48,14 @@ def _exit_on_failures(failures: list[dict[str, str]]) -> None:
         raise typer.Exit(1)
 
 
+def _header(text: str) -> None:
+    """The command's first line, with where its log file is (bratslab.console)."""
+    from bratslab import console
+
+    log_file = console.log_file()
+    console.say(text + (f"; log {log_file}" if log_file else ""))
+
+
 def predict(
     model: list[str] = typer.Option(
         ...,
@@ -102,6 +110,7 @@ def predict(
         },
         "predict options",
     )
+    _header(f"predict {input} with {' + '.join(model)} (tta {tta}) into {output}")
     try:
         report = predict_folder(model, input, output, cfg)
     except ModelIntegrityError as e:  # the stored weights are not the registered ones
@@ -178,7 +187,7 @@ def evaluate_model_cmd(
     from bratslab.tracking.model_store import ModelIntegrityError
 
     choice = _postprocess_choice(postprocess, no_postprocess)
-
+    _header(f"evaluate-model {model} on fold {fold} of {store} (tta {tta})")
     try:
         metrics = evaluate_model(
             model,
