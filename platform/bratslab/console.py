@@ -86,6 +86,7 @@ class _Buffer(logging.Handler):
 class _State:
     quiet = False
     command = ""
+    console: logging.Handler | None = None
     buffer: _Buffer | None = None
     file_handler: logging.FileHandler | None = None
     dashboard: str | None = None  # the Ray dashboard of the connected cluster, if any
@@ -113,10 +114,11 @@ def configure(command: str | None, verbose: bool) -> None:
         verbose: ``-v``; ``BRATSLAB_LOG_LEVEL=DEBUG`` means the same.
     """
     verbose = verbose or os.environ.get("BRATSLAB_LOG_LEVEL", "").upper() == "DEBUG"
+    _undo()  # a second command in one process (tests) starts from the defaults
     if verbose or command not in QUIET_COMMANDS:
-        logging.basicConfig(
-            level=logging.DEBUG if verbose else logging.INFO, format=FILE_FORMAT, force=True
-        )
+        level = logging.DEBUG if verbose else logging.INFO
+        logging.basicConfig(level=level, format=FILE_FORMAT)
+        logging.getLogger().setLevel(level)  # also where a handler already existed
         return
     _state.quiet, _state.command = True, command
     # Inherited by Ray's workers too: MLflow's loggers propagate (to this process's file, or
@@ -130,10 +132,12 @@ def configure(command: str | None, verbose: bool) -> None:
     # Ray Data configures its own console handler when imported (its progress every 10 s).
     os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
     root = logging.getLogger()
-    for h in list(root.handlers):
-        root.removeHandler(h)
+    for h in list(root.handlers):  # a console handler of basicConfig's; others (pytest's) stay
+        if getattr(h, "stream", None) in (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__):
+            root.removeHandler(h)
     root.setLevel(logging.INFO)
     console = logging.StreamHandler(sys.stderr)
+    _state.console = console
     console.addFilter(_on_console)
     console.setFormatter(_ConsoleFormatter())
     _state.buffer = _Buffer()
@@ -145,6 +149,19 @@ def configure(command: str | None, verbose: bool) -> None:
         attach(_logs_folder(), f"{command}-{time.strftime('%Y%m%d-%H%M%S')}.log")
     else:
         atexit.register(_attach_fallback)
+
+
+def _undo() -> None:
+    """Remove what an earlier :func:`configure` of this process installed."""
+    root = logging.getLogger()
+    for h in (_state.console, _state.buffer, _state.file_handler):
+        if h is not None:
+            root.removeHandler(h)
+    if _state.file_handler is not None:
+        _state.file_handler.close()
+    if _state.quiet:
+        logging.captureWarnings(False)
+    _state.quiet, _state.console, _state.buffer, _state.file_handler = False, None, None, None
 
 
 def adopt_library_loggers() -> None:

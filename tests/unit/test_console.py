@@ -31,7 +31,7 @@ def routing(tmp_path, monkeypatch):
     for h in saved[0]:
         root.addHandler(h)
     root.setLevel(saved[1])
-    for key in ("quiet", "command", "buffer", "file_handler", "dashboard"):
+    for key in ("quiet", "command", "console", "buffer", "file_handler", "dashboard"):
         setattr(console._state, key, saved[2].get(key))
     logging.captureWarnings(False)
     for key in ENV:
