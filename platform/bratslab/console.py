@@ -81,6 +81,9 @@ class _Buffer(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if len(self.records) < BUFFER_CAPACITY:
             self.records.append(record)
+        if _state.default_log is not None:  # the first record opens the logs-folder file
+            with suppress(OSError):
+                attach(_state.default_log.parent, _state.default_log.name)
 
 
 class _State:
@@ -89,6 +92,7 @@ class _State:
     console: logging.Handler | None = None
     buffer: _Buffer | None = None
     file_handler: logging.FileHandler | None = None
+    default_log: Path | None = None  # where a command without a run folder logs, once it does
     dashboard: str | None = None  # the Ray dashboard of the connected cluster, if any
 
 
@@ -103,7 +107,7 @@ def quiet() -> bool:
 def log_file() -> Path | None:
     """The log file of this command, once known."""
     fh = _state.file_handler
-    return Path(fh.baseFilename) if fh is not None else None
+    return Path(fh.baseFilename) if fh is not None else _state.default_log
 
 
 def configure(command: str | None, verbose: bool) -> None:
@@ -145,8 +149,8 @@ def configure(command: str | None, verbose: bool) -> None:
     root.addHandler(_state.buffer)
     logging.captureWarnings(True)  # UserWarnings of the libraries: into the file
     adopt_library_loggers()
-    if command in LOGS_FOLDER_COMMANDS:
-        attach(_logs_folder(), f"{command}-{time.strftime('%Y%m%d-%H%M%S')}.log")
+    if command in LOGS_FOLDER_COMMANDS:  # created with its first record, not on a usage error
+        _state.default_log = _logs_folder() / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     else:
         atexit.register(_attach_fallback)
 
@@ -162,6 +166,7 @@ def _undo() -> None:
     if _state.quiet:
         logging.captureWarnings(False)
     _state.quiet, _state.console, _state.buffer, _state.file_handler = False, None, None, None
+    _state.default_log = None
 
 
 def adopt_library_loggers() -> None:
@@ -187,6 +192,7 @@ def attach(folder: Path, name: str = LOG_FILE) -> Path | None:
         return None
     if _state.file_handler is not None:
         return log_file()
+    _state.default_log = None
     folder.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(folder / name, encoding="utf-8")
     handler.setFormatter(logging.Formatter(FILE_FORMAT))
@@ -208,8 +214,11 @@ def _logs_folder() -> Path:
 
 
 def _attach_fallback() -> None:
-    """At exit, a command that never reached its run folder keeps its log in the logs folder."""
-    if _state.quiet and _state.file_handler is None and _state.buffer and _state.buffer.records:
+    """At exit, a command that stopped before its run folder keeps a log that holds a warning
+    in the logs folder."""
+    records = _state.buffer.records if _state.quiet and _state.buffer else []
+    # Only a log with a warning in it: a usage error must not create folders.
+    if _state.file_handler is None and any(r.levelno >= logging.WARNING for r in records):
         with suppress(OSError):
             attach(_logs_folder(), f"{_state.command}-{time.strftime('%Y%m%d-%H%M%S')}.log")
 

@@ -31,8 +31,9 @@ def routing(tmp_path, monkeypatch):
     for h in saved[0]:
         root.addHandler(h)
     root.setLevel(saved[1])
-    for key in ("quiet", "command", "console", "buffer", "file_handler", "dashboard"):
+    for key in ("quiet", "command", "console", "buffer", "file_handler", "default_log"):
         setattr(console._state, key, saved[2].get(key))
+    console._state.dashboard = None
     logging.captureWarnings(False)
     for key in ENV:
         os.environ.pop(key, None)
@@ -95,6 +96,9 @@ def test_commands_without_a_run_folder_log_under_bratslab_home(routing, tmp_path
     routing.configure("predict", verbose=False)
     path = routing.log_file()
     assert path.parent == tmp_path / "logs" and path.name.startswith("predict-")
+    assert not path.parent.exists()  # nothing created before anything is logged
+    logging.getLogger("ray").warning("a Ray warning")
+    assert "a Ray warning" in path.read_text() and routing.log_file() == path
 
 
 def test_ray_hands_worker_output_to_the_router(routing):
