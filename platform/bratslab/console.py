@@ -47,8 +47,12 @@ LOGS_FOLDER_COMMANDS = frozenset({"predict", "evaluate-model", "postprocess"})
 # Libraries that install their own stderr handler (and stop propagation) on import or init.
 LIBRARY_LOGGERS = ("ray", "mlflow", "optuna", "alembic", "sqlalchemy.engine", "huey")
 # bratslab loggers whose INFO lines a quiet command still prints: which post-processing
-# predict applies (and why), and each pass of the post-processing fit's search.
-CONSOLE_INFO_LOGGERS = frozenset({"bratslab.postprocess.resolve", "bratslab.postprocess.fit"})
+# predict and evaluate-model apply (and why), and each pass of the post-processing fit's search.
+CONSOLE_INFO_LOGGERS = {
+    "predict": frozenset({"bratslab.postprocess.resolve"}),
+    "evaluate-model": frozenset({"bratslab.postprocess.resolve"}),
+    "postprocess": frozenset({"bratslab.postprocess.fit"}),
+}
 FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 BUFFER_CAPACITY = 20_000  # records kept until the log file is known
 
@@ -60,7 +64,8 @@ def _on_console(record: logging.LogRecord) -> bool:
     """bratslab's warnings and errors, and the few INFO lines that say what a command does."""
     if not record.name.startswith("bratslab"):
         return False
-    return record.levelno >= logging.WARNING or record.name in CONSOLE_INFO_LOGGERS
+    shown = CONSOLE_INFO_LOGGERS.get(_state.command, frozenset())
+    return record.levelno >= logging.WARNING or record.name in shown
 
 
 class _ConsoleFormatter(logging.Formatter):

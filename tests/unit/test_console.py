@@ -127,3 +127,9 @@ def test_the_lines_that_say_what_a_command_does_stay_on_the_console(routing, cap
     logging.getLogger("bratslab.postprocess.resolve").info("post-processing: min 10 (from m)")
     logging.getLogger("bratslab.evaluate.predict").info("an internal detail")
     assert capsys.readouterr().err == "post-processing: min 10 (from m)\n"
+
+
+def test_a_sweep_keeps_the_post_processing_choice_of_its_candidates_in_the_file(routing, capsys):
+    routing.configure("sweep", verbose=False)
+    logging.getLogger("bratslab.postprocess.resolve").info("post-processing: none (...)")
+    assert capsys.readouterr().err == ""
