@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 LOG_FILE = "bratslab.log"
+RAY_DATA_LOGGING = Path(__file__).with_name("ray_data_logging.yaml")
 RELAY_MARK = "[bratslab-console] "  # on a worker's stderr: print this line on the console
 QUIET_COMMANDS = frozenset({"train", "sweep", "demo", "predict", "evaluate-model", "postprocess"})
 # Commands that have no run folder of their own: their log file is in $BRATSLAB_HOME/logs.
@@ -138,8 +139,10 @@ def configure(command: str | None, verbose: bool) -> None:
     # Ray Tune's console reporter prints its experiment table and a TensorBoard hint even at
     # verbose=0; the legacy reporter prints nothing at verbose=0 (bratslab.tune.harness).
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Ray Data configures its own console handler when imported (its progress every 10 s).
-    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
+    # Ray Data configures its own console handler when imported (its progress every 10 s):
+    # this config keeps its session file and lets the records propagate to ours instead.
+    if RAY_DATA_LOGGING.is_file():  # package data; a build without it keeps Ray's default
+        os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(RAY_DATA_LOGGING))
     root = logging.getLogger()
     for h in list(root.handlers):  # a console handler of basicConfig's; others (pytest's) stay
         if getattr(h, "stream", None) in (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__):
