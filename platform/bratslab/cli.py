@@ -7,7 +7,6 @@ commands so ``bratslab --help`` stays fast.
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import typer
@@ -25,17 +24,23 @@ app = typer.Typer(
 
 @app.callback()
 def _root(
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at DEBUG level."),
+    ctx: typer.Context,
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        "-v",
+        help="Log at DEBUG level on the console, Ray's, MLflow's and Optuna's output included "
+        "(also BRATSLAB_LOG_LEVEL=DEBUG); without it, run commands print their own lines and "
+        "keep the rest in a log file.",
+    ),
 ) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     # One source of truth for paths and URIs: resolved here, in the driver, to absolute values
     # that every Ray worker, Tune trial and MLflow call of this command then inherits.
+    from bratslab.console import configure
     from bratslab.settings import pin_settings
 
     pin_settings()
+    configure(ctx.invoked_subcommand, verbose)
 
 
 def _register_stages() -> None:

@@ -9,6 +9,7 @@ import logging
 import os
 
 from bratslab.compat.ray_core import bind_single_machine_to_loopback
+from bratslab.console import adopt_library_loggers, route_ray_output
 from bratslab.settings import Settings, get_settings, store_env
 
 SECRET_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
@@ -33,6 +34,7 @@ def ensure_ray(
 
     if ray.is_initialized():
         return
+    adopt_library_loggers()  # Ray's import installed a stderr handler (bratslab.console)
     settings = settings or get_settings()
     env_vars = {
         "RAY_USAGE_STATS_ENABLED": "0",
@@ -57,17 +59,18 @@ def ensure_ray(
         # Inside a submitted Ray job the job's runtime env already applies (and Ray refuses a
         # second, different one), so only a standalone driver brings its own.
         in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
-        ray.init(
+        context = ray.init(
             address=settings.ray_address,
             runtime_env=None if in_job else runtime_env,
             log_to_driver=True,
         )
+        route_ray_output(context)  # worker lines into the log file (bratslab.console)
         return
     # Single-machine mode: Ray then resolves the node address to loopback instead of the
     # machine's external interface, so no port of the embedded instance is reachable from outside.
     bind_single_machine_to_loopback()
     cpus = num_cpus or settings.ray_num_cpus or max(os.cpu_count() or 1, 6)
-    ray.init(
+    context = ray.init(
         address="local",
         num_cpus=cpus,
         object_store_memory=object_store_memory,
@@ -77,6 +80,7 @@ def ensure_ray(
         configure_logging=True,
         logging_level=logging.WARNING,
     )
+    route_ray_output(context)
     log.info("started local Ray (%d logical CPUs, bound to 127.0.0.1)", cpus)
 
 

@@ -7,7 +7,7 @@ key; YAML holds data only, read as UTF-8.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -25,15 +25,51 @@ class ConfigError(ValueError):
     """A config file or override is invalid; the message names the file and the key."""
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
+def format_validation_error(
+    err: ValidationError,
+    source: str,
+    overrides: list[str] | None = None,
+    model: type[BaseModel] | None = None,
+) -> str:
+    """One line per bad key; a key set by a ``--set`` override names that override, and an
+    unknown key of ``model`` suggests the closest known one (``did you mean training.epochs?``).
+    """
     lines = [f"{source}: invalid configuration"]
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        loc = [str(p) for p in e["loc"]]
+        key = ".".join(loc) or "<root>"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        lines.append(f"  {key}: {msg}")
+            msg = "unknown key" + _did_you_mean(model, loc)
+        given = _override_for(key, overrides)
+        lines.append(f"  --set {given}: {key}: {msg}" if given else f"  {key}: {msg}")
     return "\n".join(lines)
+
+
+def _override_for(key: str, overrides: list[str] | None) -> str | None:
+    """The last ``--set`` override that set ``key`` (or a section or value around it)."""
+    for item in reversed(overrides or []):
+        k = ".".join(p for p in item.partition("=")[0].strip().split(".") if p)
+        if k == key or key.startswith(k + ".") or k.startswith(key + "."):
+            return item
+    return None
+
+
+def _did_you_mean(model: type[BaseModel] | None, loc: list[str]) -> str:
+    """``; did you mean a.b.c?`` for the known key of ``loc``'s section closest to its name."""
+    import difflib
+
+    cls: Any = model
+    for part in loc[:-1]:
+        field = cls.model_fields.get(part) if cls is not None else None
+        if field is None:
+            return ""
+        types = (field.annotation, *get_args(field.annotation))
+        cls = next((t for t in types if isinstance(t, type) and issubclass(t, BaseModel)), None)
+    if cls is None or not loc:
+        return ""
+    close = difflib.get_close_matches(loc[-1], list(cls.model_fields), n=1, cutoff=0.6)
+    return f"; did you mean {'.'.join([*loc[:-1], close[0]])}?" if close else ""
 
 
 def parse_value(text: str) -> Any:
@@ -132,15 +168,18 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def validate(model: type[T], data: dict[str, Any], source: str = "config") -> T:
-    """Build ``model`` from ``data``; a :class:`ConfigError` lists every bad key."""
+def validate(
+    model: type[T], data: dict[str, Any], source: str = "config", overrides: list[str] | None = None
+) -> T:
+    """Build ``model`` from ``data``; a :class:`ConfigError` lists every bad key (naming the
+    ``--set`` override that set it, if one did)."""
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source)) from None
+        raise ConfigError(format_validation_error(e, source, overrides, model)) from None
 
 
 def load_config(model: type[T], path: str | Path, overrides: list[str] | None = None) -> T:
     """Load a YAML file into ``model`` after applying dotted overrides."""
     data = apply_overrides(load_yaml(path), overrides)
-    return validate(model, data, str(path))
+    return validate(model, data, str(path), overrides)

@@ -45,12 +45,14 @@ def demo(
     """Run the whole pipeline on a small synthetic dataset and print a results table."""
     from rich.console import Console
 
+    from bratslab import console as routing
     from bratslab.cluster import ensure_ray
     from bratslab.settings import get_settings
 
-    console = Console()
+    console = Console(soft_wrap=True)
     settings = get_settings()
     root = (out or settings.home / "demo").absolute()
+    log_file = routing.attach(root)  # Ray's, MLflow's, Optuna's and the workers' output
     raw, held, store = root / "raw", root / "holdout", root / "store"
     t0 = time.perf_counter()
 
@@ -104,6 +106,8 @@ def demo(
 
     log_artifact(outcome.parent_run_id, report, "report")
     _print_results(console, outcome, result, champion, report, settings, time.perf_counter() - t0)
+    if log_file is not None:
+        console.print(f"log: {log_file}")
 
 
 # --------------------------------------------------------------------------- steps
@@ -205,6 +209,8 @@ def np_load(path: Path):
 def _print_results(console, outcome, result, champion, report, settings, seconds) -> None:
     from rich.table import Table
 
+    from bratslab.tune.trial_states import tally_line
+
     table = Table(title="sweep trials (validation fold)")
     for col in ("trial", "architecture", "epochs", "val Dice", "TTA Dice", "TTA lesion Dice"):
         table.add_column(col)
@@ -223,6 +229,7 @@ def _print_results(console, outcome, result, champion, report, settings, seconds
             fmt(tta.get("tta/lesion_dice_mean")),
         )
     console.print(table)
+    console.print(tally_line(outcome.trials))
 
     held = Table(title=f"held-out evaluation of {champion}")
     for col in ("region", "Dice", "HD95 (mm)", "lesion Dice", "lesion HD95"):

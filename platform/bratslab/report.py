@@ -60,7 +60,8 @@ def render_report(
 
     Args:
         out_png: destination file.
-        curves: label → ``[(epoch, val/dice_mean), ...]`` (one line per trial/run).
+        curves: label → ``[(epoch, val/dice_mean), ...]`` (one line per trial/run; epochs
+            0-based as MLflow steps, plotted from 1).
         region_dice: group label (e.g. architecture or "champion") → {"wt", "tc", "et"} → Dice.
         overlays: cases drawn as ground truth vs prediction on their most tumorous axial slice.
         title: figure title.
@@ -69,6 +70,7 @@ def render_report(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rows = 1 + len(overlays)
     fig = plt.figure(figsize=(11, 3.4 * rows), dpi=90)
@@ -77,8 +79,10 @@ def render_report(
     ax = fig.add_subplot(grid[0, 0])
     for label, points in curves.items():
         if points:
-            ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=label)
+            # MLflow steps are 0-based epochs; people count epochs from 1.
+            ax.plot([p[0] + 1 for p in points], [p[1] for p in points], "o-", label=label)
     ax.set(xlabel="epoch", ylabel="val/dice_mean", ylim=(0, 1), title="learning curves")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if curves:
         ax.legend(fontsize=7)
 

@@ -78,7 +78,7 @@ def load_job(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
         ConfigError: naming the file and every bad key (``training.epochs: ...``).
     """
     data = apply_overrides(load_yaml(path), overrides)
-    spec = validate(JobSpec, data, str(path))
+    spec = validate(JobSpec, data, str(path), overrides)
     try:
         store, where = spec.data.locate_store()
     except ConfigError:

@@ -9,9 +9,11 @@ import json
 import subprocess
 
 import pytest
-from test_readme_journey import clean_env
+from test_readme_journey import NOT_ON_CONSOLE, clean_env
 
+from bratslab.shutdown import STOP_REASON_TAG
 from bratslab.tracking import mlflow_runs, registry
+from bratslab.tune.trial_states import PRUNED, PRUNED_AT_TAG
 
 pytestmark = pytest.mark.integration
 
@@ -34,6 +36,10 @@ def test_reduced_demo_runs_the_whole_pipeline(tmp_path):
 
     work = tmp_path / "bratslab-work"
     out = work / "demo"
+    # bratslab's own lines only; Ray's, MLflow's and Optuna's are in the demo's log file
+    for bad in NOT_ON_CONSOLE:
+        assert bad not in output, f"demo printed {bad!r}:\n{output}"
+    assert "pid=" in (out / "bratslab.log").read_text()
     # Every trial logged to the one store in ./bratslab-work, none to its own working folder.
     assert sorted(tmp_path.rglob("mlflow.db")) == [work / "mlflow.db"]
     uri = f"sqlite:///{work / 'mlflow.db'}"
@@ -59,9 +65,24 @@ def test_reduced_demo_runs_the_whole_pipeline(tmp_path):
     for arch in ("unet", "segresnet", "mednext"):
         assert arch in output
 
+    parent = mlflow_runs.run_info(champion.run_id, uri=uri)["tags"]["mlflow.parentRunId"]
+    champion_run = mlflow_runs.client(uri).get_run(champion.run_id)
+    # every trial ends FINISHED: one ASHA pruned says so (and when), none looks like a crash
+    trials = mlflow_runs.client(uri).search_runs(
+        [champion_run.info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'"
+    )
+    assert len(trials) == 3
+    for run in trials:
+        assert run.info.status == "FINISHED", (run.info.run_name, run.data.tags)
+        reason = run.data.tags.get(STOP_REASON_TAG)
+        assert reason in (None, PRUNED), run.data.tags
+        if reason == PRUNED:
+            assert 1 <= int(run.data.tags[PRUNED_AT_TAG]) < 2
+    pruned = sum(r.data.tags.get(STOP_REASON_TAG) == PRUNED for r in trials)
+    assert f"3 trials: {3 - pruned} completed, {pruned} pruned by ASHA, 0 failed" in output
+
     # the report PNG is on disk and logged to the sweep's parent run
     report = out / "report.png"
     assert report.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    parent = mlflow_runs.run_info(champion.run_id, uri=uri)["tags"]["mlflow.parentRunId"]
     names = [a.path for a in mlflow_runs.client(uri).list_artifacts(parent, "report")]
     assert names == ["report/report.png"]

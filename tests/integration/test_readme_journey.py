@@ -72,6 +72,22 @@ def clean_env() -> dict[str, str]:
     return env
 
 
+# What Ray, MLflow and Optuna say, never on the console of a run command (bratslab.console).
+NOT_ON_CONSOLE = (
+    "pid=", "TrainingReport", "State API", "\x1b[", "tensorboard", "Successfully registered",
+    "Created version", "A new study created", "Using an existing study", "Downloading artifacts",
+    "UserWarning", "Token authentication",
+)  # fmt: skip
+
+
+def assert_console_is_bratslab(out: str, max_lines: int, what: str) -> None:
+    """A run command's console: at most ``max_lines`` lines, none of Ray's or the libraries'."""
+    lines = out.splitlines()
+    assert len(lines) <= max_lines, f"{what}: {len(lines)} lines > {max_lines}:\n{out}"
+    for bad in NOT_ON_CONSOLE:
+        assert bad not in out, f"{what} printed {bad!r}:\n{out}"
+
+
 def test_readme_using_it_block_runs_as_written(tmp_path):
     commands = readme_block("Using it")
     verbs = [" ".join(shlex.split(c)[1:3]) for c in commands]
@@ -99,6 +115,19 @@ def test_readme_using_it_block_runs_as_written(tmp_path):
         outputs[" ".join(argv[1:3])] = out
 
     work = tmp_path / "bratslab-work"
+    # Run commands print a header, one line per epoch and a summary; the rest is in a log file.
+    train_out = outputs["train jobs/smoke.yaml"]
+    assert_console_is_bratslab(train_out, 1 + 12, "train")  # training.epochs=1
+    assert len(re.findall(r"^smoke: epoch \d+/1 \| loss", train_out, re.M)) == 1
+    train_log = (work / "ray_results" / "smoke" / "bratslab.log").read_text()
+    assert "pid=" in train_log  # the Train workers' and controller's output, routed there
+    sweep_out = outputs["sweep jobs/sweep_smoke.yaml"]
+    # 2 trials x 1 epoch, the header, a progress line per TTA candidate, a 2-row table, a tally
+    assert_console_is_bratslab(sweep_out, 2 + 12 + 7, "sweep")
+    assert len(re.findall(r"^sweep-smoke-\S+: epoch 1/1 \| loss", sweep_out, re.M)) == 2
+    assert re.search(r"^2 trials: \d completed, \d pruned by ASHA, 0 failed$", sweep_out, re.M)
+    assert "--resume sweep-smoke-" in sweep_out
+    assert len(list((work / "sweeps").glob("*/bratslab.log"))) == 1
     # One tracking store for every process: the driver's, never a trial's working folder.
     assert sorted(tmp_path.rglob("mlflow.db")) == [work / "mlflow.db"]
     # `train` found ./store (the folder preprocess wrote) and said so.

@@ -163,3 +163,47 @@ def test_cli_exits_2_with_one_line_naming_a_binary_job_spec(tmp_path, monkeypatc
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2
     assert err == f"{spec}: not a UTF-8 text file (byte 0x89 at offset 0); expected YAML"
+
+
+def test_a_bad_set_override_is_named_and_a_near_miss_key_gets_a_suggestion(tmp_path):
+    """``--set training.epoch=3`` suggests ``training.epochs``; ``--set training.epochs=abc``
+    blames the override, not the YAML file."""
+    from bratslab.config import ConfigError
+    from bratslab.spec import load_job
+
+    job = tmp_path / "job.yaml"
+    job.write_text("name: j\ndata: {store: s}\nmodel: {arch: unet}\n")
+    with pytest.raises(ConfigError) as typo:
+        load_job(job, ["training.epoch=3"])
+    assert (
+        "--set training.epoch=3: training.epoch: unknown key; did you mean training.epochs?"
+        in str(typo.value)
+    )
+    with pytest.raises(ConfigError) as bad:
+        load_job(job, ["training.epochs=abc"])
+    assert "--set training.epochs=abc: training.epochs:" in str(bad.value)
+    job.write_text("name: j\ndata: {store: s}\nmodel: {arch: unet}\ntraining: {epochs: x}\n")
+    with pytest.raises(ConfigError) as in_file:
+        load_job(job, ["training.lr_warmup=1"])
+    lines = str(in_file.value).splitlines()
+    assert "  training.epochs: Input should be a valid integer" in "\n".join(lines)
+    assert not any(line.startswith("  --set") and "epochs" in line for line in lines)
+
+
+def test_the_readme_journey_outputs_are_git_ignored():
+    """Running the README's "Using it" block in a clone leaves `git status` clean."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    outputs = ["raw/x", "raw_test/x", "store/x", "pred/x", "bratslab-work/x", "metrics.csv"]
+    outputs += ["metrics.summary.json", "metrics.png", "submission.csv", "postprocess.json"]
+    proc = subprocess.run(
+        ["git", "check-ignore", "--no-index", *outputs], cwd=root, capture_output=True, text=True
+    )
+    assert sorted(proc.stdout.split()) == sorted(outputs)
+    kept = subprocess.run(["git", "check-ignore", "--no-index", "jobs/smoke.yaml"], cwd=root)
+    assert kept.returncode == 1  # the repo's own files are not

@@ -69,6 +69,13 @@ def synth(
         "brats2021 (t1/t1ce/t2/flair, ET=4).",
     ),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same bytes."),
+    start_id: int | None = typer.Option(
+        None,
+        "--start-id",
+        min=0,
+        help="Number of the first case id (BraTS-GLI-NNNNN-000); default 1000 x the seed, so "
+        "sets synthesised with different seeds (0-99, up to 1000 cases) never share an id.",
+    ),
     shape: tuple[int, int, int] = typer.Option(
         (240, 240, 155), "--shape", help="Volume size X Y Z in voxels."
     ),
@@ -94,7 +101,7 @@ def synth(
     ),
 ) -> None:
     """Write a synthetic BraTS-like dataset: brain phantom, 4 contrasts, nested tumours."""
-    from bratslab.data.synth import synthesize_dataset
+    from bratslab.data.synth import default_start_id, synthesize_dataset
 
     if unlabeled > cases:
         _fail(f"--unlabeled {unlabeled} is more than --cases {cases}")
@@ -114,6 +121,7 @@ def synth(
             unlabeled=unlabeled,
             shift=shift.value,
             progress=True,
+            start_id=default_start_id(seed) if start_id is None else start_id,
         )
     except ValueError as e:
         _fail(str(e))

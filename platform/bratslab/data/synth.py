@@ -451,6 +451,17 @@ def _nifti_gz(data: np.ndarray, affine: np.ndarray) -> bytes:
     return _gzip.compress(img.to_bytes(), compresslevel=1, mtime=0)
 
 
+MAX_CASE_NUMBER = 99_999  # five digits in BraTS case ids
+IDS_PER_SEED = 1_000
+
+
+def default_start_id(seed: int) -> int:
+    """The first case number ``bratslab data synth --seed SEED`` writes: ``1000 * SEED`` (seeds
+    0-99 with up to 1000 cases each never share an id, so a held-out set synthesised with
+    another seed never pairs with training cases of the same name)."""
+    return (seed % (MAX_CASE_NUMBER // IDS_PER_SEED + 1)) * IDS_PER_SEED
+
+
 def case_id_for(index: int, layout: Layout, cohort: str = "GLI") -> str:
     """``BraTS2021_00007`` or ``BraTS-GLI-00007-000``."""
     if layout == "brats2021":
@@ -491,8 +502,11 @@ def synthesize_dataset(
     cohort: str = "GLI",
     progress: bool = False,
     shift: Shift = "none",
+    start_id: int = 0,
 ) -> list[Path]:
     """Write ``n_cases`` synthetic cases in ``layout``; the last ``unlabeled`` have no seg.
+    Case ``i`` is named with the number ``start_id + i`` (``BraTS-GLI-{start_id + i:05d}-000``;
+    ``bratslab data synth`` derives it from the seed, :func:`default_start_id`).
     ``shift`` "mild" or "strong" writes a domain-shift set (BraTS-Africa-like scanners, see
     ``SHIFTS``) with the same anatomy and main tumours as "none" (the clean phantom).
 
@@ -507,6 +521,10 @@ def synthesize_dataset(
         raise ValueError("need 0 <= unlabeled <= n_cases")
     if len(shape) != 3 or any(int(s) < 16 for s in shape):
         raise ValueError(f"shape must be three sizes >= 16, not {list(shape)}")
+    if start_id < 0 or start_id + n_cases > MAX_CASE_NUMBER + 1:
+        raise ValueError(
+            f"case numbers {start_id}..{start_id + n_cases - 1} do not fit 0..{MAX_CASE_NUMBER}"
+        )
     folders = []
     bar = None
     if progress:
@@ -521,7 +539,7 @@ def synthesize_dataset(
                 (seed, i), shape, spacing, ET_LABEL[layout], shift
             )
             labeled = i < n_cases - unlabeled
-            cid = case_id_for(i, layout, cohort)
+            cid = case_id_for(start_id + i, layout, cohort)
             folders.append(
                 write_case(out_dir, cid, images, seg if labeled else None, affine, layout)
             )

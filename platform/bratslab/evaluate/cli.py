@@ -59,6 +59,14 @@ def _exit_on_failures(failures: list[dict[str, str]]) -> None:
         raise typer.Exit(1)
 
 
+def _header(text: str) -> None:
+    """The command's first line, with where its log file is (bratslab.console)."""
+    from bratslab import console
+
+    log_file = console.log_file()
+    console.say(text + (f"; log {log_file}" if log_file else ""))
+
+
 def predict(
     model: list[str] = typer.Option(
         ...,
@@ -113,6 +121,7 @@ def predict(
         },
         "predict options",
     )
+    _header(f"predict {input} with {' + '.join(model)} (tta {tta}) into {output}")
     try:
         report = predict_folder(model, input, output, cfg)
     except ModelIntegrityError as e:  # the stored weights are not the registered ones
@@ -149,10 +158,11 @@ def evaluate(
     --metric panoptica) the organisers' current panoptica-based metrics per region of a profile.
 
     A case whose prediction or reference cannot be read is named on stderr and left out; the
-    others are scored and written, and the exit status is 1.
+    others are scored and written, and the exit status is 1. A reference without a prediction
+    is scored as empty, unless more than half lack one: then nothing is scored (exit 1).
     """
     from bratslab.evaluate.report import plot_path, print_summary, summary_path
-    from bratslab.evaluate.scoring import evaluate_folder
+    from bratslab.evaluate.scoring import PredictionsMissing, evaluate_folder
 
     if metric not in ("brats2023", "panoptica"):
         _fail(f"--metric must be brats2023 or panoptica, not {metric!r}", 2)
@@ -171,6 +181,8 @@ def evaluate(
         )
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e), 2)
+    except PredictionsMissing as e:  # nothing written: scoring them as empty would mislead
+        _fail(str(e), 1)
     print_summary(result.summary)
     typer.echo(f"wrote {output}, {summary_path(output)}, {plot_path(output)}")
     _exit_on_failures(result.failures)
@@ -223,7 +235,7 @@ def evaluate_model_cmd(
     from bratslab.tracking.model_store import ModelIntegrityError
 
     choice = _postprocess_choice(postprocess, no_postprocess)
-
+    _header(f"evaluate-model {model} on fold {fold} of {store} (tta {tta})")
     try:
         metrics = evaluate_model(
             model,

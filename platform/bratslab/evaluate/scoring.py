@@ -210,6 +210,10 @@ def rows_to_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+class PredictionsMissing(RuntimeError):
+    """More than half the reference cases have no prediction (the CLI exits 1)."""
+
+
 def evaluate_folder(
     pred_dir: str | Path,
     ref_dir: str | Path,
@@ -231,6 +235,8 @@ def evaluate_folder(
     Raises:
         FileNotFoundError / ValueError: bad usage, found before any case is scored (no such
             folder, no reference segmentations, unknown challenge, ``output`` a directory).
+        PredictionsMissing: more than half the references have no prediction (found before
+            any case is scored; a few missing ones are scored as empty, as the leaderboard does).
     """
     from bratslab.evaluate.report import check_output_files, plot_path, summary_path
 
@@ -251,8 +257,15 @@ def evaluate_folder(
         pred = find_prediction(pred_dir, c.id)
         if pred is None:
             missing.append(c.id)
-            log.warning("%s: no prediction in %s; scored as empty", c.id, pred_dir)
         jobs.append((c.id, pred, c.seg, params, nsd_tolerance_mm, profile, c.relabel))
+    if 2 * len(missing) > len(refs):  # most likely the wrong folder: nothing worth scoring
+        first = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise PredictionsMissing(
+            f"{pred_dir}: no prediction for {len(missing)} of the {len(refs)} reference cases "
+            f"in {ref_dir} ({first}); are these the predictions of that folder?"
+        )
+    for case_id in missing:
+        log.warning("%s: no prediction in %s; scored as empty", case_id, pred_dir)
 
     rows, failures = _score_jobs(jobs, workers, progress)
     summary = summarise(rows, challenge, missing, failures, regions)

@@ -91,6 +91,7 @@ def fit_cmd(
     Objective: mean BraTS lesion-wise Dice over WT, TC and ET; a coordinate-wise search over the
     candidate sizes starting from no post-processing. Prints the scores before and after.
     """
+    from bratslab import console
     from bratslab.config import validate
     from bratslab.evaluate.lesionwise import resolve_params
     from bratslab.postprocess.config import FitConfig
@@ -128,10 +129,15 @@ def fit_cmd(
             doc = result_document(result, pred=pred, ref=ref)
             title = f"{pred} against {ref}"
         else:
-            result = fit_model(
-                model, store, fold, tta, fit=fit, max_cases=max_cases or None, overlap=overlap,
-                progress=True,
-            )  # fmt: skip
+            # Loading the model and predicting the cases takes a minute before the first bar.
+            with console.step(
+                f"fit: predict fold {fold}'s validation cases with {model} "
+                f"(tta {tta}), then search thresholds"
+            ):
+                result = fit_model(
+                    model, store, fold, tta, fit=fit, max_cases=max_cases or None,
+                    overlap=overlap, progress=True,
+                )  # fmt: skip
             doc = result_document(result, model=model, fold=fold, tta=tta, stress=stress)
             title = f"{model} · fold {fold} · tta {tta}"
     except ModelIntegrityError as e:

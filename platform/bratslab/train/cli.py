@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import typer
@@ -51,14 +52,13 @@ def train(
         spec.data.store_path()  # the store exists: checked before any run folder is created
     except ConfigError as e:
         raise ConfigError(f"{job}: {e}") from None
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     if folds is not None:
         _train_folds(spec, job, folds, name, max_parallel, console)
         return
-    console.print(
-        f"[bold]train[/] {spec.name}: {spec.model.arch}, {spec.training.epochs} epochs × "
-        f"{spec.training.steps_per_epoch} steps, {spec.scaling.num_workers} worker(s)"
-    )
+    t0 = time.monotonic()
+    run_name = check_name(name or spec.name, "run name")
+    _header(spec, run_name, console)
     try:
         out = run_training(spec, name=name)
     except Terminated as stop:  # SIGTERM (jobs stop, preemption) or Ctrl-C: the run is KILLED
@@ -67,11 +67,39 @@ def train(
             "from the latest checkpoint"
         )
         raise typer.Exit(stop.exit_code) from None
+    _summary(out, time.monotonic() - t0, console)
+
+
+def _header(spec, run_name: str, console) -> None:
+    """What runs where: the job, the store, Ray, the run folder and its log file."""
+    from bratslab import console as routing
+    from bratslab.cluster import ensure_ray
+    from bratslab.train.trainer import run_storage
+
+    tr = spec.training
+    console.print(
+        f"[bold]train[/] {run_name}: {spec.model.arch}, {tr.epochs} epochs × "
+        f"{tr.steps_per_epoch} steps, {spec.scaling.num_workers} worker(s), "
+        f"store {spec.data.store_path()}"
+    )
+    run_dir = run_storage().run_dir(run_name)
+    log_file = routing.attach(run_dir)
+    ensure_ray()
+    console.print(
+        f"{routing.ray_where()}; run folder {run_dir} (the same command resumes it)"
+        + (f"; log {log_file}" if log_file else "")
+    )
+
+
+def _summary(out, seconds: float, console) -> None:
+    from bratslab.train.progress import format_duration
+
     best = out.best_metrics
-    console.print(f"[green]done[/] MLflow run {out.run_id}")
+    console.print(f"[green]done[/] in {format_duration(seconds)}: MLflow run {out.run_id}")
     if best:
         dice = " ".join(f"{k}={best.get(k, float('nan')):.3f}" for k in DICE_KEYS)
-        console.print(f"best epoch {best.get('epoch')}: {dice}")
+        # Epochs are counted from 1 for people (the reports carry 0-based `epoch`).
+        console.print(f"best epoch {int(best.get('epoch', 0)) + 1}: {dice}")
     console.print(f"best checkpoint: {out.best_checkpoint}")
     if out.model_uri:
         console.print(f"model: {out.model_uri}")

@@ -185,7 +185,11 @@ def train_loop_per_worker(
     w = _worker(spec, config, model, bundle, scaler, device)  # Ray: rank, world, DDP wrap
     if checkpoint is not None:
         log.info(
-            "rank %d resumed at epoch %d (step %d)", w.rank, progress.epoch, progress.global_step
+            # Epochs counted from 1, as the console's epoch lines count them.
+            "rank %d resumes with epoch %d (step %d)",
+            w.rank,
+            progress.epoch + 1,
+            progress.global_step,
         )
     shard = train_shard(config, w.rank, w.world)  # Ray for a dataset shard: see there
 

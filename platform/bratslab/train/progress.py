@@ -3,15 +3,16 @@
     smoke: epoch 2/10 | loss 0.8123 | Dice WT 0.812 TC 0.704 ET 0.651 | lesion Dice 0.602 |
     41.2 s/epoch | data wait 3% | ETA 5m30s
 
-(one line; wrapped here). The line is written by a ``ray.train.UserCallback`` in the Train
-controller, the process that receives every ``ray.train.report``: to its stderr, which Ray
-forwards to the driver's console (prefixed ``(TrainController pid=…)``), and appended to a
-``train_log.txt`` in the run folder, which survives the console.
+(one line; wrapped here; epochs are counted from 1 here and everywhere people read them). The
+line is written by a ``ray.train.UserCallback`` in the Train controller, the process that
+receives every ``ray.train.report``: relayed to the driver's console with
+:func:`bratslab.console.relay` (printed there without Ray's ``(TrainController pid=…)`` prefix
+and colours), and appended to a ``train_log.txt`` in the run folder, which survives the
+console.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -109,6 +110,8 @@ def progress_callback(name: str, total_epochs: int, log_file: Path | None = None
     """A ``ray.train.UserCallback`` printing :func:`format_epoch_line` for every report."""
     import ray.train  # Ray
 
+    from bratslab.console import relay
+
     class EpochProgress(ray.train.UserCallback):
         """Runs in the Train controller; it outlives worker-group restarts, so its clock
         spans the whole run."""
@@ -120,7 +123,7 @@ def progress_callback(name: str, total_epochs: int, log_file: Path | None = None
             m = metrics[0]  # rank 0's report
             epoch_s, eta_s = self.clock.tick(m)
             line = format_epoch_line(m, total_epochs, epoch_s=epoch_s, eta_s=eta_s, name=name)
-            print(line, file=sys.stderr, flush=True)  # Ray forwards it to the driver
+            relay(line)  # Ray forwards it to the driver, which prints it plainly
             if log_file is not None:
                 log_file.parent.mkdir(parents=True, exist_ok=True)
                 with open(log_file, "a") as f:

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bratslab import console
 from bratslab.atomic import write_json, write_text
 from bratslab.settings import get_settings
 from bratslab.spec import JobSpec
@@ -427,19 +428,22 @@ def learning_curve(run_id: str, out_png: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     from bratslab.tracking.mlflow_runs import metric_history
 
     fig, ax1 = plt.subplots(figsize=(6, 3.5), dpi=100)
     loss = metric_history(run_id, "train/loss")
     dice = metric_history(run_id, "val/dice_mean")
+    # MLflow steps are 0-based epochs; the plot counts from 1, as the console does.
     if loss:
-        ax1.plot([s for s, _ in loss], [v for _, v in loss], "o-", color="tab:blue", label="loss")
+        ax1.plot([s + 1 for s, _ in loss], [v for _, v in loss], "o-", color="tab:blue")
     ax1.set_xlabel("epoch")
+    ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax1.set_ylabel("train/loss", color="tab:blue")
     ax2 = ax1.twinx()
     if dice:
-        ax2.plot([s for s, _ in dice], [v for _, v in dice], "s-", color="tab:red")
+        ax2.plot([s + 1 for s, _ in dice], [v for _, v in dice], "s-", color="tab:red")
     ax2.set_ylabel("val/dice_mean", color="tab:red")
     ax2.set_ylim(0, 1)
     fig.tight_layout()
@@ -513,7 +517,6 @@ def run_training(
     from bratslab.cluster import ensure_ray, stop_driver
     from bratslab.names import check_name
     from bratslab.shutdown import Terminated, call_interruptibly, stop_on_signals
-    from bratslab.tracking import mlflow_runs
 
     name = check_name(name or spec.name, "run name")  # it becomes a folder under root
     storage = run_storage(storage_path)  # ConfigError for a bad URI, before anything is created
@@ -521,6 +524,7 @@ def run_training(
     data = prepare_data(spec)
     run_dir = storage.run_dir(name)
     run_dir.mkdir(parents=True, exist_ok=True)
+    console.attach(run_dir)  # a quiet command's log file: bratslab.log beside the checkpoints
     run_id = _open_run(spec, name, run_dir, parent_run_id, data)
     ensure_ray()  # before the handlers: ray.init installs a SIGTERM handler of its own
     # SIGTERM/SIGINT → Terminated: the run is marked KILLED (the checkpoints Ray Train has
@@ -547,11 +551,36 @@ def run_training(
             _stopped(name, run_id, stop)
             stop_driver()
             raise
-        except BaseException:
-            mlflow_runs.end_run(run_id, "FAILED")
+        except BaseException as e:
+            _failed(run_id, e)
             raise
     log.info("job %s finished: best %s (run %s)", name, outcome.best_checkpoint, run_id)
     return outcome
+
+
+def _failed(run_id: str, error: BaseException) -> None:
+    """Close the MLflow run of a job that raised: FAILED, the error as its stop reason."""
+    from bratslab.shutdown import STOP_REASON_TAG
+    from bratslab.tracking import mlflow_runs
+
+    _log_console_log(run_id)
+    reason = f"error: {type(error).__name__}: {error}".splitlines()[0][:500]
+    try:
+        mlflow_runs.set_tags(run_id, {STOP_REASON_TAG: reason})
+    finally:
+        mlflow_runs.end_run(run_id, "FAILED")
+
+
+def _log_console_log(run_id: str) -> None:
+    """The command's log file (Ray's, MLflow's and the workers' output) on the MLflow run."""
+    from bratslab.tracking import mlflow_runs
+
+    path = console.log_file()
+    if path is not None and path.is_file():
+        try:
+            mlflow_runs.log_artifact(run_id, path)
+        except Exception as e:  # the run's own outcome matters more than its log's copy
+            log.warning("could not log %s to MLflow run %s: %s", path, run_id, e)
 
 
 def _stopped(name: str, run_id: str, stop) -> None:
@@ -597,6 +626,7 @@ def _record(spec: JobSpec, name: str, run_id: str, storage: RunStorage, result) 
         write_text(job_file, json.dumps(spec.resolved(), indent=2, sort_keys=True))
         mlflow_runs.log_artifact(run_id, job_file)
         mlflow_runs.log_artifact(run_id, learning_curve(run_id, Path(tmp) / "learning_curve.png"))
+    _log_console_log(run_id)
     best_keys = (*LOGGED_ON_VALIDATION[:4], "val/lesion_dice_mean")
     summary = {"best/" + k: v for k, v in best_metrics.items() if k in best_keys}
     if summary:

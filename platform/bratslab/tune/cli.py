@@ -36,8 +36,9 @@ def sweep(
     from bratslab.names import check_name
     from bratslab.shutdown import Terminated
     from bratslab.tune.sweep import resume_sweep, start_sweep
+    from bratslab.tune.trial_states import tally_line
 
-    console = Console()
+    console = Console(soft_wrap=True)
     spec = None
     try:
         if resume:
@@ -75,6 +76,7 @@ def sweep(
             "" if tta is None else f"{tta:.4f}",
         )
     console.print(table)
+    console.print(tally_line(outcome.trials))
     console.print(f"parent MLflow run: {outcome.parent_run_id}  folder: {outcome.root}")
     if outcome.interrupted:
         console.print(f"[yellow]interrupted: continue with --resume {outcome.name}[/yellow]")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bratslab import console
 from bratslab.compat.ray_tune import TUNE_REPORT_CHECKPOINT_KEY, PlacementGroupRecord
 from bratslab.config import ConfigError
 from bratslab.settings import Settings, get_settings
@@ -273,6 +274,8 @@ def make_searcher(cfg: SweepConfig, space: SearchSpace, paths: SweepPaths, study
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
+    console.adopt_library_loggers()  # Optuna's "A new study created": into the log file
+
     if cfg.search.algorithm == "tpe":
         # multivariate+group: TPE models parameters jointly within each conditional branch.
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -431,7 +434,9 @@ def run_tuner(
                 storage_filesystem=fs,
                 failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
                 callbacks=[_completion_recorder(ctx.paths)],
-                verbose=1,
+                # Tune's status tables: only with --verbose (the trials' epoch lines and the
+                # sweep's summary say it in bratslab's words otherwise; bratslab.console).
+                verbose=0 if console.quiet() else 1,
             ),
         )
     grid = tuner.fit()

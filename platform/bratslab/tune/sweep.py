@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bratslab import atomic
+from bratslab import atomic, console
 from bratslab.config import ConfigError
 from bratslab.names import check_name
 from bratslab.settings import Settings, get_settings
@@ -58,6 +58,7 @@ from bratslab.tune.harness import (
 from bratslab.tune.space import SearchSpace
 from bratslab.tune.storage import check_new_study, manifest_entry, storage_for_resume
 from bratslab.tune.trial_result import TrialResult
+from bratslab.tune.trial_states import settle_trial_runs
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +261,7 @@ def _run(
     Args:
         restore: continue the Tune experiment in ``paths.tune`` (``Tuner.restore``).
     """
-    from bratslab.cluster import ensure_ray, stop_driver
+    from bratslab.cluster import stop_driver
     from bratslab.spec import job_from_dict
     from bratslab.tracking import mlflow_runs
     from bratslab.tune.dangling import close_dangling
@@ -277,7 +278,7 @@ def _run(
     manifest["parent_run_id"] = parent_run_id
     atomic.write_json(paths.manifest, manifest)
 
-    ensure_ray(settings)
+    _announce(spec, name, paths, settings)
     ctx = TrialContext(
         sweep_name=name,
         paths=paths,
@@ -314,20 +315,39 @@ def _run(
         mlflow_runs.end_run(parent_run_id, "KILLED")
         log.warning("sweep %s interrupted; continue with --resume %s", name, name)
         return outcome
-    # Tune ran to the end, so any trial still RUNNING was left by a driver that died (see
-    # bratslab.tune.dangling); closed before selection reads the study and the runs.
+    # ASHA's stops end FINISHED (pruned), crashed trials FAILED (bratslab.tune.trial_states);
+    # then, Tune having run to the end, any trial still RUNNING was left by a driver that died
+    # (bratslab.tune.dangling); both before selection reads the study and the runs.
+    settle_trial_runs(rows, lambda r: _job_epochs(r, ctx))
     close_dangling(paths.optuna_url, name, parent_run_id)
     _finish(outcome, ctx, spec, manifest)
     return outcome
 
 
+def _announce(spec, name: str, paths: SweepPaths, settings: Settings) -> None:
+    """Start Ray and print the sweep's header: what runs where, how to resume, the log."""
+    from bratslab.cluster import ensure_ray
+
+    cfg: SweepConfig = spec.sweep
+    log_file = console.attach(paths.root)
+    ensure_ray(settings)
+    console.say(
+        f"sweep {name}: {cfg.num_trials} trials of {spec.name} ({spec.training.epochs} epochs "
+        f"each, {cfg.max_concurrent} at a time, {cfg.scheduler.kind.upper()} on {cfg.metric}); "
+        f"{console.ray_where()}"
+    )
+    console.say(
+        f"folder {paths.root}; `bratslab sweep --resume {name}` continues it if interrupted"
+        + (f"; log {log_file}" if log_file else "")
+    )
+
+
 def _finish(outcome: SweepOutcome, ctx: TrialContext, spec, manifest: dict) -> None:
-    """After Tune is done: label ASHA stops, UpKern follow-up, selection and registry, results;
-    the parent run ends FINISHED and the manifest records the outcome."""
+    """After Tune is done: UpKern follow-up, selection and registry, results; the parent run
+    ends FINISHED and the manifest records the outcome."""
     from bratslab.tracking import mlflow_runs
 
     cfg: SweepConfig = spec.sweep
-    _mark_stopped_trials(outcome.trials, ctx)
     try:
         if cfg.upkern.enabled:
             from bratslab.tune.followup import run_upkern
@@ -371,33 +391,10 @@ def _attach_run_ids(
         r.mlflow_run_id = by_trial.get(r.trial_id)
 
 
-def _mark_stopped_trials(rows: list[TrialResult], ctx: TrialContext) -> None:
-    """Label trials ASHA stopped before their last epoch; close runs of killed trials.
-
-    A stopped trial's actor is killed mid-``fit``, so its MLflow run still says RUNNING once
-    Tune is done: it becomes KILLED with the tag ``bratslab.stopped_early``. A completed trial
-    whose run says FAILED (left so by an interruption before a resume) becomes FINISHED.
-    """
-    from bratslab.tracking import mlflow_runs
-
-    for r in rows:
-        if not r.completed or r.status == "ERROR":
-            continue
-        job = ctx.space.apply(ctx.base_job, ctx.space.decode(r.params))
-        if r.iterations < int(job["training"]["epochs"]):
-            r.status = "STOPPED_EARLY"
-        # RUNNING: the actor was killed mid-fit. FAILED: an interrupted sweep's trial whose fit
-        # was torn down by Ctrl-C and which Tune then finished or stopped on resume. Either way
-        # Tune's verdict (completed without error) is the truth the run should show.
-        if r.mlflow_run_id and mlflow_runs.run_info(r.mlflow_run_id)["status"] in (
-            "RUNNING",
-            "FAILED",
-        ):
-            if r.status == "STOPPED_EARLY":
-                mlflow_runs.set_tags(r.mlflow_run_id, {"bratslab.stopped_early": "true"})
-                mlflow_runs.end_run(r.mlflow_run_id, "KILLED")
-            else:
-                mlflow_runs.end_run(r.mlflow_run_id, "FINISHED")
+def _job_epochs(r: TrialResult, ctx: TrialContext) -> int:
+    """The epochs a trial's job asked for (base job + its sampled parameters)."""
+    job = ctx.space.apply(ctx.base_job, ctx.space.decode(r.params))
+    return int(job["training"]["epochs"])
 
 
 def _select_and_register(outcome: SweepOutcome, spec, cfg: SweepConfig, storage) -> None:
@@ -419,7 +416,9 @@ def _select_and_register(outcome: SweepOutcome, spec, cfg: SweepConfig, storage)
     store = str(spec.data.store_path())
     for c in candidates:  # checkpoints in a bucket are re-evaluated from local copies
         c.best_checkpoint = storage.localize(c.best_checkpoint, c.trial_id)
-    selection.evaluate_candidates(candidates, store, spec.data.fold, cfg.tta)
+    for i, c in enumerate(candidates, 1):  # 40-60 s each on a CPU: one progress line each
+        with console.step(f"TTA re-evaluation {i}/{len(candidates)}: trial {c.trial_id}"):
+            selection.evaluate_candidates([c], store, spec.data.fold, cfg.tta)
     winner = selection.pick_winner(candidates, cfg.selection_metric, cfg.selection_mode)
     if winner is None:
         raise RuntimeError(
@@ -431,14 +430,16 @@ def _select_and_register(outcome: SweepOutcome, spec, cfg: SweepConfig, storage)
     mlflow_runs.log_metrics(outcome.parent_run_id, summary, 0)
     mlflow_runs.set_tags(outcome.parent_run_id, {"bratslab.winner_trial": winner.trial_id})
     if cfg.register_model:
-        outcome.registration = reg = selection.register_winner(
-            winner,
-            name=selection.registry_name(spec),
-            sweep_name=outcome.name,
-            metric=cfg.selection_metric,
-            mode=cfg.selection_mode,
-            alias=cfg.alias,
-        )
+        with console.captured():  # MLflow prints "Created version ..." (said in the summary)
+            reg = selection.register_winner(
+                winner,
+                name=selection.registry_name(spec),
+                sweep_name=outcome.name,
+                metric=cfg.selection_metric,
+                mode=cfg.selection_mode,
+                alias=cfg.alias,
+            )
+        outcome.registration = reg
         mlflow_runs.set_tags(
             outcome.parent_run_id,
             {
@@ -455,6 +456,9 @@ def write_and_log_results(outcome: SweepOutcome, paths: SweepPaths) -> None:
 
     files = [report.write_results_csv(paths.results_csv, outcome.trials)]
     files += report.optuna_plots(paths.optuna_url, outcome.name, paths.root)
+    log_file = console.log_file()  # Ray's, MLflow's, Optuna's and the trials' output
+    if log_file is not None and log_file.is_file():
+        files.append(log_file)
     for f in files:
         mlflow_runs.log_artifact(outcome.parent_run_id, f)
     outcome.artifacts = files

@@ -181,11 +181,11 @@ def test_cli_synth_validate_preprocess_fingerprint(tmp_path):
          "--shape", "40", "40", "32"],
     )  # fmt: skip
     assert r.exit_code == 0, r.output
-    assert sorted(p.name for p in raw.iterdir())[0] == "BraTS2021_00000"
+    assert sorted(p.name for p in raw.iterdir())[0] == "BraTS2021_01000"  # --seed 1: ids from 1000
     r = runner.invoke(app, ["data", "validate", str(raw)])
     assert r.exit_code == 0 and "3/3 cases OK" in r.output
 
-    (raw / "BraTS2021_00002" / "BraTS2021_00002_flair.nii.gz").write_bytes(b"")
+    (raw / "BraTS2021_01002" / "BraTS2021_01002_flair.nii.gz").write_bytes(b"")
     fj = tmp_path / "f.json"
     r = runner.invoke(app, ["data", "validate", str(raw), "--failures", str(fj)])
     assert r.exit_code == 1 and "2/3 cases OK" in r.output
@@ -198,8 +198,8 @@ def test_cli_synth_validate_preprocess_fingerprint(tmp_path):
     assert r.exit_code == 1, r.output
     assert "2 cases" in r.output and "1 quarantined" in r.output
     s = Store(out)
-    assert s.case_ids() == ["BraTS2021_00000", "BraTS2021_00001"]
-    assert s.load_x("BraTS2021_00000").dtype == np.float32
+    assert s.case_ids() == ["BraTS2021_01000", "BraTS2021_01001"]
+    assert s.load_x("BraTS2021_01000").dtype == np.float32
     assert s.manifest["cases"][0]["et_label"] == 4
 
     r = runner.invoke(app, ["data", "fingerprint", str(out)])

@@ -249,3 +249,25 @@ def test_cli_shift_option_writes_a_shifted_dataset(tmp_path):
     assert clean.read_bytes() != shifted.read_bytes()
     bad = CliRunner().invoke(app, [*args, str(tmp_path / "x"), "--shift", "extreme"])
     assert bad.exit_code == 2
+
+
+def test_cli_sets_of_different_seeds_never_share_a_case_id(tmp_path):
+    """The README's held-out set (`--seed 1`) never reuses a training id (`--seed 0`), so
+    evaluating it against the wrong folder cannot pair a prediction with a namesake."""
+    from typer.testing import CliRunner
+
+    from bratslab.cli import app
+
+    runner = CliRunner()
+    ids = {}
+    for seed, extra in (("0", []), ("1", []), ("1", ["--start-id", "7"])):
+        out = tmp_path / f"s{seed}{''.join(extra)}"
+        args = ["data", "synth", str(out), "-n", "2", "--seed", seed, "--shape", "16", "16", "16"]
+        r = runner.invoke(app, args + extra)
+        assert r.exit_code == 0, r.output
+        ids[out.name] = sorted(p.name for p in out.iterdir())
+    assert ids["s0"] == ["BraTS-GLI-00000-000", "BraTS-GLI-00001-000"]
+    assert ids["s1"] == ["BraTS-GLI-01000-000", "BraTS-GLI-01001-000"]
+    assert ids["s1--start-id7"] == ["BraTS-GLI-00007-000", "BraTS-GLI-00008-000"]
+    r = runner.invoke(app, ["data", "synth", str(tmp_path / "x"), "-n", "2", "--start-id", "99999"])
+    assert r.exit_code == 2 and "do not fit" in r.output

@@ -297,3 +297,20 @@ def test_a_case_that_kills_its_actor_is_dropped_after_bounded_retries(ray_cluste
     assert map_row_alone({"case": "a"}, Crasher, ctor, 1, 0) == {"case": "a", "status": "written"}
     assert map_row_alone({"case": "boom"}, Crasher, ctor, 1, 0) is None
     assert len(list(attempts.iterdir())) == 1  # tried once: no restart, no retry
+
+
+def test_evaluate_against_the_wrong_reference_folder_exits_1_in_one_line(runner, folders, tmp_path):
+    """Most references without a prediction (the training folder given as --ref, say) is an
+    error, not a table of empty scores."""
+    raw, pred = folders
+    (pred / f"{BAD}.nii.gz").unlink()
+    other = "BraTS-GLI-00003-000"
+    _raw_case(raw, other, _seg())
+    out = tmp_path / "m.csv"
+    r = runner.invoke(app, ["evaluate", "--pred", str(pred), "--ref", str(raw), "-o", str(out)])
+    assert r.exit_code == 1, r.output
+    assert r.output.strip().splitlines() == [
+        f"{pred}: no prediction for 2 of the 3 reference cases in {raw} ({BAD}, {other}); "
+        "are these the predictions of that folder?"
+    ]
+    assert not out.exists()

@@ -59,3 +59,19 @@ def test_epoch_clock_measures_between_reports_and_extrapolates():
     assert clock.tick({"epoch": 1, "time/epoch_s": 1.0}) == (30.0, 3 * 25.0)
     spent, eta = clock.tick({"epoch": 4})
     assert spent == 20.0 and eta == 0.0
+
+
+def test_the_report_counts_epochs_from_1_with_whole_ticks(tmp_path, monkeypatch):
+    """MLflow steps are 0-based epochs; the report's learning curves show them as people count
+    (the console's `epoch 1/2`), on whole-number ticks."""
+    import matplotlib.pyplot as plt
+
+    from bratslab.report import render_report
+
+    closed = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (closed.append(fig), close(fig)))
+    render_report(tmp_path / "r.png", curves={"t": [(0, 0.2), (1, 0.5)]}, region_dice={})
+    ax = closed[0].axes[0]
+    assert list(ax.lines[0].get_xdata()) == [1, 2]
+    assert all(float(t).is_integer() for t in ax.get_xticks())
