@@ -97,6 +97,33 @@ def test_thresholds_round_trip_through_the_registry(
         outputs[label] = np.asarray(nib.load(pred / f"{first.name}.nii.gz").dataobj)
     assert outputs["off"].any() and not outputs["default"].any()
 
+    # A downloaded version is self-contained: `predict --model FOLDER` gives the very label maps
+    # of the registry reference, its thresholds included (and skips them as asked).
+    folder = tmp_path / "downloaded"
+    res = runner.invoke(app, ["models", "download", REF, str(folder)])
+    assert res.exit_code == 0, res.output
+    names = {"model.pt", "model.json", "postprocess.json", "version.json", "SHA256SUMS"}
+    assert {p.name for p in folder.iterdir()} == names
+    assert "  postprocess.json\n" in (folder / "SHA256SUMS").read_text()
+    version_doc = json.loads((folder / "version.json").read_text())
+    assert (version_doc["name"], version_doc["version"]) == (NAME, "1")
+    assert version_doc["aliases"] == ["champion"] and version_doc["metrics"]["tta/dice_mean"] == 0.5
+    assert str(bratslab_home) not in (folder / "version.json").read_text()  # nothing machine-local
+    for label, extra in (("default", []), ("off", ["--no-postprocess"])):
+        pred = tmp_path / f"pred-folder-{label}"
+        args = ["predict", "--model", str(folder), "--input", str(raw), "--output", str(pred)]
+        res = runner.invoke(app, [*args, "--tta", "none", "--workers", "1", *extra])
+        assert res.exit_code == 0, res.output
+        got = np.asarray(nib.load(pred / f"{first.name}.nii.gz").dataobj)
+        np.testing.assert_array_equal(got, outputs[label])
+    # The thresholds are covered by the folder's checksums like the weights are.
+    (folder / "postprocess.json").write_text(json.dumps({"config": {}}))
+    res = runner.invoke(
+        app,
+        ["predict", "--model", str(folder), "--input", str(raw), "--output", str(tmp_path / "x")],
+    )
+    assert res.exit_code != 0 and "postprocess.json" in res.output
+
     metrics = evaluate_model(REF, tiny_store, 0, "none", max_cases=1)
     assert metrics["tta/dice_wt"] > 0.0 and metrics["pp/dice_wt"] == 0.0
     assert metrics["pp/cases"] == 1.0

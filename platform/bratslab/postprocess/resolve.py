@@ -1,9 +1,11 @@
 """Which thresholds a prediction uses: explicit ones, none, or those its model carries.
 
 ``"model"`` (the default of ``bratslab predict`` and ``evaluate-model``) reads the thresholds a
-registered model version carries (:mod:`bratslab.tracking.postprocess_store`). A local
-checkpoint, a ``runs:/`` URI or a version without thresholds gets no post-processing, and the
-log says so. An ensemble is post-processed only when every member carries the same thresholds
+registered model version carries (:mod:`bratslab.tracking.postprocess_store`), or the
+``postprocess.json`` of a model folder downloaded from one (``bratslab models download``; the
+folder's ``SHA256SUMS`` covers it). A training checkpoint, a ``runs:/`` URI or a version without
+thresholds gets no post-processing, and the log says so. An ensemble is post-processed only
+when every member carries the same thresholds
 (thresholds fitted for one model are not meant for another's outputs).
 """
 
@@ -14,16 +16,24 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from bratslab.postprocess.config import PostprocessConfig, config_from_data
+from bratslab.postprocess.config import PostprocessConfig, config_from_data, load_config_file
 
 log = logging.getLogger(__name__)
 
 Choice = Literal["model", "none"] | PostprocessConfig
+#: The thresholds of a downloaded model folder (bratslab.tracking.download.POSTPROCESS_FILE).
+FOLDER_FILE = "postprocess.json"
 
 
 def thresholds_for_model(ref: str | Path) -> PostprocessConfig | None:
     """The thresholds carried by the registered version ``ref``, or None (see module doc)."""
     text = str(ref)
+    folder_file = Path(text).expanduser() / FOLDER_FILE
+    if folder_file.is_file():  # a downloaded version: its thresholds travel with it
+        from bratslab.tracking.manifest import verify_local_dir
+
+        verify_local_dir(folder_file.parent)
+        return load_config_file(folder_file)
     if not text.startswith("models:/"):  # no registry lookup (nor MLflow import) for the rest
         return None
     from bratslab.tracking.postprocess_store import POSTPROCESS_TAG, read_thresholds
@@ -50,7 +60,7 @@ def resolve_postprocess(
         missing = [str(r) for r, f in zip(refs, found, strict=True) if f is None]
         log.info(
             "post-processing: none (%s carries no fitted thresholds: only a registered version "
-            "fitted with `bratslab postprocess fit` does)",
+            "fitted with `bratslab postprocess fit`, or a folder downloaded from one, does)",
             ", ".join(missing),
         )
         return None
