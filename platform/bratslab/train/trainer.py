@@ -284,9 +284,10 @@ def build_trainer(
             ``train_log.txt`` in the run folder (:mod:`bratslab.train.progress`).
     """
     import ray.train  # Ray
-    from ray.train.torch import TorchConfig, TorchTrainer  # Ray
+    from ray.train.torch import TorchTrainer  # Ray
 
     from bratslab.cluster import ensure_ray
+    from bratslab.compat.ray_torch import NodeBoundTorchConfig
     from bratslab.train.loop import train_loop_per_worker
 
     ensure_ray()
@@ -309,7 +310,9 @@ def build_trainer(
     return TorchTrainer(
         train_loop or train_loop_per_worker,
         train_loop_config=config,
-        torch_config=TorchConfig(backend="nccl" if sc.use_gpu else "gloo"),
+        # The process group's store and sockets listen on the node's address only (127.0.0.1 on
+        # the embedded instance), not on every interface as Ray's default backend does.
+        torch_config=NodeBoundTorchConfig(backend="nccl" if sc.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=sc.num_workers,
             use_gpu=sc.use_gpu,
