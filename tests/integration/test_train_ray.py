@@ -76,7 +76,9 @@ def _history(run_id, key):
 
 
 @pytest.fixture(scope="module")
-def smoke(ray_cluster, store):
+def smoke_and_listeners(ray_cluster, store):
+    from listeners import ListenerWatch
+
     from bratslab.train.trainer import run_training
 
     # The last worker exits abruptly at the start of epoch 1 on the first attempt.
@@ -84,7 +86,24 @@ def smoke(ray_cluster, store):
     spec = _spec(
         store, "it-smoke", "training.epochs=2", "training.selection_metric=val/lesion_dice_mean"
     )
-    return spec, run_training(spec, train_loop=failing_loop(1))
+    with ListenerWatch() as watch:  # every listener of the session's Ray while it trains
+        out = run_training(spec, train_loop=failing_loop(1))
+    return spec, out, watch
+
+
+@pytest.fixture(scope="module")
+def smoke(smoke_and_listeners):
+    return smoke_and_listeners[:2]
+
+
+def test_a_two_worker_run_listens_on_loopback_only(smoke_and_listeners):
+    """torch.distributed's rendezvous store (rank 0) and gloo's sockets are bound to the node's
+    address (127.0.0.1 here), as Ray's own services are: nothing of the run listens on the
+    machine's other interfaces (``*:PORT`` was seen before)."""
+    *_, watch = smoke_and_listeners
+    # The watch did see the Train workers' own listeners (the store among them).
+    assert watch.by("ray::RayTrainWorker"), watch.seen
+    assert not watch.beyond_loopback(), watch.beyond_loopback()
 
 
 def test_smoke_run_checkpoints_and_logs_to_mlflow(smoke):

@@ -47,3 +47,15 @@ def remove_job_placement_groups() -> int:
         except Exception:  # noqa: BLE001 - best effort while stopping; gone already is fine
             continue
     return removed
+
+
+def worker_exception(error: BaseException) -> BaseException | None:
+    """The exception a Ray Train worker's training function raised, if ``error`` carries one.
+
+    Ray Train 2.60 hands a worker's error to the controller (and into
+    ``WorkerGroupError.worker_failures``) as ``UserExceptionWithTraceback``, which keeps the
+    original exception in ``_base_exc`` and prints as the worker's traceback. Private detail:
+    that attribute; public replacement: none. None for errors that are not a user exception
+    (a worker process that died, a failed health check).
+    """
+    return getattr(error, "_base_exc", None)

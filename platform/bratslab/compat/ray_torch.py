@@ -43,8 +43,8 @@ def node_address() -> str:
 
 def interface_of(address: str) -> str | None:
     """The name of the local network interface that holds ``address``, if any."""
-    import ray  # noqa: F401  (Ray puts its bundled psutil on sys.path)
-    import psutil
+    import ray  # noqa: F401, I001  (Ray puts its bundled psutil on sys.path)
+    import psutil  # noqa: I001
 
     for name, addrs in psutil.net_if_addrs().items():
         if any(a.address.split("%")[0] == address for a in addrs):
@@ -84,7 +84,9 @@ def host_store(timeout_s: float) -> tuple[str, int]:
     return address, port
 
 
-def join_group(backend: str, world_rank: int, world: int, address: str, port: int, timeout_s: float):
+def join_group(
+    backend: str, world_rank: int, world: int, address: str, port: int, timeout_s: float
+) -> None:
     """Every rank: the environment Ray Train sets, then the default process group."""
     import torch.distributed as dist
 
@@ -116,8 +118,14 @@ class NodeBoundTorchBackend(_TorchBackend):
         ray.get(
             [
                 worker_group.execute_single_async(
-                    rank, join_group, backend=backend, world_rank=rank, world=world,
-                    address=address, port=port, timeout_s=timeout,
+                    rank,
+                    join_group,
+                    backend=backend,
+                    world_rank=rank,
+                    world=world,
+                    address=address,
+                    port=port,
+                    timeout_s=timeout,
                 )  # fmt: skip
                 for rank in range(world)
             ]

@@ -288,6 +288,7 @@ def build_trainer(
 
     from bratslab.cluster import ensure_ray
     from bratslab.compat.ray_torch import NodeBoundTorchConfig
+    from bratslab.train.failures import failure_config
     from bratslab.train.loop import train_loop_per_worker
 
     ensure_ray()
@@ -323,7 +324,8 @@ def build_trainer(
             name=name,
             storage_path=storage.ray_path,
             storage_filesystem=storage.filesystem,
-            failure_config=ray.train.FailureConfig(max_failures=sc.max_failures),
+            # Restarts bounded in start-up as in training (bratslab.train.failures).
+            failure_config=failure_config(sc.max_failures),
             # Ray Train logs every report at INFO ("Reporting training result ..." with the whole
             # metrics dict); the one-line epoch progress (train/progress.py) says it readably.
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
@@ -387,11 +389,13 @@ def _check_loader_cpus(spec: JobSpec) -> None:
 def _callbacks(
     spec: JobSpec, run_dir: Path, mlflow_run_id: str | None, extra: Sequence[Any], progress: bool
 ) -> list[Any]:
-    """The controller's callbacks: MLflow logging, the console progress line, then ``extra``."""
+    """The controller's callbacks: fail-fast on permanent errors, MLflow logging, the console
+    progress line, then ``extra``."""
     from bratslab.tracking.mlflow_runs import tracking_uri
+    from bratslab.train.failures import fail_fast_callback
     from bratslab.train.progress import LOG_FILE, progress_callback
 
-    out: list[Any] = []
+    out: list[Any] = [fail_fast_callback()]
     if mlflow_run_id:
         out.append(_mlflow_callback_cls()(mlflow_run_id, tracking_uri(), WARM_MLFLOW_IN_CONTROLLER))
     if progress:
@@ -550,7 +554,10 @@ def run_training(
             _stopped(name, run_id, stop)
             stop_driver()
             raise
-        except BaseException:
+        except BaseException as e:
+            from bratslab.train import failures
+
+            failures.record(run_id, e, spec.scaling.max_failures)  # the cause, as a tag
             mlflow_runs.end_run(run_id, "FAILED")
             raise
     log.info("job %s finished: best %s (run %s)", name, outcome.best_checkpoint, run_id)
