@@ -59,3 +59,16 @@ def worker_exception(error: BaseException) -> BaseException | None:
     (a worker process that died, a failed health check).
     """
     return getattr(error, "_base_exc", None)
+
+
+def start_local_ray(*, temp_dir: str | None, **kwargs) -> None:
+    """``ray.init(address="local", **kwargs)`` with Ray's temp folder at ``temp_dir``.
+
+    Private detail: the ``_temp_dir`` keyword of ``ray.init`` (checked: ray 2.60.x). Public
+    replacement: ``RAY_TMPDIR`` for the whole process, which would also move other Ray
+    instances this process might start or join.
+    """
+    import ray
+
+    extra = {"_temp_dir": temp_dir} if temp_dir else {}
+    ray.init(address="local", **kwargs, **extra)

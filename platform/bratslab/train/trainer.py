@@ -415,7 +415,7 @@ def _open_run(spec: JobSpec, name: str, run_dir: Path, parent_run_id: str | None
         "bratslab.arch": spec.model.arch,
         **spec.tracking.tags,
     }
-    params = {**spec.resolved(), "resolved": {"patch_size": data.patch_size}}
+    params = _params(spec, data)
     run_id = mlflow_runs.start_run(
         experiment=spec.tracking.experiment,
         run_name=name,
@@ -426,6 +426,11 @@ def _open_run(spec: JobSpec, name: str, run_dir: Path, parent_run_id: str | None
     )
     write_json(state_file, {"mlflow_run_id": run_id, "job": spec.name})
     return run_id
+
+
+def _params(spec: JobSpec, data: PreparedData) -> dict[str, Any]:
+    """The MLflow params of a run of ``spec`` (nested; flattened to dotted keys when logged)."""
+    return {**spec.resolved(), "resolved": {"patch_size": data.patch_size}}
 
 
 def learning_curve(run_id: str, out_png: Path) -> Path:
@@ -521,12 +526,18 @@ def run_training(
     from bratslab.names import check_name
     from bratslab.shutdown import Terminated, call_interruptibly, stop_on_signals
     from bratslab.tracking import mlflow_runs
+    from bratslab.train.rerun import finished_run, recorded_outcome
 
     name = check_name(name or spec.name, "run name")  # it becomes a folder under root
     storage = run_storage(storage_path)  # ConfigError for a bad URI, before anything is created
     spec.data.store_path()  # ConfigError naming the paths tried, before anything is created
     data = prepare_data(spec)
     run_dir = storage.run_dir(name)
+    # A FINISHED run is never reopened: the same job again is its recorded outcome, another
+    # job under its name is refused (ConfigError) before anything starts (train/rerun.py).
+    finished = finished_run(run_dir / RUN_STATE, _params(spec, data), name)
+    if finished is not None:
+        return recorded_outcome(name, finished, storage)
     run_dir.mkdir(parents=True, exist_ok=True)
     run_id = _open_run(spec, name, run_dir, parent_run_id, data)
     ensure_ray()  # before the handlers: ray.init installs a SIGTERM handler of its own
@@ -580,11 +591,9 @@ def _stopped(name: str, run_id: str, stop) -> None:
     )
 
 
-def _record(spec: JobSpec, name: str, run_id: str, storage: RunStorage, result) -> TrainOutcome:
-    """Log the job, the learning curve, the best scores and (optionally) the best checkpoint
-    as a model to the MLflow run, then close it."""
-    from bratslab.tracking import mlflow_runs, model_store
-
+def outcome_of(name: str, run_id: str, storage: RunStorage, result) -> TrainOutcome:
+    """What a Ray Train ``Result`` of the run ``name`` produced (local copies of the best and
+    latest checkpoints on ``s3://`` storage); MLflow is not touched."""
     run_dir = storage.run_dir(name)
     best, best_metrics = _best(result)
     best_dir = _local_copy(storage, run_dir, best)
@@ -602,6 +611,16 @@ def _record(spec: JobSpec, name: str, run_id: str, storage: RunStorage, result) 
     )
     if storage.remote:  # copies of an earlier run's checkpoints: only this run's two stay
         _prune_copies(run_dir, {outcome.best_checkpoint, outcome.latest_checkpoint})
+    return outcome
+
+
+def _record(spec: JobSpec, name: str, run_id: str, storage: RunStorage, result) -> TrainOutcome:
+    """Log the job, the learning curve, the best scores and (optionally) the best checkpoint
+    as a model to the MLflow run, then close it."""
+    from bratslab.tracking import mlflow_runs, model_store
+
+    outcome = outcome_of(name, run_id, storage, result)
+    best_dir, best_metrics = outcome.best_checkpoint, outcome.best_metrics
     with tempfile.TemporaryDirectory(prefix="bratslab-run-") as tmp:
         job_file = Path(tmp) / "job.json"
         write_text(job_file, json.dumps(spec.resolved(), indent=2, sort_keys=True))
