@@ -86,6 +86,11 @@ def ensure_ray(
         object_store_memory=object_store_memory,
         temp_dir=temp_dir,
         include_dashboard=False,
+        # Even without a dashboard Ray records one at 127.0.0.1:8265, and its State API (which
+        # Ray Train's placement-group cleaner polls) would then ask whatever else listens there
+        # (another Ray's dashboard) about this instance's actors. A free port of our own: the
+        # queries fail fast and nothing of another instance answers them.
+        dashboard_port=free_loopback_port(),
         runtime_env=runtime_env,
         log_to_driver=True,
         configure_logging=True,
@@ -93,6 +98,15 @@ def ensure_ray(
     )
     _EMBEDDED["temp_dir"] = temp_dir or ""
     log.info("started local Ray (%d logical CPUs, bound to 127.0.0.1, %s)", cpus, temp_dir)
+
+
+def free_loopback_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def ray_temp_dir(home: Path, root: Path = TEMP_ROOT) -> Path:

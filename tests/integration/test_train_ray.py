@@ -169,10 +169,16 @@ def test_the_embedded_instance_keeps_to_itself(ray_cluster, bratslab_home):
     ray = ray_cluster
 
     @ray.remote(num_cpus=0)
-    def address_seen_by_a_worker():
-        return os.environ.get("RAY_ADDRESS")
+    def addresses_seen_by_a_worker():
+        from ray.dashboard.utils import get_address_for_submission_client
 
-    assert ray.get(address_seen_by_a_worker.remote()) == ray.get_runtime_context().gcs_address
+        # The State API's server as the cleaner resolves it: the dashboard this instance
+        # recorded, on a port of its own (not 8265, where another Ray's dashboard may listen).
+        return os.environ.get("RAY_ADDRESS"), get_address_for_submission_client(None)
+
+    gcs, api = ray.get(addresses_seen_by_a_worker.remote())
+    assert gcs == ray.get_runtime_context().gcs_address
+    assert api.startswith("http://127.0.0.1:") and not api.endswith(":8265"), api
     sessions = list(ray_temp_dir(bratslab_home).glob("session_2*"))
     assert sessions and (sessions[0] / "sockets").is_dir()
 
