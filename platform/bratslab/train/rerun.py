@@ -6,8 +6,9 @@ record of a completed job: its metrics, its model, maybe a registered version. R
 later rerun flip it to RUNNING, then FAILED or KILLED (e.g. more epochs from a checkpoint that no
 longer loads). So a rerun of a finished name
 
-- with the same job (every logged parameter equal) trains nothing and returns the recorded
-  outcome, read from the run folder (``ray.train.Result.from_path``); MLflow is not written;
+- with the same job (every parameter of the job that finished it equal) trains nothing and
+  returns the recorded outcome, read from the run folder (``ray.train.Result.from_path``);
+  MLflow is not written;
 - with another job (more epochs, another learning rate, ...) is refused before anything starts:
   a ``ConfigError`` naming what differs; train it under a new name instead, starting from the
   finished run's model with ``--set model.init_from=<its model URI>``.
@@ -39,14 +40,17 @@ def finished_run(state_file: Path, params: dict[str, Any], name: str) -> str | N
 
     if not state_file.is_file():
         return None
-    run_id = json.loads(state_file.read_text())["mlflow_run_id"]
+    state = json.loads(state_file.read_text())
+    run_id = state["mlflow_run_id"]
     try:
         info = mlflow_runs.run_info(run_id)
     except Exception:  # gone from this tracking store: a new run is started as before
         return None
     if info["status"] != "FINISHED":
         return None
-    logged, now = info["params"], mlflow_runs.flatten(params)
+    # The job of the attempt that finished it (the run folder records it), else the params the
+    # run's first attempt logged (MLflow keeps those when a run is resumed with another job).
+    logged, now = state.get("params") or info["params"], mlflow_runs.flatten(params)
     changed = sorted(k for k in now.keys() & logged.keys() if now[k] != logged[k])
     if changed:
         shown = ", ".join(f"{k} {logged[k]} -> {now[k]}" for k in changed[:SHOWN_CHANGES])

@@ -8,9 +8,12 @@
    shards per worker),
 2. opens (or, for a rerun of the same job name, reopens) one MLflow run,
 3. runs :func:`bratslab.train.loop.train_loop_per_worker` on N workers with fault tolerance:
-   ``FailureConfig(max_failures)`` restarts the worker group from the latest checkpoint, and a
-   rerun with the same name finds the run folder ``$BRATSLAB_HOME/ray_results/<name>`` and
-   resumes from its latest checkpoint (Ray Train V2 reloads its checkpoint-manager snapshot),
+   ``FailureConfig(max_failures)`` restarts the worker group from the latest checkpoint
+   (bounded in start-up too, a checkpoint that cannot load not retried:
+   :mod:`bratslab.train.failures`), and a rerun with the same name finds the run folder
+   ``$BRATSLAB_HOME/ray_results/<name>`` and resumes from its latest checkpoint (Ray Train V2
+   reloads its checkpoint-manager snapshot) unless its MLflow run FINISHED, which is never
+   reopened (:mod:`bratslab.train.rerun`),
 4. logs per-epoch metrics from a :class:`MLflowCallback` in the Train controller (workers never
    talk to MLflow; one ``log_batch`` per epoch, MLflow opened while the controller starts)
    and prints one progress line per epoch on the driver's console
@@ -424,7 +427,10 @@ def _open_run(spec: JobSpec, name: str, run_dir: Path, parent_run_id: str | None
         parent_run_id=parent_run_id or spec.tracking.parent_run_id,
         resume_run_id=previous,
     )
-    write_json(state_file, {"mlflow_run_id": run_id, "job": spec.name})
+    # The job this attempt runs (a resumed run keeps the params its first attempt logged):
+    # what a later rerun of a FINISHED run is compared with (train/rerun.py).
+    flat = mlflow_runs.flatten(params)
+    write_json(state_file, {"mlflow_run_id": run_id, "job": spec.name, "params": flat})
     return run_id
 
 

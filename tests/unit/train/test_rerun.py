@@ -59,3 +59,18 @@ def test_runs_to_resume_are_not_finished_ones(finished, tmp_path):
     for status in ("KILLED", "FAILED"):  # stopped or failed: the rerun resumes it
         mlflow_runs.client().update_run(run_id, status=status)
         assert finished_run(state, {**params, "x": 1}, "r") is None
+
+
+def test_the_job_that_finished_the_run_is_the_one_compared(finished):
+    """A run resumed with another job (here more restarts allowed) keeps the params its first
+    attempt logged; rerunning the command that finished it is still the same job."""
+    from bratslab.tracking.mlflow_runs import flatten
+    from bratslab.train.rerun import finished_run
+
+    state, params, run_id = finished
+    last = {**params, "scaling": {"max_failures": 2}}
+    recorded = json.loads(state.read_text())
+    state.write_text(json.dumps({**recorded, "params": flatten(last)}))
+    assert finished_run(state, last, "r") == run_id
+    with pytest.raises(ConfigError, match="scaling.max_failures 2 -> 0"):
+        finished_run(state, {**params, "scaling": {"max_failures": 0}}, "r")
