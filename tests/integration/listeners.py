@@ -62,10 +62,10 @@ class ListenerWatch:
 
     def by(self, title_prefix: str) -> dict[tuple[int, str, int], str]:
         """The listeners of processes whose title starts with ``title_prefix``."""
-        return {k: t for k, t in self.seen.items() if t.startswith(title_prefix)}
+        return {k: t for k, t in list(self.seen.items()) if t.startswith(title_prefix)}
 
     def beyond_loopback(self) -> dict[tuple[int, str, int], str]:
-        return {k: t for k, t in self.seen.items() if not is_loopback(k[1])}
+        return {k: t for k, t in list(self.seen.items()) if not is_loopback(k[1])}
 
 
 def _psutil():

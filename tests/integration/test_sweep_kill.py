@@ -255,9 +255,9 @@ def test_sigterm_stops_the_sweep_with_143_and_resume_clears_the_stop(
 
     with ListenerWatch() as watch:  # the trials' Train workers run in the session's Ray
         proc = _start(_job_args(tiny_store, name, tta="flips"), env, log1, home)
-        # A trial is training: its audit line is written as its Train run starts.
-        _stop_when(lambda: any((sweep_dir / "trials").glob("*.attempts.jsonl")), proc, log1,
-                   "trial training")  # fmt: skip
+        # A trial is training: its Train workers have formed their process group (rank 0's
+        # rendezvous store is listening).
+        _stop_when(lambda: watch.by("ray::RayTrainWorker"), proc, log1, "trial training")
     # Nothing of the sweep (driver, trial actors, Train workers) listened beyond loopback.
     assert watch.by("ray::RayTrainWorker"), watch.seen
     assert not watch.beyond_loopback(), watch.beyond_loopback()
