@@ -28,6 +28,7 @@ class ListenerWatch:
     descendants: ``seen`` maps ``(pid, host, port)`` to the process's title at the time."""
 
     interval_s: float = 0.2
+    samples: int = 0
     seen: dict[tuple[int, str, int], str] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -45,7 +46,12 @@ class ListenerWatch:
         psutil = _psutil()
         me = psutil.Process()
         while not self._stop.is_set():
-            self.sample([me, *me.children(recursive=True)])
+            try:
+                tree = me.children(recursive=True)
+            except psutil.Error:  # a process ended while the tree was read: read it again
+                continue
+            self.sample([me, *tree])
+            self.samples += 1
             self._stop.wait(self.interval_s)
 
     def sample(self, procs) -> None:

@@ -255,12 +255,9 @@ def test_sigterm_stops_the_sweep_with_143_and_resume_clears_the_stop(
 
     with ListenerWatch() as watch:  # the trials' Train workers run in the session's Ray
         proc = _start(_job_args(tiny_store, name, tta="flips"), env, log1, home)
-        # A trial is training: its Train workers have formed their process group (rank 0's
-        # rendezvous store is listening).
-        _stop_when(lambda: watch.by("ray::RayTrainWorker"), proc, log1, "trial training")
-    # Nothing of the sweep (driver, trial actors, Train workers) listened beyond loopback.
-    assert watch.by("ray::RayTrainWorker"), watch.seen
-    assert not watch.beyond_loopback(), watch.beyond_loopback()
+        # A trial is training: its audit line is written as its Train run starts.
+        _stop_when(lambda: any((sweep_dir / "trials").glob("*.attempts.jsonl")), proc, log1,
+                   "trial training")  # fmt: skip
     _wait_cpus_freed(ray_cluster, cpus_free)
 
     manifest = json.loads((sweep_dir / "sweep.json").read_text())
@@ -269,10 +266,18 @@ def test_sigterm_stops_the_sweep_with_143_and_resume_clears_the_stop(
 
     # Resumed, then stopped again while it re-evaluates the top trial with TTA (after Tune):
     # the same KILLED with its reason, as promptly.
-    proc = _start(["--resume", name], env, log2, home)
-    _stop_when(lambda: "TTA re-evaluation of trial" in log2.read_text(), proc, log2,
-               "TTA re-evaluation")  # fmt: skip
+    # The resume trains the unfinished trials to the end first: watched meanwhile.
+    with ListenerWatch() as watch2:
+        proc = _start(["--resume", name], env, log2, home)
+        _stop_when(lambda: "TTA re-evaluation of trial" in log2.read_text(), proc, log2,
+                   "TTA re-evaluation")  # fmt: skip
     _check_stopped(manifest["parent_run_id"], uri)
+    # Nothing of the sweep (driver, trial actors, Train workers, their rendezvous store)
+    # listened beyond loopback.
+    for w in (watch, watch2):
+        assert w.samples and w.by("ray::"), w.seen
+        assert not w.beyond_loopback(), w.beyond_loopback()
+    assert watch2.by("ray::RayTrainWorker"), watch2.seen
     _wait_cpus_freed(ray_cluster, cpus_free)
     trained = {p.name: p.read_text() for p in (sweep_dir / "trials").glob("*.attempts.jsonl")}
 
