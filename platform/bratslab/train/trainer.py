@@ -511,7 +511,8 @@ def run_training(
 
     Args:
         name: run name (Ray folder + MLflow run name); default ``spec.name``. A sweep passes
-            its trial name. Rerunning an existing name resumes it.
+            its trial name. Rerunning an existing name resumes it; one whose MLflow run
+            FINISHED is not reopened: the same job returns its recorded outcome.
         parent_run_id: nest the MLflow run under this one (overrides ``tracking.parent_run_id``).
         callbacks: extra ``ray.train.UserCallback`` s (e.g. ``TuneReportCallback()``; every
             report carries ``val/dice_mean``).
@@ -522,8 +523,8 @@ def run_training(
 
     Raises:
         ConfigError: ``data.store`` holds no store, the storage is not a folder or an
-            ``s3://`` URI, or the name is not a safe folder name (all checked before anything
-            is created).
+            ``s3://`` URI, the name is not a safe folder name, or it names a FINISHED run of
+            another job (all checked before anything is created).
         Terminated: SIGTERM or SIGINT arrived during training (main thread only); the MLflow
             run is then KILLED with the tag ``bratslab.stop_reason`` and the persisted
             checkpoints stay for a rerun to resume from.
