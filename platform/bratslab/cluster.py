@@ -96,6 +96,8 @@ def ensure_ray(
         configure_logging=True,
         logging_level=logging.WARNING,
     )
+    if temp_dir:  # Ray opens every folder it uses to all (0777); this one stays ours
+        os.chmod(temp_dir, 0o700)
     _EMBEDDED["temp_dir"] = temp_dir or ""
     log.info("started local Ray (%d logical CPUs, bound to 127.0.0.1, %s)", cpus, temp_dir)
 

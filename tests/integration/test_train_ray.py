@@ -179,8 +179,10 @@ def test_the_embedded_instance_keeps_to_itself(ray_cluster, bratslab_home):
     gcs, api = ray.get(addresses_seen_by_a_worker.remote())
     assert gcs == ray.get_runtime_context().gcs_address
     assert api.startswith("http://127.0.0.1:") and not api.endswith(":8265"), api
-    sessions = list(ray_temp_dir(bratslab_home).glob("session_2*"))
+    folder = ray_temp_dir(bratslab_home)
+    sessions = list(folder.glob("session_2*"))
     assert sessions and (sessions[0] / "sockets").is_dir()
+    assert folder.stat().st_mode & 0o777 == 0o700  # private, though Ray opens it to all
 
 
 def test_killed_worker_resumes_from_checkpoint_with_epoch_count_intact(smoke):
