@@ -96,8 +96,6 @@ def ensure_ray(
         configure_logging=True,
         logging_level=logging.WARNING,
     )
-    if temp_dir:  # Ray opens every folder it uses to all (0777); this one stays ours
-        os.chmod(temp_dir, 0o700)
     _EMBEDDED["temp_dir"] = temp_dir or ""
     log.info("started local Ray (%d logical CPUs, bound to 127.0.0.1, %s)", cpus, temp_dir)
 
@@ -116,7 +114,8 @@ def ray_temp_dir(home: Path, root: Path = TEMP_ROOT) -> Path:
 
     Two Ray instances sharing ``/tmp/ray`` see each other's session files, and Ray's lookups
     of "the" local cluster then pick either. One folder per user and work folder keeps them
-    apart; it is created private (0700), and one that another user owns (or a link) is refused.
+    apart. It is created 0700, but Ray opens every folder it uses to all users (0777) as it
+    does ``/tmp/ray``; one that another user owns (or a link planted there) is refused.
 
     Raises:
         RuntimeError: the folder exists but is not a directory of this user.

@@ -1,4 +1,4 @@
-"""The embedded Ray instance keeps to itself: its own private temp folder (short enough for
+"""The embedded Ray instance keeps to itself: its own temp folder (short enough for
 Unix socket paths), and workers that look a cluster up find the instance they belong to."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import stat
 import pytest
 
 
-def test_each_work_folder_gets_its_own_private_short_ray_temp_folder(tmp_path):
+def test_each_work_folder_gets_its_own_short_ray_temp_folder(tmp_path):
     from bratslab.cluster import ray_temp_dir
 
     a = ray_temp_dir(tmp_path / "home-a", root=tmp_path)
