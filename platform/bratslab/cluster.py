@@ -5,16 +5,26 @@ The only helper that calls ``ray.init``; every Ray-using stage goes through :fun
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import stat
+from pathlib import Path
 
-from bratslab.compat.ray_core import bind_single_machine_to_loopback
+from bratslab.compat.ray_core import bind_single_machine_to_loopback, start_local_ray
 from bratslab.console import adopt_library_loggers, route_ray_output
 from bratslab.settings import Settings, get_settings, store_env
 
 SECRET_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+# Ray's session folders hold Unix sockets, whose paths must stay under 107 bytes: the embedded
+# instance's temp folder is a short one under /tmp, not a folder under BRATSLAB_HOME.
+TEMP_ROOT = Path("/tmp")
+# Run in every worker of the job as it starts (a ``worker_process_setup_hook``).
+WORKER_SETUP_HOOK = "bratslab.cluster.pin_worker_address"
 
 log = logging.getLogger(__name__)
+
+_EMBEDDED: dict[str, str] = {}  # "temp_dir" once this process started its own local instance
 
 
 def ensure_ray(
@@ -70,26 +80,82 @@ def ensure_ray(
     # machine's external interface, so no port of the embedded instance is reachable from outside.
     bind_single_machine_to_loopback()
     cpus = num_cpus or settings.ray_num_cpus or max(os.cpu_count() or 1, 6)
-    context = ray.init(
-        address="local",
+    # Ray's helpers that look a cluster up ("auto": Ray Train's placement-group cleaner, the
+    # State API) find this instance, never another one on the host: see pin_worker_address.
+    runtime_env["worker_process_setup_hook"] = WORKER_SETUP_HOOK
+    temp_dir = None if os.environ.get("RAY_TMPDIR") else str(ray_temp_dir(settings.home))
+    context = start_local_ray(
         num_cpus=cpus,
         object_store_memory=object_store_memory,
+        temp_dir=temp_dir,
         include_dashboard=False,
+        # Even without a dashboard Ray records one at 127.0.0.1:8265, and its State API (which
+        # Ray Train's placement-group cleaner polls) would then ask whatever else listens there
+        # (another Ray's dashboard) about this instance's actors. A free port of our own: the
+        # queries fail fast and nothing of another instance answers them.
+        dashboard_port=free_loopback_port(),
         runtime_env=runtime_env,
         log_to_driver=True,
         configure_logging=True,
         logging_level=logging.WARNING,
     )
-    route_ray_output(context)
-    log.info("started local Ray (%d logical CPUs, bound to 127.0.0.1)", cpus)
+    route_ray_output(context)  # worker lines into the log file (bratslab.console)
+    _EMBEDDED["temp_dir"] = temp_dir or ""
+    log.info("started local Ray (%d logical CPUs, bound to 127.0.0.1, %s)", cpus, temp_dir)
+
+
+def free_loopback_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ray_temp_dir(home: Path, root: Path = TEMP_ROOT) -> Path:
+    """The embedded instance's own Ray temp folder: ``/tmp/bratslab-ray-<uid>-<hash of home>``.
+
+    Two Ray instances sharing ``/tmp/ray`` see each other's session files, and Ray's lookups
+    of "the" local cluster then pick either. One folder per user and work folder keeps them
+    apart. It is created 0700, but Ray opens every folder it uses to all users (0777) as it
+    does ``/tmp/ray``; one that another user owns (or a link planted there) is refused.
+
+    Raises:
+        RuntimeError: the folder exists but is not a directory of this user.
+    """
+    digest = hashlib.sha256(str(home.absolute()).encode()).hexdigest()[:12]
+    folder = root / f"bratslab-ray-{os.getuid()}-{digest}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    st = folder.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise RuntimeError(f"{folder}: Ray temp folder not owned by this user; remove it")
+    return folder
+
+
+def pin_worker_address() -> None:
+    """Worker start-up hook: ``RAY_ADDRESS`` = the GCS this worker belongs to.
+
+    Ray code inside workers that looks a cluster up without an address (Ray Train's
+    placement-group cleaner through the State API) otherwise scans the host's processes and
+    ``/tmp/ray`` and may attach to another Ray instance there. Only the job's workers get it:
+    the driver's own environment is left alone, so processes it starts do not join.
+    """
+    try:
+        import ray
+
+        os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+    except Exception as e:  # noqa: BLE001 - a failing hook would stop the worker
+        log.warning("could not pin RAY_ADDRESS in worker %d: %s", os.getpid(), e)
 
 
 def stop_driver() -> None:
     """A stopping driver (SIGTERM, SIGINT) hands back what its job holds, then leaves Ray.
 
-    The job's trial actors, Train controllers and workers end with the driver; its placement
-    groups are removed explicitly first, because one a controller was creating as the signal
-    arrived can otherwise outlive the job and hold its CPUs. Checkpoints already persisted stay.
+    The job's trial actors, Train controllers and workers end with the driver; on a cluster its
+    placement groups are removed explicitly first, because one a controller was creating as the
+    signal arrived can otherwise outlive the job and hold its CPUs (the embedded instance stops
+    altogether). Checkpoints already persisted stay.
     """
     import ray
 
@@ -98,8 +164,11 @@ def stop_driver() -> None:
     from bratslab.compat.ray_core import remove_job_placement_groups
 
     try:
-        removed = remove_job_placement_groups()
+        # The embedded instance ends with this driver, its groups with it: asking its GCS
+        # first only delays the exit (up to a minute when the signal stopped the GCS too).
+        removed = 0 if _EMBEDDED else remove_job_placement_groups()
         if removed:
             log.info("removed %d placement group(s) of the stopped job", removed)
     finally:
+        _EMBEDDED.clear()
         ray.shutdown()

@@ -56,7 +56,9 @@ def _env(server, home: Path, tracking_uri: str) -> dict[str, str]:
     return env
 
 
-def _train(tiny_store: Path, env, cwd: Path, *sets: str) -> subprocess.CompletedProcess:
+def _train(
+    tiny_store: Path, env, cwd: Path, *sets: str, returncode: int = 0
+) -> subprocess.CompletedProcess:
     args = [str(BRATSLAB), "train", str(JOB), "--set", f"data.store={tiny_store}"]
     # One worker and one validation case: the two runs' cost is mostly Ray starting twice.
     sets = ("training.steps_per_epoch=2", "training.val_sw_batch_size=2", *sets)
@@ -64,7 +66,7 @@ def _train(tiny_store: Path, env, cwd: Path, *sets: str) -> subprocess.Completed
     for s in ("training.checkpoints_to_keep=3", *sets):
         args += ["--set", s]
     proc = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert proc.returncode == returncode, (proc.stdout + proc.stderr)[-4000:]
     return proc
 
 
@@ -163,7 +165,15 @@ def test_checkpoints_in_s3_then_resume_from_them(
     for key, value in model.state_dict().items():
         assert torch.equal(value, remote[key]), key
 
-    # The same name with one more epoch resumes from the latest checkpoint in the bucket.
+    # A FINISHED run is a record: another job under its name is refused, the run untouched.
+    refused = _train(tiny_store, env, tmp_path, "training.epochs=3", returncode=2)
+    assert "already FINISHED" in refused.stderr and "training.epochs 2 -> 3" in refused.stderr
+    assert run_info(run_id, uri)["status"] == "FINISHED"
+    # A run stopped before its end (KILLED, as a SIGTERM leaves it) resumes from the latest
+    # checkpoint in the bucket, here with one more epoch.
+    from bratslab.tracking.mlflow_runs import end_run
+
+    end_run(run_id, "KILLED", uri)
     _train(tiny_store, env, tmp_path, "training.epochs=3")
     assert [s for s, _ in metric_history(run_id, "train/loss", uri)] == [0, 1, 2]
     assert metric_history(run_id, "resumed_from_epoch", uri) == [(0, 0.0), (1, 0.0), (2, 2.0)]

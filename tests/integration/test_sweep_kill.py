@@ -9,7 +9,9 @@ trial actors, Train workers and placement groups) when it notices the driver is 
   RUNNING; ``bratslab sweep --resume NAME`` finishes the sweep without training any completed
   trial again, registers a champion and ends the parent run FINISHED.
 - SIGTERM while trials run: the driver exits with 143 within ``STOP_WITHIN_S``, the parent run is
-  KILLED with ``bratslab.stop_reason=SIGTERM``; ``--resume`` finishes it and clears the tag. That
+  KILLED with ``bratslab.stop_reason=SIGTERM``, and nothing of the sweep listened beyond
+  loopback meanwhile; ``--resume`` is stopped the same way during its TTA re-evaluation of the
+  top trial, and a second ``--resume`` finishes it and clears the tag. That
   resumed sweep is then checked as any finished sweep: the parent run's results table and Optuna
   plot, one child run per trial with its params and metrics, the TTA re-evaluated winner
   registered as champion with its TTA metrics and parameters as tags, its model directory, and a
@@ -30,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from listeners import ListenerWatch
 
 pytestmark = pytest.mark.integration
 
@@ -245,51 +248,81 @@ def test_sigkilled_driver_resumes_without_retraining_completed_trials(
 def test_sigterm_stops_the_sweep_with_143_and_resume_clears_the_stop(
     ray_cluster, tiny_store, tmp_path
 ):
-    from bratslab.shutdown import STOP_REASON_TAG
-    from bratslab.tracking import mlflow_runs
-
     name = "term"
     home, uri, env, sweep_dir = _sweep_home(tmp_path, name, ray_cluster)
     log1, log2 = tmp_path / "sweep.log", tmp_path / "resume.log"
     cpus_free = ray_cluster.available_resources().get("CPU", 0)
 
-    proc = _start(_job_args(tiny_store, name, tta="flips"), env, log1, home)
-    try:
+    with ListenerWatch() as watch:  # the trials' Train workers run in the session's Ray
+        proc = _start(_job_args(tiny_store, name, tta="flips"), env, log1, home)
         # A trial is training: its audit line is written as its Train run starts.
-        _wait_until(
-            lambda: any((sweep_dir / "trials").glob("*.attempts.jsonl")),
-            proc,
-            log1,
-            "trial training",
-        )
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGTERM)  # what `bratslab jobs stop` and Kubernetes send
-        try:
-            rc = proc.wait(STOP_WITHIN_S)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"still running {STOP_WITHIN_S} s after SIGTERM:\n{_tail(log1)}")
-        stopped_in = time.monotonic() - t0
-    finally:
-        _kill_group(proc)
-    assert rc == 143, f"exit {rc} after {stopped_in:.1f} s:\n{_tail(log1)}"
-    assert "stopped by SIGTERM" in log1.read_text()
-    assert _group_gone(proc.pid)
+        _stop_when(lambda: any((sweep_dir / "trials").glob("*.attempts.jsonl")), proc, log1,
+                   "trial training")  # fmt: skip
     _wait_cpus_freed(ray_cluster, cpus_free)
 
     manifest = json.loads((sweep_dir / "sweep.json").read_text())
-    parent = mlflow_runs.run_info(manifest["parent_run_id"], uri)
-    assert parent["status"] == "KILLED"
-    assert parent["tags"][STOP_REASON_TAG] == "SIGTERM"
-    assert parent["tags"]["bratslab.interrupted"] == "true"
+    _check_stopped(manifest["parent_run_id"], uri)
     done_before = {p.stem for p in (sweep_dir / "trials").glob("*.json")}
 
-    assert _resume(name, env, log2, home) == 0, _tail(log2)
+    # Resumed, then stopped again while it re-evaluates the top trial with TTA (after Tune):
+    # the same KILLED with its reason, as promptly.
+    # The resume trains the unfinished trials to the end first: watched meanwhile.
+    with ListenerWatch() as watch2:
+        proc = _start(["--resume", name], env, log2, home)
+        _stop_when(lambda: "TTA re-evaluation of trial" in log2.read_text(), proc, log2,
+                   "TTA re-evaluation")  # fmt: skip
+    _check_stopped(manifest["parent_run_id"], uri)
+    # Nothing of the sweep (driver, trial actors, Train workers, their rendezvous store)
+    # listened beyond loopback.
+    for w in (watch, watch2):
+        assert w.samples and w.by("ray::"), w.seen
+        assert not w.beyond_loopback(), w.beyond_loopback()
+    assert watch2.by("ray::RayTrainWorker"), watch2.seen
+    _wait_cpus_freed(ray_cluster, cpus_free)
+    trained = {p.name: p.read_text() for p in (sweep_dir / "trials").glob("*.attempts.jsonl")}
+
+    log3 = tmp_path / "resume2.log"
+    assert _resume(name, env, log3, home) == 0, _tail(log3)
     final, children = _check_finished_sweep(sweep_dir, name, uri)  # FINISHED, stop tag cleared
     assert final["parent_run_id"] == manifest["parent_run_id"]
     for tid in done_before:
         attempts = (sweep_dir / "trials" / f"{tid}.attempts.jsonl").read_text().splitlines()
         assert len(attempts) == 1, (tid, attempts)
+    # Every trial had finished before the stop during TTA: none trained again after it.
+    assert {p.name: p.read_text() for p in (sweep_dir / "trials").glob("*.attempts.jsonl")} == (
+        trained
+    )
     _check_what_a_finished_sweep_leaves(sweep_dir, name, home, env, final, children)
+
+
+def _stop_when(ready: Callable[[], bool], proc: subprocess.Popen, log: Path, what: str) -> None:
+    """SIGTERM the driver once ``ready()``: it exits 143 within ``STOP_WITHIN_S``, saying so, and
+    nothing of its session is left."""
+    try:
+        _wait_until(ready, proc, log, what)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)  # what `bratslab jobs stop` and Kubernetes send
+        try:
+            rc = proc.wait(STOP_WITHIN_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running {STOP_WITHIN_S} s after SIGTERM:\n{_tail(log)}")
+        stopped_in = time.monotonic() - t0
+    finally:
+        _kill_group(proc)
+    assert rc == 143, f"exit {rc} after {stopped_in:.1f} s:\n{_tail(log)}"
+    assert "stopped by SIGTERM" in log.read_text()
+    assert _group_gone(proc.pid)
+
+
+def _check_stopped(parent_id: str, uri: str) -> None:
+    """The sweep's parent run: KILLED by SIGTERM, interrupted (not FAILED)."""
+    from bratslab.shutdown import STOP_REASON_TAG
+    from bratslab.tracking import mlflow_runs
+
+    parent = mlflow_runs.run_info(parent_id, uri)
+    assert parent["status"] == "KILLED"
+    assert parent["tags"][STOP_REASON_TAG] == "SIGTERM"
+    assert parent["tags"]["bratslab.interrupted"] == "true"
 
 
 def _check_what_a_finished_sweep_leaves(

@@ -8,6 +8,8 @@ smoke model's MLflow URI checks that frozen groups stay bit-identical.
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import signal
 import threading
@@ -76,7 +78,9 @@ def _history(run_id, key):
 
 
 @pytest.fixture(scope="module")
-def smoke(ray_cluster, store):
+def smoke_and_listeners(ray_cluster, store):
+    from listeners import ListenerWatch
+
     from bratslab.train.trainer import run_training
 
     # The last worker exits abruptly at the start of epoch 1 on the first attempt.
@@ -84,7 +88,24 @@ def smoke(ray_cluster, store):
     spec = _spec(
         store, "it-smoke", "training.epochs=2", "training.selection_metric=val/lesion_dice_mean"
     )
-    return spec, run_training(spec, train_loop=failing_loop(1))
+    with ListenerWatch() as watch:  # every listener of the session's Ray while it trains
+        out = run_training(spec, train_loop=failing_loop(1))
+    return spec, out, watch
+
+
+@pytest.fixture(scope="module")
+def smoke(smoke_and_listeners):
+    return smoke_and_listeners[:2]
+
+
+def test_a_two_worker_run_listens_on_loopback_only(smoke_and_listeners):
+    """torch.distributed's rendezvous store (rank 0) and gloo's sockets are bound to the node's
+    address (127.0.0.1 here), as Ray's own services are: nothing of the run listens on the
+    machine's other interfaces (``*:PORT`` was seen before)."""
+    *_, watch = smoke_and_listeners
+    # The watch did see the Train workers' own listeners (the store among them).
+    assert watch.by("ray::RayTrainWorker"), watch.seen
+    assert not watch.beyond_loopback(), watch.beyond_loopback()
 
 
 def test_smoke_run_checkpoints_and_logs_to_mlflow(smoke):
@@ -138,6 +159,30 @@ def test_smoke_run_checkpoints_and_logs_to_mlflow(smoke):
             "output_block.conv.conv.weight"
         ],
     )
+
+
+def test_the_embedded_instance_keeps_to_itself(ray_cluster, bratslab_home):
+    """Its own Ray temp folder (not the host's shared /tmp/ray), and workers that look a
+    cluster up without an address (Ray Train's placement-group cleaner) find this one."""
+    from bratslab.cluster import ray_temp_dir
+
+    ray = ray_cluster
+
+    @ray.remote(num_cpus=0)
+    def addresses_seen_by_a_worker():
+        from ray.dashboard.utils import get_address_for_submission_client
+
+        # The State API's server as the cleaner resolves it: the dashboard this instance
+        # recorded, on a port of its own (not 8265, where another Ray's dashboard may listen).
+        return os.environ.get("RAY_ADDRESS"), get_address_for_submission_client(None)
+
+    gcs, api = ray.get(addresses_seen_by_a_worker.remote())
+    assert gcs == ray.get_runtime_context().gcs_address
+    assert api.startswith("http://127.0.0.1:") and not api.endswith(":8265"), api
+    folder = ray_temp_dir(bratslab_home)
+    sessions = list(folder.glob("session_2*"))
+    assert sessions and (sessions[0] / "sockets").is_dir()
+    assert folder.stat().st_uid == os.getuid()
 
 
 def test_killed_worker_resumes_from_checkpoint_with_epoch_count_intact(smoke):
@@ -219,33 +264,68 @@ def test_a_worker_sigkilled_from_outside_mid_epoch_restarts_from_the_checkpoint(
     assert latest["epoch"] == 3 and latest["global_step"] == 12
 
 
-def test_rerunning_a_crashed_job_resumes_it(ray_cluster, store):
+def counting_loop(attempts: Path):
+    """The real worker loop, recording each start (one line per rank and attempt)."""
+
+    def loop(config):
+        import ray.train
+
+        from bratslab.train.loop import train_loop_per_worker
+
+        with open(attempts, "a") as f:
+            f.write(f"{ray.train.get_context().get_world_rank()}\n")
+        train_loop_per_worker(config)
+
+    return loop
+
+
+def test_rerunning_a_crashed_job_resumes_it(ray_cluster, store, bratslab_home, tmp_path):
+    """A crash, a checkpoint that cannot load (the run fails at once, not after every
+    restart), the rerun that resumes; then the FINISHED run is never reopened by a rerun."""
     import ray.train
 
+    from bratslab.config import ConfigError
     from bratslab.tracking.mlflow_runs import run_info
+    from bratslab.train.failures import FAILURE_TAG, PermanentFailure
     from bratslab.train.trainer import run_training
 
-    crash = _spec(
-        store,
-        "it-resume",
-        "training.epochs=2",
-        "scaling.num_workers=1",
-        "scaling.max_failures=0",
-        "tracking.log_model=false",
-    )
+    job = ("training.epochs=2", "scaling.num_workers=1", "tracking.log_model=false")
+    crash = _spec(store, "it-resume", *job, "scaling.max_failures=0")
     with pytest.raises(ray.train.TrainingFailedError):
         run_training(crash, train_loop=failing_loop(1))
-    rerun = _spec(
-        store,
-        "it-resume",
-        "training.epochs=2",
-        "scaling.num_workers=1",
-        "tracking.log_model=false",
-    )
+
+    # The epoch-0 checkpoint's train_state.pt swapped for a pickle weights-only loading refuses.
+    (ckpt,) = (bratslab_home / "ray_results" / "it-resume").glob("epoch0001-*")
+    state = ckpt / "train_state.pt"
+    good = state.read_bytes()
+    torch.save({"epoch": argparse.Namespace(epoch=1)}, state)
+    attempts = tmp_path / "attempts.txt"
+    broken = _spec(store, "it-resume", *job, "scaling.max_failures=2")
+    with pytest.raises(ray.train.ControllerError) as failed:
+        run_training(broken, train_loop=counting_loop(attempts))
+    assert isinstance(failed.value.controller_failure, PermanentFailure)
+    assert str(ckpt) in str(failed.value.controller_failure)
+    assert attempts.read_text().splitlines() == ["0"], "a permanent error was retried"
+    info = run_info(json.loads((ckpt.parent / "bratslab_run.json").read_text())["mlflow_run_id"])
+    assert info["status"] == "FAILED" and "cannot resume" in info["tags"][FAILURE_TAG]
+    state.write_bytes(good)
+
+    rerun = _spec(store, "it-resume", *job)
     out = run_training(rerun)
     assert run_info(out.run_id)["status"] == "FINISHED"
+    assert FAILURE_TAG not in run_info(out.run_id)["tags"]  # cleared when it ran again
     # Same MLflow run, epoch 0 from the crashed attempt, epoch 1 after the resume.
     assert _history(out.run_id, "resumed_from_epoch") == [(0, 0.0), (1, 1.0)]
+    assert [s for s, _ in _history(out.run_id, "train/loss")] == [0, 1]
+
+    # More epochs under the finished name: refused before anything starts, run untouched.
+    with pytest.raises(ConfigError, match=r"already FINISHED .*training\.epochs 2 -> 3"):
+        run_training(_spec(store, "it-resume", *job, "training.epochs=3"))
+    # The same job again: its recorded outcome, nothing trained, nothing logged.
+    again = run_training(rerun)
+    assert again.run_id == out.run_id and again.latest_checkpoint == out.latest_checkpoint
+    assert again.metrics["epoch"] == 1
+    assert run_info(out.run_id)["status"] == "FINISHED"
     assert [s for s, _ in _history(out.run_id, "train/loss")] == [0, 1]
 
 

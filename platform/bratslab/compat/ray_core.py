@@ -47,3 +47,29 @@ def remove_job_placement_groups() -> int:
         except Exception:  # noqa: BLE001 - best effort while stopping; gone already is fine
             continue
     return removed
+
+
+def worker_exception(error: BaseException) -> BaseException | None:
+    """The exception a Ray Train worker's training function raised, if ``error`` carries one.
+
+    Ray Train 2.60 hands a worker's error to the controller (and into
+    ``WorkerGroupError.worker_failures``) as ``UserExceptionWithTraceback``, which keeps the
+    original exception in ``_base_exc`` and prints as the worker's traceback. Private detail:
+    that attribute; public replacement: none. None for errors that are not a user exception
+    (a worker process that died, a failed health check).
+    """
+    return getattr(error, "_base_exc", None)
+
+
+def start_local_ray(*, temp_dir: str | None, **kwargs):
+    """``ray.init(address="local", **kwargs)`` with Ray's temp folder at ``temp_dir``; returns
+    its context.
+
+    Private detail: the ``_temp_dir`` keyword of ``ray.init`` (checked: ray 2.60.x). Public
+    replacement: ``RAY_TMPDIR`` for the whole process, which would also move other Ray
+    instances this process might start or join.
+    """
+    import ray
+
+    extra = {"_temp_dir": temp_dir} if temp_dir else {}
+    return ray.init(address="local", **kwargs, **extra)

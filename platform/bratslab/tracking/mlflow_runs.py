@@ -45,7 +45,7 @@ TAG_GIT = "bratslab.git_commit"
 TAG_STORE = "bratslab.store_fingerprint"
 TAG_PARENT = "mlflow.parentRunId"
 # Why a run last stopped (bratslab.shutdown.STOP_REASON_TAG); cleared when it resumes.
-RESUME_CLEARS_TAGS = {"bratslab.stop_reason", "bratslab.interrupted"}
+RESUME_CLEARS_TAGS = {"bratslab.stop_reason", "bratslab.interrupted", "bratslab.failure"}
 
 
 def tracking_uri(uri: str | None = None) -> str:

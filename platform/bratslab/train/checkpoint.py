@@ -15,6 +15,8 @@ loading restores the training sequence exactly.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,28 @@ def save_checkpoint(
         torch.save(train_state, f)
     write_json(folder / JOB_JSON, job)
     return folder
+
+
+class CheckpointUnusable(RuntimeError):
+    """A checkpoint folder that cannot be loaded, and will not load on a retry either."""
+
+
+@contextmanager
+def resuming_from(folder: str) -> Iterator[None]:
+    """Errors of loading the checkpoint ``folder`` (its persisted path) inside the block become
+    :class:`CheckpointUnusable`: weights-only refusal, a truncated or foreign file, a missing
+    file or key. Other I/O errors stay as they are (a shared filesystem may recover)."""
+    try:
+        yield
+    except (FileNotFoundError, IsADirectoryError) as e:
+        raise CheckpointUnusable(f"{folder}: cannot resume from this checkpoint: {e}") from e
+    except OSError:
+        raise
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise CheckpointUnusable(
+            f"{folder}: cannot resume from this checkpoint: {type(e).__name__}: {first}"
+        ) from e
 
 
 def load_train_state(folder: str | Path) -> dict[str, Any]:

@@ -67,6 +67,8 @@ def train(
             "from the latest checkpoint"
         )
         raise typer.Exit(stop.exit_code) from None
+    except Exception as e:  # a Ray Train run that failed: one line naming why, exit 1
+        _training_failed(e, name or spec.name, spec.scaling.max_failures)
     _summary(out, time.monotonic() - t0, console)
 
 
@@ -103,6 +105,20 @@ def _summary(out, seconds: float, console) -> None:
     console.print(f"best checkpoint: {out.best_checkpoint}")
     if out.model_uri:
         console.print(f"model: {out.model_uri}")
+
+
+def _training_failed(error: Exception, name: str, max_failures: int) -> None:
+    """Print why a training run failed in one line (the traceback with ``--verbose``), exit 1;
+    anything but a failed Ray Train run propagates."""
+    import logging
+
+    from bratslab.train.failures import describe, is_training_failure
+
+    if not is_training_failure(error):
+        raise error
+    logging.getLogger(__name__).debug("training %s failed", name, exc_info=error)
+    typer.secho(f"train {name}: {describe(error, max_failures)}", fg="red", err=True)
+    raise typer.Exit(1) from None
 
 
 def _train_folds(spec, job: Path, folds_text: str, name, max_parallel: int, console) -> None:

@@ -39,6 +39,7 @@ from bratslab.spec import JobSpec, job_from_dict
 from bratslab.train.checkpoint import (
     load_train_state,
     load_weights,
+    resuming_from,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -180,7 +181,9 @@ def train_loop_per_worker(
     scaler = torch.amp.GradScaler(device.type, enabled=tr.amp and needs_grad_scaler(device))
     progress = Progress()
     if checkpoint is not None:
-        with checkpoint.as_directory() as ckpt_dir:  # Ray
+        # A checkpoint that cannot load fails every restart alike: CheckpointUnusable ends the
+        # run at once (bratslab.train.failures).
+        with checkpoint.as_directory() as ckpt_dir, resuming_from(checkpoint.path):  # Ray
             progress = restore(ckpt_dir, model, bundle, scaler)
     w = _worker(spec, config, model, bundle, scaler, device)  # Ray: rank, world, DDP wrap
     if checkpoint is not None:

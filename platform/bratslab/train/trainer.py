@@ -8,9 +8,12 @@
    shards per worker),
 2. opens (or, for a rerun of the same job name, reopens) one MLflow run,
 3. runs :func:`bratslab.train.loop.train_loop_per_worker` on N workers with fault tolerance:
-   ``FailureConfig(max_failures)`` restarts the worker group from the latest checkpoint, and a
-   rerun with the same name finds the run folder ``$BRATSLAB_HOME/ray_results/<name>`` and
-   resumes from its latest checkpoint (Ray Train V2 reloads its checkpoint-manager snapshot),
+   ``FailureConfig(max_failures)`` restarts the worker group from the latest checkpoint
+   (bounded in start-up too, a checkpoint that cannot load not retried:
+   :mod:`bratslab.train.failures`), and a rerun with the same name finds the run folder
+   ``$BRATSLAB_HOME/ray_results/<name>`` and resumes from its latest checkpoint (Ray Train V2
+   reloads its checkpoint-manager snapshot) unless its MLflow run FINISHED, which is never
+   reopened (:mod:`bratslab.train.rerun`),
 4. logs per-epoch metrics from a :class:`MLflowCallback` in the Train controller (workers never
    talk to MLflow; one ``log_batch`` per epoch, MLflow opened while the controller starts)
    and prints one progress line per epoch on the driver's console
@@ -285,9 +288,11 @@ def build_trainer(
             ``train_log.txt`` in the run folder (:mod:`bratslab.train.progress`).
     """
     import ray.train  # Ray
-    from ray.train.torch import TorchConfig, TorchTrainer  # Ray
+    from ray.train.torch import TorchTrainer  # Ray
 
     from bratslab.cluster import ensure_ray
+    from bratslab.compat.ray_torch import NodeBoundTorchConfig
+    from bratslab.train.failures import failure_config
     from bratslab.train.loop import train_loop_per_worker
 
     ensure_ray()
@@ -310,7 +315,9 @@ def build_trainer(
     return TorchTrainer(
         train_loop or train_loop_per_worker,
         train_loop_config=config,
-        torch_config=TorchConfig(backend="nccl" if sc.use_gpu else "gloo"),
+        # The process group's store and sockets listen on the node's address only (127.0.0.1 on
+        # the embedded instance), not on every interface as Ray's default backend does.
+        torch_config=NodeBoundTorchConfig(backend="nccl" if sc.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=sc.num_workers,
             use_gpu=sc.use_gpu,
@@ -321,7 +328,8 @@ def build_trainer(
             name=name,
             storage_path=storage.ray_path,
             storage_filesystem=storage.filesystem,
-            failure_config=ray.train.FailureConfig(max_failures=sc.max_failures),
+            # Restarts bounded in start-up as in training (bratslab.train.failures).
+            failure_config=failure_config(sc.max_failures),
             # Ray Train logs every report at INFO ("Reporting training result ..." with the whole
             # metrics dict); the one-line epoch progress (train/progress.py) says it readably.
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
@@ -385,11 +393,13 @@ def _check_loader_cpus(spec: JobSpec) -> None:
 def _callbacks(
     spec: JobSpec, run_dir: Path, mlflow_run_id: str | None, extra: Sequence[Any], progress: bool
 ) -> list[Any]:
-    """The controller's callbacks: MLflow logging, the console progress line, then ``extra``."""
+    """The controller's callbacks: fail-fast on permanent errors, MLflow logging, the console
+    progress line, then ``extra``."""
     from bratslab.tracking.mlflow_runs import tracking_uri
+    from bratslab.train.failures import fail_fast_callback
     from bratslab.train.progress import LOG_FILE, progress_callback
 
-    out: list[Any] = []
+    out: list[Any] = [fail_fast_callback()]
     if mlflow_run_id:
         out.append(_mlflow_callback_cls()(mlflow_run_id, tracking_uri(), WARM_MLFLOW_IN_CONTROLLER))
     if progress:
@@ -409,7 +419,7 @@ def _open_run(spec: JobSpec, name: str, run_dir: Path, parent_run_id: str | None
         "bratslab.arch": spec.model.arch,
         **spec.tracking.tags,
     }
-    params = {**spec.resolved(), "resolved": {"patch_size": data.patch_size}}
+    params = _params(spec, data)
     run_id = mlflow_runs.start_run(
         experiment=spec.tracking.experiment,
         run_name=name,
@@ -418,8 +428,16 @@ def _open_run(spec: JobSpec, name: str, run_dir: Path, parent_run_id: str | None
         parent_run_id=parent_run_id or spec.tracking.parent_run_id,
         resume_run_id=previous,
     )
-    write_json(state_file, {"mlflow_run_id": run_id, "job": spec.name})
+    # The job this attempt runs (a resumed run keeps the params its first attempt logged):
+    # what a later rerun of a FINISHED run is compared with (train/rerun.py).
+    flat = mlflow_runs.flatten(params)
+    write_json(state_file, {"mlflow_run_id": run_id, "job": spec.name, "params": flat})
     return run_id
+
+
+def _params(spec: JobSpec, data: PreparedData) -> dict[str, Any]:
+    """The MLflow params of a run of ``spec`` (nested; flattened to dotted keys when logged)."""
+    return {**spec.resolved(), "resolved": {"patch_size": data.patch_size}}
 
 
 def learning_curve(run_id: str, out_png: Path) -> Path:
@@ -497,7 +515,8 @@ def run_training(
 
     Args:
         name: run name (Ray folder + MLflow run name); default ``spec.name``. A sweep passes
-            its trial name. Rerunning an existing name resumes it.
+            its trial name. Rerunning an existing name resumes it; one whose MLflow run
+            FINISHED is not reopened: the same job returns its recorded outcome.
         parent_run_id: nest the MLflow run under this one (overrides ``tracking.parent_run_id``).
         callbacks: extra ``ray.train.UserCallback`` s (e.g. ``TuneReportCallback()``; every
             report carries ``val/dice_mean``).
@@ -508,8 +527,8 @@ def run_training(
 
     Raises:
         ConfigError: ``data.store`` holds no store, the storage is not a folder or an
-            ``s3://`` URI, or the name is not a safe folder name (all checked before anything
-            is created).
+            ``s3://`` URI, the name is not a safe folder name, or it names a FINISHED run of
+            another job (all checked before anything is created).
         Terminated: SIGTERM or SIGINT arrived during training (main thread only); the MLflow
             run is then KILLED with the tag ``bratslab.stop_reason`` and the persisted
             checkpoints stay for a rerun to resume from.
@@ -517,12 +536,18 @@ def run_training(
     from bratslab.cluster import ensure_ray, stop_driver
     from bratslab.names import check_name
     from bratslab.shutdown import Terminated, call_interruptibly, stop_on_signals
+    from bratslab.train.rerun import finished_run, recorded_outcome
 
     name = check_name(name or spec.name, "run name")  # it becomes a folder under root
     storage = run_storage(storage_path)  # ConfigError for a bad URI, before anything is created
     spec.data.store_path()  # ConfigError naming the paths tried, before anything is created
     data = prepare_data(spec)
     run_dir = storage.run_dir(name)
+    # A FINISHED run is never reopened: the same job again is its recorded outcome, another
+    # job under its name is refused (ConfigError) before anything starts (train/rerun.py).
+    finished = finished_run(run_dir / RUN_STATE, _params(spec, data), name)
+    if finished is not None:
+        return recorded_outcome(name, finished, storage)
     run_dir.mkdir(parents=True, exist_ok=True)
     console.attach(run_dir)  # a quiet command's log file: bratslab.log beside the checkpoints
     run_id = _open_run(spec, name, run_dir, parent_run_id, data)
@@ -552,6 +577,9 @@ def run_training(
             stop_driver()
             raise
         except BaseException as e:
+            from bratslab.train import failures
+
+            failures.record(run_id, e, spec.scaling.max_failures)  # the cause, as a tag
             _failed(run_id, e)
             raise
     log.info("job %s finished: best %s (run %s)", name, outcome.best_checkpoint, run_id)
@@ -599,11 +627,9 @@ def _stopped(name: str, run_id: str, stop) -> None:
     )
 
 
-def _record(spec: JobSpec, name: str, run_id: str, storage: RunStorage, result) -> TrainOutcome:
-    """Log the job, the learning curve, the best scores and (optionally) the best checkpoint
-    as a model to the MLflow run, then close it."""
-    from bratslab.tracking import mlflow_runs, model_store
-
+def outcome_of(name: str, run_id: str, storage: RunStorage, result) -> TrainOutcome:
+    """What a Ray Train ``Result`` of the run ``name`` produced (local copies of the best and
+    latest checkpoints on ``s3://`` storage); MLflow is not touched."""
     run_dir = storage.run_dir(name)
     best, best_metrics = _best(result)
     best_dir = _local_copy(storage, run_dir, best)
@@ -621,6 +647,16 @@ def _record(spec: JobSpec, name: str, run_id: str, storage: RunStorage, result) 
     )
     if storage.remote:  # copies of an earlier run's checkpoints: only this run's two stay
         _prune_copies(run_dir, {outcome.best_checkpoint, outcome.latest_checkpoint})
+    return outcome
+
+
+def _record(spec: JobSpec, name: str, run_id: str, storage: RunStorage, result) -> TrainOutcome:
+    """Log the job, the learning curve, the best scores and (optionally) the best checkpoint
+    as a model to the MLflow run, then close it."""
+    from bratslab.tracking import mlflow_runs, model_store
+
+    outcome = outcome_of(name, run_id, storage, result)
+    best_dir, best_metrics = outcome.best_checkpoint, outcome.best_metrics
     with tempfile.TemporaryDirectory(prefix="bratslab-run-") as tmp:
         job_file = Path(tmp) / "job.json"
         write_text(job_file, json.dumps(spec.resolved(), indent=2, sort_keys=True))

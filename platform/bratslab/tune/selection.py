@@ -102,21 +102,52 @@ class Registration:
     trial_id: str
 
 
-def evaluate_candidates(
-    candidates: list[TrialResult], store: str, fold: int, tta: str
-) -> list[TrialResult]:
-    """Set each candidate's ``tta`` (a dict of ``tta/*`` metrics), in place."""
-    from bratslab.evaluate.model_eval import evaluate_model
+TTA_DONE_TAG = "bratslab.tta_done"  # on a trial's run: which re-evaluation its tta/* record
 
+
+def evaluate_candidates(
+    candidates: list[TrialResult], store: str, fold: int, tta: str, *, evaluate=None
+) -> list[TrialResult]:
+    """Set each candidate's ``tta`` (a dict of ``tta/*`` metrics), in place.
+
+    Each re-evaluation is logged to the trial's own MLflow run, then recorded there as the tag
+    ``bratslab.tta_done`` (TTA, fold, checkpoint): a sweep stopped during this stage and resumed
+    takes those candidates' metrics from their runs instead of evaluating them again.
+    ``evaluate`` defaults to :func:`bratslab.evaluate.model_eval.evaluate_model`.
+    """
+    from bratslab.tracking import mlflow_runs
+
+    if evaluate is None:
+        from bratslab.evaluate.model_eval import evaluate_model as evaluate
     for c in candidates:
-        log.info("TTA re-evaluation of trial %s (%s)", c.trial_id, c.best_checkpoint)
         run_id = c.mlflow_run_id
+        done = f"{tta} | fold {fold} | {c.best_checkpoint}"
+        recorded = _recorded_tta(run_id, done) if run_id else None
+        if recorded:
+            log.info("trial %s already re-evaluated with TTA (%s)", c.trial_id, done)
+            c.tta = recorded
+            continue
+        log.info("TTA re-evaluation of trial %s (%s)", c.trial_id, c.best_checkpoint)
         # evaluate_model also logs the tta/* metrics to the trial's own MLflow run.
-        result = evaluate_model(
+        result = evaluate(
             c.best_checkpoint, store, fold, tta, run_id=run_id, log_to_mlflow=bool(run_id)
         )
         c.tta = tta_metrics(result)
+        if run_id:
+            mlflow_runs.set_tags(run_id, {TTA_DONE_TAG: done})
     return candidates
+
+
+def _recorded_tta(run_id: str, done: str) -> dict[str, float] | None:
+    """The ``tta/*`` metrics a trial's run holds from the re-evaluation ``done``, if it has
+    recorded that one (as :func:`evaluate_candidates` computes them)."""
+    from bratslab.tracking import mlflow_runs
+
+    info = mlflow_runs.run_info(run_id)
+    if info["tags"].get(TTA_DONE_TAG) != done:
+        return None
+    logged = {k: v for k, v in info["metrics"].items() if k.startswith(("tta/", "pp/"))}
+    return tta_metrics(logged) or None
 
 
 def register_winner(

@@ -261,7 +261,6 @@ def _run(
     Args:
         restore: continue the Tune experiment in ``paths.tune`` (``Tuner.restore``).
     """
-    from bratslab.cluster import stop_driver
     from bratslab.spec import job_from_dict
     from bratslab.tracking import mlflow_runs
     from bratslab.tune.dangling import close_dangling
@@ -294,11 +293,7 @@ def _run(
         with stop_on_signals((signal.SIGTERM,)):
             tuned = run_tuner(ctx, cfg, resume=restore, default_max_t=spec.training.epochs)
     except Terminated as stop:
-        mlflow_runs.set_tags(
-            parent_run_id, {STOP_REASON_TAG: stop.reason, "bratslab.interrupted": "true"}
-        )
-        mlflow_runs.end_run(parent_run_id, "KILLED")
-        stop_driver()
+        _stopped(parent_run_id, stop)
         raise
     except BaseException:
         mlflow_runs.end_run(parent_run_id, "FAILED")
@@ -320,7 +315,14 @@ def _run(
     # (bratslab.tune.dangling); both before selection reads the study and the runs.
     settle_trial_runs(rows, lambda r: _job_epochs(r, ctx))
     close_dangling(paths.optuna_url, name, parent_run_id)
-    _finish(outcome, ctx, spec, manifest)
+    # SIGTERM or Ctrl-C during the follow-up, TTA re-evaluation or registration stops the sweep
+    # as during Tune: KILLED with the reason; re-evaluations already done are kept for --resume.
+    try:
+        with stop_on_signals():
+            _finish(outcome, ctx, spec, manifest)
+    except Terminated as stop:
+        _stopped(parent_run_id, stop)
+        raise
     return outcome
 
 
@@ -342,6 +344,18 @@ def _announce(spec, name: str, paths: SweepPaths, settings: Settings) -> None:
     )
 
 
+def _stopped(parent_run_id: str, stop: Terminated) -> None:
+    """A signal stopped the sweep: its parent run ends KILLED with the signal as the reason."""
+    from bratslab.cluster import stop_driver
+    from bratslab.tracking import mlflow_runs
+
+    mlflow_runs.set_tags(
+        parent_run_id, {STOP_REASON_TAG: stop.reason, "bratslab.interrupted": "true"}
+    )
+    mlflow_runs.end_run(parent_run_id, "KILLED")
+    stop_driver()
+
+
 def _finish(outcome: SweepOutcome, ctx: TrialContext, spec, manifest: dict) -> None:
     """After Tune is done: UpKern follow-up, selection and registry, results; the parent run
     ends FINISHED and the manifest records the outcome."""
@@ -355,6 +369,8 @@ def _finish(outcome: SweepOutcome, ctx: TrialContext, spec, manifest: dict) -> N
             run_upkern(ctx, cfg, outcome)
         _select_and_register(outcome, spec, cfg, ctx.paths.experiment)
         write_and_log_results(outcome, ctx.paths)
+    except Terminated:  # stopped, not failed: the caller marks the sweep KILLED
+        raise
     except BaseException:
         write_and_log_results(outcome, ctx.paths)
         mlflow_runs.end_run(outcome.parent_run_id, "FAILED")

@@ -84,3 +84,29 @@ def test_run_training_refuses_an_unsafe_name_before_creating_anything(tmp_path, 
     with pytest.raises(ConfigError, match=re.escape("run name '../escape': not a valid name")):
         run_training(spec, name="../escape", storage_path=tmp_path / "results")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_training_run_ends_with_one_line_and_exit_1(capsys, caplog):
+    import logging
+
+    import ray.train
+    import typer
+
+    from bratslab.train.cli import _training_failed
+    from bratslab.train.failures import PermanentFailure
+
+    error = ray.train.ControllerError(PermanentFailure("worker rank 0: /c/e1: cannot resume"))
+    with caplog.at_level(logging.INFO), pytest.raises(typer.Exit) as e:
+        _training_failed(error, "smoke", 2)
+    assert e.value.exit_code == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "train smoke: worker rank 0: /c/e1: cannot resume (not retried: every restart would "
+        "fail the same way)"
+    ]
+    assert "Traceback" not in err and not caplog.records  # the traceback only with --verbose
+    with caplog.at_level(logging.DEBUG), pytest.raises(typer.Exit):
+        _training_failed(error, "smoke", 2)
+    assert caplog.records[-1].exc_info[1] is error
+    with pytest.raises(ValueError):  # not a training failure: not swallowed
+        _training_failed(ValueError("a bug"), "smoke", 2)
