@@ -125,6 +125,10 @@ def configure(command: str | None, verbose: bool) -> None:
     """
     verbose = verbose or os.environ.get("BRATSLAB_LOG_LEVEL", "").upper() == "DEBUG"
     _undo()  # a second command in one process (tests) starts from the defaults
+    root = logging.getLogger()
+    for h in list(root.handlers):  # a handler left writing to a stream since closed (tests)
+        if getattr(getattr(h, "stream", None), "closed", False):
+            root.removeHandler(h)
     if verbose or command not in QUIET_COMMANDS:
         level = logging.DEBUG if verbose else logging.INFO
         logging.basicConfig(level=level, format=FILE_FORMAT)
@@ -143,7 +147,6 @@ def configure(command: str | None, verbose: bool) -> None:
     # this config keeps its session file and lets the records propagate to ours instead.
     if RAY_DATA_LOGGING.is_file():  # package data; a build without it keeps Ray's default
         os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(RAY_DATA_LOGGING))
-    root = logging.getLogger()
     for h in list(root.handlers):  # a console handler of basicConfig's; others (pytest's) stay
         if getattr(h, "stream", None) in (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__):
             root.removeHandler(h)
