@@ -171,8 +171,10 @@ def register(
     *,
     uri: str | None = None,
     await_s: int = 300,
+    description: str | None = None,
 ) -> str:
-    """Register ``model_uri`` as a new version of ``name`` (created if needed).
+    """Register ``model_uri`` as a new version of ``name`` (created if needed), with
+    ``description`` (what the version is, in words) when given.
 
     Args:
         model_uri: ``models:/<model_id>`` or ``runs:/<run_id>/<artifact>``.
@@ -192,6 +194,8 @@ def register(
     # MLflow resolves ``models:/<model_id>`` sources through its *global* tracking URI.
     with global_uris(uri):
         mv = mlflow.register_model(model_uri, name, await_registration_for=await_s, tags=str_tags)
+    if description:
+        client(uri).update_model_version(name, mv.version, description=description)
     log.info("registered %s as %s version %s", model_uri, name, mv.version)
     return str(mv.version)
 

@@ -150,6 +150,28 @@ def _recorded_tta(run_id: str, done: str) -> dict[str, float] | None:
     return tta_metrics(logged) or None
 
 
+def describe_winner(winner: TrialResult, sweep_name: str, metric: str) -> str:
+    """A registered version's description: where it comes from and its TTA scores in words."""
+    tta = winner.tta
+
+    def scores(prefix: str) -> str:
+        keys = [f"tta/{prefix}_{r}" for r in ("wt", "tc", "et")]
+        if not all(k in tta for k in keys):
+            return ""
+        mean = tta.get(f"tta/{prefix}_mean")
+        tail = f" (mean {mean:.3f})" if mean is not None else ""
+        return " / ".join(f"{tta[k]:.3f}" for k in keys) + tail
+
+    lines = [f"Sweep {sweep_name}, trial {winner.trial_id}; selected by {metric}."]
+    if voxel := scores("dice"):
+        lines.append(f"TTA Dice WT / TC / ET: {voxel}.")
+    if lesion := scores("lesion_dice"):
+        lines.append(f"TTA lesion-wise Dice WT / TC / ET: {lesion}.")
+    if winner.params:
+        lines.append("Sampled: " + ", ".join(f"{k}={v}" for k, v in sorted(winner.params.items())))
+    return "\n".join(lines)
+
+
 def register_winner(
     winner: TrialResult,
     *,
@@ -162,7 +184,8 @@ def register_winner(
     """Log the winner's checkpoint as an MLflow model in its trial run, register, promote.
 
     Tags of the version: every ``tta/*`` metric, the sweep and trial ids, and each sampled
-    parameter as ``param.<dotted key>``.
+    parameter as ``param.<dotted key>`` (nothing machine-local: the checkpoint folder stays in
+    the trial run's tags); its description says the same in words.
     """
     from bratslab.tracking import mlflow_runs, model_store, registry
 
@@ -175,11 +198,12 @@ def register_winner(
         **winner.tta,
         "bratslab.sweep": sweep_name,
         "bratslab.trial_id": winner.trial_id,
-        "bratslab.best_checkpoint": winner.best_checkpoint,
         "bratslab.selection_metric": metric,
     }
     tags.update({f"param.{k}": v for k, v in winner.params.items()})
-    version = registry.register(model_uri, name, tags)
+    version = registry.register(
+        model_uri, name, tags, description=describe_winner(winner, sweep_name, metric)
+    )
     promoted = registry.promote_if_better(name, version, metric, mode, alias)
     log.info(
         "registered %s v%s (trial %s, %s=%.4f); %s",

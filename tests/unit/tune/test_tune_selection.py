@@ -153,6 +153,17 @@ def test_worse_model_does_not_take_the_champion_alias(mlflow_store):
     assert v2.tags["tta/lesion_dice_mean"] == repr(0.6 - 0.1)
     assert v2.tags["bratslab.sweep"] == "sw" and v2.tags["bratslab.trial_id"] == "t1"
     assert v2.tags["param.training.optimizer.lr"] == "0.002"
+    # Nothing machine-local in the registry; the version says what it is in words.
+    assert not any(str(ckpt) in value for value in v2.tags.values())
+    assert v2.description.startswith("Sweep sw, trial t1; selected by tta/dice_mean.")
+    assert "training.optimizer.lr=0.002" in v2.description
+    keys = [f"tta/{k}_{r}" for k in ("dice", "lesion_dice") for r in ("wt", "tc", "et", "mean")]
+    wins = TrialResult(
+        trial_id="t9", mlflow_run_id=None, best_checkpoint=None, iterations=1, params={},
+        tta=dict.fromkeys(keys, 0.5),
+    )  # fmt: skip
+    text = selection.describe_winner(wins, "sw", "tta/lesion_dice_mean")
+    assert "TTA lesion-wise Dice WT / TC / ET: 0.500 / 0.500 / 0.500 (mean 0.500)." in text
     better = selection.register_winner(winner(2, 0.85), alias="champion", **kw)
     assert better.promoted
     assert registry.get_version("bratslab-test", alias="champion").version == "3"
