@@ -23,7 +23,8 @@ if [ -z "$have" ] || { [ -n "$want" ] && [ "$have" != "$want" ]; }; then
   # shellcheck disable=SC2086
   "${pip[@]}" $TORCH_SPEC
 fi
-torch_version=$(.venv/bin/python -c 'import torch; print(torch.__version__)')
+# -W ignore: before numpy is installed, torch warns "Failed to initialize NumPy" (harmless here).
+torch_version=$(.venv/bin/python -W ignore -c 'import torch; print(torch.__version__)')
 
 # Reinstall the project only when its dependency list changed (a stamp of pyproject.toml).
 stamp=.venv/.bratslab-stamp
@@ -44,7 +45,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$digest $torch_version" ]; then
     'ruamel.yaml>=0.18.6,<1' 'scikit-image>=0.22,<1' 'SimpleITK>=2.2.2,<3' tqdm
   "${pip[@]}" --no-deps 'panoptica==2.1.7' 'brats-evaluation==0.0.10'
   rm -f "$held"
-  after=$(.venv/bin/python -c 'import torch; print(torch.__version__)')
+  after=$(.venv/bin/python -W ignore -c 'import torch; print(torch.__version__)')
   if [ "$after" != "$torch_version" ]; then
     echo "[setup] ERROR: torch changed from $torch_version to $after during install" >&2
     exit 1
