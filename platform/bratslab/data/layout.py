@@ -171,6 +171,17 @@ def detect_layout(case_id: str, tokens: set[str]) -> tuple[Layout, str | None]:
     return "brats2023", None
 
 
+def missing_modalities(files: dict) -> str | None:
+    """One reason naming every modality a case lacks and what it has, or None when complete:
+    ``"missing modalities t1c, t2f (found t1n, t2w)"``."""
+    missing = [m for m in MODALITIES if m not in files]
+    if not missing:
+        return None
+    found = ", ".join(m for m in MODALITIES if m in files) or "no image"
+    word = "modality" if len(missing) == 1 else "modalities"
+    return f"missing {word} {', '.join(missing)} (found {found})"
+
+
 def discover_cases(raw_dir: str | Path, profile: str | None = None) -> list[RawCase]:
     """Find every case under ``raw_dir`` (recursively), sorted by id.
 
@@ -223,9 +234,8 @@ def discover_cases(raw_dir: str | Path, profile: str | None = None) -> list[RawC
                 )
             else:
                 files[modality] = path
-        for modality in MODALITIES:
-            if modality not in files:
-                problems.append((str(folder), f"missing modality {modality}"))
+        if missing := missing_modalities(files):
+            problems.append((str(folder), missing))
         layout, cohort = detect_layout(case_id, {t for _, t, _ in entries})
         cases[case_id] = RawCase(
             id=case_id,

@@ -27,7 +27,7 @@ import json
 import re
 from pathlib import Path
 
-from bratslab.data.layout import MODALITIES, SYNONYMS, RawCase
+from bratslab.data.layout import MODALITIES, SYNONYMS, RawCase, missing_modalities
 from bratslab.data.profiles import Profile, get_profile
 
 DATASET_JSON = "dataset.json"
@@ -223,7 +223,8 @@ def discover_nnunet(folder: str | Path, profile: str | None = None) -> list[RawC
                 continue
             seg = folder / "labelsTr" / f"{cid}{info['file_ending']}" if labelled else None
             probs = problems.get(cid, [])
-            probs += [(str(images), f"missing modality {m}") for m in MODALITIES if m not in files]
+            if missing := missing_modalities(files):
+                probs.append((str(images), missing))
             if seg is not None and not seg.is_file():
                 probs.append((str(seg), "segmentation missing from labelsTr"))
                 seg = None

@@ -101,10 +101,16 @@ def predict(
     thresholds (`bratslab postprocess fit`), or with --postprocess FILE; the log says which.
     """
     from bratslab.config import validate
+    from bratslab.data.layout import discover_cases
     from bratslab.evaluate.config import PredictConfig
-    from bratslab.evaluate.predict import predict_folder
+    from bratslab.evaluate.predict import check_output_dir, predict_folder
     from bratslab.tracking.model_store import ModelIntegrityError
 
+    try:  # where it reads and writes, before the header and before any model is fetched
+        check_output_dir(output)
+        discover_cases(input)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e), 2)
     cfg = validate(
         PredictConfig,
         {

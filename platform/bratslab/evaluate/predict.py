@@ -350,6 +350,9 @@ def predict_folder(
     cfg = cfg or PredictConfig()
     t0 = time.perf_counter()
     check_output_dir(out_dir)  # before the models load: a typo costs nothing
+    cases = discover_cases(raw_dir)  # likewise the input folder (FileNotFoundError)
+    if not cases:
+        raise FileNotFoundError(f"{raw_dir}: no BraTS cases found")
     refs = [model_refs] if isinstance(model_refs, (str, Path)) else list(model_refs)
     # An ensemble version counts as its members: probabilities are averaged over them, and an
     # --uncertainty map spreads over members as well as over TTA views.
@@ -357,9 +360,6 @@ def predict_folder(
     check_ensemble(payloads)
     pp = resolve_postprocess(cfg.postprocess, refs)
     cfg = cfg.model_copy(update={"postprocess": pp if pp is not None else "none"})
-    cases = discover_cases(raw_dir)
-    if not cases:
-        raise FileNotFoundError(f"{raw_dir}: no BraTS cases found")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic.remove_stale_temps(out_dir)
@@ -367,9 +367,9 @@ def predict_folder(
     report = PredictReport()
     todo = []
     for c in cases:
-        if c.problems:  # found by discovery: missing/duplicate modality
-            file, reason = c.problems[0]
-            report.failures.append({"case": c.id, "file": file, "reason": reason})
+        if c.problems:  # found by discovery: missing (all named in one) or duplicate modality
+            reason = "; ".join(r for _, r in c.problems)
+            report.failures.append({"case": c.id, "file": c.problems[0][0], "reason": reason})
         elif not cfg.overwrite and _is_done(c, out_dir, cfg):
             report.skipped.append(c.id)
         else:

@@ -98,8 +98,12 @@ def test_missing_and_duplicate_modalities_are_problems(cases):
     (folder / "BraTS-GLI-00001-000-t1w.nii.gz").write_bytes(t1.read_bytes())
     (c,) = discover_cases(cases.root)
     reasons = [r for _, r in c.problems]
-    assert "missing modality t2f" in reasons
+    assert "missing modality t2f (found t1n, t1c, t2w)" in reasons
     assert any(r.startswith("duplicate t1n image") for r in reasons)
+    # Every missing modality in one line, with what was found.
+    cases.path(folder, "t1c").unlink()
+    (c,) = discover_cases(cases.root)
+    assert "missing modalities t1c, t2f (found t1n, t2w)" in [r for _, r in c.problems]
 
 
 def test_discover_missing_folder(tmp_path):

@@ -42,7 +42,8 @@ def test_valid_case_loads(cases):
 def test_missing_modality(cases):
     folder = cases.write(CID)
     cases.path(folder, "t1c").unlink()
-    assert ("BraTS-GLI-00001-000", "missing modality t1c") in _reasons(_only_failures(cases.root))
+    reason = "missing modality t1c (found t1n, t2w, t2f)"
+    assert ("BraTS-GLI-00001-000", reason) in _reasons(_only_failures(cases.root))
 
 
 def test_empty_file(cases):

@@ -188,6 +188,15 @@ def test_predict_into_an_existing_file_is_one_line_exit_2(runner, folders, tmp_p
     assert taken.read_bytes() == b"someone's file"
 
 
+def test_predict_checks_its_input_before_the_model(runner, tmp_path):
+    """A wrong --input is named before any model is fetched (here one that does not exist)."""
+    args = ["predict", "--model", "models:/no-such-model@champion", "--input"]
+    res = runner.invoke(app, [*args, str(tmp_path / "nope"), "--output", str(tmp_path / "p")])
+    assert res.exit_code == 2, res.output
+    assert f"{tmp_path / 'nope'}: no such folder" in res.stderr
+    assert "no-such-model" not in res.stderr
+
+
 def test_export_skips_and_names_a_damaged_prediction(runner, folders, tmp_path):
     _, pred = folders
     _damage(pred / f"{BAD}.nii.gz", "truncated")
