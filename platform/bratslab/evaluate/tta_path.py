@@ -250,7 +250,7 @@ def _describe(key: str, m: Measurement, cache: Path) -> str:
 def _read(cache: Path) -> dict[str, dict]:
     try:
         data = json.loads(cache.read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no cache yet (or none possible)
         return {}
     except (OSError, ValueError) as e:
         log.warning("%s: unreadable (%s); measuring again", cache, e)
