@@ -49,19 +49,21 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where it is used: the CLI reads this module's constants
+    import torch
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
 TTA_PATH_CHOICES = ("auto", "naive", "perview", "batched")
 TTA_PATH_PATTERN = r"^(auto|naive|perview|batched(:[1-9][0-9]*)?)$"
 TTA_PATH_HELP = (
-    "How TTA views run: naive (one sliding window per view), perview (one sliding window, one "
-    "model call per view), batched (a window's views in one call; batched:K, K per call), or "
-    "auto: the fastest on this machine, measured once per network, device, precision and "
-    "window size and cached in $BRATSLAB_HOME/cache/tta_paths.json. Same probabilities."
+    "How TTA views run: auto (the fastest on this machine, measured once per network, device, "
+    "precision and window size, cached in $BRATSLAB_HOME/cache/tta_paths.json), naive (one "
+    "sliding window per view), perview (one model call per view), batched (a window's views "
+    "in one call; batched:K, K per call). The same probabilities whichever."
 )
 CACHE_NAME = "tta_paths.json"
 ROUNDS = 2
@@ -118,6 +120,8 @@ def candidates(device: torch.device, n_views: int) -> list[TTAPath]:
 
 def device_name(device: torch.device) -> str:
     """The processor's model name (CPU) or the GPU's, plus the thread count on CPU."""
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     name = "cpu"
@@ -150,6 +154,8 @@ def cache_key(
     sw_batch_size: int,
 ) -> str:
     """The string a measurement is cached under (see the module docstring)."""
+    import torch
+
     roi = "x".join(str(int(r)) for r in roi_size)
     return (
         f"{device_name(device)} | {precision} {layout} | window {roi} | tta {tta} | "
@@ -185,6 +191,8 @@ def measure(
 ) -> Measurement:
     """Time ``run(path)`` for every path, ``rounds`` interleaved rounds after ``warm_up()``;
     the winner has the least CPU time (CPU device) or wall time (GPU), best of its rounds."""
+    import torch
+
     t_start = time.perf_counter()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     warm_up()

@@ -159,3 +159,32 @@ def test_an_unwritable_cache_still_predicts(home):
     model.calls.clear()
     _predict(model, amp=False)  # remembered by this process: no second measurement
     assert len(model.calls) <= 32
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["predict", "-m", "m", "-i", "in", "-o", "out"],
+        ["evaluate-model", "-m", "m", "--store", "s"],
+        ["postprocess", "fit", "-m", "m", "--store", "s"],
+    ],
+)
+def test_the_tta_path_flag_is_checked_on_every_command_that_runs_tta(command, tmp_path):
+    from typer.testing import CliRunner
+
+    from bratslab.cli import app
+
+    res = CliRunner().invoke(app, [*command, "--tta-path", "fastest"])
+    assert res.exit_code == 2, res.output
+    assert "--tta-path" in res.output and "'fastest'" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_predict_config_carries_the_path():
+    from bratslab.config import ConfigError, validate
+    from bratslab.evaluate.config import PredictConfig
+
+    assert PredictConfig().tta_path == "auto"
+    assert validate(PredictConfig, {"tta_path": "batched:2"}, "opts").tta_path == "batched:2"
+    with pytest.raises(ConfigError, match="tta_path"):
+        validate(PredictConfig, {"tta_path": "fast"}, "opts")
