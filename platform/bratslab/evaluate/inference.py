@@ -35,6 +35,7 @@ standard deviation over all model × transform passes) are well defined.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -52,6 +53,8 @@ from bratslab.models.runtime import (
     prepare_model,
     use_channels_last,
 )
+
+log = logging.getLogger(__name__)
 
 TTA = Literal["none", "flips", "flips+rot90"]
 TTA_MODES: tuple[str, ...] = ("none", "flips", "flips+rot90")
@@ -274,6 +277,7 @@ def predict_probabilities(
         model_list, transforms, roi_size, sw_batch_size, device, activation, amp, vol.shape[1]
     )
     path = _resolve_path(tta_path, tta, run)
+    log.debug("TTA path %s", path.name)
     out = run(path, vol, overlap, uncertainty, progress)[0]
     if not uncertainty:
         return out.cpu().numpy(), None
@@ -338,6 +342,29 @@ class _PathRunner:
             with torch.inference_mode(), autocast(self.device, self.amp, inference=True):
                 for model in self.models:
                     model(x)
+
+
+def choose_tta_path(
+    models: nn.Module | Sequence[nn.Module],
+    roi_size: Sequence[int],
+    tta: str,
+    in_channels: int,
+    sw_batch_size: int = 1,
+    device: torch.device | str = "cpu",
+    *,
+    activation: str = "sigmoid",
+    amp: bool = True,
+) -> TTAPath:
+    """The path ``tta_path="auto"`` runs for these arguments (measured now, or cached); the
+    arguments mean what they mean for :func:`predict_probabilities`."""
+    device = torch.device(device)
+    model_list = [models] if isinstance(models, nn.Module) else list(models)
+    model_list = [prepare_model(m.eval(), device) for m in model_list]
+    run = _PathRunner(
+        model_list, tta_transforms(tta), roi_size, sw_batch_size, device, activation, amp,
+        in_channels,
+    )  # fmt: skip
+    return _resolve_path("auto", tta, run)
 
 
 def _resolve_path(tta_path: str, tta: str, run: _PathRunner) -> TTAPath:
