@@ -45,6 +45,7 @@ import json
 import logging
 import os
 import re
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -233,13 +234,22 @@ def choose(
         entry = _read(cache).get(key)
         if entry is not None and entry.get("path") in {p.name for p in paths}:
             _MEMO[key] = entry["path"]
-            log.info("TTA path %s (measured before: %s; cached in %s)", entry["path"], key, cache)
+            _announce(f"TTA path {entry['path']} (measured before for {key}; cached in {cache})")
             return parse_tta_path(entry["path"])  # type: ignore[return-value]
         m = measure(paths, run, warm_up, device)
         _MEMO[key] = m.chosen
         _write(cache, key, m)
-    log.info(_describe(key, m, cache))
+    _announce(_describe(key, m, cache))
     return parse_tta_path(m.chosen)  # type: ignore[return-value]
+
+
+def _announce(line: str) -> None:
+    """Log ``line`` at INFO; where INFO is not shown (a Ray worker, whose root logger is left at
+    WARNING), print it to stderr, which Ray forwards to the driver's console."""
+    if log.isEnabledFor(logging.INFO):
+        log.info(line)
+    else:
+        print(line, file=sys.stderr, flush=True)
 
 
 def _describe(key: str, m: Measurement, cache: Path) -> str:
