@@ -196,12 +196,14 @@ def _load() -> str:
     return "/".join(f"{v:.2f}" for v in os.getloadavg())
 
 
-def _time_rounds(runners: dict[Arm, Callable], rounds: int):
+def _time_rounds(runners: dict[Arm, Callable], rounds: int, warm_up: bool = True):
     """Interleaved timing: per round every arm once, the order rotated each round. Returns wall
-    and CPU seconds per arm per round, each arm's output (from the untimed warm-up round) and
-    the load averages seen at the end of each round."""
+    and CPU seconds per arm per round, each arm's output (from the untimed warm-up round, or
+    round 1 without it) and the load averages seen at the end of each round."""
     arms = list(runners)
-    outputs = {a: runners[a]() for a in arms}  # warm-up: oneDNN primitives for every shape
+    outputs = {}
+    if warm_up:  # oneDNN primitives for every shape
+        outputs = {a: runners[a]() for a in arms}
     wall: dict[Arm, list[float]] = {a: [] for a in arms}
     cpu: dict[Arm, list[float]] = {a: [] for a in arms}
     loads = []
@@ -209,7 +211,8 @@ def _time_rounds(runners: dict[Arm, Callable], rounds: int):
         order = arms[r % len(arms) :] + arms[: r % len(arms)]
         for a in order:
             t0, c0 = time.perf_counter(), time.process_time()
-            runners[a]()
+            out = runners[a]()
+            outputs.setdefault(a, out)
             wall[a].append(time.perf_counter() - t0)
             cpu[a].append(time.process_time() - c0)
         loads.append(os.getloadavg()[0])
@@ -270,6 +273,17 @@ def _parse() -> argparse.Namespace:
     )
     parser.add_argument("--real-precisions", nargs="+", choices=PRECISIONS, default=["amp"])
     parser.add_argument("--real-filters", type=int, nargs="+", help="U-Net filters, real case.")
+    parser.add_argument(
+        "--pick-only",
+        action="store_true",
+        help="Time only naive and auto's pick (fewer arms, for slow cases).",
+    )
+    parser.add_argument(
+        "--no-warmup-round",
+        action="store_true",
+        help="Skip the untimed round: auto's measurement just ran every path at the same "
+        "window shapes, which warms oneDNN up (outputs for Dice then come from round 1).",
+    )
     parser.add_argument("--layouts", choices=("default", "both"), default="default")
     parser.add_argument("--profile", metavar="ARM", help="Profile one arm, e.g. naive-fp32-cl.")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -312,14 +326,20 @@ def _run_case(case: Case, args, device: torch.device) -> dict | None:
     models = {lay: copy.deepcopy(model) for lay in layouts}
     models.get("ncdhw", nn.Identity()).to(memory_format=torch.contiguous_format)
     common = {"roi_size": case.patch, "overlap": 0.5, "device": device}
-    arms = [Arm(a, p, lay) for lay in layouts for p in case.precisions for a in args.algos]
-    runners = {a: _runner(a, models, x, common) for a in arms}
     if args.profile:
-        _profile(next(r for a, r in runners.items() if a.name == args.profile))
+        arm = Arm(*args.profile.split("-"))  # e.g. naive-fp32-cl
+        _profile(_runner(arm, models, x, common))
         return None
     load_start = _load()
     picks = _auto_picks(copy.deepcopy(model), x.shape[0], case.patch, case.precisions, device)
-    wall, cpu, outputs, loads = _time_rounds(runners, args.rounds or case.rounds)
+    arms = []
+    for lay in layouts:
+        for p in case.precisions:
+            algos = ["naive", picks[p]["path"]] if args.pick_only else args.algos
+            arms += [Arm(a, p, lay) for a in dict.fromkeys(algos)]
+    runners = {a: _runner(a, models, x, common) for a in arms}
+    rounds = args.rounds or case.rounds
+    wall, cpu, outputs, loads = _time_rounds(runners, rounds, not args.no_warmup_round)
     chosen = {p: v["path"] for p, v in picks.items()}
     return _report(
         case, device, x.shape[1:], chosen, wall, cpu, outputs, y, load_start, loads, picks
