@@ -261,8 +261,18 @@ def _describe(key: str, m: Measurement, cache: Path) -> str:
     )
     return (
         f"TTA path {m.chosen}: the least {what} on one window (best of {ROUNDS} interleaved "
-        f"rounds): {arms}; measured in {m.seconds:.1f} s for {key}; cached in {cache}"
+        f"rounds): {arms}; measured in {m.seconds:.1f} s at load average {_load_avg()} on "
+        f"{os.cpu_count()} CPUs for {key}; cached in {cache}"
     )
+
+
+def _load_avg() -> float | None:
+    """The 1-minute load average: a measurement taken while other work held the cores may
+    favour fewer, larger calls (waiting OpenMP threads spin and count as CPU time), so the
+    log and the cache entry record it; delete the cache file to measure again."""
+    with contextlib.suppress(OSError, AttributeError):
+        return round(os.getloadavg()[0], 2)
+    return None
 
 
 def _read(cache: Path) -> dict[str, dict]:
@@ -286,6 +296,7 @@ def _write(cache: Path, key: str, m: Measurement) -> None:
         "cpu_s": {n: [round(s, 4) for s in v] for n, v in m.cpu.items()},
         "wall_s": {n: [round(s, 4) for s in v] for n, v in m.wall.items()},
         "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "load_avg": _load_avg(),
     }
     try:
         atomic.write_json(cache, {"entries": entries})
