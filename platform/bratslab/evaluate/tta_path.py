@@ -232,7 +232,7 @@ def choose(
     cache = cache or cache_file()
     with _locked(cache):
         entry = _read(cache).get(key)
-        if entry is not None and entry.get("path") in {p.name for p in paths}:
+        if entry is not None and entry.get("path") in {p.name for p in paths} and not _busy(entry):
             _MEMO[key] = entry["path"]
             _announce(f"TTA path {entry['path']} (measured before for {key}; cached in {cache})")
             return parse_tta_path(entry["path"])  # type: ignore[return-value]
@@ -264,6 +264,14 @@ def _describe(key: str, m: Measurement, cache: Path) -> str:
         f"rounds): {arms}; measured in {m.seconds:.1f} s at load average {_load_avg()} on "
         f"{os.cpu_count()} CPUs for {key}; cached in {cache}"
     )
+
+
+def _busy(entry: dict) -> bool:
+    """A choice measured while the machine was overloaded (1-minute load above its CPU count)
+    is measured again once it is quiet (load at most half the CPUs): under load, waiting
+    OpenMP threads spin and count as CPU time, which favours fewer, larger calls."""
+    then, now, cpus = entry.get("load_avg"), _load_avg(), os.cpu_count() or 1
+    return then is not None and now is not None and then > cpus and now <= cpus / 2
 
 
 def _load_avg() -> float | None:

@@ -188,3 +188,22 @@ def test_predict_config_carries_the_path():
     assert validate(PredictConfig, {"tta_path": "batched:2"}, "opts").tta_path == "batched:2"
     with pytest.raises(ConfigError, match="tta_path"):
         validate(PredictConfig, {"tta_path": "fast"}, "opts")
+
+
+def test_a_choice_measured_under_load_is_measured_again_when_quiet(home, monkeypatch):
+    from bratslab.evaluate import tta_path
+
+    model = Costly()
+    monkeypatch.setattr(tta_path, "_load_avg", lambda: 1000.0)  # an overloaded machine
+    _predict(model, amp=False)
+    assert next(iter(_entries(home).values()))["load_avg"] == 1000.0
+    clear_memo()
+    model.calls.clear()
+    _predict(model, amp=False)  # still busy: the cached choice is used
+    assert len(model.calls) <= 32
+    monkeypatch.setattr(tta_path, "_load_avg", lambda: 0.0)  # quiet now
+    clear_memo()
+    model.calls.clear()
+    _predict(model, amp=False)
+    assert len(model.calls) >= 2 + 2 * 17 + 4  # measured again
+    assert next(iter(_entries(home).values()))["load_avg"] == 0.0
