@@ -341,16 +341,15 @@ def _run_case(case: Case, args, device: torch.device) -> dict | None:
     rounds = args.rounds or case.rounds
     wall, cpu, outputs, loads = _time_rounds(runners, rounds, not args.no_warmup_round)
     chosen = {p: v["path"] for p, v in picks.items()}
-    return _report(
-        case, device, x.shape[1:], chosen, wall, cpu, outputs, y, load_start, loads, picks
-    )
+    timing = (wall, cpu, outputs, loads)
+    return _report(case, device, x.shape[1:], chosen, timing, y, load_start, picks)
 
 
 def _report(case, device, vol_shape, chosen, timing, gt, load_start, picks):
-    wall, cpu, outputs, loads = timing
     from monai.data.utils import dense_patch_slices
     from monai.inferers.utils import _get_scan_interval
 
+    wall, cpu, outputs, loads = timing
     patch = case.patch
     scan = _get_scan_interval(vol_shape, patch, 3, (0.5,) * 3)
     n_windows = len(dense_patch_slices(vol_shape, patch, scan))
