@@ -23,9 +23,13 @@ on a machine with a given key::
 rounds, the order rotated between rounds, after an untimed warm-up call at every batch size.
 On CPU the candidate with the least process CPU time (``time.process_time``; best of its two
 rounds) wins, on a GPU the least wall time (``perf_counter`` after a synchronize). CPU time is
-what the choice is made on because it does not count the time other processes hold the cores.
-Since ``naive`` is always measured, the chosen path was never slower than it in the
-measurement. One log line says what was chosen, every arm's time and how long it took.
+what the choice is made on because it does not count the time other processes hold the cores;
+it is not immune to them, though: on an overloaded machine PyTorch's waiting OpenMP threads
+spin, which counts as CPU time and favours fewer, larger calls (BENCHMARKS.md, TTA). So the
+load average is recorded with each choice, and a choice made at a load above the CPU count is
+measured again once the machine is quiet (:func:`_busy`). Since ``naive`` is always measured,
+the chosen path was never slower than it in the measurement. One log line says what was
+chosen, every arm's time, the load and how long it took.
 
 **The cache** is one small JSON file per work directory, ``$BRATSLAB_HOME/cache/tta_paths.json``,
 beside the model cache (``cache/models``): the timing depends on the architecture, not the
