@@ -50,7 +50,7 @@ def model_dir(tmp_path_factory) -> Path:
     return save_model_dir(job / "checkpoint_000001", build_model(cfg).eval(), cfg, extra)
 
 
-def test_predict_evaluate_export(raw, model_dir, tmp_path, ray_cluster):
+def test_predict_evaluate_export(raw, model_dir, tmp_path, ray_cluster, bratslab_home):
     runner = CliRunner()
     pred = tmp_path / "pred"
     args = ["predict", "--model", str(model_dir), "--input", str(raw), "--output", str(pred)]
@@ -79,6 +79,11 @@ def test_predict_evaluate_export(raw, model_dir, tmp_path, ray_cluster):
         assert p.min() >= 0.0 and p.max() <= 1.0
         assert nib.load(pred / f"{case}_std.nii.gz").shape == (*SHAPE, 3)
     assert not list(pred.glob(".*.tmp"))
+    # --tta-path auto (the default): the actors measured the TTA paths once for this network,
+    # device, precision and window, and cached the choice in the work directory.
+    cache = json.loads((bratslab_home / "cache" / "tta_paths.json").read_text())["entries"]
+    ours = [v for k, v in cache.items() if "window 32x32x32 | tta flips" in k]
+    assert len(ours) == 1 and ours[0]["path"] in ("naive", "perview", "batched")
 
     # A rerun resumes: finished cases are skipped, only the broken one is tried again.
     res = runner.invoke(app, args)

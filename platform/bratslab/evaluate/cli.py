@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from bratslab.evaluate.tta_path import TTA_PATH_HELP, parse_tta_path
+
 export_app = typer.Typer(
     help="Export predictions (Kaggle run-length encoding).", no_args_is_help=True
 )
@@ -51,6 +53,15 @@ def _postprocess_choice(file: Path | None, off: bool):
         _fail(str(e), 2)
 
 
+def tta_path_option(text: str) -> str:
+    """``--tta-path``, checked (exit 2 naming the flag)."""
+    try:
+        parse_tta_path(text)
+    except ValueError as e:
+        _fail(f"--tta-path: {e}", 2)
+    return text
+
+
 def _exit_on_failures(failures: list[dict[str, str]]) -> None:
     """Name every failed case with its file and reason on stderr; exit 1 if there is any."""
     for f in failures:
@@ -78,6 +89,7 @@ def predict(
     input: Path = typer.Option(..., "--input", "-i", help="Raw BraTS folder (seg optional)."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for {case}.nii.gz."),
     tta: str = typer.Option("flips", "--tta", help=TTA_HELP),
+    tta_path: str = typer.Option("auto", "--tta-path", help=TTA_PATH_HELP),
     overlap: float = typer.Option(0.5, "--overlap", help="Sliding-window overlap in [0, 1)."),
     save_probabilities: bool = typer.Option(
         False, "--save-probabilities", help="Also write {case}_prob.nii.gz (X, Y, Z, C)."
@@ -115,6 +127,7 @@ def predict(
         PredictConfig,
         {
             "tta": tta,
+            "tta_path": tta_path_option(tta_path),
             "overlap": overlap,
             "save_probabilities": save_probabilities,
             "uncertainty": uncertainty,
@@ -222,6 +235,7 @@ def evaluate_model_cmd(
     store: Path = typer.Option(..., "--store", help="Preprocessed store folder."),
     fold: int = typer.Option(0, "--fold", help="Fold whose validation cases are scored."),
     tta: str = typer.Option("flips", "--tta", help=TTA_HELP),
+    tta_path: str = typer.Option("auto", "--tta-path", help=TTA_PATH_HELP),
     max_cases: int = typer.Option(0, "--max-cases", help="Score only the first N (0: all)."),
     overlap: float = typer.Option(0.5, "--overlap", help="Sliding-window overlap in [0, 1)."),
     challenge: str = typer.Option("gli", "--challenge", help="Lesion-wise parameters."),
@@ -255,6 +269,7 @@ def evaluate_model_cmd(
             log_to_mlflow=not no_log,
             progress=True,
             postprocess=choice,
+            tta_path=tta_path_option(tta_path),
         )
     except ModelIntegrityError as e:
         _fail(str(e), 1)

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from bratslab.config import StrictModel
+from bratslab.evaluate.tta_path import TTA_PATH_PATTERN
 from bratslab.postprocess.config import PostprocessConfig
 
 
@@ -15,6 +16,12 @@ class PredictConfig(StrictModel):
 
     tta: Literal["none", "flips", "flips+rot90"] = Field(
         default="flips", description="Test-time augmentation: none, 8 flips, or 16 flips+rot90."
+    )
+    tta_path: str = Field(
+        default="auto",
+        pattern=TTA_PATH_PATTERN,
+        description="How TTA views run: auto (measured fastest on this machine, cached), naive, "
+        "perview, batched or batched:K; the same probabilities whichever.",
     )
     overlap: float = Field(default=0.5, ge=0.0, lt=1.0, description="Sliding-window overlap.")
     sw_batch_size: int = Field(default=1, ge=1, description="Windows per model call (× TTA).")

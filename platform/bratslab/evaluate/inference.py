@@ -6,19 +6,26 @@ overlap). TTA follows nnU-Net: all 8 combinations of flips along the three spati
 optionally times the in-plane 90° rotation, which gives the 16 distinct transforms of
 {in-plane dihedral group} × {z flip}.
 
-**One tiling for all views.** The naive way (:func:`predict_probabilities_naive`) runs the
-whole sliding window once per transform: 8 passes of tiling, padding and Gaussian aggregation.
-Here the *predictor* seen by the sliding window is :class:`TTAPredictor`: for each window batch
-it builds every transformed view, runs them through each model, undoes the transforms and
-averages the probabilities, so the sliding window runs once. By default the views of a window
-go through a model as one batch (:func:`batch_views_default`: on CUDA and, measured faster, on
-CPU too); one call per view is the low-memory option. Because the Gaussian map is symmetric,
-this equals the mean of the per-transform passes exactly whenever the tiling is
-mirror-symmetric (``tests/unit/evaluate/test_eval_inference.py``); otherwise window positions
-differ by a few voxels and the results agree closely (``benchmarks/bench_tta.py`` measures the
-Dice agreement). Both paths use the same autocast (bf16 on CPU for every architecture at
-inference, fp16 on CUDA) and memory layout (:mod:`bratslab.models.runtime`), so they differ in
-the TTA algorithm only.
+**Three paths, one result.** The textbook way (:func:`predict_probabilities_naive`, the
+reference) runs the whole sliding window once per transform of the volume. ``predict`` runs
+one of three paths (:mod:`bratslab.evaluate.tta_path`), all built on :class:`TTAPredictor`, a
+sliding-window *predictor* that, for each window batch, builds the transformed views, runs them
+through each model, undoes the transforms and averages the probabilities:
+
+* ``naive``: one sliding window per view, with a one-view predictor (the textbook cost: V
+  tilings and blendings);
+* ``perview``: one sliding window, a window's V views one model call each;
+* ``batched``: one sliding window, a window's views in one call (``batched:K``: K per call).
+
+All three tile the *untransformed* volume, so they blend the same windows and return the same
+probabilities up to float rounding, whichever is chosen (``tests/unit/evaluate/
+test_eval_inference.py``). The textbook passes tile each flipped volume, whose windows are the
+mirror images of those only when the tiling is mirror-symmetric; then they are equal too
+(tested), otherwise window positions differ by a few voxels and the results agree closely.
+``tta_path="auto"`` (the default) runs the fastest path on this machine, measured once per
+network, device, precision and window size and cached (:func:`tta_path.choose`). Every path
+uses the same autocast (bf16 on CPU for every architecture at inference, fp16 on CUDA) and
+memory layout (:mod:`bratslab.models.runtime`), so they differ in the TTA algorithm only.
 
 Probabilities (sigmoid for ``"regions"`` models, softmax for ``"labels"`` models) are averaged,
 not logits, so ensembles of differently calibrated models and the uncertainty map (voxel-wise
@@ -28,6 +35,7 @@ standard deviation over all model × transform passes) are well defined.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -36,7 +44,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from bratslab.models.runtime import autocast, prepare_input, prepare_model
+from bratslab.evaluate import tta_path as tta_path_mod
+from bratslab.evaluate.tta_path import TTAPath, parse_tta_path
+from bratslab.models.runtime import (
+    amp_dtype,
+    autocast,
+    prepare_input,
+    prepare_model,
+    use_channels_last,
+)
+
+log = logging.getLogger(__name__)
 
 TTA = Literal["none", "flips", "flips+rot90"]
 TTA_MODES: tuple[str, ...] = ("none", "flips", "flips+rot90")
@@ -93,27 +111,14 @@ def _activate(logits: torch.Tensor, activation: str) -> torch.Tensor:
     raise ValueError(f"activation must be 'sigmoid' or 'softmax', not {activation!r}")
 
 
-def batch_views_default(device: torch.device | str) -> bool:
-    """Whether :class:`TTAPredictor` batches a window's transformed views into one model call.
-
-    Yes on CUDA (one call of 8 views keeps the GPU busy where 8 calls of one would not) and on
-    CPU: there, a batch of one sends PyTorch's float32 convolutions on small feature maps (the
-    deep levels) to its im2col fallback instead of oneDNN (``slow_conv3d_forward`` was 36 % of
-    an 8-view U-Net pass at 64³ in a profile), and batching beat one call per view at both
-    precisions on a 2-core AVX512-BF16 CPU (BENCHMARKS.md, TTA). ``batch_transforms=False``
-    stays available: it holds one view's activations at a time, 1/8 of the memory.
-    """
-    return torch.device(device).type in ("cpu", "cuda")
-
-
 class TTAPredictor:
     """Sliding-window predictor: window batch ``(B, C_in, x, y, z)`` → probabilities.
 
     Runs every (model, transform) pair. The window is put into the models' memory layout once
     (:func:`~bratslab.models.runtime.prepare_input`); flips of it keep that layout, so a view
-    costs one copy (the flip) and no layout conversion. With ``batch_transforms`` (default:
-    :func:`batch_views_default` for ``device``) views of the same shape go through a model as
-    one batch ``(V*B, C_in, x, y, z)``; otherwise one call per view. Returns the mean
+    costs one copy (the flip) and no layout conversion. Views of the same shape go through a
+    model ``views_per_call`` at a time as one batch ``(K*B, C_in, x, y, z)`` (``None``: all of
+    them; 1: one call per view, which holds one view's activations at a time). Returns the mean
     probabilities ``(B, C, x, y, z)`` float32 or, with ``return_passes``, every pass stacked
     along channels ``(B, P*C, x, y, z)`` (P = models × transforms), which the caller reduces
     after blending (for the uncertainty map).
@@ -128,15 +133,15 @@ class TTAPredictor:
         device: torch.device | str = "cpu",
         amp: bool = False,
         return_passes: bool = False,
-        batch_transforms: bool | None = None,
+        views_per_call: int | None = None,
     ):
         self.models = list(models)
         self.transforms = list(transforms)
         self.activation = activation
         self.device = torch.device(device)
-        if batch_transforms is None:
-            batch_transforms = batch_views_default(self.device)
-        self.batch_transforms = batch_transforms
+        if views_per_call is not None and views_per_call < 1:
+            raise ValueError(f"views_per_call must be at least 1, got {views_per_call}")
+        self.views_per_call = views_per_call
         self.amp = amp
         self.return_passes = return_passes
 
@@ -145,14 +150,17 @@ class TTAPredictor:
         return len(self.models) * len(self.transforms)
 
     def _groups(self) -> list[list[int]]:
-        """Transform indices per model call: one each, or batched by output shape (an odd number
-        of 90° rotations swaps X and Y, so those views batch separately)."""
-        if not self.batch_transforms:
-            return [[i] for i in range(len(self.transforms))]
+        """Transform indices per model call: batched by output shape (an odd number of 90°
+        rotations swaps X and Y, so those views batch separately), ``views_per_call`` at most."""
         by_parity: dict[int, list[int]] = {}
         for i, t in enumerate(self.transforms):
             by_parity.setdefault(t.k % 2, []).append(i)
-        return list(by_parity.values())
+        k = self.views_per_call
+        return [
+            g[j : j + (k or len(g))]
+            for g in by_parity.values()
+            for j in range(0, len(g), k or len(g))
+        ]
 
     @torch.inference_mode()
     def __call__(self, window: torch.Tensor) -> torch.Tensor:
@@ -228,7 +236,7 @@ def predict_probabilities(
     uncertainty: bool = False,
     amp: bool = True,
     progress: bool = False,
-    batch_transforms: bool | None = None,
+    tta_path: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Probabilities for one volume, averaged over models and TTA transforms.
 
@@ -247,8 +255,9 @@ def predict_probabilities(
             transforms); costs P× the output memory.
         amp: autocast (bf16 on CPU, fp16 on CUDA); off gives bit-reproducible float32.
         progress: show MONAI's window progress bar.
-        batch_transforms: run a window's TTA views as one batch per model call; ``None`` picks
-            :func:`batch_views_default` for ``device``.
+        tta_path: how the views run: ``naive``, ``perview``, ``batched`` or ``batched:K``
+            (:mod:`bratslab.evaluate.tta_path`; the same probabilities up to float rounding),
+            or ``auto``: the fastest on this machine, measured once and cached.
 
     Returns:
         ``(probs, std)``: ``(C, X, Y, Z)`` float32 in [0, 1] and ``(C, X, Y, Z)`` float32 or None.
@@ -263,24 +272,125 @@ def predict_probabilities(
         raise ValueError("predict_probabilities needs at least one model")
     model_list = [prepare_model(m.eval(), device) for m in model_list]
     transforms = tta_transforms(tta)
-    predictor = TTAPredictor(
-        model_list,
-        transforms,
-        activation,
-        device=device,
-        amp=amp,
-        return_passes=uncertainty,
-        batch_transforms=batch_transforms,
-    )
     vol = _as_tensor(x)
-    out = _sliding_window(vol, roi_size, predictor, overlap, sw_batch_size, device, progress)[0]
+    run = _PathRunner(
+        model_list, transforms, roi_size, sw_batch_size, device, activation, amp, vol.shape[1]
+    )
+    path = _resolve_path(tta_path, tta, run)
+    log.debug("TTA path %s", path.name)
+    out = run(path, vol, overlap, uncertainty, progress)[0]
     if not uncertainty:
         return out.cpu().numpy(), None
-    n_passes = predictor.num_passes
+    n_passes = len(model_list) * len(transforms)
     passes = out.reshape(n_passes, -1, *out.shape[1:])
     probs = passes.mean(0)
     std = passes.std(0, unbiased=False) if n_passes > 1 else torch.zeros_like(probs)
     return probs.cpu().numpy(), std.cpu().numpy()
+
+
+@dataclass(frozen=True)
+class _PathRunner:
+    """Runs one :class:`~bratslab.evaluate.tta_path.TTAPath` on a volume ``(1, C_in, X, Y, Z)``
+    → ``(1, C, X, Y, Z)`` mean probabilities, or every pass ``(1, P*C, X, Y, Z)`` (in an order
+    that depends on the path; the mean and standard deviation over passes do not)."""
+
+    models: list[nn.Module]
+    transforms: list[Transform]
+    roi_size: Sequence[int]
+    sw_batch_size: int
+    device: torch.device
+    activation: str
+    amp: bool
+    in_channels: int
+
+    def predictor(self, path: TTAPath, transforms: list[Transform], passes: bool) -> TTAPredictor:
+        return TTAPredictor(
+            self.models, transforms, self.activation, device=self.device, amp=self.amp,
+            return_passes=passes, views_per_call=path.views_per_call,
+        )  # fmt: skip
+
+    def __call__(
+        self, path: TTAPath, vol: torch.Tensor, overlap: float, passes: bool, progress: bool
+    ) -> torch.Tensor:
+        def tile(transforms: list[Transform]) -> torch.Tensor:
+            predictor = self.predictor(path, transforms, passes)
+            args = (overlap, self.sw_batch_size, self.device, progress)
+            return _sliding_window(vol, self.roi_size, predictor, *args)
+
+        if not path.naive:
+            return tile(self.transforms)
+        # One tiling per view, each window transformed inside the predictor: the windows are
+        # those of the shared tiling, so the result equals the other paths' (a tiling of the
+        # flipped volume would not be mirror-symmetric in general).
+        outs = [tile([t]) for t in self.transforms]
+        if passes:
+            return torch.cat(outs, dim=1)
+        return torch.stack(outs).sum(0).div_(len(outs))
+
+    def warm_up(self, paths: Sequence[TTAPath]) -> None:
+        """One model call at every (views per call, window shape) that ``paths`` use, so that
+        oneDNN/cuDNN set-up is not timed."""
+        shapes = set()
+        for path in paths:
+            for group in self.predictor(path, self.transforms, False)._groups():
+                shapes.add((len(group) * self.sw_batch_size, self.transforms[group[0]].k % 2))
+        for n, odd in sorted(shapes):
+            roi = [int(r) for r in self.roi_size]
+            if odd:
+                roi[0], roi[1] = roi[1], roi[0]
+            x = prepare_input(torch.zeros(n, self.in_channels, *roi), self.device)
+            with torch.inference_mode(), autocast(self.device, self.amp, inference=True):
+                for model in self.models:
+                    model(x)
+
+
+def choose_tta_path(
+    models: nn.Module | Sequence[nn.Module],
+    roi_size: Sequence[int],
+    tta: str,
+    in_channels: int,
+    sw_batch_size: int = 1,
+    device: torch.device | str = "cpu",
+    *,
+    activation: str = "sigmoid",
+    amp: bool = True,
+) -> TTAPath:
+    """The path ``tta_path="auto"`` runs for these arguments (measured now, or cached); the
+    arguments mean what they mean for :func:`predict_probabilities`."""
+    device = torch.device(device)
+    model_list = [models] if isinstance(models, nn.Module) else list(models)
+    model_list = [prepare_model(m.eval(), device) for m in model_list]
+    run = _PathRunner(
+        model_list, tta_transforms(tta), roi_size, sw_batch_size, device, activation, amp,
+        in_channels,
+    )  # fmt: skip
+    return _resolve_path("auto", tta, run)
+
+
+def _resolve_path(tta_path: str, tta: str, run: _PathRunner) -> TTAPath:
+    """``tta_path`` as a :class:`TTAPath`; ``auto``: measured by :func:`tta_path.choose` on a
+    random volume of one window (cached), or per-view when there is one view only."""
+    fixed = parse_tta_path(tta_path)
+    if fixed is not None:
+        return fixed
+    if len(run.transforms) == 1:
+        return TTAPath(views_per_call=1)  # one view: every path runs the same calls
+    dtype = amp_dtype(run.device, inference=True) if run.amp else None
+    precision = str(dtype or torch.float32).removeprefix("torch.")
+    layout = "channels-last" if use_channels_last(run.device) else "NCDHW"
+    key = tta_path_mod.cache_key(
+        run.models, run.device, precision, layout, run.roi_size, tta, run.sw_batch_size
+    )
+    gen = torch.Generator().manual_seed(0)
+    window = torch.randn((1, run.in_channels, *[int(r) for r in run.roi_size]), generator=gen)
+    paths = tta_path_mod.candidates(run.device, len(run.transforms))
+    return tta_path_mod.choose(
+        key,
+        paths,
+        lambda p: run(p, window, 0.5, False, False),
+        lambda: run.warm_up(paths),
+        run.device,
+    )
 
 
 def predict_probabilities_naive(
@@ -299,10 +409,10 @@ def predict_probabilities_naive(
 
     Each pass transforms the volume ``(C_in, X, Y, Z)``, runs ``sliding_window_inference``
     (rotated passes with the rotated ``roi_size``), and transforms the probabilities back; the
-    result is their mean ``(C, X, Y, Z)`` float32. This is the baseline of
-    ``benchmarks/bench_tta.py`` and the oracle of the equivalence test. Memory layout and
-    autocast are the same as :func:`predict_probabilities`' (the TTA algorithm is the only
-    difference), so the benchmark's ratio between the two measures the algorithm alone.
+    result is their mean ``(C, X, Y, Z)`` float32. The oracle of the equivalence tests, and the
+    ``reference`` arm of ``benchmarks/bench_tta.py``; it costs what ``tta_path="naive"`` costs
+    (V tilings, one view per call), which tiles the untransformed volume instead. Memory
+    layout and autocast are the same as :func:`predict_probabilities`'.
     """
     device = torch.device(device)
     model_list = [models] if isinstance(models, nn.Module) else list(models)

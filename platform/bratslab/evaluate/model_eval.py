@@ -130,6 +130,7 @@ def predict_validation(
     amp: bool = True,
     progress: bool = False,
     stress: int = 0,
+    tta_path: str = "auto",
 ) -> Iterator[ValPrediction]:
     """Sliding-window + TTA predictions of ``val``'s cases in store space, one at a time.
 
@@ -157,6 +158,7 @@ def predict_validation(
                 device=dev,
                 activation="sigmoid" if output == "regions" else "softmax",
                 amp=amp,
+                tta_path=tta_path,
             )
             gt = labels_to_regions(y)
             pred = probabilities_to_regions(probs, output)
@@ -230,6 +232,7 @@ def evaluate_model(
     amp: bool = True,
     progress: bool = False,
     postprocess: Choice = "model",
+    tta_path: str = "auto",
 ) -> dict[str, float]:
     """Score ``model_ref`` on fold ``fold``'s validation cases of ``store``.
 
@@ -244,6 +247,7 @@ def evaluate_model(
         postprocess: ``"model"`` (the thresholds a registered version carries, if any),
             ``"none"``, or explicit thresholds; when there are some, every metric is also
             reported after post-processing under ``pp/`` (:func:`resolve_postprocess`).
+        tta_path: how the TTA views run (:mod:`bratslab.evaluate.tta_path`; same scores).
 
     Returns:
         ``{"tta/dice_wt", "tta/dice_tc", "tta/dice_et", "tta/dice_mean", "tta/hd95_*",
@@ -257,7 +261,7 @@ def evaluate_model(
     per_case: list[dict[str, float]] = []
     per_case_pp: list[dict[str, float]] = []
     for case in predict_validation(
-        val, tta, overlap=overlap, device=device, amp=amp, progress=progress
+        val, tta, overlap=overlap, device=device, amp=amp, progress=progress, tta_path=tta_path
     ):
         per_case.append(score_case(case.pred, case.gt, case.spacing, challenge))
         if pp is not None:

@@ -112,6 +112,7 @@ def predict_case(
             activation="sigmoid" if output == "regions" else "softmax",
             uncertainty=cfg.uncertainty,
             amp=cfg.amp,
+            tta_path=cfg.tta_path,
         )
         meta = pre.meta
         labels = probabilities_to_labels(probs, output, case.et_label, cfg.threshold)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import typer
 
+from bratslab.evaluate.tta_path import TTA_PATH_HELP
+
 postprocess_app = typer.Typer(
     help="Lesion-wise-aware post-processing: fit minimum component sizes on a fold's "
     "validation cases, store them on the model's registered version, apply them.",
@@ -60,6 +62,7 @@ def fit_cmd(
     ),
     fold: int = typer.Option(0, "--fold", help="Fold whose validation cases are predicted."),
     tta: str = typer.Option("flips", "--tta", help=TTA_HELP),
+    tta_path: str = typer.Option("auto", "--tta-path", help=TTA_PATH_HELP),
     out: Path = typer.Option(Path("postprocess.json"), "--out", "-o", help="JSON to write."),
     register_: bool = typer.Option(
         True,
@@ -93,6 +96,7 @@ def fit_cmd(
     """
     from bratslab import console
     from bratslab.config import validate
+    from bratslab.evaluate.cli import tta_path_option
     from bratslab.evaluate.lesionwise import resolve_params
     from bratslab.postprocess.config import FitConfig
     from bratslab.postprocess.runner import (
@@ -136,7 +140,7 @@ def fit_cmd(
             ):
                 result = fit_model(
                     model, store, fold, tta, fit=fit, max_cases=max_cases or None,
-                    overlap=overlap, progress=True,
+                    overlap=overlap, progress=True, tta_path=tta_path_option(tta_path),
                 )  # fmt: skip
             doc = result_document(result, model=model, fold=fold, tta=tta, stress=stress)
             title = f"{model} · fold {fold} · tta {tta}"

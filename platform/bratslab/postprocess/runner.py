@@ -35,6 +35,7 @@ def fit_model(
     overlap: float = 0.5,
     device: str = "auto",
     progress: bool = False,
+    tta_path: str = "auto",
 ) -> FitResult:
     """Predict fold ``fold``'s labelled validation cases of ``store`` with ``model_ref`` and fit
     thresholds on them (:func:`bratslab.postprocess.fit.fit_thresholds`).
@@ -49,7 +50,13 @@ def fit_model(
     cases = [
         FitCase(p.case_id, regions_to_labels(p.pred), p.gt, p.spacing)
         for p in predict_validation(
-            val, tta, overlap=overlap, device=device, progress=progress, stress=fit.stress
+            val,
+            tta,
+            overlap=overlap,
+            device=device,
+            progress=progress,
+            stress=fit.stress,
+            tta_path=tta_path,
         )
     ]
     log.info(

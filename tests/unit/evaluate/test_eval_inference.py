@@ -1,4 +1,4 @@
-"""Sliding-window + TTA inference: the one-tiling TTA equals explicit per-transform passes."""
+"""Sliding-window + TTA inference: every TTA path equals explicit per-transform passes."""
 
 from __future__ import annotations
 
@@ -13,6 +13,19 @@ from bratslab.evaluate.inference import (
     predict_probabilities_naive,
     tta_transforms,
 )
+
+PATHS = ("naive", "perview", "batched", "batched:3")
+
+
+@pytest.fixture(autouse=True)
+def _own_tta_cache(tmp_path, monkeypatch):
+    """``tta_path="auto"`` (the default) caches its measurement under $BRATSLAB_HOME."""
+    from bratslab.evaluate.tta_path import clear_memo
+
+    monkeypatch.setenv("BRATSLAB_HOME", str(tmp_path / "home"))
+    clear_memo()
+    yield
+    clear_memo()
 
 
 def _tiny_net(out_channels: int = 3, seed: int = 0) -> nn.Module:
@@ -44,13 +57,16 @@ def test_transforms_are_distinct_and_invertible():
         tta_transforms("mirror")
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("tta", ["flips", "flips+rot90"])
-def test_fast_tta_equals_mean_of_explicit_passes(tta):
+def test_fast_tta_equals_mean_of_explicit_passes(tta, path):
     # 24³ volume, 16³ windows, overlap 0.5: window starts 0 and 8 on every axis, a tiling
-    # that is its own mirror image, so the batched TTA must match the explicit passes exactly.
+    # that is its own mirror image, so every path must match the explicit passes exactly.
     model = _tiny_net()
     x = _volume((24, 24, 24))
-    fast, std = predict_probabilities(model, x, (16, 16, 16), 0.5, tta, sw_batch_size=2, amp=False)
+    fast, std = predict_probabilities(
+        model, x, (16, 16, 16), 0.5, tta, sw_batch_size=2, amp=False, tta_path=path
+    )
     explicit = np.zeros_like(fast)
     vol = torch.from_numpy(x)[None]
     from monai.inferers import sliding_window_inference
@@ -78,11 +94,12 @@ def test_fast_tta_equals_mean_of_explicit_passes(tta):
     assert np.abs(plain - fast).max() > 1e-3
 
 
-def test_uncertainty_is_std_over_passes_and_ensemble_averages():
+@pytest.mark.parametrize("path", ["naive", "batched"])
+def test_uncertainty_is_std_over_passes_and_ensemble_averages(path):
     models = [_tiny_net(seed=0), _tiny_net(seed=1)]
     x = _volume((16, 24, 16))
     probs, std = predict_probabilities(
-        models, x, (16, 16, 16), 0.5, "flips", amp=False, uncertainty=True
+        models, x, (16, 16, 16), 0.5, "flips", amp=False, uncertainty=True, tta_path=path
     )
     passes = []
     for m in models:
@@ -119,21 +136,22 @@ def test_bf16_autocast_agrees_with_float32():
     assert np.abs(p32 - p16).max() < 0.05
 
 
-def test_batched_and_per_transform_calls_agree():
+@pytest.mark.parametrize(("views_per_call", "calls"), [(None, [16]), (1, [2] * 8), (3, [6, 6, 4])])
+def test_views_per_call_batches_a_windows_views(views_per_call, calls):
     from bratslab.evaluate.inference import TTAPredictor
 
     model = _tiny_net()
     window = torch.from_numpy(_volume((16, 16, 16)))[None].repeat(2, 1, 1, 1, 1)
-    calls = []
-    model.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
-    outs = {}
-    for batched in (False, True):
-        calls.clear()
-        predictor = TTAPredictor([model], tta_transforms("flips"), batch_transforms=batched)
-        outs[batched] = predictor(window)
-        # 2 windows: one call per transform, or all 8 transforms in one batch (the default)
-        assert calls == ([16] if batched else [2] * 8)
-    torch.testing.assert_close(outs[True], outs[False], rtol=1e-5, atol=1e-6)
+    seen = []
+    model.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    reference = TTAPredictor([model], tta_transforms("flips"), views_per_call=1)(window)
+    seen.clear()
+    out = TTAPredictor([model], tta_transforms("flips"), views_per_call=views_per_call)(window)
+    # 2 windows: all 8 views in one batch of 16, one call per view, or 3 views per call.
+    assert seen == calls
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="views_per_call"):
+        TTAPredictor([model], tta_transforms("flips"), views_per_call=0)
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -142,34 +160,26 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("amp", [False, True])
-def test_batched_and_per_view_volumes_agree(amp):
-    # The whole path predict uses, on a volume tiled by 8 overlapping windows: batching the 8
-    # views into one call (the default) must give what one call per view gives.
+def test_every_path_gives_the_same_probabilities_on_any_tiling(amp):
+    # A volume tiled by 8 overlapping windows whose tiling is NOT its own mirror image (20 along
+    # Z: starts 0 and 4): the paths predict may choose must still agree, because all of them
+    # tile the untransformed volume. fp32 sums the same terms in another order; bf16 rounds
+    # each view's activations, so the paths agree to bf16 precision there.
     model = _tiny_net()
     x = _volume((24, 24, 20))
     out = {
-        batched: predict_probabilities(
-            model, x, (16, 16, 16), 0.5, "flips", amp=amp, batch_transforms=batched
-        )[0]
-        for batched in (False, True)
+        p: predict_probabilities(model, x, (16, 16, 16), 0.5, "flips", amp=amp, tta_path=p)[0]
+        for p in PATHS
     }
-    per_view, batched = out[False], out[True]
-    masks = [p >= 0.5 for p in (per_view, batched)]
-    assert 0.05 < masks[0].mean() < 0.95  # the masks are not trivial
-    agreement = np.mean([_dice(masks[0][c], masks[1][c]) for c in range(3)])
-    assert agreement >= 0.999
-    # fp32 sums the same views in the same order: equal up to summation rounding.
-    np.testing.assert_allclose(batched, per_view, atol=1e-5 if not amp else 2e-2)
-
-
-def test_batch_views_default_is_per_device():
-    from bratslab.evaluate.inference import TTAPredictor, batch_views_default
-
-    assert batch_views_default("cpu") is True
-    assert batch_views_default(torch.device("cuda")) is True
-    assert batch_views_default("meta") is False
-    predictor = TTAPredictor([_tiny_net()], tta_transforms("flips"), device="cpu")
-    assert predictor.batch_transforms is True
+    masks = {p: v >= 0.5 for p, v in out.items()}
+    assert 0.05 < masks["perview"].mean() < 0.95  # the masks are not trivial
+    for p in PATHS[1:]:
+        agreement = np.mean([_dice(masks["naive"][c], masks[p][c]) for c in range(3)])
+        assert agreement >= 0.999
+        np.testing.assert_allclose(out[p], out["naive"], atol=1e-5 if not amp else 2e-2)
+    if not amp:  # the auto path is one of them
+        auto, _ = predict_probabilities(model, x, (16, 16, 16), 0.5, "flips", amp=False)
+        np.testing.assert_allclose(auto, out["naive"], atol=1e-5)
 
 
 def test_bad_arguments():
@@ -178,4 +188,6 @@ def test_bad_arguments():
         predict_probabilities(model, _volume(), (16, 16, 16), overlap=1.0)
     with pytest.raises(ValueError, match=r"\(C_in, X, Y, Z\)"):
         predict_probabilities(model, _volume()[0], (16, 16, 16))
+    with pytest.raises(ValueError, match="tta_path must be"):
+        predict_probabilities(model, _volume(), (16, 16, 16), tta="flips", tta_path="fast")
     assert Transform().forward(torch.ones(1, 1, 2, 2, 2)).shape == (1, 1, 2, 2, 2)
