@@ -118,11 +118,6 @@ def predict(
     from bratslab.evaluate.predict import check_output_dir, predict_folder
     from bratslab.tracking.model_store import ModelIntegrityError
 
-    try:  # where it reads and writes, before the header and before any model is fetched
-        check_output_dir(output)
-        discover_cases(input)
-    except (FileNotFoundError, ValueError) as e:
-        _fail(str(e), 2)
     cfg = validate(
         PredictConfig,
         {
@@ -140,6 +135,11 @@ def predict(
         },
         "predict options",
     )
+    try:  # where it reads and writes, before the header and before any model is fetched
+        check_output_dir(output)
+        discover_cases(input)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e), 2)
     _header(f"predict {input} with {' + '.join(model)} (tta {tta}) into {output}")
     try:
         report = predict_folder(model, input, output, cfg)
