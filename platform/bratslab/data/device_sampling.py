@@ -46,15 +46,8 @@ class MarginSampler(PatchSampler):
         """Draw one patch (the base class's draws) into zeroed ``xp`` ``(C, *shape)`` and
         ``yp`` ``(1, *shape)``, reading ``read`` (<= ``margin``) voxels around the patch;
         returns the box written (spatial slices)."""
-        x = np.load(row["x_path"], mmap_mode="r")
-        y = np.load(row["y_path"], mmap_mode="r")
+        x, y, start = self.draw_start(row)
         shape = np.asarray(x.shape[1:])
-        fg = self._foreground(row, y) if self.rng.random() < self.fg_fraction else None
-        if fg is not None and len(fg):
-            centre = fg[self.rng.integers(len(fg))]
-        else:
-            centre = np.array([self.rng.integers(0, s) for s in shape])
-        start = np.clip(centre - self.patch // 2, 0, np.maximum(shape - self.patch, 0))
         read = np.asarray(read, dtype=int)
         lo, hi = start - read, start + self.patch + read
         inside = zip(np.maximum(lo, 0), np.minimum(hi, shape), strict=True)

@@ -87,7 +87,10 @@ class PatchSampler:
             self._fg[cid] = coords.astype(np.int32)
         return self._fg[cid]
 
-    def sample(self, row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    def draw_start(self, row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Open the case (memory-mapped) and draw where a patch starts: ``(x (C, X, Y, Z),
+        y (1, X, Y, Z), start (3,) voxels)``, centred on a foreground voxel with probability
+        ``fg_fraction`` (the sampler's seeded draws, in a fixed order)."""
         x = np.load(row["x_path"], mmap_mode="r")
         y = np.load(row["y_path"], mmap_mode="r")
         shape = np.asarray(x.shape[1:])
@@ -96,7 +99,11 @@ class PatchSampler:
             centre = fg[self.rng.integers(len(fg))]
         else:
             centre = np.array([self.rng.integers(0, s) for s in shape])
-        start = np.clip(centre - self.patch // 2, 0, np.maximum(shape - self.patch, 0))
+        return x, y, np.clip(centre - self.patch // 2, 0, np.maximum(shape - self.patch, 0))
+
+    def sample(self, row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        x, y, start = self.draw_start(row)
+        shape = np.asarray(x.shape[1:])
         stop = np.minimum(start + self.patch, shape)
         sl = tuple(slice(int(a), int(b)) for a, b in zip(start, stop, strict=True))
         xp = np.asarray(x[(slice(0, self.in_channels), *sl)], dtype=np.float32)

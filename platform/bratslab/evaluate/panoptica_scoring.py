@@ -11,8 +11,6 @@ prediction and listed as missing; a case whose files cannot be read is listed as
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import logging
 import math
 import multiprocessing
@@ -25,7 +23,7 @@ import numpy as np
 from bratslab.data.profiles import Profile, get_profile
 from bratslab.evaluate.label_maps import CaseError, find_prediction, paired_folders, read_label_map
 from bratslab.evaluate.panoptica_metric import capped, score_labels
-from bratslab.evaluate.scoring import relabelled_reference
+from bratslab.evaluate.scoring import relabelled_reference, rows_to_csv
 
 log = logging.getLogger(__name__)
 
@@ -128,15 +126,6 @@ def summarise(
     return out
 
 
-def rows_to_csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: (f"{r[k]:.10g}" if isinstance(r[k], float) else r[k]) for k in COLUMNS})
-    return buf.getvalue()
-
-
 # Without --profile, by the references' cohort: the profile whose labels read them right
 # (2024+ GLI and 2025 MET add RC = 4 to the 2023 labels; 2023 and 2024 PED differ entirely).
 _BY_COHORT = {"GLI": "brats2024-gli", "SSA": "brats2023-ssa", "MEN": "brats2023-men",
@@ -222,7 +211,7 @@ def evaluate_folder_panoptica(
         from bratslab.atomic import write_json, write_text
         from bratslab.evaluate.report import _finite
 
-        write_text(output, rows_to_csv(rows))
+        write_text(output, rows_to_csv(rows, COLUMNS, ".10g"))
         write_json(summary_path(output), _finite(summary))
     return PanopticaResult(rows=rows, summary=summary, missing=missing, failures=failures)
 

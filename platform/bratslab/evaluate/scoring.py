@@ -201,12 +201,15 @@ def summarise(
     return out
 
 
-def rows_to_csv(rows: list[dict]) -> str:
+def rows_to_csv(rows: list[dict], columns: Sequence[str] = COLUMNS, fmt: str = ".6g") -> str:
+    """Per-case rows as CSV text: ``columns`` in order, floats written with ``fmt``."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k]) for k in COLUMNS})
+        writer.writerow(
+            {k: (format(r[k], fmt) if isinstance(r[k], float) else r[k]) for k in columns}
+        )
     return buf.getvalue()
 
 
