@@ -89,3 +89,14 @@ def test_jobs_list_json_rows_from_real_job_details():
     assert new["status"] == "RUNNING" and new["end_time"] is None and new["duration_s"] > 0
     assert new["kind"] is None and new["job_id"] == "03000000" and new["metadata"] == {}
     assert pending["start_time"] is None and pending["duration_s"] is None
+
+
+def test_version_flag_prints_the_installed_version():
+    from importlib.metadata import version
+
+    from typer.testing import CliRunner
+
+    from bratslab.cli import app
+
+    r = CliRunner().invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.stdout.strip() == f"bratslab {version('bratslab')}"
