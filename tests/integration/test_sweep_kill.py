@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -269,7 +270,9 @@ def test_sigterm_stops_the_sweep_with_143_and_resume_clears_the_stop(
     # The resume trains the unfinished trials to the end first: watched meanwhile.
     with ListenerWatch() as watch2:
         proc = _start(["--resume", name], env, log2, home)
-        _stop_when(lambda: "TTA re-evaluation of trial" in log2.read_text(), proc, log2,
+        # The console's progress line of the re-evaluation ("TTA re-evaluation 1/1: trial ...").
+        reevaluating = re.compile(r"TTA re-evaluation \d+/\d+: trial")
+        _stop_when(lambda: reevaluating.search(log2.read_text()), proc, log2,
                    "TTA re-evaluation")  # fmt: skip
     _check_stopped(manifest["parent_run_id"], uri)
     # Nothing of the sweep (driver, trial actors, Train workers, their rendezvous store)
