@@ -24,7 +24,7 @@ def test_smoke_epoch_trains_from_the_ray_patch_stream(ray_cluster, tiny_store, a
     spec = load_job(
         JOB,
         [
-            "name=it-loader-ray",
+            f"name=it-loader-ray-{augment_on}",
             f"data.store={tiny_store}",
             "data.loader=ray",
             "data.loader_cpus=0.5",  # 2 workers x 0.5: one actor holding one CPU

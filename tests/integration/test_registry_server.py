@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -146,8 +147,8 @@ def test_models_download_fetches_a_loadable_model(versions, tmp_path):
     r = _cli("models", "download", f"{NAME}@champion", str(dst))
     assert r.exit_code == 0, r.output
     files = {p.relative_to(dst).as_posix() for p in dst.rglob("*") if p.is_file()}
-    assert {"MLmodel", "artifacts/model_dir/model.pt", "artifacts/model_dir/model.json"} <= files
-    model, info = load_model_dir(dst / "artifacts" / "model_dir")
+    assert files == {"model.pt", "model.json", "version.json", "SHA256SUMS"}  # self-contained
+    model, info = load_model_dir(dst)
     assert info["patch_size"] == [16, 16, 16]
     # A second download into the same, now non-empty folder is refused, not merged.
     r = _cli("models", "download", f"{NAME}@champion", str(dst))
@@ -228,8 +229,15 @@ def test_ui_serves_a_sqlite_store_on_loopback(server, versions, tmp_path):
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
         assert requests.get(f"{url}/health", timeout=5).status_code == 200
-        exp_id = MlflowClient(env["MLFLOW_TRACKING_URI"]).get_run(run1).info.experiment_id
-        assert f"MLflow UI at {url}/#/experiments/{exp_id}/runs" in log.read_text()
+        # The experiment whose newest run started last.
+        pattern = rf"MLflow UI at {re.escape(url)}/#/experiments/(\d+)/runs"
+        shown = re.search(pattern, log.read_text())
+        assert shown, log.read_text()
+        exp_id = shown.group(1)
+        mc = MlflowClient(env["MLFLOW_TRACKING_URI"])
+        ids = [e.experiment_id for e in mc.search_experiments()]
+        newest = mc.search_runs(ids, max_results=1, order_by=["attributes.start_time DESC"])[0]
+        assert newest.info.experiment_id == exp_id
         # Model training, not MLflow 3's GenAI view (traces, "Start Demo").
         exp = MlflowClient(env["MLFLOW_TRACKING_URI"]).get_experiment(exp_id)
         assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"

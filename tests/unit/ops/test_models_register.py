@@ -87,7 +87,7 @@ def test_register_a_logged_model_uri_and_download_it(store, tmp_path):
     assert registry.get_version("by-uri", version=1).run_id == runs["trained"]
     r = _cli("models", "download", "by-uri/1", str(tmp_path / "m"))
     assert r.exit_code == 0, r.output
-    _, info = load_model_dir(tmp_path / "m" / "artifacts" / "model_dir")
+    _, info = load_model_dir(tmp_path / "m")  # the model's own files at the top
     assert info["patch_size"] == [16, 16, 16]
 
 

@@ -85,12 +85,14 @@ def test_an_ensemble_is_one_version_with_every_member_and_a_hash_per_file(runs, 
     assert r.exit_code == 0, r.output
     dl = tmp_path / "dl"
     (folder,) = {p.parent for p in dl.rglob("ensemble.json")}
+    assert folder == dl  # self-contained: the model's own files at the top of the folder
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     assert files == [
         "SHA256SUMS",  # what `models download` verified, for the folder to check itself
         "ensemble.json",
         "members/fold0/model.json", "members/fold0/model.pt",
         "members/fold1/model.json", "members/fold1/model.pt",
+        "version.json",  # name, version, aliases, source run, metrics
     ]  # fmt: skip
     assert info.tags["bratslab.sha256.ensemble_json"] == _sha(folder / "ensemble.json")
     described = json.loads((folder / "ensemble.json").read_text())
