@@ -73,7 +73,7 @@ def synth(
         None,
         "--start-id",
         min=0,
-        help="Number of the first case id (BraTS-GLI-NNNNN-000); default 1000 x the seed, so "
+        help="Number of the first case id (BraTS-GLI-NNNNN-000); default 1000 x --seed, so "
         "sets synthesised with different seeds (0-99, up to 1000 cases) never share an id.",
     ),
     shape: tuple[int, int, int] = typer.Option(

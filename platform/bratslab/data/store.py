@@ -56,7 +56,7 @@ def build_manifest(
     ``files``: ``{file name: {"sha256", "size"}}`` of the cases' files (:func:`case_digests`),
     listed under ``"files"`` when given. ``profile``: the challenge profile the user gave;
     without one it is :func:`dataset_profile` of the cases. ``folds``: given folds (nnU-Net's
-    ``splits_final.json``) instead of the seeded split; ids of cases not in the store (e.g.
+    ``splits_final.json``) instead of a seeded split; ids of cases not in the store (e.g.
     quarantined) are left out of them.
     """
     metas = sorted(metas, key=lambda m: m.id)

@@ -506,7 +506,7 @@ def synthesize_dataset(
 ) -> list[Path]:
     """Write ``n_cases`` synthetic cases in ``layout``; the last ``unlabeled`` have no seg.
     Case ``i`` is named with the number ``start_id + i`` (``BraTS-GLI-{start_id + i:05d}-000``;
-    ``bratslab data synth`` derives it from the seed, :func:`default_start_id`).
+    ``bratslab data synth`` derives it from --seed, :func:`default_start_id`).
     ``shift`` "mild" or "strong" writes a domain-shift set (BraTS-Africa-like scanners, see
     ``SHIFTS``) with the same anatomy and main tumours as "none" (the clean phantom).
 
