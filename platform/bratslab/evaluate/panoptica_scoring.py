@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from bratslab.data.profiles import Profile, get_profile
-from bratslab.evaluate.label_maps import CaseError, find_prediction, paired_folders, read_label_map
+from bratslab.evaluate.label_maps import CaseError, find_prediction, paired_folders
 from bratslab.evaluate.panoptica_metric import capped, score_labels
-from bratslab.evaluate.scoring import relabelled_reference, rows_to_csv
+from bratslab.evaluate.scoring import read_pair, rows_to_csv
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +75,7 @@ def score_files(
     Raises:
         CaseError: unreadable file, shape mismatch or labels outside the profile.
     """
-    ref, spacing = read_label_map(ref_path)
-    if relabel:
-        ref = relabelled_reference(ref, relabel, ref_path)
-    if pred_path is None:
-        pred = np.zeros_like(ref)
-    else:
-        pred, _ = read_label_map(pred_path)
-        if pred.shape != ref.shape:
-            raise CaseError(pred_path, f"shape {pred.shape} differs from the reference {ref.shape}")
+    ref, pred, spacing = read_pair(ref_path, pred_path, relabel)
     for path, arr in ((ref_path, ref), (pred_path, pred)):
         bad = sorted(set(np.unique(arr).tolist()) - set(profile.allowed_labels))
         if bad:

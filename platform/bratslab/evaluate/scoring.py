@@ -108,6 +108,31 @@ def relabelled_reference(ref: np.ndarray, relabel: dict[int, int], path: Path) -
     return relabel_values(ref, relabel).astype(ref.dtype)
 
 
+def read_pair(ref_path, pred_path, relabel: dict[int, int] | None = None):
+    """``(ref, pred, spacing)`` of one case: the reference (relabelled to the profile's values
+    when ``relabel``), the prediction (all background when ``pred_path`` is None) and the
+    reference's voxel spacing (mm).
+
+    Raises:
+        CaseError: a file that cannot be read, or a prediction whose shape differs from the
+            reference (predictions must be in the source geometry).
+    """
+    ref, spacing = read_label_map(ref_path)
+    if relabel:
+        ref = relabelled_reference(ref, relabel, ref_path)
+    if pred_path is None:
+        pred = np.zeros_like(ref)
+    else:
+        pred, _ = read_label_map(pred_path)
+        if pred.shape != ref.shape:
+            raise CaseError(
+                pred_path,
+                f"shape {pred.shape} differs from the reference {ref_path} {ref.shape}; "
+                "predictions must be in the source geometry",
+            )
+    return ref, pred, spacing
+
+
 def score_case(
     case: str,
     pred_path: Path | None,
@@ -125,19 +150,7 @@ def score_case(
         CaseError: a file that cannot be read, holds bad labels, or a prediction whose shape
             differs from the reference.
     """
-    ref, spacing = read_label_map(ref_path)
-    if relabel:
-        ref = relabelled_reference(ref, relabel, ref_path)
-    if pred_path is None:
-        pred = np.zeros_like(ref)
-    else:
-        pred, _ = read_label_map(pred_path)
-        if pred.shape != ref.shape:
-            raise CaseError(
-                pred_path,
-                f"shape {pred.shape} differs from the reference {ref_path} {ref.shape}; "
-                "predictions must be in the source geometry",
-            )
+    ref, pred, spacing = read_pair(ref_path, pred_path, relabel)
     if profile is not None:
         prof = get_profile(profile)
         pred_r, ref_r = profile_regions(pred, prof, pred_path), profile_regions(ref, prof, ref_path)
