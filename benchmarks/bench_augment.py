@@ -52,7 +52,7 @@ from bratslab.data.augment_batched import BatchAugment
 from bratslab.data.config import AugmentConfig
 from bratslab.data.device_sampling import fill_batch, margin_sampler, sampler_ring
 from bratslab.data.loader import PatchSampler, augment_patch
-from bratslab.spec import load_job
+from bratslab.jobs.spec import load_job
 
 ROOT = Path(__file__).resolve().parents[1]
 NNUNET_PY = "/tmp/nnunet-venv/bin/python"

@@ -40,7 +40,7 @@ from bratslab.data.patch_pipeline import PatchMaker, choose_cases, patch_dataset
 from bratslab.data.runner import run_preprocess
 from bratslab.data.store import Store
 from bratslab.data.synth import synthesize_dataset
-from bratslab.spec import load_job
+from bratslab.jobs.spec import load_job
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 2

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _arm(label: str, job: Path, store: Path, args, extra: list[str]) -> dict:
-    from bratslab.spec import load_job
+    from bratslab.jobs.spec import load_job
     from bratslab.tune.sweep import start_sweep
 
     overrides = [

@@ -206,7 +206,7 @@ def overhead(
     """Plain loop, Ray Train, each of ``arms``, plain loop again (bracketing Ray), all with
     ``threads`` torch threads in a 2-CPU worker: s/step, CPU s/step and data-wait fraction of
     each (the plain loops run as many steps as Ray Train's steady-state epochs)."""
-    from bratslab.spec import load_job
+    from bratslab.jobs.spec import load_job
 
     def spec_for(arm: str | None):
         job = [
@@ -408,7 +408,7 @@ def cpu_breakdown(runs: dict[int, dict[str, dict]]) -> list[str]:
 
 def arch_sections(store: Path, common: list[str], steps: int, p: int) -> list[str]:
     """Samples/s per architecture, and the smoke model with and without bf16 autocast."""
-    from bratslab.spec import load_job
+    from bratslab.jobs.spec import load_job
 
     common = [*common, "scaling.torch_threads=2"]
     arch_jobs = {

@@ -20,7 +20,7 @@ NAME = "cv-it"
 def test_folds_train_under_a_parent_run_and_register_as_an_ensemble_that_predicts(
     ray_cluster, tiny_store, bratslab_home, tmp_path
 ):
-    from bratslab.cli import app
+    from bratslab.app.main import app
     from bratslab.data.synth import synthesize_dataset
     from bratslab.tracking import registry
     from bratslab.tracking.mlflow_runs import run_info

@@ -22,7 +22,7 @@ JOB = Path(__file__).resolve().parents[2] / "jobs" / "smoke.yaml"
 def test_smoke_epoch_trains_from_the_ray_patch_stream(ray_cluster, tiny_store, augment_on):
     # on: device — the actors only sample (with the affine margin) and each worker augments
     # its batch in torch (issue 28).
-    from bratslab.spec import load_job
+    from bratslab.jobs.spec import load_job
     from bratslab.tracking.mlflow_runs import metric_history, run_info
     from bratslab.train.trainer import run_training
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from bratslab.cli import app
+from bratslab.app.main import app
 from bratslab.data.config import PreprocessConfig
 from bratslab.data.synth import synthesize_dataset
 from bratslab.models.config import ModelConfig

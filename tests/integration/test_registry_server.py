@@ -76,7 +76,7 @@ def versions(server, model_dir):
 
 
 def _cli(*args: str):
-    from bratslab.cli import app
+    from bratslab.app.main import app
 
     return CliRunner().invoke(app, list(args), env={"COLUMNS": "250"})
 

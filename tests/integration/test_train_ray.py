@@ -31,7 +31,7 @@ def store(tiny_store) -> Path:
 
 
 def _spec(store, name, *overrides):
-    from bratslab.spec import load_job
+    from bratslab.jobs.spec import load_job
 
     base = [
         f"name={name}",

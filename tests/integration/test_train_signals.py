@@ -27,7 +27,7 @@ def _command(store: Path) -> list[str]:
     return [
         sys.executable,
         "-c",
-        "from bratslab.cli import main; main()",
+        "from bratslab.app.main import main; main()",
         "train",
         str(JOB),
         "--set",

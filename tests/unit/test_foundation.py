@@ -150,7 +150,7 @@ def test_yaml_is_read_as_utf8_with_or_without_bom(tmp_path):
 def test_cli_exits_2_with_one_line_naming_a_binary_job_spec(tmp_path, monkeypatch, capsys):
     import sys
 
-    from bratslab.cli import main
+    from bratslab.app.main import main
 
     spec = tmp_path / "job.yaml"
     spec.write_bytes(_PNG)
@@ -169,7 +169,7 @@ def test_a_bad_set_override_is_named_and_a_near_miss_key_gets_a_suggestion(tmp_p
     """``--set training.epoch=3`` suggests ``training.epochs``; ``--set training.epochs=abc``
     blames the override, not the YAML file."""
     from bratslab.config import ConfigError
-    from bratslab.spec import load_job
+    from bratslab.jobs.spec import load_job
 
     job = tmp_path / "job.yaml"
     job.write_text("name: j\ndata: {store: s}\nmodel: {arch: unet}\n")

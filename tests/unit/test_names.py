@@ -43,7 +43,7 @@ def test_a_name_of_the_maximum_length_passes():
 
 
 def test_the_rule_is_the_job_spec_name_rule():
+    from bratslab.jobs.spec import JobSpec
     from bratslab.names import NAME_PATTERN
-    from bratslab.spec import JobSpec
 
     assert JobSpec.model_fields["name"].metadata[0].pattern == NAME_PATTERN

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from bratslab.cli import app
-from bratslab.spec import JobSpec
+from bratslab.app.main import app
+from bratslab.jobs.spec import JobSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -22,7 +22,7 @@ LOCAL_ONLY = frozenset({("submit",), ("jobs",), ("ui",)})
 def _root_group():
     import typer.main
 
-    from bratslab.cli import app
+    from bratslab.app.main import app
 
     return typer.main.get_command(app)
 
@@ -86,11 +86,11 @@ def leaf_command(path: Sequence[str]):
 def spec_kind(spec_path: Path, overrides: Sequence[str] = ()) -> str:
     """``"sweep"`` for a job spec with a ``sweep`` section, otherwise ``"train"``.
 
-    The spec is validated with the training stage's own loader (``bratslab.spec.load_job``)
+    The spec is validated with the training stage's own loader (``bratslab.jobs.spec.load_job``)
     so an invalid key fails on the submitting machine, naming the key.
     """
     try:
-        from bratslab.spec import load_job
+        from bratslab.jobs.spec import load_job
     except ImportError:  # the training stage is optional for submitting explicit commands
         data = apply_overrides(load_yaml(spec_path), list(overrides))
         return "sweep" if data.get("sweep") else "train"

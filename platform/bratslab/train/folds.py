@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from bratslab.config import ConfigError
+from bratslab.jobs.spec import JobSpec
 from bratslab.settings import get_settings
-from bratslab.spec import JobSpec
 
 log = logging.getLogger(__name__)
 

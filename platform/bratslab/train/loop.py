@@ -33,9 +33,9 @@ from bratslab.data.device_sampling import (
 )
 from bratslab.data.loader import PatchSampler, epoch_batches, prefetch
 from bratslab.data.remote import is_remote, local_store_once, localize_rows
+from bratslab.jobs.spec import JobSpec, job_from_dict
 from bratslab.models.config import ModelConfig
 from bratslab.models.runtime import autocast, needs_grad_scaler, prepare_input, prepare_model
-from bratslab.spec import JobSpec, job_from_dict
 from bratslab.train.checkpoint import (
     load_train_state,
     load_weights,

@@ -44,8 +44,8 @@ from typing import Any
 
 from bratslab import console
 from bratslab.atomic import write_json, write_text
+from bratslab.jobs.spec import JobSpec
 from bratslab.settings import get_settings
-from bratslab.spec import JobSpec
 
 log = logging.getLogger(__name__)
 

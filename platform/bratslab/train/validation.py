@@ -16,7 +16,7 @@ from torch import nn
 
 from bratslab.data.labels import labels_to_regions
 from bratslab.evaluate.metrics import region_dice
-from bratslab.spec import JobSpec
+from bratslab.jobs.spec import JobSpec
 
 
 def predict_regions(

@@ -1,6 +1,6 @@
 """The ``sweep`` section of a job spec (owned by the tune stage).
 
-Importable without Ray or Optuna: the job spec (``bratslab.spec``) embeds
+Importable without Ray or Optuna: the job spec (``bratslab.jobs.spec``) embeds
 :class:`SweepConfig`, and validating a job file must stay cheap.
 """
 

@@ -143,7 +143,7 @@ def resume_sweep(name: str, *, settings: Settings | None = None) -> SweepOutcome
         ConfigError: no sweep of that name, the sweep already finished, or its stored space no
             longer fits its job.
     """
-    from bratslab.spec import job_from_dict
+    from bratslab.jobs.spec import job_from_dict
 
     settings = _pin_stores(settings)
     paths, manifest = _load_sweep(check_name(name, "sweep name"), settings)
@@ -170,7 +170,7 @@ def validate_sweep(spec, space: SearchSpace, source: str) -> None:
         ConfigError: a parameter (or the fixed values) does not fit the job, or ASHA's
             grace period exceeds its ``max_t``.
     """
-    from bratslab.spec import JobSpec
+    from bratslab.jobs.spec import JobSpec
 
     space.check_against(JobSpec, spec.resolved(), source=source)
     sched = spec.sweep.scheduler
@@ -261,7 +261,7 @@ def _run(
     Args:
         restore: continue the Tune experiment in ``paths.tune`` (``Tuner.restore``).
     """
-    from bratslab.spec import job_from_dict
+    from bratslab.jobs.spec import job_from_dict
     from bratslab.tracking import mlflow_runs
     from bratslab.tune.dangling import close_dangling
 

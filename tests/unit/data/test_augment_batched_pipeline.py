@@ -166,7 +166,7 @@ def _worker(cases, tmp_path, *overrides):
     from types import SimpleNamespace
 
     from bratslab.data.augment_batched import BatchAugment
-    from bratslab.spec import load_job
+    from bratslab.jobs.spec import load_job
     from bratslab.train.loop import Worker
 
     job = Path(__file__).resolve().parents[3] / "jobs" / "smoke.yaml"

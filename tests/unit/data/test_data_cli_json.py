@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from bratslab.cli import app
+from bratslab.app.main import app
 from bratslab.data.synth import synthesize_dataset
 
 

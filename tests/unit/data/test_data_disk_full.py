@@ -25,7 +25,7 @@ def tiny_fs(tmp_path):
 
 
 def test_disk_full_fails_the_command_and_leaves_the_store_as_it_was(tmp_path, tiny_fs):
-    from bratslab.cli import app
+    from bratslab.app.main import app
     from bratslab.data.synth import synthesize_dataset
 
     synthesize_dataset(tmp_path / "raw", 2, shape=(64, 64, 64), seed=0)

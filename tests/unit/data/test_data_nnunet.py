@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from bratslab.cli import app
+from bratslab.app.main import app
 from bratslab.data.layout import RawCase, discover_cases
 from bratslab.data.preprocess import PreprocessConfig
 from bratslab.data.runner import run_preprocess

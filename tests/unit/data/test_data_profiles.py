@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from bratslab.cli import app
+from bratslab.app.main import app
 from bratslab.data.labels import labels_to_regions
 from bratslab.data.layout import discover_cases
 from bratslab.data.preprocess import PreprocessConfig, preprocess_case

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from bratslab.cli import app
+from bratslab.app.main import app
 from bratslab.data.config import PreprocessConfig
 from bratslab.data.fingerprint import make_folds, suggest_patch_size
 from bratslab.data.runner import run_preprocess

@@ -239,7 +239,7 @@ def test_thick_slices_remove_high_frequencies_along_one_axis():
 def test_cli_shift_option_writes_a_shifted_dataset(tmp_path):
     from typer.testing import CliRunner
 
-    from bratslab.cli import app
+    from bratslab.app.main import app
 
     args = ["data", "synth", "--cases", "1", "--shape", "32", "32", "24"]
     for shift in ("none", "strong"):
@@ -256,7 +256,7 @@ def test_cli_sets_of_different_seeds_never_share_a_case_id(tmp_path):
     evaluating it against the wrong folder cannot pair a prediction with a namesake."""
     from typer.testing import CliRunner
 
-    from bratslab.cli import app
+    from bratslab.app.main import app
 
     runner = CliRunner()
     ids = {}

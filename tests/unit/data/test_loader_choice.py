@@ -9,7 +9,7 @@ import pytest
 
 from bratslab.config import ConfigError
 from bratslab.data.config import DataSection
-from bratslab.spec import load_job
+from bratslab.jobs.spec import load_job
 from bratslab.train.progress import format_epoch_line
 
 SMOKE = Path(__file__).resolve().parents[3] / "jobs" / "smoke.yaml"

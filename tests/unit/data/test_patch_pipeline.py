@@ -12,7 +12,7 @@ from bratslab.data.config import AugmentConfig
 from bratslab.data.loader import PatchSampler, case_rows
 from bratslab.data.patch_pipeline import PatchMaker, choose_cases, pool_size
 from bratslab.data.store import Store
-from bratslab.spec import load_job
+from bratslab.jobs.spec import load_job
 
 ROOT = Path(__file__).resolve().parents[3]
 PATCH = [16, 16, 16]

@@ -171,7 +171,7 @@ def test_rows_name_objects_and_workers_map_them_to_their_copy(store, monkeypatch
 
 
 def test_job_spec_keeps_the_uri(tmp_path, monkeypatch):
-    from bratslab.spec import load_job
+    from bratslab.jobs.spec import load_job
 
     monkeypatch.setenv("BRATSLAB_HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)

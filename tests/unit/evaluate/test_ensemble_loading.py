@@ -92,7 +92,7 @@ def test_the_ensemble_network_predicts_the_members_mean(tmp_path, outputs):
 
 
 def test_compare_ensemble_scores_members_and_ensemble_and_says_which_wins(tiny_store, tmp_path):
-    from bratslab.cli import app
+    from bratslab.app.main import app
     from bratslab.evaluate.ensemble_report import compare_ensemble, verdicts
 
     folder = _ensemble(tmp_path, _members(tmp_path, store=tiny_store))

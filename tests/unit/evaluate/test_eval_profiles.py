@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from bratslab.cli import app
+from bratslab.app.main import app
 from bratslab.evaluate.scoring import evaluate_folder
 
 SHAPE = (32, 32, 24)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from bratslab.cli import app
+from bratslab.app.main import app
 
 SHAPE = (24, 24, 16)
 GOOD, BAD = "BraTS-GLI-00001-000", "BraTS-GLI-00002-000"

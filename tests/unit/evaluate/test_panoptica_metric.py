@@ -183,7 +183,7 @@ def test_anisotropic_voxels_match_the_official_config_read_with_nibabel(tmp_path
 def test_evaluate_cli_panoptica_writes_every_region(tmp_path):
     from typer.testing import CliRunner
 
-    from bratslab.cli import app
+    from bratslab.app.main import app
 
     ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
     affine = np.eye(4)

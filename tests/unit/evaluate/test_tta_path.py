@@ -172,7 +172,7 @@ def test_an_unwritable_cache_still_predicts(home):
 def test_the_tta_path_flag_is_checked_on_every_command_that_runs_tta(command, tmp_path):
     from typer.testing import CliRunner
 
-    from bratslab.cli import app
+    from bratslab.app.main import app
 
     res = CliRunner().invoke(app, [*command, "--tta-path", "fastest"])
     assert res.exit_code == 2, res.output

@@ -6,7 +6,7 @@ import json
 
 from typer.testing import CliRunner
 
-from bratslab.cli import app
+from bratslab.app.main import app
 
 runner = CliRunner()
 

@@ -169,7 +169,7 @@ def test_excludes_keep_the_package_and_drop_heavy_folders(tmp_path):
         "jobs/smoke.yaml": True,
         "search_spaces/smoke.yaml": True,
         "platform/bratslab/data/store.py": True,  # a package named data: must stay
-        "platform/bratslab/cli.py": True,
+        "platform/bratslab/app/main.py": True,
         ".venv/lib/site.py": False,
         "bratslab-work/store/c_x.npy": False,
         "data/raw/BraTS-GLI-00000-000-t1n.nii.gz": False,

@@ -40,7 +40,7 @@ def store(tmp_path_factory):
 
 
 def _cli(*args: str):
-    from bratslab.cli import app
+    from bratslab.app.main import app
 
     return CliRunner().invoke(app, list(args), env={"COLUMNS": "250"})
 

@@ -28,7 +28,7 @@ def test_ops_commands_are_registered():
 def test_ops_cli_modules_do_not_import_mlflow_or_ray():
     """`bratslab --help` must stay fast: heavy imports happen inside the commands."""
     code = (
-        "import sys, bratslab.jobs.cli, bratslab.tracking.cli; "
+        "import sys, bratslab.app.cli.jobs, bratslab.app.cli.models; "
         "print(sorted(m for m in ('mlflow', 'ray', 'torch') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -64,7 +64,7 @@ def test_jobs_list_json_rows_from_real_job_details():
 
     from ray.job_submission import JobDetails, JobStatus, JobType
 
-    from bratslab.jobs.cli import job_rows
+    from bratslab.app.cli.jobs import job_rows
 
     t0 = 1_700_000_000_000
     details = [
@@ -96,7 +96,7 @@ def test_version_flag_prints_the_installed_version():
 
     from typer.testing import CliRunner
 
-    from bratslab.cli import app
+    from bratslab.app.main import app
 
     r = CliRunner().invoke(app, ["--version"])
     assert r.exit_code == 0 and r.stdout.strip() == f"bratslab {version('bratslab')}"

@@ -111,7 +111,7 @@ def test_source_run_id_of_every_kind_of_model_uri(store):
 
 
 def test_cli_on_the_embedded_store(store, tmp_path):
-    from bratslab.cli import app
+    from bratslab.app.main import app
 
     _, runs = store
     runner = CliRunner()

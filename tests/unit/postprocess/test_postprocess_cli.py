@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from bratslab.cli import app
+from bratslab.app.main import app
 
 AFFINE = np.diag([1.0, 1.0, 1.5, 1.0])
 

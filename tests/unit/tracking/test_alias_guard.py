@@ -15,7 +15,7 @@ NAME = "alias-guard"
 
 
 def _cli(*args: str):
-    from bratslab.cli import app
+    from bratslab.app.main import app
 
     return CliRunner().invoke(app, list(args), env={"COLUMNS": "250"})
 

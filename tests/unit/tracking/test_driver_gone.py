@@ -30,7 +30,7 @@ def home(tmp_path, monkeypatch):
 
 
 def test_a_running_run_whose_driver_was_killed_says_so(home):
-    from bratslab.cli import app
+    from bratslab.app.main import app
     from bratslab.tracking import mlflow_runs
     from bratslab.tracking.driver import TAG_DRIVER
 

@@ -55,7 +55,7 @@ def runs(tmp_path, monkeypatch):
 
 
 def _invoke(*args):
-    from bratslab.cli import app
+    from bratslab.app.main import app
 
     return CliRunner().invoke(app, list(args))
 

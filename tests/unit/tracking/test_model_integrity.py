@@ -55,7 +55,7 @@ def test_registration_records_the_sha256_of_both_files(store):
 
 
 def test_an_overwritten_model_pt_is_refused_naming_the_file_and_both_hashes(store, tmp_path):
-    from bratslab.cli import app
+    from bratslab.app.main import app
     from bratslab.tracking import model_store
 
     home, src = store
@@ -114,7 +114,7 @@ def test_the_cache_is_content_addressed_and_reused(store, monkeypatch):
 
 
 def _predict(model: str, tmp_path, out: str = "pred"):
-    from bratslab.cli import app
+    from bratslab.app.main import app
     from bratslab.data.synth import synthesize_dataset
 
     if not (tmp_path / "in").is_dir():  # a real (tiny) case: predict checks its input first

@@ -34,7 +34,7 @@ def store(tmp_path, monkeypatch):
 
 
 def _promote(*args):
-    from bratslab.cli import app
+    from bratslab.app.main import app
 
     return CliRunner().invoke(app, ["models", "promote", NAME, *args], env={"COLUMNS": "200"})
 

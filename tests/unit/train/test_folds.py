@@ -51,7 +51,7 @@ def test_bad_fold_selections_are_config_errors(text, message):
 def test_train_cli_exits_2_on_a_bad_fold_selection_before_creating_anything(
     tiny_store, tmp_path, monkeypatch, folds
 ):
-    from bratslab.cli import app
+    from bratslab.app.main import app
 
     home = tmp_path / "home"
     monkeypatch.setenv("BRATSLAB_HOME", str(home))
@@ -66,7 +66,7 @@ def test_train_cli_exits_2_on_a_bad_fold_selection_before_creating_anything(
 @pytest.fixture
 def cv_env(tiny_store, tmp_path, monkeypatch):
     """A fresh MLflow store and the smoke job on the tiny store (4 folds)."""
-    from bratslab.spec import load_job
+    from bratslab.jobs.spec import load_job
 
     home = tmp_path / "home"
     monkeypatch.setenv("BRATSLAB_HOME", str(home))

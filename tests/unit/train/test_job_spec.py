@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bratslab.config import ConfigError
-from bratslab.spec import job_from_dict, load_job
+from bratslab.jobs.spec import job_from_dict, load_job
 
 JOBS = Path(__file__).resolve().parents[3] / "jobs"
 

@@ -66,7 +66,7 @@ def test_the_report_counts_epochs_from_1_with_whole_ticks(tmp_path, monkeypatch)
     (the console's `epoch 1/2`), on whole-number ticks."""
     import matplotlib.pyplot as plt
 
-    from bratslab.report import render_report
+    from bratslab.app.run_report import render_report
 
     closed = []
     close = plt.close

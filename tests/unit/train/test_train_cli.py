@@ -20,7 +20,7 @@ def test_missing_store_exits_2_naming_the_paths_and_creates_no_run_folder(tmp_pa
     env = {**os.environ, "BRATSLAB_HOME": str(home), "MLFLOW_TRACKING_URI": ""}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run(
-        [sys.executable, "-c", "from bratslab.cli import main; main()", "train", str(JOB)],
+        [sys.executable, "-c", "from bratslab.app.main import main; main()", "train", str(JOB)],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -38,7 +38,7 @@ def test_missing_store_exits_2_naming_the_paths_and_creates_no_run_folder(tmp_pa
 
 
 def test_run_training_checks_the_store_before_creating_anything(tmp_path, monkeypatch):
-    from bratslab.spec import load_job
+    from bratslab.jobs.spec import load_job
     from bratslab.train.trainer import run_training
 
     store = tmp_path / "empty-store"
@@ -58,7 +58,7 @@ def test_a_name_that_is_not_one_folder_exits_2_and_creates_nothing(tmp_path, nam
     cwd = tmp_path / "work"
     cwd.mkdir()
     proc = subprocess.run(
-        [sys.executable, "-c", "from bratslab.cli import main; main()", "train", str(JOB)]
+        [sys.executable, "-c", "from bratslab.app.main import main; main()", "train", str(JOB)]
         + ["--name", name],
         cwd=cwd,
         env=env,
@@ -76,7 +76,7 @@ def test_a_name_that_is_not_one_folder_exits_2_and_creates_nothing(tmp_path, nam
 
 
 def test_run_training_refuses_an_unsafe_name_before_creating_anything(tmp_path, monkeypatch):
-    from bratslab.spec import load_job
+    from bratslab.jobs.spec import load_job
     from bratslab.train.trainer import run_training
 
     monkeypatch.setenv("BRATSLAB_HOME", str(tmp_path / "home"))
@@ -92,7 +92,7 @@ def test_a_failed_training_run_ends_with_one_line_and_exit_1(capsys, caplog):
     import ray.train
     import typer
 
-    from bratslab.train.cli import _training_failed
+    from bratslab.app.cli.train import _training_failed
     from bratslab.train.failures import PermanentFailure
 
     error = ray.train.ControllerError(PermanentFailure("worker rank 0: /c/e1: cannot resume"))

@@ -24,7 +24,7 @@ def _job(tmp_path: Path, space: dict) -> Path:
 
 def _sweep(job: Path, home: Path, monkeypatch, capsys) -> tuple[int, str]:
     """Run the console entry point in-process: ``bratslab sweep JOB``; (exit code, stderr)."""
-    from bratslab.cli import main
+    from bratslab.app.main import main
 
     monkeypatch.setenv("BRATSLAB_HOME", str(home))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home}/m.db")
@@ -48,7 +48,7 @@ def test_malformed_space_file_fails_naming_the_parameter(tmp_path, monkeypatch, 
 
 def test_parameter_unknown_to_the_job_fails_before_any_trial(tmp_path, monkeypatch):
     from bratslab.config import ConfigError
-    from bratslab.spec import load_job
+    from bratslab.jobs.spec import load_job
     from bratslab.tune.sweep import resume_sweep, start_sweep
 
     monkeypatch.setenv("BRATSLAB_HOME", str(tmp_path))
@@ -67,7 +67,7 @@ def test_parameter_unknown_to_the_job_fails_before_any_trial(tmp_path, monkeypat
 
 def test_grace_period_beyond_epochs_fails_before_any_trial(tmp_path, monkeypatch):
     from bratslab.config import ConfigError
-    from bratslab.spec import load_job
+    from bratslab.jobs.spec import load_job
     from bratslab.tune.sweep import start_sweep
 
     monkeypatch.setenv("BRATSLAB_HOME", str(tmp_path))
@@ -82,7 +82,7 @@ def test_grace_period_beyond_epochs_fails_before_any_trial(tmp_path, monkeypatch
 
 def _stored_sweep(home: Path, name: str, space: dict, **manifest) -> Path:
     """A sweep folder as `start_sweep` leaves it (manifest + space copy), without running it."""
-    from bratslab.spec import load_job
+    from bratslab.jobs.spec import load_job
 
     root = home / "sweeps" / name
     root.mkdir(parents=True)
@@ -96,7 +96,7 @@ def _stored_sweep(home: Path, name: str, space: dict, **manifest) -> Path:
 
 def test_resume_checks_the_stored_sweep_before_any_run(tmp_path, monkeypatch):
     from bratslab.config import ConfigError
-    from bratslab.spec import load_job
+    from bratslab.jobs.spec import load_job
     from bratslab.tune.sweep import resume_sweep, start_sweep
 
     monkeypatch.setenv("BRATSLAB_HOME", str(tmp_path))

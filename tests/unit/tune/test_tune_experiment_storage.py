@@ -81,7 +81,7 @@ def test_folder_storage_keeps_the_layout_of_the_sweep_folder(tmp_path):
 
 
 def test_bad_ray_storage_fails_before_the_sweep_folder_exists(tmp_path, monkeypatch):
-    from bratslab.spec import load_job
+    from bratslab.jobs.spec import load_job
     from bratslab.tune.sweep import start_sweep
 
     monkeypatch.setenv("BRATSLAB_HOME", str(tmp_path))

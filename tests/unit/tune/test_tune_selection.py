@@ -11,7 +11,7 @@ import optuna
 import pytest
 
 from bratslab.config import ConfigError
-from bratslab.spec import load_job
+from bratslab.jobs.spec import load_job
 from bratslab.tune import report, selection
 from bratslab.tune.trial_result import TrialResult
 

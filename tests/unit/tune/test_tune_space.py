@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from bratslab.config import ConfigError, load_yaml
-from bratslab.spec import JobSpec, load_job
+from bratslab.jobs.spec import JobSpec, load_job
 from bratslab.tune.config import SweepConfig
 from bratslab.tune.space import SearchSpace, load_space, set_dotted
 

@@ -47,7 +47,7 @@ def test_default_is_sqlite_beside_the_sweep_and_a_setting_replaces_it(tmp_path):
 
 
 def test_searcher_keeps_its_study_in_the_configured_storage(tmp_path):
-    from bratslab.spec import load_job
+    from bratslab.jobs.spec import load_job
     from bratslab.tune.space import SearchSpace
 
     spec = load_job(ROOT / "jobs/demo.yaml")  # has initial points: the study is created at once
@@ -60,7 +60,7 @@ def test_searcher_keeps_its_study_in_the_configured_storage(tmp_path):
 
 
 def test_new_sweep_refuses_a_study_name_the_shared_storage_holds(home, monkeypatch):
-    from bratslab.spec import load_job
+    from bratslab.jobs.spec import load_job
     from bratslab.tune.sweep import start_sweep
 
     shared = f"sqlite:///{home / 'shared.db'}"
@@ -96,7 +96,7 @@ def test_resume_reattaches_to_the_recorded_storage(home, monkeypatch):
 
 
 def test_resume_with_another_storage_fails_before_any_run(home, monkeypatch):
-    from bratslab.spec import load_job
+    from bratslab.jobs.spec import load_job
     from bratslab.tune.sweep import resume_sweep
 
     root = home / "sweeps" / "s"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bratslab.config import load_yaml
-from bratslab.spec import job_from_dict
+from bratslab.jobs.spec import job_from_dict
 from bratslab.tune.config import SweepConfig
 from bratslab.tune.followup import upkern_job
 from bratslab.tune.harness import SweepPaths, TrialContext

@@ -1,4 +1,4 @@
-"""``bratslab demo``: the whole pipeline end to end on synthetic data.
+"""What ``bratslab demo`` runs: the whole pipeline end to end on synthetic data.
 
 synthesise → preprocess (Ray) → smoke sweep across U-Net, SegResNet and MedNeXt (Ray Tune +
 Optuna + ASHA, each trial a Ray Train run) → TTA re-evaluation of the best trials → register
@@ -14,35 +14,25 @@ from pathlib import Path
 
 import typer
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def register(app: typer.Typer) -> None:
-    app.command("demo")(demo)
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def _default_job() -> Path:
     return REPO_ROOT / "jobs" / "demo.yaml"
 
 
-def demo(
-    cases: int = typer.Option(12, min=4, help="Synthetic training cases."),
-    holdout: int = typer.Option(2, min=1, help="Held-out cases predicted and scored."),
-    shape: tuple[int, int, int] = typer.Option(
-        (96, 96, 64), help="Volume shape of the synthetic cases (X Y Z voxels)."
-    ),
-    job: Path = typer.Option(
-        None, help="Sweep job spec (default: jobs/demo.yaml, three architectures)."
-    ),
-    overrides: list[str] = typer.Option(
-        [], "--set", help="Dotted override of the job, e.g. --set sweep.num_trials=3."
-    ),
-    workers: int = typer.Option(2, min=1, help="Preprocessing/prediction tasks in flight."),
-    out: Path = typer.Option(
-        None, help="Demo folder (default: $BRATSLAB_HOME/demo); reruns reuse its data."
-    ),
+def run_demo(
+    cases: int,
+    holdout: int,
+    shape: tuple[int, int, int],
+    job: Path | None,
+    overrides: list[str],
+    workers: int,
+    out: Path | None,
 ) -> None:
-    """Run the whole pipeline on a small synthetic dataset and print a results table."""
+    """Run the whole pipeline on ``cases`` synthetic training cases (volumes ``shape``, X Y Z)
+    and ``holdout`` held-out ones under ``out`` (default ``$BRATSLAB_HOME/demo``), printing a
+    results table; exits 1 when the sweep registers no model."""
     from rich.console import Console
 
     from bratslab import console as routing
@@ -68,7 +58,7 @@ def demo(
     _preprocess(raw, store, workers, console)
 
     step("3/8 sweep U-Net / SegResNet / MedNeXt (Ray Tune + Optuna + ASHA)")
-    from bratslab.spec import load_job
+    from bratslab.jobs.spec import load_job
     from bratslab.tune.sweep import start_sweep
 
     job_path = job or _default_job()
@@ -125,7 +115,7 @@ def _synthesise(raw: Path, held: Path, cases: int, holdout: int, shape) -> None:
 
 
 def _preprocess(raw: Path, store: Path, workers: int, console) -> None:
-    from bratslab.data.cli import show_fingerprint
+    from bratslab.app.cli.data import show_fingerprint
     from bratslab.data.config import PreprocessConfig
     from bratslab.data.runner import run_preprocess
     from bratslab.data.store import Store
@@ -158,9 +148,9 @@ def _fit_postprocess(champion: str, store: Path, root: Path, console) -> None:
 
 
 def _report(root: Path, outcome, result, held: Path, pred: Path) -> Path:
+    from bratslab.app.run_report import OverlayCase, render_report
     from bratslab.data.labels import to_store_labels
     from bratslab.data.layout import discover_cases
-    from bratslab.report import OverlayCase, render_report
     from bratslab.tracking.mlflow_runs import metric_history
 
     curves = {}

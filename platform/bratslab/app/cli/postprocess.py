@@ -95,8 +95,8 @@ def fit_cmd(
     candidate sizes starting from no post-processing. Prints the scores before and after.
     """
     from bratslab import console
+    from bratslab.app.cli.evaluate import tta_path_option
     from bratslab.config import validate
-    from bratslab.evaluate.cli import tta_path_option
     from bratslab.evaluate.lesionwise import resolve_params
     from bratslab.postprocess.config import FitConfig
     from bratslab.postprocess.runner import (

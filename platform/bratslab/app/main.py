@@ -1,8 +1,8 @@
-"""``bratslab <group> <command>``: thin parsing, one function call per stage.
+"""The ``bratslab`` command: the Typer root that every command group registers on.
 
-Each pipeline stage owns its commands in ``bratslab/<stage>/cli.py`` with a ``register(app)``
-function; this module only assembles them. Heavy imports (torch, ray, mlflow) happen inside the
-commands so ``bratslab --help`` stays fast.
+Each ``bratslab <group>`` lives in ``bratslab/app/cli/<group>.py`` with a ``register(app)``
+function; this module only assembles them. Heavy imports (torch, ray, mlflow) and the stages
+themselves are imported inside the commands, so ``bratslab --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -58,25 +58,29 @@ def _root(
     configure(ctx.invoked_subcommand, verbose)
 
 
-def _register_stages() -> None:
-    from bratslab import demo, spec_cli
-    from bratslab.data import cli as data_cli
-    from bratslab.evaluate import cli as evaluate_cli
-    from bratslab.jobs import cli as jobs_cli
-    from bratslab.models import cli as models_cli
-    from bratslab.postprocess import cli as postprocess_cli
-    from bratslab.tracking import cli as tracking_cli
-    from bratslab.train import cli as train_cli
-    from bratslab.tune import cli as tune_cli
+def _register_groups() -> None:
+    from bratslab.app.cli import (
+        arch,
+        data,
+        demo,
+        evaluate,
+        jobs,
+        models,
+        postprocess,
+        runs,
+        spec,
+        sweep,
+        train,
+        ui,
+    )
 
-    for stage in (data_cli, models_cli, train_cli, tune_cli, evaluate_cli, jobs_cli, tracking_cli):
-        stage.register(app)
-    spec_cli.register(app)
-    demo.register(app)
-    postprocess_cli.register(app)
+    # Registration order is the order `bratslab --help` lists the commands in.
+    for group in (data, arch, train, sweep, evaluate, jobs, models, runs, ui, spec, demo):
+        group.register(app)
+    postprocess.register(app)
 
 
-_register_stages()
+_register_groups()
 
 
 def main() -> None:

@@ -1,72 +1,28 @@
-"""``bratslab models …``, ``bratslab runs …`` and ``bratslab ui``: browse what MLflow holds.
+"""``bratslab models …``: browse and manage the MLflow model registry.
 
-Thin: parses, calls :mod:`bratslab.tracking.registry` / :mod:`bratslab.tracking.browse`, prints
-rich tables, or with ``--json`` only JSON on stdout (datetimes as ISO 8601). MLflow is imported
-inside the commands so ``bratslab --help`` stays fast.
+Thin: parses, calls :mod:`bratslab.tracking.registry` and its neighbours, prints rich tables, or
+with ``--json`` only JSON on stdout (datetimes as ISO 8601). MLflow is imported inside the
+commands so ``bratslab --help`` stays fast.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from pathlib import Path
 
 import typer
 
+from bratslab.app.cli.output import JSON_HELP, echo_json, fail, fmt, rich_console
 from bratslab.tracking.alias_guard import DEFAULT_SELECTION, SELECTION_TAG
 
 models_app = typer.Typer(
     help="Browse the MLflow model registry: versions, aliases (champion), metrics, downloads.",
     no_args_is_help=True,
 )
-runs_app = typer.Typer(help="List and compare MLflow runs as tables.", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``models`` and ``runs`` groups and the ``ui`` command to the root app."""
+    """Add the ``models`` group to the root app."""
     app.add_typer(models_app, name="models")
-    app.add_typer(runs_app, name="runs")
-    app.command("ui")(ui)
-
-
-def _fail(message: str, code: int = 1) -> None:
-    typer.secho(message, fg="red", err=True)
-    raise typer.Exit(code)
-
-
-def _fmt(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
-    if hasattr(value, "strftime"):
-        return value.strftime("%Y-%m-%d %H:%M:%S")
-    return str(value)
-
-
-def _json_default(value):
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return str(value)
-
-
-def _echo_json(data) -> None:
-    """``data`` (dataclasses, lists, dicts) as JSON on stdout, and nothing else there."""
-    typer.echo(json.dumps(data, indent=2, default=_json_default))
-
-
-JSON_HELP = "Print JSON on stdout instead of tables."
-
-
-def _console():
-    from rich.console import Console
-
-    return Console()
-
-
-# --------------------------------------------------------------------------- models
 
 
 @models_app.command("list")
@@ -79,17 +35,15 @@ def models_list(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -
 
     models = registry.list_models()
     if as_json:
-        _echo_json(models)
+        echo_json(models)
         return
     table = Table(title=f"Registered models ({tracking_uri()})")
     for col in ("name", "versions", "latest", "aliases", "updated"):
         table.add_column(col)
     for m in models:
         aliases = ", ".join(f"{a}→v{v}" for a, v in sorted(m.aliases.items())) or "-"
-        table.add_row(
-            m.name, str(m.num_versions), m.latest_version or "-", aliases, _fmt(m.updated)
-        )
-    _console().print(table)
+        table.add_row(m.name, str(m.num_versions), m.latest_version or "-", aliases, fmt(m.updated))
+    rich_console().print(table)
     if not models:
         typer.echo("no registered models yet (a sweep registers its best model)")
 
@@ -110,7 +64,7 @@ def models_show(
     from bratslab.tracking import registry
 
     if version and alias:
-        _fail("give --version or --alias, not both", 2)
+        fail("give --version or --alias, not both", 2)
     try:
         if version or alias:
             infos = [registry.get_version(name, alias=alias, version=version)]
@@ -120,11 +74,11 @@ def models_show(
             except registry.RegistryError:
                 infos = registry.list_versions(name)
     except registry.RegistryError as e:
-        _fail(str(e))
+        fail(str(e))
     if as_json:
-        _echo_json(infos)
+        echo_json(infos)
         return
-    console = _console()
+    console = rich_console()
     for info in infos:
         head = Table(title=f"{info.name} version {info.version}", show_header=False)
         head.add_column("field", style="bold")
@@ -132,7 +86,7 @@ def models_show(
         for key, value in (
             ("aliases", ", ".join(info.aliases) or "-"),
             ("status", info.status),
-            ("created", _fmt(info.created)),
+            ("created", fmt(info.created)),
             ("source run", info.run_id or "-"),
             ("model id", info.model_id or "-"),
             ("artifact URI", info.download_uri or info.source),
@@ -145,7 +99,7 @@ def models_show(
             t.add_column("metric")
             t.add_column("value", justify="right")
             for k in sorted(info.metrics):
-                t.add_row(k, _fmt(info.metrics[k]))
+                t.add_row(k, fmt(info.metrics[k]))
             console.print(t)
         if info.params:
             t = Table(title="params")
@@ -184,7 +138,7 @@ def models_promote(
     try:
         registry.check_model_name(name)
     except ValueError as e:
-        _fail(str(e), 2)
+        fail(str(e), 2)
     try:
         if if_better:
             moved = registry.promote_if_better(name, version, if_better, mode, alias)
@@ -192,9 +146,9 @@ def models_promote(
             registry.set_alias(name, version, alias, force=force)
             moved = True
     except registry.AliasRefusedError as e:
-        _fail(str(e), 2)
+        fail(str(e), 2)
     except (registry.RegistryError, ValueError) as e:
-        _fail(str(e))
+        fail(str(e))
     if moved:
         typer.echo(f"{name}@{alias} -> version {version}")
     else:
@@ -247,9 +201,9 @@ def models_register(
 
     refs = list(refs or [])
     if ensemble is None and (cv_run or name is None or len(refs) != 1):
-        _fail("give one RUN_ID or models:/MODEL_ID and --name, or --ensemble NAME", 2)
+        fail("give one RUN_ID or models:/MODEL_ID and --name, or --ensemble NAME", 2)
     if ensemble is not None and (name or (cv_run is None) == (not refs)):
-        _fail("--ensemble NAME takes two or more models or --cv-run PARENT_RUN_ID (not --name)", 2)
+        fail("--ensemble NAME takes two or more models or --cv-run PARENT_RUN_ID (not --name)", 2)
     try:
         if ensemble is not None:
             version, members = registry.register_ensemble(
@@ -263,11 +217,11 @@ def models_register(
             version, source = registry.register_logged_model(refs[0], name, alias, force=force)
             typer.echo(f"registered {source} as {name} version {version}")
     except registry.AliasRefusedError as e:
-        _fail(f"registered, but the alias was not moved: {e}", 2)
+        fail(f"registered, but the alias was not moved: {e}", 2)
     except ValueError as e:
-        _fail(str(e), 2)
+        fail(str(e), 2)
     except (registry.RegistryError, MlflowException, ModelIntegrityError, OSError) as e:
-        _fail(getattr(e, "message", None) or str(e))
+        fail(getattr(e, "message", None) or str(e))
     if alias:
         typer.echo(f"{name}@{alias} -> version {version}")
 
@@ -305,15 +259,15 @@ def models_compare_ensemble(
             ref, store, tta=tta, max_cases=max_cases, challenge=challenge, device=device
         )
     except (ValueError, FileNotFoundError) as e:
-        _fail(str(e), 2)
+        fail(str(e), 2)
     except ModelIntegrityError as e:
-        _fail(str(e))
+        fail(str(e))
     if not no_log:
         log_comparison(ref, report)
     if as_json:
-        _echo_json(report)
+        echo_json(report)
         return
-    console = _console()
+    console = rich_console()
     if report.same_store:
         typer.secho(f"warning: {report.caveat}", fg="yellow", err=True)
     table = Table(title=f"{ref} on {report.store} ({report.cases} cases, TTA {tta})")
@@ -323,7 +277,7 @@ def models_compare_ensemble(
     for c in cols:
         table.add_column(c.replace("lesion_dice", "lesion").replace("dice_", ""), justify="right")
     for label, metrics in [*report.members.items(), ("ENSEMBLE", report.ensemble)]:
-        table.add_row(label, *(_fmt(metrics.get(c)) for c in cols))
+        table.add_row(label, *(fmt(metrics.get(c)) for c in cols))
     console.print(table)
     for line in verdicts(report):
         typer.echo(line)  # one unwrapped line each: scripts grep "does NOT beat"
@@ -344,158 +298,6 @@ def models_download(
     try:
         out = download(ref, dst)
     except (registry.RegistryError, FileExistsError, FileNotFoundError, ModelIntegrityError) as e:
-        _fail(str(e))
+        fail(str(e))
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     typer.echo(f"downloaded {ref} to {out} ({len(files)} files)")
-
-
-# --------------------------------------------------------------------------- runs
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
-
-
-@runs_app.command("list")
-def runs_list(
-    experiment: str | None = typer.Option(None, "--experiment", "-e", help="Experiment name."),
-    sweep: str | None = typer.Option(
-        None, "--sweep", "-s", help="Only the trials of this sweep (parent run id or name)."
-    ),
-    limit: int = typer.Option(50, "--limit", help="Show at most this many runs."),
-    as_json: bool = typer.Option(
-        False, "--json", help=JSON_HELP + " Each run carries all its metrics, params and tags."
-    ),
-) -> None:
-    """Runs, newest first, with their headline metrics."""
-    from rich.table import Table
-
-    from bratslab.tracking import browse
-
-    try:
-        rows = browse.list_runs(experiment, sweep, max_results=limit)
-    except browse.RunLookupError as e:
-        _fail(str(e))
-    if as_json:
-        _echo_json(rows)
-        return
-    metrics = [m for m in browse.HEADLINE_METRICS if any(m in r.metrics for r in rows)]
-    params = [p for p in browse.HEADLINE_PARAMS if any(p in r.params for r in rows)]
-    table = Table(title="Runs" + (f" of sweep {sweep}" if sweep else ""))
-    for col in ("run id", "name", "experiment", "status", "started", "duration"):
-        table.add_column(col, overflow="fold")
-    for p in params:
-        table.add_column(p)
-    for m in metrics:
-        table.add_column(m, justify="right")
-    for r in rows:
-        table.add_row(
-            r.run_id,
-            r.name,
-            r.experiment,
-            r.shown_status,
-            _fmt(r.start),
-            _duration(r.duration_s),
-            *(r.params.get(p, "-") for p in params),
-            *(_fmt(r.metrics.get(m)) for m in metrics),
-        )
-    _console().print(table)
-
-
-@runs_app.command("compare")
-def runs_compare(
-    run_ids: list[str] = typer.Argument(..., help="Two or more run ids."),
-    all_params: bool = typer.Option(
-        False, "--all-params", help="Show every param, not only those that differ."
-    ),
-) -> None:
-    """Runs side by side: metrics (best per row in bold) and the params that differ."""
-    from rich.table import Table
-
-    from bratslab.tracking import browse
-
-    try:
-        rows = browse.get_runs(run_ids)
-    except browse.RunLookupError as e:
-        _fail(str(e))
-    console = _console()
-    metrics = Table(title="metrics (latest value; bold = best)")
-    metrics.add_column("metric")
-    for r in rows:
-        metrics.add_column(f"{r.name or r.run_id[:8]}\n{r.run_id[:8]}", justify="right")
-    for key in sorted(set().union(*(r.metrics for r in rows))):
-        values = [r.metrics.get(key) for r in rows]
-        present = [v for v in values if v is not None]
-        lower_better = "loss" in key or "hd95" in key
-        best = (min if lower_better else max)(present) if len(present) > 1 else None
-        cells = [
-            f"[bold]{_fmt(v)}[/bold]" if v is not None and v == best else _fmt(v) for v in values
-        ]
-        metrics.add_row(key, *cells)
-    console.print(metrics)
-    keys = set().union(*(r.params for r in rows))
-    shown = sorted(keys if all_params else browse.differing_keys([r.params for r in rows]))
-    params = Table(title="params" + ("" if all_params else " that differ"))
-    params.add_column("param")
-    for r in rows:
-        params.add_column(r.name or r.run_id[:8], overflow="fold")
-    for key in shown:
-        params.add_row(key, *(r.params.get(key, "-") for r in rows))
-    console.print(params)
-    if not shown and not all_params:
-        typer.echo(f"all {len(keys)} params are identical")
-
-
-# --------------------------------------------------------------------------- ui
-
-
-def ui(
-    port: int = typer.Option(5000, "--port", "-p", min=1, max=65535, help="Port to serve on."),
-    host: str = typer.Option(
-        "127.0.0.1",
-        "--host",
-        help="Interface to bind. Loopback by default: the UI has no login and shows every "
-        "run; reach it from elsewhere through an SSH tunnel.",
-    ),
-) -> None:
-    """Start the MLflow UI on the embedded tracking store (Ctrl-C stops it).
-
-    It opens on the training runs of the experiment that ran last; the URL is printed once the
-    server answers.
-    """
-    import os
-
-    from bratslab.settings import get_settings
-    from bratslab.tracking.mlflow_runs import latest_experiment, mark_training_experiments
-    from bratslab.tracking.ui import is_loopback_host, serve, server_command
-
-    settings = get_settings()
-    uri = settings.tracking_uri
-    if uri.startswith(("http://", "https://")):
-        typer.echo(f"MLFLOW_TRACKING_URI points at a tracking server: its UI is {uri}")
-        return
-    if not is_loopback_host(host):
-        typer.secho(
-            f"warning: binding {host}: anyone who reaches this port can read and change every "
-            "run and model (the MLflow UI has no login here).",
-            fg="yellow",
-            err=True,
-        )
-    # Experiments made before bratslab set their kind would open in MLflow's GenAI view.
-    mark_training_experiments(uri)
-    latest = latest_experiment(uri)
-    base = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
-    page = f"{base}/#/experiments/{latest}/runs" if latest else base
-    # No job runner (MLflow's GenAI jobs; bratslab has none): a process less to start, and the
-    # server then exits on SIGTERM at once instead of waiting for it. A user's setting wins.
-    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    typer.echo(f"starting the MLflow UI for {uri} …", err=True)
-    code, ready = serve(
-        server_command(settings, host, port),
-        base,
-        lambda: typer.echo(f"MLflow UI at {page}  (Ctrl-C to stop)", err=True),
-    )
-    if not ready:
-        _fail(f"the MLflow UI did not start (exit {code}): is port {port} already in use?", 1)

@@ -40,14 +40,14 @@ def train(
     from rich.console import Console
 
     from bratslab.config import ConfigError
+    from bratslab.jobs.spec import load_job
     from bratslab.names import check_name
     from bratslab.shutdown import Terminated
-    from bratslab.spec import load_job
     from bratslab.train.trainer import run_training
 
     if name is not None:
         check_name(name, "--name")  # it becomes $BRATSLAB_HOME/ray_results/<name>
-    spec = load_job(job, set_)  # ConfigError → exit 2 with the key named (bratslab.cli.main)
+    spec = load_job(job, set_)  # ConfigError → exit 2 with the key named (bratslab.app.main.main)
     try:
         spec.data.store_path()  # the store exists: checked before any run folder is created
     except ConfigError as e:

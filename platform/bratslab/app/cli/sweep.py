@@ -51,7 +51,7 @@ def sweep(
         else:
             if job is None:
                 raise ConfigError("bratslab sweep: give a JOB.yaml (or --resume NAME)")
-            from bratslab.spec import load_job
+            from bratslab.jobs.spec import load_job
 
             spec = load_job(job, overrides)
             outcome = start_sweep(spec, job_source=str(job))

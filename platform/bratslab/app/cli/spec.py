@@ -1,6 +1,6 @@
 """``bratslab spec schema|explain``: the job spec's keys, documented from the typed configs.
 
-The source of truth is :class:`bratslab.spec.JobSpec` itself (its pydantic fields, their types,
+The source of truth is :class:`bratslab.jobs.spec.JobSpec` itself (its pydantic fields, their types,
 defaults, constraints and ``Field(description=...)``), so what these commands print cannot drift
 from what ``load_job`` accepts.
 """
@@ -176,7 +176,7 @@ def format_doc(doc: KeyDoc) -> str:
 @spec_app.command("schema")
 def schema() -> None:
     """Print the JSON Schema of a job spec (for editors and validators)."""
-    from bratslab.spec import JobSpec
+    from bratslab.jobs.spec import JobSpec
 
     typer.echo(json.dumps(JobSpec.model_json_schema(), indent=2))
 
@@ -192,7 +192,7 @@ def explain(
     All keys, or KEY and the keys under it. Each can be set in the YAML file or with
     `--set KEY=VALUE`; an unknown KEY exits 2.
     """
-    from bratslab.spec import JobSpec
+    from bratslab.jobs.spec import JobSpec
 
     try:
         docs = select(spec_keys(JobSpec), key)
