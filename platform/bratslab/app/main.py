@@ -83,6 +83,14 @@ def _register_groups() -> None:
 _register_groups()
 
 
+def command_tree():
+    """The root click command of ``bratslab``: what job submission checks command lines against
+    (:func:`bratslab.jobs.entrypoint.resolve_command`)."""
+    import typer.main
+
+    return typer.main.get_command(app)
+
+
 def main() -> None:
     """Console-script entry point: config errors print cleanly and exit 2."""
     try:

@@ -2,9 +2,13 @@
 
 A job spec (``jobs/*.yaml``) maps to ``bratslab train SPEC`` or, when it has a ``sweep`` section,
 ``bratslab sweep SPEC``; any other stage (``data preprocess``, ``predict``, ``evaluate-model``…)
-is submitted as an explicit command line. Either way the command is resolved against the Typer
-app's registered commands before anything reaches the cluster, so a typo fails here, not after
-the runtime environment has been uploaded.
+is submitted as an explicit command line. Either way the command is resolved against the CLI's
+registered commands before anything reaches the cluster, so a typo fails here, not after the
+runtime environment has been uploaded.
+
+The command tree is passed in (``commands``: the root click command of ``bratslab``, which
+``bratslab submit`` takes from its own context), so job submission never imports the
+application that sits above it.
 """
 
 from __future__ import annotations
@@ -13,18 +17,11 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-from bratslab.config import ConfigError, apply_overrides, load_yaml
+from bratslab.config import ConfigError
+from bratslab.jobs.spec import load_job
 
 #: Commands that only make sense on the submitting machine (they talk to the cluster or serve a UI).
 LOCAL_ONLY = frozenset({("submit",), ("jobs",), ("ui",)})
-
-
-def _root_group():
-    import typer.main
-
-    from bratslab.app.main import app
-
-    return typer.main.get_command(app)
 
 
 def _subcommands(cmd) -> dict | None:
@@ -34,8 +31,9 @@ def _subcommands(cmd) -> dict | None:
     return commands if isinstance(commands, dict) else None
 
 
-def command_names() -> set[tuple[str, ...]]:
-    """Every leaf command of the ``bratslab`` CLI as a path, e.g. ``("data", "preprocess")``."""
+def command_names(commands) -> set[tuple[str, ...]]:
+    """Every leaf command under ``commands`` (the root click command) as a path, e.g.
+    ``("data", "preprocess")``."""
     names: set[tuple[str, ...]] = set()
 
     def walk(cmd, prefix: tuple[str, ...]) -> None:
@@ -45,18 +43,19 @@ def command_names() -> set[tuple[str, ...]]:
         for name, sub in (subs or {}).items():
             walk(sub, (*prefix, name))
 
-    walk(_root_group(), ())
+    walk(commands, ())
     return names
 
 
-def resolve_command(argv: Sequence[str]) -> tuple[str, ...]:
-    """The command path that ``bratslab ARGV`` would run (options and arguments stripped).
+def resolve_command(commands, argv: Sequence[str]) -> tuple[str, ...]:
+    """The command path that ``bratslab ARGV`` would run (options and arguments stripped), looked
+    up in ``commands`` (the root click command).
 
     Raises:
         ConfigError: ``argv`` does not start with a ``bratslab`` command, or names a command
             that only runs on the submitting machine (``submit``, ``jobs``, ``ui``).
     """
-    cmd = _root_group()
+    cmd = commands
     path: tuple[str, ...] = ()
     for token in argv:
         subs = _subcommands(cmd)
@@ -75,9 +74,9 @@ def resolve_command(argv: Sequence[str]) -> tuple[str, ...]:
     return path
 
 
-def leaf_command(path: Sequence[str]):
+def leaf_command(commands, path: Sequence[str]):
     """The click command object at ``path`` (as returned by :func:`resolve_command`)."""
-    cmd = _root_group()
+    cmd = commands
     for token in path:
         cmd = _subcommands(cmd)[token]
     return cmd
@@ -86,14 +85,9 @@ def leaf_command(path: Sequence[str]):
 def spec_kind(spec_path: Path, overrides: Sequence[str] = ()) -> str:
     """``"sweep"`` for a job spec with a ``sweep`` section, otherwise ``"train"``.
 
-    The spec is validated with the training stage's own loader (``bratslab.jobs.spec.load_job``)
-    so an invalid key fails on the submitting machine, naming the key.
+    The spec is validated with the job-spec loader (:func:`bratslab.jobs.spec.load_job`) so an
+    invalid key fails on the submitting machine, naming the key.
     """
-    try:
-        from bratslab.jobs.spec import load_job
-    except ImportError:  # the training stage is optional for submitting explicit commands
-        data = apply_overrides(load_yaml(spec_path), list(overrides))
-        return "sweep" if data.get("sweep") else "train"
     spec = load_job(spec_path, list(overrides))
     return "sweep" if getattr(spec, "sweep", None) is not None else "train"
 

@@ -286,6 +286,7 @@ def plan_spec_job(
 def plan_command_job(
     argv: Sequence[str],
     *,
+    commands,
     address: str,
     working_dir: Path | None = None,
     env: dict[str, str] | None = None,
@@ -293,17 +294,20 @@ def plan_command_job(
 ) -> JobPlan:
     """Plan an explicit ``bratslab ARGV`` job, e.g. ``["data", "preprocess", RAW, OUT]``.
 
+    ``commands`` is the ``bratslab`` root click command that ``ARGV`` is checked against
+    (:func:`bratslab.jobs.entrypoint.resolve_command`).
+
     Relative path arguments are made absolute for a cluster on this machine; for a remote one
     they must name something the uploaded package carries (a job spec, a config file) and are
     refused otherwise (:func:`bratslab.jobs.paths.command_path_args`).
     """
-    path = ep.resolve_command(argv)
+    path = ep.resolve_command(commands, argv)
     kind = "-".join(path)
     root = (working_dir or project_root()).resolve()
     same = runs_on_this_machine(address) if same_machine is None else same_machine
     sizes, packed = _package(root)
     args = jp.command_path_args(
-        ep.leaf_command(path), argv[len(path) :], same_machine=same, packed=packed
+        ep.leaf_command(commands, path), argv[len(path) :], same_machine=same, packed=packed
     )
     env = job_env(address, env, same_machine=same)
     return _plan(kind, [*path, *args], root, env, kind, {"bratslab_kind": kind}, sizes)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bratslab.app.main import command_tree
 from bratslab.jobs import client as jc
 from bratslab.jobs import entrypoint as ep
 
@@ -48,7 +49,7 @@ def _env(container: dict) -> dict[str, dict]:
 def _assert_bratslab_command(command: str, where: str) -> None:
     argv = shlex.split(command)
     assert argv[0] == "bratslab", f"{where}: {command!r} is not a bratslab command"
-    path = ep.resolve_command(argv[1:])  # raises naming the unknown command
+    path = ep.resolve_command(command_tree(), argv[1:])  # raises naming the unknown command
     if path in {("train",), ("sweep",)}:
         spec = argv[len(path) + 1]
         assert (REPO / spec).is_file(), f"{where}: job spec {spec} is not in the repository"

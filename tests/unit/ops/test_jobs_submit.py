@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bratslab.app.main import command_tree
 from bratslab.config import ConfigError
 from bratslab.jobs import client as jc
 from bratslab.jobs import entrypoint as ep
@@ -18,6 +19,12 @@ from bratslab.jobs import submit as sj
 REPO = Path(__file__).resolve().parents[3]
 LOCAL = "http://127.0.0.1:8265"
 REMOTE = "https://ray.example.org"
+COMMANDS = command_tree()
+
+
+def plan_command(argv, **kwargs) -> sj.JobPlan:
+    """``sj.plan_command_job`` checked against the real ``bratslab`` command tree."""
+    return sj.plan_command_job(argv, commands=COMMANDS, **kwargs)
 
 
 @pytest.fixture(autouse=True)
@@ -62,7 +69,7 @@ def test_smoke_spec_plans_bratslab_train_with_overrides():
     assert words[:5] == ["bratslab", "train", "jobs/smoke.yaml", "--set", "training.epochs=1"]
     # The relative data.store is pinned to what this machine means by it (see below).
     assert words[5] == "--set" and words[6].startswith("data.store=/") and len(words) == 7
-    assert ep.resolve_command(plan.argv) == ("train",)
+    assert ep.resolve_command(COMMANDS, plan.argv) == ("train",)
     renv = plan.runtime_env
     assert renv["working_dir"] == str(REPO)
     assert ".venv" in renv["excludes"] and "/bratslab-work" in renv["excludes"]
@@ -104,16 +111,16 @@ def test_missing_spec_is_named(tmp_path):
 
 def test_command_job_quotes_arguments_and_checks_the_command():
     argv = ["data", "preprocess", "/data/raw dir", "/data/store", "--workers", "2"]
-    plan = sj.plan_command_job(argv, address=LOCAL, env={"EXTRA": "1"})
+    plan = plan_command(argv, address=LOCAL, env={"EXTRA": "1"})
     assert plan.kind == "data-preprocess"
     assert shlex.split(plan.entrypoint) == ["bratslab", *argv]
     assert plan.runtime_env["env_vars"]["EXTRA"] == "1"
     with pytest.raises(ConfigError, match="'preprocez' is not a command of `bratslab data`"):
-        sj.plan_command_job(["data", "preprocez"], address=LOCAL)
+        plan_command(["data", "preprocez"], address=LOCAL)
     with pytest.raises(ConfigError, match="runs on your machine"):
-        sj.plan_command_job(["jobs", "list"], address=LOCAL)
+        plan_command(["jobs", "list"], address=LOCAL)
     with pytest.raises(ConfigError, match="does not name a command"):
-        sj.plan_command_job(["data"], address=LOCAL)
+        plan_command(["data"], address=LOCAL)
 
 
 def test_a_loopback_port_that_is_not_a_ray_dashboard_is_remote():
@@ -274,11 +281,11 @@ def test_init_from_folders_are_pinned_and_model_uris_pass(tmp_path, monkeypatch)
 def test_command_job_paths_are_absolute_locally_and_refused_remotely(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     argv = ["data", "preprocess", "raw/", "--workers", "2", "store"]
-    plan = sj.plan_command_job(argv, address=LOCAL, same_machine=True)
+    plan = plan_command(argv, address=LOCAL, same_machine=True)
     assert plan.argv == [
         "data", "preprocess", str(tmp_path / "raw"), "--workers", "2", str(tmp_path / "store"),
     ]  # fmt: skip
-    plan = sj.plan_command_job(
+    plan = plan_command(
         ["predict", "--model", "models:/m@champion", "--input=in", "--output", "out"],
         address=LOCAL,
         same_machine=True,
@@ -286,9 +293,9 @@ def test_command_job_paths_are_absolute_locally_and_refused_remotely(tmp_path, m
     assert plan.argv[-3:] == [f"--input={tmp_path / 'in'}", "--output", str(tmp_path / "out")]
     assert "models:/m@champion" in plan.argv
     with pytest.raises(ConfigError, match="RAW 'raw' is a folder on this machine"):
-        sj.plan_command_job(argv, address=REMOTE, same_machine=False)
+        plan_command(argv, address=REMOTE, same_machine=False)
     remote = ["data", "preprocess", "/mnt/raw", "s3://bucket/store"]
-    assert sj.plan_command_job(remote, address=REMOTE, same_machine=False).argv == remote
+    assert plan_command(remote, address=REMOTE, same_machine=False).argv == remote
 
 
 def test_a_heavy_package_is_a_warning_naming_its_biggest_folders(tmp_path, monkeypatch):
@@ -340,9 +347,9 @@ def test_a_remote_command_may_name_files_its_package_carries(tmp_path, monkeypat
     monkeypatch.chdir(root / "configs")
     argv = ["postprocess", "apply", "--config", "pp.json", "/mnt/in", "s3x"]
     with pytest.raises(ConfigError, match="OUT_DIR 's3x' is a folder on this machine"):
-        sj.plan_command_job(argv, address=REMOTE, working_dir=root, same_machine=False)
+        plan_command(argv, address=REMOTE, working_dir=root, same_machine=False)
     argv[-1] = "/mnt/out"
-    plan = sj.plan_command_job(argv, address=REMOTE, working_dir=root, same_machine=False)
+    plan = plan_command(argv, address=REMOTE, working_dir=root, same_machine=False)
     assert plan.argv == [
         "postprocess",
         "apply",

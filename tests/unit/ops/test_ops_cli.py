@@ -6,13 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bratslab.app.main import command_tree
 from bratslab.jobs.entrypoint import command_names
 from bratslab.settings import get_settings
 from bratslab.tracking.ui import is_loopback_host, server_command
 
 
 def test_ops_commands_are_registered():
-    names = command_names()
+    names = command_names(command_tree())
     for cmd in [
         ("submit",),
         ("jobs", "list"), ("jobs", "status"), ("jobs", "logs"), ("jobs", "stop"),
@@ -28,7 +29,7 @@ def test_ops_commands_are_registered():
 def test_ops_cli_modules_do_not_import_mlflow_or_ray():
     """`bratslab --help` must stay fast: heavy imports happen inside the commands."""
     code = (
-        "import sys, bratslab.app.cli.jobs, bratslab.app.cli.models; "
+        "import sys, bratslab.app.main; "
         "print(sorted(m for m in ('mlflow', 'ray', 'torch') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -78,6 +78,7 @@ def _quiet_ray_client_logs() -> None:
 
 
 def submit(
+    ctx: typer.Context,
     target: list[str] = typer.Argument(
         ...,
         metavar="JOB.yaml | -- COMMAND...",
@@ -151,7 +152,12 @@ def submit(
             if overrides:
                 _fail("--set applies to job specs; put options of a command after `--`", 2)
             plan = sj.plan_command_job(
-                target, address=url, working_dir=working_dir, env=extra, same_machine=share_store
+                target,
+                commands=ctx.find_root().command,  # checked against this very CLI
+                address=url,
+                working_dir=working_dir,
+                env=extra,
+                same_machine=share_store,
             )
     except jc.JobsError as e:
         _fail(str(e))
