@@ -58,12 +58,7 @@ def run_demo(
     _preprocess(raw, store, workers, console)
 
     step("3/8 sweep U-Net / SegResNet / MedNeXt (Ray Tune + Optuna + ASHA)")
-    from bratslab.jobs.spec import load_job
-    from bratslab.tune.sweep import start_sweep
-
-    job_path = job or _default_job()
-    spec = load_job(job_path, [f"data.store={store}", *overrides])
-    outcome = start_sweep(spec, job_source=str(job_path), settings=settings)
+    outcome = _sweep(job or _default_job(), store, overrides, settings)
     reg = outcome.registration
     if reg is None:
         console.print("[red]the sweep registered no model; see the trial table above[/red]")
@@ -112,6 +107,15 @@ def _synthesise(raw: Path, held: Path, cases: int, holdout: int, shape) -> None:
     if len(list(held.glob("*/"))) != holdout:
         # Another seed and another cohort name: held-out ids never collide with training ids.
         synthesize_dataset(held, holdout, "brats2023", seed=1, shape=shape, cohort="SSA")
+
+
+def _sweep(job_path: Path, store: Path, overrides: list[str], settings):
+    """The sweep of ``job_path`` on ``store``: its outcome (trials, registration)."""
+    from bratslab.jobs.spec import load_job
+    from bratslab.tune.sweep import start_sweep
+
+    spec = load_job(job_path, [f"data.store={store}", *overrides])
+    return start_sweep(spec, job_source=str(job_path), settings=settings)
 
 
 def _preprocess(raw: Path, store: Path, workers: int, console) -> None:

@@ -137,44 +137,11 @@ def submit(
 
     try:
         url = jc.resolve_address(address)
-        extra = sj.parse_env(env)
-        is_spec = len(target) == 1 and target[0].endswith((".yaml", ".yml"))
-        if is_spec:
-            plan = sj.plan_spec_job(
-                Path(target[0]),
-                overrides,
-                address=url,
-                working_dir=working_dir,
-                env=extra,
-                same_machine=share_store,
-            )
-        else:
-            if overrides:
-                _fail("--set applies to job specs; put options of a command after `--`", 2)
-            plan = sj.plan_command_job(
-                target,
-                commands=ctx.find_root().command,  # checked against this very CLI
-                address=url,
-                working_dir=working_dir,
-                env=extra,
-                same_machine=share_store,
-            )
+        plan = _plan(ctx, target, url, overrides, sj.parse_env(env), working_dir, share_store)
     except jc.JobsError as e:
         _fail(str(e))
     if dry_run:
-        typer.echo(
-            json.dumps(
-                {
-                    "address": url,
-                    "submission_id": plan.submission_id,
-                    "entrypoint": plan.entrypoint,
-                    "runtime_env": plan.runtime_env,
-                    "metadata": plan.metadata,
-                    "package_bytes": plan.package_bytes,
-                },
-                indent=2,
-            )
-        )
+        _print_plan(url, plan)
         return
     size = plan.package_bytes
     shown = f"{size / 2**20:.1f} MB" if size >= 2**20 else f"{size / 2**10:.0f} KB"
@@ -206,6 +173,49 @@ def submit(
             _exit_for(status, jobs, job_id)
     except jc.JobsError as e:
         _fail(str(e))
+
+
+def _plan(ctx: typer.Context, target: list[str], url: str, overrides, env, working_dir, share):
+    """The job plan of ``bratslab submit TARGET``: a job spec, or a command line checked
+    against this very CLI (the root command of ``ctx``)."""
+    from bratslab.jobs import submit as sj
+
+    if len(target) == 1 and target[0].endswith((".yaml", ".yml")):
+        return sj.plan_spec_job(
+            Path(target[0]),
+            overrides,
+            address=url,
+            working_dir=working_dir,
+            env=env,
+            same_machine=share,
+        )
+    if overrides:
+        _fail("--set applies to job specs; put options of a command after `--`", 2)
+    return sj.plan_command_job(
+        target,
+        commands=ctx.find_root().command,
+        address=url,
+        working_dir=working_dir,
+        env=env,
+        same_machine=share,
+    )
+
+
+def _print_plan(url: str, plan) -> None:
+    """``submit --dry-run``: what would be sent, as JSON on stdout."""
+    typer.echo(
+        json.dumps(
+            {
+                "address": url,
+                "submission_id": plan.submission_id,
+                "entrypoint": plan.entrypoint,
+                "runtime_env": plan.runtime_env,
+                "metadata": plan.metadata,
+                "package_bytes": plan.package_bytes,
+            },
+            indent=2,
+        )
+    )
 
 
 def _when(ms: int | None) -> str:

@@ -94,18 +94,10 @@ def fit_cmd(
     Objective: mean BraTS lesion-wise Dice over WT, TC and ET; a coordinate-wise search over the
     candidate sizes starting from no post-processing. Prints the scores before and after.
     """
-    from bratslab import console
-    from bratslab.app.cli.evaluate import tta_path_option
     from bratslab.config import validate
     from bratslab.evaluate.lesionwise import resolve_params
     from bratslab.postprocess.config import FitConfig
-    from bratslab.postprocess.runner import (
-        fit_folder,
-        fit_model,
-        register_document,
-        result_document,
-        write_document,
-    )
+    from bratslab.postprocess.runner import write_document
     from bratslab.tracking.model_store import ModelIntegrityError
 
     given = _parse_candidates(candidates)
@@ -128,22 +120,11 @@ def fit_cmd(
         resolve_params(challenge)
         out = _check_out(out)
         if from_folder:
-            folder_fit = fit_folder(pred, ref, fit, progress=True)
-            result, failures = folder_fit.result, folder_fit.failures
-            doc = result_document(result, pred=pred, ref=ref)
-            title = f"{pred} against {ref}"
+            result, failures, doc, title = _fit_on_predictions(pred, ref, fit)
         else:
-            # Loading the model and predicting the cases takes a minute before the first bar.
-            with console.step(
-                f"fit: predict fold {fold}'s validation cases with {model} "
-                f"(tta {tta}), then search thresholds"
-            ):
-                result = fit_model(
-                    model, store, fold, tta, fit=fit, max_cases=max_cases or None,
-                    overlap=overlap, progress=True, tta_path=tta_path_option(tta_path),
-                )  # fmt: skip
-            doc = result_document(result, model=model, fold=fold, tta=tta, stress=stress)
-            title = f"{model} · fold {fold} · tta {tta}"
+            result, doc, title = _fit_on_model(
+                model, store, fold, tta, fit, max_cases or None, overlap, tta_path
+            )
     except ModelIntegrityError as e:
         _fail(str(e), 1)
     except (FileNotFoundError, ValueError, LookupError) as e:
@@ -154,16 +135,59 @@ def fit_cmd(
     for f in failures:
         typer.secho(f"LEFT OUT {f['case']}: {f['file']}: {f['reason']}", fg="red", err=True)
     if register_ and model is not None:
-        where = register_document(model, out, doc)
-        if where is None:
-            typer.echo(
-                f"{model} is not a registered model version: thresholds not stored in the "
-                f"registry (pass --postprocess {out} to predict)"
-            )
-        else:
-            typer.echo(f"stored on {where} (tag bratslab.postprocess); predict applies them")
+        _register(model, out, doc)
     if failures:
         raise typer.Exit(1)
+
+
+def _fit_on_predictions(pred: Path, ref: Path, fit):
+    """``fit --pred --ref``: fit on predictions already written.
+
+    Returns:
+        ``(result, failures, document, title)``; ``failures`` name the cases left out.
+    """
+    from bratslab.postprocess.runner import fit_folder, result_document
+
+    folder_fit = fit_folder(pred, ref, fit, progress=True)
+    doc = result_document(folder_fit.result, pred=pred, ref=ref)
+    return folder_fit.result, folder_fit.failures, doc, f"{pred} against {ref}"
+
+
+def _fit_on_model(model, store, fold, tta, fit, max_cases, overlap, tta_path):
+    """``fit --model --store``: predict ``fold``'s validation cases with ``model``, then fit.
+
+    Returns:
+        ``(result, document, title)``.
+    """
+    from bratslab import console
+    from bratslab.app.cli.evaluate import tta_path_option
+    from bratslab.postprocess.runner import fit_model, result_document
+
+    # Loading the model and predicting the cases takes a minute before the first bar.
+    with console.step(
+        f"fit: predict fold {fold}'s validation cases with {model} "
+        f"(tta {tta}), then search thresholds"
+    ):
+        result = fit_model(
+            model, store, fold, tta, fit=fit, max_cases=max_cases,
+            overlap=overlap, progress=True, tta_path=tta_path_option(tta_path),
+        )  # fmt: skip
+    doc = result_document(result, model=model, fold=fold, tta=tta, stress=fit.stress)
+    return result, doc, f"{model} · fold {fold} · tta {tta}"
+
+
+def _register(model: str, out: Path, doc: dict) -> None:
+    """Store the thresholds on ``model``'s registered version, or say why they were not."""
+    from bratslab.postprocess.runner import register_document
+
+    where = register_document(model, out, doc)
+    if where is None:
+        typer.echo(
+            f"{model} is not a registered model version: thresholds not stored in the "
+            f"registry (pass --postprocess {out} to predict)"
+        )
+    else:
+        typer.echo(f"stored on {where} (tag bratslab.postprocess); predict applies them")
 
 
 def _check_out(out: Path) -> Path:
