@@ -1,7 +1,9 @@
-"""The package stays readable: no function body over ~80 lines, and the stage fences hold.
+"""The package stays readable: no module over 450 lines, no function body over 60 lines, MLflow
+only in ``tracking/`` and private APIs of dependencies only in ``compat/``.
 
 A function's length is counted from its first statement after the docstring to its end, so a
-CLI command's long list of typer option declarations does not count against it.
+CLI command's long list of typer option declarations does not count against it. Which folder may
+import which is the layer contract's business (``tests/unit/test_layers.py``).
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "platform" / "bratslab"
-MAX_BODY_LINES = 80
+MAX_BODY_LINES = 60
+MAX_MODULE_LINES = 450
 
 
 def _functions():
@@ -39,17 +42,18 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-def test_no_function_body_exceeds_80_lines():
+def test_no_function_body_exceeds_60_lines():
     long = [f"{p}:{name} ({n} lines)" for p, name, n in _functions() if n > MAX_BODY_LINES]
     assert not long, "functions to split: " + ", ".join(long)
 
 
-def test_stages_do_not_import_job_submission():
-    # jobs/ is Ray Jobs submission only: no stage takes its configuration from there.
-    for stage in ("data", "models", "train", "tune", "evaluate", "tracking"):
-        for path in (PACKAGE / stage).rglob("*.py"):
-            bad = {m for m in _imports(path) if m.startswith("bratslab.jobs")}
-            assert not bad, f"{path.relative_to(PACKAGE)} imports {bad}"
+def test_no_module_exceeds_450_lines():
+    long = [
+        f"{path.relative_to(PACKAGE)} ({n} lines)"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    ]
+    assert not long, "modules to split: " + ", ".join(long)
 
 
 def test_mlflow_only_in_tracking():

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bratslab.compat.ray_packaging import biggest_folders, package_files
 from bratslab.config import ConfigError
 from bratslab.jobs import entrypoint as ep
 from bratslab.jobs import paths as jp
@@ -207,8 +208,6 @@ def _runtime_env(working_dir: Path, env: dict[str, str]) -> dict:
 def _package(root: Path) -> tuple[dict[Path, int], Callable[[Path], str | None]]:
     """The files Ray will upload from ``root`` (with their sizes), and a function mapping a
     client path to its path inside that package (None when the package does not carry it)."""
-    from bratslab.compat.ray_packaging import package_files
-
     sizes = package_files(root, EXCLUDES)
     folders = {parent for rel in sizes for parent in rel.parents}
 
@@ -231,8 +230,6 @@ def _plan(
     metadata: dict,
     sizes: dict[Path, int],
 ) -> JobPlan:
-    from bratslab.compat.ray_packaging import biggest_folders
-
     return JobPlan(
         kind=kind,
         argv=argv,

@@ -194,8 +194,6 @@ def models_register(
 ) -> None:
     """Register a run's logged model as a new version of NAME and print the version; with
     --ensemble, several models (or a CV run's folds) as one ensemble version."""
-    from mlflow.exceptions import MlflowException
-
     from bratslab.tracking import registry
     from bratslab.tracking.model_store import ModelIntegrityError
 
@@ -220,10 +218,20 @@ def models_register(
         fail(f"registered, but the alias was not moved: {e}", 2)
     except ValueError as e:
         fail(str(e), 2)
-    except (registry.RegistryError, MlflowException, ModelIntegrityError, OSError) as e:
+    except (registry.RegistryError, ModelIntegrityError, OSError) as e:
         fail(getattr(e, "message", None) or str(e))
+    except Exception as e:
+        if not _raised_by_mlflow(e):
+            raise
+        fail(getattr(e, "message", None) or str(e))  # MlflowException: its message alone
     if alias:
         typer.echo(f"{name}@{alias} -> version {version}")
+
+
+def _raised_by_mlflow(error: Exception) -> bool:
+    """An MLflow error (``MlflowException`` and its kin), told apart without importing MLflow
+    outside ``bratslab.tracking``."""
+    return type(error).__module__.partition(".")[0] == "mlflow"
 
 
 @models_app.command("compare-ensemble")
