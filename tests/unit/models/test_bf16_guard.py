@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 import torch
@@ -92,15 +93,30 @@ def _has_amx() -> bool:
 @pytest.mark.skipif(
     not _has_amx(), reason="no AMX here: the in-process tests already ran the non-AMX kernels"
 )
-def test_bf16_equivalence_on_the_non_amx_kernels():
+def test_bf16_equivalence_on_the_non_amx_kernels(tmp_path):
     """The SegResNet bf16-vs-fp32 test once more, with oneDNN held to its AVX512-BF16 kernels
-    (what an AMD Zen 4 CPU runs), so an AMX machine checks the non-AMX path too."""
+    (what an AMD Zen 4 CPU runs), so an AMX machine checks the non-AMX path too.
+
+    Both inner tests must have run and passed: a run where they skip (say, bf16 reported
+    unsupported under the restricted kernels) exits 0 too, yet checks nothing."""
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16", "OMP_NUM_THREADS": "2"}
     here = Path(__file__).parent
+    report = tmp_path / "inner.xml"
+    inner = [
+        f"{here / 'test_runtime.py'}::test_bf16_path_matches_fp32",
+        f"{here / 'test_checkpointing.py'}::test_checkpointing_gives_same_gradients",
+    ]
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         f"{here / 'test_runtime.py'}::test_bf16_path_matches_fp32",
-         f"{here / 'test_checkpointing.py'}::test_checkpointing_gives_same_gradients"],
+         f"--junitxml={report}", *inner],
         env=env, capture_output=True, text=True, timeout=600, cwd=here,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    output = proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert proc.returncode == 0, output
+    cases = ElementTree.parse(report).getroot().iter("testcase")
+    outcomes = {c.get("name"): [child.tag for child in c] for c in cases}
+    not_passed = {n: t for n, t in outcomes.items() if {"failure", "error", "skipped"} & set(t)}
+    ran = {name.partition("[")[0] for name in outcomes}  # parametrised cases count once
+    assert not not_passed and ran == {test.rpartition("::")[2] for test in inner}, (
+        f"inner outcomes {outcomes}\n{output}"
+    )
