@@ -49,7 +49,7 @@ class DtypeChoice(str, Enum):
 
 
 def register(app: typer.Typer) -> None:
-    """Add this stage's commands to the root app."""
+    """Add this group's commands to the root app."""
     app.add_typer(data_app, name="data")
 
 

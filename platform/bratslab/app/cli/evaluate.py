@@ -334,7 +334,7 @@ def export_rle_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    """Add this stage's commands to the root app."""
+    """Add this group's commands to the root app."""
     app.command("predict")(predict)
     app.command("evaluate")(evaluate)
     app.command("evaluate-model")(evaluate_model_cmd)

@@ -23,7 +23,7 @@ TTA_HELP = "Test-time augmentation of the validation predictions (use what predi
 
 
 def register(app: typer.Typer) -> None:
-    """Add this stage's commands to the root app."""
+    """Add this group's commands to the root app."""
     app.add_typer(postprocess_app, name="postprocess")
 
 

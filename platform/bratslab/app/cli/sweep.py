@@ -8,7 +8,7 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    """Add this stage's commands to the root app."""
+    """Add this group's commands to the root app."""
     app.command("sweep")(sweep)
 
 

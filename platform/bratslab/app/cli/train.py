@@ -176,5 +176,5 @@ def _train_folds(spec, job: Path, folds_text: str, name, max_parallel: int, cons
 
 
 def register(app: typer.Typer) -> None:
-    """Add this stage's commands to the root app."""
+    """Add this group's commands to the root app."""
     app.command("train")(train)
