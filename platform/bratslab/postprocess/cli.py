@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from bratslab.evaluate.tta_path import TTA_PATH_HELP
+from bratslab.inference.tta_path import TTA_PATH_HELP
 
 postprocess_app = typer.Typer(
     help="Lesion-wise-aware post-processing: fit minimum component sizes on a fold's "
@@ -98,14 +98,14 @@ def fit_cmd(
     from bratslab.config import validate
     from bratslab.evaluate.cli import tta_path_option
     from bratslab.evaluate.lesionwise import resolve_params
-    from bratslab.postprocess.config import FitConfig
-    from bratslab.postprocess.runner import (
+    from bratslab.inference.postprocess_fit import (
         fit_folder,
         fit_model,
         register_document,
         result_document,
         write_document,
     )
+    from bratslab.postprocess.config import FitConfig
     from bratslab.tracking.model_store import ModelIntegrityError
 
     given = _parse_candidates(candidates)
@@ -205,8 +205,8 @@ def apply_cmd(
 ) -> None:
     """Apply fitted thresholds to a folder of predictions (either ET convention)."""
     from bratslab.config import ConfigError
+    from bratslab.inference.postprocess_fit import apply_folder
     from bratslab.postprocess.config import load_config_file
-    from bratslab.postprocess.runner import apply_folder
 
     try:
         cfg = load_config_file(config)

@@ -1,7 +1,7 @@
 """Models in MLflow: log a weights-only model directory, fetch one back from any reference.
 
 Format: a pyfunc *model from code*
-(:mod:`bratslab.tracking.pyfunc_model`) whose artifact is the model directory written by
+(:mod:`bratslab.inference.pyfunc_model`) whose artifact is the model directory written by
 :func:`bratslab.models.weights.save_model_dir` — ``model.pt`` (a state dict, loaded with
 ``torch.load(weights_only=True)``) and ``model.json`` (architecture config, preprocessing
 config, patch size, store fingerprint). Nothing is pickled, any volume size is accepted, and the
@@ -42,7 +42,9 @@ log = logging.getLogger(__name__)
 
 os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
 
-PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+# The pyfunc source MLflow stores with every logged model. A file path, not an import: it runs
+# models, so it lives in the inference layer above this one.
+PYFUNC_CODE = Path(__file__).parents[1] / "inference" / "pyfunc_model.py"
 MODEL_FILES = ("model.pt", "model.json")  # bratslab.models.weights' WEIGHTS_FILE, INFO_FILE
 # Version tags holding each file's sha256, set at registration, checked on every fetch.
 HASH_TAGS = {"model.pt": "bratslab.sha256.model_pt", "model.json": "bratslab.sha256.model_json"}

@@ -17,8 +17,8 @@ then ``os.replace``); finished cases are skipped on a rerun; a case that fails i
 the file and the reason while the others go on.
 
 This module is the driver and the Ray Data actor; the pieces live beside it: model payloads,
-their cache and the device in :mod:`bratslab.evaluate.model_loading`, NIfTI writing in
-:mod:`bratslab.evaluate.nifti_out`, probabilities → labels in :mod:`bratslab.data.labels`.
+their cache and the device in :mod:`bratslab.inference.model_loading`, NIfTI writing in
+:mod:`bratslab.inference.nifti_out`, probabilities → labels in :mod:`bratslab.data.labels`.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from typing import Any
 
 from bratslab import atomic
 from bratslab.config import validate
-from bratslab.evaluate.config import PredictConfig
-from bratslab.evaluate.model_loading import (
+from bratslab.inference.config import PredictConfig
+from bratslab.inference.model_loading import (
     ModelPayload,
     build_models,
     check_ensemble,
@@ -42,7 +42,7 @@ from bratslab.evaluate.model_loading import (
     member_payloads,
     resolve_device,
 )
-from bratslab.evaluate.nifti_out import output_paths, write_map, write_nifti
+from bratslab.inference.nifti_out import output_paths, write_map, write_nifti
 from bratslab.postprocess.config import PostprocessConfig
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def predict_case(
     from bratslab.data.labels import probabilities_to_labels
     from bratslab.data.layout import RawCase
     from bratslab.data.preprocess import CaseInvalid, preprocess_case, restore_to_source
-    from bratslab.evaluate.inference import predict_probabilities
+    from bratslab.inference.sliding_window import predict_probabilities
     from bratslab.postprocess.apply import postprocess_labels
 
     t0 = time.perf_counter()

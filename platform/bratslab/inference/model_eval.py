@@ -33,7 +33,7 @@ from bratslab.data.labels import (
 
 if TYPE_CHECKING:
     from bratslab.data.store import Store
-    from bratslab.evaluate.model_loading import ModelPayload
+    from bratslab.inference.model_loading import ModelPayload
     from bratslab.postprocess.config import PostprocessConfig
     from bratslab.postprocess.resolve import Choice
 
@@ -100,7 +100,7 @@ def validation_cases(
         ValueError: fold out of range, or no labelled validation case.
     """
     from bratslab.data.store import Store
-    from bratslab.evaluate.model_loading import load_payload
+    from bratslab.inference.model_loading import load_payload
 
     payload = load_payload(model_ref)
     st = Store(store)
@@ -138,9 +138,9 @@ def predict_validation(
     in, then scanner shift: :func:`bratslab.data.augment.stress_case`, seeded by the case and
     the copy), with ids ``{case}~stress{k}`` and references that include the pasted lesions.
     """
-    from bratslab.evaluate.inference import predict_probabilities
-    from bratslab.evaluate.model_loading import build_from_payload, resolve_device
     from bratslab.evaluate.report import progress_bar
+    from bratslab.inference.model_loading import build_from_payload, resolve_device
+    from bratslab.inference.sliding_window import predict_probabilities
 
     model = build_from_payload(val.payload)
     output = val.payload.output
@@ -247,7 +247,7 @@ def evaluate_model(
         postprocess: ``"model"`` (the thresholds a registered version carries, if any),
             ``"none"``, or explicit thresholds; when there are some, every metric is also
             reported after post-processing under ``pp/`` (:func:`resolve_postprocess`).
-        tta_path: how the TTA views run (:mod:`bratslab.evaluate.tta_path`; same scores).
+        tta_path: how the TTA views run (:mod:`bratslab.inference.tta_path`; same scores).
 
     Returns:
         ``{"tta/dice_wt", "tta/dice_tc", "tta/dice_et", "tta/dice_mean", "tta/hd95_*",

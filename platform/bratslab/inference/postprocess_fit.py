@@ -3,7 +3,7 @@ validation cases, fit, write ``postprocess.json``, store it on the registry; app
 thresholds to a folder of predictions.
 
 The validation cases and their predictions come from ``evaluate-model``'s own functions
-(:func:`bratslab.evaluate.model_eval.validation_cases`, :func:`~bratslab.evaluate.model_eval.
+(:func:`bratslab.inference.model_eval.validation_cases`, :func:`~bratslab.inference.model_eval.
 predict_validation`), so the fit sees exactly what that command scores.
 """
 
@@ -43,7 +43,7 @@ def fit_model(
     The predictions become label maps as ``bratslab predict`` writes them (nested
     reconstruction) before the fit, so the thresholds are fitted on what they will be applied to.
     """
-    from bratslab.evaluate.model_eval import predict_validation, validation_cases
+    from bratslab.inference.model_eval import predict_validation, validation_cases
 
     fit = fit or FitConfig()
     val = validation_cases(model_ref, store, fold, max_cases)
@@ -205,7 +205,7 @@ def apply_folder(cfg: PostprocessConfig, in_dir: str | Path, out_dir: str | Path
     import nibabel as nib
 
     from bratslab.evaluate.label_maps import prediction_files, readable_label_maps
-    from bratslab.evaluate.nifti_out import write_nifti
+    from bratslab.inference.nifti_out import write_nifti
     from bratslab.postprocess.apply import infer_et_label, postprocess_labels
 
     files = prediction_files(in_dir)

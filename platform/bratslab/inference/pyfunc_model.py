@@ -11,8 +11,8 @@ sliding-window predictor over an ``nn.Module`` rebuilt from config serves them a
 
 An ensemble version (``bratslab models register --ensemble``: ``ensemble.json`` + one model
 directory per member) loads every member the way ``bratslab predict`` does
-(:func:`bratslab.evaluate.model_loading.load_member_models`, weights-only) and predicts with
-``predict``'s own inference (:func:`bratslab.evaluate.inference.predict_probabilities`), so
+(:func:`bratslab.inference.model_loading.load_member_models`, weights-only) and predicts with
+``predict``'s own inference (:func:`bratslab.inference.sliding_window.predict_probabilities`), so
 the members' probabilities are averaged by the same code, not a copy of it.
 """
 
@@ -45,7 +45,7 @@ class BratsSegmenter(mlflow.pyfunc.PythonModel):
         verify_local_dir(Path(model_dir))  # the SHA256SUMS logged with it (log_model_dir)
         self.members = None  # an ensemble's networks, averaged by predict's inference
         if is_ensemble_dir(model_dir):
-            from bratslab.evaluate.model_loading import load_member_models
+            from bratslab.inference.model_loading import load_member_models
 
             self.members, self.info = load_member_models(model_dir)
             return
@@ -73,7 +73,7 @@ class BratsSegmenter(mlflow.pyfunc.PythonModel):
 
     def _predict_ensemble(self, model_input) -> np.ndarray:
         """The members' mean probabilities, one volume at a time (``predict``'s inference)."""
-        from bratslab.evaluate.inference import predict_probabilities
+        from bratslab.inference.sliding_window import predict_probabilities
 
         x = np.asarray(model_input, dtype=np.float32)
         output = self.info["model"].get("output", "regions")

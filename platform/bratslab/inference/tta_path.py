@@ -1,6 +1,6 @@
 """Which TTA path inference runs on this machine: picked by a short measurement, then cached.
 
-Three paths compute the same probabilities (:mod:`bratslab.evaluate.inference`; equal up to
+Three paths compute the same probabilities (:mod:`bratslab.inference.sliding_window`; equal up to
 float rounding, ``tests/unit/evaluate/test_eval_inference.py``) and differ only in cost:
 
 * ``naive``: one sliding window over the volume per TTA view; each window is transformed, run

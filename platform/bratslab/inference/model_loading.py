@@ -11,7 +11,7 @@ An ensemble folder (``ensemble.json`` + ``members/<name>/``, e.g. a registered v
 payloads (:func:`member_payloads` lists them); it builds into an :class:`EnsembleNet`, which
 averages the members' probabilities exactly like several ``--model`` arguments do (see there).
 :func:`load_member_models` builds the networks ``predict`` averages in one call; the MLflow
-pyfunc of an ensemble version (:mod:`bratslab.tracking.pyfunc_model`) predicts with them.
+pyfunc of an ensemble version (:mod:`bratslab.inference.pyfunc_model`) predicts with them.
 """
 
 from __future__ import annotations
@@ -119,10 +119,10 @@ def load_member_models(ref: str | Path) -> tuple[list[Any], dict[str, Any]]:
     """The networks ``bratslab predict --model ref`` averages, built once each, and the info
     they share: a single model alone, or an ensemble's members.
 
-    The same steps as :func:`bratslab.evaluate.predict.predict_folder`: :func:`load_payload`,
+    The same steps as :func:`bratslab.inference.predict.predict_folder`: :func:`load_payload`,
     :func:`member_payloads`, :func:`check_ensemble`, then each member rebuilt from its
     weights-only bytes (``torch.load(weights_only=True)``), in eval mode on CPU. Passed as the
-    ``models`` of :func:`bratslab.evaluate.inference.predict_probabilities`, their
+    ``models`` of :func:`bratslab.inference.sliding_window.predict_probabilities`, their
     probabilities are averaged exactly as ``predict`` averages them. Not taken from the
     per-process cache (which keeps one entry): the caller holds them.
 
