@@ -64,12 +64,8 @@ def load_payload(ref: str | Path) -> ModelPayload:
     Raises:
         FileNotFoundError / ValueError naming the file and the problem.
     """
-    from bratslab.tracking.model_store import (
-        fetch_model_dir,
-        is_ensemble_dir,
-        member_path,
-        read_ensemble,
-    )
+    from bratslab.tracking.model_folder import is_ensemble_dir, member_path, read_ensemble
+    from bratslab.tracking.model_store import fetch_model_dir
 
     directory = fetch_model_dir(ref)
     if not is_ensemble_dir(directory):

@@ -39,7 +39,7 @@ class BratsSegmenter(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from bratslab.models.weights import load_model_dir
         from bratslab.tracking.manifest import verify_local_dir
-        from bratslab.tracking.model_store import is_ensemble_dir
+        from bratslab.tracking.model_folder import is_ensemble_dir
 
         model_dir = context.artifacts["model_dir"]
         verify_local_dir(Path(model_dir))  # the SHA256SUMS logged with it (log_model_dir)
