@@ -9,5 +9,5 @@
   its references.
 - :mod:`~bratslab.evaluate.label_maps`: reading predicted and reference label maps back.
 - :mod:`~bratslab.evaluate.export`: Kaggle-style run-length encoding of predicted masks.
-- :mod:`~bratslab.evaluate.report`: the score CSV's summary, bar chart, table, progress.
+- :mod:`~bratslab.evaluate.score_report`: the score CSV's summary, bar chart, table, progress.
 """

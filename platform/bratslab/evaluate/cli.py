@@ -180,7 +180,7 @@ def evaluate(
     others are scored and written, and the exit status is 1. A reference without a prediction
     is scored as empty, unless more than half lack one: then nothing is scored (exit 1).
     """
-    from bratslab.evaluate.report import plot_path, print_summary, summary_path
+    from bratslab.evaluate.score_report import plot_path, print_summary, summary_path
     from bratslab.evaluate.scoring import PredictionsMissing, evaluate_folder
 
     if metric not in ("brats2023", "panoptica"):
@@ -215,7 +215,7 @@ def _evaluate_panoptica(
 
     from bratslab.evaluate.panoptica_metric import MissingExtraError
     from bratslab.evaluate.panoptica_scoring import evaluate_folder_panoptica, summary_table
-    from bratslab.evaluate.report import summary_path
+    from bratslab.evaluate.score_report import summary_path
 
     try:
         result = evaluate_folder_panoptica(pred, ref, profile, output, workers=workers)

@@ -24,6 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from bratslab.data.labels import labels_to_regions, probabilities_to_regions
+from bratslab.data.store import Store
+from bratslab.inference.model_eval import find_run_id, score_case, summarise
+from bratslab.inference.model_loading import build_models, load_payload, resolve_device
+
 log = logging.getLogger(__name__)
 
 HEADLINES = ("dice_mean", "lesion_dice_mean")  # the metrics the verdict is given on
@@ -80,10 +85,6 @@ def compare_ensemble(
         ValueError: ``ref`` is not an ensemble, the store has no labelled case, or no store
             was given and none was recorded.
     """
-    from bratslab.data.store import Store
-    from bratslab.inference.model_eval import summarise
-    from bratslab.inference.model_loading import build_models, load_payload
-
     payload = load_payload(ref)
     if not payload.members:
         raise ValueError(f"{ref}: not an ensemble (register one with `models register --ensemble`)")
@@ -117,9 +118,6 @@ def compare_ensemble(
 
 def _score_one(st, cid, models, names, payload, tta, challenge, device, amp):
     """``(label, score_case row)`` of each member and of the ensemble for case ``cid``."""
-    from bratslab.data.labels import labels_to_regions, probabilities_to_regions
-    from bratslab.inference.model_eval import score_case
-    from bratslab.inference.model_loading import resolve_device
     from bratslab.inference.sliding_window import predict_probabilities
 
     x = np.asarray(st.load_x(cid), dtype=np.float32)
@@ -162,8 +160,6 @@ def log_comparison(ref: str | Path, report: EnsembleComparison) -> str | None:
     ``compare/ensemble/<metric>``, ``compare/<member>/<metric>``,
     ``compare/best_member/<metric>`` and tags saying which store and whether it beat the best
     member; returns the run id, or None when ``ref`` has no known run."""
-    from bratslab.inference.model_eval import find_run_id
-
     run_id = find_run_id(ref)
     if run_id is None:
         log.warning("no MLflow run known for %s: comparison not logged", ref)

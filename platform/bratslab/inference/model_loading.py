@@ -24,6 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from bratslab.config import validate
+from bratslab.models.config import ModelConfig
+from bratslab.tracking.model_folder import is_ensemble_dir, member_path, read_ensemble
+from bratslab.tracking.model_store import fetch_model_dir
 
 # What inference needs from model.json beyond the architecture.
 REQUIRED_INFO = ("preprocessing", "patch_size")
@@ -64,9 +67,6 @@ def load_payload(ref: str | Path) -> ModelPayload:
     Raises:
         FileNotFoundError / ValueError naming the file and the problem.
     """
-    from bratslab.tracking.model_folder import is_ensemble_dir, member_path, read_ensemble
-    from bratslab.tracking.model_store import fetch_model_dir
-
     directory = fetch_model_dir(ref)
     if not is_ensemble_dir(directory):
         return _read_model_dir(directory, str(ref))
@@ -162,7 +162,6 @@ def _build_one(payload: ModelPayload):
 def _build(payload: ModelPayload):
     import torch
 
-    from bratslab.models.config import ModelConfig
     from bratslab.models.zoo import build_model
 
     cfg = validate(ModelConfig, payload.info["model"], f"{payload.source} (model.json)")

@@ -24,6 +24,10 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
+from bratslab.inference.model_loading import load_member_models
+from bratslab.tracking.manifest import verify_local_dir
+from bratslab.tracking.model_folder import is_ensemble_dir
+
 
 class BratsSegmenter(mlflow.pyfunc.PythonModel):
     """``predict(x)``: ``x`` float32 ``(C_in, X, Y, Z)`` or a batch ``(B, C_in, X, Y, Z)``
@@ -38,15 +42,11 @@ class BratsSegmenter(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         from bratslab.models.weights import load_model_dir
-        from bratslab.tracking.manifest import verify_local_dir
-        from bratslab.tracking.model_folder import is_ensemble_dir
 
         model_dir = context.artifacts["model_dir"]
         verify_local_dir(Path(model_dir))  # the SHA256SUMS logged with it (log_model_dir)
         self.members = None  # an ensemble's networks, averaged by predict's inference
         if is_ensemble_dir(model_dir):
-            from bratslab.inference.model_loading import load_member_models
-
             self.members, self.info = load_member_models(model_dir)
             return
         self.model, self.info = load_model_dir(model_dir)

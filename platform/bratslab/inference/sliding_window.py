@@ -18,8 +18,8 @@ through each model, undoes the transforms and averages the probabilities:
 * ``batched``: one sliding window, a window's views in one call (``batched:K``: K per call).
 
 All three tile the *untransformed* volume, so they blend the same windows and return the same
-probabilities up to float rounding, whichever is chosen (``tests/unit/evaluate/
-test_eval_inference.py``). The textbook passes tile each flipped volume, whose windows are the
+probabilities up to float rounding, whichever is chosen (``tests/unit/inference/
+test_sliding_window.py``). The textbook passes tile each flipped volume, whose windows are the
 mirror images of those only when the tiling is mirror-symmetric; then they are equal too
 (tested), otherwise window positions differ by a few voxels and the results agree closely.
 ``tta_path="auto"`` (the default) runs the fastest path on this machine, measured once per
