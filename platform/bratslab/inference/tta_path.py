@@ -65,7 +65,6 @@ if TYPE_CHECKING:  # torch is imported where it is used: the CLI reads this modu
 
 log = logging.getLogger(__name__)
 
-TTA_PATH_CHOICES = ("auto", "naive", "perview", "batched")
 TTA_PATH_PATTERN = r"^(auto|naive|perview|batched(:[1-9][0-9]*)?)$"
 TTA_PATH_HELP = (
     "How TTA views run: auto (the fastest on this machine, measured once per network, device, "
