@@ -5,7 +5,7 @@ Trains a small U-Net for a short while on one synthetic case (so its masks are n
 predicts a second case with Gaussian-blended sliding windows (overlap 0.5) and 8-flip TTA, in
 arms that differ in one setting at a time:
 
-* path (``bratslab.evaluate.tta_path``) ``naive``: 8 sliding windows, one per view (the
+* path (``bratslab.inference.tta_path``) ``naive``: 8 sliding windows, one per view (the
   baseline: 8 tilings and blendings, one model call per window view); ``perview``: one sliding
   window whose predictor runs a window's 8 views one call each; ``batched``: the same with the 8
   views in one call. ``--algos reference`` adds the textbook baseline, 8 sliding windows over
@@ -56,13 +56,13 @@ from bratslab.data.labels import labels_to_regions
 from bratslab.data.layout import discover_cases
 from bratslab.data.preprocess import preprocess_case
 from bratslab.data.synth import synthesize_dataset
-from bratslab.evaluate import tta_path
-from bratslab.evaluate.inference import (
+from bratslab.evaluate.metrics import region_dice
+from bratslab.inference import tta_path
+from bratslab.inference.sliding_window import (
     choose_tta_path,
     predict_probabilities,
     predict_probabilities_naive,
 )
-from bratslab.evaluate.metrics import region_dice
 from bratslab.models.config import ModelConfig
 from bratslab.models.runtime import ENV_CHANNELS_LAST
 from bratslab.models.zoo import build_model

@@ -53,7 +53,7 @@ def registered(bratslab_home, tiny_store, tmp_path_factory):
 def test_thresholds_round_trip_through_the_registry(
     registered, tiny_store, bratslab_home, tmp_path, ray_cluster
 ):
-    from bratslab.evaluate.model_eval import evaluate_model
+    from bratslab.inference.model_eval import evaluate_model
     from bratslab.postprocess.config import PostprocessConfig, load_config_file
     from bratslab.postprocess.resolve import thresholds_for_model
     from bratslab.tracking import mlflow_runs, postprocess_store, registry

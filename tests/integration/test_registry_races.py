@@ -23,10 +23,10 @@ def _promote(uri, name, version, barrier, results, locked):
     import os
 
     os.environ["MLFLOW_TRACKING_URI"] = uri
-    from bratslab.tracking import registry
+    from bratslab.tracking import promotion, registry
 
     if not locked:  # exercise the loop that a server store relies on
-        registry._promotion_lock = lambda uri: contextlib.nullcontext()
+        promotion._promotion_lock = lambda uri: contextlib.nullcontext()
     registry.get_version(name, version=version)  # connect before the start line
     barrier.wait()
     try:

@@ -125,7 +125,7 @@ def test_ray_hands_worker_output_to_the_router(routing):
 def test_the_lines_that_say_what_a_command_does_stay_on_the_console(routing, capsys):
     routing.configure("predict", verbose=False)
     logging.getLogger("bratslab.postprocess.resolve").info("post-processing: min 10 (from m)")
-    logging.getLogger("bratslab.evaluate.predict").info("an internal detail")
+    logging.getLogger("bratslab.inference.predict").info("an internal detail")
     assert capsys.readouterr().err == "post-processing: min 10 (from m)\n"
 
 

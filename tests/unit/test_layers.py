@@ -78,7 +78,7 @@ HEAVY = {
 class Import:
     """One import of a bratslab module: who imports what, where, and whether inside a function."""
 
-    source: str  # importing module, dotted ("bratslab.evaluate.predict")
+    source: str  # importing module, dotted ("bratslab.inference.predict")
     target: str  # imported module, dotted
     line: int
     in_function: bool

@@ -73,8 +73,8 @@ def run_demo(
     _fit_postprocess(champion, store, root, console)
 
     step("7/8 predict held-out cases with the champion (post-processed)")
-    from bratslab.evaluate.config import PredictConfig
-    from bratslab.evaluate.predict import predict_folder
+    from bratslab.inference.config import PredictConfig
+    from bratslab.inference.predict import predict_folder
 
     pred = root / "pred"
     predict_folder(
@@ -135,13 +135,13 @@ def _fit_postprocess(champion: str, store: Path, root: Path, console) -> None:
     """``bratslab postprocess fit --stress 1`` on the champion (as the CPU recipe fits, with
     one stressed copy of each validation case): thresholds stored on its version, which
     ``predict`` then applies by default."""
-    from bratslab.postprocess.config import FitConfig
-    from bratslab.postprocess.runner import (
+    from bratslab.inference.postprocess_fit import (
         fit_model,
         register_document,
         result_document,
         write_document,
     )
+    from bratslab.postprocess.config import FitConfig
 
     fit = FitConfig(stress=1)
     result = fit_model(champion, store, 0, "flips", fit=fit)

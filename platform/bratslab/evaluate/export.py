@@ -35,6 +35,7 @@ from bratslab.evaluate.label_maps import (
     read_label_map,
     readable_label_maps,
 )
+from bratslab.evaluate.score_report import check_output_files
 
 COLUMNS = ("id", "case", "region", "shape", "rle")
 MASK_SETS = ("regions", "labels")
@@ -138,8 +139,6 @@ def export_rle(
         FileNotFoundError: no such prediction folder.
         NoPredictionsError: the folder holds no prediction.
     """
-    from bratslab.evaluate.report import check_output_files
-
     check_output_files(out_csv)
     if Path(out_csv).exists() and not overwrite:
         raise ValueError(f"{out_csv}: exists; pass --overwrite to replace it")

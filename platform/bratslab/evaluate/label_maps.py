@@ -12,6 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bratslab.data.layout import discover_cases
+from bratslab.data.nifti import NiftiError, load_nifti
+
 VALID_LABELS = frozenset({0, 1, 2, 3, 4})  # background, NCR/NET, ED, ET (3 or 4 by convention)
 MAP_SUFFIXES = ("_prob", "_std")  # probability / uncertainty maps beside the masks
 
@@ -38,8 +41,6 @@ def read_label_map(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
         CaseError: unreadable, truncated or absurd file, not 3-D, non-integer values, or labels
             outside {0, 1, 2, 3, 4}.
     """
-    from bratslab.data.nifti import NiftiError, load_nifti
-
     try:
         vol = load_nifti(path, check_finite=False)  # non-finite values are named below
     except NiftiError as e:
@@ -100,8 +101,6 @@ def paired_folders(pred_dir: str | Path, ref_dir: str | Path, purpose: str) -> t
         FileNotFoundError: ``pred_dir`` is not a folder, or ``ref_dir`` has no labelled case
             (the message says what they were wanted for: ``purpose``, e.g. "score against").
     """
-    from bratslab.data.layout import discover_cases
-
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise FileNotFoundError(f"{pred_dir}: no such prediction folder")

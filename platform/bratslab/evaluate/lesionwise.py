@@ -134,14 +134,7 @@ def lesion_metrics(
     pred_cc, n_pred = ndimage.label(pred, structure=_CONNECTIVITY_26)
     pred_boxes = ndimage.find_objects(pred_cc)
 
-    # Merge GT components that one dilation joins (official get_GTseg_combinedByDilation):
-    # each GT voxel takes the label of the dilated component it lies in.
-    lesion_map = np.zeros(gt.shape, dtype=np.int32)
-    if gt.any():
-        gt_box = _grow(ndimage.find_objects(gt.astype(np.uint8))[0], d, gt.shape)
-        dilated_cc, _ = ndimage.label(_dilate(gt[gt_box], d), structure=_CONNECTIVITY_26)
-        lesion_map[gt_box] = np.where(gt[gt_box], dilated_cc, 0)
-
+    lesion_map = _lesion_map(gt, d)
     lesions: list[LesionScore] = []
     matched_any: set[int] = set()
     for k, box in enumerate(ndimage.find_objects(lesion_map), start=1):
@@ -170,7 +163,23 @@ def lesion_metrics(
             )
         )
 
-    fp = n_pred - len(matched_any)
+    return _result(lesions, fp=n_pred - len(matched_any))
+
+
+def _lesion_map(gt: np.ndarray, d: int) -> np.ndarray:
+    """int32 ``(X, Y, Z)``: the GT components that one dilation by ``d`` joins share a label
+    (official get_GTseg_combinedByDilation): each GT voxel takes the label of the dilated
+    component it lies in; 0 outside the GT."""
+    lesion_map = np.zeros(gt.shape, dtype=np.int32)
+    if gt.any():
+        gt_box = _grow(ndimage.find_objects(gt.astype(np.uint8))[0], d, gt.shape)
+        dilated_cc, _ = ndimage.label(_dilate(gt[gt_box], d), structure=_CONNECTIVITY_26)
+        lesion_map[gt_box] = np.where(gt[gt_box], dilated_cc, 0)
+    return lesion_map
+
+
+def _result(lesions: list[LesionScore], fp: int) -> LesionResult:
+    """The region's lesion-wise scores from its lesions' and ``fp`` unmatched components."""
     counted = [s for s in lesions if s.counted]
     tp = sum(1 for s in counted if s.matched)
     denominator = len(counted) + fp

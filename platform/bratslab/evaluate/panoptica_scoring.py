@@ -20,9 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
+from bratslab.atomic import write_json, write_text
 from bratslab.data.profiles import Profile, get_profile
 from bratslab.evaluate.label_maps import CaseError, find_prediction, paired_folders
-from bratslab.evaluate.panoptica_metric import capped, score_labels
+from bratslab.evaluate.panoptica_metric import build_evaluator, capped, score_labels
+from bratslab.evaluate.score_report import (
+    check_output_files,
+    json_finite,
+    progress_bar,
+    summary_path,
+)
 from bratslab.evaluate.scoring import read_pair, rows_to_csv
 
 log = logging.getLogger(__name__)
@@ -166,9 +173,6 @@ def evaluate_folder_panoptica(
             reference, unknown profile, ``output`` a directory).
         MissingExtraError: ``panoptica`` is not installed.
     """
-    from bratslab.evaluate.panoptica_metric import build_evaluator
-    from bratslab.evaluate.report import check_output_files, progress_bar, summary_path
-
     if output is not None:
         output = Path(output)
         check_output_files(output, summary_path(output))
@@ -200,11 +204,8 @@ def evaluate_folder_panoptica(
             advance()
     summary = summarise(rows, prof, missing, failures)
     if output is not None:
-        from bratslab.atomic import write_json, write_text
-        from bratslab.evaluate.report import _finite
-
         write_text(output, rows_to_csv(rows, COLUMNS, ".10g"))
-        write_json(summary_path(output), _finite(summary))
+        write_json(summary_path(output), json_finite(summary))
     return PanopticaResult(rows=rows, summary=summary, missing=missing, failures=failures)
 
 

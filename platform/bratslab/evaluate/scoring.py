@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bratslab.data.conventions import relabel_values
 from bratslab.data.labels import REGIONS
 from bratslab.data.profiles import Profile, get_profile
 from bratslab.evaluate.export import label_masks
@@ -39,6 +40,13 @@ from bratslab.evaluate.lesionwise import (
     resolve_params,
 )
 from bratslab.evaluate.metrics import region_metrics
+from bratslab.evaluate.score_report import (
+    check_output_files,
+    plot_path,
+    progress_bar,
+    summary_path,
+    write_outputs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +108,6 @@ def score_regions(
 
 def relabelled_reference(ref: np.ndarray, relabel: dict[int, int], path: Path) -> np.ndarray:
     """A reference in its dataset's values → the profile's (nnU-Net labelsTr)."""
-    from bratslab.data.conventions import relabel_values
-
     bad = sorted(set(np.unique(ref).tolist()) - set(relabel))
     if bad:
         raise CaseError(path, f"labels {bad} are not declared in dataset.json")
@@ -254,8 +260,6 @@ def evaluate_folder(
         PredictionsMissing: more than half the references have no prediction (found before
             any case is scored; a few missing ones are scored as empty, as the leaderboard does).
     """
-    from bratslab.evaluate.report import check_output_files, plot_path, summary_path
-
     regions: Sequence[str] = REGIONS
     if profile is not None:  # the profile's regions and lesion-wise parameters
         prof = get_profile(profile)
@@ -286,8 +290,6 @@ def evaluate_folder(
     rows, failures = _score_jobs(jobs, workers, progress)
     summary = summarise(rows, challenge, missing, failures, regions)
     if output is not None:
-        from bratslab.evaluate.report import write_outputs
-
         write_outputs(output, rows_to_csv(rows), summary)
     return EvaluationResult(rows=rows, summary=summary, missing=missing, failures=failures)
 
@@ -296,8 +298,6 @@ def _score_jobs(
     jobs: list[tuple], workers: int, progress: bool
 ) -> tuple[list[dict], list[dict[str, str]]]:
     """Score ``jobs`` (in order, in ``workers`` processes when > 1) → (rows, failures)."""
-    from bratslab.evaluate.report import progress_bar
-
     rows: list[dict] = []
     failures: list[dict[str, str]] = []
     with contextlib.ExitStack() as stack:

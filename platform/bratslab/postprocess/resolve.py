@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from bratslab.postprocess.config import PostprocessConfig, config_from_data, load_config_file
+from bratslab.tracking.manifest import verify_local_dir
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,6 @@ def thresholds_for_model(ref: str | Path) -> PostprocessConfig | None:
     text = str(ref)
     folder_file = Path(text).expanduser() / FOLDER_FILE
     if folder_file.is_file():  # a downloaded version: its thresholds travel with it
-        from bratslab.tracking.manifest import verify_local_dir
-
         verify_local_dir(folder_file.parent)
         return load_config_file(folder_file)
     if not text.startswith("models:/"):  # no registry lookup (nor MLflow import) for the rest

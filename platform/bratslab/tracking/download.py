@@ -25,7 +25,7 @@ from pathlib import Path
 from bratslab.tracking import registry
 from bratslab.tracking.manifest import write_manifest
 from bratslab.tracking.mlflow_runs import download_artifacts, tracking_uri
-from bratslab.tracking.model_store import find_model_dir, hash_tags_of, verify_model_dir
+from bratslab.tracking.model_folder import find_model_dir, hash_tags_of, verify_model_dir
 from bratslab.tracking.postprocess_store import POSTPROCESS_TAG
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ files as strictly as a fetch of a registered version.
 
 from __future__ import annotations
 
-from bratslab.tracking.model_store import hash_tags_of
+from bratslab.tracking.model_folder import hash_tags_of
 
 
 def logged_hashes(model_id: str, *, uri: str | None = None, ref: str = "") -> dict[str, str]:
@@ -31,11 +31,11 @@ def logged_hashes(model_id: str, *, uri: str | None = None, ref: str = "") -> di
 
 def logged_model_of_run(run_id: str, uri: str | None) -> str:
     """``models:/<model_id>`` of the newest model run ``run_id`` logged."""
-    from bratslab.tracking import registry
+    from bratslab.tracking import model_versions  # (imports mlflow)
 
     try:
-        return registry.logged_model_of_run(run_id, uri=uri)
-    except registry.RegistryError as e:
+        return model_versions.logged_model_of_run(run_id, uri=uri)
+    except model_versions.RegistryError as e:
         raise FileNotFoundError(f"{run_id}: {e}") from None
 
 

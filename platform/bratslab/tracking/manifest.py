@@ -17,7 +17,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from bratslab.tracking.model_store import (
+from bratslab.tracking.model_folder import (
     ModelIntegrityError,
     is_ensemble_dir,
     model_files,

@@ -22,7 +22,7 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -319,10 +319,6 @@ def run_info(run_id: str, uri: str | None = None) -> dict[str, Any]:
         "tags": dict(run.data.tags),
         "metrics": dict(run.data.metrics),
     }
-
-
-def metric_keys(run_id: str, uri: str | None = None) -> Iterable[str]:
-    return client(uri).get_run(run_id).data.metrics.keys()
 
 
 _URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")

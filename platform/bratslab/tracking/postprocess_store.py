@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bratslab.tracking import mlflow_runs, registry
-from bratslab.tracking.model_store import model_id_of
+from bratslab.tracking.model_folder import model_id_of
 
 log = logging.getLogger(__name__)
 

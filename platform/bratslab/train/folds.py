@@ -12,7 +12,7 @@ checkpoint (the epoch its ``best/`` metrics name), then ``cv/mean/...`` and ``cv
 (sample standard deviation, n-1) across folds once every selected fold has finished. These are
 validation scores of the checkpoint chosen on those same cases, so slightly optimistic; an
 ensemble of the folds is judged honestly on a separate store
-(:mod:`bratslab.evaluate.ensemble_report`).
+(:mod:`bratslab.inference.ensemble_comparison`).
 
 Concurrency: ``max_parallel`` folds at once share the Ray cluster, each from a driver thread.
 The default is 1 (sequential): one fold's workers already fill a small machine's cores (2

@@ -27,7 +27,7 @@ def predict_regions(
     device: torch.device,
 ) -> np.ndarray:
     """Bool regions ``(3, X, Y, Z)`` (WT, TC, ET) for one case ``x`` ``(C, X, Y, Z)``."""
-    from bratslab.evaluate.inference import predict_probabilities
+    from bratslab.inference.sliding_window import predict_probabilities
 
     probs, _ = predict_probabilities(
         [model],

@@ -3,7 +3,7 @@
 Validation Dice during training is measured without test-time augmentation on a few cases, so
 the sweep ranks its trials by it only to pick ``top_k`` candidates; each candidate's best
 checkpoint is then evaluated on the whole validation fold with flip TTA
-(:func:`bratslab.evaluate.model_eval.evaluate_model`), and the best of those becomes a new
+(:func:`bratslab.inference.model_eval.evaluate_model`), and the best of those becomes a new
 registered version. The ``champion`` alias moves to it only if it beats the current champion
 on the selection metric (:func:`bratslab.tracking.registry.promote_if_better`).
 
@@ -113,12 +113,12 @@ def evaluate_candidates(
     Each re-evaluation is logged to the trial's own MLflow run, then recorded there as the tag
     ``bratslab.tta_done`` (TTA, fold, checkpoint): a sweep stopped during this stage and resumed
     takes those candidates' metrics from their runs instead of evaluating them again.
-    ``evaluate`` defaults to :func:`bratslab.evaluate.model_eval.evaluate_model`.
+    ``evaluate`` defaults to :func:`bratslab.inference.model_eval.evaluate_model`.
     """
     from bratslab.tracking import mlflow_runs
 
     if evaluate is None:
-        from bratslab.evaluate.model_eval import evaluate_model as evaluate
+        from bratslab.inference.model_eval import evaluate_model as evaluate
     for c in candidates:
         run_id = c.mlflow_run_id
         done = f"{tta} | fold {fold} | {c.best_checkpoint}"

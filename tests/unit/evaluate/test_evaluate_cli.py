@@ -260,7 +260,7 @@ def test_a_case_that_kills_its_actor_is_dropped_after_bounded_retries(ray_cluste
     the case is tried 1 + ACTOR_RETRIES times, then dropped; the other cases go on."""
     import os
 
-    from bratslab.evaluate.predict import (
+    from bratslab.inference.predict import (
         ACTOR_RETRIES,
         actor_retry_args,
         map_row_alone,

@@ -149,9 +149,9 @@ def test_fit_on_written_predictions_scores_as_on_whole_volumes(tmp_path):
     """The folder fit crops each case around its tumours; its scores equal those of the same
     fit on the whole volumes."""
     from bratslab.evaluate.scoring import source_regions
+    from bratslab.inference.postprocess_fit import fit_folder
     from bratslab.postprocess.config import FitConfig
     from bratslab.postprocess.fit import FitCase, fit_thresholds
-    from bratslab.postprocess.runner import fit_folder
 
     pred, ref = _written_predictions(tmp_path)
     grid = FitConfig(candidates=[0, 4, 16], scale=1.0)

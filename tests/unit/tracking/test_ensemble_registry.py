@@ -103,7 +103,7 @@ def test_an_ensemble_is_one_version_with_every_member_and_a_hash_per_file(runs, 
 
 
 def test_an_ensemble_version_loads_as_its_member_payloads(runs):
-    from bratslab.evaluate.model_loading import load_payload, member_payloads
+    from bratslab.inference.model_loading import load_payload, member_payloads
 
     home, ids, dirs = runs
     assert _invoke("models", "register", "--ensemble", NAME, *ids).exit_code == 0

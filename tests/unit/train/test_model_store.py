@@ -93,7 +93,7 @@ def test_logging_leaves_the_tracking_environment_alone(bratslab_home, tiny_unet_
 
 
 def test_source_run_of_a_logged_model(logged):
-    from bratslab.evaluate.model_eval import find_run_id
+    from bratslab.inference.model_eval import find_run_id
 
     _, run_id, uri = logged
     assert uri.startswith("models:/m-")

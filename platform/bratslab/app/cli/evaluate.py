@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from bratslab.evaluate.tta_path import TTA_PATH_HELP, parse_tta_path
+from bratslab.inference.tta_path import TTA_PATH_HELP, parse_tta_path
 
 export_app = typer.Typer(
     help="Export predictions (Kaggle run-length encoding).", no_args_is_help=True
@@ -114,8 +114,8 @@ def predict(
     """
     from bratslab.config import validate
     from bratslab.data.layout import discover_cases
-    from bratslab.evaluate.config import PredictConfig
-    from bratslab.evaluate.predict import check_output_dir, predict_folder
+    from bratslab.inference.config import PredictConfig
+    from bratslab.inference.predict import check_output_dir, predict_folder
     from bratslab.tracking.model_store import ModelIntegrityError
 
     cfg = validate(
@@ -180,7 +180,7 @@ def evaluate(
     others are scored and written, and the exit status is 1. A reference without a prediction
     is scored as empty, unless more than half lack one: then nothing is scored (exit 1).
     """
-    from bratslab.evaluate.report import plot_path, print_summary, summary_path
+    from bratslab.evaluate.score_report import plot_path, print_summary, summary_path
     from bratslab.evaluate.scoring import PredictionsMissing, evaluate_folder
 
     if metric not in ("brats2023", "panoptica"):
@@ -215,7 +215,7 @@ def _evaluate_panoptica(
 
     from bratslab.evaluate.panoptica_metric import MissingExtraError
     from bratslab.evaluate.panoptica_scoring import evaluate_folder_panoptica, summary_table
-    from bratslab.evaluate.report import summary_path
+    from bratslab.evaluate.score_report import summary_path
 
     try:
         result = evaluate_folder_panoptica(pred, ref, profile, output, workers=workers)
@@ -251,7 +251,7 @@ def evaluate_model_cmd(
     When the model carries post-processing thresholds (or with --postprocess FILE), the scores
     after post-processing are shown beside them and logged as pp/ metrics.
     """
-    from bratslab.evaluate.model_eval import evaluate_model
+    from bratslab.inference.model_eval import evaluate_model
     from bratslab.tracking.model_store import ModelIntegrityError
 
     choice = _postprocess_choice(postprocess, no_postprocess)
@@ -283,7 +283,7 @@ def _print_model_metrics(metrics: dict[str, float], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from bratslab.evaluate.model_eval import PP_PREFIX
+    from bratslab.inference.model_eval import PP_PREFIX
 
     with_pp = any(k.startswith(PP_PREFIX) for k in metrics)
     table = Table(title=title)

@@ -259,7 +259,7 @@ def models_compare_ensemble(
     region, and whether the ensemble beats its best member (logged to the version's run)."""
     from rich.table import Table
 
-    from bratslab.evaluate.ensemble_report import compare_ensemble, log_comparison, verdicts
+    from bratslab.inference.ensemble_comparison import compare_ensemble, log_comparison, verdicts
     from bratslab.tracking.model_store import ModelIntegrityError
 
     try:

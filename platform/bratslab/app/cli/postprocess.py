@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from bratslab.evaluate.tta_path import TTA_PATH_HELP
+from bratslab.inference.tta_path import TTA_PATH_HELP
 
 postprocess_app = typer.Typer(
     help="Lesion-wise-aware post-processing: fit minimum component sizes on a fold's "
@@ -97,7 +97,7 @@ def fit_cmd(
     from bratslab.config import validate
     from bratslab.evaluate.lesionwise import resolve_params
     from bratslab.postprocess.config import FitConfig
-    from bratslab.postprocess.runner import write_document
+    from bratslab.inference.postprocess_fit import write_document
     from bratslab.tracking.model_store import ModelIntegrityError
 
     given = _parse_candidates(candidates)
@@ -146,7 +146,7 @@ def _fit_on_predictions(pred: Path, ref: Path, fit):
     Returns:
         ``(result, failures, document, title)``; ``failures`` name the cases left out.
     """
-    from bratslab.postprocess.runner import fit_folder, result_document
+    from bratslab.inference.postprocess_fit import fit_folder, result_document
 
     folder_fit = fit_folder(pred, ref, fit, progress=True)
     doc = result_document(folder_fit.result, pred=pred, ref=ref)
@@ -161,7 +161,7 @@ def _fit_on_model(model, store, fold, tta, fit, max_cases, overlap, tta_path):
     """
     from bratslab import console
     from bratslab.app.cli.evaluate import tta_path_option
-    from bratslab.postprocess.runner import fit_model, result_document
+    from bratslab.inference.postprocess_fit import fit_model, result_document
 
     # Loading the model and predicting the cases takes a minute before the first bar.
     with console.step(
@@ -178,7 +178,7 @@ def _fit_on_model(model, store, fold, tta, fit, max_cases, overlap, tta_path):
 
 def _register(model: str, out: Path, doc: dict) -> None:
     """Store the thresholds on ``model``'s registered version, or say why they were not."""
-    from bratslab.postprocess.runner import register_document
+    from bratslab.inference.postprocess_fit import register_document
 
     where = register_document(model, out, doc)
     if where is None:
@@ -229,8 +229,8 @@ def apply_cmd(
 ) -> None:
     """Apply fitted thresholds to a folder of predictions (either ET convention)."""
     from bratslab.config import ConfigError
+    from bratslab.inference.postprocess_fit import apply_folder
     from bratslab.postprocess.config import load_config_file
-    from bratslab.postprocess.runner import apply_folder
 
     try:
         cfg = load_config_file(config)

@@ -8,7 +8,7 @@ optionally times the in-plane 90° rotation, which gives the 16 distinct transfo
 
 **Three paths, one result.** The textbook way (:func:`predict_probabilities_naive`, the
 reference) runs the whole sliding window once per transform of the volume. ``predict`` runs
-one of three paths (:mod:`bratslab.evaluate.tta_path`), all built on :class:`TTAPredictor`, a
+one of three paths (:mod:`bratslab.inference.tta_path`), all built on :class:`TTAPredictor`, a
 sliding-window *predictor* that, for each window batch, builds the transformed views, runs them
 through each model, undoes the transforms and averages the probabilities:
 
@@ -18,8 +18,8 @@ through each model, undoes the transforms and averages the probabilities:
 * ``batched``: one sliding window, a window's views in one call (``batched:K``: K per call).
 
 All three tile the *untransformed* volume, so they blend the same windows and return the same
-probabilities up to float rounding, whichever is chosen (``tests/unit/evaluate/
-test_eval_inference.py``). The textbook passes tile each flipped volume, whose windows are the
+probabilities up to float rounding, whichever is chosen (``tests/unit/inference/
+test_sliding_window.py``). The textbook passes tile each flipped volume, whose windows are the
 mirror images of those only when the tiling is mirror-symmetric; then they are equal too
 (tested), otherwise window positions differ by a few voxels and the results agree closely.
 ``tta_path="auto"`` (the default) runs the fastest path on this machine, measured once per
@@ -44,8 +44,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from bratslab.evaluate import tta_path as tta_path_mod
-from bratslab.evaluate.tta_path import TTAPath, parse_tta_path
+from bratslab.inference import tta_path as tta_path_mod
+from bratslab.inference.tta_path import TTAPath, parse_tta_path
 from bratslab.models.runtime import (
     amp_dtype,
     autocast,
@@ -256,7 +256,7 @@ def predict_probabilities(
         amp: autocast (bf16 on CPU, fp16 on CUDA); off gives bit-reproducible float32.
         progress: show MONAI's window progress bar.
         tta_path: how the views run: ``naive``, ``perview``, ``batched`` or ``batched:K``
-            (:mod:`bratslab.evaluate.tta_path`; the same probabilities up to float rounding),
+            (:mod:`bratslab.inference.tta_path`; the same probabilities up to float rounding),
             or ``auto``: the fastest on this machine, measured once and cached.
 
     Returns:
@@ -290,7 +290,7 @@ def predict_probabilities(
 
 @dataclass(frozen=True)
 class _PathRunner:
-    """Runs one :class:`~bratslab.evaluate.tta_path.TTAPath` on a volume ``(1, C_in, X, Y, Z)``
+    """Runs one :class:`~bratslab.inference.tta_path.TTAPath` on a volume ``(1, C_in, X, Y, Z)``
     → ``(1, C, X, Y, Z)`` mean probabilities, or every pass ``(1, P*C, X, Y, Z)`` (in an order
     that depends on the path; the mean and standard deviation over passes do not)."""
 

@@ -11,21 +11,25 @@ sliding-window predictor over an ``nn.Module`` rebuilt from config serves them a
 
 An ensemble version (``bratslab models register --ensemble``: ``ensemble.json`` + one model
 directory per member) loads every member the way ``bratslab predict`` does
-(:func:`bratslab.evaluate.model_loading.load_member_models`, weights-only) and predicts with
-``predict``'s own inference (:func:`bratslab.evaluate.inference.predict_probabilities`), so
-the members' probabilities are averaged by the same code, not a copy of it.
+(:func:`bratslab.inference.model_loading.load_member_models`, weights-only) and predicts with
+``predict``'s own inference (:func:`bratslab.inference.sliding_window.predict_probabilities`), so
+the members' probabilities are averaged by the same code, not a copy of it. MLflow's part (the
+pyfunc base class, ``set_model``) comes from :mod:`bratslab.tracking.model_from_code`.
 """
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
-import mlflow
 import numpy as np
 
+from bratslab.inference.model_loading import load_member_models
+from bratslab.tracking.manifest import verify_local_dir
+from bratslab.tracking.model_folder import is_ensemble_dir
+from bratslab.tracking.model_from_code import PythonModel, set_model
 
-class BratsSegmenter(mlflow.pyfunc.PythonModel):
+
+class BratsSegmenter(PythonModel):
     """``predict(x)``: ``x`` float32 ``(C_in, X, Y, Z)`` or a batch ``(B, C_in, X, Y, Z)``
     (store space) → probabilities ``(C_out, X, Y, Z)`` (resp. ``(B, C_out, X, Y, Z)``) float32
     (sigmoid regions WT/TC/ET or softmax labels), by sliding-window inference with the
@@ -38,15 +42,11 @@ class BratsSegmenter(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         from bratslab.models.weights import load_model_dir
-        from bratslab.tracking.manifest import verify_local_dir
-        from bratslab.tracking.model_store import is_ensemble_dir
 
         model_dir = context.artifacts["model_dir"]
         verify_local_dir(Path(model_dir))  # the SHA256SUMS logged with it (log_model_dir)
         self.members = None  # an ensemble's networks, averaged by predict's inference
         if is_ensemble_dir(model_dir):
-            from bratslab.evaluate.model_loading import load_member_models
-
             self.members, self.info = load_member_models(model_dir)
             return
         self.model, self.info = load_model_dir(model_dir)
@@ -73,7 +73,7 @@ class BratsSegmenter(mlflow.pyfunc.PythonModel):
 
     def _predict_ensemble(self, model_input) -> np.ndarray:
         """The members' mean probabilities, one volume at a time (``predict``'s inference)."""
-        from bratslab.evaluate.inference import predict_probabilities
+        from bratslab.inference.sliding_window import predict_probabilities
 
         x = np.asarray(model_input, dtype=np.float32)
         output = self.info["model"].get("output", "regions")
@@ -93,7 +93,4 @@ class BratsSegmenter(mlflow.pyfunc.PythonModel):
         return volumes[0] if x.ndim == 4 else np.stack(volumes)
 
 
-with warnings.catch_warnings():
-    # MLflow nags about missing type hints; volumes are validated by the model itself.
-    warnings.simplefilter("ignore", UserWarning)
-    mlflow.models.set_model(BratsSegmenter())
+set_model(BratsSegmenter())

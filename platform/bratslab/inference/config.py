@@ -1,4 +1,4 @@
-"""The evaluation stage's config: options of ``bratslab predict`` (sliding window, TTA, outputs)."""
+"""Options of ``bratslab predict`` (sliding window, TTA, outputs, post-processing)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from bratslab.config import StrictModel
-from bratslab.evaluate.tta_path import TTA_PATH_PATTERN
+from bratslab.inference.tta_path import TTA_PATH_PATTERN
 from bratslab.postprocess.config import PostprocessConfig
 
 

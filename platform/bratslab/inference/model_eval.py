@@ -30,10 +30,15 @@ from bratslab.data.labels import (
     probabilities_to_regions,
     regions_to_labels,
 )
+from bratslab.data.store import Store
+from bratslab.evaluate.metrics import region_metrics
+from bratslab.evaluate.score_report import progress_bar
+from bratslab.inference.model_loading import build_from_payload, load_payload, resolve_device
+from bratslab.postprocess.resolve import resolve_postprocess
 
 if TYPE_CHECKING:
     from bratslab.data.store import Store
-    from bratslab.evaluate.model_loading import ModelPayload
+    from bratslab.inference.model_loading import ModelPayload
     from bratslab.postprocess.config import PostprocessConfig
     from bratslab.postprocess.resolve import Choice
 
@@ -99,9 +104,6 @@ def validation_cases(
     Raises:
         ValueError: fold out of range, or no labelled validation case.
     """
-    from bratslab.data.store import Store
-    from bratslab.evaluate.model_loading import load_payload
-
     payload = load_payload(model_ref)
     st = Store(store)
     trained_on = payload.info.get("store_fingerprint_hash")
@@ -138,9 +140,7 @@ def predict_validation(
     in, then scanner shift: :func:`bratslab.data.augment.stress_case`, seeded by the case and
     the copy), with ids ``{case}~stress{k}`` and references that include the pasted lesions.
     """
-    from bratslab.evaluate.inference import predict_probabilities
-    from bratslab.evaluate.model_loading import build_from_payload, resolve_device
-    from bratslab.evaluate.report import progress_bar
+    from bratslab.inference.sliding_window import predict_probabilities
 
     model = build_from_payload(val.payload)
     output = val.payload.output
@@ -185,7 +185,6 @@ def _cases_and_stressed_copies(
 def score_case(pred: np.ndarray, gt: np.ndarray, spacing, challenge: str) -> dict[str, float]:
     """Legacy Dice and HD95 and lesion-wise Dice per region of bool ``(3, X, Y, Z)`` masks."""
     from bratslab.evaluate.lesionwise import region_lesion_metrics
-    from bratslab.evaluate.metrics import region_metrics
 
     legacy = region_metrics(pred, gt, spacing)
     lesion = region_lesion_metrics(pred, gt, spacing, challenge)
@@ -247,15 +246,13 @@ def evaluate_model(
         postprocess: ``"model"`` (the thresholds a registered version carries, if any),
             ``"none"``, or explicit thresholds; when there are some, every metric is also
             reported after post-processing under ``pp/`` (:func:`resolve_postprocess`).
-        tta_path: how the TTA views run (:mod:`bratslab.evaluate.tta_path`; same scores).
+        tta_path: how the TTA views run (:mod:`bratslab.inference.tta_path`; same scores).
 
     Returns:
         ``{"tta/dice_wt", "tta/dice_tc", "tta/dice_et", "tta/dice_mean", "tta/hd95_*",
         "tta/lesion_dice_*", "tta/cases"}`` — means over the scored cases — and the same
         keys under ``pp/`` when post-processing applies.
     """
-    from bratslab.postprocess.resolve import resolve_postprocess
-
     val = validation_cases(model_ref, store, fold, max_cases)
     pp = resolve_postprocess(postprocess, str(model_ref))
     per_case: list[dict[str, float]] = []

@@ -11,7 +11,7 @@ from bratslab.data.labels import labels_to_regions, probabilities_to_labels
 from bratslab.data.layout import discover_cases
 from bratslab.data.preprocess import preprocess_case, restore_to_source
 from bratslab.data.synth import synthesize_dataset
-from bratslab.evaluate.nifti_out import write_map, write_nifti
+from bratslab.inference.nifti_out import write_map, write_nifti
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,8 @@ then ``os.replace``); finished cases are skipped on a rerun; a case that fails i
 the file and the reason while the others go on.
 
 This module is the driver and the Ray Data actor; the pieces live beside it: model payloads,
-their cache and the device in :mod:`bratslab.evaluate.model_loading`, NIfTI writing in
-:mod:`bratslab.evaluate.nifti_out`, probabilities → labels in :mod:`bratslab.data.labels`.
+their cache and the device in :mod:`bratslab.inference.model_loading`, NIfTI writing in
+:mod:`bratslab.inference.nifti_out`, probabilities → labels in :mod:`bratslab.data.labels`.
 """
 
 from __future__ import annotations
@@ -32,9 +32,15 @@ from pathlib import Path
 from typing import Any
 
 from bratslab import atomic
+from bratslab.cluster import ensure_ray
 from bratslab.config import validate
-from bratslab.evaluate.config import PredictConfig
-from bratslab.evaluate.model_loading import (
+from bratslab.data.config import PreprocessConfig
+from bratslab.data.labels import probabilities_to_labels
+from bratslab.data.layout import RawCase, discover_cases
+from bratslab.data.preprocess import CaseInvalid, preprocess_case, restore_to_source
+from bratslab.evaluate.score_report import progress_bar
+from bratslab.inference.config import PredictConfig
+from bratslab.inference.model_loading import (
     ModelPayload,
     build_models,
     check_ensemble,
@@ -42,8 +48,9 @@ from bratslab.evaluate.model_loading import (
     member_payloads,
     resolve_device,
 )
-from bratslab.evaluate.nifti_out import output_paths, write_map, write_nifti
+from bratslab.inference.nifti_out import output_paths, write_map, write_nifti
 from bratslab.postprocess.config import PostprocessConfig
+from bratslab.postprocess.resolve import resolve_postprocess
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +85,7 @@ def predict_case(
     """
     import torch
 
-    from bratslab.data.config import PreprocessConfig
-    from bratslab.data.labels import probabilities_to_labels
-    from bratslab.data.layout import RawCase
-    from bratslab.data.preprocess import CaseInvalid, preprocess_case, restore_to_source
-    from bratslab.evaluate.inference import predict_probabilities
+    from bratslab.inference.sliding_window import predict_probabilities
     from bratslab.postprocess.apply import postprocess_labels
 
     t0 = time.perf_counter()
@@ -186,8 +189,6 @@ def _predict_with_ray_data(
     (``cfg.workers`` at most; ``cfg.threads`` CPUs and, when a GPU is used, one GPU each)."""
     import ray
     import ray.data
-
-    from bratslab.cluster import ensure_ray
 
     ensure_ray()
     # Wrapped in a list so Ray passes the ref itself to the actor rather than resolving it
@@ -345,9 +346,6 @@ def predict_folder(
     Failures are listed in ``out_dir/failures.json`` (case, file, reason). Post-processing
     thresholds are resolved here, once (:func:`bratslab.postprocess.resolve.resolve_postprocess`).
     """
-    from bratslab.data.layout import discover_cases
-    from bratslab.postprocess.resolve import resolve_postprocess
-
     cfg = cfg or PredictConfig()
     t0 = time.perf_counter()
     check_output_dir(out_dir)  # before the models load: a typo costs nothing
@@ -377,8 +375,6 @@ def predict_folder(
             todo.append(c)
 
     if todo:
-        from bratslab.evaluate.report import progress_bar
-
         pending = {c.id: c for c in todo}
         with progress_bar(progress, len(todo), "predict") as advance:
             for result in _predict_with_ray_data(todo, payloads, cfg, out_dir):

@@ -2,8 +2,8 @@
 
 ``bratslab models compare-ensemble NAME/V [--store STORE]``: every member and the ensemble
 predict each labelled case of the store in store space (sliding window, optional TTA:
-:func:`bratslab.evaluate.inference.predict_probabilities`), and are scored with the
-``evaluate-model`` metrics (:func:`bratslab.evaluate.model_eval.score_case`: voxel Dice, HD95
+:func:`bratslab.inference.sliding_window.predict_probabilities`), and are scored with the
+``evaluate-model`` metrics (:func:`bratslab.inference.model_eval.score_case`: voxel Dice, HD95
 and BraTS lesion-wise Dice per region). Each member runs once per case; the ensemble's
 probabilities are the members' mean, which is what ``predict`` computes for an ensemble (every
 member sees the same TTA views, so the mean of the members' means is the mean over all
@@ -23,6 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from bratslab.data.labels import labels_to_regions, probabilities_to_regions
+from bratslab.data.store import Store
+from bratslab.inference.model_eval import find_run_id, score_case, summarise
+from bratslab.inference.model_loading import build_models, load_payload, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +85,6 @@ def compare_ensemble(
         ValueError: ``ref`` is not an ensemble, the store has no labelled case, or no store
             was given and none was recorded.
     """
-    from bratslab.data.store import Store
-    from bratslab.evaluate.model_eval import summarise
-    from bratslab.evaluate.model_loading import build_models, load_payload
-
     payload = load_payload(ref)
     if not payload.members:
         raise ValueError(f"{ref}: not an ensemble (register one with `models register --ensemble`)")
@@ -117,10 +118,7 @@ def compare_ensemble(
 
 def _score_one(st, cid, models, names, payload, tta, challenge, device, amp):
     """``(label, score_case row)`` of each member and of the ensemble for case ``cid``."""
-    from bratslab.data.labels import labels_to_regions, probabilities_to_regions
-    from bratslab.evaluate.inference import predict_probabilities
-    from bratslab.evaluate.model_eval import score_case
-    from bratslab.evaluate.model_loading import resolve_device
+    from bratslab.inference.sliding_window import predict_probabilities
 
     x = np.asarray(st.load_x(cid), dtype=np.float32)
     gt = labels_to_regions(np.asarray(st.load_y(cid)))
@@ -162,8 +160,6 @@ def log_comparison(ref: str | Path, report: EnsembleComparison) -> str | None:
     ``compare/ensemble/<metric>``, ``compare/<member>/<metric>``,
     ``compare/best_member/<metric>`` and tags saying which store and whether it beat the best
     member; returns the run id, or None when ``ref`` has no known run."""
-    from bratslab.evaluate.model_eval import find_run_id
-
     run_id = find_run_id(ref)
     if run_id is None:
         log.warning("no MLflow run known for %s: comparison not logged", ref)

@@ -1,7 +1,7 @@
 """Which TTA path inference runs on this machine: picked by a short measurement, then cached.
 
-Three paths compute the same probabilities (:mod:`bratslab.evaluate.inference`; equal up to
-float rounding, ``tests/unit/evaluate/test_eval_inference.py``) and differ only in cost:
+Three paths compute the same probabilities (:mod:`bratslab.inference.sliding_window`; equal up to
+float rounding, ``tests/unit/inference/test_sliding_window.py``) and differ only in cost:
 
 * ``naive``: one sliding window over the volume per TTA view; each window is transformed, run
   (one model call), transformed back and blended. V tilings and blendings, one view per call.
@@ -56,13 +56,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bratslab import atomic
+from bratslab.settings import get_settings
+
 if TYPE_CHECKING:  # torch is imported where it is used: the CLI reads this module's constants
     import torch
     from torch import nn
 
 log = logging.getLogger(__name__)
 
-TTA_PATH_CHOICES = ("auto", "naive", "perview", "batched")
 TTA_PATH_PATTERN = r"^(auto|naive|perview|batched(:[1-9][0-9]*)?)$"
 TTA_PATH_HELP = (
     "How TTA views run: auto (the fastest on this machine, measured once per network, device, "
@@ -171,8 +173,6 @@ def cache_key(
 
 def cache_file() -> Path:
     """``$BRATSLAB_HOME/cache/tta_paths.json``."""
-    from bratslab.settings import get_settings
-
     return get_settings().home / "cache" / CACHE_NAME
 
 
@@ -299,8 +299,6 @@ def _read(cache: Path) -> dict[str, dict]:
 
 
 def _write(cache: Path, key: str, m: Measurement) -> None:
-    from bratslab import atomic
-
     entries = _read(cache)
     entries[key] = {
         "path": m.chosen,

@@ -3,7 +3,7 @@ validation cases, fit, write ``postprocess.json``, store it on the registry; app
 thresholds to a folder of predictions.
 
 The validation cases and their predictions come from ``evaluate-model``'s own functions
-(:func:`bratslab.evaluate.model_eval.validation_cases`, :func:`~bratslab.evaluate.model_eval.
+(:func:`bratslab.inference.model_eval.validation_cases`, :func:`~bratslab.inference.model_eval.
 predict_validation`), so the fit sees exactly what that command scores.
 """
 
@@ -17,7 +17,19 @@ from typing import Any
 import numpy as np
 
 from bratslab import atomic
-from bratslab.data.labels import regions_to_labels
+from bratslab.data.labels import regions_to_labels, to_store_labels
+from bratslab.data.preprocess import foreground_bbox
+from bratslab.evaluate.label_maps import (
+    CaseError,
+    find_prediction,
+    paired_folders,
+    prediction_files,
+    read_label_map,
+    readable_label_maps,
+)
+from bratslab.evaluate.score_report import progress_bar
+from bratslab.inference.model_eval import predict_validation, validation_cases
+from bratslab.inference.nifti_out import write_nifti
 from bratslab.postprocess.config import CONFIG_KEY, FitConfig, PostprocessConfig
 from bratslab.postprocess.fit import FitCase, FitResult, fit_thresholds
 
@@ -43,8 +55,6 @@ def fit_model(
     The predictions become label maps as ``bratslab predict`` writes them (nested
     reconstruction) before the fit, so the thresholds are fitted on what they will be applied to.
     """
-    from bratslab.evaluate.model_eval import predict_validation, validation_cases
-
     fit = fit or FitConfig()
     val = validation_cases(model_ref, store, fold, max_cases)
     cases = [
@@ -99,9 +109,6 @@ def fit_folder(
         FileNotFoundError: no such folder, or no labelled reference case.
         ValueError: no case could be used, or ``fit.stress`` > 0 (stressed copies need a model).
     """
-    from bratslab.evaluate.label_maps import CaseError, find_prediction, paired_folders
-    from bratslab.evaluate.report import progress_bar
-
     fit = fit or FitConfig()
     if fit.stress:
         raise ValueError("--stress needs --model and --store: stressed copies are predicted")
@@ -127,9 +134,6 @@ def fit_folder(
 def _folder_case(case_id: str, pred_path: Path, seg_path: Path) -> FitCase:
     """One :class:`FitCase` from a predicted and a reference label map, cropped (see
     :func:`fit_folder`); raises ``CaseError`` for unreadable files or mismatched shapes."""
-    from bratslab.data.labels import to_store_labels
-    from bratslab.data.preprocess import foreground_bbox
-    from bratslab.evaluate.label_maps import CaseError, read_label_map
     from bratslab.evaluate.scoring import source_regions
     from bratslab.postprocess.apply import infer_et_label
 
@@ -204,8 +208,6 @@ def apply_folder(cfg: PostprocessConfig, in_dir: str | Path, out_dir: str | Path
     """
     import nibabel as nib
 
-    from bratslab.evaluate.label_maps import prediction_files, readable_label_maps
-    from bratslab.evaluate.nifti_out import write_nifti
     from bratslab.postprocess.apply import infer_et_label, postprocess_labels
 
     files = prediction_files(in_dir)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from bratslab.evaluate.inference import (
+from bratslab.inference.sliding_window import (
     Transform,
     predict_probabilities,
     predict_probabilities_naive,
@@ -20,7 +20,7 @@ PATHS = ("naive", "perview", "batched", "batched:3")
 @pytest.fixture(autouse=True)
 def _own_tta_cache(tmp_path, monkeypatch):
     """``tta_path="auto"`` (the default) caches its measurement under $BRATSLAB_HOME."""
-    from bratslab.evaluate.tta_path import clear_memo
+    from bratslab.inference.tta_path import clear_memo
 
     monkeypatch.setenv("BRATSLAB_HOME", str(tmp_path / "home"))
     clear_memo()
@@ -138,7 +138,7 @@ def test_bf16_autocast_agrees_with_float32():
 
 @pytest.mark.parametrize(("views_per_call", "calls"), [(None, [16]), (1, [2] * 8), (3, [6, 6, 4])])
 def test_views_per_call_batches_a_windows_views(views_per_call, calls):
-    from bratslab.evaluate.inference import TTAPredictor
+    from bratslab.inference.sliding_window import TTAPredictor
 
     model = _tiny_net()
     window = torch.from_numpy(_volume((16, 16, 16)))[None].repeat(2, 1, 1, 1, 1)

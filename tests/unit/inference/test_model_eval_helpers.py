@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from bratslab.data.labels import probabilities_to_labels, probabilities_to_regions
-from bratslab.evaluate.config import PredictConfig
-from bratslab.evaluate.model_eval import find_run_id
-from bratslab.evaluate.model_loading import (
+from bratslab.inference.config import PredictConfig
+from bratslab.inference.model_eval import find_run_id
+from bratslab.inference.model_loading import (
     ModelPayload,
     build_from_payload,
     build_models,

@@ -76,8 +76,8 @@ def test_an_ensemble_version_predicts_its_members_mean_with_plain_pyfunc(registe
 
 
 def test_an_ensemble_pyfunc_predicts_a_batch_and_any_volume_size(registered):
-    from bratslab.evaluate.inference import predict_probabilities
-    from bratslab.evaluate.model_loading import load_member_models
+    from bratslab.inference.model_loading import load_member_models
+    from bratslab.inference.sliding_window import predict_probabilities
 
     version, dirs, _ = registered
     pyfunc = mlflow.pyfunc.load_model(f"models:/{NAME}/{version}")

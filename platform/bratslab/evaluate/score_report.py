@@ -1,4 +1,5 @@
-"""Evaluation outputs: the CSV, its JSON summary, a Dice bar chart, a rich table, progress bars."""
+"""The score report of `bratslab evaluate`: the CSV, its JSON summary, a Dice bar chart, a rich
+table, progress bars."""
 
 from __future__ import annotations
 
@@ -40,18 +41,18 @@ def check_output_files(*paths: str | Path) -> None:
 def write_outputs(csv_path: Path, csv_text: str, summary: dict) -> None:
     """Write the CSV, the summary JSON and the bar chart, each atomically."""
     write_text(csv_path, csv_text)
-    write_json(summary_path(csv_path), _finite(summary))
+    write_json(summary_path(csv_path), json_finite(summary))
     write_bytes(plot_path(csv_path), dice_bar_chart(summary))
 
 
-def _finite(obj):
+def json_finite(obj):
     """JSON has no NaN: replace non-finite floats by None."""
     if isinstance(obj, float):
         return obj if obj == obj and abs(obj) != float("inf") else None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: json_finite(v) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_finite(v) for v in obj]
+        return [json_finite(v) for v in obj]
     return obj
 
 

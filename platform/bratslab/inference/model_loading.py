@@ -11,7 +11,7 @@ An ensemble folder (``ensemble.json`` + ``members/<name>/``, e.g. a registered v
 payloads (:func:`member_payloads` lists them); it builds into an :class:`EnsembleNet`, which
 averages the members' probabilities exactly like several ``--model`` arguments do (see there).
 :func:`load_member_models` builds the networks ``predict`` averages in one call; the MLflow
-pyfunc of an ensemble version (:mod:`bratslab.tracking.pyfunc_model`) predicts with them.
+pyfunc of an ensemble version (:mod:`bratslab.inference.pyfunc_model`) predicts with them.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from bratslab.config import validate
+from bratslab.models.config import ModelConfig
+from bratslab.tracking.model_folder import is_ensemble_dir, member_path, read_ensemble
+from bratslab.tracking.model_store import fetch_model_dir
 
 # What inference needs from model.json beyond the architecture.
 REQUIRED_INFO = ("preprocessing", "patch_size")
@@ -64,13 +67,6 @@ def load_payload(ref: str | Path) -> ModelPayload:
     Raises:
         FileNotFoundError / ValueError naming the file and the problem.
     """
-    from bratslab.tracking.model_store import (
-        fetch_model_dir,
-        is_ensemble_dir,
-        member_path,
-        read_ensemble,
-    )
-
     directory = fetch_model_dir(ref)
     if not is_ensemble_dir(directory):
         return _read_model_dir(directory, str(ref))
@@ -119,10 +115,10 @@ def load_member_models(ref: str | Path) -> tuple[list[Any], dict[str, Any]]:
     """The networks ``bratslab predict --model ref`` averages, built once each, and the info
     they share: a single model alone, or an ensemble's members.
 
-    The same steps as :func:`bratslab.evaluate.predict.predict_folder`: :func:`load_payload`,
+    The same steps as :func:`bratslab.inference.predict.predict_folder`: :func:`load_payload`,
     :func:`member_payloads`, :func:`check_ensemble`, then each member rebuilt from its
     weights-only bytes (``torch.load(weights_only=True)``), in eval mode on CPU. Passed as the
-    ``models`` of :func:`bratslab.evaluate.inference.predict_probabilities`, their
+    ``models`` of :func:`bratslab.inference.sliding_window.predict_probabilities`, their
     probabilities are averaged exactly as ``predict`` averages them. Not taken from the
     per-process cache (which keeps one entry): the caller holds them.
 
@@ -166,7 +162,6 @@ def _build_one(payload: ModelPayload):
 def _build(payload: ModelPayload):
     import torch
 
-    from bratslab.models.config import ModelConfig
     from bratslab.models.zoo import build_model
 
     cfg = validate(ModelConfig, payload.info["model"], f"{payload.source} (model.json)")

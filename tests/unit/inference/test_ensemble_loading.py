@@ -40,7 +40,7 @@ def _ensemble(tmp_path, dirs, name="ens"):
 
 
 def test_an_ensemble_folder_loads_as_member_payloads(tmp_path):
-    from bratslab.evaluate.model_loading import check_ensemble, load_payload, member_payloads
+    from bratslab.inference.model_loading import check_ensemble, load_payload, member_payloads
 
     dirs = _members(tmp_path)
     payload = load_payload(_ensemble(tmp_path, dirs))
@@ -51,7 +51,7 @@ def test_an_ensemble_folder_loads_as_member_payloads(tmp_path):
 
 
 def test_an_ensemble_of_incompatible_members_is_refused(tmp_path):
-    from bratslab.evaluate.model_loading import load_payload
+    from bratslab.inference.model_loading import load_payload
 
     dirs = _members(tmp_path, outputs=("regions", "labels"))
     with pytest.raises(ValueError, match="differ in output kind"):
@@ -59,7 +59,7 @@ def test_an_ensemble_of_incompatible_members_is_refused(tmp_path):
 
 
 def test_a_bad_ensemble_json_names_the_file(tmp_path):
-    from bratslab.evaluate.model_loading import load_payload
+    from bratslab.inference.model_loading import load_payload
 
     folder = _ensemble(tmp_path, _members(tmp_path))
     data = json.loads((folder / "ensemble.json").read_text())
@@ -71,8 +71,8 @@ def test_a_bad_ensemble_json_names_the_file(tmp_path):
 
 @pytest.mark.parametrize("outputs", [("regions", "regions"), ("labels", "labels")])
 def test_the_ensemble_network_predicts_the_members_mean(tmp_path, outputs):
-    from bratslab.evaluate.inference import predict_probabilities
-    from bratslab.evaluate.model_loading import build_from_payload, load_payload
+    from bratslab.inference.model_loading import build_from_payload, load_payload
+    from bratslab.inference.sliding_window import predict_probabilities
 
     dirs = _members(tmp_path, outputs=outputs)
     payload = load_payload(_ensemble(tmp_path, dirs))
@@ -93,7 +93,7 @@ def test_the_ensemble_network_predicts_the_members_mean(tmp_path, outputs):
 
 def test_compare_ensemble_scores_members_and_ensemble_and_says_which_wins(tiny_store, tmp_path):
     from bratslab.app.main import app
-    from bratslab.evaluate.ensemble_report import compare_ensemble, verdicts
+    from bratslab.inference.ensemble_comparison import compare_ensemble, verdicts
 
     folder = _ensemble(tmp_path, _members(tmp_path, store=tiny_store))
     report = compare_ensemble(folder, tiny_store, max_cases=2)
@@ -118,7 +118,7 @@ def test_compare_ensemble_scores_members_and_ensemble_and_says_which_wins(tiny_s
 
 
 def test_compare_ensemble_refuses_a_single_model(tmp_path, tiny_store):
-    from bratslab.evaluate.ensemble_report import compare_ensemble
+    from bratslab.inference.ensemble_comparison import compare_ensemble
 
     (single, _) = _members(tmp_path, store=tiny_store)
     with pytest.raises(ValueError, match="not an ensemble"):

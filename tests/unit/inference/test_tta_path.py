@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from bratslab.evaluate.inference import predict_probabilities
-from bratslab.evaluate.tta_path import (
+from bratslab.inference.sliding_window import predict_probabilities
+from bratslab.inference.tta_path import (
     CACHE_NAME,
     TTAPath,
     candidates,
@@ -96,7 +96,7 @@ def _check_choice(home, chosen: str) -> dict:
 
 def test_auto_picks_batched_views_when_calls_are_what_costs(home, caplog):
     model = Costly(per_call=0.01)  # 1 call per window batched, 8 otherwise
-    with caplog.at_level(logging.INFO, logger="bratslab.evaluate.tta_path"):
+    with caplog.at_level(logging.INFO, logger="bratslab.inference.tta_path"):
         auto = _predict(model, amp=False)
     _check_choice(home, "batched")
     line = next(r.getMessage() for r in caplog.records if "measured in" in r.getMessage())
@@ -182,7 +182,7 @@ def test_the_tta_path_flag_is_checked_on_every_command_that_runs_tta(command, tm
 
 def test_predict_config_carries_the_path():
     from bratslab.config import ConfigError, validate
-    from bratslab.evaluate.config import PredictConfig
+    from bratslab.inference.config import PredictConfig
 
     assert PredictConfig().tta_path == "auto"
     assert validate(PredictConfig, {"tta_path": "batched:2"}, "opts").tta_path == "batched:2"
@@ -191,7 +191,7 @@ def test_predict_config_carries_the_path():
 
 
 def test_a_choice_measured_under_load_is_measured_again_when_quiet(home, monkeypatch):
-    from bratslab.evaluate import tta_path
+    from bratslab.inference import tta_path
 
     model = Costly()
     monkeypatch.setattr(tta_path, "_load_avg", lambda: 1000.0)  # an overloaded machine
