@@ -96,8 +96,8 @@ def fit_cmd(
     """
     from bratslab.config import validate
     from bratslab.evaluate.lesionwise import resolve_params
-    from bratslab.postprocess.config import FitConfig
     from bratslab.inference.postprocess_fit import write_document
+    from bratslab.postprocess.config import FitConfig
     from bratslab.tracking.model_store import ModelIntegrityError
 
     given = _parse_candidates(candidates)
