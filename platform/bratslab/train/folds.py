@@ -40,11 +40,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bratslab.config import ConfigError
 from bratslab.settings import get_settings
-from bratslab.spec import JobSpec
+
+if TYPE_CHECKING:  # the spec is injected: train/ never imports the jobs layer at run time
+    from bratslab.jobs.spec import JobSpec
 
 log = logging.getLogger(__name__)
 

@@ -17,13 +17,14 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from bratslab.config import validate as validate_config
 from bratslab.data.device_sampling import (
     augmented,
     margin_sampler,
@@ -35,7 +36,6 @@ from bratslab.data.loader import PatchSampler, epoch_batches, prefetch
 from bratslab.data.remote import is_remote, local_store_once, localize_rows
 from bratslab.models.config import ModelConfig
 from bratslab.models.runtime import autocast, needs_grad_scaler, prepare_input, prepare_model
-from bratslab.spec import JobSpec, job_from_dict
 from bratslab.train.checkpoint import (
     load_train_state,
     load_weights,
@@ -47,6 +47,9 @@ from bratslab.train.checkpoint import (
 from bratslab.train.losses import SegmentationLoss
 from bratslab.train.optim import OptimizerBundle, build_optimizer
 from bratslab.train.validation import VAL_KEYS, validate
+
+if TYPE_CHECKING:  # the spec is injected: train/ never imports the jobs layer at run time
+    from bratslab.jobs.spec import JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -157,17 +160,18 @@ def train_loop_per_worker(
     config: dict[str, Any], *, on_epoch_start: Callable[[int], None] | None = None
 ) -> None:
     """Entry point of every Ray Train worker. ``config`` (built by the driver) holds the
-    resolved ``job`` spec, the ``patch_size``, the validation ``val_rows``, the ``model_extra``
-    written into model.json, optionally ``init_weights`` (an object ref to a state dict), and
-    for ``data.loader: thread`` the case table ``train_rows`` (absent: this worker's Ray Data
-    shard of it). ``on_epoch_start(epoch)``, if given, runs before each epoch (e.g. a test's
-    fault)."""
+    resolved ``job`` spec and ``job_type``, the class it validates into (the driver's spec
+    class, injected: train/ never imports the jobs layer), the ``patch_size``, the validation
+    ``val_rows``, the ``model_extra`` written into model.json, optionally ``init_weights`` (an
+    object ref to a state dict), and for ``data.loader: thread`` the case table ``train_rows``
+    (absent: this worker's Ray Data shard of it). ``on_epoch_start(epoch)``, if given, runs
+    before each epoch (e.g. a test's fault)."""
     import ray.train  # Ray
     import ray.train.torch  # Ray
 
     from bratslab.models.zoo import build_model
 
-    spec = job_from_dict(config["job"], "job")
+    spec: JobSpec = validate_config(config["job_type"], config["job"], "job")
     tr, model_cfg = spec.training, spec.model.model_config_only()
     torch.set_num_threads(spec.scaling.torch_threads or max(int(spec.scaling.cpus_per_worker), 1))
     device = ray.train.torch.get_device()  # Ray: cuda:<local rank> or cpu

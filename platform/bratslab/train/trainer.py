@@ -40,12 +40,14 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bratslab import console
 from bratslab.atomic import write_json, write_text
 from bratslab.settings import get_settings
-from bratslab.spec import JobSpec
+
+if TYPE_CHECKING:  # the spec is injected: train/ never imports the jobs layer at run time
+    from bratslab.jobs.spec import JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -302,6 +304,7 @@ def build_trainer(
     sc = spec.scaling
     config = {
         "job": spec.resolved(),
+        "job_type": type(spec),  # the worker validates "job" into this class (no jobs import)
         "patch_size": data.patch_size,
         "val_rows": data.val_rows,
         "model_extra": data.model_extra,

@@ -103,7 +103,7 @@ class TrialContext:
     """What every trial needs, shipped to the trial actors with ``tune.with_parameters``.
 
     Attributes:
-        make_job: validates a job dict into a ``JobSpec`` (``job_from_dict``).
+        make_job: validates a job dict into a ``JobSpec`` (``validate`` with the spec's class).
     """
 
     sweep_name: str

@@ -37,11 +37,12 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bratslab import atomic, console
-from bratslab.config import ConfigError
+from bratslab.config import ConfigError, validate
 from bratslab.names import check_name
 from bratslab.settings import Settings, get_settings
 from bratslab.shutdown import STOP_REASON_TAG, Terminated, stop_on_signals
@@ -59,6 +60,9 @@ from bratslab.tune.space import SearchSpace
 from bratslab.tune.storage import check_new_study, manifest_entry, storage_for_resume
 from bratslab.tune.trial_result import TrialResult
 from bratslab.tune.trial_states import settle_trial_runs
+
+if TYPE_CHECKING:  # the spec is injected: tune/ never imports the jobs layer at run time
+    from bratslab.jobs.spec import JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +137,11 @@ def start_sweep(
     return _run(spec, space, paths, manifest, settings, restore=False)
 
 
-def resume_sweep(name: str, *, settings: Settings | None = None) -> SweepOutcome:
-    """Continue the sweep ``name`` with the job and space stored in its folder.
+def resume_sweep(
+    name: str, *, job_type: type[JobSpec], settings: Settings | None = None
+) -> SweepOutcome:
+    """Continue the sweep ``name`` with the job and space stored in its folder; ``job_type``
+    (the job spec class) validates the stored job.
 
     Completed trials are kept, unfinished ones continue from their latest checkpoint (see the
     module docstring), then the sweep finishes as :func:`start_sweep` does.
@@ -143,8 +150,6 @@ def resume_sweep(name: str, *, settings: Settings | None = None) -> SweepOutcome
         ConfigError: no sweep of that name, the sweep already finished, or its stored space no
             longer fits its job.
     """
-    from bratslab.spec import job_from_dict
-
     settings = _pin_stores(settings)
     paths, manifest = _load_sweep(check_name(name, "sweep name"), settings)
     if manifest.get("finished"):
@@ -154,7 +159,7 @@ def resume_sweep(name: str, *, settings: Settings | None = None) -> SweepOutcome
         )
     optuna_storage = storage_for_resume(manifest, settings, str(paths.manifest))
     paths = SweepPaths(paths.root, optuna_storage, _ray_storage_for_resume(manifest, settings))
-    spec = job_from_dict(manifest["job"], str(paths.manifest))
+    spec = validate(job_type, manifest["job"], str(paths.manifest))
     space = SearchSpace.from_file(paths.root / "space.yaml")
     space.source = manifest["space_file"]
     validate_sweep(spec, space, str(paths.manifest))
@@ -170,9 +175,7 @@ def validate_sweep(spec, space: SearchSpace, source: str) -> None:
         ConfigError: a parameter (or the fixed values) does not fit the job, or ASHA's
             grace period exceeds its ``max_t``.
     """
-    from bratslab.spec import JobSpec
-
-    space.check_against(JobSpec, spec.resolved(), source=source)
+    space.check_against(type(spec), spec.resolved(), source=source)
     sched = spec.sweep.scheduler
     max_t = sched.max_t or spec.training.epochs
     if sched.kind == "asha" and sched.grace_period > max_t:
@@ -261,7 +264,6 @@ def _run(
     Args:
         restore: continue the Tune experiment in ``paths.tune`` (``Tuner.restore``).
     """
-    from bratslab.spec import job_from_dict
     from bratslab.tracking import mlflow_runs
     from bratslab.tune.dangling import close_dangling
 
@@ -284,7 +286,7 @@ def _run(
         base_job=spec.resolved(),
         space=space,
         parent_run_id=parent_run_id,
-        make_job=job_from_dict,
+        make_job=partial(validate, type(spec)),  # each trial's job, of the class given
     )
     # SIGTERM (jobs stop, preemption) ends the sweep like Ctrl-C does: the parent run is marked
     # KILLED with the reason, and `--resume NAME` continues. Tune keeps the main thread and its

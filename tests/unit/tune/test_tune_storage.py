@@ -96,7 +96,7 @@ def test_resume_reattaches_to_the_recorded_storage(home, monkeypatch):
 
 
 def test_resume_with_another_storage_fails_before_any_run(home, monkeypatch):
-    from bratslab.spec import load_job
+    from bratslab.spec import JobSpec, load_job
     from bratslab.tune.sweep import resume_sweep
 
     root = home / "sweeps" / "s"
@@ -107,7 +107,7 @@ def test_resume_with_another_storage_fails_before_any_run(home, monkeypatch):
     manifest.update(space_file=str(root / "space.yaml"), **_manifest(SECRET_URL))
     (root / "sweep.json").write_text(json.dumps(manifest))
     with pytest.raises(ConfigError, match="Optuna study is in .*db.example"):
-        resume_sweep("s")
+        resume_sweep("s", job_type=JobSpec)
     assert not (home / "m.db").exists()
 
 
