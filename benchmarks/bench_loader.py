@@ -37,7 +37,7 @@ import numpy as np
 from bratslab.data.config import DataSection, PreprocessConfig
 from bratslab.data.loader import case_rows
 from bratslab.data.patch_pipeline import PatchMaker, choose_cases, patch_dataset, pool_size
-from bratslab.data.runner import run_preprocess
+from bratslab.data.preprocess_tasks import run_preprocess
 from bratslab.data.store import Store
 from bratslab.data.synth import synthesize_dataset
 from bratslab.spec import load_job

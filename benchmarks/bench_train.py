@@ -62,7 +62,7 @@ ARM_SWITCH = {"ray-data-cases": "CASE_TABLE_IN_CONFIG", "cold-mlflow": "WARM_MLF
 
 def build_store(root: Path, size: int) -> Path:
     from bratslab.data.config import PreprocessConfig
-    from bratslab.data.runner import run_preprocess
+    from bratslab.data.preprocess_tasks import run_preprocess
     from bratslab.data.synth import synthesize_dataset
 
     synthesize_dataset(root / "raw", 6, shape=(size + 16, size + 16, size + 8), seed=0)

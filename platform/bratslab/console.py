@@ -141,7 +141,7 @@ def configure(command: str | None, verbose: bool) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("TQDM_DISABLE", "1")
     # Ray Tune's console reporter prints its experiment table and a TensorBoard hint even at
-    # verbose=0; the legacy reporter prints nothing at verbose=0 (bratslab.tune.harness).
+    # verbose=0; the legacy reporter prints nothing at verbose=0 (bratslab.tune.tuner).
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Ray Data configures its own console handler when imported (its progress every 10 s):
     # this config keeps its session file and lets the records propagate to ours instead.

@@ -127,7 +127,7 @@ def _synthesise(raw: Path, held: Path, cases: int, holdout: int, shape) -> None:
 def _preprocess(raw: Path, store: Path, workers: int, console) -> None:
     from bratslab.data.cli import show_fingerprint
     from bratslab.data.config import PreprocessConfig
-    from bratslab.data.runner import run_preprocess
+    from bratslab.data.preprocess_tasks import run_preprocess
     from bratslab.data.store import Store
 
     # The synthetic heads are small; pad to 64³ rather than the 128³ meant for real BraTS.

@@ -13,7 +13,7 @@ Modules, in pipeline order:
   the training job's ``data`` section;
 * :mod:`~bratslab.data.preprocess` — ``preprocess_case``, ``restore_to_source``;
 * :mod:`~bratslab.data.meta` — per-case ``CaseMeta`` (``{id}_meta.json``, ``{id}_meta.npy``);
-* :mod:`~bratslab.data.runner` — the Ray-parallel, resumable store builder;
+* :mod:`~bratslab.data.preprocess_tasks` — the Ray-parallel, resumable store builder;
 * :mod:`~bratslab.data.fingerprint` — dataset fingerprint, patch size, k-fold splits;
 * :mod:`~bratslab.data.store` — :class:`Store`, read access to a built store;
 * :mod:`~bratslab.data.labels` — label conventions and WT/TC/ET regions.

@@ -1,8 +1,8 @@
 """Raw case → store arrays: the six steps of :class:`PreprocessConfig`, fast (float32, one pass
 per step, few copies).
 
-Used offline by :func:`bratslab.data.runner.run_preprocess` (Ray, resumable; it imports this
-module, never the other way round) and again at prediction time (:func:`preprocess_case` in
+Used offline by :func:`bratslab.data.preprocess_tasks.run_preprocess` (Ray, resumable; it imports
+this module, never the other way round) and again at prediction time (:func:`preprocess_case` in
 memory, :func:`restore_to_source` to go back).
 """
 
@@ -115,7 +115,7 @@ def _store_into(dst: np.ndarray, src: np.ndarray, fast_cast: bool) -> None:
     is vectorised, ~20x faster and bit-identical (both round to nearest even). On a
     240x240x155 case that cuts the normalisation CPU by about a quarter (0.22 → 0.17 s), but
     importing torch costs seconds once per process, so the caller decides: prediction (torch
-    already loaded) and large store builds pass True (see :mod:`bratslab.data.runner`).
+    already loaded) and large store builds pass True (see :mod:`bratslab.data.preprocess_tasks`).
     Without torch installed the numpy path is used; the bytes are the same either way.
     """
     if fast_cast and dst.dtype == np.float16 and src.dtype == np.float32:

@@ -127,7 +127,7 @@ def init_weights(model: nn.Module, model_cfg, source: dict[str, torch.Tensor]) -
 
 
 @dataclass
-class Progress:
+class LoopState:
     """What carries over from epoch to epoch and, through the checkpoint, across restarts."""
 
     epoch: int = 0  # completed epochs: where this attempt starts
@@ -183,31 +183,31 @@ def train_loop_per_worker(
     bundle = _optimizer(model, spec)
     # Loss scaling only where gradients are fp16 (CUDA autocast); bf16/fp32 need none.
     scaler = torch.amp.GradScaler(device.type, enabled=tr.amp and needs_grad_scaler(device))
-    progress = Progress()
+    loop_state = LoopState()
     if checkpoint is not None:
         # A checkpoint that cannot load fails every restart alike: CheckpointUnusable ends the
         # run at once (bratslab.train.failures).
         with checkpoint.as_directory() as ckpt_dir, resuming_from(checkpoint.path):  # Ray
-            progress = restore(ckpt_dir, model, bundle, scaler)
+            loop_state = restore(ckpt_dir, model, bundle, scaler)
     w = _worker(spec, config, model, bundle, scaler, device)  # Ray: rank, world, DDP wrap
     if checkpoint is not None:
         log.info(
             # Epochs counted from 1, as the console's epoch lines count them.
             "rank %d resumes with epoch %d (step %d)",
             w.rank,
-            progress.epoch + 1,
-            progress.global_step,
+            loop_state.epoch + 1,
+            loop_state.global_step,
         )
     shard = train_shard(config, w.rank, w.world)  # Ray for a dataset shard: see there
 
-    for epoch in range(progress.epoch, tr.epochs):
+    for epoch in range(loop_state.epoch, tr.epochs):
         if on_epoch_start is not None:
             on_epoch_start(epoch)
         t0 = time.perf_counter()
-        metrics = train_epoch(w, epoch_batches_of(w, shard, epoch), epoch, progress)
-        metrics.update(validate_epoch(w, epoch, progress))
+        metrics = train_epoch(w, epoch_batches_of(w, shard, epoch), epoch, loop_state)
+        metrics.update(validate_epoch(w, epoch, loop_state))
         metrics["time/epoch_s"] = time.perf_counter() - t0
-        report_epoch(w, epoch, progress, metrics, config)
+        report_epoch(w, epoch, loop_state, metrics, config)
         bundle.train_mode()
 
 
@@ -261,9 +261,9 @@ def restore(
     model: nn.Module,
     bundle: OptimizerBundle,
     scaler: torch.amp.GradScaler,
-) -> Progress:
+) -> LoopState:
     """Load a checkpoint folder's weights, optimizer, schedule, scaler and RNG state in place;
-    return the progress it recorded (with the last measured validation carried over)."""
+    return the loop state it recorded (with the last measured validation carried over)."""
     model.load_state_dict(load_weights(ckpt_dir))
     state = load_train_state(ckpt_dir)
     bundle.optimizer.load_state_dict(state["optimizer"])
@@ -273,12 +273,12 @@ def restore(
         scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
     epoch = int(state["epoch"])
-    progress = Progress(epoch, int(state["global_step"]), float(state["best_dice"]), epoch)
+    loop_state = LoopState(epoch, int(state["global_step"]), float(state["best_dice"]), epoch)
     measured = state.get("metrics", {})
-    progress.last_val.update(
+    loop_state.last_val.update(
         {k: v for k, v in measured.items() if k.startswith(("val/dice", "val/lesion"))}
     )
-    return progress
+    return loop_state
 
 
 def _worker(
@@ -397,7 +397,7 @@ def _take(stream: Iterator[dict[str, torch.Tensor]], steps: int) -> Iterator[tup
 
 
 def train_epoch(
-    w: Worker, stream: Iterator[tuple[Any, Any]], epoch: int, progress: Progress
+    w: Worker, stream: Iterator[tuple[Any, Any]], epoch: int, loop_state: LoopState
 ) -> dict[str, Any]:
     """``steps_per_epoch`` steps on batches from ``stream`` (:func:`epoch_batches_of`); the
     loss and timings (loss and data wait summed over ranks) and the learning rates, as report
@@ -414,7 +414,7 @@ def train_epoch(
         x, y = next(stream)
         wait += time.perf_counter() - tw
         loss_sum += train_step(w.step, x, y)
-        progress.global_step += 1
+        loop_state.global_step += 1
     stream.close()
     train_s = time.perf_counter() - t0
     train_cpu_s = time.process_time() - c0  # this worker process, all threads
@@ -429,12 +429,12 @@ def train_epoch(
         # each rank's wait lies inside its own train_s, so the ratio of the sums is in [0, 1]
         "time/data_wait_frac": wait_total / max(train_total, 1e-9),
         "throughput/samples_per_s": tr.steps_per_epoch * tr.batch_size * w.world / train_s,
-        "resumed_from_epoch": progress.resumed_from,
+        "resumed_from_epoch": loop_state.resumed_from,
         **w.step.bundle.lrs(),
     }
 
 
-def validate_epoch(w: Worker, epoch: int, progress: Progress) -> dict[str, Any]:
+def validate_epoch(w: Worker, epoch: int, loop_state: LoopState) -> dict[str, Any]:
     """Validation metrics for this epoch's report. Measured every ``val_every`` epochs and at
     the last; otherwise the last measured values are repeated, because Tune schedulers need the
     metric in every result, and ``val/fresh`` says which (the MLflow callback logs fresh ones)."""
@@ -455,19 +455,19 @@ def validate_epoch(w: Worker, epoch: int, progress: Progress) -> dict[str, Any]:
         last_val["val/dice_mean"] = sum(sums[:3]) / (3 * cases)
         if tr.val_lesionwise:
             last_val["val/lesion_dice_mean"] = sum(sums[3:6]) / (3 * cases)
-        progress.last_val = last_val
-        progress.best = max(progress.best, last_val[tr.selection_metric])
+        loop_state.last_val = last_val
+        loop_state.best = max(loop_state.best, last_val[tr.selection_metric])
         metrics["time/val_s"] = time.perf_counter() - tv
-    metrics.update(progress.last_val)
+    metrics.update(loop_state.last_val)
     metrics["val/fresh"] = int(validated)
     # The checkpoint score is the selection metric (voxel or lesion-wise Dice; both are logged).
-    metrics["val/best_" + tr.selection_metric.removeprefix("val/")] = progress.best
-    metrics["ckpt_score"] = progress.last_val[tr.selection_metric] if validated else NOT_VALIDATED
+    metrics["val/best_" + tr.selection_metric.removeprefix("val/")] = loop_state.best
+    metrics["ckpt_score"] = loop_state.last_val[tr.selection_metric] if validated else NOT_VALIDATED
     return metrics
 
 
 def report_epoch(
-    w: Worker, epoch: int, progress: Progress, metrics: dict[str, Any], config: dict[str, Any]
+    w: Worker, epoch: int, loop_state: LoopState, metrics: dict[str, Any], config: dict[str, Any]
 ) -> None:
     """Report ``metrics`` to Ray Train with rank 0's checkpoint of the state after ``epoch``."""
     import ray.train  # Ray
@@ -476,7 +476,7 @@ def report_epoch(
     with tempfile.TemporaryDirectory(prefix="bratslab-ckpt-") as tmp:
         ckpt = None
         if w.rank == 0:
-            state = _train_state(w, epoch, progress, metrics)
+            state = _train_state(w, epoch, loop_state, metrics)
             save_checkpoint(
                 tmp,
                 model=w.bare,
@@ -494,17 +494,17 @@ def report_epoch(
 
 
 def _train_state(
-    w: Worker, epoch: int, progress: Progress, metrics: dict[str, Any]
+    w: Worker, epoch: int, loop_state: LoopState, metrics: dict[str, Any]
 ) -> dict[str, Any]:
     """``train_state.pt`` after ``epoch``: everything :func:`restore` needs to continue."""
     bundle, scaler = w.step.bundle, w.step.scaler
     return {
         "epoch": epoch + 1,  # completed epochs: the next run starts here
-        "global_step": progress.global_step,
+        "global_step": loop_state.global_step,
         "optimizer": bundle.optimizer.state_dict(),
         "scheduler": bundle.scheduler.state_dict() if bundle.scheduler else None,
         "scaler": scaler.state_dict() if scaler.is_enabled() else None,
         "rng": rng_state(),
-        "best_dice": progress.best,
+        "best_dice": loop_state.best,
         "metrics": {k: float(v) for k, v in metrics.items()},
     }

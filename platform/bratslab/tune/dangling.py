@@ -41,7 +41,7 @@ def close_dangling(storage_url: str, study_name: str, parent_run_id: str) -> Clo
     from optuna.trial import TrialState
 
     from bratslab.tracking import mlflow_runs
-    from bratslab.tune.storage import open_storage
+    from bratslab.tune.optuna_storage import open_storage
 
     trials: list[int] = []
     try:

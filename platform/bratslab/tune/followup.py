@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from bratslab.tune.config import SweepConfig
-from bratslab.tune.harness import TrialContext
+from bratslab.tune.trial import TrialContext
 from bratslab.tune.trial_result import TrialResult
 
 log = logging.getLogger(__name__)

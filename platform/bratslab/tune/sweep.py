@@ -9,7 +9,7 @@ Layout of a sweep folder (``$BRATSLAB_HOME/sweeps/<name>/``)::
                       lives (password hidden), the outcome when finished
     space.yaml        the space file as it was when the sweep started (a resume uses this copy)
     optuna.db         the Optuna study (SQLite; one writer: the Tune driver), unless
-                      BRATSLAB_OPTUNA_STORAGE names a shared database (bratslab.tune.storage)
+                      BRATSLAB_OPTUNA_STORAGE names a shared database (bratslab.tune.optuna_storage)
     tune/             Ray Tune's experiment state (trials, searcher and scheduler snapshots)
     train/            each trial's Ray Train run (checkpoints), named <sweep>-<trial id>
     trials/<id>.json  a completed trial's outcome, written atomically when its training ends
@@ -48,18 +48,13 @@ from bratslab.settings import Settings, get_settings
 from bratslab.shutdown import STOP_REASON_TAG, Terminated, stop_on_signals
 from bratslab.tune.config import SweepConfig
 from bratslab.tune.experiment_storage import sweep_storage_uri
-from bratslab.tune.harness import (
-    TRIAL_ID_TAG,
-    TUNE_DIRNAME,
-    SweepPaths,
-    TrialContext,
-    run_tuner,
-    sweeps_root,
-)
+from bratslab.tune.optuna_storage import check_new_study, manifest_entry, storage_for_resume
 from bratslab.tune.space import SearchSpace
-from bratslab.tune.storage import check_new_study, manifest_entry, storage_for_resume
+from bratslab.tune.sweep_paths import TUNE_DIRNAME, SweepPaths, sweeps_root
+from bratslab.tune.trial import TRIAL_ID_TAG, TrialContext
 from bratslab.tune.trial_result import TrialResult
 from bratslab.tune.trial_states import settle_trial_runs
+from bratslab.tune.tuner import run_tuner
 
 if TYPE_CHECKING:  # the spec is injected: tune/ never imports the jobs layer at run time
     from bratslab.jobs.spec import JobSpec
@@ -470,10 +465,10 @@ def _select_and_register(outcome: SweepOutcome, spec, cfg: SweepConfig, storage)
 def write_and_log_results(outcome: SweepOutcome, paths: SweepPaths) -> None:
     """results.csv + Optuna plots into the sweep folder and onto the parent run."""
     from bratslab.tracking import mlflow_runs
-    from bratslab.tune import report
+    from bratslab.tune import sweep_results
 
-    files = [report.write_results_csv(paths.results_csv, outcome.trials)]
-    files += report.optuna_plots(paths.optuna_url, outcome.name, paths.root)
+    files = [sweep_results.write_results_csv(paths.results_csv, outcome.trials)]
+    files += sweep_results.optuna_plots(paths.optuna_url, outcome.name, paths.root)
     log_file = console.log_file()  # Ray's, MLflow's, Optuna's and the trials' output
     if log_file is not None and log_file.is_file():
         files.append(log_file)

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from bratslab.cli import app
 from bratslab.data.layout import RawCase, discover_cases
 from bratslab.data.preprocess import PreprocessConfig
-from bratslab.data.runner import run_preprocess
+from bratslab.data.preprocess_tasks import run_preprocess
 from bratslab.data.store import Store
 from bratslab.data.synth import synthesize_case
 from bratslab.data.validate import load_case

@@ -12,8 +12,9 @@ import pytest
 
 from bratslab.config import ConfigError
 from bratslab.settings import get_settings
-from bratslab.tune.harness import SweepPaths, make_searcher
-from bratslab.tune.storage import describe, open_storage, storage_for_resume
+from bratslab.tune.optuna_storage import describe, open_storage, storage_for_resume
+from bratslab.tune.search import make_searcher
+from bratslab.tune.sweep_paths import SweepPaths
 
 ROOT = Path(__file__).resolve().parents[3]
 SECRET_URL = "postgresql+psycopg://optuna:s3cret@db.example:5432/optuna"
