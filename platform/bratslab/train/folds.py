@@ -276,7 +276,7 @@ def _open_parent(spec: JobSpec, name: str, folds: list[int], root: Path) -> str:
 def _finished_run(run_dir: Path) -> str | None:
     """The MLflow run id of a fold folder whose run is FINISHED, else None."""
     from bratslab.tracking.mlflow_runs import run_info
-    from bratslab.train.trainer import RUN_STATE
+    from bratslab.train.run_storage import RUN_STATE
 
     state = run_dir / RUN_STATE
     if not state.is_file():

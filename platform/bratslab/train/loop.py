@@ -44,6 +44,7 @@ from bratslab.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from bratslab.train.logged_metrics import NODE_IP_KEY
 from bratslab.train.losses import SegmentationLoss
 from bratslab.train.optim import OptimizerBundle, build_optimizer
 from bratslab.train.validation import VAL_KEYS, validate
@@ -54,7 +55,6 @@ if TYPE_CHECKING:  # the spec is injected: train/ never imports the jobs layer a
 log = logging.getLogger(__name__)
 
 NOT_VALIDATED = -1.0  # checkpoint score of epochs without validation (ranked below any Dice)
-NODE_IP_KEY = "node_ip"  # reported by every rank (a string: Ray Train passes it, MLflow skips it)
 UNMEASURED = ("val/dice_wt", "val/dice_tc", "val/dice_et", "val/dice_mean")  # 0 until validated
 
 

@@ -23,7 +23,7 @@ leaves a sweep as it was: all in its folder)::
 
     local, on the node that ran the trial ($BRATSLAB_HOME/ray_results/<sweep>-<trial>/)
       bratslab_run.json, train_log.txt, checkpoints/   the train stage's own run files
-                             (:func:`bratslab.train.trainer.run_storage`)
+                             (:func:`bratslab.train.run_storage.run_storage`)
 
 The bucket is reached through :func:`bratslab.data.remote.s3_filesystem` with ``keys=False``:
 Ray pickles ``RunConfig`` and the trial context into other processes, and that filesystem holds
@@ -127,7 +127,7 @@ class ExperimentStorage:
         checkpoints in the sweep folder, or its ``ray_results`` folder with ``s3://``."""
         if not self.remote:
             return self.root / "train" / run_name
-        from bratslab.train.trainer import run_storage
+        from bratslab.train.run_storage import run_storage
 
         return run_storage(self.train_storage).run_dir(run_name)
 

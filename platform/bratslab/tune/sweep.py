@@ -391,7 +391,7 @@ def _attach_run_ids(
     driver can read it, else from the sweep's MLflow children (tag ``bratslab.trial_id``): with
     an ``s3://`` Ray storage a trial's run folder is on the node that ran it."""
     from bratslab.tracking import mlflow_runs
-    from bratslab.train.trainer import RUN_STATE
+    from bratslab.train.run_storage import RUN_STATE
 
     by_trial: dict[str, str] | None = None
     for r in rows:

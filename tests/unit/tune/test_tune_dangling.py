@@ -69,7 +69,7 @@ def test_trial_runs_are_found_through_mlflow_when_the_run_folder_is_on_another_n
     import json
 
     from bratslab.tracking import mlflow_runs
-    from bratslab.train.trainer import RUN_STATE
+    from bratslab.train.run_storage import RUN_STATE
     from bratslab.tune.sweep import _attach_run_ids
     from bratslab.tune.sweep_paths import SweepPaths
     from bratslab.tune.trial import TRIAL_ID_TAG
