@@ -65,7 +65,7 @@ def selection_rank(rows: list[TrialResult], mode: str) -> list[TrialResult]:
 
 def run_upkern(ctx: TrialContext, cfg: SweepConfig, outcome) -> None:
     """Finetune the UpKerned best small-kernel MedNeXt as one more (non-Tune) trial; its row is
-    appended to ``outcome.trials`` (a :class:`bratslab.tune.sweep.SweepOutcome`)."""
+    appended to ``outcome.trials`` (a :class:`bratslab.tune.sweep_run.SweepOutcome`)."""
     from bratslab.train.trainer import run_training
 
     source, job = upkern_job(ctx, cfg, outcome.trials)

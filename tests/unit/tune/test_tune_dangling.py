@@ -70,8 +70,8 @@ def test_trial_runs_are_found_through_mlflow_when_the_run_folder_is_on_another_n
 
     from bratslab.tracking import mlflow_runs
     from bratslab.train.run_storage import RUN_STATE
-    from bratslab.tune.sweep import _attach_run_ids
     from bratslab.tune.sweep_paths import SweepPaths
+    from bratslab.tune.sweep_run import _attach_run_ids
     from bratslab.tune.trial import TRIAL_ID_TAG
     from bratslab.tune.trial_result import TrialResult
 
