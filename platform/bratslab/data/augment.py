@@ -26,7 +26,7 @@ from monai.transforms import MapTransform, Randomizable, RandomizableTransform
 from monai.utils import convert_to_numpy
 from scipy import ndimage
 
-from bratslab.data.config import AugmentConfig
+from bratslab.data.augment_config import AugmentConfig
 from bratslab.data.labels import STORE_LABELS
 from bratslab.data.layout import MODALITIES
 

@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from bratslab.data.augment import build_augment
-from bratslab.data.config import AugmentConfig, DataSection
+from bratslab.data.augment_config import AugmentConfig
+from bratslab.data.config import DataSection
 from bratslab.data.loader import PatchSampler, augment_patch
 from bratslab.data.remote import localize_rows
 

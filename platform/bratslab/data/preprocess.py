@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from bratslab import atomic
-from bratslab.data.config import PreprocessConfig
 from bratslab.data.labels import to_store_labels
 from bratslab.data.layout import RawCase
 from bratslab.data.meta import META_FORMAT, CaseMeta, restore_to_source, to_store_space
+from bratslab.data.preprocess_config import PreprocessConfig
 from bratslab.data.profiles import get_profile
 from bratslab.data.validate import Failure, LoadedCase, load_case
 

@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bratslab import atomic
-from bratslab.data.config import PreprocessConfig
 from bratslab.data.layout import RawCase, discover_cases
 from bratslab.data.meta import CaseMeta
 from bratslab.data.preprocess import (
@@ -43,6 +42,7 @@ from bratslab.data.preprocess import (
     preprocess_case,
     write_case,
 )
+from bratslab.data.preprocess_config import PreprocessConfig
 from bratslab.data.profiles import get_profile
 from bratslab.data.remote import cache_dir, is_remote, parse_uri, upload_group, upload_manifest
 from bratslab.data.store import FAILURES, build_manifest, case_digests, write_manifest

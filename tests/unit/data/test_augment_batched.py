@@ -29,8 +29,8 @@ from bratslab.data.augment_batched import (
     low_resolution,
     spatial,
 )
+from bratslab.data.augment_config import AugmentConfig
 from bratslab.data.augment_draw import SampleDraw, affine_margin, draw_sample
-from bratslab.data.config import AugmentConfig
 
 N = 24
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

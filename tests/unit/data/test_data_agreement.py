@@ -13,8 +13,8 @@ import struct
 import nibabel as nib
 import numpy as np
 
-from bratslab.data.config import PreprocessConfig
 from bratslab.data.layout import discover_cases
+from bratslab.data.preprocess_config import PreprocessConfig
 from bratslab.data.preprocess_tasks import run_preprocess
 from bratslab.data.store import FAILURES
 from bratslab.data.validate import load_case

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from bratslab.config import ConfigError, validate
-from bratslab.data.config import PreprocessConfig
 from bratslab.data.labels import from_store_labels
 from bratslab.data.layout import discover_cases
 from bratslab.data.preprocess import (
@@ -21,6 +20,7 @@ from bratslab.data.preprocess import (
     to_store_space,
     write_case,
 )
+from bratslab.data.preprocess_config import PreprocessConfig
 from bratslab.data.validate import file_hashes
 
 CID = "BraTS-GLI-00001-000"

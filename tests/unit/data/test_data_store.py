@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from bratslab.cli import app
-from bratslab.data.config import PreprocessConfig
 from bratslab.data.fingerprint import make_folds, suggest_patch_size
+from bratslab.data.preprocess_config import PreprocessConfig
 from bratslab.data.preprocess_tasks import run_preprocess
 from bratslab.data.store import Store
 

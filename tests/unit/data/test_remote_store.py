@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from bratslab.config import ConfigError
-from bratslab.data.config import DataSection, PreprocessConfig
+from bratslab.data.config import DataSection
 from bratslab.data.loader import case_rows
+from bratslab.data.preprocess_config import PreprocessConfig
 from bratslab.data.preprocess_tasks import run_preprocess
 from bratslab.data.remote import (
     StoreIntegrityError,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from bratslab.data.config import AugmentConfig
+from bratslab.data.augment_config import AugmentConfig
 from bratslab.data.loader import PatchSampler, epoch_batches
 from bratslab.models.param_groups import param_groups
 from bratslab.models.zoo import build_model
