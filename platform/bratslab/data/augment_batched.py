@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from monai.networks.layers import gaussian_1d
 
-from bratslab.data.augment import IMAGE, LABEL, MASK, RandLesionPasted
 from bratslab.data.augment_config import AugmentConfig
 from bratslab.data.augment_draw import SampleDraw, Vec, affine_matrix, draw_sample
+from bratslab.data.augment_transforms import IMAGE, LABEL, MASK, RandLesionPasted
 
 MODALITY_CHANNELS = 4
 
