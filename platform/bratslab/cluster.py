@@ -12,7 +12,11 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from bratslab.compat.ray_core import bind_single_machine_to_loopback, start_local_ray
+from bratslab.compat.ray_core import (
+    bind_single_machine_to_loopback,
+    remove_job_placement_groups,
+    start_local_ray,
+)
 from bratslab.console import adopt_library_loggers, route_ray_output
 from bratslab.settings import Settings, get_settings, store_env
 
@@ -168,7 +172,6 @@ def stop_driver() -> None:
 
     if not ray.is_initialized():
         return
-    from bratslab.compat.ray_core import remove_job_placement_groups
 
     try:
         # The embedded instance ends with this driver, its groups with it: asking its GCS

@@ -39,6 +39,10 @@ from contextlib import contextmanager, redirect_stderr, redirect_stdout, suppres
 from pathlib import Path
 from typing import Any
 
+from bratslab.compat.mlflow_output import silence_eprint
+from bratslab.compat.ray_logs import route_worker_output as install
+from bratslab.settings import get_settings
+
 LOG_FILE = "bratslab.log"
 RAY_DATA_LOGGING = Path(__file__).with_name("ray_data_logging.yaml")
 RELAY_MARK = "[bratslab-console] "  # on a worker's stderr: print this line on the console
@@ -185,7 +189,6 @@ def adopt_library_loggers() -> None:
     Ray and Optuna install a stderr handler when imported, Ray again in ``ray.init``)."""
     if not _state.quiet:
         return
-    from bratslab.compat.mlflow_output import silence_eprint
 
     silence_eprint()
     for name in LIBRARY_LOGGERS:
@@ -219,8 +222,6 @@ def attach(folder: Path, name: str = LOG_FILE) -> Path | None:
 
 
 def _logs_folder() -> Path:
-    from bratslab.settings import get_settings
-
     return get_settings().home / "logs"
 
 
@@ -326,7 +327,6 @@ def route_ray_output(context: Any = None) -> None:
     _state.dashboard = f"http://{url}" if url and "://" not in url else url
     if not _state.quiet:
         return
-    from bratslab.compat.ray_logs import route_worker_output as install
 
     adopt_library_loggers()
     if not install(route_worker_output):

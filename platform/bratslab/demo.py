@@ -158,8 +158,8 @@ def _fit_postprocess(champion: str, store: Path, root: Path, console) -> None:
 
 
 def _report(root: Path, outcome, result, held: Path, pred: Path) -> Path:
+    from bratslab.data.discovery import discover_cases
     from bratslab.data.labels import to_store_labels
-    from bratslab.data.layout import discover_cases
     from bratslab.report import OverlayCase, render_report
     from bratslab.tracking.mlflow_runs import metric_history
 

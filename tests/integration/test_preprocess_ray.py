@@ -23,8 +23,8 @@ import pytest
 
 from bratslab.data import preprocess_tasks as runner
 from bratslab.data.config import PreprocessConfig
+from bratslab.data.discovery import discover_cases
 from bratslab.data.labels import from_store_labels
-from bratslab.data.layout import discover_cases
 from bratslab.data.preprocess import restore_to_source
 from bratslab.data.preprocess_tasks import run_preprocess
 from bratslab.data.store import Store

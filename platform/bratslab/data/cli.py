@@ -193,7 +193,7 @@ def validate(
     from rich.progress import track
 
     from bratslab import atomic
-    from bratslab.data.layout import discover_cases
+    from bratslab.data.discovery import discover_cases
     from bratslab.data.profiles import get_profile
     from bratslab.data.validate import empty_case_folders, load_case
 

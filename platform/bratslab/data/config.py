@@ -13,6 +13,8 @@ from pydantic import Field
 from bratslab.config import ConfigError, StrictModel
 from bratslab.data.augment_config import AugmentConfig
 from bratslab.data.preprocess_config import PreprocessConfig
+from bratslab.data.remote import is_remote, local_store, parse_uri
+from bratslab.settings import get_settings
 
 __all__ = ["AugmentConfig", "DataSection", "PreprocessConfig"]
 
@@ -75,9 +77,6 @@ class DataSection(StrictModel):
             ConfigError: the folder is in neither place, or holds no ``dataset.json`` (the
                 message names every path tried); or the URI is malformed or not ``s3://``.
         """
-        from bratslab.data.remote import is_remote, parse_uri
-        from bratslab.settings import get_settings
-
         if is_remote(self.store):
             return str(parse_uri(self.store)), "object storage"
         p = Path(self.store).expanduser()
@@ -109,8 +108,6 @@ class DataSection(StrictModel):
             ConfigError: no local store (see :meth:`locate_store`), or no ``dataset.json``
                 at the ``s3://`` URI.
         """
-        from bratslab.data.remote import is_remote, local_store
-
         located, _ = self.locate_store()
         if not is_remote(located):
             return Path(located)

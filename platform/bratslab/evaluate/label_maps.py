@@ -100,7 +100,7 @@ def paired_folders(pred_dir: str | Path, ref_dir: str | Path, purpose: str) -> t
         FileNotFoundError: ``pred_dir`` is not a folder, or ``ref_dir`` has no labelled case
             (the message says what they were wanted for: ``purpose``, e.g. "score against").
     """
-    from bratslab.data.layout import discover_cases
+    from bratslab.data.discovery import discover_cases
 
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():

@@ -345,7 +345,7 @@ def predict_folder(
     Failures are listed in ``out_dir/failures.json`` (case, file, reason). Post-processing
     thresholds are resolved here, once (:func:`bratslab.postprocess.resolve.resolve_postprocess`).
     """
-    from bratslab.data.layout import discover_cases
+    from bratslab.data.discovery import discover_cases
     from bratslab.postprocess.resolve import resolve_postprocess
 
     cfg = cfg or PredictConfig()

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bratslab.data.loader import case_dataset, case_rows
-from bratslab.data.patch_pipeline import patch_dataset
+from bratslab.data.patch_stream import patch_dataset
 from bratslab.data.remote import rows_to_uris
 from bratslab.data.store import Store
 from bratslab.models.zoo import shape_factor

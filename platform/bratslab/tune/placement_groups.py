@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from bratslab.compat.ray_tune import PlacementGroupRecord
+from bratslab.compat.ray_tune import PlacementGroupRecord, placement_group_records
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,6 @@ def remove_orphaned_placement_groups() -> int:
     """
     import ray  # Ray: placement-group bookkeeping on the driver
     from ray.util.placement_group import PlacementGroup, remove_placement_group
-
-    from bratslab.compat.ray_tune import placement_group_records
 
     try:
         orphans = orphaned_placement_groups(placement_group_records())

@@ -6,6 +6,7 @@ import logging
 import warnings
 
 from bratslab import console
+from bratslab.compat.ray_tune import asha_max_t, asha_time_attr, asha_uncount_stop
 from bratslab.tune.config import SweepConfig
 from bratslab.tune.optuna_storage import open_storage
 from bratslab.tune.space import SearchSpace
@@ -86,8 +87,6 @@ def make_scheduler(cfg: SweepConfig, default_max_t: int):
     there, so this ASHA records the result for the rung and lets the trial finish.
     """
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
-
-    from bratslab.compat.ray_tune import asha_max_t, asha_time_attr, asha_uncount_stop
 
     s = cfg.scheduler
     if s.kind == "fifo":

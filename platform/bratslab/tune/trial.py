@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bratslab.compat.ray_tune import TUNE_REPORT_CHECKPOINT_KEY
+from bratslab.compat.ray_tune import TUNE_REPORT_CHECKPOINT_KEY, tune_auto_result_keys
+from bratslab.train.trainer import run_training
 from bratslab.tune.space import SearchSpace
 from bratslab.tune.sweep_paths import SweepPaths
 
@@ -73,7 +74,6 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     done = storage.read_marker(trial_id)
     if done is not None:
         log.warning("trial %s already completed; replaying its recorded result", trial_id)
-        from bratslab.compat.ray_tune import tune_auto_result_keys
 
         # Ray: give Tune/ASHA/Optuna the recorded outcome (minus the keys Tune fills itself).
         skip = {*tune_auto_result_keys(), "trial_id", "experiment_id", "done", "config"}
@@ -82,7 +82,6 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     job = ctx.trial_job(trial_id, config)
     # Audit trail: one line per training start.
     storage.append_attempt(trial_id, {"time": time.time(), "job": job.name})
-    from bratslab.train.trainer import run_training
 
     # Every epoch's checkpoint folder gets a new name (train.loop.report_epoch).
     existing = storage.checkpoint_names(job.name)

@@ -13,7 +13,7 @@ import struct
 import nibabel as nib
 import numpy as np
 
-from bratslab.data.layout import discover_cases
+from bratslab.data.discovery import discover_cases
 from bratslab.data.preprocess_config import PreprocessConfig
 from bratslab.data.preprocess_tasks import run_preprocess
 from bratslab.data.store import FAILURES

@@ -11,7 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from bratslab.cli import app
-from bratslab.data.layout import RawCase, discover_cases
+from bratslab.data.discovery import discover_cases
+from bratslab.data.layout import RawCase
 from bratslab.data.preprocess import PreprocessConfig
 from bratslab.data.preprocess_tasks import run_preprocess
 from bratslab.data.store import Store

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from bratslab.config import ConfigError, validate
+from bratslab.data.discovery import discover_cases
 from bratslab.data.labels import from_store_labels
-from bratslab.data.layout import discover_cases
 from bratslab.data.preprocess import (
     CaseInvalid,
     foreground_bbox,
