@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 
 def open_run(spec: JobSpec, name: str, run_dir: Path, parent_run_id: str | None, data) -> str:
+    """Start the job's MLflow run, or reopen the one ``run_dir``'s run-state file names (a
+    rerun resumes it); record its id and params in that file. Returns the run id."""
     state_file = run_dir / RUN_STATE
     previous = json.loads(state_file.read_text())["mlflow_run_id"] if state_file.is_file() else None
     tags = {
