@@ -25,7 +25,7 @@ import nibabel as nib
 import numpy as np
 
 from bratslab.data.config import PreprocessConfig
-from bratslab.data.layout import discover_cases
+from bratslab.data.discovery import discover_cases
 from bratslab.data.preprocess import preprocess_case, write_case
 from bratslab.data.synth import synthesize_dataset
 

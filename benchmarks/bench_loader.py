@@ -1,6 +1,6 @@
 """Ray Data patch loader (``data.loader: ray``): samples/s with 1 vs 2 loader CPUs.
 
-The pipeline is the one training uses (:func:`bratslab.data.patch_pipeline.patch_dataset`,
+The pipeline is the one training uses (:func:`bratslab.data.patch_stream.patch_dataset`,
 consumed as a Train worker does: ``streaming_split(1, equal=True)[0].iter_torch_batches``), on a
 synthetic store, with the full scanner-shift augmentation of ``jobs/train_segresnet.yaml``,
 batch 2, 5 channels. The arms differ in one thing: ``data.loader_cpus`` (1 → one actor, 2 → two
@@ -36,8 +36,9 @@ import numpy as np
 
 from bratslab.data.config import DataSection, PreprocessConfig
 from bratslab.data.loader import case_rows
-from bratslab.data.patch_pipeline import PatchMaker, choose_cases, patch_dataset, pool_size
-from bratslab.data.runner import run_preprocess
+from bratslab.data.patch_pipeline import PatchMaker, choose_cases, pool_size
+from bratslab.data.patch_stream import patch_dataset
+from bratslab.data.preprocess_tasks import run_preprocess
 from bratslab.data.store import Store
 from bratslab.data.synth import synthesize_dataset
 from bratslab.jobs.spec import load_job

@@ -24,9 +24,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from bratslab.data import validate as V  # noqa: E402
 from bratslab.data.config import PreprocessConfig  # noqa: E402
-from bratslab.data.layout import discover_cases  # noqa: E402
+from bratslab.data.discovery import discover_cases  # noqa: E402
 from bratslab.data.preprocess import preprocess_loaded, write_case  # noqa: E402
-from bratslab.data.runner import run_preprocess  # noqa: E402
+from bratslab.data.preprocess_tasks import run_preprocess  # noqa: E402
 from bratslab.data.synth import synthesize_dataset  # noqa: E402
 
 

@@ -80,7 +80,7 @@ def main() -> int:
 
     from bratslab.cluster import ensure_ray
     from bratslab.data.config import PreprocessConfig
-    from bratslab.data.runner import run_preprocess
+    from bratslab.data.preprocess_tasks import run_preprocess
     from bratslab.data.synth import synthesize_dataset
 
     synthesize_dataset(work / "raw", args.cases, "brats2023", seed=11, shape=(48, 48, 40))
@@ -92,7 +92,8 @@ def main() -> int:
         print("preprocessing failed", report.failures, file=sys.stderr)
         return 1
     # Logical headroom: a stopped trial's worker placement group lingers until the sweep's
-    # periodic orphan check removes it (bratslab.tune.harness.remove_orphaned_placement_groups).
+    # periodic orphan check removes it
+    # (bratslab.tune.placement_groups.remove_orphaned_placement_groups).
     ensure_ray(num_cpus=16)
     job = ROOT / "jobs/sweep_smoke.yaml"
     arms = [

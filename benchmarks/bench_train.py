@@ -62,7 +62,7 @@ ARM_SWITCH = {"ray-data-cases": "CASE_TABLE_IN_CONFIG", "cold-mlflow": "WARM_MLF
 
 def build_store(root: Path, size: int) -> Path:
     from bratslab.data.config import PreprocessConfig
-    from bratslab.data.runner import run_preprocess
+    from bratslab.data.preprocess_tasks import run_preprocess
     from bratslab.data.synth import synthesize_dataset
 
     synthesize_dataset(root / "raw", 6, shape=(size + 16, size + 16, size + 8), seed=0)
@@ -77,9 +77,9 @@ def plain_loop(spec, store: Path, steps: int, warmup: int = 3) -> dict[str, floa
     from bratslab.data.store import Store
     from bratslab.models.runtime import prepare_model
     from bratslab.models.zoo import build_model
-    from bratslab.train.loop import StepContext, train_step
     from bratslab.train.losses import SegmentationLoss
     from bratslab.train.optim import build_optimizer
+    from bratslab.train.step import StepContext, train_step
 
     tr = spec.training
     torch.set_num_threads(spec.scaling.torch_threads or int(spec.scaling.cpus_per_worker))

@@ -52,8 +52,8 @@ import torch
 from torch import nn
 
 from bratslab.data.config import PreprocessConfig
+from bratslab.data.discovery import discover_cases
 from bratslab.data.labels import labels_to_regions
-from bratslab.data.layout import discover_cases
 from bratslab.data.preprocess import preprocess_case
 from bratslab.data.synth import synthesize_dataset
 from bratslab.evaluate.metrics import region_dice

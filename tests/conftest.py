@@ -62,7 +62,7 @@ def ray_cluster(bratslab_home):
 def tiny_store(tmp_path_factory) -> Path:
     """A real store (data.synth → data preprocess, in-process): 8 cases of ≈32³ voxels."""
     from bratslab.data.config import PreprocessConfig
-    from bratslab.data.runner import run_preprocess
+    from bratslab.data.preprocess_tasks import run_preprocess
     from bratslab.data.synth import synthesize_dataset
 
     root = tmp_path_factory.mktemp("train-store")

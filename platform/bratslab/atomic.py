@@ -13,7 +13,6 @@ target left untouched, a pipe's reader never fed); such outputs are refused with
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import stat
@@ -123,12 +122,6 @@ def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     """``np.save`` through a temp file; the result is byte-identical to a plain ``np.save``."""
     with atomic_open(path) as f:
         np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
-
-
-def save_npy_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.lib.format.write_array(buf, np.ascontiguousarray(array), allow_pickle=False)
-    return buf.getvalue()
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> int:

@@ -10,8 +10,13 @@ import logging
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
-from bratslab.compat.ray_core import bind_single_machine_to_loopback, start_local_ray
+from bratslab.compat.ray_core import (
+    bind_single_machine_to_loopback,
+    remove_job_placement_groups,
+    start_local_ray,
+)
 from bratslab.console import adopt_library_loggers, route_ray_output
 from bratslab.settings import Settings, get_settings, store_env
 
@@ -46,24 +51,7 @@ def ensure_ray(
         return
     adopt_library_loggers()  # Ray's import installed a stderr handler (bratslab.console)
     settings = settings or get_settings()
-    env_vars = {
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DO_NOT_TRACK": "1",
-        # ``data.loader: ray`` streams patches and predict maps cases through Ray Data; its
-        # per-dataset progress bars would bury the training output. Users can set it to 0.
-        "RAY_DATA_DISABLE_PROGRESS_BARS": os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS", "1"),
-    }
-    os.environ.setdefault(
-        "RAY_DATA_DISABLE_PROGRESS_BARS", env_vars["RAY_DATA_DISABLE_PROGRESS_BARS"]
-    )
-    # Every worker, actor and trial resolves the driver's settings, not its own working folder's.
-    env_vars.update(settings.env())
-    # Where an s3:// store lives and is cached on each node; never the credentials, which Ray's
-    # runtime env would show to anyone who can see the job: nodes get those from their own
-    # environment (a KubeRay Secret, an instance role).
-    env_vars.update({k: v for k, v in store_env(settings).items() if k not in SECRET_VARS})
-    runtime_env = {"env_vars": env_vars}
+    runtime_env = _runtime_env(settings)
     if settings.ray_address:
         log.info("joining Ray cluster at %s", settings.ray_address)
         # Inside a submitted Ray job the job's runtime env already applies (and Ray refuses a
@@ -102,6 +90,29 @@ def ensure_ray(
     route_ray_output(context)  # worker lines into the log file (bratslab.console)
     _EMBEDDED["temp_dir"] = temp_dir or ""
     log.info("started local Ray (%d logical CPUs, bound to 127.0.0.1, %s)", cpus, temp_dir)
+
+
+def _runtime_env(settings: Settings) -> dict[str, Any]:
+    """The runtime env every worker, actor and trial gets: the driver's settings, quiet
+    telemetry and progress bars, and where s3:// stores live (never the credentials)."""
+    env_vars = {
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "1",
+        # ``data.loader: ray`` streams patches and predict maps cases through Ray Data; its
+        # per-dataset progress bars would bury the training output. Users can set it to 0.
+        "RAY_DATA_DISABLE_PROGRESS_BARS": os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS", "1"),
+    }
+    os.environ.setdefault(
+        "RAY_DATA_DISABLE_PROGRESS_BARS", env_vars["RAY_DATA_DISABLE_PROGRESS_BARS"]
+    )
+    # Every worker, actor and trial resolves the driver's settings, not its own working folder's.
+    env_vars.update(settings.env())
+    # Where an s3:// store lives and is cached on each node; never the credentials, which Ray's
+    # runtime env would show to anyone who can see the job: nodes get those from their own
+    # environment (a KubeRay Secret, an instance role).
+    env_vars.update({k: v for k, v in store_env(settings).items() if k not in SECRET_VARS})
+    return {"env_vars": env_vars}
 
 
 def free_loopback_port() -> int:
@@ -161,7 +172,6 @@ def stop_driver() -> None:
 
     if not ray.is_initialized():
         return
-    from bratslab.compat.ray_core import remove_job_placement_groups
 
     try:
         # The embedded instance ends with this driver, its groups with it: asking its GCS

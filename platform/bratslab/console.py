@@ -39,6 +39,10 @@ from contextlib import contextmanager, redirect_stderr, redirect_stdout, suppres
 from pathlib import Path
 from typing import Any
 
+from bratslab.compat.mlflow_output import silence_eprint
+from bratslab.compat.ray_logs import route_worker_output as install
+from bratslab.settings import get_settings
+
 LOG_FILE = "bratslab.log"
 RAY_DATA_LOGGING = Path(__file__).with_name("ray_data_logging.yaml")
 RELAY_MARK = "[bratslab-console] "  # on a worker's stderr: print this line on the console
@@ -141,7 +145,7 @@ def configure(command: str | None, verbose: bool) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("TQDM_DISABLE", "1")
     # Ray Tune's console reporter prints its experiment table and a TensorBoard hint even at
-    # verbose=0; the legacy reporter prints nothing at verbose=0 (bratslab.tune.harness).
+    # verbose=0; the legacy reporter prints nothing at verbose=0 (bratslab.tune.tuner).
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Ray Data configures its own console handler when imported (its progress every 10 s):
     # this config keeps its session file and lets the records propagate to ours instead.
@@ -185,7 +189,6 @@ def adopt_library_loggers() -> None:
     Ray and Optuna install a stderr handler when imported, Ray again in ``ray.init``)."""
     if not _state.quiet:
         return
-    from bratslab.compat.mlflow_output import silence_eprint
 
     silence_eprint()
     for name in LIBRARY_LOGGERS:
@@ -219,8 +222,6 @@ def attach(folder: Path, name: str = LOG_FILE) -> Path | None:
 
 
 def _logs_folder() -> Path:
-    from bratslab.settings import get_settings
-
     return get_settings().home / "logs"
 
 
@@ -326,7 +327,6 @@ def route_ray_output(context: Any = None) -> None:
     _state.dashboard = f"http://{url}" if url and "://" not in url else url
     if not _state.quiet:
         return
-    from bratslab.compat.ray_logs import route_worker_output as install
 
     adopt_library_loggers()
     if not install(route_worker_output):

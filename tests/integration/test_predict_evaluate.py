@@ -125,7 +125,7 @@ def test_predict_evaluate_export(raw, model_dir, tmp_path, ray_cluster, bratslab
 
 
 def test_evaluate_model_logs_tta_metrics(raw, model_dir, tmp_path, ray_cluster):
-    from bratslab.data.runner import run_preprocess
+    from bratslab.data.preprocess_tasks import run_preprocess
     from bratslab.data.store import Store
     from bratslab.inference.model_eval import evaluate_model
     from bratslab.tracking import mlflow_runs

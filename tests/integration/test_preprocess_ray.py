@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bratslab.data import runner
+from bratslab.data import preprocess_tasks as runner
 from bratslab.data.config import PreprocessConfig
+from bratslab.data.discovery import discover_cases
 from bratslab.data.labels import from_store_labels
-from bratslab.data.layout import discover_cases
 from bratslab.data.preprocess import restore_to_source
-from bratslab.data.runner import run_preprocess
+from bratslab.data.preprocess_tasks import run_preprocess
 from bratslab.data.store import Store
 from bratslab.data.synth import synthesize_dataset
 from bratslab.data.validate import load_case

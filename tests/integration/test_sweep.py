@@ -19,7 +19,7 @@ def test_placement_groups_of_dead_controllers_are_removed(ray_cluster):
     removed; groups of live actors and of the driver stay."""
     from ray.util.placement_group import placement_group, remove_placement_group
 
-    from bratslab.tune.harness import remove_orphaned_placement_groups
+    from bratslab.tune.placement_groups import remove_orphaned_placement_groups
 
     ray = ray_cluster
 

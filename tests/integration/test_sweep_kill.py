@@ -138,7 +138,7 @@ def _wait_cpus_freed(ray, cpus: float) -> None:
 
 def _trial_runs(sweep_dir: Path, name: str, trial_ids) -> dict[str, str]:
     """Trial id → its MLflow run id (from the trial's Train run-state file)."""
-    from bratslab.train.trainer import RUN_STATE
+    from bratslab.train.run_storage import RUN_STATE
 
     runs = {}
     for tid in trial_ids:

@@ -72,7 +72,7 @@ def _stop(proc: subprocess.Popen) -> None:
 def test_sigterm_marks_the_run_killed_and_a_rerun_resumes_it(tiny_store, tmp_path):
     from bratslab.tracking.mlflow_runs import metric_history, run_info
     from bratslab.train.checkpoint import load_train_state
-    from bratslab.train.trainer import RUN_STATE
+    from bratslab.train.run_storage import RUN_STATE
 
     home = tmp_path / "home"
     run_dir = home / "ray_results" / "smoke"

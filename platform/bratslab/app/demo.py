@@ -121,7 +121,7 @@ def _sweep(job_path: Path, store: Path, overrides: list[str], settings):
 def _preprocess(raw: Path, store: Path, workers: int, console) -> None:
     from bratslab.app.cli.data import show_fingerprint
     from bratslab.data.config import PreprocessConfig
-    from bratslab.data.runner import run_preprocess
+    from bratslab.data.preprocess_tasks import run_preprocess
     from bratslab.data.store import Store
 
     # The synthetic heads are small; pad to 64³ rather than the 128³ meant for real BraTS.
@@ -153,8 +153,8 @@ def _fit_postprocess(champion: str, store: Path, root: Path, console) -> None:
 
 def _report(root: Path, outcome, result, held: Path, pred: Path) -> Path:
     from bratslab.app.run_report import OverlayCase, render_report
+    from bratslab.data.discovery import discover_cases
     from bratslab.data.labels import to_store_labels
-    from bratslab.data.layout import discover_cases
     from bratslab.tracking.mlflow_runs import metric_history
 
     curves = {}

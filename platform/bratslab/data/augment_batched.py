@@ -26,9 +26,11 @@ import torch
 import torch.nn.functional as F
 from monai.networks.layers import gaussian_1d
 
-from bratslab.data.augment import IMAGE, LABEL, MASK, RandLesionPasted
+from bratslab.data.augment_config import AugmentConfig
 from bratslab.data.augment_draw import SampleDraw, Vec, affine_matrix, draw_sample
-from bratslab.data.config import AugmentConfig
+from bratslab.data.augment_transforms import IMAGE, LABEL, MASK, RandLesionPasted
+from bratslab.data.labels import STORE_LABELS
+from bratslab.data.layout import MODALITIES
 
 MODALITY_CHANNELS = 4
 
@@ -218,9 +220,6 @@ def lesion_contrast(img, label, brain, cfg: AugmentConfig, rng: np.random.Random
     ``(D, H, W)`` uint8, brain ``(D, H, W)`` bool; factors drawn from ``rng`` in the CPU
     class's order (per modality, per sub-region present), so the same random state gives
     the same output."""
-    from bratslab.data.labels import STORE_LABELS
-    from bratslab.data.layout import MODALITIES
-
     tumour = label > 0
     normal = brain & ~tumour
     if int(normal.sum()) < 8 or not bool(tumour.any()):

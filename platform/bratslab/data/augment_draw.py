@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bratslab.data.config import AugmentConfig
+from bratslab.data.augment_config import AugmentConfig
 
 Vec = tuple[float, ...]
 

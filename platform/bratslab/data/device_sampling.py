@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from bratslab.data.augment_config import AugmentConfig
 from bratslab.data.augment_draw import affine_margin, draw_sample, needed_margin
-from bratslab.data.config import AugmentConfig
 from bratslab.data.loader import PatchSampler
 from bratslab.data.patch_pipeline import _AUGMENT, _SAMPLE, CASE_KEYS, PatchMaker, draw_rng
 from bratslab.data.remote import localize_rows

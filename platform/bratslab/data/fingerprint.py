@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bratslab.data.config import PreprocessConfig
 from bratslab.data.meta import CaseMeta
+from bratslab.data.preprocess_config import PreprocessConfig
 
 
 def _median(values: Sequence[float]) -> float:

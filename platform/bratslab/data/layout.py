@@ -17,7 +17,6 @@ modality suffix. Cases without a ``seg`` file are inference-only.
 from __future__ import annotations
 
 import re
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -25,9 +24,13 @@ from typing import Literal
 MODALITIES: tuple[str, ...] = ("t1n", "t1c", "t2w", "t2f")
 """Canonical channel order of the store (then the foreground mask)."""
 
+
 Layout = Literal["brats2021", "brats2023"]
+
+
 ET_LABEL: dict[str, int] = {"brats2021": 4, "brats2023": 3}
 """Label of the enhancing tumour in each layout's convention."""
+
 
 # Synonyms are matched case-insensitively with '_' and '-' treated alike, longest first, as the
 # last part of a file's stem.
@@ -51,13 +54,22 @@ SYNONYMS: dict[str, str] = {
     "t2flair": "t2f",
     "seg": "seg",
 }
+
+
 # Names that only the 2021 release uses; a case with unrecognised folder names that uses them is
 # taken as 2021-style (ET = 4).
 _SYNONYMS_2021 = {"t1", "t1ce", "t2", "flair"}
+
+
 _BY_LENGTH = sorted(SYNONYMS, key=len, reverse=True)
 
+
 _RE_2021 = re.compile(r"^BraTS20\d\d_\d+$", re.IGNORECASE)
+
+
 _RE_2023 = re.compile(r"^BraTS-(GLI|SSA|PED|MEN-RT|MEN|MET|GoAT)-\d+(-\d+)?$", re.IGNORECASE)
+
+
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
@@ -180,73 +192,6 @@ def missing_modalities(files: dict) -> str | None:
     found = ", ".join(m for m in MODALITIES if m in files) or "no image"
     word = "modality" if len(missing) == 1 else "modalities"
     return f"missing {word} {', '.join(missing)} (found {found})"
-
-
-def discover_cases(raw_dir: str | Path, profile: str | None = None) -> list[RawCase]:
-    """Find every case under ``raw_dir`` (recursively), sorted by id.
-
-    Files are grouped per folder by the prefix left after removing the modality suffix, so both
-    one-folder-per-case and flat layouts work. Files with no recognised modality are ignored.
-
-    A case id found in two folders becomes a problem of that case (it is quarantined).
-
-    An nnU-Net raw dataset (``dataset.json`` + ``imagesTr/``) is read by
-    :func:`bratslab.data.nnunet.discover_nnunet` instead (its labels mapped to ``profile``'s).
-
-    Raises:
-        FileNotFoundError: ``raw_dir`` does not exist.
-        ValueError: a malformed nnU-Net ``dataset.json`` (the message names the problem).
-    """
-    raw_dir = Path(raw_dir)
-    if not raw_dir.is_dir():
-        raise FileNotFoundError(f"{raw_dir}: no such folder")
-    from bratslab.data import nnunet  # imports this module: loaded on use
-
-    if nnunet.is_nnunet_raw(raw_dir):
-        return nnunet.discover_nnunet(raw_dir, profile)
-    groups: dict[tuple[Path, str], list[tuple[str, str, Path]]] = defaultdict(list)
-    for path in sorted(raw_dir.rglob("*")):
-        if not path.is_file() or path.name.startswith("."):
-            continue
-        parsed = parse_file_name(path.name)
-        if parsed is None:
-            continue
-        case_id, modality, token = parsed
-        groups[(path.parent, case_id)].append((modality, token, path))
-
-    cases: dict[str, RawCase] = {}
-    for (folder, case_id), entries in sorted(groups.items(), key=lambda kv: kv[0][1]):
-        if case_id in cases:
-            # Ambiguous: quarantine the case rather than guess which copy is meant.
-            cases[case_id].problems.append((str(folder), f"case id {case_id} found twice"))
-            continue
-        files: dict[str, Path] = {}
-        seg = None
-        problems: list[tuple[str, str]] = []
-        for modality, _token, path in entries:
-            if modality == "seg":
-                if seg is not None:
-                    problems.append((str(path), f"second segmentation besides {seg.name}"))
-                seg = path
-            elif modality in files:
-                problems.append(
-                    (str(path), f"duplicate {modality} image besides {files[modality].name}")
-                )
-            else:
-                files[modality] = path
-        if missing := missing_modalities(files):
-            problems.append((str(folder), missing))
-        layout, cohort = detect_layout(case_id, {t for _, t, _ in entries})
-        cases[case_id] = RawCase(
-            id=case_id,
-            files=files,
-            seg=seg,
-            layout=layout,
-            et_label=ET_LABEL[layout],
-            cohort=cohort,
-            problems=problems,
-        )
-    return [cases[k] for k in sorted(cases)]
 
 
 def case_file_name(case_id: str, modality: str, layout: Layout) -> str:

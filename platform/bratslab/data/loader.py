@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from bratslab.data.augment import apply_augment, build_augment
-from bratslab.data.config import AugmentConfig
+from bratslab.data.augment_config import AugmentConfig
 
 MAX_FG_COORDS = 20_000  # per case: enough to sample centres from, small enough to cache
 

@@ -21,15 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from bratslab.data.nifti import (
-    _OUT_CHUNK,
+from bratslab.data.nifti import _OUT_CHUNK, _GzipReader, read_header
+from bratslab.data.nifti_header import (
     DEFLATE_MAX_RATIO,
     HEADER_BYTES,
     NiftiError,
     NiftiHeaderInfo,
-    _GzipReader,
     parse_header,
-    read_header,
 )
 
 SCAN_MIN_BYTES = 32 << 20  # declared sizes below this load directly: small enough either way

@@ -1,8 +1,8 @@
 """Raw case → store arrays: the six steps of :class:`PreprocessConfig`, fast (float32, one pass
 per step, few copies).
 
-Used offline by :func:`bratslab.data.runner.run_preprocess` (Ray, resumable; it imports this
-module, never the other way round) and again at prediction time (:func:`preprocess_case` in
+Used offline by :func:`bratslab.data.preprocess_tasks.run_preprocess` (Ray, resumable; it imports
+this module, never the other way round) and again at prediction time (:func:`preprocess_case` in
 memory, :func:`restore_to_source` to go back).
 """
 
@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from bratslab import atomic
-from bratslab.data.config import PreprocessConfig
 from bratslab.data.labels import to_store_labels
 from bratslab.data.layout import RawCase
 from bratslab.data.meta import META_FORMAT, CaseMeta, restore_to_source, to_store_space
+from bratslab.data.preprocess_config import PreprocessConfig
 from bratslab.data.profiles import get_profile
 from bratslab.data.validate import Failure, LoadedCase, load_case
 
@@ -115,7 +115,7 @@ def _store_into(dst: np.ndarray, src: np.ndarray, fast_cast: bool) -> None:
     is vectorised, ~20x faster and bit-identical (both round to nearest even). On a
     240x240x155 case that cuts the normalisation CPU by about a quarter (0.22 → 0.17 s), but
     importing torch costs seconds once per process, so the caller decides: prediction (torch
-    already loaded) and large store builds pass True (see :mod:`bratslab.data.runner`).
+    already loaded) and large store builds pass True (see :mod:`bratslab.data.preprocess_tasks`).
     Without torch installed the numpy path is used; the bytes are the same either way.
     """
     if fast_cast and dst.dtype == np.float16 and src.dtype == np.float32:
@@ -181,7 +181,6 @@ def preprocess_loaded(
     bytes, faster once torch is loaded). Only matters for ``cfg.dtype == "float16"``.
     """
     t0 = time.perf_counter()
-    case = loaded.case
     imgs = [loaded.images[m] for m in cfg.modalities]
     src_shape = list(imgs[0].shape)
 
@@ -222,20 +221,40 @@ def preprocess_loaded(
 
     y, label_voxels = _store_labels(loaded, box, inner, target)
 
-    meta = CaseMeta(
+    geometry = {
+        "original_shape": src_shape,
+        "bbox_start": list(start),
+        "bbox_end": list(end),
+        "pad_before": pad_before,
+        "pad_after": pad_after,
+        "shape": target,
+    }
+    meta = _case_meta(loaded, cfg, geometry, y is not None, label_voxels, intensity)
+    return PreprocessedCase(x=x, y=y, meta=meta, timings={"normalise": t1 - t0})
+
+
+def _case_meta(
+    loaded: LoadedCase,
+    cfg: PreprocessConfig,
+    geometry: dict[str, list[int]],
+    has_label: bool,
+    label_voxels: dict[str, int],
+    intensity: dict[str, dict[str, float]],
+) -> CaseMeta:
+    """The ``{id}_meta.json`` of a preprocessed case: where it came from (files, header,
+    affine), how it was cut (``geometry``: original shape, crop box, padding, stored shape)
+    and with what (channels, dtype, the preprocessing hash, each modality's ``intensity``
+    statistics)."""
+    case = loaded.case
+    return CaseMeta(
         format=META_FORMAT,
         id=case.id,
         layout=case.layout,
         cohort=case.cohort,
         et_label=case.et_label,
         profile=case.profile,
-        has_label=y is not None,
-        original_shape=src_shape,
-        bbox_start=list(start),
-        bbox_end=list(end),
-        pad_before=pad_before,
-        pad_after=pad_after,
-        shape=target,
+        has_label=has_label,
+        **geometry,
         affine=np.asarray(loaded.affine, dtype=np.float64).tolist(),
         zooms=[float(z) for z in loaded.zooms],
         header_b64=base64.b64encode(loaded.header.binaryblock).decode("ascii"),
@@ -248,7 +267,6 @@ def preprocess_loaded(
         label_voxels=label_voxels,
         intensity=intensity,
     )
-    return PreprocessedCase(x=x, y=y, meta=meta, timings={"normalise": t1 - t0})
 
 
 def preprocess_case(

@@ -49,6 +49,7 @@ from urllib.parse import urlsplit
 
 from bratslab import atomic
 from bratslab.config import ConfigError
+from bratslab.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +163,6 @@ def s3_filesystem(*, keys: bool = True):
 
 def cache_dir(uri: str | S3Uri) -> Path:
     """The node-local folder that holds the copy of the store at ``uri``."""
-    from bratslab.settings import get_settings
-
     u = parse_uri(uri) if isinstance(uri, str) else uri
     digest = hashlib.sha256(u.prefix.encode()).hexdigest()[:16]
     return get_settings().stores_cache / u.bucket / digest

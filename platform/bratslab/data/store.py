@@ -27,7 +27,6 @@ from typing import Literal
 import numpy as np
 
 from bratslab import atomic
-from bratslab.data.config import PreprocessConfig
 from bratslab.data.fingerprint import (
     compute_fingerprint,
     fingerprint_hash,
@@ -35,6 +34,7 @@ from bratslab.data.fingerprint import (
     suggest_patch_size,
 )
 from bratslab.data.meta import CaseMeta
+from bratslab.data.preprocess_config import PreprocessConfig
 from bratslab.data.profiles import DEFAULT_PROFILE, Profile, get_profile, legacy_profile
 from bratslab.data.remote import sha256_file
 

@@ -26,24 +26,29 @@ from __future__ import annotations
 import gzip
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage
 
 from bratslab import atomic
+from bratslab.data.layout import ET_LABEL, MODALITIES, Layout, case_file_name
+from bratslab.data.synth_scanner import (
+    SHIFTS,
+    Scanner,
+    Shift,
+    check_shift,
+    draw_shift,
+    noise_views,
+    shift_rng,
+)
+from bratslab.data.synth_tissue import BG, CSF, ED, ET, GM, NCR, WM, wave
 
 try:  # ISA-L's deflate is ~8x faster than zlib's at level 1 (optional; same gzip format)
     from isal import igzip as _gzip
 except ImportError:  # pragma: no cover - depends on the environment
     _gzip = gzip
-from bratslab.data.layout import ET_LABEL, MODALITIES, Layout, case_file_name
 
-# Tissue classes of the phantom's label map.
-BG, WM, GM, CSF, ED, ET, NCR = range(7)
 
 # Relative intensity of each tissue class per modality (bg, WM, GM, CSF, ED, ET, NCR), and the
 # modality's typical scale in scanner units.
@@ -53,6 +58,8 @@ CONTRAST: dict[str, tuple[tuple[float, ...], float]] = {
     "t2w": ((0.0, 0.55, 0.80, 1.80, 1.35, 1.05, 1.55), 900.0),
     "t2f": ((0.0, 0.70, 0.95, 0.25, 1.60, 1.15, 0.85), 500.0),
 }
+
+
 NOISE = 0.035  # noise sigma relative to the modality scale
 
 
@@ -67,15 +74,6 @@ def brats_affine(shape: Sequence[int], spacing: Sequence[float]) -> np.ndarray:
             [0.0, 0.0, 0.0, 1.0],
         ]
     )
-
-
-def _wave(rng: np.random.Generator, coord: np.ndarray, scale: float, n: int = 3) -> np.ndarray:
-    """A smooth random 1-D function: a sum of ``n`` sinusoids with periods around ``scale``."""
-    out = np.zeros_like(coord)
-    for _ in range(n):
-        w = 2 * np.pi / (scale * rng.uniform(0.6, 1.6))
-        out += rng.uniform(0.3, 1.0) * np.sin(w * coord + rng.uniform(0, 2 * np.pi))
-    return (out / n).astype(np.float32)
 
 
 # Volumes are built in (Z, Y, X) C order, i.e. (X, Y, Z) Fortran order once transposed: that is
@@ -141,9 +139,9 @@ def _lesion(
     d = np.sqrt(ax[0] ** 2 + ax[1] ** 2 + ax[2] ** 2) / r
     # Irregular outlines: radius modulated by smooth functions of position (two independent ones
     # for the core and the oedema, so the oedema is not a scaled copy of the core).
-    core_mod = 1 + 0.22 / 3 * (_wave(rng, ax[0], r) + _wave(rng, ax[1], r) + _wave(rng, ax[2], r))
+    core_mod = 1 + 0.22 / 3 * (wave(rng, ax[0], r) + wave(rng, ax[1], r) + wave(rng, ax[2], r))
     ed_mod = 1 + 0.3 / 3 * (
-        _wave(rng, ax[0], 1.5 * r) + _wave(rng, ax[1], 1.5 * r) + _wave(rng, ax[2], 1.5 * r)
+        wave(rng, ax[0], 1.5 * r) + wave(rng, ax[1], 1.5 * r) + wave(rng, ax[2], 1.5 * r)
     )
     dc = d * core_mod
     t = tissue[box]
@@ -155,175 +153,6 @@ def _lesion(
         t[(dc < ncr_frac) & inside] = NCR
     else:
         t[(dc < 0.8) & inside] = NCR
-
-
-Shift = Literal["none", "mild", "strong"]
-
-
-@dataclass(frozen=True)
-class ShiftProfile:
-    """A BraTS-Africa-like scanner and protocol shift, relative to the clean phantom."""
-
-    gain: tuple[float, float]  # per-case scanner gain (all modalities), log-uniform range
-    gain_spread: float  # per-modality gain, log-uniform in exp(± this)
-    bias: float  # amplitude of the shared coil bias field (log units, per axis)
-    rician: float  # Rician noise sigma relative to the modality's scale
-    slice_mm: float  # acquired slice thickness along one random axis (mm)
-    texture: float  # relative amplitude of the texture inside tumours
-    enhancement: float  # fraction of ET's T1c enhancement (over oedema) that is left
-    satellites: tuple[int, int]  # number of small satellite lesions, inclusive range
-
-
-SHIFTS: dict[str, ShiftProfile] = {
-    "mild": ShiftProfile(
-        gain=(0.6, 1.7),
-        gain_spread=0.15,
-        bias=0.12,
-        rician=0.05,
-        slice_mm=2.0,
-        texture=0.08,
-        enhancement=0.7,
-        satellites=(0, 2),
-    ),
-    "strong": ShiftProfile(
-        gain=(0.25, 4.0),
-        gain_spread=0.3,
-        bias=0.25,
-        rician=0.12,
-        slice_mm=3.0,
-        texture=0.15,
-        enhancement=0.4,
-        satellites=(2, 4),
-    ),
-}
-
-
-@dataclass(frozen=True)
-class ShiftDraw:
-    """One case's draw of a ``ShiftProfile``: the thick-slice axis (0=x), the scanner gain, the
-    per-modality gains and tumour-texture amplitudes (MODALITIES order), the satellite count."""
-
-    profile: ShiftProfile
-    axis: int
-    gain: float
-    modality_gain: tuple[float, ...]
-    texture_amp: tuple[float, ...]
-    satellites: int
-
-
-def _shift_rng(seed: int | Sequence[int]) -> np.random.Generator:
-    """The shift's own stream, independent of the phantom's (a child of the same seed)."""
-    return np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
-
-
-def _draw(rng: np.random.Generator, profile: ShiftProfile) -> ShiftDraw:
-    lo, hi = np.log(profile.gain)
-    n = len(MODALITIES)
-    return ShiftDraw(
-        profile=profile,
-        axis=int(rng.integers(3)),
-        gain=float(np.exp(rng.uniform(lo, hi))),
-        modality_gain=tuple(np.exp(rng.uniform(-1, 1, n) * profile.gain_spread).tolist()),
-        texture_amp=tuple((rng.uniform(0.5, 1.0, n) * profile.texture).tolist()),
-        satellites=int(rng.integers(profile.satellites[0], profile.satellites[1] + 1)),
-    )
-
-
-def _check_shift(shift: str) -> None:
-    if shift != "none" and shift not in SHIFTS:
-        raise ValueError(
-            f"shift must be one of ['none', {', '.join(map(repr, SHIFTS))}], not {shift!r}"
-        )
-
-
-def shift_draw(seed: int | Sequence[int], shift: Shift) -> ShiftDraw | None:
-    """What ``synthesize_case(seed, ..., shift=shift)`` draws for its shift (None for "none")."""
-    _check_shift(shift)
-    return None if shift == "none" else _draw(_shift_rng(seed), SHIFTS[shift])
-
-
-def _noise_views(field: np.ndarray) -> list[np.ndarray]:
-    """Four voxel-wise uncorrelated views of one Gaussian field (flips and shifts of it): drawing
-    normals is the slowest step of the phantom."""
-    nz, ny, nx = field.shape
-    return [
-        field,
-        field[::-1, ::-1, ::-1],
-        np.roll(field, (0, ny // 2, nx // 3), axis=(0, 1, 2)),
-        np.roll(field[::-1], (nz // 2, ny // 3, 0), axis=(0, 1, 2)),
-    ]
-
-
-def _thick_slices(img: np.ndarray, axis: int, k: int) -> np.ndarray:
-    """Slices ``k`` voxels thick along array ``axis`` (each the mean of its ``k`` voxels, as a
-    box slice profile), reconstructed to the original grid by linear interpolation between
-    slice centres."""
-    n = img.shape[axis]
-    m = -(-n // k)
-    pad = [(0, 0)] * img.ndim
-    pad[axis] = (0, m * k - n)
-    blocks = np.pad(img, pad, mode="edge")
-    shape = list(img.shape)
-    shape[axis : axis + 1] = [m, k]
-    blocks = blocks.reshape(shape).mean(axis=axis + 1, dtype=np.float32)
-    pos = (np.arange(n, dtype=np.float32) - (k - 1) / 2) / k  # in units of slices
-    i0 = np.clip(np.floor(pos), 0, m - 1).astype(np.intp)
-    i1 = np.minimum(i0 + 1, m - 1)
-    w = np.clip(pos - i0, 0, 1).astype(np.float32)
-    w = w.reshape([-1 if a == axis else 1 for a in range(img.ndim)])
-    return np.take(blocks, i0, axis=axis) * (1 - w) + np.take(blocks, i1, axis=axis) * w
-
-
-class _Scanner:
-    """Applies one case's ``ShiftDraw`` to the phantom's contrasts (arrays in (Z, Y, X) order,
-    the brain's bounding box)."""
-
-    def __init__(self, draw: ShiftDraw, rng: np.random.Generator, tissue, axes, spacing):
-        self.draw, self.p = draw, draw.profile
-        shape = tissue.shape
-        x, y, z = axes
-        # Coil bias field shared by all contrasts: smooth, long-period, separable.
-        b = self.p.bias
-        self.bias = (
-            np.exp(b * _wave(rng, x, 180, 2))
-            * np.exp(b * _wave(rng, y, 180, 2))
-            * np.exp(b * _wave(rng, z, 180, 2))
-        )
-        # Tumour texture: smoothed white noise (~2 mm grain), unit std inside the tumour; only
-        # the tumour's bounding box is filtered.
-        self.tumour = tissue >= ED
-        self.texture = np.zeros(shape, dtype=np.float32)
-        if self.tumour.any():
-            sub = ndimage.find_objects(self.tumour.astype(np.int8))[0]
-            noise = rng.standard_normal(self.texture[sub].shape, dtype=np.float32)
-            tex = ndimage.gaussian_filter(noise, [2.0 / s for s in spacing[::-1]])
-            self.texture[sub] = tex / max(float(tex[self.tumour[sub]].std()), 1e-6)
-        self.n1 = _noise_views(rng.standard_normal(shape, dtype=np.float32))
-        self.n2 = _noise_views(rng.standard_normal(shape, dtype=np.float32))
-        self.k = max(1, round(self.p.slice_mm / spacing[draw.axis]))
-
-    def levels(self, m: str, levels: tuple[float, ...]) -> tuple[float, ...]:
-        """Dim enhancement: ET keeps only part of its T1c excess over oedema."""
-        if m != "t1c":
-            return levels
-        out = list(levels)
-        out[ET] = levels[ED] + (levels[ET] - levels[ED]) * self.p.enhancement
-        return tuple(out)
-
-    def texture_factor(self, i: int) -> np.ndarray:
-        amp = np.float32(self.draw.texture_amp[i])
-        return np.where(self.tumour, 1 + amp * self.texture, np.float32(1)).astype(np.float32)
-
-    def acquire(self, i: int, img: np.ndarray, gain: float) -> np.ndarray:
-        """Coil bias, Rician noise (magnitude of complex Gaussian noise), thick slices along the
-        drawn axis, then the scanner's gain."""
-        img = img * self.bias
-        s = np.float32(self.p.rician * gain)
-        img = np.sqrt((img + s * self.n1[i]) ** 2 + (s * self.n2[i]) ** 2)
-        if self.k > 1:
-            img = _thick_slices(img, 2 - self.draw.axis, self.k)
-        img *= np.float32(self.draw.gain * self.draw.modality_gain[i])
-        return np.minimum(img, np.float32(np.iinfo(np.int16).max), out=img)
 
 
 def synthesize_case(
@@ -340,7 +169,7 @@ def synthesize_case(
         (0 outside the brain, >= 1 inside); ``seg`` ``(X, Y, Z)`` uint8 with 0 bg, 1 NCR, 2 ED,
         ``et_label`` ET; ``affine`` ``(4, 4)`` float64 (mm).
     """
-    _check_shift(shift)
+    check_shift(shift)
     rng = np.random.default_rng(seed)
     full_shape = tuple(int(s) for s in shape)
     spacing = tuple(float(s) for s in spacing)
@@ -367,12 +196,12 @@ def synthesize_case(
         _lesion(rng, tissue, brain, spacing, semi, box_centre, has_et)
     scanner = None
     if shift != "none":
-        srng = _shift_rng(seed)
-        draw = _draw(srng, SHIFTS[shift])
+        srng = shift_rng(seed)
+        draw = draw_shift(srng, SHIFTS[shift])
         for _ in range(draw.satellites):  # small lesions, 2.5-5 mm core radius, >= 1.5 voxels
             floor = 1.5 * max(spacing)
             _lesion(srng, tissue, brain, spacing, semi, box_centre, has_et, (2.5, 5.0), floor)
-        scanner = _Scanner(draw, srng, tissue, axes, spacing)
+        scanner = Scanner(draw, srng, tissue, axes, spacing)
 
     box = _rev_box(lo, hi)
     lut = np.zeros(8, dtype=np.uint8)
@@ -396,10 +225,10 @@ def _anatomy(rng, shape, spacing, semi, axes) -> tuple[np.ndarray, np.ndarray]:
     x, y, z = axes
     # Normalised radius with a bumpy surface (separable, so it costs a few broadcasts).
     r2 = (x / semi[0]) ** 2 + (y / semi[1]) ** 2 + (z / semi[2]) ** 2
-    bumps = 0.05 * (_wave(rng, x, 40) + _wave(rng, y, 40) + _wave(rng, z, 40))
+    bumps = 0.05 * (wave(rng, x, 40) + wave(rng, y, 40) + wave(rng, z, 40))
     r2 *= 1 + bumps
     brain = r2 < 1.0
-    gyri = _wave(rng, x, 9, 2) + _wave(rng, y, 9, 2) + _wave(rng, z, 9, 2)
+    gyri = wave(rng, x, 9, 2) + wave(rng, y, 9, 2) + wave(rng, z, 9, 2)
 
     tissue = np.full(shape[::-1], WM, dtype=np.int8)
     tissue[r2 > 0.76 + 0.05 * gyri] = GM  # cortex: a shell with a gyral pattern
@@ -413,13 +242,13 @@ def _anatomy(rng, shape, spacing, semi, axes) -> tuple[np.ndarray, np.ndarray]:
     return brain, tissue
 
 
-def _contrasts(rng, idx, brain, axes, scanner: _Scanner | None) -> list[np.ndarray]:
+def _contrasts(rng, idx, brain, axes, scanner: Scanner | None) -> list[np.ndarray]:
     """The four contrasts (MODALITIES order) in the brain's box, float32, 0 outside the brain
     and >= 1 inside: tissue levels, a mild bias field, per-modality gain, Gaussian noise, then
     ``scanner``'s shift if any."""
     x, y, z = axes
     # One Gaussian field serves all four modalities through different flips and shifts.
-    views = _noise_views(rng.standard_normal(idx.shape, dtype=np.float32))
+    views = noise_views(rng.standard_normal(idx.shape, dtype=np.float32))
     out = []
     for i, (m, noise) in enumerate(zip(MODALITIES, views, strict=True)):
         levels, scale = CONTRAST[m]
@@ -431,8 +260,8 @@ def _contrasts(rng, idx, brain, axes, scanner: _Scanner | None) -> list[np.ndarr
         if scanner is not None:
             img *= scanner.texture_factor(i)
         # Smooth multiplicative bias field (separable product, ~ +-10 %).
-        img *= (1 + 0.1 * _wave(rng, x, 150, 2)) * (1 + 0.1 * _wave(rng, y, 150, 2))
-        img *= 1 + 0.1 * _wave(rng, z, 150, 2)
+        img *= (1 + 0.1 * wave(rng, x, 150, 2)) * (1 + 0.1 * wave(rng, y, 150, 2))
+        img *= 1 + 0.1 * wave(rng, z, 150, 2)
         img += noise * np.float32(NOISE * gain)
         if scanner is not None:
             img = scanner.acquire(i, img, gain)
@@ -452,6 +281,8 @@ def _nifti_gz(data: np.ndarray, affine: np.ndarray) -> bytes:
 
 
 MAX_CASE_NUMBER = 99_999  # five digits in BraTS case ids
+
+
 IDS_PER_SEED = 1_000
 
 
@@ -514,7 +345,7 @@ def synthesize_dataset(
         The case folders, in order. Case ``i`` depends only on ``(seed, i)``, ``shape``,
         ``spacing``, the layout's ET label and ``shift``.
     """
-    _check_shift(shift)
+    check_shift(shift)
     if layout not in ET_LABEL:
         raise ValueError(f"layout must be one of {sorted(ET_LABEL)}, not {layout!r}")
     if n_cases < 0 or not 0 <= unlabeled <= n_cases:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bratslab.data.synth import Shift, synthesize_case, write_case
+from bratslab.data.synth import synthesize_case, write_case
+from bratslab.data.synth_scanner import Shift
 
 RC_LABEL = 4
 

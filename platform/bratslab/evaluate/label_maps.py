@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bratslab.data.layout import discover_cases
+from bratslab.data.discovery import discover_cases
 from bratslab.data.nifti import NiftiError, load_nifti
 
 VALID_LABELS = frozenset({0, 1, 2, 3, 4})  # background, NCR/NET, ED, ET (3 or 4 by convention)

@@ -35,8 +35,9 @@ from bratslab import atomic
 from bratslab.cluster import ensure_ray
 from bratslab.config import validate
 from bratslab.data.config import PreprocessConfig
+from bratslab.data.discovery import discover_cases
 from bratslab.data.labels import probabilities_to_labels
-from bratslab.data.layout import RawCase, discover_cases
+from bratslab.data.layout import RawCase
 from bratslab.data.preprocess import CaseInvalid, preprocess_case, restore_to_source
 from bratslab.evaluate.score_report import progress_bar
 from bratslab.inference.config import PredictConfig

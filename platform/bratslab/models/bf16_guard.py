@@ -28,7 +28,7 @@ import logging
 import torch
 from torch import nn
 
-from bratslab.models.runtime import float32_island
+from bratslab.models.precision import float32_island
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ MedNeXt-S training step on CPU by ~12 % (BENCHMARKS.md); gradients are the same
 (tests/unit/models/test_depthwise.py).
 
 While autograd records under CPU autocast, every depthwise convolution (any stride) runs in
-float32 (:func:`~bratslab.models.runtime.float32_island`): oneDNN's bf16 depthwise weight
+float32 (:func:`~bratslab.models.precision.float32_island`): oneDNN's bf16 depthwise weight
 gradient is ~6x slower than its float32 one (32 channels at 64³: 552 vs 93 ms). Other devices,
 and strides, dilations or paddings other than stride-1 "same", use ``nn.Conv3d``'s computation.
 """
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bratslab.models.runtime import float32_island
+from bratslab.models.precision import float32_island
 
 
 class _DepthwiseSame(torch.autograd.Function):
@@ -100,7 +100,7 @@ def is_depthwise_same(conv: nn.Module) -> bool:
 
 class DepthwiseConv3d(nn.Conv3d):
     """Depthwise ``nn.Conv3d`` for MedNeXt on CPU: float32 while training under autocast
-    (:func:`~bratslab.models.runtime.float32_island`) and, for stride 1 and "same" padding, the
+    (:func:`~bratslab.models.precision.float32_island`) and, for stride 1 and "same" padding, the
     fast backward of :class:`_DepthwiseSame`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

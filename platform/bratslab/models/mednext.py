@@ -18,7 +18,12 @@ from monai.networks.blocks.mednext_block import MedNeXtBlock, MedNeXtUpBlock
 from monai.networks.nets import MedNeXt
 from torch import nn
 
-from bratslab.models.checkpointing import check_spatial, checkpoint_active, run_block, run_blocks
+from bratslab.models.activation_checkpointing import (
+    check_spatial,
+    checkpoint_active,
+    run_block,
+    run_blocks,
+)
 from bratslab.models.config import MedNeXtConfig
 from bratslab.models.depthwise import DepthwiseConv3d, use_fast_depthwise
 from bratslab.models.norm import InstanceGroupNorm, use_instance_group_norm

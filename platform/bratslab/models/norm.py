@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from bratslab.models.runtime import float32_island
+from bratslab.models.precision import float32_island
 
 CL = torch.channels_last_3d
 

@@ -7,8 +7,9 @@
   today): it makes U-Net and SegResNet steps ~1.5-2x faster (dense convolutions on AMX). Whole-
   network bf16 made MedNeXt ~2x *slower* (oneDNN's bf16 depthwise 3-D convolution and
   GroupNorm backward take slow paths), so MedNeXt's depthwise convolutions and norms keep
-  float32 under autocast (:func:`float32_island`) while its 1x1x1 expansion/projection layers
-  and GELUs run bf16: ~1.5x faster than its all-float32 step (BENCHMARKS.md).
+  float32 under autocast (:func:`~bratslab.models.precision.float32_island`) while its 1x1x1
+  expansion/projection layers and GELUs run bf16: ~1.5x faster than its all-float32 step
+  (BENCHMARKS.md).
   ``autocast(device, arch=cfg.arch)`` enables it; ``BRATSLAB_CPU_BF16=1`` / ``0`` forces it on /
   off. It is used only on CPUs with native bf16, and only as far as a measurement on this CPU
   shows it sound (:mod:`~bratslab.models.bf16_guard`: oneDNN's bf16 weight gradient is wrong for
@@ -28,12 +29,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 from bratslab.compat.torch_ops import mkldnn_bf16_supported
+from bratslab.models.bf16_guard import bf16_training_health, guard_shallow_convs
+from bratslab.models.mednext import MedNeXtNet, use_fast_cpu_layers
 
 # Escape hatches for debugging numerics or for CPUs where a setting turns out slower.
 ENV_CPU_BF16 = "BRATSLAB_CPU_BF16"  # "1"/"0" force bf16 autocast on CPU on/off for every arch
@@ -58,8 +61,6 @@ def cpu_bf16_supported() -> bool:
 def cpu_bf16_training_sound() -> bool:
     """True unless the measured check finds bf16 convolution gradients wrong on this CPU even
     for deep inputs (:func:`~bratslab.models.bf16_guard.bf16_training_health`)."""
-    from bratslab.models.bf16_guard import bf16_training_health
-
     return bf16_training_health() != "unsound"
 
 
@@ -116,19 +117,6 @@ def autocast(
         yield
 
 
-def float32_island(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """``fn(x)`` in float32 with autocast off when CPU autocast is on and autograd records.
-
-    For the layers whose bf16 *backward* oneDNN runs slowly on CPU (MedNeXt's depthwise
-    convolutions and per-channel GroupNorm): they keep float32 while the dense 1x1x1 layers
-    around them run bf16. Forward-only (inference) and other devices call ``fn(x)`` unchanged.
-    """
-    if x.device.type == "cpu" and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu"):
-        with torch.autocast("cpu", enabled=False):
-            return fn(x.float())
-    return fn(x)
-
-
 def use_channels_last(device: str | torch.device) -> bool:
     """channels_last_3d pays off with oneDNN on CPU; on CUDA, cuDNN's 3-D kernels gain little
     and GroupNorm is slower in that layout, so NCDHW stays."""
@@ -163,9 +151,6 @@ def prepare_input(x: torch.Tensor, device: str | torch.device) -> torch.Tensor:
 
 
 def _use_cpu_layers(model: nn.Module) -> None:
-    from bratslab.models.bf16_guard import bf16_training_health, guard_shallow_convs
-    from bratslab.models.mednext import MedNeXtNet, use_fast_cpu_layers
-
     for module in model.modules():
         if isinstance(module, MedNeXtNet):
             use_fast_cpu_layers(module)

@@ -12,7 +12,12 @@ import math
 import torch
 from monai.networks.nets import SegResNetDS
 
-from bratslab.models.checkpointing import check_spatial, checkpoint_active, run_block, run_blocks
+from bratslab.models.activation_checkpointing import (
+    check_spatial,
+    checkpoint_active,
+    run_block,
+    run_blocks,
+)
 from bratslab.models.config import SegResNetConfig
 
 

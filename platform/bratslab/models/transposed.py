@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bratslab.models.depthwise import has_depthwise_groups
-from bratslab.models.runtime import float32_island
+from bratslab.models.precision import float32_island
 
 
 def _conv_weight(w: torch.Tensor, groups: int) -> torch.Tensor:

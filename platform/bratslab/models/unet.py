@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from monai.networks.nets import DynUNet
 
-from bratslab.models.checkpointing import check_spatial, checkpoint_active, run_block
+from bratslab.models.activation_checkpointing import check_spatial, checkpoint_active, run_block
 from bratslab.models.config import UNetConfig
 
 _NORMS = {

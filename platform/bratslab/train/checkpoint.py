@@ -25,6 +25,7 @@ from torch import nn
 
 from bratslab.atomic import atomic_open, write_json
 from bratslab.models.config import ModelConfig
+from bratslab.models.weights import save_model_dir
 
 TRAIN_STATE = "train_state.pt"
 JOB_JSON = "job.json"
@@ -54,8 +55,6 @@ def save_checkpoint(
     job: dict[str, Any],
 ) -> Path:
     """Write a checkpoint folder (files written atomically). ``model`` is the bare module."""
-    from bratslab.models.weights import save_model_dir
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_model_dir(folder, model, model_cfg, extra=model_extra)

@@ -21,6 +21,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from bratslab.compat.ray_core import worker_exception
+from bratslab.tracking import mlflow_runs
 from bratslab.train.checkpoint import CheckpointUnusable
 
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
@@ -84,15 +86,11 @@ def describe(error: BaseException, max_failures: int | None = None) -> str:
 
 def record(run_id: str, error: BaseException, max_failures: int) -> None:
     """Tag a failed training run's MLflow run with the one-line cause."""
-    from bratslab.tracking import mlflow_runs
-
     if is_training_failure(error):
         mlflow_runs.set_tags(run_id, {FAILURE_TAG: describe(error, max_failures)[:4000]})
 
 
 def _cause(error: BaseException) -> BaseException:
-    from bratslab.compat.ray_core import worker_exception
-
     return worker_exception(error) or error
 
 

@@ -40,11 +40,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from bratslab.atomic import write_json
+from bratslab.cluster import ensure_ray, stop_driver
 from bratslab.config import ConfigError
-from bratslab.jobs.spec import JobSpec
+from bratslab.data.store import Store
+from bratslab.names import check_name
 from bratslab.settings import get_settings
+from bratslab.shutdown import POLL_S, STOP_REASON_TAG, Terminated, stop_on_signals
+from bratslab.tracking import mlflow_runs, registry
+from bratslab.tracking.mlflow_runs import metric_history, run_info
+from bratslab.train.run_storage import RUN_STATE
+from bratslab.train.trainer import run_training
+
+if TYPE_CHECKING:  # the spec is injected: train/ never imports the jobs layer at run time
+    from bratslab.jobs.spec import JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +145,6 @@ def fold_name(name: str, fold: int) -> str:
 def fold_metrics(run_id: str) -> dict[str, float]:
     """:data:`VAL_KEYS` of a fold run at its selected epoch (the step of its ``best/``
     metrics); the latest values when it logged no ``best/`` summary."""
-    from bratslab.tracking.mlflow_runs import metric_history, run_info
-
     best = metric_history(run_id, "best/val/dice_mean")
     if not best:
         latest = run_info(run_id)["metrics"]
@@ -192,12 +201,6 @@ def run_cv(
         FoldsFailed: at least one fold failed (the parent is FAILED; the others recorded).
         Terminated: SIGTERM/SIGINT; the parent is KILLED with ``bratslab.stop_reason``.
     """
-    from bratslab.cluster import ensure_ray
-    from bratslab.names import check_name
-    from bratslab.shutdown import Terminated, stop_on_signals
-    from bratslab.tracking import mlflow_runs
-    from bratslab.train.trainer import run_training
-
     if max_parallel < 1:
         raise ConfigError(f"--max-parallel {max_parallel}: must be at least 1")
     name = check_name(name or spec.name, "run name")
@@ -239,10 +242,6 @@ def run_cv(
 def _open_parent(spec: JobSpec, name: str, folds: list[int], root: Path) -> str:
     """Create (or, for a rerun of ``name``, reopen) the parent run; its id is kept in
     ``<root>/<name>-cv/bratslab_cv.json``."""
-    from bratslab.atomic import write_json
-    from bratslab.data.store import Store
-    from bratslab.tracking import mlflow_runs, registry
-
     state = root / f"{name}-cv" / CV_STATE
     previous = json.loads(state.read_text())["mlflow_run_id"] if state.is_file() else None
     store = Store(spec.data.store_path())
@@ -273,9 +272,6 @@ def _open_parent(spec: JobSpec, name: str, folds: list[int], root: Path) -> str:
 
 def _finished_run(run_dir: Path) -> str | None:
     """The MLflow run id of a fold folder whose run is FINISHED, else None."""
-    from bratslab.tracking.mlflow_runs import run_info
-    from bratslab.train.trainer import RUN_STATE
-
     state = run_dir / RUN_STATE
     if not state.is_file():
         return None
@@ -298,8 +294,6 @@ def _train_fold(
 ) -> FoldResult:
     """Train fold ``k`` (or adopt its finished run) and read its metrics; a failure is
     returned, not raised (:class:`~bratslab.shutdown.Terminated` is raised)."""
-    from bratslab.tracking import mlflow_runs
-
     fname = fold_name(name, k)
     done = _finished_run(root / fname)
     if done is not None:
@@ -326,8 +320,6 @@ def _in_threads(
     """``one(k)`` for every fold, at most ``max_parallel`` at a time, each in a daemon thread
     (a stopped driver must not wait for them), while this thread waits in short,
     signal-interruptible steps."""
-    from bratslab.shutdown import POLL_S
-
     pending = list(folds)
     running: dict[int, tuple[threading.Thread, dict[str, Any]]] = {}
     results: dict[int, FoldResult] = {}
@@ -359,10 +351,6 @@ def _stopped(parent: str, stop, *, threaded: bool) -> None:
     """A signal stopped the CV job: the parent first (``ray job stop`` sends SIGKILL 3 s
     later), then folds still RUNNING (trained in threads, which install no handlers), then
     Ray; folds whose threads marked their run FAILED as Ray went away are set back to KILLED."""
-    from bratslab.cluster import stop_driver
-    from bratslab.shutdown import STOP_REASON_TAG
-    from bratslab.tracking import mlflow_runs
-
     mlflow_runs.set_tags(parent, {STOP_REASON_TAG: stop.reason})
     mlflow_runs.end_run(parent, "KILLED")
     children = mlflow_runs.running_children(parent) if threaded else []

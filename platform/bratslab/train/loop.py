@@ -4,8 +4,9 @@
 this epoch's patch batches (``data.loader``: sampled by a thread from this worker's cases, or
 the next batches of the Ray Data patch stream), train on them, validate every k epochs, report
 metrics + a checkpoint (one ``ray.train.report`` per epoch, none per step). The helpers beside
-it do one of those steps each. Lines that talk to Ray are marked ``# Ray``. Workers never touch
-MLflow: the driver's callback logs what they report.
+it do one of those steps each; the optimizer step is :mod:`bratslab.train.step`, what carries
+over between epochs and restarts :mod:`bratslab.train.loop_state`. Lines that talk to Ray are
+marked ``# Ray``. Workers never touch MLflow: the driver's callback logs what they report.
 """
 
 from __future__ import annotations
@@ -15,15 +16,15 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from bratslab.config import validate as validate_config
+from bratslab.data.augment_batched import BatchAugment
 from bratslab.data.device_sampling import (
     augmented,
     margin_sampler,
@@ -33,105 +34,22 @@ from bratslab.data.device_sampling import (
 )
 from bratslab.data.loader import PatchSampler, epoch_batches, prefetch
 from bratslab.data.remote import is_remote, local_store_once, localize_rows
-from bratslab.jobs.spec import JobSpec, job_from_dict
 from bratslab.models.config import ModelConfig
-from bratslab.models.runtime import autocast, needs_grad_scaler, prepare_input, prepare_model
-from bratslab.train.checkpoint import (
-    load_train_state,
-    load_weights,
-    resuming_from,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from bratslab.models.runtime import needs_grad_scaler, prepare_model
+from bratslab.models.zoo import build_model
+from bratslab.train.checkpoint import resuming_from, save_checkpoint
+from bratslab.train.init_from import init_weights
+from bratslab.train.logged_metrics import NODE_IP_KEY
+from bratslab.train.loop_state import NOT_VALIDATED, LoopState, checkpoint_state, restore
 from bratslab.train.losses import SegmentationLoss
 from bratslab.train.optim import OptimizerBundle, build_optimizer
+from bratslab.train.step import StepContext, train_step
 from bratslab.train.validation import VAL_KEYS, validate
 
+if TYPE_CHECKING:  # the spec is injected: train/ never imports the jobs layer at run time
+    from bratslab.jobs.spec import JobSpec
+
 log = logging.getLogger(__name__)
-
-NOT_VALIDATED = -1.0  # checkpoint score of epochs without validation (ranked below any Dice)
-NODE_IP_KEY = "node_ip"  # reported by every rank (a string: Ray Train passes it, MLflow skips it)
-UNMEASURED = ("val/dice_wt", "val/dice_tc", "val/dice_et", "val/dice_mean")  # 0 until validated
-
-
-@dataclass(kw_only=True)
-class StepContext:
-    """What one optimizer step needs besides the batch.
-
-    ``model`` runs the forward (under Ray Train the DDP wrapper); gradients are clipped to
-    ``grad_clip`` over its trainable parameters (collected once, after freezing). ``amp``
-    enables autocast: fp16 on CUDA, bf16 on CPU for the architectures in
-    ``runtime.CPU_BF16_ARCHS`` (hence ``arch``).
-    """
-
-    model: nn.Module
-    bundle: OptimizerBundle
-    loss_fn: SegmentationLoss
-    scaler: torch.amp.GradScaler
-    device: torch.device
-    amp: bool = False
-    arch: str | None = None
-    grad_clip: float | None = None
-    trainable: list[nn.Parameter] = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
-
-
-def train_step(
-    ctx: StepContext, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor
-) -> float:
-    """One optimizer step on a batch ``x`` ``(B, C, X, Y, Z)`` float32, ``y`` ``(B, 1, X, Y, Z)``
-    uint8 labels (numpy arrays, or tensors from Ray Data, possibly already on the device);
-    returns the loss. Autocast covers the forward only; the loss is computed in float32 and
-    scaled by the GradScaler (a no-op unless fp16)."""
-    xt = prepare_input(torch.as_tensor(x), ctx.device)  # channels-last 3-D on CPU (oneDNN)
-    yt = torch.as_tensor(y).to(ctx.device, non_blocking=True)
-    with autocast(ctx.device, enabled=ctx.amp, arch=ctx.arch):
-        out = ctx.model(xt)
-    loss = ctx.loss_fn(out, yt)
-    optimizer = ctx.bundle.optimizer
-    optimizer.zero_grad(set_to_none=True)
-    ctx.scaler.scale(loss).backward()
-    if ctx.grad_clip:
-        ctx.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-        torch.nn.utils.clip_grad_norm_(ctx.trainable, ctx.grad_clip)
-    ctx.scaler.step(optimizer)
-    ctx.scaler.update()
-    if ctx.bundle.scheduler is not None:
-        ctx.bundle.scheduler.step()
-    return float(loss.detach())
-
-
-def init_weights(model: nn.Module, model_cfg, source: dict[str, torch.Tensor]) -> str:
-    """Load ``source`` into ``model``: as is when every shape matches, else via UpKern
-    (trilinear upsampling of depthwise kernels, k3 → k5). Returns "copy" or "upkern"."""
-    target = model.state_dict()
-    if set(source) != set(target):
-        missing = sorted(set(target) - set(source))[:5]
-        extra = sorted(set(source) - set(target))[:5]
-        raise ValueError(
-            f"model.init_from does not fit model: missing {missing}, unexpected {extra}"
-        )
-    if all(source[k].shape == target[k].shape for k in target):
-        model.load_state_dict(source)
-        return "copy"
-    from bratslab.models.upkern import upkern_state_dict
-
-    model.load_state_dict(upkern_state_dict(source, model))
-    return "upkern"
-
-
-@dataclass
-class Progress:
-    """What carries over from epoch to epoch and, through the checkpoint, across restarts."""
-
-    epoch: int = 0  # completed epochs: where this attempt starts
-    global_step: int = 0
-    best: float = NOT_VALIDATED  # best val/dice_mean so far
-    resumed_from: int = 0
-    last_val: dict[str, float] = field(default_factory=lambda: dict.fromkeys(UNMEASURED, 0.0))
 
 
 @dataclass
@@ -157,17 +75,16 @@ def train_loop_per_worker(
     config: dict[str, Any], *, on_epoch_start: Callable[[int], None] | None = None
 ) -> None:
     """Entry point of every Ray Train worker. ``config`` (built by the driver) holds the
-    resolved ``job`` spec, the ``patch_size``, the validation ``val_rows``, the ``model_extra``
-    written into model.json, optionally ``init_weights`` (an object ref to a state dict), and
-    for ``data.loader: thread`` the case table ``train_rows`` (absent: this worker's Ray Data
-    shard of it). ``on_epoch_start(epoch)``, if given, runs before each epoch (e.g. a test's
-    fault)."""
+    resolved ``job`` spec and ``job_type``, the class it validates into (the driver's spec
+    class, injected: train/ never imports the jobs layer), the ``patch_size``, the validation
+    ``val_rows``, the ``model_extra`` written into model.json, optionally ``init_weights`` (an
+    object ref to a state dict), and for ``data.loader: thread`` the case table ``train_rows``
+    (absent: this worker's Ray Data shard of it). ``on_epoch_start(epoch)``, if given, runs
+    before each epoch (e.g. a test's fault)."""
     import ray.train  # Ray
     import ray.train.torch  # Ray
 
-    from bratslab.models.zoo import build_model
-
-    spec = job_from_dict(config["job"], "job")
+    spec: JobSpec = validate_config(config["job_type"], config["job"], "job")
     tr, model_cfg = spec.training, spec.model.model_config_only()
     torch.set_num_threads(spec.scaling.torch_threads or max(int(spec.scaling.cpus_per_worker), 1))
     device = ray.train.torch.get_device()  # Ray: cuda:<local rank> or cpu
@@ -179,31 +96,31 @@ def train_loop_per_worker(
     bundle = _optimizer(model, spec)
     # Loss scaling only where gradients are fp16 (CUDA autocast); bf16/fp32 need none.
     scaler = torch.amp.GradScaler(device.type, enabled=tr.amp and needs_grad_scaler(device))
-    progress = Progress()
+    loop_state = LoopState()
     if checkpoint is not None:
         # A checkpoint that cannot load fails every restart alike: CheckpointUnusable ends the
         # run at once (bratslab.train.failures).
         with checkpoint.as_directory() as ckpt_dir, resuming_from(checkpoint.path):  # Ray
-            progress = restore(ckpt_dir, model, bundle, scaler)
+            loop_state = restore(ckpt_dir, model, bundle, scaler)
     w = _worker(spec, config, model, bundle, scaler, device)  # Ray: rank, world, DDP wrap
     if checkpoint is not None:
         log.info(
             # Epochs counted from 1, as the console's epoch lines count them.
             "rank %d resumes with epoch %d (step %d)",
             w.rank,
-            progress.epoch + 1,
-            progress.global_step,
+            loop_state.epoch + 1,
+            loop_state.global_step,
         )
     shard = train_shard(config, w.rank, w.world)  # Ray for a dataset shard: see there
 
-    for epoch in range(progress.epoch, tr.epochs):
+    for epoch in range(loop_state.epoch, tr.epochs):
         if on_epoch_start is not None:
             on_epoch_start(epoch)
         t0 = time.perf_counter()
-        metrics = train_epoch(w, epoch_batches_of(w, shard, epoch), epoch, progress)
-        metrics.update(validate_epoch(w, epoch, progress))
+        metrics = train_epoch(w, epoch_batches_of(w, shard, epoch), epoch, loop_state)
+        metrics.update(validate_epoch(w, epoch, loop_state))
         metrics["time/epoch_s"] = time.perf_counter() - t0
-        report_epoch(w, epoch, progress, metrics, config)
+        report_epoch(w, epoch, loop_state, metrics, config)
         bundle.train_mode()
 
 
@@ -252,31 +169,6 @@ def _optimizer(model: nn.Module, spec: JobSpec) -> OptimizerBundle:
     )
 
 
-def restore(
-    ckpt_dir: str | Path,
-    model: nn.Module,
-    bundle: OptimizerBundle,
-    scaler: torch.amp.GradScaler,
-) -> Progress:
-    """Load a checkpoint folder's weights, optimizer, schedule, scaler and RNG state in place;
-    return the progress it recorded (with the last measured validation carried over)."""
-    model.load_state_dict(load_weights(ckpt_dir))
-    state = load_train_state(ckpt_dir)
-    bundle.optimizer.load_state_dict(state["optimizer"])
-    if bundle.scheduler is not None and state.get("scheduler"):
-        bundle.scheduler.load_state_dict(state["scheduler"])
-    if state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    set_rng_state(state["rng"])
-    epoch = int(state["epoch"])
-    progress = Progress(epoch, int(state["global_step"]), float(state["best_dice"]), epoch)
-    measured = state.get("metrics", {})
-    progress.last_val.update(
-        {k: v for k, v in measured.items() if k.startswith(("val/dice", "val/lesion"))}
-    )
-    return progress
-
-
 def _worker(
     spec: JobSpec,
     config: dict[str, Any],
@@ -318,8 +210,6 @@ def _worker(
     val_rows = localize_rows(config["val_rows"][rank::world])
     w = Worker(spec, rank, world, step, bare, model_cfg, patch, sampler, val_rows)
     if aug_cfg.on == "device" and aug_cfg.enabled:
-        from bratslab.data.augment_batched import BatchAugment
-
         w.augmenter = BatchAugment(aug_cfg, patch)
     return w
 
@@ -393,7 +283,7 @@ def _take(stream: Iterator[dict[str, torch.Tensor]], steps: int) -> Iterator[tup
 
 
 def train_epoch(
-    w: Worker, stream: Iterator[tuple[Any, Any]], epoch: int, progress: Progress
+    w: Worker, stream: Iterator[tuple[Any, Any]], epoch: int, loop_state: LoopState
 ) -> dict[str, Any]:
     """``steps_per_epoch`` steps on batches from ``stream`` (:func:`epoch_batches_of`); the
     loss and timings (loss and data wait summed over ranks) and the learning rates, as report
@@ -410,7 +300,7 @@ def train_epoch(
         x, y = next(stream)
         wait += time.perf_counter() - tw
         loss_sum += train_step(w.step, x, y)
-        progress.global_step += 1
+        loop_state.global_step += 1
     stream.close()
     train_s = time.perf_counter() - t0
     train_cpu_s = time.process_time() - c0  # this worker process, all threads
@@ -425,12 +315,12 @@ def train_epoch(
         # each rank's wait lies inside its own train_s, so the ratio of the sums is in [0, 1]
         "time/data_wait_frac": wait_total / max(train_total, 1e-9),
         "throughput/samples_per_s": tr.steps_per_epoch * tr.batch_size * w.world / train_s,
-        "resumed_from_epoch": progress.resumed_from,
+        "resumed_from_epoch": loop_state.resumed_from,
         **w.step.bundle.lrs(),
     }
 
 
-def validate_epoch(w: Worker, epoch: int, progress: Progress) -> dict[str, Any]:
+def validate_epoch(w: Worker, epoch: int, loop_state: LoopState) -> dict[str, Any]:
     """Validation metrics for this epoch's report. Measured every ``val_every`` epochs and at
     the last; otherwise the last measured values are repeated, because Tune schedulers need the
     metric in every result, and ``val/fresh`` says which (the MLflow callback logs fresh ones)."""
@@ -451,19 +341,19 @@ def validate_epoch(w: Worker, epoch: int, progress: Progress) -> dict[str, Any]:
         last_val["val/dice_mean"] = sum(sums[:3]) / (3 * cases)
         if tr.val_lesionwise:
             last_val["val/lesion_dice_mean"] = sum(sums[3:6]) / (3 * cases)
-        progress.last_val = last_val
-        progress.best = max(progress.best, last_val[tr.selection_metric])
+        loop_state.last_val = last_val
+        loop_state.best = max(loop_state.best, last_val[tr.selection_metric])
         metrics["time/val_s"] = time.perf_counter() - tv
-    metrics.update(progress.last_val)
+    metrics.update(loop_state.last_val)
     metrics["val/fresh"] = int(validated)
     # The checkpoint score is the selection metric (voxel or lesion-wise Dice; both are logged).
-    metrics["val/best_" + tr.selection_metric.removeprefix("val/")] = progress.best
-    metrics["ckpt_score"] = progress.last_val[tr.selection_metric] if validated else NOT_VALIDATED
+    metrics["val/best_" + tr.selection_metric.removeprefix("val/")] = loop_state.best
+    metrics["ckpt_score"] = loop_state.last_val[tr.selection_metric] if validated else NOT_VALIDATED
     return metrics
 
 
 def report_epoch(
-    w: Worker, epoch: int, progress: Progress, metrics: dict[str, Any], config: dict[str, Any]
+    w: Worker, epoch: int, loop_state: LoopState, metrics: dict[str, Any], config: dict[str, Any]
 ) -> None:
     """Report ``metrics`` to Ray Train with rank 0's checkpoint of the state after ``epoch``."""
     import ray.train  # Ray
@@ -472,7 +362,7 @@ def report_epoch(
     with tempfile.TemporaryDirectory(prefix="bratslab-ckpt-") as tmp:
         ckpt = None
         if w.rank == 0:
-            state = _train_state(w, epoch, progress, metrics)
+            state = checkpoint_state(w.step.bundle, w.step.scaler, epoch, loop_state, metrics)
             save_checkpoint(
                 tmp,
                 model=w.bare,
@@ -487,20 +377,3 @@ def report_epoch(
         metrics = {**metrics, NODE_IP_KEY: ray.util.get_node_ip_address()}  # Ray
         # Ray: a barrier across workers; rank 0's metrics are attached to the checkpoint.
         ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name)  # Ray
-
-
-def _train_state(
-    w: Worker, epoch: int, progress: Progress, metrics: dict[str, Any]
-) -> dict[str, Any]:
-    """``train_state.pt`` after ``epoch``: everything :func:`restore` needs to continue."""
-    bundle, scaler = w.step.bundle, w.step.scaler
-    return {
-        "epoch": epoch + 1,  # completed epochs: the next run starts here
-        "global_step": progress.global_step,
-        "optimizer": bundle.optimizer.state_dict(),
-        "scheduler": bundle.scheduler.state_dict() if bundle.scheduler else None,
-        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-        "rng": rng_state(),
-        "best_dice": progress.best,
-        "metrics": {k: float(v) for k, v in metrics.items()},
-    }

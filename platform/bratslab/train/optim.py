@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from bratslab.models.config import ModelConfig
+from bratslab.models.param_groups import optimizer_param_groups
 from bratslab.train.config import OptimizerConfig, ScheduleConfig
 
 
@@ -73,8 +74,6 @@ def build_optimizer(
 
     ``model`` is the bare module (not DDP-wrapped): parameters are shared with the wrapper.
     """
-    from bratslab.models.param_groups import optimizer_param_groups
-
     # Sets requires_grad=False on frozen groups and leaves them out; group_lr/freeze accept
     # shell patterns over group names ("dec*"), a typo is an error rather than a no-op.
     torch_groups = optimizer_param_groups(

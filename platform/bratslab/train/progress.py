@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from bratslab.console import relay
+
 LESION_KEYS = ("val/lesion_dice_wt", "val/lesion_dice_tc", "val/lesion_dice_et")
 LOG_FILE = "train_log.txt"  # in the run folder, beside Ray's files
 
@@ -109,8 +111,6 @@ class EpochClock:
 def progress_callback(name: str, total_epochs: int, log_file: Path | None = None):
     """A ``ray.train.UserCallback`` printing :func:`format_epoch_line` for every report."""
     import ray.train  # Ray
-
-    from bratslab.console import relay
 
     class EpochProgress(ray.train.UserCallback):
         """Runs in the Train controller; it outlives worker-group restarts, so its clock

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from bratslab.config import ConfigError
+from bratslab.tracking import mlflow_runs
+from bratslab.train.outcome import outcome_of
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +38,6 @@ def finished_run(state_file: Path, params: dict[str, Any], name: str) -> str | N
     Raises:
         ConfigError: the run is FINISHED and ``params`` differ from the ones it logged.
     """
-    from bratslab.tracking import mlflow_runs
-
     if not state_file.is_file():
         return None
     state = json.loads(state_file.read_text())
@@ -66,12 +66,9 @@ def finished_run(state_file: Path, params: dict[str, Any], name: str) -> str | N
 
 def recorded_outcome(name: str, run_id: str, storage) -> Any:
     """The outcome of the finished run ``name`` as recorded (a
-    :class:`~bratslab.train.trainer.TrainOutcome`), read from its Ray Train run folder on
-    ``storage`` (a :class:`~bratslab.train.trainer.RunStorage`) and its MLflow tags."""
+    :class:`~bratslab.train.outcome.TrainOutcome`), read from its Ray Train run folder on
+    ``storage`` (a :class:`~bratslab.train.run_storage.RunStorage`) and its MLflow tags."""
     import ray.train  # Ray: reads the run folder's checkpoint snapshot; no cluster needed
-
-    from bratslab.tracking import mlflow_runs
-    from bratslab.train.trainer import outcome_of
 
     folder = f"{storage.ray_path.rstrip('/')}/{name}"
     result = ray.train.Result.from_path(folder, storage_filesystem=storage.filesystem)

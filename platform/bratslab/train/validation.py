@@ -8,7 +8,7 @@ not involved and ranks do not wait on each other mid-case.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -16,7 +16,9 @@ from torch import nn
 
 from bratslab.data.labels import labels_to_regions
 from bratslab.evaluate.metrics import region_dice
-from bratslab.jobs.spec import JobSpec
+
+if TYPE_CHECKING:  # the spec is injected: train/ never imports the jobs layer at run time
+    from bratslab.jobs.spec import JobSpec
 
 
 def predict_regions(

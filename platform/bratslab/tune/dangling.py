@@ -17,6 +17,8 @@ import logging
 from dataclasses import dataclass
 
 from bratslab.shutdown import STOP_REASON_TAG
+from bratslab.tracking import mlflow_runs
+from bratslab.tune.optuna_storage import open_storage
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +41,6 @@ def close_dangling(storage_url: str, study_name: str, parent_run_id: str) -> Clo
     """
     import optuna
     from optuna.trial import TrialState
-
-    from bratslab.tracking import mlflow_runs
-    from bratslab.tune.storage import open_storage
 
     trials: list[int] = []
     try:

@@ -23,7 +23,7 @@ leaves a sweep as it was: all in its folder)::
 
     local, on the node that ran the trial ($BRATSLAB_HOME/ray_results/<sweep>-<trial>/)
       bratslab_run.json, train_log.txt, checkpoints/   the train stage's own run files
-                             (:func:`bratslab.train.trainer.run_storage`)
+                             (:func:`bratslab.train.run_storage.run_storage`)
 
 The bucket is reached through :func:`bratslab.data.remote.s3_filesystem` with ``keys=False``:
 Ray pickles ``RunConfig`` and the trial context into other processes, and that filesystem holds
@@ -39,6 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from bratslab import atomic
+from bratslab.config import ConfigError
+from bratslab.data.remote import SCHEME, is_remote, parse_uri, s3_filesystem
+from bratslab.train.run_storage import run_storage
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +56,6 @@ def sweep_storage_uri(ray_storage: str | None, name: str) -> str | None:
     Raises:
         ConfigError: another scheme, or a URI S3 would refuse (named as BRATSLAB_RAY_STORAGE).
     """
-    from bratslab.config import ConfigError
-    from bratslab.data.remote import is_remote, parse_uri
-
     if not ray_storage or not is_remote(ray_storage):
         return None
     try:
@@ -84,15 +84,12 @@ class ExperimentStorage:
     @property
     def filesystem(self):
         """The keyless pyarrow ``S3FileSystem`` for ``uri``; None for the sweep folder."""
-        from bratslab.data.remote import s3_filesystem
-
         return s3_filesystem(keys=False) if self.remote else None
 
     def _path(self, rel: str) -> str:
         """``rel`` under the storage: ``bucket/prefix/sweeps/<name>/rel`` or a local path."""
         if not self.remote:
             return str((self.root / rel).resolve())
-        from bratslab.data.remote import parse_uri
 
         return parse_uri(self.uri).key(rel)
 
@@ -127,7 +124,6 @@ class ExperimentStorage:
         checkpoints in the sweep folder, or its ``ray_results`` folder with ``s3://``."""
         if not self.remote:
             return self.root / "train" / run_name
-        from bratslab.train.trainer import run_storage
 
         return run_storage(self.train_storage).run_dir(run_name)
 
@@ -162,15 +158,11 @@ class ExperimentStorage:
 
     def checkpoint_uri(self, path: str) -> str:
         """The reported ``path`` as a user names it: ``s3://bucket/key`` or the folder."""
-        from bratslab.data.remote import SCHEME
-
         return SCHEME + path if self.remote else path
 
     def localize(self, checkpoint: str, trial_id: str) -> str:
         """A local folder holding ``checkpoint`` (a folder, or an ``s3://`` URI that is copied
         into ``checkpoints/<trial_id>/<name>`` of the sweep folder once)."""
-        from bratslab.data.remote import SCHEME
-
         if not checkpoint.startswith(SCHEME):
             return checkpoint
         from pyarrow import fs

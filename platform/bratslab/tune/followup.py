@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import logging
 
+from bratslab.config import apply_overrides
+from bratslab.train.trainer import run_training
 from bratslab.tune.config import SweepConfig
-from bratslab.tune.harness import TrialContext
+from bratslab.tune.selection import rank_candidates
+from bratslab.tune.trial import TrialContext
 from bratslab.tune.trial_result import TrialResult
 
 log = logging.getLogger(__name__)
@@ -24,8 +27,6 @@ def upkern_job(ctx: TrialContext, cfg: SweepConfig, rows: list[TrialResult]):
     initialised from its best checkpoint (the trainer UpKerns mismatched depthwise kernels:
     trilinear upsampling, every other weight copied), plus ``upkern.overrides``.
     """
-    from bratslab.config import apply_overrides
-
     uk = cfg.upkern
     eligible = []
     for r in selection_rank(rows, cfg.mode):
@@ -58,16 +59,12 @@ def upkern_job(ctx: TrialContext, cfg: SweepConfig, rows: list[TrialResult]):
 
 
 def selection_rank(rows: list[TrialResult], mode: str) -> list[TrialResult]:
-    from bratslab.tune.selection import rank_candidates
-
     return rank_candidates(rows, mode, len(rows))
 
 
 def run_upkern(ctx: TrialContext, cfg: SweepConfig, outcome) -> None:
     """Finetune the UpKerned best small-kernel MedNeXt as one more (non-Tune) trial; its row is
-    appended to ``outcome.trials`` (a :class:`bratslab.tune.sweep.SweepOutcome`)."""
-    from bratslab.train.trainer import run_training
-
+    appended to ``outcome.trials`` (a :class:`bratslab.tune.sweep_run.SweepOutcome`)."""
     source, job = upkern_job(ctx, cfg, outcome.trials)
     if job is None:
         log.warning("upkern: no MedNeXt trial with kernel %d finished", cfg.upkern.from_kernel)

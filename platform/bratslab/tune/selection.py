@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from bratslab.tracking import mlflow_runs, model_store, registry
+from bratslab.tracking.config import TrackingSection
 from bratslab.tune.trial_result import TrialResult
 
 log = logging.getLogger(__name__)
@@ -78,8 +80,6 @@ def model_name(text: str) -> str:
 def default_registry_name(job_name: str, experiment: str) -> str:
     """The job's MLflow experiment, unless it is the generic default (``bratslab``), else the
     job name; as a valid registered-model name (:func:`model_name`)."""
-    from bratslab.tracking.config import TrackingSection
-
     generic = TrackingSection.model_fields["experiment"].default
     return model_name(experiment if experiment and experiment != generic else job_name)
 
@@ -115,8 +115,6 @@ def evaluate_candidates(
     takes those candidates' metrics from their runs instead of evaluating them again.
     ``evaluate`` defaults to :func:`bratslab.inference.model_eval.evaluate_model`.
     """
-    from bratslab.tracking import mlflow_runs
-
     if evaluate is None:
         from bratslab.inference.model_eval import evaluate_model as evaluate
     for c in candidates:
@@ -141,8 +139,6 @@ def evaluate_candidates(
 def _recorded_tta(run_id: str, done: str) -> dict[str, float] | None:
     """The ``tta/*`` metrics a trial's run holds from the re-evaluation ``done``, if it has
     recorded that one (as :func:`evaluate_candidates` computes them)."""
-    from bratslab.tracking import mlflow_runs
-
     info = mlflow_runs.run_info(run_id)
     if info["tags"].get(TTA_DONE_TAG) != done:
         return None
@@ -187,8 +183,6 @@ def register_winner(
     parameter as ``param.<dotted key>`` (nothing machine-local: the checkpoint folder stays in
     the trial run's tags); its description says the same in words.
     """
-    from bratslab.tracking import mlflow_runs, model_store, registry
-
     run_id = winner.mlflow_run_id
     if not run_id:
         raise RuntimeError(f"trial {winner.trial_id}: no MLflow run to log the model in")

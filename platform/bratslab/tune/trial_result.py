@@ -1,6 +1,6 @@
 """One row of a sweep's results: a trial's parameters, progress, best checkpoint and scores.
 
-Built by :func:`bratslab.tune.harness.trial_rows` (Tune trials) and
+Built by :func:`bratslab.tune.tuner.trial_rows` (Tune trials) and
 :func:`bratslab.tune.followup.run_upkern` (the UpKern follow-up); the sweep fills in the MLflow
 run id and marks ASHA stops; :mod:`bratslab.tune.selection` adds the TTA re-evaluation.
 """

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from bratslab.shutdown import STOP_REASON_TAG
+from bratslab.tracking import mlflow_runs
 from bratslab.tune.trial_result import TrialResult
 
 PRUNED = "pruned"
@@ -30,8 +31,6 @@ def settle_trial_runs(rows: Iterable[TrialResult], epochs_of: Callable[[TrialRes
         rows: the sweep's trials, with their MLflow run ids attached.
         epochs_of: the number of epochs a trial's job asked for.
     """
-    from bratslab.tracking import mlflow_runs
-
     for r in rows:
         status = mlflow_runs.run_info(r.mlflow_run_id)["status"] if r.mlflow_run_id else None
         if r.status == "ERROR":

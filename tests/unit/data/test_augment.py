@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from scipy import ndimage
 
 from bratslab.data.augment import apply_augment, build_augment, stress_case
-from bratslab.data.config import AugmentConfig
+from bratslab.data.augment_config import AugmentConfig
 
 N = 24
 # Every probability off (the scanner-shift ones are off by default).

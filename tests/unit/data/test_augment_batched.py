@@ -18,7 +18,6 @@ import pytest
 import torch
 from monai import transforms as T
 
-from bratslab.data.augment import MagnitudeDomaind, RandThickSlicesd
 from bratslab.data.augment_batched import (
     BatchAugment,
     _magnitude,
@@ -29,8 +28,9 @@ from bratslab.data.augment_batched import (
     low_resolution,
     spatial,
 )
+from bratslab.data.augment_config import AugmentConfig
 from bratslab.data.augment_draw import SampleDraw, affine_margin, draw_sample
-from bratslab.data.config import AugmentConfig
+from bratslab.data.augment_transforms import MagnitudeDomaind, RandThickSlicesd
 
 N = 24
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -12,8 +12,9 @@ from pydantic import ValidationError
 
 from bratslab.data.augment import apply_augment, build_augment
 from bratslab.data.augment_batched import BatchAugment
+from bratslab.data.augment_config import AugmentConfig
 from bratslab.data.augment_draw import affine_margin
-from bratslab.data.config import AugmentConfig, DataSection
+from bratslab.data.config import DataSection
 from bratslab.data.device_sampling import (
     MarginSampler,
     augmented,

@@ -13,9 +13,9 @@ import struct
 import nibabel as nib
 import numpy as np
 
-from bratslab.data.config import PreprocessConfig
-from bratslab.data.layout import discover_cases
-from bratslab.data.runner import run_preprocess
+from bratslab.data.discovery import discover_cases
+from bratslab.data.preprocess_config import PreprocessConfig
+from bratslab.data.preprocess_tasks import run_preprocess
 from bratslab.data.store import FAILURES
 from bratslab.data.validate import load_case
 

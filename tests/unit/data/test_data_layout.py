@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bratslab.data.layout import case_file_name, detect_layout, discover_cases, parse_file_name
+from bratslab.data.discovery import discover_cases
+from bratslab.data.layout import case_file_name, detect_layout, parse_file_name
 
 
 @pytest.mark.parametrize(

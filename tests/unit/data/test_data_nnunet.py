@@ -11,9 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from bratslab.app.main import app
-from bratslab.data.layout import RawCase, discover_cases
+from bratslab.data.discovery import discover_cases
+from bratslab.data.layout import RawCase
 from bratslab.data.preprocess import PreprocessConfig
-from bratslab.data.runner import run_preprocess
+from bratslab.data.preprocess_tasks import run_preprocess
 from bratslab.data.store import Store
 from bratslab.data.synth import synthesize_case
 from bratslab.data.validate import load_case

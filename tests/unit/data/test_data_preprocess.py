@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from bratslab.config import ConfigError, validate
-from bratslab.data.config import PreprocessConfig
+from bratslab.data.discovery import discover_cases
 from bratslab.data.labels import from_store_labels
-from bratslab.data.layout import discover_cases
 from bratslab.data.preprocess import (
     CaseInvalid,
     foreground_bbox,
@@ -21,6 +20,7 @@ from bratslab.data.preprocess import (
     to_store_space,
     write_case,
 )
+from bratslab.data.preprocess_config import PreprocessConfig
 from bratslab.data.validate import file_hashes
 
 CID = "BraTS-GLI-00001-000"
@@ -254,17 +254,17 @@ def test_fast_cast_is_the_callers_choice_not_whether_torch_is_loaded(cases, monk
 
 
 def test_one_run_preprocess_and_no_import_cycle():
-    """``run_preprocess`` lives in the runner only; preprocess never imports the runner."""
+    """``run_preprocess`` lives in preprocess_tasks only; preprocess never imports it."""
     import subprocess
     import sys
 
-    from bratslab.data import preprocess, runner
+    from bratslab.data import preprocess, preprocess_tasks
 
     assert not hasattr(preprocess, "run_preprocess")
-    assert callable(runner.run_preprocess)
+    assert callable(preprocess_tasks.run_preprocess)
     code = (
         "import sys, bratslab.data.preprocess, bratslab.data.validate, bratslab.data.nifti; "
-        "assert 'bratslab.data.runner' not in sys.modules; "
+        "assert 'bratslab.data.preprocess_tasks' not in sys.modules; "
         "assert 'torch' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -12,11 +12,11 @@ import pytest
 from typer.testing import CliRunner
 
 from bratslab.app.main import app
+from bratslab.data.discovery import discover_cases
 from bratslab.data.labels import labels_to_regions
-from bratslab.data.layout import discover_cases
 from bratslab.data.preprocess import PreprocessConfig, preprocess_case
+from bratslab.data.preprocess_tasks import run_preprocess
 from bratslab.data.profiles import PROFILES, get_profile, profile_names
-from bratslab.data.runner import run_preprocess
 from bratslab.data.store import Store
 from bratslab.data.validate import load_case
 

@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from bratslab.app.main import app
-from bratslab.data.config import PreprocessConfig
 from bratslab.data.fingerprint import make_folds, suggest_patch_size
-from bratslab.data.runner import run_preprocess
+from bratslab.data.preprocess_config import PreprocessConfig
+from bratslab.data.preprocess_tasks import run_preprocess
 from bratslab.data.store import Store
 
 CFG = PreprocessConfig(min_size=32, num_folds=3)

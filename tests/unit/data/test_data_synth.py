@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bratslab.data.layout import MODALITIES, discover_cases
-from bratslab.data.synth import shift_draw, synthesize_case, synthesize_dataset
+from bratslab.data.discovery import discover_cases
+from bratslab.data.layout import MODALITIES
+from bratslab.data.synth import synthesize_case, synthesize_dataset
+from bratslab.data.synth_scanner import shift_draw
 
 SHAPE = (48, 52, 40)
 

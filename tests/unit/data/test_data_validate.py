@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bratslab.data.layout import discover_cases
+from bratslab.data.discovery import discover_cases
 from bratslab.data.nifti import NiftiError, load_nifti
 from bratslab.data.validate import load_case
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bratslab.data.config import AugmentConfig
+from bratslab.data.augment_config import AugmentConfig
 from bratslab.data.loader import PatchSampler, case_rows
 from bratslab.data.patch_pipeline import PatchMaker, choose_cases, pool_size
 from bratslab.data.store import Store

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from bratslab.config import ConfigError
-from bratslab.data.config import DataSection, PreprocessConfig
+from bratslab.data.config import DataSection
 from bratslab.data.loader import case_rows
+from bratslab.data.preprocess_config import PreprocessConfig
+from bratslab.data.preprocess_tasks import run_preprocess
 from bratslab.data.remote import (
     StoreIntegrityError,
     cache_dir,
@@ -23,7 +25,6 @@ from bratslab.data.remote import (
     rows_to_uris,
     sync_store,
 )
-from bratslab.data.runner import run_preprocess
 from bratslab.data.store import Store
 
 CFG = PreprocessConfig(min_size=[0, 0, 0], num_folds=2)

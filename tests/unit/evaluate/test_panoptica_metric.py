@@ -237,7 +237,7 @@ def test_evaluate_cli_panoptica_writes_every_region(tmp_path):
 
 
 def test_default_profile_follows_the_reference_names(tmp_path):
-    from bratslab.data.layout import discover_cases
+    from bratslab.data.discovery import discover_cases
     from bratslab.evaluate.panoptica_scoring import default_profile, evaluate_folder_panoptica
 
     ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from bratslab.data.config import PreprocessConfig
+from bratslab.data.discovery import discover_cases
 from bratslab.data.labels import labels_to_regions, probabilities_to_labels
-from bratslab.data.layout import discover_cases
 from bratslab.data.preprocess import preprocess_case, restore_to_source
 from bratslab.data.synth import synthesize_dataset
 from bratslab.inference.nifti_out import write_map, write_nifti

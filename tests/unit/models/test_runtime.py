@@ -7,6 +7,7 @@ import torch
 from conftest import ARCHS, tiny_config
 
 from bratslab.models import runtime
+from bratslab.models.precision import float32_island
 from bratslab.models.zoo import build_model
 
 
@@ -74,8 +75,8 @@ def test_float32_island_only_while_training_under_cpu_autocast():
         return t
 
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        runtime.float32_island(probe, x.bfloat16())
+        float32_island(probe, x.bfloat16())
         with torch.no_grad():  # inference keeps the autocast dtype
-            runtime.float32_island(probe, x.bfloat16())
-    runtime.float32_island(probe, x)
+            float32_island(probe, x.bfloat16())
+    float32_island(probe, x)
     assert seen == [(torch.float32, False), (torch.bfloat16, True), (torch.float32, False)]

@@ -9,8 +9,9 @@ import pytest
 from ray import cloudpickle as pickle  # what Ray ships callbacks with
 
 from bratslab.tracking import mlflow_runs
-from bratslab.train import trainer
-from bratslab.train.loop import NODE_IP_KEY, train_shard
+from bratslab.train.logged_metrics import NODE_IP_KEY, WORKER_NODES_TAG
+from bratslab.train.loop import train_shard
+from bratslab.train.mlflow_callback import MLflowCallback
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +26,7 @@ def _report(epoch: int, loss: float, **extra) -> dict:
 
 def test_unpickling_the_callback_opens_the_store_before_any_report(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cls = trainer._mlflow_callback_cls()
-    shipped = pickle.dumps(cls("run", uri))  # what the driver sends the controller
+    shipped = pickle.dumps(MLflowCallback("run", uri))  # what the driver sends the controller
     assert uri not in mlflow_runs._SCHEMA_READY
     pickle.loads(shipped)  # the controller, while it starts
     assert uri in mlflow_runs._SCHEMA_READY
@@ -34,26 +34,26 @@ def test_unpickling_the_callback_opens_the_store_before_any_report(tmp_path):
 
 def test_a_cold_callback_leaves_the_store_for_the_first_report(tmp_path):
     cold_uri = f"sqlite:///{tmp_path / 'cold.db'}"
-    pickle.loads(pickle.dumps(trainer._mlflow_callback_cls()("run", cold_uri, warm=False)))
+    pickle.loads(pickle.dumps(MLflowCallback("run", cold_uri, warm=False)))
     assert cold_uri not in mlflow_runs._SCHEMA_READY
 
 
 def test_an_unreachable_store_does_not_stop_the_controller(tmp_path, caplog):
     bad = f"sqlite:///{tmp_path / 'missing' / 'x' / 'mlflow.db'}"
     (tmp_path / "missing").write_text("a file where a folder should be")
-    cb = pickle.loads(pickle.dumps(trainer._mlflow_callback_cls()("run", bad)))
+    cb = pickle.loads(pickle.dumps(MLflowCallback("run", bad)))
     assert cb.run_id == "run"
     assert "not ready at controller start" in caplog.text
 
 
 def test_each_report_is_one_epoch_of_metrics_with_the_node_tag_once(uri):
     run_id = mlflow_runs.start_run(experiment="costs", run_name="r", uri=uri)
-    cb = pickle.loads(pickle.dumps(trainer._mlflow_callback_cls()(run_id, uri)))
+    cb = pickle.loads(pickle.dumps(MLflowCallback(run_id, uri)))
     ranks = [_report(0, 0.9, **{NODE_IP_KEY: "10.0.0.1"}), _report(0, 0.8)]
     cb.after_report(None, ranks, None)
     cb.after_report(None, [_report(1, 0.7, **{NODE_IP_KEY: "10.0.0.9"}), _report(1, 0.6)], None)
     info = mlflow_runs.run_info(run_id, uri)
-    assert info["tags"][trainer.WORKER_NODES_TAG] == "0=10.0.0.1,1=?"  # the first attempt's
+    assert info["tags"][WORKER_NODES_TAG] == "0=10.0.0.1,1=?"  # the first attempt's
     assert mlflow_runs.metric_history(run_id, "train/loss", uri) == [(0, 0.9), (1, 0.7)]
     assert "val/dice_mean" not in info["metrics"]  # not measured in these epochs
 

@@ -85,7 +85,7 @@ class FakeTraining:
 
     def __call__(self, spec, *, name, parent_run_id, storage_path, progress):
         from bratslab.tracking import mlflow_runs
-        from bratslab.train.trainer import RUN_STATE
+        from bratslab.train.run_storage import RUN_STATE
 
         self.calls.append(name)
         k = spec.data.fold

@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from bratslab.data.config import AugmentConfig
+from bratslab.data.augment_config import AugmentConfig
 from bratslab.data.loader import PatchSampler, epoch_batches
 from bratslab.models.param_groups import param_groups
 from bratslab.models.zoo import build_model
 from bratslab.train.config import OptimizerConfig, ScheduleConfig
-from bratslab.train.loop import StepContext, init_weights, train_step
+from bratslab.train.init_from import init_weights
 from bratslab.train.losses import SegmentationLoss
 from bratslab.train.optim import build_optimizer, lr_factor
+from bratslab.train.step import StepContext, train_step
 
 
 def _batch(store, cfg):

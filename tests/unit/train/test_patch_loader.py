@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bratslab.data.augment import apply_augment, build_augment
-from bratslab.data.config import AugmentConfig
+from bratslab.data.augment_config import AugmentConfig
 from bratslab.data.loader import PatchSampler, case_rows, epoch_batches, prefetch
 from bratslab.data.store import Store
 

@@ -1,4 +1,4 @@
-"""Where a job's checkpoints and run files go (``trainer.run_storage``, ``BRATSLAB_RAY_STORAGE``).
+"""Where a job's checkpoints and run files go (``run_storage``, ``BRATSLAB_RAY_STORAGE``).
 
 No server: building a pyarrow ``S3FileSystem`` does not connect.
 """
@@ -12,7 +12,7 @@ import pytest
 
 from bratslab.config import ConfigError
 from bratslab.settings import get_settings
-from bratslab.train.trainer import run_storage
+from bratslab.train.run_storage import run_storage
 
 SECRET = "not-a-real-secret-4711"
 

@@ -48,7 +48,7 @@ def test_malformed_space_file_fails_naming_the_parameter(tmp_path, monkeypatch, 
 
 def test_parameter_unknown_to_the_job_fails_before_any_trial(tmp_path, monkeypatch):
     from bratslab.config import ConfigError
-    from bratslab.jobs.spec import load_job
+    from bratslab.jobs.spec import JobSpec, load_job
     from bratslab.tune.sweep import resume_sweep, start_sweep
 
     monkeypatch.setenv("BRATSLAB_HOME", str(tmp_path))
@@ -62,7 +62,7 @@ def test_parameter_unknown_to_the_job_fails_before_any_trial(tmp_path, monkeypat
     assert not (tmp_path / "sweeps" / "bad").exists()
     assert not (tmp_path / "m.db").exists()  # no MLflow run was opened
     with pytest.raises(ConfigError, match="no sweep named 'nope'"):
-        resume_sweep("nope")
+        resume_sweep("nope", job_type=JobSpec)
 
 
 def test_grace_period_beyond_epochs_fails_before_any_trial(tmp_path, monkeypatch):
@@ -96,7 +96,7 @@ def _stored_sweep(home: Path, name: str, space: dict, **manifest) -> Path:
 
 def test_resume_checks_the_stored_sweep_before_any_run(tmp_path, monkeypatch):
     from bratslab.config import ConfigError
-    from bratslab.jobs.spec import load_job
+    from bratslab.jobs.spec import JobSpec, load_job
     from bratslab.tune.sweep import resume_sweep, start_sweep
 
     monkeypatch.setenv("BRATSLAB_HOME", str(tmp_path))
@@ -104,15 +104,15 @@ def test_resume_checks_the_stored_sweep_before_any_run(tmp_path, monkeypatch):
     smoke = yaml.safe_load((ROOT / "search_spaces/smoke.yaml").read_text())
     _stored_sweep(tmp_path, "done", smoke, finished={"winner_trial": "t1"})
     with pytest.raises(ConfigError, match="'done' already finished"):
-        resume_sweep("done")
+        resume_sweep("done", job_type=JobSpec)
     with pytest.raises(ConfigError, match="not a valid name"):  # never a path outside sweeps/
-        resume_sweep("../done")
+        resume_sweep("../done", job_type=JobSpec)
     typo = {"parameters": {"training.optimiser.lr": {"type": "choice", "values": [0.1]}}}
     stored = _stored_sweep(tmp_path, "drifted", typo)
     with pytest.raises(ConfigError, match=f"does not fit {stored / 'sweep.json'}"):
-        resume_sweep("drifted")
+        resume_sweep("drifted", job_type=JobSpec)
     with pytest.raises(ConfigError, match=r"no sweep named 'x' .*known: done, drifted\)"):
-        resume_sweep("x")
+        resume_sweep("x", job_type=JobSpec)
     # starting a sweep under a name that exists points at --resume
     spec = load_job(ROOT / "jobs/sweep_smoke.yaml", ["sweep.name=done"])
     with pytest.raises(ConfigError, match="continue it with --resume done"):

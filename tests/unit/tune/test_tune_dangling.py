@@ -19,7 +19,7 @@ def stores(tmp_path, monkeypatch):
 
 
 def _study(url: str, name: str) -> optuna.Study:
-    from bratslab.tune.storage import open_storage
+    from bratslab.tune.optuna_storage import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.create_study(study_name=name, storage=open_storage(url), direction="maximize")
@@ -69,9 +69,10 @@ def test_trial_runs_are_found_through_mlflow_when_the_run_folder_is_on_another_n
     import json
 
     from bratslab.tracking import mlflow_runs
-    from bratslab.train.trainer import RUN_STATE
-    from bratslab.tune.harness import TRIAL_ID_TAG, SweepPaths
-    from bratslab.tune.sweep import _attach_run_ids
+    from bratslab.train.run_storage import RUN_STATE
+    from bratslab.tune.sweep_paths import SweepPaths
+    from bratslab.tune.sweep_run import _attach_run_ids
+    from bratslab.tune.trial import TRIAL_ID_TAG
     from bratslab.tune.trial_result import TrialResult
 
     parent = mlflow_runs.start_run(experiment="sw", run_name="sw")

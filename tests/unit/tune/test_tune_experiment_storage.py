@@ -13,7 +13,7 @@ import yaml
 
 from bratslab.config import ConfigError
 from bratslab.tune.experiment_storage import ExperimentStorage, sweep_storage_uri
-from bratslab.tune.harness import SweepPaths
+from bratslab.tune.sweep_paths import SweepPaths
 
 ROOT = Path(__file__).resolve().parents[3]
 SECRET = "not-to-be-pickled-0123456789"

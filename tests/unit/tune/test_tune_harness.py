@@ -6,7 +6,8 @@ from types import SimpleNamespace
 
 from bratslab.compat.ray_tune import PlacementGroupRecord
 from bratslab.tune.config import SweepConfig
-from bratslab.tune.harness import make_scheduler, orphaned_placement_groups
+from bratslab.tune.placement_groups import orphaned_placement_groups
+from bratslab.tune.search import make_scheduler
 
 
 def test_asha_lets_a_trial_below_the_cutoff_finish_on_the_last_rung():

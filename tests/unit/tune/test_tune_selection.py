@@ -12,7 +12,8 @@ import pytest
 
 from bratslab.config import ConfigError
 from bratslab.jobs.spec import load_job
-from bratslab.tune import report, selection
+from bratslab.tune import selection
+from bratslab.tune import sweep_results as report
 from bratslab.tune.trial_result import TrialResult
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))

@@ -179,7 +179,8 @@ def test_sweep_config_validation():
 
 def test_initial_points_run_first_once_even_after_resume(tmp_path):
     """jobs/demo.yaml's one-point-per-architecture start: enqueued once in the persisted study."""
-    from bratslab.tune.harness import SweepPaths, make_searcher
+    from bratslab.tune.search import make_searcher
+    from bratslab.tune.sweep_paths import SweepPaths
 
     spec = load_job(ROOT / "jobs/demo.yaml")
     space = load_space(ROOT / spec.sweep.space)

@@ -12,8 +12,9 @@ import pytest
 
 from bratslab.config import ConfigError
 from bratslab.settings import get_settings
-from bratslab.tune.harness import SweepPaths, make_searcher
-from bratslab.tune.storage import describe, open_storage, storage_for_resume
+from bratslab.tune.optuna_storage import describe, open_storage, storage_for_resume
+from bratslab.tune.search import make_searcher
+from bratslab.tune.sweep_paths import SweepPaths
 
 ROOT = Path(__file__).resolve().parents[3]
 SECRET_URL = "postgresql+psycopg://optuna:s3cret@db.example:5432/optuna"
@@ -96,7 +97,7 @@ def test_resume_reattaches_to_the_recorded_storage(home, monkeypatch):
 
 
 def test_resume_with_another_storage_fails_before_any_run(home, monkeypatch):
-    from bratslab.jobs.spec import load_job
+    from bratslab.jobs.spec import JobSpec, load_job
     from bratslab.tune.sweep import resume_sweep
 
     root = home / "sweeps" / "s"
@@ -107,7 +108,7 @@ def test_resume_with_another_storage_fails_before_any_run(home, monkeypatch):
     manifest.update(space_file=str(root / "space.yaml"), **_manifest(SECRET_URL))
     (root / "sweep.json").write_text(json.dumps(manifest))
     with pytest.raises(ConfigError, match="Optuna study is in .*db.example"):
-        resume_sweep("s")
+        resume_sweep("s", job_type=JobSpec)
     assert not (home / "m.db").exists()
 
 

@@ -8,8 +8,9 @@ from bratslab.config import load_yaml
 from bratslab.jobs.spec import job_from_dict
 from bratslab.tune.config import SweepConfig
 from bratslab.tune.followup import upkern_job
-from bratslab.tune.harness import SweepPaths, TrialContext
 from bratslab.tune.space import load_space
+from bratslab.tune.sweep_paths import SweepPaths
+from bratslab.tune.trial import TrialContext
 from bratslab.tune.trial_result import TrialResult
 
 ROOT = Path(__file__).resolve().parents[3]

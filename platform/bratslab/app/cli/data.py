@@ -193,7 +193,7 @@ def validate(
     from rich.progress import track
 
     from bratslab import atomic
-    from bratslab.data.layout import discover_cases
+    from bratslab.data.discovery import discover_cases
     from bratslab.data.profiles import get_profile
     from bratslab.data.validate import empty_case_folders, load_case
 
@@ -271,8 +271,8 @@ def preprocess(
     """Validate and preprocess every case into {id}_x/_y/_meta files + dataset.json (on Ray)."""
     from bratslab.config import ConfigError, load_yaml, validate
     from bratslab.data.config import PreprocessConfig
+    from bratslab.data.preprocess_tasks import run_preprocess
     from bratslab.data.remote import is_remote, parse_uri
-    from bratslab.data.runner import run_preprocess
 
     if not raw.is_dir():
         _fail(f"{raw}: no such folder")

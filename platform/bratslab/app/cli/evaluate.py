@@ -113,7 +113,7 @@ def predict(
     thresholds (`bratslab postprocess fit`), or with --postprocess FILE; the log says which.
     """
     from bratslab.config import validate
-    from bratslab.data.layout import discover_cases
+    from bratslab.data.discovery import discover_cases
     from bratslab.inference.config import PredictConfig
     from bratslab.inference.predict import check_output_dir, predict_folder
     from bratslab.tracking.model_store import ModelIntegrityError

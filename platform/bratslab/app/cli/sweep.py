@@ -47,7 +47,9 @@ def sweep(
                     "[yellow]--resume uses the job and space stored with the sweep; "
                     "JOB and --set are ignored[/yellow]"
                 )
-            outcome = resume_sweep(check_name(resume, "--resume"))
+            from bratslab.jobs.spec import JobSpec
+
+            outcome = resume_sweep(check_name(resume, "--resume"), job_type=JobSpec)
         else:
             if job is None:
                 raise ConfigError("bratslab sweep: give a JOB.yaml (or --resume NAME)")

@@ -32,7 +32,7 @@ def results_table(rows: list[TrialResult]) -> tuple[list[str], list[dict[str, An
     """Flatten trial results into CSV columns: fixed columns, ``tta/*`` metrics, then params.
 
     Args:
-        rows: as produced by :func:`bratslab.tune.harness.trial_rows` (the sweep adds
+        rows: as produced by :func:`bratslab.tune.tuner.trial_rows` (the sweep adds
             ``mlflow_run_id``, the selection ``tta``).
     """
     flat = []

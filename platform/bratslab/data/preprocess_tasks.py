@@ -33,9 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bratslab import atomic
-from bratslab.data.config import PreprocessConfig
-from bratslab.data.layout import RawCase, discover_cases
+from bratslab.cluster import ensure_ray
+from bratslab.data.discovery import discover_cases
+from bratslab.data.layout import RawCase
 from bratslab.data.meta import CaseMeta
+from bratslab.data.nnunet import read_splits
 from bratslab.data.preprocess import (
     CaseInvalid,
     case_paths,
@@ -43,6 +45,7 @@ from bratslab.data.preprocess import (
     preprocess_case,
     write_case,
 )
+from bratslab.data.preprocess_config import PreprocessConfig
 from bratslab.data.profiles import get_profile
 from bratslab.data.remote import cache_dir, is_remote, parse_uri, upload_group, upload_manifest
 from bratslab.data.store import FAILURES, build_manifest, case_digests, write_manifest
@@ -189,8 +192,6 @@ def _iter_ray(
     """Yield task results as they finish, with at most ``workers`` tasks in flight."""
     import ray  # Ray: only imported where distribution happens
 
-    from bratslab.cluster import ensure_ray
-
     ensure_ray()
     task = ray.remote(num_cpus=1, max_retries=1)(process_one)  # Ray: one task per case
     cfg_dict = cfg.model_dump(mode="json")
@@ -314,7 +315,6 @@ def _read_splits(splits: str | Path | None, cases: list[RawCase]) -> list[dict] 
     """
     if splits is None:
         return None
-    from bratslab.data.nnunet import read_splits
 
     folds = read_splits(splits)
     unknown = sorted({i for f in folds for i in f["train"] + f["val"]} - {c.id for c in cases})
