@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from bratslab.inference.model_eval import evaluate_model
 from bratslab.tracking import mlflow_runs, model_store, registry
 from bratslab.tracking.config import TrackingSection
 from bratslab.tune.trial_result import TrialResult
@@ -116,7 +117,7 @@ def evaluate_candidates(
     ``evaluate`` defaults to :func:`bratslab.inference.model_eval.evaluate_model`.
     """
     if evaluate is None:
-        from bratslab.inference.model_eval import evaluate_model as evaluate
+        evaluate = evaluate_model
     for c in candidates:
         run_id = c.mlflow_run_id
         done = f"{tta} | fold {fold} | {c.best_checkpoint}"
