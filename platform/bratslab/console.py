@@ -211,12 +211,13 @@ def attach(folder: Path, name: str = LOG_FILE) -> Path | None:
     handler = logging.FileHandler(folder / name, encoding="utf-8")
     handler.setFormatter(logging.Formatter(FILE_FORMAT))
     root = logging.getLogger()
-    if _state.buffer is not None:
-        for record in _state.buffer.records:
-            handler.handle(record)
-        root.removeHandler(_state.buffer)
-        _state.buffer = None
-    root.addHandler(handler)
+    buffer, _state.buffer = _state.buffer, None
+    for record in buffer.records if buffer is not None else ():
+        handler.handle(record)
+    # A new list, not removeHandler/addHandler: attach() may run inside the buffer's emit(),
+    # while logging iterates root.handlers for that record; mutating that list in place would
+    # skip the handler after the buffer and hand the record to the file a second time.
+    root.handlers = [h for h in root.handlers if h is not buffer] + [handler]
     _state.file_handler = handler
     return log_file()
 

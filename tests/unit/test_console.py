@@ -97,8 +97,22 @@ def test_commands_without_a_run_folder_log_under_bratslab_home(routing, tmp_path
     path = routing.log_file()
     assert path.parent == tmp_path / "logs" and path.name.startswith("predict-")
     assert not path.parent.exists()  # nothing created before anything is logged
+    after = _Collect()  # a handler after the buffer (pytest's capture, for one)
+    logging.getLogger().addHandler(after)
     logging.getLogger("ray").warning("a Ray warning")
-    assert "a Ray warning" in path.read_text() and routing.log_file() == path
+    # the first record opens the file from inside the buffer's emit(): it is written there
+    # once, and the handlers after the buffer still receive it
+    assert path.read_text().count("a Ray warning") == 1 and routing.log_file() == path
+    assert [r.getMessage() for r in after.records] == ["a Ray warning"]
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
 
 def test_ray_hands_worker_output_to_the_router(routing):
