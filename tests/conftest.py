@@ -7,6 +7,8 @@ Ray start-up costs seconds, so every integration test shares a single local inst
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -58,18 +60,39 @@ def ray_cluster(bratslab_home):
     ray.shutdown()
 
 
+def shared_product(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """``build(folder)`` once per test session, whichever pytest-xdist worker asks first; the
+    others wait for it (a file lock) and reuse the folder. Only for products that tests read
+    and never change. Without xdist, a folder of this session's temporary directory."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's folder, above every worker's own
+    folder, built = root / name, root / f"{name}.built"
+    with FileLock(str(root / f"{name}.lock")):
+        if not built.is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            build(folder)
+            built.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory) -> Path:
-    """A real store (data.synth → data preprocess, in-process): 8 cases of ≈32³ voxels."""
-    from bratslab.data.config import PreprocessConfig
-    from bratslab.data.runner import run_preprocess
-    from bratslab.data.synth import synthesize_dataset
+    """A real store (data.synth → data preprocess, in-process): 8 cases of ≈32³ voxels, built
+    once per session and shared by every worker (tests only read it)."""
 
-    root = tmp_path_factory.mktemp("train-store")
-    synthesize_dataset(root / "raw", 8, shape=(48, 48, 40), seed=0)
-    cfg = PreprocessConfig(min_size=[32, 32, 32], num_folds=4)
-    run_preprocess(root / "raw", root / "store", cfg, use_ray=False, progress=False)
-    return root / "store"
+    def build(root: Path) -> None:
+        from bratslab.data.config import PreprocessConfig
+        from bratslab.data.runner import run_preprocess
+        from bratslab.data.synth import synthesize_dataset
+
+        synthesize_dataset(root / "raw", 8, shape=(48, 48, 40), seed=0)
+        cfg = PreprocessConfig(min_size=[32, 32, 32], num_folds=4)
+        run_preprocess(root / "raw", root / "store", cfg, use_ray=False, progress=False)
+
+    return shared_product(tmp_path_factory, "train-store", build) / "store"
 
 
 # The slowest files, slowest first (measured with --durations on 2 cores). `make test` runs files
