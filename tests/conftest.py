@@ -95,6 +95,46 @@ def tiny_store(tmp_path_factory) -> Path:
     return shared_product(tmp_path_factory, "train-store", build) / "store"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _migrated_sqlite_stores(tmp_path_factory):
+    """A brand-new embedded MLflow store (``sqlite:`` at a path where no database is yet) starts
+    as a copy of one migrated once per session, instead of running MLflow's alembic migrations
+    again: seconds per store, and the unit tests open a fresh store per test. The copy is a real
+    MLflow database made by the same code (``mlflow_runs.ensure_schema``), which still opens and
+    checks every store; subprocesses (every CLI journey, the concurrent-creation test) create
+    theirs from scratch."""
+    try:
+        from bratslab.tracking import mlflow_runs
+    except ImportError:  # the module moved: no shortcut, stores are created as usual
+        yield
+        return
+
+    def build(folder: Path) -> None:
+        mlflow_runs.ensure_schema(f"sqlite:///{folder / 'mlflow.db'}")
+
+    template = shared_product(tmp_path_factory, "mlflow-migrated", build) / "mlflow.db"
+    create = mlflow_runs.ensure_schema
+
+    def ensure_schema(uri: str) -> None:
+        db = mlflow_runs.sqlite_path(uri)
+        if db is not None and not db.exists():
+            db.parent.mkdir(parents=True, exist_ok=True)
+            part = db.with_name(f"{db.name}.{os.getpid()}.part")
+            shutil.copyfile(template, part)
+            try:
+                os.link(part, db)  # never over a database another process made meanwhile
+            except FileExistsError:
+                pass
+            finally:
+                part.unlink()
+        create(uri)
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(mlflow_runs, "ensure_schema", ensure_schema)
+    yield
+    patch.undo()
+
+
 # The slowest files, slowest first (measured with --durations on 2 cores). `make test` runs files
 # on pytest-xdist workers with --no-loadscope-reorder: a worker takes the next file as it frees
 # up, so starting with the long ones keeps a 3-minute file from running alone at the end.
