@@ -78,7 +78,7 @@ def _train(
     tiny_store: Path, env, cwd: Path, *sets: str, returncode: int = 0
 ) -> subprocess.CompletedProcess:
     args = _argv(tiny_store, *sets)
-    proc = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == returncode, (proc.stdout + proc.stderr)[-4000:]
     return proc
 
