@@ -40,7 +40,7 @@ JOB = Path(__file__).resolve().parents[2] / "jobs" / "smoke.yaml"
 PREFIX = "ray_results"
 ARTIFACTS = "mlflow-artifacts"  # the tracking server's prefix in the bucket
 PROXIED = "mlflow-artifacts:/"  # artifact URIs of a server with --serve-artifacts
-EPOCHS = 3
+EPOCHS = 4
 STEPS = 2  # training.steps_per_epoch
 STOP_WITHIN_S = 60  # SIGTERM -> process gone (MLflow update + local Ray teardown)
 
@@ -69,7 +69,7 @@ def _argv(tiny_store: Path, *sets: str) -> list[str]:
     # One worker and one validation case: the runs' cost is mostly Ray starting.
     sets = (f"training.steps_per_epoch={STEPS}", "training.val_sw_batch_size=2", *sets)
     sets = ("scaling.num_workers=1", "data.max_val_cases=1", *sets)
-    for s in ("training.checkpoints_to_keep=3", *sets):
+    for s in (f"training.checkpoints_to_keep={EPOCHS}", *sets):
         args += ["--set", s]
     return args
 
@@ -209,9 +209,16 @@ def test_sigterm_then_rerun_resumes_from_checkpoints_in_s3(
     resumed = dict(metric_history(run_id, "resumed_from_epoch", uri))
     assert resumed[0] == 0.0
     assert resumed[EPOCHS - 1] == len(stopped_epochs) >= 1
+    # The stopped run's checkpoints are all kept (checkpoints_to_keep = EPOCHS); the rerun wrote
+    # one per epoch it trained. (A checkpoint the stopped run persisted after the controller's
+    # last registration stays in the bucket unused: the rerun trains that epoch again.)
     second = _checkpoints(s3_server)
-    assert set(first) < set(second) and len(second) == EPOCHS  # checkpoints_to_keep=3
-    latest = max(second)  # epoch0003-<id>
+    rerun = set(second) - set(first)
+    assert set(first) < set(second) and len(rerun) == EPOCHS - resumed[EPOCHS - 1]
+    for name in rerun:
+        assert {"model.pt", "model.json", "train_state.pt"} <= second[name]
+    latest = max(rerun)  # epoch0004-<id>
+    assert latest.startswith(f"epoch{EPOCHS:04d}-")
     copy = run_dir / "checkpoints" / latest
     state = load_train_state(copy)  # the local copy of the latest checkpoint
     assert state["epoch"] == EPOCHS and state["global_step"] == EPOCHS * STEPS
