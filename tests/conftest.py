@@ -137,21 +137,29 @@ def _migrated_sqlite_stores(tmp_path_factory):
 
 # The slowest files, slowest first (measured with --durations on 2 cores). `make test` runs files
 # on pytest-xdist workers with --no-loadscope-reorder: a worker takes the next file as it frees
-# up, so starting with the long ones keeps a 3-minute file from running alone at the end.
+# up, so starting with the long ones keeps a 3-minute file from running alone at the end. The
+# slow unit files (Ray, spawned processes, many inference passes) follow the integration ones.
 SLOW_FIRST = (
     "test_readme_journey.py",
+    "test_postgres.py",
     "test_sweep_kill.py",
     "test_demo.py",
-    "test_postgres.py",
     "test_train_ray.py",
     "test_s3_checkpoints.py",
-    "test_train_signals.py",
     "test_jobs_cluster.py",
     "test_two_nodes.py",
     "test_cv_ensemble.py",
     "test_registry_server.py",
     "test_loader_ray.py",
+    "test_preprocess_ray.py",
+    "test_predict_evaluate.py",
+    "test_postprocess_registry.py",
     "test_registry_races.py",
+    "test_evaluate_cli.py",
+    "test_sqlite_schema_lock.py",
+    "test_eval_inference.py",
+    "test_optim_paths.py",
+    "test_driver_gone.py",
 )
 
 
