@@ -100,7 +100,7 @@ def _resume(name: str, env: dict, log: Path, cwd: Path) -> int:
 
 
 def _wait_until(
-    ready: Callable[[], bool], proc: subprocess.Popen, log: Path, what: str, timeout_s=300
+    ready: Callable[[], bool], proc: subprocess.Popen, log: Path, what: str, timeout_s=600
 ) -> None:
     deadline = time.monotonic() + timeout_s
     while not ready():
@@ -207,6 +207,7 @@ def _attempts(sweep_dir: Path) -> dict[str, str]:
     return {p.name: p.read_text() for p in (sweep_dir / "trials").glob("*.attempts.jsonl")}
 
 
+@pytest.mark.timeout(1800)  # four drivers of one sweep; about 4 minutes on an idle machine
 def test_sigterm_sigkill_and_sigterm_again_then_resume_finishes_the_sweep(
     ray_cluster, tiny_store, tmp_path
 ):
