@@ -150,7 +150,6 @@ SLOW_FIRST = (
     "test_two_nodes.py",
     "test_cv_ensemble.py",
     "test_registry_server.py",
-    "test_loader_ray.py",
     "test_preprocess_ray.py",
     "test_predict_evaluate.py",
     "test_postprocess_registry.py",
