@@ -23,9 +23,10 @@ def test_reduced_demo_runs_the_whole_pipeline(tmp_path):
         "bratslab", "demo",
         "--cases", "6",
         "--holdout", "1",
-        "--shape", "64", "64", "48",
+        "--shape", "48", "48", "40",
         "--set", "training.epochs=2",
         "--set", "training.steps_per_epoch=2",
+        "--set", "data.max_val_cases=1",
         "--set", "sweep.top_k=1",
     ]  # fmt: skip
     proc = subprocess.run(

@@ -310,7 +310,8 @@ def test_pipeline_as_cluster_jobs_synth_preprocess_train(head):
 
     r = head.cli(
         "submit", "--address", head.address, "--wait", "jobs/smoke.yaml",
-        "--set", "training.epochs=1", cwd=clone,
+        "--set", "training.epochs=1", "--set", "training.steps_per_epoch=2",
+        "--set", "data.max_val_cases=1", cwd=clone,
     )  # fmt: skip
     job_id = _succeeded(r)
     assert job_id.startswith("bratslab-train-smoke-")

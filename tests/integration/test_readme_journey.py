@@ -32,10 +32,12 @@ ROOT = Path(__file__).resolve().parents[2]
 SMALLER = {
     "--cases 12": "--cases 6",
     "--shape 96 96 64": "--shape 48 48 40",
-    "training.epochs=5": "training.epochs=1",
+    "training.epochs=5": (
+        "training.epochs=1 --set training.steps_per_epoch=2 --set data.max_val_cases=1"
+    ),
     "bratslab sweep jobs/sweep_smoke.yaml": (
         "bratslab sweep jobs/sweep_smoke.yaml --set sweep.num_trials=2 --set training.epochs=1"
-        " --set sweep.top_k=1"
+        " --set sweep.top_k=1 --set training.steps_per_epoch=2 --set data.max_val_cases=1"
     ),
 }
 

@@ -1,17 +1,20 @@
 """Ray Train checkpoints and MLflow artifacts in object storage, against a real S3-compatible
-server (SeaweedFS, s3_fixture) and a real ``mlflow server`` (mlflow_server).
+server (SeaweedFS, s3_fixture) and a real ``mlflow server`` (mlflow_server), and ``bratslab
+train`` stopped by SIGTERM (``bratslab jobs stop``, Kubernetes/Slurm preemption) then rerun.
 
 ``bratslab train`` runs as a subprocess with only the ``AWS_*`` variables pointing it at the
 server (``BRATSLAB_RAY_STORAGE=s3://...``) and ``MLFLOW_TRACKING_URI`` at an ``mlflow server``
 on 127.0.0.1 with a SQLite backend and proxied artifacts in the same bucket
 (``--serve-artifacts --artifacts-destination s3://<bucket>/mlflow-artifacts``; the S3 endpoint
-and keys are given to the server only). The checkpoints become objects in the bucket, the job's
-own files stay in the local ``$BRATSLAB_HOME/ray_results/<name>``, the MLflow run finishes with
-the best checkpoint's ``s3://`` URI as a tag and the best checkpoint logged as a model; the
-run's artifacts (job, learning curve) and the model are objects under the server's prefix, none
-is on the server's disk, and the model loads back through the server, with no S3 credentials,
-equal to the checkpoint. Rerunning the same name with more epochs resumes from the checkpoint
-in the bucket.
+and keys are given to the server only). It is signalled after its first checkpoint: it exits
+promptly with 143 and leaves its MLflow run KILLED with the reason. The checkpoints are objects
+in the bucket, the job's own files stay in the local ``$BRATSLAB_HOME/ray_results/<name>``.
+Rerunning the same command resumes after the checkpoint in the bucket and finishes the same
+number of epochs, each logged once; the MLflow run finishes with the best checkpoint's ``s3://``
+URI as a tag and the best checkpoint logged as a model; the run's artifacts (job, learning
+curve) and the model are objects under the server's prefix, none is on the server's disk, and
+the model loads back through the server, with no S3 credentials, equal to the checkpoint. A
+third run under the same name with more epochs is refused: a FINISHED run is a record.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -35,6 +40,9 @@ JOB = Path(__file__).resolve().parents[2] / "jobs" / "smoke.yaml"
 PREFIX = "ray_results"
 ARTIFACTS = "mlflow-artifacts"  # the tracking server's prefix in the bucket
 PROXIED = "mlflow-artifacts:/"  # artifact URIs of a server with --serve-artifacts
+EPOCHS = 4
+STEPS = 2  # training.steps_per_epoch
+STOP_WITHIN_S = 60  # SIGTERM -> process gone (MLflow update + local Ray teardown)
 
 
 @pytest.fixture
@@ -56,18 +64,53 @@ def _env(server, home: Path, tracking_uri: str) -> dict[str, str]:
     return env
 
 
+def _argv(tiny_store: Path, *sets: str) -> list[str]:
+    args = [str(BRATSLAB), "train", str(JOB), "--set", f"data.store={tiny_store}"]
+    # One worker and one validation case: the runs' cost is mostly Ray starting.
+    sets = (f"training.steps_per_epoch={STEPS}", "training.val_sw_batch_size=2", *sets)
+    sets = ("scaling.num_workers=1", "data.max_val_cases=1", *sets)
+    for s in (f"training.checkpoints_to_keep={EPOCHS}", *sets):
+        args += ["--set", s]
+    return args
+
+
 def _train(
     tiny_store: Path, env, cwd: Path, *sets: str, returncode: int = 0
 ) -> subprocess.CompletedProcess:
-    args = [str(BRATSLAB), "train", str(JOB), "--set", f"data.store={tiny_store}"]
-    # One worker and one validation case: the two runs' cost is mostly Ray starting twice.
-    sets = ("training.steps_per_epoch=2", "training.val_sw_batch_size=2", *sets)
-    sets = ("scaling.num_workers=1", "data.max_val_cases=1", *sets)
-    for s in ("training.checkpoints_to_keep=3", *sets):
-        args += ["--set", s]
-    proc = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=240)
+    args = _argv(tiny_store, *sets)
+    proc = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == returncode, (proc.stdout + proc.stderr)[-4000:]
     return proc
+
+
+def _train_then_sigterm(tiny_store: Path, env, cwd: Path, log_file: Path, *sets: str) -> str:
+    """``bratslab train`` signalled once ``log_file`` has its first epoch's line (the Train
+    controller appends it after the epoch's checkpoint is registered and persisted): it exits
+    143 within ``STOP_WITHIN_S``, saying so. Returns its stderr."""
+    proc = subprocess.Popen(
+        _argv(tiny_store, *sets), env=env, cwd=cwd, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # its own process group: a failed test can clean it up
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not (log_file.is_file() and log_file.read_text().splitlines()):
+            if proc.poll() is not None:
+                out, err = proc.communicate()
+                pytest.fail(f"train exited {proc.returncode} before epoch 1:\n{out}\n{err}")
+            assert time.monotonic() < deadline, f"no epoch line in {log_file} within 300 s"
+            time.sleep(0.2)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)  # what `bratslab jobs stop` and Kubernetes send
+        out, err = proc.communicate(timeout=STOP_WITHIN_S)
+        stopped_in = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+    assert proc.returncode == 143, f"exit {proc.returncode} after {stopped_in:.1f} s:\n{out}{err}"
+    assert "stopped by SIGTERM" in err
+    return err
 
 
 def _checkpoints(server) -> dict[str, set[str]]:
@@ -120,7 +163,7 @@ def _check_artifacts_in_bucket(server, uri: str, run_id: str, model_uri: str, be
     assert logged == s3.get_object(Bucket=server.bucket, Key=ckpt)["Body"].read()
 
 
-def test_checkpoints_in_s3_then_resume_from_them(
+def test_sigterm_then_rerun_resumes_from_checkpoints_in_s3(
     s3_server,  # noqa: F811
     tracking_server,
     tiny_store,
@@ -131,30 +174,75 @@ def test_checkpoints_in_s3_then_resume_from_them(
     from bratslab.tracking.mlflow_runs import metric_history, run_info
     from bratslab.tracking.model_store import fetch_model_dir
     from bratslab.train.checkpoint import load_train_state
+    from bratslab.train.run_storage import RUN_STATE
 
     home = tmp_path / "home"
     uri, server_dir = tracking_server
     env = _env(s3_server, home, uri)
-    _train(tiny_store, env, tmp_path)
+    run_dir = home / "ray_results" / "smoke"
+    epochs = f"training.epochs={EPOCHS}"
+    _train_then_sigterm(tiny_store, env, tmp_path, run_dir / "train_log.txt", epochs)
 
+    # Stopped: the run is KILLED with the reason, after its first epoch and before its last.
+    run_id = json.loads((run_dir / RUN_STATE).read_text())["mlflow_run_id"]
+    info = run_info(run_id, uri)  # the run is on the tracking server
+    assert info["status"] == "KILLED"
+    assert info["tags"]["bratslab.stop_reason"] == "SIGTERM"
+    stopped_epochs = [s for s, _ in metric_history(run_id, "train/loss", uri)]
+    assert stopped_epochs and stopped_epochs[0] == 0 and len(stopped_epochs) < EPOCHS
     # Ray's checkpoints are objects in the bucket; the run files are local, nothing else is.
     first = _checkpoints(s3_server)
-    assert len(first) == 2  # one per epoch (checkpoints_to_keep keeps both)
+    assert len(first) >= 1
     for files in first.values():
         assert {"model.pt", "model.json", "train_state.pt"} <= files
-    run_dir = home / "ray_results" / "smoke"
     assert (run_dir / "train_log.txt").is_file()
     assert not list(run_dir.glob("epoch*"))  # Ray wrote no checkpoint locally
-    run_id = json.loads((run_dir / "bratslab_run.json").read_text())["mlflow_run_id"]
 
-    info = run_info(run_id, uri)  # the run is on the tracking server
+    # The same command again resumes from the latest checkpoint in the bucket.
+    _train(tiny_store, env, tmp_path, epochs)
+    assert json.loads((run_dir / RUN_STATE).read_text())["mlflow_run_id"] == run_id
+    info = run_info(run_id, uri)
     assert info["status"] == "FINISHED"
     assert not (home / "mlflow.db").exists()  # nothing went to the embedded store
+    # Every epoch logged exactly once; the rerun started after the last checkpoint, not at 0.
+    assert [s for s, _ in metric_history(run_id, "train/loss", uri)] == list(range(EPOCHS))
+    resumed = dict(metric_history(run_id, "resumed_from_epoch", uri))
+    assert resumed[0] == 0.0
+    assert resumed[EPOCHS - 1] == len(stopped_epochs) >= 1
+    # The stopped run's checkpoints are all kept (checkpoints_to_keep = EPOCHS); the rerun wrote
+    # one per epoch it trained. (A checkpoint the stopped run persisted after the controller's
+    # last registration stays in the bucket unused: the rerun trains that epoch again.)
+    second = _checkpoints(s3_server)
+    rerun = set(second) - set(first)
+    assert set(first) < set(second) and len(rerun) == EPOCHS - resumed[EPOCHS - 1]
+    for name in rerun:
+        assert {"model.pt", "model.json", "train_state.pt"} <= second[name]
+    latest = max(rerun)  # epoch0004-<id>
+    assert latest.startswith(f"epoch{EPOCHS:04d}-")
+    copy = run_dir / "checkpoints" / latest
+    state = load_train_state(copy)  # the local copy of the latest checkpoint
+    assert state["epoch"] == EPOCHS and state["global_step"] == EPOCHS * STEPS
     best_uri = info["tags"]["bratslab.best_checkpoint"]
     prefix = f"s3://{s3_server.bucket}/{PREFIX}/smoke/"
-    assert best_uri.startswith(prefix) and best_uri[len(prefix) :] in first
+    assert best_uri.startswith(prefix) and best_uri[len(prefix) :] in second
+    # Only the best and the latest are kept as local copies.
+    assert {p.name for p in (run_dir / "checkpoints").iterdir()} == {
+        latest,
+        best_uri.rsplit("/", 1)[-1],
+    }
     model_uri = info["tags"]["bratslab.model_uri"]
     _check_artifacts_in_bucket(s3_server, uri, run_id, model_uri, best_uri)
+    # The tracking server kept no artifact on its own disk: only its database and log.
+    kept = {p.name for p in server_dir.rglob("*") if p.is_file()}
+    assert {n for n in kept if not n.startswith(("server.db", "server.log"))} == set()
+
+    # A FINISHED run is a record: another job under its name is refused, the run untouched.
+    more = f"training.epochs={EPOCHS + 1}"
+    refused = _train(tiny_store, env, tmp_path, more, returncode=2)
+    assert "already FINISHED" in refused.stderr
+    assert f"training.epochs {EPOCHS} -> {EPOCHS + 1}" in refused.stderr
+    assert run_info(run_id, uri)["status"] == "FINISHED"
+
     # The logged model, downloaded through the server by a client without any S3 setting, is
     # the best checkpoint's weights.
     for key in [k for k in os.environ if k.startswith("AWS_")] + ["MLFLOW_S3_ENDPOINT_URL"]:
@@ -164,28 +252,3 @@ def test_checkpoints_in_s3_then_resume_from_them(
         remote = torch.load(io.BytesIO(f.read()), weights_only=True)
     for key, value in model.state_dict().items():
         assert torch.equal(value, remote[key]), key
-
-    # A FINISHED run is a record: another job under its name is refused, the run untouched.
-    refused = _train(tiny_store, env, tmp_path, "training.epochs=3", returncode=2)
-    assert "already FINISHED" in refused.stderr and "training.epochs 2 -> 3" in refused.stderr
-    assert run_info(run_id, uri)["status"] == "FINISHED"
-    # A run stopped before its end (KILLED, as a SIGTERM leaves it) resumes from the latest
-    # checkpoint in the bucket, here with one more epoch.
-    from bratslab.tracking.mlflow_runs import end_run
-
-    end_run(run_id, "KILLED", uri)
-    _train(tiny_store, env, tmp_path, "training.epochs=3")
-    assert [s for s, _ in metric_history(run_id, "train/loss", uri)] == [0, 1, 2]
-    assert metric_history(run_id, "resumed_from_epoch", uri) == [(0, 0.0), (1, 0.0), (2, 2.0)]
-    second = _checkpoints(s3_server)
-    assert set(first) < set(second) and len(second) == 3
-    assert run_info(run_id, uri)["status"] == "FINISHED"
-    latest = max(second)  # epoch0003-<id>
-    copy = run_dir / "checkpoints" / latest
-    assert load_train_state(copy)["epoch"] == 3  # the local copy of the latest checkpoint
-    # Only the best and the latest are kept as local copies.
-    best = run_info(run_id, uri)["tags"]["bratslab.best_checkpoint"].rsplit("/", 1)[-1]
-    assert {p.name for p in (run_dir / "checkpoints").iterdir()} == {latest, best}
-    # The tracking server kept no artifact on its own disk: only its database and log.
-    kept = {p.name for p in server_dir.rglob("*") if p.is_file()}
-    assert {n for n in kept if not n.startswith(("server.db", "server.log"))} == set()

@@ -1,21 +1,24 @@
-"""Sweep drivers stopped from outside, as a preemption or ``bratslab jobs stop`` would.
+"""A sweep driver stopped from outside, as a preemption or ``bratslab jobs stop`` would, three
+times in a row, and resumed each time.
 
-Each sweep runs as a real ``bratslab sweep`` subprocess in a session of its own that joins the
+The sweep runs as real ``bratslab sweep`` subprocesses in a session of their own that join the
 test session's Ray instance (``RAY_ADDRESS``), as a driver on a cluster does: killing the
 driver's process group kills the driver and nothing else, and Ray ends the driver's job (its
 trial actors, Train workers and placement groups) when it notices the driver is gone.
 
-- SIGKILL once a trial has completed: nothing in the driver runs, the parent MLflow run stays
-  RUNNING; ``bratslab sweep --resume NAME`` finishes the sweep without training any completed
-  trial again, registers a champion and ends the parent run FINISHED.
 - SIGTERM while trials run: the driver exits with 143 within ``STOP_WITHIN_S``, the parent run is
   KILLED with ``bratslab.stop_reason=SIGTERM``, and nothing of the sweep listened beyond
-  loopback meanwhile; ``--resume`` is stopped the same way during its TTA re-evaluation of the
-  top trial, and a second ``--resume`` finishes it and clears the tag. That
-  resumed sweep is then checked as any finished sweep: the parent run's results table and Optuna
-  plot, one child run per trial with its params and metrics, the TTA re-evaluated winner
-  registered as champion with its TTA metrics and parameters as tags, its model directory, and a
-  second ``--resume`` refused (it would register the winner twice).
+  loopback meanwhile.
+- ``--resume``, SIGKILLed once a trial has completed: nothing in the driver runs, the parent
+  MLflow run stays RUNNING; the trials' Train workers listened on loopback only.
+- ``--resume`` again, stopped by SIGTERM during its TTA re-evaluation of the top trial (after
+  Tune): the same KILLED with its reason, as promptly.
+- A last ``--resume`` finishes the sweep without training any completed trial again (their
+  results, epochs and MLflow runs kept), registers a champion, ends the parent run FINISHED and
+  clears the stop tag. That resumed sweep is then checked as any finished sweep: the parent
+  run's results table and Optuna plot, one child run per trial with its params and metrics, the
+  TTA re-evaluated winner registered as champion with its TTA metrics and parameters as tags,
+  its model directory, and a further ``--resume`` refused (it would register the winner twice).
 
 (A Ctrl-C, SIGINT, is the stop of ``test_postgres.py``.)
 """
@@ -97,7 +100,7 @@ def _resume(name: str, env: dict, log: Path, cwd: Path) -> int:
 
 
 def _wait_until(
-    ready: Callable[[], bool], proc: subprocess.Popen, log: Path, what: str, timeout_s=300
+    ready: Callable[[], bool], proc: subprocess.Popen, log: Path, what: str, timeout_s=600
 ) -> None:
     deadline = time.monotonic() + timeout_s
     while not ready():
@@ -194,49 +197,92 @@ def _sweep_home(tmp_path: Path, name: str, ray_cluster):
     return home, f"sqlite:///{home / 'mlflow.db'}", env, home / "sweeps" / name
 
 
-def test_sigkilled_driver_resumes_without_retraining_completed_trials(
+def _completed(sweep_dir: Path) -> set[str]:
+    """Ids of the trials whose completion marker (``trials/<id>.json``) is written."""
+    return {p.stem for p in (sweep_dir / "trials").glob("*.json")}
+
+
+def _attempts(sweep_dir: Path) -> dict[str, str]:
+    """Each trial's audit file (one line per start of its Train run) by file name."""
+    return {p.name: p.read_text() for p in (sweep_dir / "trials").glob("*.attempts.jsonl")}
+
+
+@pytest.mark.timeout(1800)  # four drivers of one sweep; about 4 minutes on an idle machine
+def test_sigterm_sigkill_and_sigterm_again_then_resume_finishes_the_sweep(
     ray_cluster, tiny_store, tmp_path
 ):
     from bratslab.tracking import mlflow_runs
 
-    name = "kill-9"
+    name = "stops"
     home, uri, env, sweep_dir = _sweep_home(tmp_path, name, ray_cluster)
-    log1, log2 = tmp_path / "sweep.log", tmp_path / "resume.log"
+    logs = [tmp_path / f"driver{i}.log" for i in range(4)]
     cpus_free = ray_cluster.available_resources().get("CPU", 0)
 
-    proc = _start(_job_args(tiny_store, name), env, log1, home)
-    try:
-        _wait_until(
-            lambda: any((sweep_dir / "trials").glob("*.json")), proc, log1, "completed trial"
-        )
-        os.killpg(proc.pid, signal.SIGKILL)  # preemption: no handler, no cleanup runs
-        assert proc.wait(30) == -signal.SIGKILL
-    finally:
-        _kill_group(proc)
+    # 1. SIGTERM while a trial trains: its audit line is written as its Train run starts.
+    with ListenerWatch() as watch:  # the trials' Train workers run in the session's Ray
+        proc = _start(_job_args(tiny_store, name, tta="flips"), env, logs[0], home)
+        _stop_when(lambda: any((sweep_dir / "trials").glob("*.attempts.jsonl")), proc, logs[0],
+                   "trial training")  # fmt: skip
+    _wait_cpus_freed(ray_cluster, cpus_free)
+    manifest = json.loads((sweep_dir / "sweep.json").read_text())
+    parent_id = manifest["parent_run_id"]
+    _check_stopped(parent_id, uri)
+    done_at_sigterm = _completed(sweep_dir)
+
+    # 2. Resumed, SIGKILLed (preemption: no handler, no cleanup runs) once it has completed a
+    # trial. The resume trains the unfinished trials: watched meanwhile.
+    with ListenerWatch() as watch2:
+        proc = _start(["--resume", name], env, logs[1], home)
+        try:
+            _wait_until(lambda: _completed(sweep_dir) - done_at_sigterm, proc, logs[1],
+                        "completed trial")  # fmt: skip
+            os.killpg(proc.pid, signal.SIGKILL)
+            assert proc.wait(30) == -signal.SIGKILL
+        finally:
+            _kill_group(proc)
     assert _group_gone(proc.pid), "a process of the killed driver's session survived"
     _wait_cpus_freed(ray_cluster, cpus_free)
-
     markers = {p.stem: p.read_text() for p in (sweep_dir / "trials").glob("*.json")}
     assert markers
+    attempts_at_kill = _attempts(sweep_dir)
     runs = _trial_runs(sweep_dir, name, markers)
     epochs_before = {tid: _epochs(run_id, uri) for tid, run_id in runs.items()}
     assert all(e == [0] for e in epochs_before.values()), epochs_before
-    manifest = json.loads((sweep_dir / "sweep.json").read_text())
-    # Nothing ran in the driver after the signal: its parent run was left as it was.
-    assert mlflow_runs.run_info(manifest["parent_run_id"], uri)["status"] == "RUNNING"
+    # Nothing ran in the driver after the signal: its (reopened) parent run was left as it was.
+    assert mlflow_runs.run_info(parent_id, uri)["status"] == "RUNNING"
 
-    assert _resume(name, env, log2, home) == 0, _tail(log2)
+    # 3. Resumed, then stopped again while it re-evaluates the top trial with TTA (after Tune):
+    # the same KILLED with its reason, as promptly.
+    with ListenerWatch() as watch3:
+        proc = _start(["--resume", name], env, logs[2], home)
+        # The console's progress line of the re-evaluation ("TTA re-evaluation 1/1: trial ...").
+        reevaluating = re.compile(r"TTA re-evaluation \d+/\d+: trial")
+        _stop_when(lambda: reevaluating.search(logs[2].read_text()), proc, logs[2],
+                   "TTA re-evaluation")  # fmt: skip
+    _check_stopped(parent_id, uri)
+    # Nothing of the sweep (driver, trial actors, Train workers, their rendezvous store)
+    # listened beyond loopback.
+    for w in (watch, watch2, watch3):
+        assert w.samples and w.by("ray::"), w.seen
+        assert not w.beyond_loopback(), w.beyond_loopback()
+    assert watch2.by("ray::RayTrainWorker"), watch2.seen
+    _wait_cpus_freed(ray_cluster, cpus_free)
+    # Every trial had finished before the stop during TTA: none trains again after it.
+    trained = _attempts(sweep_dir)
 
-    final, _ = _check_finished_sweep(sweep_dir, name, uri)
-    assert final["parent_run_id"] == manifest["parent_run_id"]
-    # Every trial completed before the kill kept its result and was not trained again.
+    # 4. The last resume finishes the sweep: FINISHED, stop tag cleared.
+    assert _resume(name, env, logs[3], home) == 0, _tail(logs[3])
+    final, children = _check_finished_sweep(sweep_dir, name, uri)
+    assert final["parent_run_id"] == parent_id
+    assert _attempts(sweep_dir) == trained
+    # Every trial completed before the SIGKILL kept its result and was not trained again.
     for tid, marker in markers.items():
         # (The replay rewrites the marker; Tune's own keys, e.g. its timestamps, then differ.)
         after = json.loads((sweep_dir / "trials" / f"{tid}.json").read_text())["last_result"]
         before = json.loads(marker)["last_result"]
         assert {k: after.get(k) for k in KEPT} == {k: before.get(k) for k in KEPT}, tid
-        attempts = (sweep_dir / "trials" / f"{tid}.attempts.jsonl").read_text().splitlines()
-        assert len(attempts) == 1, (tid, attempts)
+        key = f"{tid}.attempts.jsonl"
+        assert trained[key] == attempts_at_kill[key], (tid, trained[key])
         assert _epochs(runs[tid], uri) == epochs_before[tid], tid
     rows = {r["trial_id"]: r for r in _csv_rows(sweep_dir / "results.csv")}
     assert set(rows) == {p.stem for p in (sweep_dir / "trials").glob("*.json")}
@@ -244,57 +290,6 @@ def test_sigkilled_driver_resumes_without_retraining_completed_trials(
         assert rows[tid]["mlflow_run_id"] == runs[tid]
         recorded = json.loads(marker)["last_result"]["val/dice_mean"]
         assert float(rows[tid]["best_metric"]) == pytest.approx(recorded)
-
-
-def test_sigterm_stops_the_sweep_with_143_and_resume_clears_the_stop(
-    ray_cluster, tiny_store, tmp_path
-):
-    name = "term"
-    home, uri, env, sweep_dir = _sweep_home(tmp_path, name, ray_cluster)
-    log1, log2 = tmp_path / "sweep.log", tmp_path / "resume.log"
-    cpus_free = ray_cluster.available_resources().get("CPU", 0)
-
-    with ListenerWatch() as watch:  # the trials' Train workers run in the session's Ray
-        proc = _start(_job_args(tiny_store, name, tta="flips"), env, log1, home)
-        # A trial is training: its audit line is written as its Train run starts.
-        _stop_when(lambda: any((sweep_dir / "trials").glob("*.attempts.jsonl")), proc, log1,
-                   "trial training")  # fmt: skip
-    _wait_cpus_freed(ray_cluster, cpus_free)
-
-    manifest = json.loads((sweep_dir / "sweep.json").read_text())
-    _check_stopped(manifest["parent_run_id"], uri)
-    done_before = {p.stem for p in (sweep_dir / "trials").glob("*.json")}
-
-    # Resumed, then stopped again while it re-evaluates the top trial with TTA (after Tune):
-    # the same KILLED with its reason, as promptly.
-    # The resume trains the unfinished trials to the end first: watched meanwhile.
-    with ListenerWatch() as watch2:
-        proc = _start(["--resume", name], env, log2, home)
-        # The console's progress line of the re-evaluation ("TTA re-evaluation 1/1: trial ...").
-        reevaluating = re.compile(r"TTA re-evaluation \d+/\d+: trial")
-        _stop_when(lambda: reevaluating.search(log2.read_text()), proc, log2,
-                   "TTA re-evaluation")  # fmt: skip
-    _check_stopped(manifest["parent_run_id"], uri)
-    # Nothing of the sweep (driver, trial actors, Train workers, their rendezvous store)
-    # listened beyond loopback.
-    for w in (watch, watch2):
-        assert w.samples and w.by("ray::"), w.seen
-        assert not w.beyond_loopback(), w.beyond_loopback()
-    assert watch2.by("ray::RayTrainWorker"), watch2.seen
-    _wait_cpus_freed(ray_cluster, cpus_free)
-    trained = {p.name: p.read_text() for p in (sweep_dir / "trials").glob("*.attempts.jsonl")}
-
-    log3 = tmp_path / "resume2.log"
-    assert _resume(name, env, log3, home) == 0, _tail(log3)
-    final, children = _check_finished_sweep(sweep_dir, name, uri)  # FINISHED, stop tag cleared
-    assert final["parent_run_id"] == manifest["parent_run_id"]
-    for tid in done_before:
-        attempts = (sweep_dir / "trials" / f"{tid}.attempts.jsonl").read_text().splitlines()
-        assert len(attempts) == 1, (tid, attempts)
-    # Every trial had finished before the stop during TTA: none trained again after it.
-    assert {p.name: p.read_text() for p in (sweep_dir / "trials").glob("*.attempts.jsonl")} == (
-        trained
-    )
     _check_what_a_finished_sweep_leaves(sweep_dir, name, home, env, final, children)
 
 

@@ -3,7 +3,11 @@
 One 2-worker smoke run covers checkpoints, MLflow logging and a worker killed mid-run; a
 second has a worker SIGKILLed from outside mid-epoch (as the OOM killer or a lost node would);
 a 1-worker run is crashed and rerun under the same name (driver restart); a finetune from the
-smoke model's MLflow URI checks that frozen groups stay bit-identical.
+smoke model's MLflow URI checks that frozen groups stay bit-identical. The finetune trains its 2
+workers from the Ray Data patch stream (``data.loader: ray``, one actor pool sharded through Ray
+Train) with ``data.augment.on: device`` (the actors only sample; each worker augments its batch
+in torch); the same loader with ``on: loader`` (the default) runs in ``test_two_nodes.py``,
+across two Ray nodes.
 """
 
 from __future__ import annotations
@@ -332,6 +336,7 @@ def test_rerunning_a_crashed_job_resumes_it(ray_cluster, store, bratslab_home, t
 def test_finetune_from_mlflow_model_keeps_frozen_groups_bit_identical(ray_cluster, store, smoke):
     from bratslab.models.param_groups import param_groups
     from bratslab.models.weights import load_model_dir
+    from bratslab.tracking.mlflow_runs import metric_history, run_info
     from bratslab.train.trainer import run_training
 
     _, source = smoke
@@ -339,12 +344,29 @@ def test_finetune_from_mlflow_model_keeps_frozen_groups_bit_identical(ray_cluste
         store,
         "it-finetune",
         "training.epochs=1",
-        "scaling.num_workers=1",
+        "training.steps_per_epoch=3",
+        "data.max_val_cases=1",
+        "scaling.max_failures=0",
         f"model.init_from={source.model_uri}",
         "training.freeze=[stem,'enc*',bottleneck]",
         "tracking.log_model=false",
+        # Patches from a Ray Data actor pool, streamed to the 2 Train workers (issue 28: on
+        # device, the actors only sample, with the affine margin; each worker augments).
+        "data.loader=ray",
+        "data.loader_cpus=0.5",  # 2 workers x 0.5: one actor holding one CPU
+        "data.augment.on=device",
     )
-    out = run_training(spec)
+    out = run_training(spec, progress=False)
+    info = run_info(out.run_id)
+    assert info["status"] == "FINISHED"
+    assert info["params"]["data.loader"] == "ray"
+    assert info["params"]["data.augment.on"] == "device"
+    wait = metric_history(out.run_id, "time/data_wait_frac")
+    assert [s for s, _ in wait] == [0] and 0.0 <= wait[0][1] <= 1.0
+    loss = metric_history(out.run_id, "train/loss")
+    assert len(loss) == 1 and loss[0][1] > 0
+    assert out.metrics["throughput/samples_per_s"] > 0
+
     before, _ = load_model_dir(source.best_checkpoint)
     after, _ = load_model_dir(out.latest_checkpoint)
     cfg = spec.model.model_config_only()
