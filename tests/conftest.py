@@ -156,7 +156,7 @@ SLOW_FIRST = (
     "test_registry_races.py",
     "test_evaluate_cli.py",
     "test_sqlite_schema_lock.py",
-    "test_eval_inference.py",
+    "test_sliding_window.py",
     "test_optim_paths.py",
     "test_driver_gone.py",
 )

@@ -89,6 +89,8 @@ class _Buffer(logging.Handler):
         self.records: list[logging.LogRecord] = []
 
     def emit(self, record: logging.LogRecord) -> None:
+        if self is not _state.buffer:  # left on the root logger by an earlier configure()
+            return
         if len(self.records) < BUFFER_CAPACITY:
             self.records.append(record)
         if _state.default_log is not None:  # the first record opens the logs-folder file
@@ -176,6 +178,8 @@ def _undo() -> None:
     for h in (_state.console, _state.buffer, _state.file_handler):
         if h is not None:
             root.removeHandler(h)
+    for h in [h for h in root.handlers if isinstance(h, _Buffer)]:  # one that outlived its state
+        root.removeHandler(h)
     if _state.file_handler is not None:
         _state.file_handler.close()
     if _state.quiet:

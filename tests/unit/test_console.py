@@ -106,6 +106,17 @@ def test_commands_without_a_run_folder_log_under_bratslab_home(routing, tmp_path
     assert [r.getMessage() for r in after.records] == ["a Ray warning"]
 
 
+def test_a_buffer_left_by_an_earlier_command_does_not_swallow_the_first_record(routing, tmp_path):
+    stale = routing._Buffer()  # what an earlier command of this process (tests) left on root
+    logging.getLogger().addHandler(stale)
+    routing.configure("predict", verbose=False)
+    assert stale not in logging.getLogger().handlers  # configure() removes it
+    logging.getLogger().handlers.insert(0, stale)  # and if one still sits first, it stays inert
+    logging.getLogger("ray").warning("first record")
+    assert routing.log_file().read_text().count("first record") == 1
+    assert not stale.records
+
+
 class _Collect(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
