@@ -123,7 +123,7 @@ def test_models_list_and_show(versions):
     assert info["params"]["training.lr"] == "0.001"
 
     r = _cli("models", "show", NAME, "--version", "9")
-    assert r.exit_code == 1 and "has no version 9" in r.output
+    assert r.exit_code == 2 and "has no version 9" in r.output
 
 
 def test_models_promote_cli(versions):
@@ -152,9 +152,9 @@ def test_models_download_fetches_a_loadable_model(versions, tmp_path):
     assert info["patch_size"] == [16, 16, 16]
     # A second download into the same, now non-empty folder is refused, not merged.
     r = _cli("models", "download", f"{NAME}@champion", str(dst))
-    assert r.exit_code == 1 and "not an empty folder" in r.output
+    assert r.exit_code == 2 and "not an empty folder" in r.output
     r = _cli("models", "download", f"{NAME}@nosuchalias", str(tmp_path / "x"))
-    assert r.exit_code == 1 and not (tmp_path / "x").exists()
+    assert r.exit_code == 2 and not (tmp_path / "x").exists()
 
 
 def test_runs_list_and_compare(versions):
@@ -163,7 +163,7 @@ def test_runs_list_and_compare(versions):
     assert r.exit_code == 0, r.output
     assert run1 in r.output and run2 in r.output and "FINISHED" in r.output
     r = _cli("runs", "list", "--experiment", "nope")
-    assert r.exit_code == 1 and "no experiment 'nope'" in r.output
+    assert r.exit_code == 2 and "no experiment 'nope'" in r.output
 
     r = _cli("runs", "compare", run1, run2)
     assert r.exit_code == 0, r.output

@@ -32,6 +32,12 @@ from bratslab.tracking.model_versions import (
 
 log = logging.getLogger(__name__)
 
+
+class PromotionUnsettled(RuntimeError):
+    """Concurrent promoters kept rewriting the alias: the work failed, nothing was missing
+    (a lookup failure is a :class:`RegistryError`)."""
+
+
 CANDIDATE_WINDOW_S = 600.0  # promotions this recent take part in settling an alias
 _SETTLE_ROUNDS = 20
 
@@ -165,4 +171,4 @@ def _settle(name: str, alias: str, metric: str, mode: str, *, uri: str | None) -
             # Another promoter wrote the alias row at the same moment (a unique-constraint
             # conflict on a database store): re-read and compare again in the next round.
             log.info("%s@%s: concurrent alias write (%s); re-reading", name, alias, e.error_code)
-    raise RegistryError(f"{name}@{alias}: did not settle after {_SETTLE_ROUNDS} rounds")
+    raise PromotionUnsettled(f"{name}@{alias}: did not settle after {_SETTLE_ROUNDS} rounds")

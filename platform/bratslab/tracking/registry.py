@@ -48,7 +48,12 @@ from bratslab.tracking.model_versions import (
     source_run_id,
     version_metric,
 )
-from bratslab.tracking.promotion import CANDIDATE_WINDOW_S, promote_if_better, set_alias
+from bratslab.tracking.promotion import (
+    CANDIDATE_WINDOW_S,
+    PromotionUnsettled,
+    promote_if_better,
+    set_alias,
+)
 from bratslab.tracking.registration import register, register_logged_model, source_hashes
 
 __all__ = [
@@ -63,6 +68,7 @@ __all__ = [
     "AliasRefusedError",
     "Member",
     "ModelSummary",
+    "PromotionUnsettled",
     "RegistryError",
     "VersionInfo",
     "check_model_name",

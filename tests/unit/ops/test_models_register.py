@@ -96,11 +96,11 @@ def test_register_errors_name_the_problem(store):
 
     _, runs, _ = store
     r = _cli("models", "register", runs["bare"], "--name", NAME)
-    assert r.exit_code == 1 and f"run {runs['bare']} (bare) has no logged model" in r.stderr
+    assert r.exit_code == 2 and f"run {runs['bare']} (bare) has no logged model" in r.stderr
     r = _cli("models", "register", "0" * 32, "--name", NAME)
-    assert r.exit_code == 1 and f"no run '{'0' * 32}'" in r.stderr
+    assert r.exit_code == 2 and f"no run '{'0' * 32}'" in r.stderr
     r = _cli("models", "register", "models:/m-" + "0" * 32, "--name", NAME)
-    assert r.exit_code == 1 and "no logged model 'm-" in r.stderr
+    assert r.exit_code == 2 and "no logged model 'm-" in r.stderr
     r = _cli("models", "register", "not-a-run", "--name", NAME)
     assert (
         r.exit_code == 2 and "expected a run id (32 hex digits) or models:/<model_id>" in r.stderr
@@ -142,4 +142,4 @@ def test_models_and_runs_list_json(store):
     r = _cli("models", "show", "listed", "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)[0]["aliases"] == ["best"]
     r = _cli("runs", "list", "--experiment", "nope", "--json")
-    assert r.exit_code == 1 and r.stdout == ""
+    assert r.exit_code == 2 and r.stdout == ""

@@ -126,4 +126,4 @@ def test_cli_on_the_embedded_store(store, tmp_path):
     r = runner.invoke(app, ["runs", "compare", runs[0], runs[2]], env=env)
     assert r.exit_code == 0 and "model.arch" in r.output and "a3" in r.output
     r = runner.invoke(app, ["runs", "compare", runs[0], "0" * 32], env=env)
-    assert r.exit_code == 1 and "no run '" + "0" * 32 in r.output
+    assert r.exit_code == 2 and "no run '" + "0" * 32 in r.output

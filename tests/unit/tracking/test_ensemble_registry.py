@@ -153,10 +153,10 @@ def test_a_cached_ensemble_is_reverified_and_a_damaged_copy_fetched_again(runs):
         (["--ensemble", NAME], 2, "two or more models or --cv-run"),
         (["RUN0", "--cv-run", "RUN1", "--name", NAME], 2, "--ensemble NAME"),
         (["RUN0", "RUN1", "--name", NAME], 2, "--ensemble NAME"),
-        (["--ensemble", NAME, "nothing-here", "RUN1"], 1, "'nothing-here' has no alias"),
+        (["--ensemble", NAME, "nothing-here", "RUN1"], 2, "'nothing-here' has no alias"),
     ],
 )
-def test_usage_errors_exit_2_and_unknown_members_1(runs, args, code, message):
+def test_usage_errors_and_unknown_members_exit_2(runs, args, code, message):
     home, ids, dirs = runs
     args = [a.replace("RUN0", ids[0]).replace("RUN1", ids[1]) for a in args]
     r = _invoke("models", "register", *args)
@@ -188,7 +188,7 @@ def test_a_cv_run_registers_its_finished_folds_and_names_a_missing_one(runs):
     for run_id in ids:
         mlflow_runs.set_tags(run_id, {"mlflow.parentRunId": parent})
     r = _invoke("models", "register", "--ensemble", NAME, "--cv-run", parent)
-    assert r.exit_code == 1 and "fold(s) [2] have no finished run" in r.stderr, r.output
+    assert r.exit_code == 2 and "fold(s) [2] have no finished run" in r.stderr, r.output
 
     mlflow_runs.set_tags(parent, {"bratslab.cv.folds": "0,1"})
     r = _invoke("models", "register", "--ensemble", NAME, "--cv-run", parent)

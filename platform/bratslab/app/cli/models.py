@@ -73,8 +73,8 @@ def models_show(
                 infos = [registry.get_version(name, alias=registry.CHAMPION)]
             except registry.RegistryError:
                 infos = registry.list_versions(name)
-    except registry.RegistryError as e:
-        fail(str(e))
+    except registry.RegistryError as e:  # no such model, version or alias
+        fail(str(e), 2)
     if as_json:
         echo_json(infos)
         return
@@ -147,7 +147,9 @@ def models_promote(
             moved = True
     except registry.AliasRefusedError as e:
         fail(str(e), 2)
-    except (registry.RegistryError, ValueError) as e:
+    except (registry.RegistryError, ValueError) as e:  # not found, or not comparable
+        fail(str(e), 2)
+    except registry.PromotionUnsettled as e:
         fail(str(e))
     if moved:
         typer.echo(f"{name}@{alias} -> version {version}")
@@ -218,7 +220,9 @@ def models_register(
         fail(f"registered, but the alias was not moved: {e}", 2)
     except ValueError as e:
         fail(str(e), 2)
-    except (registry.RegistryError, ModelIntegrityError, OSError) as e:
+    except registry.RegistryError as e:  # no such run, logged model or finished fold
+        fail(str(e), 2)
+    except (ModelIntegrityError, OSError) as e:
         fail(getattr(e, "message", None) or str(e))
     except Exception as e:
         if not _raised_by_mlflow(e):
@@ -305,7 +309,9 @@ def models_download(
 
     try:
         out = download(ref, dst)
-    except (registry.RegistryError, FileExistsError, FileNotFoundError, ModelIntegrityError) as e:
+    except (registry.RegistryError, FileExistsError, FileNotFoundError) as e:
+        fail(str(e), 2)  # no such version, or a destination that is not an empty folder
+    except ModelIntegrityError as e:
         fail(str(e))
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     typer.echo(f"downloaded {ref} to {out} ({len(files)} files)")

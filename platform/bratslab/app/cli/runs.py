@@ -42,8 +42,8 @@ def runs_list(
 
     try:
         rows = browse.list_runs(experiment, sweep, max_results=limit)
-    except browse.RunLookupError as e:
-        fail(str(e))
+    except browse.RunLookupError as e:  # no such experiment, sweep or run
+        fail(str(e), 2)
     if as_json:
         echo_json(rows)
         return
@@ -84,8 +84,8 @@ def runs_compare(
 
     try:
         rows = browse.get_runs(run_ids)
-    except browse.RunLookupError as e:
-        fail(str(e))
+    except browse.RunLookupError as e:  # no such experiment, sweep or run
+        fail(str(e), 2)
     console = rich_console()
     metrics = Table(title="metrics (latest value; bold = best)")
     metrics.add_column("metric")
