@@ -161,7 +161,7 @@ def test_runs_list_and_compare(versions):
     (_, run1), (_, run2) = versions
     r = _cli("runs", "list", "--experiment", "registry-test")
     assert r.exit_code == 0, r.output
-    assert run1 in r.output and run2 in r.output and "FINISHED" in r.output
+    assert run1[:8] in r.output and run2[:8] in r.output and "FINISHED" in r.output
     r = _cli("runs", "list", "--experiment", "nope")
     assert r.exit_code == 2 and "no experiment 'nope'" in r.output
 
@@ -181,7 +181,7 @@ def test_runs_list_by_sweep(server):
         r = _cli("runs", "list", "--sweep", by)
         assert r.exit_code == 0, r.output
         rows = "\n".join(ln for ln in r.output.splitlines() if ln.startswith("│"))
-        assert child in rows and other not in rows and parent not in rows
+        assert child[:8] in rows and other[:8] not in rows and parent[:8] not in rows
 
 
 def test_register_a_run_by_id_and_list_json(versions):

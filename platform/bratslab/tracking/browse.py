@@ -5,7 +5,6 @@ Works against the embedded store and a tracking server alike (URI from settings 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -13,13 +12,12 @@ from mlflow.exceptions import MlflowException
 
 from bratslab.tracking.driver import driver_gone
 from bratslab.tracking.mlflow_runs import TAG_PARENT, client, tracking_uri
+from bratslab.tracking.run_ids import is_run_ref, resolve_run_id
 
 #: Metrics shown by ``runs list`` when a run has them (the rest are in ``runs compare``).
 HEADLINE_METRICS = ("val/dice_mean", "tta/dice_mean", "tta/lesion_dice_mean", "train/loss")
 #: Params shown by ``runs list`` (flattened job-spec keys).
 HEADLINE_PARAMS = ("model.arch",)
-
-_RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class RunLookupError(LookupError):
@@ -66,13 +64,17 @@ def _row(run, experiments: dict[str, str]) -> RunRow:
     )
 
 
-def _sweep_parents(c, experiment_ids: list[str], sweep: str) -> list[str]:
-    """Run ids of the sweep's parent run(s): ``sweep`` is a parent run id or its run name."""
-    if _RUN_ID.fullmatch(sweep):
-        return [sweep]
+def _sweep_parents(c, experiment_ids: list[str], sweep: str, uri: str | None) -> list[str]:
+    """Run ids of the sweep's parent run(s): ``sweep`` is its run name, or a parent run id
+    (full or a unique prefix)."""
     escaped = sweep.replace("'", "\\'")
     parents = c.search_runs(experiment_ids, filter_string=f"attributes.run_name = '{escaped}'")
-    return [r.info.run_id for r in parents]
+    if parents or not is_run_ref(sweep):
+        return [r.info.run_id for r in parents]
+    try:
+        return [resolve_run_id(sweep, uri=uri)]
+    except LookupError:
+        return []
 
 
 def list_runs(
@@ -103,7 +105,7 @@ def list_runs(
         return []
     filters = [""]
     if sweep is not None:
-        parents = _sweep_parents(c, ids, sweep)
+        parents = _sweep_parents(c, ids, sweep, uri)
         if not parents:
             raise RunLookupError(f"no sweep run named {sweep!r} in {tracking_uri(uri)}")
         filters = [f"tags.`{TAG_PARENT}` = '{p}'" for p in parents]
@@ -119,7 +121,8 @@ def list_runs(
 
 
 def get_runs(run_ids: list[str], *, uri: str | None = None) -> list[RunRow]:
-    """The named runs, in the order given.
+    """The named runs (full ids or unique prefixes, :mod:`bratslab.tracking.run_ids`), in the
+    order given.
 
     Raises:
         RunLookupError: a run id does not exist (the message names it).
@@ -127,11 +130,15 @@ def get_runs(run_ids: list[str], *, uri: str | None = None) -> list[RunRow]:
     c = client(uri)
     experiments = {e.experiment_id: e.name for e in c.search_experiments()}
     rows = []
-    for run_id in run_ids:
+    for ref in run_ids:
+        try:
+            run_id = resolve_run_id(ref, uri=uri)
+        except LookupError as e:
+            raise RunLookupError(str(e)) from None
         try:
             rows.append(_row(c.get_run(run_id), experiments))
         except MlflowException:
-            raise RunLookupError(f"no run {run_id!r} in {tracking_uri(uri)}") from None
+            raise RunLookupError(f"no run {ref!r} in {tracking_uri(uri)}") from None
     return rows
 
 

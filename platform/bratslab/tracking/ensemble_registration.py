@@ -17,7 +17,7 @@ from mlflow.exceptions import MlflowException
 from bratslab.tracking import mlflow_runs
 from bratslab.tracking.alias_guard import SELECTION_TAG
 from bratslab.tracking.mlflow_runs import client, tracking_uri
-from bratslab.tracking.model_folder import RUN_ID, write_ensemble_dir
+from bratslab.tracking.model_folder import write_ensemble_dir
 from bratslab.tracking.model_store import fetch_model_dir, log_model_dir
 from bratslab.tracking.model_versions import (
     RegistryError,
@@ -30,7 +30,8 @@ from bratslab.tracking.model_versions import (
     source_run_id,
 )
 from bratslab.tracking.promotion import set_alias
-from bratslab.tracking.registration import register
+from bratslab.tracking.registration import register, run_model
+from bratslab.tracking.run_ids import is_run_ref
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +104,8 @@ def members_of(refs: list[str], *, uri: str | None = None) -> list[Member]:
     out = []
     for ref in refs:
         ref = ref.strip()
-        if RUN_ID.fullmatch(ref):
-            source = logged_model_of_run(ref, uri=uri)
+        if is_run_ref(ref):  # a run id, or a unique prefix of one
+            source = run_model(ref, uri=uri)
         elif logged_model_id(ref) is not None:
             source = ref
         else:

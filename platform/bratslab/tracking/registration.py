@@ -18,7 +18,6 @@ from mlflow.exceptions import MlflowException
 from bratslab.tracking.logged_hashes import logged_hashes
 from bratslab.tracking.mlflow_runs import client, download_artifacts, global_uris, tracking_uri
 from bratslab.tracking.model_folder import (
-    RUN_ID,
     find_model_dir,
     is_model_dir,
     model_hashes,
@@ -31,6 +30,7 @@ from bratslab.tracking.model_versions import (
     logged_model_of_run,
 )
 from bratslab.tracking.promotion import set_alias
+from bratslab.tracking.run_ids import is_run_ref, resolve_run_id
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,20 @@ def _tag_value(value: Any) -> str:
     return str(value)
 
 
+def run_model(ref: str, *, uri: str | None = None) -> str:
+    """``models:/<model_id>`` of the model logged by the run ``ref`` names: a full run id or a
+    unique prefix of one (tables show 8 characters).
+
+    Raises:
+        RegistryError: no run, several runs, or no finished logged model.
+    """
+    try:
+        run_id = resolve_run_id(ref, uri=uri)
+    except LookupError as e:
+        raise RegistryError(str(e)) from None
+    return logged_model_of_run(run_id, uri=uri)
+
+
 def register_logged_model(
     ref: str,
     name: str,
@@ -105,9 +119,10 @@ def register_logged_model(
     uri: str | None = None,
     force: bool = False,
 ) -> tuple[str, str]:
-    """Register a run's logged model (``ref``: a run id) or a logged model itself
-    (``models:/<model_id>``) as a new version of ``name``; optionally point ``alias`` at it
-    (through :func:`set_alias`'s guard, without comparing; ``promote_if_better`` compares).
+    """Register a run's logged model (``ref``: a run id, or a unique prefix of one) or a logged
+    model itself (``models:/<model_id>``) as a new version of ``name``; optionally point
+    ``alias`` at it (through :func:`set_alias`'s guard, without comparing;
+    ``promote_if_better`` compares).
 
     Returns:
         ``(version, model_uri)``.
@@ -118,8 +133,8 @@ def register_logged_model(
     """
     check_model_name(name)
     ref = ref.strip()
-    if RUN_ID.fullmatch(ref):
-        source = logged_model_of_run(ref, uri=uri)
+    if is_run_ref(ref):
+        source = run_model(ref, uri=uri)
     elif (model_id := logged_model_id(ref)) is not None:
         try:
             client(uri).get_logged_model(model_id)
@@ -127,7 +142,9 @@ def register_logged_model(
             raise RegistryError(f"no logged model {model_id!r} in {tracking_uri(uri)}") from None
         source = ref
     else:
-        raise ValueError(f"{ref!r}: expected a run id (32 hex digits) or models:/<model_id>")
+        raise ValueError(
+            f"{ref!r}: expected a run id (32 hex digits or a unique prefix) or models:/<model_id>"
+        )
     version = register(source, name, uri=uri)
     if alias:
         set_alias(name, version, alias, uri=uri, force=force)

@@ -85,6 +85,9 @@ def test_register_a_logged_model_uri_and_download_it(store, tmp_path):
     r = _cli("models", "register", uris["trained"][0], "--name", "by-uri")
     assert r.exit_code == 0, r.output
     assert registry.get_version("by-uri", version=1).run_id == runs["trained"]
+    r = _cli("models", "register", runs["trained"][:8], "--name", "by-prefix")  # as tables show
+    assert r.exit_code == 0, r.output
+    assert registry.get_version("by-prefix", version=1).run_id == runs["trained"]
     r = _cli("models", "download", "by-uri/1", str(tmp_path / "m"))
     assert r.exit_code == 0, r.output
     _, info = load_model_dir(tmp_path / "m")  # the model's own files at the top
@@ -103,7 +106,8 @@ def test_register_errors_name_the_problem(store):
     assert r.exit_code == 2 and "no logged model 'm-" in r.stderr
     r = _cli("models", "register", "not-a-run", "--name", NAME)
     assert (
-        r.exit_code == 2 and "expected a run id (32 hex digits) or models:/<model_id>" in r.stderr
+        r.exit_code == 2
+        and "expected a run id (32 hex digits or a unique prefix) or models:/<model_id>" in r.stderr
     )
     r = _cli("models", "register", runs["trained"])
     assert r.exit_code == 2  # --name is required

@@ -127,3 +127,28 @@ def test_cli_on_the_embedded_store(store, tmp_path):
     assert r.exit_code == 0 and "model.arch" in r.output and "a3" in r.output
     r = runner.invoke(app, ["runs", "compare", runs[0], "0" * 32], env=env)
     assert r.exit_code == 2 and "no run '" + "0" * 32 in r.output
+    # Tables show 8 characters of a run id, and those 8 name the run again.
+    r = runner.invoke(app, ["runs", "list", "--experiment", "emb"], env=env)
+    assert r.exit_code == 0 and all(run[:8] in r.output and run not in r.output for run in runs)
+    r = runner.invoke(app, ["runs", "compare", runs[0][:8], runs[2][:8]], env=env)
+    assert r.exit_code == 0 and "a3" in r.output, r.output
+    r = runner.invoke(app, ["runs", "list", "--sweep", runs[0][:8]], env=env)
+    assert r.exit_code == 0, r.output  # a parent run's prefix names the sweep (no trials here)
+    for bad, says in (("xyz", "32 hex digits"), ("0000", "no run '0000'")):
+        r = runner.invoke(app, ["runs", "compare", runs[0], bad], env=env)
+        assert r.exit_code == 2 and says in r.output, r.output
+
+
+def test_a_run_id_prefix_names_one_run_or_says_which_it_could_be(store):
+    from bratslab.tracking.run_ids import is_run_ref, only_match, resolve_run_id
+
+    _, runs = store
+    assert resolve_run_id(runs[1][:8]) == runs[1] and resolve_run_id(runs[1].upper()) == runs[1]
+    assert resolve_run_id(runs[1]) == runs[1]  # a full id is taken as it is
+    assert is_run_ref(runs[0][:4]) and not is_run_ref("abc") and not is_run_ref("champion")
+    a, b = "abcd" + "0" * 28, "abcd" + "1" * 28
+    with pytest.raises(LookupError, match=r"'abcd' is the start of 2 run ids .*give more"):
+        only_match("abcd", [a, b], "here")
+    assert only_match("abcd0", [a], "here") == a
+    with pytest.raises(LookupError, match="no run 'ffff' in here"):
+        only_match("ffff", [], "here")

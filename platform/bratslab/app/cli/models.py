@@ -166,7 +166,8 @@ def models_register(
     refs: list[str] = typer.Argument(
         None,
         metavar="RUN_ID | models:/MODEL_ID ...",
-        help="A train run id (the model it logged is registered; the newest if it logged "
+        help="A train run id or a unique prefix of one (the model it logged is registered; "
+        "the newest if it logged "
         "several) or a logged model URI, models:/<model_id>. With --ensemble: two or more of "
         "those (or registered versions, models:/NAME/V), or none with --cv-run.",
     ),

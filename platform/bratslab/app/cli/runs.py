@@ -39,6 +39,7 @@ def runs_list(
     from rich.table import Table
 
     from bratslab.tracking import browse
+    from bratslab.tracking.run_ids import short
 
     try:
         rows = browse.list_runs(experiment, sweep, max_results=limit)
@@ -58,7 +59,7 @@ def runs_list(
         table.add_column(m, justify="right")
     for r in rows:
         table.add_row(
-            r.run_id,
+            short(r.run_id),
             r.name,
             r.experiment,
             r.shown_status,
@@ -72,7 +73,9 @@ def runs_list(
 
 @runs_app.command("compare")
 def runs_compare(
-    run_ids: list[str] = typer.Argument(..., help="Two or more run ids."),
+    run_ids: list[str] = typer.Argument(
+        ..., help="Two or more run ids, or unique prefixes of them (tables show 8 characters)."
+    ),
     all_params: bool = typer.Option(
         False, "--all-params", help="Show every param, not only those that differ."
     ),
@@ -81,6 +84,7 @@ def runs_compare(
     from rich.table import Table
 
     from bratslab.tracking import browse
+    from bratslab.tracking.run_ids import short
 
     try:
         rows = browse.get_runs(run_ids)
@@ -90,7 +94,7 @@ def runs_compare(
     metrics = Table(title="metrics (latest value; bold = best)")
     metrics.add_column("metric")
     for r in rows:
-        metrics.add_column(f"{r.name or r.run_id[:8]}\n{r.run_id[:8]}", justify="right")
+        metrics.add_column(f"{r.name or short(r.run_id)}\n{short(r.run_id)}", justify="right")
     for key in sorted(set().union(*(r.metrics for r in rows))):
         values = [r.metrics.get(key) for r in rows]
         present = [v for v in values if v is not None]
@@ -106,7 +110,7 @@ def runs_compare(
     params = Table(title="params" + ("" if all_params else " that differ"))
     params.add_column("param")
     for r in rows:
-        params.add_column(r.name or r.run_id[:8], overflow="fold")
+        params.add_column(r.name or short(r.run_id), overflow="fold")
     for key in shown:
         params.add_row(key, *(r.params.get(key, "-") for r in rows))
     console.print(params)
