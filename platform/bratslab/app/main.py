@@ -11,7 +11,10 @@ import sys
 
 import typer
 
+from bratslab.compat import typer_help
 from bratslab.config import ConfigError
+
+typer_help.install()  # flags without <bool>, arguments as JOB in usage (bratslab.compat)
 
 app = typer.Typer(
     name="bratslab",
