@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 
@@ -12,6 +13,7 @@ export_app = typer.Typer(
     help="Export predictions (Kaggle run-length encoding).", no_args_is_help=True
 )
 
+TTAChoice = Literal["none", "flips", "flips+rot90"]  # --help lists them; others exit 2
 TTA_HELP = "Test-time augmentation: none, flips (8 mirrorings) or flips+rot90 (16 transforms)."
 PP_FILE_HELP = (
     "Post-processing thresholds (JSON written by `bratslab postprocess fit`). Default: those "
@@ -88,7 +90,7 @@ def predict(
     ),
     input: Path = typer.Option(..., "--input", "-i", help="Raw BraTS folder (seg optional)."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for {case}.nii.gz."),
-    tta: str = typer.Option("flips", "--tta", help=TTA_HELP),
+    tta: TTAChoice = typer.Option("flips", "--tta", help=TTA_HELP),
     tta_path: str = typer.Option("auto", "--tta-path", help=TTA_PATH_HELP),
     overlap: float = typer.Option(0.5, "--overlap", help="Sliding-window overlap in [0, 1)."),
     save_probabilities: bool = typer.Option(
@@ -234,7 +236,7 @@ def evaluate_model_cmd(
     model: str = typer.Option(..., "--model", "-m", help="Checkpoint folder or MLflow URI."),
     store: Path = typer.Option(..., "--store", help="Preprocessed store folder."),
     fold: int = typer.Option(0, "--fold", help="Fold whose validation cases are scored."),
-    tta: str = typer.Option("flips", "--tta", help=TTA_HELP),
+    tta: TTAChoice = typer.Option("flips", "--tta", help=TTA_HELP),
     tta_path: str = typer.Option("auto", "--tta-path", help=TTA_PATH_HELP),
     max_cases: int = typer.Option(0, "--max-cases", help="Score only the first N (0: all)."),
     overlap: float = typer.Option(0.5, "--overlap", help="Sliding-window overlap in [0, 1)."),
@@ -306,7 +308,7 @@ def _print_model_metrics(metrics: dict[str, float], title: str) -> None:
 def export_rle_cmd(
     pred: Path = typer.Argument(..., help="Folder of predicted {case}.nii.gz."),
     out: Path = typer.Argument(..., help="CSV to write (id,case,region,shape,rle)."),
-    by: str = typer.Option(
+    by: Literal["regions", "labels"] = typer.Option(
         "regions", "--by", help="One row per region (wt, tc, et) or per label (1, 2, et)."
     ),
     overwrite: bool = typer.Option(

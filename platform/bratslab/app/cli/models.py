@@ -8,6 +8,7 @@ commands so ``bratslab --help`` stays fast.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 
@@ -127,7 +128,9 @@ def models_promote(
         help="Only move the alias if this version beats the current holder on METRIC "
         "(e.g. tta/dice_mean).",
     ),
-    mode: str = typer.Option("max", "--mode", help="With --if-better: max or min is better."),
+    mode: Literal["max", "min"] = typer.Option(
+        "max", "--mode", help="With --if-better: whether a larger or a smaller value is better."
+    ),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Point an alias (default: champion) at a version. The version must have a finite value
@@ -253,7 +256,9 @@ def models_compare_ensemble(
         "members trained on, where every member saw most cases in training; a separate store "
         "(e.g. `data synth --shift strong` → `data preprocess`) is the honest test.",
     ),
-    tta: str = typer.Option("none", "--tta", help="none, flips or flips+rot90."),
+    tta: Literal["none", "flips", "flips+rot90"] = typer.Option(
+        "none", "--tta", help="Test-time augmentation of the comparison."
+    ),
     max_cases: int | None = typer.Option(None, "--max-cases", min=1, help="Score this many."),
     challenge: str = typer.Option("gli", "--challenge", help="Lesion-wise parameters."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),

@@ -8,6 +8,7 @@ configuration error.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 
@@ -61,7 +62,7 @@ def fit_cmd(
         None, "--ref", help="... and the raw BraTS folder with their reference segs."
     ),
     fold: int = typer.Option(0, "--fold", help="Fold whose validation cases are predicted."),
-    tta: str = typer.Option("flips", "--tta", help=TTA_HELP),
+    tta: Literal["none", "flips", "flips+rot90"] = typer.Option("flips", "--tta", help=TTA_HELP),
     tta_path: str = typer.Option("auto", "--tta-path", help=TTA_PATH_HELP),
     out: Path = typer.Option(Path("postprocess.json"), "--out", "-o", help="JSON to write."),
     register_: bool = typer.Option(
