@@ -43,3 +43,12 @@ def test_usage_names_arguments_as_click_does():
     assert "[OPTIONS] RUN_IDS..." in out
     out = CliRunner().invoke(app, ["predict", "--help"], env=env).output
     assert "--no-amp   " in out and "<float>" in out  # a flag has no type; a value has one
+
+
+@pytest.mark.parametrize("command", ["train", "sweep", "predict", "evaluate", "evaluate-model"])
+def test_run_commands_show_examples_of_themselves(command):
+    out = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"}).output
+    lines = out.split("Examples:", 1)[1].split()
+    assert lines.count("bratslab") >= 1 and all(
+        w == command for i, w in enumerate(lines[1:], 1) if lines[i - 1] == "bratslab"
+    ), out

@@ -7,6 +7,7 @@ from typing import Literal
 
 import typer
 
+from bratslab.app.cli import examples
 from bratslab.inference.tta_path import TTA_PATH_HELP, parse_tta_path
 
 export_app = typer.Typer(
@@ -175,8 +176,9 @@ def evaluate(
     metric: str = typer.Option("brats2023", "--metric", help=METRIC_HELP),
     profile: str | None = typer.Option(None, "--profile", help=PROFILE_HELP),
 ) -> None:
-    """Dice, HD95, NSD and BraTS 2023 lesion-wise metrics per case and region, or (with
-    --metric panoptica) the organisers' current panoptica-based metrics per region of a profile.
+    """Score prediction files against reference segs: Dice, HD95, NSD and BraTS 2023
+    lesion-wise metrics per case and region, or (--metric panoptica) the organisers' current
+    panoptica-based metrics per region of a profile. To score a model, see evaluate-model.
 
     A case whose prediction or reference cannot be read is named on stderr and left out; the
     others are scored and written, and the exit status is 1. A reference without a prediction
@@ -248,7 +250,8 @@ def evaluate_model_cmd(
     postprocess: Path | None = typer.Option(None, "--postprocess", help=PP_FILE_HELP),
     no_postprocess: bool = typer.Option(False, "--no-postprocess", help=NO_PP_HELP),
 ) -> None:
-    """Score a model on a fold with TTA and log tta/ metrics to its MLflow run.
+    """Score a model (not prediction files: see evaluate) on a store's fold with TTA and log
+    tta/ metrics to its MLflow run.
 
     When the model carries post-processing thresholds (or with --postprocess FILE), the scores
     after post-processing are shown beside them and logged as pp/ metrics.
@@ -337,7 +340,7 @@ def export_rle_cmd(
 
 def register(app: typer.Typer) -> None:
     """Add this group's commands to the root app."""
-    app.command("predict")(predict)
-    app.command("evaluate")(evaluate)
-    app.command("evaluate-model")(evaluate_model_cmd)
+    app.command("predict", epilog=examples.PREDICT)(predict)
+    app.command("evaluate", epilog=examples.EVALUATE)(evaluate)
+    app.command("evaluate-model", epilog=examples.EVALUATE_MODEL)(evaluate_model_cmd)
     app.add_typer(export_app, name="export")

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import typer
 
+from bratslab.app.cli import examples
+
 
 def register(app: typer.Typer) -> None:
     """Add this group's commands to the root app."""
-    app.command("sweep")(sweep)
+    app.command("sweep", epilog=examples.SWEEP)(sweep)
 
 
 def sweep(

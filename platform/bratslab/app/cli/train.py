@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from bratslab.app.cli import examples
+
 DICE_KEYS = ("val/dice_mean", "val/dice_wt", "val/dice_tc", "val/dice_et")
 
 
@@ -177,4 +179,4 @@ def _train_folds(spec, job: Path, folds_text: str, name, max_parallel: int, cons
 
 def register(app: typer.Typer) -> None:
     """Add this group's commands to the root app."""
-    app.command("train")(train)
+    app.command("train", epilog=examples.TRAIN)(train)
