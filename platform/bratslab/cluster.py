@@ -5,6 +5,7 @@ The only helper that calls ``ray.init``; every Ray-using stage goes through :fun
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -19,6 +20,7 @@ from bratslab.compat.ray_core import (
 )
 from bratslab.console import adopt_library_loggers, route_ray_output
 from bratslab.settings import Settings, get_settings, store_env
+from bratslab.shutdown import abandoned_calls
 
 SECRET_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 # Ray's session folders hold Unix sockets, whose paths must stay under 107 bytes: the embedded
@@ -160,6 +162,27 @@ def pin_worker_address() -> None:
         log.warning("could not pin RAY_ADDRESS in worker %d: %s", os.getpid(), e)
 
 
+def _kill_embedded_workers(wait_s: float = 10.0) -> None:
+    """SIGKILL the embedded instance's worker processes (their process title starts with
+    ``ray::``: ``ray::TrainController.run``, ``ray::IDLE``), and wait for them: what the
+    daemons' own shutdown would end. The daemons and their agents (``ray::DashboardAgent``,
+    ``ray::RuntimeEnvAgent``) stay: the raylet exits when an agent dies, and the driver's core
+    worker then ends the process with status 1."""
+    import psutil  # noqa: I001 - with Ray
+
+    def is_worker(p: psutil.Process) -> bool:
+        with contextlib.suppress(psutil.Error, IndexError):
+            title = p.cmdline()[0]
+            return title.startswith("ray::") and not title.endswith("Agent")
+        return False
+
+    workers = [p for p in psutil.Process().children(recursive=True) if is_worker(p)]
+    for p in workers:
+        with contextlib.suppress(psutil.Error):  # gone already
+            p.kill()
+    psutil.wait_procs(workers, timeout=wait_s)
+
+
 def stop_driver() -> None:
     """A stopping driver (SIGTERM, SIGINT) hands back what its job holds, then leaves Ray.
 
@@ -167,12 +190,26 @@ def stop_driver() -> None:
     placement groups are removed explicitly first, because one a controller was creating as the
     signal arrived can otherwise outlive the job and hold its CPUs (the embedded instance stops
     altogether). Checkpoints already persisted stay.
+
+    While an interrupted blocking call still runs inside Ray (:func:`bratslab.shutdown.leave`)
+    the driver neither disconnects nor stops the embedded instance's daemons (its core worker
+    would exit with status 1 as its raylet went): the workers those daemons started (the Train
+    controller and workers, trial actors) are killed, so that no epoch is logged or checkpoint
+    registered after the run was marked KILLED, and the process is expected to end through
+    ``leave``; the daemons end with it (Ray starts them fate-sharing with the driver).
     """
     import ray
 
     if not ray.is_initialized():
         return
-
+    if abandoned_calls():
+        embedded = bool(_EMBEDDED)
+        _EMBEDDED.clear()
+        if embedded:
+            _kill_embedded_workers()
+        else:
+            remove_job_placement_groups()
+        return
     try:
         # The embedded instance ends with this driver, its groups with it: asking its GCS
         # first only delays the exit (up to a minute when the signal stopped the GCS too).

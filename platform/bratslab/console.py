@@ -7,6 +7,8 @@ goes to a log file:
 
 - bratslab's own logging at INFO (its WARNING and ERROR records also reach the console),
 - the logging of Ray, MLflow, Optuna, SQLAlchemy and Python ``warnings`` in the driver,
+- what native code in the driver writes to descriptor 2 (Ray's C++ core worker's errors,
+  :mod:`bratslab.native_stderr`),
 - the stdout/stderr of every Ray worker and actor (Train workers and controllers, Tune trials,
   Ray's own helper actors) and the raylet's messages, which Ray would otherwise print on the
   driver's console with an ``(Actor pid=…)`` prefix (:mod:`bratslab.compat.ray_logs`).
@@ -39,8 +41,9 @@ from contextlib import contextmanager, redirect_stderr, redirect_stdout, suppres
 from pathlib import Path
 from typing import Any
 
-from bratslab.compat.mlflow_output import silence_eprint
+from bratslab.compat.mlflow_output import silence_eprint, silence_run_urls
 from bratslab.compat.ray_logs import route_worker_output as install
+from bratslab.native_stderr import divert, restore
 from bratslab.settings import get_settings
 
 LOG_FILE = "bratslab.log"
@@ -146,6 +149,7 @@ def configure(command: str | None, verbose: bool) -> None:
     os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("TQDM_DISABLE", "1")
+    silence_run_urls()  # MLflow's "🏃 View run ... at" lines: the summary names the run
     # Ray Tune's console reporter prints its experiment table and a TensorBoard hint even at
     # verbose=0; the legacy reporter prints nothing at verbose=0 (bratslab.tune.tuner).
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -174,6 +178,7 @@ def configure(command: str | None, verbose: bool) -> None:
 
 def _undo() -> None:
     """Remove what an earlier :func:`configure` of this process installed."""
+    restore()
     root = logging.getLogger()
     for h in (_state.console, _state.buffer, _state.file_handler):
         if h is not None:
@@ -336,3 +341,7 @@ def route_ray_output(context: Any = None) -> None:
     adopt_library_loggers()
     if not install(route_worker_output):
         log.debug("Ray's worker-output hooks differ from 2.60: workers print as Ray does")
+    # Ray's C++ core worker prints its errors on descriptor 2 (bratslab.native_stderr).
+    path = log_file()
+    if path is not None and divert(path) and _state.console is not None:
+        _state.console.setStream(sys.stderr)

@@ -78,7 +78,7 @@ def clean_env() -> dict[str, str]:
 NOT_ON_CONSOLE = (
     "pid=", "TrainingReport", "State API", "\x1b[", "tensorboard", "Successfully registered",
     "Created version", "A new study created", "Using an existing study", "Downloading artifacts",
-    "UserWarning", "Token authentication",
+    "UserWarning", "Token authentication", "core_worker.cc", "View run",
 )  # fmt: skip
 
 

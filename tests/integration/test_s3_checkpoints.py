@@ -110,6 +110,7 @@ def _train_then_sigterm(tiny_store: Path, env, cwd: Path, log_file: Path, *sets:
             proc.wait(30)
     assert proc.returncode == 143, f"exit {proc.returncode} after {stopped_in:.1f} s:\n{out}{err}"
     assert "stopped by SIGTERM" in err
+    assert "View run" not in out + err  # MLflow's run-URL lines stay off a quiet console
     return err
 
 
@@ -191,10 +192,11 @@ def test_sigterm_then_rerun_resumes_from_checkpoints_in_s3(
     stopped_epochs = [s for s, _ in metric_history(run_id, "train/loss", uri)]
     assert stopped_epochs and stopped_epochs[0] == 0 and len(stopped_epochs) < EPOCHS
     # Ray's checkpoints are objects in the bucket; the run files are local, nothing else is.
+    # (The worker is killed with the driver, so the checkpoint it was uploading may be partial:
+    # never registered, it is not resumed from.)
     first = _checkpoints(s3_server)
-    assert len(first) >= 1
-    for files in first.values():
-        assert {"model.pt", "model.json", "train_state.pt"} <= files
+    complete = [n for n, f in first.items() if {"model.pt", "model.json", "train_state.pt"} <= f]
+    assert len(complete) >= 1 and len(complete) >= len(first) - 1
     assert (run_dir / "train_log.txt").is_file()
     assert not list(run_dir.glob("epoch*"))  # Ray wrote no checkpoint locally
 

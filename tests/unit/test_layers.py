@@ -63,6 +63,7 @@ ROOT_MODULES = {
     "shutdown": "foundation",
     "cluster": "foundation",
     "console": "foundation",
+    "native_stderr": "foundation",
     "__main__": "app",  # `python -m bratslab` runs the command line
 }
 #: Units whose functions may import bratslab modules (CLI commands import the stage they run).

@@ -13,7 +13,9 @@ import pytest
 from bratslab.shutdown import (
     StopRequest,
     Terminated,
+    abandoned_calls,
     call_interruptibly,
+    leave,
     stop_on_signals,
 )
 
@@ -125,6 +127,45 @@ def test_a_signal_interrupts_a_blocking_call_promptly(sentinel_handlers):
         with pytest.raises(Terminated), stop_on_signals():
             _kill_self(signal.SIGTERM, after_s=0.3)
             call_interruptibly(lambda: release.wait(60))  # blocks, like TorchTrainer.fit()
+        # Still running: the process must not leave through ray.shutdown or atexit.
+        assert [t.name for t in abandoned_calls()] == ["bratslab-blocking"]
     finally:
         release.set()  # let the abandoned helper thread finish
     assert time.monotonic() - t0 < 5
+    for t in abandoned_calls():
+        t.join(5)
+    assert abandoned_calls() == []
+    with pytest.raises(SystemExit) as exit_:  # nothing abandoned: an ordinary exit
+        leave(143)
+    assert exit_.value.code == 143
+
+
+def test_leave_with_an_abandoned_call_skips_the_interpreters_exit(tmp_path):
+    """The abandoned call blocks forever; ``leave`` still ends the process with the code, its
+    printed lines and log records flushed, and no atexit hook runs (Ray's calls ray.shutdown)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    marker, log_file = tmp_path / "atexit-ran", tmp_path / "log.txt"
+    script = textwrap.dedent(f"""
+        import atexit, logging, pathlib, signal, threading, os
+        from bratslab.shutdown import Terminated, call_interruptibly, leave, stop_on_signals
+        logging.basicConfig(filename={str(log_file)!r}, level=logging.INFO)
+        atexit.register(pathlib.Path({str(marker)!r}).touch)
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        try:
+            with stop_on_signals():
+                call_interruptibly(threading.Event().wait)
+        except Terminated as stop:
+            print("stopped", flush=False)
+            logging.info("cleaned up")
+            leave(stop.exit_code)
+    """)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 143, proc.stderr
+    assert proc.stdout == "stopped\n"
+    assert "cleaned up" in log_file.read_text()
+    assert not marker.exists()

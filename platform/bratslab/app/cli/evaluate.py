@@ -8,13 +8,13 @@ from typing import Literal
 import typer
 
 from bratslab.app.cli import examples
+from bratslab.app.cli.choices import ChallengeChoice, TTAChoice, challenge_option, device_option
 from bratslab.inference.tta_path import TTA_PATH_HELP, parse_tta_path
 
 export_app = typer.Typer(
     help="Export predictions (Kaggle run-length encoding).", no_args_is_help=True
 )
 
-TTAChoice = Literal["none", "flips", "flips+rot90"]  # --help lists them; others exit 2
 TTA_HELP = "Test-time augmentation: none, flips (8 mirrorings) or flips+rot90 (16 transforms)."
 PP_FILE_HELP = (
     "Post-processing thresholds (JSON written by `bratslab postprocess fit`). Default: those "
@@ -104,7 +104,7 @@ def predict(
         0, "--workers", help="Prediction actors at most, one case each at a time (0: no cap)."
     ),
     threads: int = typer.Option(1, "--threads", help="CPUs (torch threads) per prediction actor."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    device: str = device_option(),
     no_amp: bool = typer.Option(False, "--no-amp", help="Full float32 (no bf16/fp16 autocast)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo cases already predicted."),
     postprocess: Path | None = typer.Option(None, "--postprocess", help=PP_FILE_HELP),
@@ -160,11 +160,7 @@ def predict(
 def evaluate(
     pred: Path = typer.Option(..., "--pred", help="Folder of predicted {case}.nii.gz."),
     ref: Path = typer.Option(..., "--ref", help="Raw BraTS folder with the reference segs."),
-    challenge: str = typer.Option(
-        "gli",
-        "--challenge",
-        help="Lesion-wise parameters: gli, ssa, ped (d=3, T=50), men (d=1, T=50), met (d=1, T=2).",
-    ),
+    challenge: ChallengeChoice = challenge_option(),
     output: Path = typer.Option(
         Path("metrics.csv"),
         "--output",
@@ -242,7 +238,7 @@ def evaluate_model_cmd(
     tta_path: str = typer.Option("auto", "--tta-path", help=TTA_PATH_HELP),
     max_cases: int = typer.Option(0, "--max-cases", help="Score only the first N (0: all)."),
     overlap: float = typer.Option(0.5, "--overlap", help="Sliding-window overlap in [0, 1)."),
-    challenge: str = typer.Option("gli", "--challenge", help="Lesion-wise parameters."),
+    challenge: ChallengeChoice = challenge_option(),
     run_id: str | None = typer.Option(
         None, "--run-id", help="MLflow run to log to (default: the model's own run)."
     ),

@@ -12,6 +12,7 @@ from typing import Literal
 
 import typer
 
+from bratslab.app.cli.choices import ChallengeChoice, TTAChoice, challenge_option, device_option
 from bratslab.app.cli.output import JSON_HELP, echo_json, fail, fmt, rich_console
 from bratslab.tracking.alias_guard import DEFAULT_SELECTION, SELECTION_TAG
 
@@ -256,12 +257,12 @@ def models_compare_ensemble(
         "members trained on, where every member saw most cases in training; a separate store "
         "(e.g. `data synth --shift strong` → `data preprocess`) is the honest test.",
     ),
-    tta: Literal["none", "flips", "flips+rot90"] = typer.Option(
+    tta: TTAChoice = typer.Option(
         "none", "--tta", help="Test-time augmentation of the comparison."
     ),
     max_cases: int | None = typer.Option(None, "--max-cases", min=1, help="Score this many."),
-    challenge: str = typer.Option("gli", "--challenge", help="Lesion-wise parameters."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
+    challenge: ChallengeChoice = challenge_option(),
+    device: str = device_option(),
     no_log: bool = typer.Option(False, "--no-log", help="Do not log to MLflow."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:

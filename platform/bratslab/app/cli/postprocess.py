@@ -8,10 +8,10 @@ configuration error.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import typer
 
+from bratslab.app.cli.choices import ChallengeChoice, TTAChoice, challenge_option
 from bratslab.inference.tta_path import TTA_PATH_HELP
 
 postprocess_app = typer.Typer(
@@ -62,7 +62,7 @@ def fit_cmd(
         None, "--ref", help="... and the raw BraTS folder with their reference segs."
     ),
     fold: int = typer.Option(0, "--fold", help="Fold whose validation cases are predicted."),
-    tta: Literal["none", "flips", "flips+rot90"] = typer.Option("flips", "--tta", help=TTA_HELP),
+    tta: TTAChoice = typer.Option("flips", "--tta", help=TTA_HELP),
     tta_path: str = typer.Option("auto", "--tta-path", help=TTA_PATH_HELP),
     out: Path = typer.Option(Path("postprocess.json"), "--out", "-o", help="JSON to write."),
     register_: bool = typer.Option(
@@ -73,7 +73,7 @@ def fit_cmd(
     ),
     max_cases: int = typer.Option(0, "--max-cases", help="Use only the first N cases (0: all)."),
     overlap: float = typer.Option(0.5, "--overlap", help="Sliding-window overlap in [0, 1)."),
-    challenge: str = typer.Option("gli", "--challenge", help="Lesion-wise parameters (d, T)."),
+    challenge: ChallengeChoice = challenge_option(),
     stress: int = typer.Option(
         0,
         "--stress",

@@ -36,7 +36,7 @@ def sweep(
 
     from bratslab.config import ConfigError
     from bratslab.names import check_name
-    from bratslab.shutdown import Terminated
+    from bratslab.shutdown import Terminated, leave
     from bratslab.tune.sweep import resume_sweep, start_sweep
     from bratslab.tune.trial_states import tally_line
 
@@ -64,7 +64,7 @@ def sweep(
             f"[yellow]stopped by {stop.reason}: continue with `bratslab sweep --resume NAME` "
             "(the sweep's folder name under $BRATSLAB_HOME/sweeps)[/yellow]"
         )
-        raise typer.Exit(stop.exit_code) from None
+        leave(stop.exit_code)  # os._exit if a Ray call is still blocked
 
     table = Table(title=f"sweep {outcome.name}")
     for col in ("trial", "status", "epochs", "best val", "TTA"):

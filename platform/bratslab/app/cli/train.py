@@ -44,7 +44,7 @@ def train(
     from bratslab.config import ConfigError
     from bratslab.jobs.spec import load_job
     from bratslab.names import check_name
-    from bratslab.shutdown import Terminated
+    from bratslab.shutdown import Terminated, leave
     from bratslab.train.trainer import run_training
 
     if name is not None:
@@ -68,7 +68,7 @@ def train(
             f"[yellow]stopped by {stop.reason}[/]: rerun the same command to resume "
             "from the latest checkpoint"
         )
-        raise typer.Exit(stop.exit_code) from None
+        leave(stop.exit_code)  # os._exit if a Ray call is still blocked
     except Exception as e:  # a Ray Train run that failed: one line naming why, exit 1
         _training_failed(e, name or spec.name, spec.scaling.max_failures)
     _summary(out, time.monotonic() - t0, console)
@@ -129,7 +129,7 @@ def _train_folds(spec, job: Path, folds_text: str, name, max_parallel: int, cons
 
     from bratslab.config import ConfigError
     from bratslab.data.store import Store
-    from bratslab.shutdown import Terminated
+    from bratslab.shutdown import Terminated, leave
     from bratslab.train.folds import FoldsFailed, fold_table, parse_folds, run_cv
 
     try:
@@ -149,7 +149,7 @@ def _train_folds(spec, job: Path, folds_text: str, name, max_parallel: int, cons
             f"[yellow]stopped by {stop.reason}[/]: rerun the same command to resume the "
             "unfinished folds (finished ones are kept)"
         )
-        raise typer.Exit(stop.exit_code) from None
+        leave(stop.exit_code)  # os._exit if a Ray call is still blocked
     except FoldsFailed as e:
         outcome, failed = e.outcome, e
     table = Table(title=f"cross-validation {outcome.name} (parent run {outcome.parent_run_id})")

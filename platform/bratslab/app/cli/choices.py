@@ -1,0 +1,39 @@
+"""Options that take one of a fixed set of values, shared by the commands that have them.
+
+A ``Literal`` annotation makes Typer list the values in ``--help`` and refuse any other with
+exit 2 naming the allowed ones; ``--device`` also takes ``cuda:N``, so a callback checks it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import typer
+
+TTAChoice = Literal["none", "flips", "flips+rot90"]
+# The keys of bratslab.evaluate.lesionwise.CHALLENGES (a unit test keeps them equal).
+ChallengeChoice = Literal["gli", "ssa", "ped", "men", "met"]
+CHALLENGE_HELP = (
+    "Lesion-wise parameters: gli, ssa, ped (dilation 3, volume threshold 50 mm³), "
+    "men (1, 50 mm³), met (1, 2 mm³)."
+)
+DEVICE_HELP = "auto (CUDA when present), cpu, cuda or cuda:N."
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def check_device(value: str) -> str:
+    """``--device``'s callback: one of auto, cpu, cuda, cuda:N, else exit 2 saying so."""
+    if not _DEVICE.fullmatch(value):
+        raise typer.BadParameter(f"{value!r} is not one of auto, cpu, cuda, cuda:N.")
+    return value
+
+
+def device_option() -> str:
+    """A ``--device`` option (default auto), checked before anything is loaded."""
+    return typer.Option("auto", "--device", help=DEVICE_HELP, callback=check_device)
+
+
+def challenge_option() -> ChallengeChoice:
+    """A ``--challenge`` option (default gli)."""
+    return typer.Option("gli", "--challenge", help=CHALLENGE_HELP)
