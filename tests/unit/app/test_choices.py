@@ -3,12 +3,11 @@ any model or folder is touched, naming the allowed values."""
 
 from __future__ import annotations
 
-import typing
-
 import pytest
 from typer.testing import CliRunner
 
-from bratslab.app.cli.choices import ChallengeChoice
+from bratslab.app.cli.choices import CHALLENGES as CHALLENGE_CHOICES
+from bratslab.app.cli.choices import check_challenge
 from bratslab.app.main import app
 from bratslab.evaluate.lesionwise import CHALLENGES
 
@@ -17,7 +16,12 @@ MISSING = "/nonexistent/model"  # never reached: the option is checked first
 
 
 def test_the_challenge_choices_are_the_lesionwise_parameter_sets():
-    assert sorted(typing.get_args(ChallengeChoice)) == sorted(CHALLENGES)
+    assert sorted(CHALLENGE_CHOICES) == sorted(CHALLENGES)
+
+
+@pytest.mark.parametrize("given", ["gli", "GLI", "BraTS-GLI", "brats-gli"])
+def test_a_challenge_is_read_as_the_scoring_code_reads_it(given):
+    assert check_challenge(given) == "gli"
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from typing import Literal
 import typer
 
 from bratslab.app.cli import examples
-from bratslab.app.cli.choices import ChallengeChoice, TTAChoice, challenge_option, device_option
+from bratslab.app.cli.choices import TTAChoice, challenge_option, device_option
 from bratslab.inference.tta_path import TTA_PATH_HELP, parse_tta_path
 
 export_app = typer.Typer(
@@ -160,7 +160,7 @@ def predict(
 def evaluate(
     pred: Path = typer.Option(..., "--pred", help="Folder of predicted {case}.nii.gz."),
     ref: Path = typer.Option(..., "--ref", help="Raw BraTS folder with the reference segs."),
-    challenge: ChallengeChoice = challenge_option(),
+    challenge: str = challenge_option(),
     output: Path = typer.Option(
         Path("metrics.csv"),
         "--output",
@@ -238,7 +238,7 @@ def evaluate_model_cmd(
     tta_path: str = typer.Option("auto", "--tta-path", help=TTA_PATH_HELP),
     max_cases: int = typer.Option(0, "--max-cases", help="Score only the first N (0: all)."),
     overlap: float = typer.Option(0.5, "--overlap", help="Sliding-window overlap in [0, 1)."),
-    challenge: ChallengeChoice = challenge_option(),
+    challenge: str = challenge_option(),
     run_id: str | None = typer.Option(
         None, "--run-id", help="MLflow run to log to (default: the model's own run)."
     ),

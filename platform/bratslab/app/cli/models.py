@@ -12,7 +12,7 @@ from typing import Literal
 
 import typer
 
-from bratslab.app.cli.choices import ChallengeChoice, TTAChoice, challenge_option, device_option
+from bratslab.app.cli.choices import TTAChoice, challenge_option, device_option
 from bratslab.app.cli.output import JSON_HELP, echo_json, fail, fmt, rich_console
 from bratslab.tracking.alias_guard import DEFAULT_SELECTION, SELECTION_TAG
 
@@ -261,7 +261,7 @@ def models_compare_ensemble(
         "none", "--tta", help="Test-time augmentation of the comparison."
     ),
     max_cases: int | None = typer.Option(None, "--max-cases", min=1, help="Score this many."),
-    challenge: ChallengeChoice = challenge_option(),
+    challenge: str = challenge_option(),
     device: str = device_option(),
     no_log: bool = typer.Option(False, "--no-log", help="Do not log to MLflow."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),

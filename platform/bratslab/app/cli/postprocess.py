@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from bratslab.app.cli.choices import ChallengeChoice, TTAChoice, challenge_option
+from bratslab.app.cli.choices import TTAChoice, challenge_option
 from bratslab.inference.tta_path import TTA_PATH_HELP
 
 postprocess_app = typer.Typer(
@@ -73,7 +73,7 @@ def fit_cmd(
     ),
     max_cases: int = typer.Option(0, "--max-cases", help="Use only the first N cases (0: all)."),
     overlap: float = typer.Option(0.5, "--overlap", help="Sliding-window overlap in [0, 1)."),
-    challenge: ChallengeChoice = challenge_option(),
+    challenge: str = challenge_option(),
     stress: int = typer.Option(
         0,
         "--stress",
