@@ -85,7 +85,8 @@ def close_stopped(name: str, run_id: str, stop) -> None:
     """Close the MLflow run of a job stopped by a signal: KILLED, with the signal as a tag."""
     mlflow_runs.set_tags(run_id, {STOP_REASON_TAG: stop.reason})
     mlflow_runs.end_run(run_id, "KILLED")
-    log.warning(
+    # The log file's record; the console's line is the CLI's ("stopped by SIGTERM: rerun ...").
+    log.info(
         "job %s stopped by %s: MLflow run %s marked KILLED; rerun the same name to resume "
         "from its latest checkpoint",
         name,
