@@ -1,13 +1,13 @@
 """Options that take one of a fixed set of values, shared by the commands that have them.
 
 A ``Literal`` annotation makes Typer list the values in ``--help`` and refuse any other with
-exit 2 naming the allowed ones. ``--device`` also takes ``cuda:N`` and ``--challenge`` is read
-as the scoring code reads it (any case, ``BraTS-`` prefix allowed), so callbacks check those.
+exit 2 naming the allowed ones. ``--device`` takes any device torch knows and ``--challenge``
+is read as the scoring code reads it (any case, ``BraTS-`` prefix allowed), so callbacks check
+those.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 import typer
@@ -21,13 +21,21 @@ CHALLENGE_HELP = (
     "men (1, 50 mm³), met (1, 2 mm³)."
 )
 DEVICE_HELP = "auto (CUDA when present), cpu, cuda or cuda:N."
-_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 def check_device(value: str) -> str:
-    """``--device``'s callback: one of auto, cpu, cuda, cuda:N, else exit 2 saying so."""
-    if not _DEVICE.fullmatch(value):
-        raise typer.BadParameter(f"{value!r} is not one of auto, cpu, cuda, cuda:N.")
+    """``--device``'s callback: ``auto`` or a device torch knows (``cpu``, ``cuda``,
+    ``cuda:N``, ``mps``...), read by the same function that later picks it; else exit 2."""
+    if value == "auto":  # no torch import for the default
+        return value
+    from bratslab.inference.model_loading import resolve_device
+
+    try:
+        resolve_device(value)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value!r} is not a device: auto, cpu, cuda, cuda:N (or another torch device)."
+        ) from None
     return value
 
 
