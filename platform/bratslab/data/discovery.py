@@ -26,7 +26,9 @@ def discover_cases(raw_dir: str | Path, profile: str | None = None) -> list[RawC
     A case id found in two folders becomes a problem of that case (it is quarantined).
 
     An nnU-Net raw dataset (``dataset.json`` + ``imagesTr/``) is read by
-    :func:`bratslab.data.nnunet.discover_nnunet` instead (its labels mapped to ``profile``'s).
+    :func:`bratslab.data.nnunet.discover_nnunet` instead (its labels mapped to ``profile``'s),
+    and so is its ``imagesTs/`` or ``imagesTr/`` folder alone (only that folder's cases), the
+    folder nnU-Net's own ``predict -i`` takes.
 
     Raises:
         FileNotFoundError: ``raw_dir`` does not exist.
@@ -37,6 +39,8 @@ def discover_cases(raw_dir: str | Path, profile: str | None = None) -> list[RawC
         raise FileNotFoundError(f"{raw_dir}: no such folder")
     if nnunet.is_nnunet_raw(raw_dir):
         return nnunet.discover_nnunet(raw_dir, profile)
+    if raw_dir.name in nnunet.SPLITS and nnunet.is_nnunet_raw(raw_dir.resolve().parent):
+        return nnunet.discover_nnunet(raw_dir.resolve().parent, profile, (raw_dir.name,))
     groups: dict[tuple[Path, str], list[tuple[str, str, Path]]] = defaultdict(list)
     for path in sorted(raw_dir.rglob("*")):
         if not path.is_file() or path.name.startswith("."):

@@ -199,12 +199,22 @@ def read_dataset_json(folder: str | Path, profile: str | None = None) -> dict:
     }
 
 
-def discover_nnunet(folder: str | Path, profile: str | None = None) -> list[RawCase]:
-    """Every case of imagesTr (with labelsTr) and imagesTs, sorted by id."""
+SPLITS = ("imagesTr", "imagesTs")
+
+
+def discover_nnunet(
+    folder: str | Path, profile: str | None = None, splits: tuple[str, ...] = SPLITS
+) -> list[RawCase]:
+    """Every case of imagesTr (with labelsTr) and imagesTs (``splits``: only these), sorted by
+    id. Each case's ``relabel`` maps the dataset's label values to the profile's: a labelsTr
+    segmentation is read through it, and ``predict`` writes the inverse (the dataset's own
+    values, as nnU-Net's predictions have them)."""
     folder = Path(folder)
     info = read_dataset_json(folder, profile)
     cases: dict[str, RawCase] = {}
     for split, labelled in (("imagesTr", True), ("imagesTs", False)):
+        if split not in splits:
+            continue
         groups: dict[str, dict[str, Path]] = {}
         problems: dict[str, list[tuple[str, str]]] = {}
         images = folder / split
@@ -236,7 +246,7 @@ def discover_nnunet(folder: str | Path, profile: str | None = None) -> list[RawC
                 et_label=get_profile(info["profile"]).et_label or 3,
                 problems=probs,
                 profile=info["profile"],
-                relabel=info["relabel"] if labelled else None,
+                relabel=info["relabel"],
             )
     return [cases[k] for k in sorted(cases)]
 

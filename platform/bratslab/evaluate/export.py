@@ -11,7 +11,9 @@ Format (the convention of Kaggle segmentation competitions):
 ``id,case,region,shape,rle``: ``id`` is ``{case}_{region}`` (Kaggle's row key), ``shape`` the
 volume shape as ``XxYxZ`` so a row can be decoded on its own. Regions are WT, TC and ET (what the
 models predict); ``--by labels`` writes the labels 1, 2 and ET instead (ET = 3 or 4, whichever the
-file's convention uses).
+file's convention uses). With a challenge profile (``--profile``, :mod:`bratslab.data.profiles`)
+the rows are the profile's regions (ET, NETC, SNFH, RC, TC, WT for post-treatment glioma) or
+its labels by name (``netc``, ``snfh``, ``et``, ``rc``).
 
 A prediction that cannot be read (truncated, not 3-D, bad labels) is reported with its file and
 the reason and left out while the other cases are exported; a folder without any prediction is
@@ -30,6 +32,7 @@ import numpy as np
 
 from bratslab.atomic import write_text
 from bratslab.data.labels import REGIONS
+from bratslab.data.profiles import get_profile
 from bratslab.evaluate.label_maps import (
     prediction_files,
     read_label_map,
@@ -91,12 +94,21 @@ def rle_decode(rle: str, shape: Sequence[int]) -> np.ndarray:
     return flat.reshape(tuple(shape), order="F")
 
 
-def label_masks(labels: np.ndarray, by: str = "regions") -> dict[str, np.ndarray]:
+def label_masks(
+    labels: np.ndarray, by: str = "regions", profile: str | None = None
+) -> dict[str, np.ndarray]:
     """Label map ``(X, Y, Z)`` (ET = 3 or 4) → named bool masks.
 
     ``by="regions"``: ``wt`` (>0), ``tc`` (1 or ET), ``et``; ``by="labels"``: ``1``, ``2``, ``et``.
+    With ``profile``: its regions (its own names and label unions), or its labels by name.
     """
     labels = np.asarray(labels)
+    if profile is not None:
+        prof = get_profile(profile)
+        if by == "regions":
+            return {r: np.isin(labels, members) for r, members in prof.regions.items()}
+        if by == "labels":
+            return {name.lower().replace("/", "_"): labels == v for v, name in prof.labels.items()}
     et = (labels == 3) | (labels == 4)  # no BraTS convention uses both 3 and 4
     if by == "regions":
         return {"wt": labels > 0, "tc": (labels == 1) | et, "et": et}
@@ -105,12 +117,15 @@ def label_masks(labels: np.ndarray, by: str = "regions") -> dict[str, np.ndarray
     raise ValueError(f"by must be one of {MASK_SETS}, not {by!r}")
 
 
-def case_rle_rows(case: str, labels: np.ndarray, by: str = "regions") -> list[dict[str, str]]:
-    """Rows ``{id, case, region, shape, rle}`` of one label map ``(X, Y, Z)``."""
+def case_rle_rows(
+    case: str, labels: np.ndarray, by: str = "regions", profile: str | None = None
+) -> list[dict[str, str]]:
+    """Rows ``{id, case, region, shape, rle}`` of one label map ``(X, Y, Z)`` (names: see
+    :func:`label_masks`)."""
     shape = "x".join(map(str, labels.shape))
     return [
         {"id": f"{case}_{name}", "case": case, "region": name, "shape": shape, "rle": rle_encode(m)}
-        for name, m in label_masks(labels, by).items()
+        for name, m in label_masks(labels, by, profile).items()
     ]
 
 
@@ -125,7 +140,11 @@ def iter_rle_rows(pred_dir: str | Path, by: str = "regions") -> Iterator[dict[st
 
 
 def export_rle(
-    pred_dir: str | Path, out_csv: str | Path, by: str = "regions", overwrite: bool = False
+    pred_dir: str | Path,
+    out_csv: str | Path,
+    by: str = "regions",
+    overwrite: bool = False,
+    profile: str | None = None,
 ) -> ExportReport:
     """Write the RLE CSV of every readable prediction in ``pred_dir`` atomically; an existing
     ``out_csv`` (a submission already made) is replaced only with ``overwrite``.
@@ -144,6 +163,8 @@ def export_rle(
         raise ValueError(f"{out_csv}: exists; pass --overwrite to replace it")
     if by not in MASK_SETS:
         raise ValueError(f"by must be one of {MASK_SETS}, not {by!r}")
+    if profile is not None:
+        profile = get_profile(profile).name  # ValueError naming the known ones
     files = prediction_files(pred_dir)
     if not files:
         raise NoPredictionsError(
@@ -153,14 +174,24 @@ def export_rle(
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
-    for case, _, labels in readable_label_maps(files, report.failures):
-        rows = case_rle_rows(case, labels, by)
+    for case, path, labels in readable_label_maps(files, report.failures):
+        if profile is not None and (bad := profile_label_problem(labels, profile)):
+            report.failures.append({"case": case, "file": str(path), "reason": bad})
+            continue
+        rows = case_rle_rows(case, labels, by, profile)
         writer.writerows(rows)
         report.rows += len(rows)
         report.cases.append(case)
     if report.cases:
         write_text(out_csv, buf.getvalue())
     return report
+
+
+def profile_label_problem(labels: np.ndarray, profile: str) -> str | None:
+    """Why a label map does not fit ``profile`` (values outside its labels), or None."""
+    allowed = get_profile(profile).allowed_labels
+    bad = sorted(set(np.unique(labels).tolist()) - set(allowed))
+    return f"labels {bad} outside the {profile} convention {allowed}" if bad else None
 
 
 def read_rle_csv(path: str | Path) -> dict[tuple[str, str], np.ndarray]:

@@ -24,12 +24,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bratslab.data.labels import (
-    REGIONS,
-    labels_to_regions,
-    probabilities_to_regions,
-    regions_to_labels,
-)
+from bratslab.data.labels import REGIONS, labels_to_regions, regions_to_labels
+from bratslab.data.profiles import get_profile
+from bratslab.data.region_set import RegionSet, predicted_masks, region_set, scored_masks
 from bratslab.data.store import Store
 from bratslab.evaluate.metrics import region_metrics
 from bratslab.evaluate.score_report import progress_bar
@@ -86,8 +83,9 @@ class Validation:
 
 @dataclass
 class ValPrediction:
-    """One predicted validation case: bool regions ``(3, X, Y, Z)`` (WT, TC, ET) of the
-    prediction and of the reference, and the voxel spacing in mm."""
+    """One predicted validation case: bool regions ``(S, X, Y, Z)`` of the prediction and of the
+    reference, one per scored region of the model's profile (WT, TC, ET for BraTS 2021/2023),
+    and the voxel spacing in mm."""
 
     case_id: str
     pred: np.ndarray
@@ -114,6 +112,7 @@ def validation_cases(
         )  # fmt: skip
     if not 0 <= fold < st.num_folds:
         raise ValueError(f"{store}: fold {fold} out of range (store has {st.num_folds} folds)")
+    check_same_regions(payload.regions, region_set(st.profile), str(model_ref), str(store))
     labelled = set(st.labeled_ids())
     cases = [c for c in st.case_ids(fold=fold, split="val") if c in labelled]
     if max_cases:
@@ -121,6 +120,21 @@ def validation_cases(
     if not cases:
         raise ValueError(f"{store}: fold {fold} has no labelled validation cases")
     return Validation(str(model_ref), payload, st, fold, cases)
+
+
+def check_same_regions(model: RegionSet, store: RegionSet, model_ref: str, where: str) -> None:
+    """A model scores only on a store of its own profile's regions (the BraTS 2021 and 2023
+    stores share theirs).
+
+    Raises:
+        ValueError: the profiles' regions differ (both are named).
+    """
+    if model.scored != store.scored or model.members != store.members:
+        raise ValueError(
+            f"{model_ref} predicts the {model.profile} regions "
+            f"({', '.join(r.upper() for r in model.scored)}), but {where} holds "
+            f"{store.profile} cases ({', '.join(r.upper() for r in store.scored)})"
+        )
 
 
 def predict_validation(
@@ -160,8 +174,8 @@ def predict_validation(
                 amp=amp,
                 tta_path=tta_path,
             )
-            gt = labels_to_regions(y)
-            pred = probabilities_to_regions(probs, output)
+            gt = scored_masks(y, val.payload.regions)
+            pred = predicted_masks(probs, output, val.payload.regions)
             yield ValPrediction(cid_k, pred, gt, tuple(st.meta(cid).zooms))
             advance(f"evaluate {cid_k}")
 
@@ -182,14 +196,17 @@ def _cases_and_stressed_copies(
             yield (cid, cid_k, *stress_case(x, y, zlib.crc32(cid_k.encode())))
 
 
-def score_case(pred: np.ndarray, gt: np.ndarray, spacing, challenge: str) -> dict[str, float]:
-    """Legacy Dice and HD95 and lesion-wise Dice per region of bool ``(3, X, Y, Z)`` masks."""
+def score_case(
+    pred: np.ndarray, gt: np.ndarray, spacing, challenge: str, regions=REGIONS
+) -> dict[str, float]:
+    """Legacy Dice and HD95 and lesion-wise Dice per region of bool ``(R, X, Y, Z)`` masks named
+    ``regions`` (default WT, TC, ET)."""
     from bratslab.evaluate.lesionwise import region_lesion_metrics
 
-    legacy = region_metrics(pred, gt, spacing)
-    lesion = region_lesion_metrics(pred, gt, spacing, challenge)
+    legacy = region_metrics(pred, gt, spacing, regions=regions)
+    lesion = region_lesion_metrics(pred, gt, spacing, challenge, regions=regions)
     row = {}
-    for r in REGIONS:
+    for r in regions:
         row[f"dice_{r}"] = legacy[r]["dice"]
         row[f"hd95_{r}"] = legacy[r]["hd95"]
         row[f"lesion_dice_{r}"] = lesion[r].lesion_dice
@@ -203,14 +220,14 @@ def postprocessed_regions(pred: np.ndarray, cfg: PostprocessConfig) -> np.ndarra
     return labels_to_regions(postprocess_labels(regions_to_labels(pred), cfg))
 
 
-def summarise(per_case: list[dict[str, float]], prefix: str) -> dict[str, float]:
-    """Means over cases as ``{prefix}{key}``, plus ``{prefix}{name}_mean`` over regions."""
+def summarise(per_case: list[dict[str, float]], prefix: str, regions=REGIONS) -> dict[str, float]:
+    """Means over cases as ``{prefix}{key}``, plus ``{prefix}{name}_mean`` over ``regions``."""
     metrics: dict[str, float] = {}
     for key in per_case[0]:
         metrics[f"{prefix}{key}"] = float(np.mean([row[key] for row in per_case]))
     for name in ("dice", "hd95", "lesion_dice"):
         metrics[f"{prefix}{name}_mean"] = float(
-            np.mean([metrics[f"{prefix}{name}_{r}"] for r in REGIONS])
+            np.mean([metrics[f"{prefix}{name}_{r}"] for r in regions])
         )
     metrics[f"{prefix}cases"] = float(len(per_case))
     return metrics
@@ -250,27 +267,42 @@ def evaluate_model(
 
     Returns:
         ``{"tta/dice_wt", "tta/dice_tc", "tta/dice_et", "tta/dice_mean", "tta/hd95_*",
-        "tta/lesion_dice_*", "tta/cases"}`` — means over the scored cases — and the same
-        keys under ``pp/`` when post-processing applies.
+        "tta/lesion_dice_*", "tta/cases"}`` — means over the scored cases, per region of the
+        model's profile (WT, TC, ET; the six of post-treatment glioma, whose lesion-wise
+        parameters are the profile's) — and the same keys under ``pp/`` when post-processing
+        applies (WT/TC/ET models only).
     """
     val = validation_cases(model_ref, store, fold, max_cases)
     pp = resolve_postprocess(postprocess, str(model_ref))
+    rs = val.payload.regions
+    names = tuple(rs.scored)
+    lesion_params = challenge if rs.legacy else profile_lesion_params(rs.profile)
+    if pp is not None and not rs.legacy:
+        log.warning("%s: post-processing thresholds are WT/TC/ET's; not applied", rs.profile)
+        pp = None
     per_case: list[dict[str, float]] = []
     per_case_pp: list[dict[str, float]] = []
     for case in predict_validation(
         val, tta, overlap=overlap, device=device, amp=amp, progress=progress, tta_path=tta_path
     ):
-        per_case.append(score_case(case.pred, case.gt, case.spacing, challenge))
+        per_case.append(score_case(case.pred, case.gt, case.spacing, lesion_params, names))
         if pp is not None:
             pred_pp = postprocessed_regions(case.pred, pp)
             per_case_pp.append(score_case(pred_pp, case.gt, case.spacing, challenge))
 
-    metrics = summarise(per_case, "tta/")
+    metrics = summarise(per_case, "tta/", names)
     if per_case_pp:
         metrics.update(summarise(per_case_pp, PP_PREFIX))
     if log_to_mlflow:
         _log_metrics(model_ref, run_id, metrics, val.payload.info, tta, fold)
     return metrics
+
+
+def profile_lesion_params(profile: str):
+    """The BraTS 2023-family lesion-wise parameters of a profile (dilation, small-lesion floor)."""
+    from bratslab.evaluate.lesionwise import profile_params
+
+    return profile_params(get_profile(profile))
 
 
 def _log_metrics(model_ref, run_id, metrics, info, tta: str, fold: int) -> None:

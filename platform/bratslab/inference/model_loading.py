@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bratslab.config import validate
+from bratslab.data.region_set import RegionSet, model_region_set
 from bratslab.models.config import ModelConfig
 from bratslab.tracking.model_folder import is_ensemble_dir, member_path, read_ensemble
 from bratslab.tracking.model_store import fetch_model_dir
@@ -53,6 +54,12 @@ class ModelPayload:
     def output(self) -> str:
         """``"regions"`` (sigmoid WT/TC/ET) or ``"labels"`` (softmax over store labels)."""
         return self.info["model"].get("output", "regions")
+
+    @property
+    def regions(self) -> RegionSet:
+        """The regions the model outputs and is scored on (its profile's; BraTS 2023's for
+        models trained before profiles existed)."""
+        return model_region_set(self.info)
 
 
 def load_payload(ref: str | Path) -> ModelPayload:
@@ -96,7 +103,7 @@ def member_payloads(payloads: list[ModelPayload]) -> list[ModelPayload]:
 
 
 def check_ensemble(payloads: list[ModelPayload]) -> None:
-    """Ensemble members must share preprocessing, patch size and output kind."""
+    """Ensemble members must share preprocessing, patch size, output kind and regions."""
     if not payloads:
         raise ValueError("predict needs at least one model")
     payloads = member_payloads(payloads)
@@ -109,6 +116,11 @@ def check_ensemble(payloads: list[ModelPayload]) -> None:
                 )
         if p.info["model"].get("output") != first.info["model"].get("output"):
             raise ValueError(f"ensemble: {p.source} and {first.source} differ in output kind")
+        if p.regions != first.regions:
+            raise ValueError(
+                f"ensemble: {p.source} predicts the {p.regions.profile} regions, "
+                f"{first.source} the {first.regions.profile} ones"
+            )
 
 
 def load_member_models(ref: str | Path) -> tuple[list[Any], dict[str, Any]]:

@@ -54,9 +54,17 @@ def fit_model(
 
     The predictions become label maps as ``bratslab predict`` writes them (nested
     reconstruction) before the fit, so the thresholds are fitted on what they will be applied to.
+
+    Raises:
+        ValueError: the model is not a WT/TC/ET one (e.g. post-treatment glioma's regions).
     """
     fit = fit or FitConfig()
     val = validation_cases(model_ref, store, fold, max_cases)
+    if not val.payload.regions.legacy:
+        raise ValueError(
+            f"{model_ref}: post-processing thresholds are fitted for WT/TC/ET; this model "
+            f"predicts the {val.payload.regions.profile} regions"
+        )
     cases = [
         FitCase(p.case_id, regions_to_labels(p.pred), p.gt, p.spacing)
         for p in predict_validation(

@@ -2,7 +2,8 @@
 
 Per case: preprocess exactly as at training time (the :class:`PreprocessConfig` recorded in the
 model's ``model.json``), sliding-window + TTA inference in store space, threshold (region models)
-or argmax (label models), labels in the case's own convention (ET 4 for BraTS 2021, 3 for 2023+),
+or argmax (label models), labels in the case's own convention (ET 4 for BraTS 2021, 3 for 2023+;
+a post-treatment model's RC 4; an nnU-Net dataset's own label values),
 small components removed when the model carries post-processing thresholds
 (:mod:`bratslab.postprocess`, ``PredictConfig.postprocess``), then undo the crop and padding
 (:func:`restore_to_source`) and write ``PRED/{case}.nii.gz`` with the source affine and header.
@@ -36,9 +37,9 @@ from bratslab.cluster import ensure_ray
 from bratslab.config import validate
 from bratslab.data.config import PreprocessConfig
 from bratslab.data.discovery import discover_cases
-from bratslab.data.labels import probabilities_to_labels
 from bratslab.data.layout import RawCase
 from bratslab.data.preprocess import CaseInvalid, preprocess_case, restore_to_source
+from bratslab.data.region_set import model_region_set, predicted_source_labels
 from bratslab.evaluate.score_report import progress_bar
 from bratslab.inference.config import PredictConfig
 from bratslab.inference.model_loading import (
@@ -119,7 +120,9 @@ def predict_case(
             tta_path=cfg.tta_path,
         )
         meta = pre.meta
-        labels = probabilities_to_labels(probs, output, case.et_label, cfg.threshold)
+        labels = predicted_source_labels(
+            probs, output, model_region_set(info), case.et_label, cfg.threshold, case.relabel
+        )
         if isinstance(cfg.postprocess, PostprocessConfig):  # resolved by predict_folder
             labels = postprocess_labels(labels, cfg.postprocess, case.et_label)
         affine, header = meta.affine_array(), meta.header()
@@ -332,6 +335,21 @@ def check_output_dir(out_dir: str | Path) -> None:
             return
 
 
+def check_postprocess_regions(pp: PostprocessConfig | None, payload: ModelPayload) -> None:
+    """Post-processing thresholds are WT/TC/ET's: refused for a model of another profile.
+
+    Raises:
+        ValueError: thresholds were given (or carried by the model) for such a model.
+    """
+    rs = model_region_set(payload.info)
+    if pp is not None and not rs.legacy:
+        raise ValueError(
+            f"post-processing thresholds cover WT/TC/ET only; {payload.source} predicts the "
+            f"{rs.profile} regions ({', '.join(r.upper() for r in rs.scored)}): "
+            "leave them out (--no-postprocess)"
+        )
+
+
 def predict_folder(
     model_refs: list[str] | str,
     raw_dir: str | Path,
@@ -359,6 +377,7 @@ def predict_folder(
     payloads = member_payloads([load_payload(r) for r in refs])
     check_ensemble(payloads)
     pp = resolve_postprocess(cfg.postprocess, refs)
+    check_postprocess_regions(pp, payloads[0])
     cfg = cfg.model_copy(update={"postprocess": pp if pp is not None else "none"})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

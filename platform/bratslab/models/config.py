@@ -169,7 +169,10 @@ class ModelConfig(StrictModel):
         default=5, ge=1, description="Input channels: 4 modalities, or 5 with the foreground mask."
     )
     out_channels: int = Field(
-        default=3, ge=1, description="Output channels: 3 regions (WT, TC, ET) or 4 labels."
+        default=3,
+        ge=1,
+        description="Output channels: one per region (3: WT, TC, ET; 4 with a post-treatment "
+        "profile's RC) or one per store label; training sets it from the store's profile.",
     )
     output: Literal["regions", "labels"] = Field(
         default="regions",
@@ -191,11 +194,6 @@ class ModelConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check_output(self) -> ModelConfig:
-        if self.output == "regions" and self.out_channels != 3:
-            raise ValueError(
-                f"output='regions' needs out_channels=3 (WT, TC, ET), got {self.out_channels}; "
-                "use output='labels' for a softmax over labels"
-            )
         if self.output == "labels" and self.out_channels < 2:
             raise ValueError("output='labels' needs out_channels >= 2 (background + labels)")
         return self

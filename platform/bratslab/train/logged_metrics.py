@@ -14,3 +14,15 @@ LOGGED_ON_VALIDATION += (
     "val/lesion_dice_et",
     "val/lesion_dice_mean",
 )
+
+
+def logged_on_validation(key: str) -> bool:
+    """Whether an epoch that validated logs ``key``: the keys above, and the Dice of every
+    region of the store's profile (``val/dice_rc``, ``val/lesion_dice_netc``, ...)."""
+    return key in LOGGED_ON_VALIDATION or key.startswith(("val/dice_", "val/lesion_dice_"))
+
+
+def best_summary_key(key: str) -> bool:
+    """Whether the best epoch's ``key`` is logged again as ``best/<key>``: the voxel Dice per
+    region and their mean, and the lesion-wise mean."""
+    return key.startswith("val/dice_") or key == "val/lesion_dice_mean"

@@ -16,7 +16,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -33,6 +33,7 @@ from bratslab.data.device_sampling import (
     take_seeded,
 )
 from bratslab.data.loader import PatchSampler, epoch_batches, prefetch
+from bratslab.data.region_set import RegionSet, region_set
 from bratslab.data.remote import is_remote, local_store_once, localize_rows
 from bratslab.models.config import ModelConfig
 from bratslab.models.runtime import needs_grad_scaler, prepare_model
@@ -44,7 +45,7 @@ from bratslab.train.loop_state import NOT_VALIDATED, LoopState, checkpoint_state
 from bratslab.train.losses import SegmentationLoss
 from bratslab.train.optim import OptimizerBundle, build_optimizer
 from bratslab.train.step import StepContext, train_step
-from bratslab.train.validation import VAL_KEYS, validate
+from bratslab.train.validation import validate, validation_means
 
 if TYPE_CHECKING:  # the spec is injected: train/ never imports the jobs layer at run time
     from bratslab.jobs.spec import JobSpec
@@ -69,6 +70,8 @@ class Worker:
     val_rows: list[dict[str, Any]]
     patches: Iterator[dict[str, torch.Tensor]] | None = None
     augmenter: Any = None  # data.augment.on: device — the BatchAugment this rank applies
+    # the store profile's regions: the outputs and what validation scores (default WT/TC/ET)
+    regions: RegionSet = field(default_factory=region_set)
 
 
 def train_loop_per_worker(
@@ -186,8 +189,13 @@ def _worker(
     # strides at construction, and validation (same layout) must not change them later.
     bare = prepare_model(model, device)
     wrapped = ray.train.torch.prepare_model(bare)  # Ray: move to device, DDP if world > 1
+    regions = region_set(config["model_extra"].get("profile"))
     loss_fn = SegmentationLoss(
-        model_cfg.output, tr.deep_supervision_weights, tr.dice_weight, tr.bce_weight
+        model_cfg.output,
+        tr.deep_supervision_weights,
+        tr.dice_weight,
+        tr.bce_weight,
+        members=regions.members,
     )
     step = StepContext(
         model=wrapped,
@@ -208,7 +216,7 @@ def _worker(
     if is_remote(spec.data.store):  # synced to this node's disk before a case file is opened
         local_store_once(spec.data.store)
     val_rows = localize_rows(config["val_rows"][rank::world])
-    w = Worker(spec, rank, world, step, bare, model_cfg, patch, sampler, val_rows)
+    w = Worker(spec, rank, world, step, bare, model_cfg, patch, sampler, val_rows, regions=regions)
     if aug_cfg.on == "device" and aug_cfg.enabled:
         w.augmenter = BatchAugment(aug_cfg, patch)
     return w
@@ -332,15 +340,9 @@ def validate_epoch(w: Worker, epoch: int, loop_state: LoopState) -> dict[str, An
         tv = time.perf_counter()
         device = w.step.device
         *sums, cases = _all_reduce_sum(
-            validate(w.bare, w.val_rows, w.patch, w.spec, device), device
+            validate(w.bare, w.val_rows, w.patch, w.spec, device, w.regions), device
         )
-        cases = max(cases, 1)
-        last_val = {f"val/{k}": v / cases for k, v in zip(VAL_KEYS, sums, strict=True)}
-        if not tr.val_lesionwise:
-            last_val = {k: v for k, v in last_val.items() if "lesion" not in k}
-        last_val["val/dice_mean"] = sum(sums[:3]) / (3 * cases)
-        if tr.val_lesionwise:
-            last_val["val/lesion_dice_mean"] = sum(sums[3:6]) / (3 * cases)
+        last_val = validation_means(sums, max(cases, 1), w.regions, bool(tr.val_lesionwise))
         loop_state.last_val = last_val
         loop_state.best = max(loop_state.best, last_val[tr.selection_metric])
         metrics["time/val_s"] = time.perf_counter() - tv

@@ -1,7 +1,8 @@
 """Segmentation losses: soft Dice + cross-entropy, with nnU-Net-style deep supervision.
 
-``output="regions"`` (default): sigmoid per overlapping region WT/TC/ET, loss = Dice + BCE per
-region. ``output="labels"``: softmax over labels {0,1,2,3}, loss = Dice + CE. Targets are store
+``output="regions"`` (default): sigmoid per overlapping region (WT/TC/ET, or the outputs of the
+store's profile, e.g. WT/TC/ET/RC), loss = Dice + BCE per region. ``output="labels"``: softmax
+over the store's labels ({0,1,2,3}, or {0,...,4} with RC), loss = Dice + CE. Targets are store
 labels ``(B, 1, X, Y, Z)``; for each lower-resolution deep-supervision output they are resized
 with nearest neighbour (label maps must stay labels), then turned into regions.
 """
@@ -17,6 +18,9 @@ from torch import nn
 
 from bratslab.data.labels import STORE_ET
 
+# Store labels of each output of the BraTS 2021/2023 region models: WT, TC, ET.
+LEGACY_MEMBERS: tuple[tuple[int, ...], ...] = ((1, 2, STORE_ET), (1, STORE_ET), (STORE_ET,))
+
 
 def deep_supervision_weights(n_outputs: int) -> list[float]:
     """nnU-Net weights: 1/2^i for output i (full resolution first), the lowest resolution
@@ -28,13 +32,20 @@ def deep_supervision_weights(n_outputs: int) -> list[float]:
     return [x / total for x in w]
 
 
-def labels_to_region_targets(labels: torch.Tensor) -> torch.Tensor:
-    """Store labels ``(B, 1, X, Y, Z)`` → float region maps ``(B, 3, X, Y, Z)`` (WT, TC, ET)."""
+def labels_to_region_targets(
+    labels: torch.Tensor, members: Sequence[Sequence[int]] = LEGACY_MEMBERS
+) -> torch.Tensor:
+    """Store labels ``(B, 1, X, Y, Z)`` → float region maps ``(B, R, X, Y, Z)``, channel ``i``
+    the union of the labels ``members[i]`` (default WT, TC, ET; a post-treatment store's RC, 4,
+    lies outside WT)."""
     y = labels[:, 0]
-    wt = (y > 0) & (y <= STORE_ET)  # a post-treatment store's RC (4) lies outside WT
-    tc = (y == 1) | (y == STORE_ET)
-    et = y == STORE_ET
-    return torch.stack([wt, tc, et], 1).float()
+    maps = []
+    for labels_of_region in members:
+        m = torch.zeros_like(y, dtype=torch.bool)
+        for v in labels_of_region:
+            m |= y == v
+        maps.append(m)
+    return torch.stack(maps, 1).float()
 
 
 class SegmentationLoss(nn.Module):
@@ -45,6 +56,8 @@ class SegmentationLoss(nn.Module):
         ds_weights: weight per output, full resolution first; default
             :func:`deep_supervision_weights` of however many outputs the model returns.
         dice_weight, ce_weight: weights of the two terms.
+        members: store labels of each region output (default WT, TC, ET;
+            :class:`bratslab.data.region_set.RegionSet` ``.members`` for a profile's).
 
     ``forward(logits, labels)``: ``logits`` ``(B, C, X, Y, Z)`` or a list of such tensors at
     decreasing resolution; ``labels`` ``(B, 1, X, Y, Z)`` integer store labels. Returns a scalar
@@ -57,9 +70,11 @@ class SegmentationLoss(nn.Module):
         ds_weights: Sequence[float] | None = None,
         dice_weight: float = 1.0,
         ce_weight: float = 1.0,
+        members: Sequence[Sequence[int]] = LEGACY_MEMBERS,
     ) -> None:
         super().__init__()
         self.output = output
+        self.members = tuple(tuple(m) for m in members)
         self.ds_weights = list(ds_weights) if ds_weights is not None else None
         self.dice_weight = dice_weight
         self.ce_weight = ce_weight
@@ -77,7 +92,7 @@ class SegmentationLoss(nn.Module):
         if labels.shape[2:] != logits.shape[2:]:
             labels = F.interpolate(labels.float(), size=logits.shape[2:], mode="nearest")
         if self.output == "regions":
-            target = labels_to_region_targets(labels)
+            target = labels_to_region_targets(labels, self.members)
             ce = F.binary_cross_entropy_with_logits(logits, target)
             dice = self.dice(logits, target)
         else:

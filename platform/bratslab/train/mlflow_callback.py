@@ -14,9 +14,9 @@ import ray.train  # Ray
 from bratslab.tracking import mlflow_runs
 from bratslab.train.logged_metrics import (
     LOGGED_EVERY_EPOCH,
-    LOGGED_ON_VALIDATION,
     NODE_IP_KEY,
     WORKER_NODES_TAG,
+    logged_on_validation,
 )
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,6 @@ class MLflowCallback(ray.train.UserCallback):
         m = metrics[0]
         keys = [k for k in m if k in LOGGED_EVERY_EPOCH or k.startswith("lr/")]
         if m.get("val/fresh"):
-            keys += [k for k in LOGGED_ON_VALIDATION if k in m]
+            keys += [k for k in m if logged_on_validation(k)]
         values = {k: m[k] for k in keys}
         mlflow_runs.log_metrics(self.run_id, values, int(m["epoch"]), self.uri, tags=tags)

@@ -8,8 +8,10 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from bratslab.config import ConfigError
 from bratslab.data.loader import case_dataset, case_rows
 from bratslab.data.patch_stream import patch_dataset
+from bratslab.data.region_set import region_set
 from bratslab.data.remote import rows_to_uris
 from bratslab.data.store import Store
 from bratslab.models.zoo import shape_factor
@@ -18,6 +20,32 @@ if TYPE_CHECKING:  # the spec is injected: train/ never imports the jobs layer a
     from bratslab.jobs.spec import JobSpec
 
 log = logging.getLogger(__name__)
+
+DEFAULT_OUT_CHANNELS = 3  # ModelConfig's default: adapted to the store's profile
+
+
+def outputs_for_store(spec: JobSpec) -> JobSpec:
+    """``spec`` with ``model.out_channels`` fitted to the store's profile: one channel per
+    region its region models output (3 for BraTS 2021/2023, 4 with post-treatment glioma's RC)
+    or per store label for ``output: labels``. The default (3) adapts; any other value must
+    match.
+
+    Raises:
+        ConfigError: ``model.out_channels`` was set to a value the store's profile cannot use.
+    """
+    rs = region_set(Store(spec.data.store_path()).profile)
+    want, have = rs.channels(spec.model.output), spec.model.out_channels
+    if have == want:
+        return spec
+    if have != DEFAULT_OUT_CHANNELS:
+        raise ConfigError(
+            f"model.out_channels is {have}, but the store {spec.data.store} holds profile "
+            f"{rs.profile}: an output={spec.model.output} model has "
+            f"{rs.describe(spec.model.output)}; set model.out_channels: {want} (or leave it out)"
+        )
+    log.info("%s: the model outputs %s", rs.profile, rs.describe(spec.model.output))
+    model = spec.model.model_copy(update={"out_channels": want})
+    return spec.model_copy(update={"model": model})
 
 
 @dataclass
@@ -51,13 +79,20 @@ def prepare_data(spec: JobSpec) -> PreparedData:
     val_rows = rows_to_uris(case_rows(store, spec.data.fold, "val"), store.path, uri)
     if spec.data.max_val_cases:
         val_rows = val_rows[: spec.data.max_val_cases]
+    rs = region_set(store.profile)
+    if spec.model.out_channels != rs.channels(spec.model.output):  # outputs_for_store fits it
+        raise ValueError(
+            f"model.out_channels {spec.model.out_channels}: profile {rs.profile} of "
+            f"{store.path} needs {rs.describe(spec.model.output)}"
+        )
     extra = {
         "preprocessing": store.manifest["preprocessing"],
         "patch_size": patch,
         "store_fingerprint_hash": store.fingerprint_hash,
         "channels": store.channels[: spec.model.in_channels],
         "output": spec.model.output,
-        "regions": ["wt", "tc", "et"],
+        "regions": list(rs.outputs),  # what each output channel of a region model is
+        "profile": rs.profile,  # the label convention predict writes and evaluation scores
         "job": spec.name,
     }
     return PreparedData(train_rows, val_rows, patch, extra)

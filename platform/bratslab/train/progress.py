@@ -65,9 +65,11 @@ def format_epoch_line(
         parts[0] = f"{name}: {parts[0]}"
     if "train/loss" in metrics:
         parts.append(f"loss {float(metrics['train/loss']):.4f}")
-    if metrics.get("val/fresh") and "val/dice_wt" in metrics:
-        wt, tc, et = (float(metrics[f"val/dice_{r}"]) for r in ("wt", "tc", "et"))
-        parts.append(f"Dice WT {wt:.3f} TC {tc:.3f} ET {et:.3f}")
+    regions = [k.removeprefix("val/dice_") for k in metrics if k.startswith("val/dice_")]
+    regions = [r for r in regions if r != "mean"]  # WT, TC, ET, or the profile's, in its order
+    if metrics.get("val/fresh") and regions:
+        dice = " ".join(f"{r.upper()} {float(metrics[f'val/dice_{r}']):.3f}" for r in regions)
+        parts.append(f"Dice {dice}")
         lesion = lesion_dice_mean(metrics)
         if lesion is not None:
             parts.append(f"lesion Dice {lesion:.3f}")

@@ -17,7 +17,7 @@ from bratslab.atomic import write_json, write_text
 from bratslab.shutdown import STOP_REASON_TAG
 from bratslab.tracking import mlflow_runs, model_store
 from bratslab.train.learning_curve import learning_curve
-from bratslab.train.logged_metrics import LOGGED_ON_VALIDATION
+from bratslab.train.logged_metrics import best_summary_key
 from bratslab.train.outcome import TrainOutcome, outcome_of
 from bratslab.train.prepared_data import PreparedData
 from bratslab.train.run_storage import RUN_STATE, RunStorage
@@ -106,8 +106,7 @@ def record_run(spec: JobSpec, name: str, run_id: str, storage: RunStorage, resul
         mlflow_runs.log_artifact(run_id, job_file)
         mlflow_runs.log_artifact(run_id, learning_curve(run_id, Path(tmp) / "learning_curve.png"))
     log_console_log(run_id)
-    best_keys = (*LOGGED_ON_VALIDATION[:4], "val/lesion_dice_mean")
-    summary = {"best/" + k: v for k, v in best_metrics.items() if k in best_keys}
+    summary = {"best/" + k: v for k, v in best_metrics.items() if best_summary_key(k)}
     if summary:
         mlflow_runs.log_metrics(run_id, summary, int(best_metrics.get("epoch", 0)))
     if spec.tracking.log_model and best_dir is not None:

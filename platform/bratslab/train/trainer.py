@@ -52,7 +52,12 @@ from bratslab.train.checkpoint import load_weights
 from bratslab.train.loop import train_loop_per_worker
 from bratslab.train.mlflow_callback import MLflowCallback
 from bratslab.train.outcome import TrainOutcome
-from bratslab.train.prepared_data import PreparedData, prepare_data, train_dataset
+from bratslab.train.prepared_data import (
+    PreparedData,
+    outputs_for_store,
+    prepare_data,
+    train_dataset,
+)
 from bratslab.train.progress import LOG_FILE, progress_callback
 from bratslab.train.rerun import finished_run, recorded_outcome
 from bratslab.train.run_record import close_failed, close_stopped, open_run, record_run, run_params
@@ -210,6 +215,7 @@ def run_training(
     name = check_name(name or spec.name, "run name")  # it becomes a folder under root
     storage = run_storage(storage_path)  # ConfigError for a bad URI, before anything is created
     spec.data.store_path()  # ConfigError naming the paths tried, before anything is created
+    spec = outputs_for_store(spec)  # one output channel per region of the store's profile
     data = prepare_data(spec)
     run_dir = storage.run_dir(name)
     # A FINISHED run is never reopened: the same job again is its recorded outcome, another

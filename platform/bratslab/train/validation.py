@@ -2,7 +2,9 @@
 
 Each rank validates its own slice of the fold's validation cases; the loop sums the per-case
 Dice over ranks. Inference runs on the bare (un-wrapped) module in eval mode, so DDP hooks are
-not involved and ranks do not wait on each other mid-case.
+not involved and ranks do not wait on each other mid-case. The regions scored are those of the
+store's profile (:class:`~bratslab.data.region_set.RegionSet`): WT, TC, ET for BraTS
+2021/2023, the six of post-treatment glioma (ET, NETC, SNFH, RC, TC, WT), and so on.
 """
 
 from __future__ import annotations
@@ -14,21 +16,28 @@ import numpy as np
 import torch
 from torch import nn
 
-from bratslab.data.labels import labels_to_regions
-from bratslab.evaluate.metrics import region_dice
+from bratslab.data.region_set import (
+    RegionSet,
+    predicted_masks,
+    region_set,
+    scored_masks,
+)
+from bratslab.evaluate.metrics import dice
 
 if TYPE_CHECKING:  # the spec is injected: train/ never imports the jobs layer at run time
     from bratslab.jobs.spec import JobSpec
 
 
-def predict_regions(
+def predict_masks(
     model: nn.Module,
     x: np.ndarray,
     patch: Sequence[int],
     spec: JobSpec,
     device: torch.device,
+    regions: RegionSet,
 ) -> np.ndarray:
-    """Bool regions ``(3, X, Y, Z)`` (WT, TC, ET) for one case ``x`` ``(C, X, Y, Z)``."""
+    """Bool ``(S, X, Y, Z)``, one channel per scored region of ``regions``, predicted for one
+    case ``x`` ``(C, X, Y, Z)`` (:func:`~bratslab.data.region_set.predicted_masks`)."""
     from bratslab.inference.sliding_window import predict_probabilities
 
     probs, _ = predict_probabilities(
@@ -42,12 +51,14 @@ def predict_regions(
         activation="sigmoid" if spec.model.output == "regions" else "softmax",
         amp=spec.training.amp,
     )
-    if spec.model.output == "regions":
-        return probs > 0.5
-    return labels_to_regions(np.argmax(probs, axis=0).astype(np.uint8))
+    return predicted_masks(probs, spec.model.output, regions)
 
 
-VAL_KEYS = ("dice_wt", "dice_tc", "dice_et", "lesion_dice_wt", "lesion_dice_tc", "lesion_dice_et")
+def val_keys(regions: RegionSet) -> tuple[str, ...]:
+    """What :func:`validate` sums, in order: ``dice_<r>`` then ``lesion_dice_<r>`` per scored
+    region."""
+    names = tuple(regions.scored)
+    return tuple(f"dice_{r}" for r in names) + tuple(f"lesion_dice_{r}" for r in names)
 
 
 def validate(
@@ -56,14 +67,18 @@ def validate(
     patch: Sequence[int],
     spec: JobSpec,
     device: torch.device,
+    regions: RegionSet | None = None,
 ) -> list[float]:
-    """Per-case sums over ``rows`` (volumes read via mmap), in :data:`VAL_KEYS` order, then the
-    number of cases: ``[Σ dice_wt, Σ dice_tc, Σ dice_et, Σ lesion_dice_wt, ..., n_cases]``.
-    Lesion-wise sums stay 0 when ``training.val_lesionwise`` is null."""
+    """Per-case sums over ``rows`` (volumes read via mmap), in :func:`val_keys` order, then the
+    number of cases: ``[Σ dice_wt, Σ dice_tc, Σ dice_et, Σ lesion_dice_wt, ..., n_cases]`` for
+    the BraTS 2023 regions (``regions``: the store profile's; default WT, TC, ET). Lesion-wise
+    sums stay 0 when ``training.val_lesionwise`` is null."""
     from bratslab.evaluate.lesionwise import lesion_metrics
 
+    regions = regions or region_set()
+    n = len(regions.scored)
     model.eval()
-    sums = [0.0] * (len(VAL_KEYS) + 1)
+    sums = [0.0] * (2 * n + 1)
     in_ch = spec.model.in_channels
     challenge = spec.training.val_lesionwise
     # no_grad, not inference_mode: the inference helper may convert the (shared, trainable)
@@ -71,18 +86,32 @@ def validate(
     with torch.no_grad():
         for row in rows:
             x = np.load(row["x_path"], mmap_mode="r")[:in_ch]
-            gt = labels_to_regions(np.load(row["y_path"], mmap_mode="r"))
-            pred = predict_regions(model, x, patch, spec, device)
-            d = region_dice(pred, gt)
-            values = [d["wt"], d["tc"], d["et"]]
+            gt = scored_masks(np.load(row["y_path"], mmap_mode="r"), regions)
+            pred = predict_masks(model, x, patch, spec, device, regions)
+            values = [dice(pred[i], gt[i]) for i in range(n)]
             if challenge:
                 spacing = row.get("zooms") or (1.0, 1.0, 1.0)
                 values += [
-                    lesion_metrics(pred[i], gt[i], spacing, challenge).lesion_dice for i in range(3)
+                    lesion_metrics(pred[i], gt[i], spacing, challenge).lesion_dice for i in range(n)
                 ]
             else:
-                values += [0.0, 0.0, 0.0]
+                values += [0.0] * n
             for i, v in enumerate(values):
                 sums[i] += v
             sums[-1] += 1
     return sums
+
+
+def validation_means(
+    sums: Sequence[float], cases: float, regions: RegionSet, lesionwise: bool
+) -> dict[str, float]:
+    """:func:`validate`'s sums (over ranks) → ``val/dice_<r>`` per region and ``val/dice_mean``
+    over them, and the lesion-wise ones when ``lesionwise``."""
+    n = len(regions.scored)
+    out = {f"val/{k}": v / cases for k, v in zip(val_keys(regions), sums, strict=True)}
+    if not lesionwise:
+        out = {k: v for k, v in out.items() if "lesion" not in k}
+    out["val/dice_mean"] = sum(sums[:n]) / (n * cases)
+    if lesionwise:
+        out["val/lesion_dice_mean"] = sum(sums[n : 2 * n]) / (n * cases)
+    return out

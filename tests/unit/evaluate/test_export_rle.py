@@ -67,3 +67,33 @@ def test_export_folder_round_trip(tmp_path):
     assert export_rle(pred, tmp_path / "labels.csv", by="labels").rows == 6
     by_label = read_rle_csv(tmp_path / "labels.csv")
     assert np.array_equal(by_label[("BraTS2021_00001", "et")], labels["BraTS2021_00001"] == 4)
+
+
+def test_export_with_a_profile_writes_its_regions_and_names_foreign_labels(tmp_path):
+    """Post-treatment glioma: six regions (RC 4 outside WT, not read as a 2021 ET), or its four
+    labels by name; a map with a value the profile lacks is named and left out, the rest go."""
+    rng = np.random.default_rng(1)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    lab = rng.choice(np.arange(5, dtype=np.uint8), size=(9, 8, 7))
+    nib.save(nib.Nifti1Image(lab, np.eye(4)), pred / "BraTS-GLI-00003-101.nii.gz")
+    out = tmp_path / "post.csv"
+    report = export_rle(pred, out, profile="gli-post")
+    assert report.cases == ["BraTS-GLI-00003-101"] and report.rows == 6 and not report.failures
+    decoded = read_rle_csv(out)
+    case = "BraTS-GLI-00003-101"
+    assert np.array_equal(decoded[(case, "rc")], lab == 4)
+    assert np.array_equal(decoded[(case, "wt")], (lab >= 1) & (lab <= 3))
+    assert np.array_equal(decoded[(case, "tc")], (lab == 1) | (lab == 3))
+    assert np.array_equal(decoded[(case, "et")], lab == 3)
+    export_rle(pred, tmp_path / "labels.csv", by="labels", profile="gli-post")
+    names = {region for _, region in read_rle_csv(tmp_path / "labels.csv")}
+    assert names == {"netc", "snfh", "et", "rc"}
+    with pytest.raises(ValueError, match="unknown profile 'nope'"):
+        export_rle(pred, tmp_path / "x.csv", profile="nope")
+    # a 2023 profile has no label 4: that map is named and left out, the others are written
+    nib.save(nib.Nifti1Image(np.ones((9, 8, 7), np.uint8), np.eye(4)), pred / "ok.nii.gz")
+    report = export_rle(pred, tmp_path / "gli2023.csv", profile="brats2023-gli")
+    assert report.cases == ["ok"] and report.rows == 3
+    assert [f["case"] for f in report.failures] == ["BraTS-GLI-00003-101"]
+    assert "labels [4] outside the brats2023-gli convention" in report.failures[0]["reason"]

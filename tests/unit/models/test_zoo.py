@@ -74,8 +74,8 @@ def test_config_errors_name_the_key():
         validate(ModelConfig, {"arch": "mednext", "mednext": {"kernel_size": 4}})
     with pytest.raises(ConfigError, match="unknown key"):
         validate(ModelConfig, {"arch": "unet", "unet": {"filterz": [1, 2, 3]}})
-    with pytest.raises(ConfigError, match="out_channels=3"):
-        validate(ModelConfig, {"out_channels": 4})
+    with pytest.raises(ConfigError, match="out_channels >= 2"):
+        validate(ModelConfig, {"output": "labels", "out_channels": 1})
     with pytest.raises(ConfigError, match="expansion has 3 entries"):
         validate(ModelConfig, {"mednext": {"expansion": [2, 3, 4]}})
     with pytest.raises(ConfigError, match="odd number"):

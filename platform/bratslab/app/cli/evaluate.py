@@ -313,6 +313,12 @@ def export_rle_cmd(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace OUT when it exists (refused otherwise, exit 2)."
     ),
+    profile: str | None = typer.Option(
+        None,
+        "--profile",
+        help="Challenge profile of the predictions: rows are its regions (e.g. et, netc, snfh, "
+        "rc, tc, wt for gli-post) or its labels by name.",
+    ),
 ) -> None:
     """Kaggle-style run-length encoding: Fortran order, 1-based start/length pairs.
 
@@ -322,7 +328,7 @@ def export_rle_cmd(
     from bratslab.evaluate.export import NoPredictionsError, export_rle
 
     try:
-        report = export_rle(pred, out, by, overwrite)
+        report = export_rle(pred, out, by, overwrite, profile)
     except NoPredictionsError as e:
         _fail(str(e), 1)
     except (FileNotFoundError, ValueError) as e:

@@ -9,7 +9,7 @@ import typer
 
 from bratslab.app.cli import examples
 
-DICE_KEYS = ("val/dice_mean", "val/dice_wt", "val/dice_tc", "val/dice_et")
+MEAN_DICE = "val/dice_mean"  # printed first, then the Dice of each region of the profile
 
 
 def train(
@@ -45,6 +45,7 @@ def train(
     from bratslab.jobs.spec import load_job
     from bratslab.names import check_name
     from bratslab.shutdown import Terminated, leave
+    from bratslab.train.prepared_data import outputs_for_store
     from bratslab.train.trainer import run_training
 
     if name is not None:
@@ -52,6 +53,7 @@ def train(
     spec = load_job(job, set_)  # ConfigError → exit 2 with the key named (bratslab.app.main.main)
     try:
         spec.data.store_path()  # the store exists: checked before any run folder is created
+        spec = outputs_for_store(spec)  # model.out_channels fits the store's profile
     except ConfigError as e:
         raise ConfigError(f"{job}: {e}") from None
     console = Console(stderr=True, soft_wrap=True)
@@ -78,13 +80,17 @@ def _header(spec, run_name: str, console) -> None:
     """What runs where: the job, the store, Ray, the run folder and its log file."""
     from bratslab import console as routing
     from bratslab.cluster import ensure_ray
+    from bratslab.data.region_set import region_set
+    from bratslab.data.store import Store
     from bratslab.train.trainer import run_storage
 
     tr = spec.training
+    store = Store(spec.data.store_path())
+    outputs = region_set(store.profile).describe(spec.model.output)
     console.print(
-        f"[bold]train[/] {run_name}: {spec.model.arch}, {tr.epochs} epochs × "
+        f"[bold]train[/] {run_name}: {spec.model.arch} ({outputs}), {tr.epochs} epochs × "
         f"{tr.steps_per_epoch} steps, {spec.scaling.num_workers} worker(s), "
-        f"store {spec.data.store_path()}"
+        f"store {store.path} ({store.profile.name})"
     )
     run_dir = run_storage().run_dir(run_name)
     log_file = routing.attach(run_dir)
@@ -101,7 +107,8 @@ def _summary(out, seconds: float, console) -> None:
     best = out.best_metrics
     console.print(f"[green]done[/] in {format_duration(seconds)}: MLflow run {out.run_id}")
     if best:
-        dice = " ".join(f"{k}={best.get(k, float('nan')):.3f}" for k in DICE_KEYS)
+        regions = [k for k in best if k.startswith("val/dice_") and k != MEAN_DICE]
+        dice = " ".join(f"{k}={best[k]:.3f}" for k in (MEAN_DICE, *regions) if k in best)
         # Epochs are counted from 1 for people (the reports carry 0-based `epoch`).
         console.print(f"best epoch {int(best.get('epoch', 0)) + 1}: {dice}")
     console.print(f"best checkpoint: {out.best_checkpoint}")

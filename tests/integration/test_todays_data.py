@@ -1,0 +1,198 @@
+"""Today's data end to end on the session's Ray instance and MLflow store, real .nii.gz files:
+
+- BraTS 2024+ post-treatment glioma (labels NETC 1, SNFH 2, ET 3, RC 4): ``data synth
+  --profile gli-post`` → validate → preprocess → train (four outputs: WT, TC, ET, RC) →
+  ``evaluate-model`` (six regions) → predict (labels 1–4 in the source geometry) → evaluate
+  with both lesion-wise families → ``export rle --profile``;
+- an nnU-Net raw dataset (``dataset.json`` with regions, ``_000X`` channel files, nnU-Net's
+  BraTS values 1 ED, 2 NCR, 3 ET, ``splits_final.json``) → preprocess with ``--splits`` (the
+  store's folds are nnU-Net's) → train → predict ``imagesTs`` into nnU-Net's naming and values.
+
+Training is one epoch of two steps: the tests check where every label goes, not how good the
+model is; the written label maps are checked against the probability maps written beside them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+pytestmark = pytest.mark.integration
+
+JOB = Path(__file__).resolve().parents[2] / "jobs" / "smoke.yaml"
+SHAPE = ["48", "48", "40"]
+SMALL = ["--min-size", "32"]  # volumes stay ≈ their brain's size (not padded to 128³)
+TRAIN = ["--set", "training.epochs=1", "--set", "training.steps_per_epoch=2",
+         "--set", "data.max_val_cases=1", "--set", "scaling.num_workers=1"]  # fmt: skip
+
+
+def _invoke(*args: str):
+    from bratslab.app.main import app
+
+    r = CliRunner().invoke(app, [str(a) for a in args])
+    assert r.exit_code == 0, r.output
+    return r
+
+
+def _trained_checkpoint(bratslab_home: Path, name: str) -> Path:
+    """The best checkpoint folder of a finished run (model.json + model.pt)."""
+    ckpts = sorted((bratslab_home / "ray_results" / name).glob("epoch*/model.json"))
+    assert ckpts, f"no checkpoint under {bratslab_home / 'ray_results' / name}"
+    return ckpts[-1].parent
+
+
+def _painted(probs: np.ndarray, paint: list[int]) -> np.ndarray:
+    """Region probabilities ``(X, Y, Z, R)`` → the label map predict must write: each region
+    (threshold 0.5) painted with its label in order, later ones winning."""
+    out = np.zeros(probs.shape[:3], dtype=np.uint8)
+    for i, label in enumerate(paint):
+        out[probs[..., i] >= 0.5] = label
+    return out
+
+
+def test_post_treatment_cases_train_predict_evaluate_and_export(
+    ray_cluster, bratslab_home, tmp_path
+):
+    from bratslab.data.store import Store
+    from bratslab.tracking.mlflow_runs import run_info
+
+    raw, store = tmp_path / "raw", tmp_path / "store"
+    _invoke("data", "synth", raw, "--profile", "gli-post", "--cases", "5", "--shape", *SHAPE)
+    _invoke("data", "validate", raw)
+    _invoke("data", "preprocess", raw, store, "--folds", "2", *SMALL)
+    assert Store(store).profile.name == "brats2024-gli"
+
+    name = "post-it"
+    _invoke("train", JOB, "--name", name, "--set", f"data.store={store}", *TRAIN)
+    # the epoch line names every region of the profile, RC included
+    epoch_line = (bratslab_home / "ray_results" / name / "train_log.txt").read_text()
+    assert "RC " in epoch_line and "NETC " in epoch_line, epoch_line
+    ckpt = _trained_checkpoint(bratslab_home, name)
+    info = json.loads((ckpt / "model.json").read_text())
+    assert info["model"]["out_channels"] == 4
+    assert info["regions"] == ["wt", "tc", "et", "rc"] and info["profile"] == "brats2024-gli"
+    run_id = json.loads((bratslab_home / "ray_results" / name / "bratslab_run.json").read_text())[
+        "mlflow_run_id"
+    ]
+    metrics = run_info(run_id)["metrics"]
+    for region in ("et", "netc", "snfh", "rc", "tc", "wt"):
+        assert f"val/dice_{region}" in metrics and f"best/val/dice_{region}" in metrics
+    assert metrics["val/dice_mean"] == pytest.approx(
+        np.mean([metrics[f"val/dice_{r}"] for r in ("et", "netc", "snfh", "rc", "tc", "wt")])
+    )
+
+    # evaluate-model scores the six regions in store space (logged as tta/ to the run)
+    _invoke("evaluate-model", "--model", ckpt, "--store", store, "--fold", "0",
+                "--tta", "none", "--max-cases", "1")  # fmt: skip
+    tta = run_info(run_id)["metrics"]
+    assert {f"tta/lesion_dice_{r}" for r in ("rc", "netc", "snfh")} <= set(tta), sorted(tta)
+
+    # predict: labels in the source geometry, painted WT → 2, TC → 1, ET → 3, RC → 4
+    pred = tmp_path / "pred"
+    _invoke("predict", "--model", ckpt, "--input", raw, "--output", pred, "--tta", "none",
+            "--workers", "1", "--save-probabilities")  # fmt: skip
+    segs = sorted(raw.rglob("*-seg.nii.gz"))
+    assert len(segs) == 5
+    for seg in segs:
+        case = seg.name.removesuffix("-seg.nii.gz")
+        out = np.asarray(nib.load(pred / f"{case}.nii.gz").dataobj)
+        assert out.shape == nib.load(seg).shape
+        probs = np.asarray(nib.load(pred / f"{case}_prob.nii.gz").dataobj)
+        assert probs.shape[-1] == 4  # WT, TC, ET, RC
+        np.testing.assert_array_equal(out, _painted(probs, [2, 1, 3, 4]))
+    # the reference folder holds RC: scored on all six regions, in both lesion-wise families
+    csv_path = tmp_path / "scores" / "metrics.csv"
+    _invoke("evaluate", "--pred", pred, "--ref", raw, "--profile", "gli-post", "-o", csv_path)
+    summary = json.loads(csv_path.with_name("metrics.summary.json").read_text())
+    assert set(summary["regions"]) == {"et", "netc", "snfh", "rc", "tc", "wt"}
+    pan = tmp_path / "panoptica" / "metrics.csv"
+    _invoke("evaluate", "--pred", pred, "--ref", raw, "--profile", "gli-post",
+            "--metric", "panoptica", "-o", pan)  # fmt: skip
+    pan_summary = json.loads(pan.with_name("metrics.summary.json").read_text())
+    assert set(pan_summary["regions"]) == {"et", "netc", "snfh", "rc", "tc", "wt"}
+
+    rle = tmp_path / "sub.csv"
+    _invoke("export", "rle", pred, rle, "--profile", "gli-post")
+    with open(rle, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 5 * 6
+    assert {row["region"] for row in rows} == {"et", "netc", "snfh", "rc", "tc", "wt"}
+
+
+# nnU-Net's BraTS conversion: 1 = ED, 2 = NCR, 3 = ET (BraTS 2023 NCR 1, ED 2, ET 3 → these)
+TO_NNUNET = np.array([0, 2, 1, 3], dtype=np.uint8)
+ORDER = ("t1n", "t1c", "t2w", "t2f")
+TRAIN_IDS = [f"BRATS_{i:03d}" for i in range(4)]
+
+
+def _nnunet_dataset(root: Path) -> Path:
+    """``nnUNet_raw/Dataset137_BraTS``: 4 training cases, 1 test case, nnU-Net's BraTS
+    dataset.json (regions and regions_class_order)."""
+    from bratslab.data.synth import synthesize_case
+
+    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+        (root / sub).mkdir(parents=True)
+    for i, cid in enumerate([*TRAIN_IDS, "BRATS_900"]):
+        images, seg, affine = synthesize_case((i, 0), (48, 48, 40), et_label=3)
+        split = "imagesTs" if cid == "BRATS_900" else "imagesTr"
+        for ch, modality in enumerate(ORDER):
+            img = nib.Nifti1Image(images[modality], affine)
+            nib.save(img, root / split / f"{cid}_{ch:04d}.nii.gz")
+        if split == "imagesTr":
+            nib.save(nib.Nifti1Image(TO_NNUNET[seg], affine), root / "labelsTr" / f"{cid}.nii.gz")
+    meta = {
+        "channel_names": {"0": "T1", "1": "T1ce", "2": "T2", "3": "Flair"},
+        "labels": {
+            "background": 0,
+            "whole tumor": [1, 2, 3],
+            "tumor core": [2, 3],
+            "enhancing tumor": 3,
+        },  # fmt: skip
+        "regions_class_order": [1, 2, 3],
+        "numTraining": len(TRAIN_IDS),
+        "file_ending": ".nii.gz",
+    }
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+def test_nnunet_dataset_trains_on_its_splits_and_predicts_images_ts_in_its_values(
+    ray_cluster, bratslab_home, tmp_path
+):
+    from bratslab.data.store import Store
+
+    raw = _nnunet_dataset(tmp_path / "nnUNet_raw" / "Dataset137_BraTS")
+    splits = [{"train": TRAIN_IDS[1:], "val": TRAIN_IDS[:1]},
+              {"train": TRAIN_IDS[:3], "val": TRAIN_IDS[3:]}]  # fmt: skip
+    splits_file = tmp_path / "nnUNet_preprocessed" / "Dataset137_BraTS" / "splits_final.json"
+    splits_file.parent.mkdir(parents=True)
+    splits_file.write_text(json.dumps(splits))
+    store = tmp_path / "store"
+    _invoke("data", "preprocess", raw, store, "--splits", splits_file, *SMALL)
+    st = Store(store)
+    for k, fold in enumerate(splits):
+        assert sorted(st.case_ids(fold=k, split="val")) == fold["val"]
+        assert sorted(st.case_ids(fold=k, split="train")) == sorted(fold["train"])
+
+    name = "nnunet-it"
+    _invoke("train", JOB, "--name", name, "--set", f"data.store={store}", *TRAIN)
+    ckpt = _trained_checkpoint(bratslab_home, name)
+
+    # nnU-Net's `predict -i imagesTs`: the folder alone, outputs named CASE.nii.gz
+    pred = tmp_path / "pred"
+    _invoke("predict", "--model", ckpt, "--input", raw / "imagesTs", "--output", pred,
+            "--tta", "none", "--workers", "1", "--save-probabilities")  # fmt: skip
+    assert sorted(p.name for p in pred.glob("*.nii.gz") if "_prob" not in p.name) == [
+        "BRATS_900.nii.gz"
+    ]
+    out = np.asarray(nib.load(pred / "BRATS_900.nii.gz").dataobj)
+    assert out.shape == (48, 48, 40)
+    probs = np.asarray(nib.load(pred / "BRATS_900_prob.nii.gz").dataobj)
+    # in the dataset's values: WT∖TC is ED = 1, TC∖ET is NCR = 2, ET = 3
+    np.testing.assert_array_equal(out, _painted(probs, [1, 2, 3]))
