@@ -69,7 +69,10 @@ def test_post_treatment_cases_train_predict_evaluate_and_export(
     assert Store(store).profile.name == "brats2024-gli"
 
     name = "post-it"
-    _invoke("train", JOB, "--name", name, "--set", f"data.store={store}", *TRAIN)
+    # selected by the organisers' lesion-wise Dice (panoptica) over the six regions
+    _invoke("train", JOB, "--name", name, "--set", f"data.store={store}", *TRAIN,
+            "--set", "training.val_lesionwise=panoptica",
+            "--set", "training.selection_metric=val/lesion_dice_mean")  # fmt: skip
     # the epoch line names every region of the profile, RC included
     epoch_line = (bratslab_home / "ray_results" / name / "train_log.txt").read_text()
     assert "RC " in epoch_line and "NETC " in epoch_line, epoch_line
@@ -83,6 +86,7 @@ def test_post_treatment_cases_train_predict_evaluate_and_export(
     metrics = run_info(run_id)["metrics"]
     for region in ("et", "netc", "snfh", "rc", "tc", "wt"):
         assert f"val/dice_{region}" in metrics and f"best/val/dice_{region}" in metrics
+        assert 0.0 <= metrics[f"val/lesion_dice_{region}"] <= 1.0
     assert metrics["val/dice_mean"] == pytest.approx(
         np.mean([metrics[f"val/dice_{r}"] for r in ("et", "netc", "snfh", "rc", "tc", "wt")])
     )
@@ -92,6 +96,9 @@ def test_post_treatment_cases_train_predict_evaluate_and_export(
                 "--tta", "none", "--max-cases", "1")  # fmt: skip
     tta = run_info(run_id)["metrics"]
     assert {f"tta/lesion_dice_{r}" for r in ("rc", "netc", "snfh")} <= set(tta), sorted(tta)
+    r = _invoke("evaluate-model", "--model", ckpt, "--store", store, "--fold", "0", "--tta",
+                "none", "--max-cases", "1", "--metric", "panoptica", "--no-log")  # fmt: skip
+    assert "tta/lesion_dice_rc" in r.output
 
     # predict: labels in the source geometry, painted WT → 2, TC → 1, ET → 3, RC → 4
     pred = tmp_path / "pred"

@@ -171,6 +171,28 @@ def score_labels(
     return out
 
 
+def lesionwise_dice(
+    pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], profile: str | Profile
+) -> dict[str, float]:
+    """The organisers' lesion-wise Dice per region of ``profile`` for one case: panoptica's
+    ``sq_dsc`` (mean Dice over matched lesions; 0 when no lesion matched), which their
+    ``brats-evaluation`` parser reports as ``lesionwise_dsc_mean``; a region empty in both the
+    prediction and the reference (NaN there) counts 1, as in the BraTS 2023 definition.
+
+    ``pred``, ``ref``: label maps ``(X, Y, Z)`` in the profile's source convention.
+    """
+    out = {}
+    for region, values in score_labels(pred, ref, spacing, profile).items():
+        value = float(values.get("sq_dsc", math.nan))
+        out[region] = 1.0 if math.isnan(value) else value
+    return out
+
+
+def check_installed() -> None:
+    """Raise :class:`MissingExtraError` (naming the extra) unless ``panoptica`` imports."""
+    _panoptica()
+
+
 def _plain(value):
     """numpy scalars → Python numbers (lists/dicts recursively), for JSON and comparison."""
     if isinstance(value, dict):
@@ -197,6 +219,8 @@ __all__ = [
     "MissingExtraError",
     "build_evaluator",
     "capped",
+    "check_installed",
     "label_groups",
+    "lesionwise_dice",
     "score_labels",
 ]

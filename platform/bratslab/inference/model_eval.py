@@ -26,9 +26,17 @@ import numpy as np
 
 from bratslab.data.labels import REGIONS, labels_to_regions, regions_to_labels
 from bratslab.data.profiles import get_profile
-from bratslab.data.region_set import RegionSet, predicted_masks, region_set, scored_masks
+from bratslab.data.region_set import (
+    RegionSet,
+    predicted_masks,
+    probabilities_to_store_labels,
+    region_set,
+    scored_masks,
+    store_to_source,
+)
 from bratslab.data.store import Store
 from bratslab.evaluate.metrics import region_metrics
+from bratslab.evaluate.panoptica_metric import check_installed
 from bratslab.evaluate.score_report import progress_bar
 from bratslab.inference.model_loading import build_from_payload, load_payload, resolve_device
 from bratslab.postprocess.resolve import resolve_postprocess
@@ -91,6 +99,9 @@ class ValPrediction:
     pred: np.ndarray
     gt: np.ndarray
     spacing: tuple[float, ...]
+    # store labels ``(X, Y, Z)`` of the prediction and the reference (the panoptica metric
+    # matches lesions in label maps)
+    labels: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def validation_cases(
@@ -157,7 +168,7 @@ def predict_validation(
     from bratslab.inference.sliding_window import predict_probabilities
 
     model = build_from_payload(val.payload)
-    output = val.payload.output
+    output, rs = val.payload.output, val.payload.regions
     dev = resolve_device(device)
     st = val.store
     total = len(val.cases) * (1 + stress)
@@ -174,9 +185,10 @@ def predict_validation(
                 amp=amp,
                 tta_path=tta_path,
             )
-            gt = scored_masks(y, val.payload.regions)
-            pred = predicted_masks(probs, output, val.payload.regions)
-            yield ValPrediction(cid_k, pred, gt, tuple(st.meta(cid).zooms))
+            gt = scored_masks(y, rs)
+            pred = predicted_masks(probs, output, rs)
+            labels = (probabilities_to_store_labels(probs, output, rs), _squeezed(y))
+            yield ValPrediction(cid_k, pred, gt, tuple(st.meta(cid).zooms), labels)
             advance(f"evaluate {cid_k}")
 
 
@@ -196,21 +208,52 @@ def _cases_and_stressed_copies(
             yield (cid, cid_k, *stress_case(x, y, zlib.crc32(cid_k.encode())))
 
 
+def _squeezed(y: np.ndarray) -> np.ndarray:
+    """Store labels ``(1, X, Y, Z)`` or ``(X, Y, Z)`` → ``(X, Y, Z)``."""
+    y = np.asarray(y)
+    return y[0] if y.ndim == 4 else y
+
+
 def score_case(
-    pred: np.ndarray, gt: np.ndarray, spacing, challenge: str, regions=REGIONS
+    pred: np.ndarray, gt: np.ndarray, spacing, challenge, regions=REGIONS
 ) -> dict[str, float]:
     """Legacy Dice and HD95 and lesion-wise Dice per region of bool ``(R, X, Y, Z)`` masks named
-    ``regions`` (default WT, TC, ET)."""
+    ``regions`` (default WT, TC, ET); ``challenge`` None: no lesion-wise Dice."""
     from bratslab.evaluate.lesionwise import region_lesion_metrics
 
     legacy = region_metrics(pred, gt, spacing, regions=regions)
-    lesion = region_lesion_metrics(pred, gt, spacing, challenge, regions=regions)
+    lesion = region_lesion_metrics(pred, gt, spacing, challenge, regions) if challenge else {}
     row = {}
     for r in regions:
         row[f"dice_{r}"] = legacy[r]["dice"]
         row[f"hd95_{r}"] = legacy[r]["hd95"]
-        row[f"lesion_dice_{r}"] = lesion[r].lesion_dice
+        if r in lesion:
+            row[f"lesion_dice_{r}"] = lesion[r].lesion_dice
     return row
+
+
+def panoptica_row(case: ValPrediction, rs: RegionSet) -> dict[str, float]:
+    """``lesion_dice_<r>`` of one case by the organisers' panoptica metric (sq_dsc per region
+    of the model's profile)."""
+    from bratslab.evaluate.panoptica_metric import lesionwise_dice
+
+    pred, ref = (store_to_source(labels, rs.profile) for labels in case.labels)
+    scores = lesionwise_dice(pred, ref, case.spacing, rs.profile)
+    return {f"lesion_dice_{r}": scores[r] for r in rs.scored}
+
+
+def score_validation_case(case: ValPrediction, rs: RegionSet, challenge: str) -> dict[str, float]:
+    """:func:`score_case` over the scored regions of ``rs``, lesion-wise Dice by ``challenge``:
+    ``panoptica``, or the BraTS 2023 definition (a WT/TC/ET model: that challenge's parameters;
+    another profile's model: the profile's)."""
+    names = tuple(rs.scored)
+    if challenge == "panoptica":
+        return {
+            **score_case(case.pred, case.gt, case.spacing, None, names),
+            **panoptica_row(case, rs),
+        }
+    params = challenge if rs.legacy else profile_lesion_params(rs.profile)
+    return score_case(case.pred, case.gt, case.spacing, params, names)
 
 
 def postprocessed_regions(pred: np.ndarray, cfg: PostprocessConfig) -> np.ndarray:
@@ -257,7 +300,10 @@ def evaluate_model(
         store: preprocessed store folder (``dataset.json``).
         fold: fold index; its ``val`` cases with labels are scored (``max_cases`` first ones).
         tta: ``none``, ``flips`` or ``flips+rot90``.
-        challenge: lesion-wise parameters (``gli``, ``ssa``, ``ped``, ``men``, ``met``).
+        challenge: lesion-wise Dice: the BraTS 2023 definition with that challenge's
+            parameters (``gli``, ``ssa``, ``ped``, ``men``, ``met``; a model of a 2024+ profile
+            uses its profile's), or ``panoptica`` (the organisers' metric since 2025; needs
+            the extra).
         run_id: MLflow run to log to; found from ``model_ref`` when None (:func:`find_run_id`).
         log_to_mlflow: log ``tta/...`` metrics to that run (skipped with a warning if unknown).
         postprocess: ``"model"`` (the thresholds a registered version carries, if any),
@@ -275,8 +321,8 @@ def evaluate_model(
     val = validation_cases(model_ref, store, fold, max_cases)
     pp = resolve_postprocess(postprocess, str(model_ref))
     rs = val.payload.regions
-    names = tuple(rs.scored)
-    lesion_params = challenge if rs.legacy else profile_lesion_params(rs.profile)
+    if challenge == "panoptica":
+        check_installed()  # MissingExtraError naming the extra, before any case is predicted
     if pp is not None and not rs.legacy:
         log.warning("%s: post-processing thresholds are WT/TC/ET's; not applied", rs.profile)
         pp = None
@@ -285,12 +331,12 @@ def evaluate_model(
     for case in predict_validation(
         val, tta, overlap=overlap, device=device, amp=amp, progress=progress, tta_path=tta_path
     ):
-        per_case.append(score_case(case.pred, case.gt, case.spacing, lesion_params, names))
+        per_case.append(score_validation_case(case, rs, challenge))
         if pp is not None:
             pred_pp = postprocessed_regions(case.pred, pp)
             per_case_pp.append(score_case(pred_pp, case.gt, case.spacing, challenge))
 
-    metrics = summarise(per_case, "tta/", names)
+    metrics = summarise(per_case, "tta/", tuple(rs.scored))
     if per_case_pp:
         metrics.update(summarise(per_case_pp, PP_PREFIX))
     if log_to_mlflow:

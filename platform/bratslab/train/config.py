@@ -75,10 +75,12 @@ class TrainingSection(StrictModel):
         default=0.5, ge=0, lt=1, description="Sliding-window overlap for validation."
     )
     val_sw_batch_size: int = Field(default=2, ge=1, description="Windows per forward pass.")
-    val_lesionwise: Literal["gli", "ssa", "ped", "men", "met"] | None = Field(
+    val_lesionwise: Literal["gli", "ssa", "ped", "men", "met", "panoptica"] | None = Field(
         default="gli",
-        description="Also report BraTS 2023 lesion-wise Dice with this challenge's dilation and "
-        "volume threshold (null: skip).",
+        description="Also report lesion-wise Dice per region: the BraTS 2023 definition with "
+        "this challenge's dilation and volume threshold, or panoptica (the organisers' metric "
+        "since 2025: lesions matched on Dice, every region of the store's profile; needs "
+        "bratslab[panoptica] on the workers); null: skip.",
     )
     freeze: list[str] = Field(
         default_factory=list,

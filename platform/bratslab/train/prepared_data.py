@@ -14,6 +14,7 @@ from bratslab.data.patch_stream import patch_dataset
 from bratslab.data.region_set import region_set
 from bratslab.data.remote import rows_to_uris
 from bratslab.data.store import Store
+from bratslab.evaluate.panoptica_metric import MissingExtraError, check_installed
 from bratslab.models.zoo import shape_factor
 
 if TYPE_CHECKING:  # the spec is injected: train/ never imports the jobs layer at run time
@@ -31,8 +32,14 @@ def outputs_for_store(spec: JobSpec) -> JobSpec:
     match.
 
     Raises:
-        ConfigError: ``model.out_channels`` was set to a value the store's profile cannot use.
+        ConfigError: ``model.out_channels`` was set to a value the store's profile cannot use,
+            or ``training.val_lesionwise`` is panoptica and the extra is not installed.
     """
+    if spec.training.val_lesionwise == "panoptica":
+        try:
+            check_installed()
+        except MissingExtraError as e:
+            raise ConfigError(f"training.val_lesionwise panoptica: {e}") from None
     rs = region_set(Store(spec.data.store_path()).profile)
     want, have = rs.channels(spec.model.output), spec.model.out_channels
     if have == want:

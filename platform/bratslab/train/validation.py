@@ -19,8 +19,10 @@ from torch import nn
 from bratslab.data.region_set import (
     RegionSet,
     predicted_masks,
+    probabilities_to_store_labels,
     region_set,
     scored_masks,
+    store_to_source,
 )
 from bratslab.evaluate.metrics import dice
 
@@ -28,19 +30,14 @@ if TYPE_CHECKING:  # the spec is injected: train/ never imports the jobs layer a
     from bratslab.jobs.spec import JobSpec
 
 
-def predict_masks(
-    model: nn.Module,
-    x: np.ndarray,
-    patch: Sequence[int],
-    spec: JobSpec,
-    device: torch.device,
-    regions: RegionSet,
+def predict_probabilities(
+    model: nn.Module, x: np.ndarray, patch: Sequence[int], spec: JobSpec, device: torch.device
 ) -> np.ndarray:
-    """Bool ``(S, X, Y, Z)``, one channel per scored region of ``regions``, predicted for one
-    case ``x`` ``(C, X, Y, Z)`` (:func:`~bratslab.data.region_set.predicted_masks`)."""
-    from bratslab.inference.sliding_window import predict_probabilities
+    """Probabilities ``(C, X, Y, Z)`` of one case ``x`` ``(C_in, X, Y, Z)``: sliding window, no
+    TTA, sigmoid (region models) or softmax (label models)."""
+    from bratslab.inference.sliding_window import predict_probabilities as sliding
 
-    probs, _ = predict_probabilities(
+    probs, _ = sliding(
         [model],
         np.asarray(x, dtype=np.float32),
         roi_size=tuple(patch),
@@ -51,7 +48,21 @@ def predict_masks(
         activation="sigmoid" if spec.model.output == "regions" else "softmax",
         amp=spec.training.amp,
     )
-    return predicted_masks(probs, spec.model.output, regions)
+    return probs
+
+
+def panoptica_lesion_dice(
+    probs: np.ndarray, y: np.ndarray, spacing, output: str, regions: RegionSet
+) -> list[float]:
+    """The organisers' lesion-wise Dice (panoptica) per scored region, in ``regions.scored``
+    order, of one case's probabilities against its store labels ``y``."""
+    from bratslab.evaluate.panoptica_metric import lesionwise_dice
+
+    pred = store_to_source(probabilities_to_store_labels(probs, output, regions), regions.profile)
+    ref = np.asarray(y)
+    ref = store_to_source(ref[0] if ref.ndim == 4 else ref, regions.profile)
+    scores = lesionwise_dice(pred, ref, spacing, regions.profile)
+    return [scores[r] for r in regions.scored]
 
 
 def val_keys(regions: RegionSet) -> tuple[str, ...]:
@@ -72,7 +83,8 @@ def validate(
     """Per-case sums over ``rows`` (volumes read via mmap), in :func:`val_keys` order, then the
     number of cases: ``[Σ dice_wt, Σ dice_tc, Σ dice_et, Σ lesion_dice_wt, ..., n_cases]`` for
     the BraTS 2023 regions (``regions``: the store profile's; default WT, TC, ET). Lesion-wise
-    sums stay 0 when ``training.val_lesionwise`` is null."""
+    Dice is the BraTS 2023 one with ``training.val_lesionwise``'s parameters, or the organisers'
+    panoptica one (``panoptica``); its sums stay 0 when ``val_lesionwise`` is null."""
     from bratslab.evaluate.lesionwise import lesion_metrics
 
     regions = regions or region_set()
@@ -86,11 +98,15 @@ def validate(
     with torch.no_grad():
         for row in rows:
             x = np.load(row["x_path"], mmap_mode="r")[:in_ch]
-            gt = scored_masks(np.load(row["y_path"], mmap_mode="r"), regions)
-            pred = predict_masks(model, x, patch, spec, device, regions)
+            y = np.load(row["y_path"], mmap_mode="r")
+            gt = scored_masks(y, regions)
+            probs = predict_probabilities(model, x, patch, spec, device)
+            pred = predicted_masks(probs, spec.model.output, regions)
             values = [dice(pred[i], gt[i]) for i in range(n)]
-            if challenge:
-                spacing = row.get("zooms") or (1.0, 1.0, 1.0)
+            spacing = row.get("zooms") or (1.0, 1.0, 1.0)
+            if challenge == "panoptica":
+                values += panoptica_lesion_dice(probs, y, spacing, spec.model.output, regions)
+            elif challenge:
                 values += [
                     lesion_metrics(pred[i], gt[i], spacing, challenge).lesion_dice for i in range(n)
                 ]

@@ -107,20 +107,31 @@ TTA_DONE_TAG = "bratslab.tta_done"  # on a trial's run: which re-evaluation its 
 
 
 def evaluate_candidates(
-    candidates: list[TrialResult], store: str, fold: int, tta: str, *, evaluate=None
+    candidates: list[TrialResult],
+    store: str,
+    fold: int,
+    tta: str,
+    *,
+    evaluate=None,
+    lesionwise: str | None = None,
 ) -> list[TrialResult]:
     """Set each candidate's ``tta`` (a dict of ``tta/*`` metrics), in place.
 
     Each re-evaluation is logged to the trial's own MLflow run, then recorded there as the tag
     ``bratslab.tta_done`` (TTA, fold, checkpoint): a sweep stopped during this stage and resumed
     takes those candidates' metrics from their runs instead of evaluating them again.
-    ``evaluate`` defaults to :func:`bratslab.inference.model_eval.evaluate_model`.
+    ``evaluate`` defaults to :func:`bratslab.inference.model_eval.evaluate_model`;
+    ``lesionwise`` is the trials' ``training.val_lesionwise`` (the lesion-wise family and
+    parameters the TTA scores use too; default ``gli``).
     """
     if evaluate is None:
         evaluate = evaluate_model
     for c in candidates:
         run_id = c.mlflow_run_id
+        challenge = lesionwise or "gli"
         done = f"{tta} | fold {fold} | {c.best_checkpoint}"
+        if challenge != "gli":  # another lesion-wise metric is another re-evaluation
+            done += f" | {challenge}"
         recorded = _recorded_tta(run_id, done) if run_id else None
         if recorded:
             log.info("trial %s already re-evaluated with TTA (%s)", c.trial_id, done)
@@ -129,7 +140,13 @@ def evaluate_candidates(
         log.info("TTA re-evaluation of trial %s (%s)", c.trial_id, c.best_checkpoint)
         # evaluate_model also logs the tta/* metrics to the trial's own MLflow run.
         result = evaluate(
-            c.best_checkpoint, store, fold, tta, run_id=run_id, log_to_mlflow=bool(run_id)
+            c.best_checkpoint,
+            store,
+            fold,
+            tta,
+            run_id=run_id,
+            log_to_mlflow=bool(run_id),
+            challenge=challenge,
         )
         c.tta = tta_metrics(result)
         if run_id:

@@ -227,7 +227,10 @@ def _select_and_register(outcome: SweepOutcome, spec, cfg: SweepConfig, storage)
         c.best_checkpoint = storage.localize(c.best_checkpoint, c.trial_id)
     for i, c in enumerate(candidates, 1):  # 40-60 s each on a CPU: one progress line each
         with console.step(f"TTA re-evaluation {i}/{len(candidates)}: trial {c.trial_id}"):
-            selection.evaluate_candidates([c], store, spec.data.fold, cfg.tta)
+            lesionwise = spec.training.val_lesionwise
+            selection.evaluate_candidates(
+                [c], store, spec.data.fold, cfg.tta, lesionwise=lesionwise
+            )
     winner = selection.pick_winner(candidates, cfg.selection_metric, cfg.selection_mode)
     if winner is None:
         raise RuntimeError(

@@ -23,15 +23,17 @@ class Evaluation:
 
     def __init__(self, stop_after: int | None = None) -> None:
         self.calls: list[str] = []
+        self.challenges: list[str] = []
         self.stop_after = stop_after
 
-    def __call__(self, ckpt, store, fold, tta, *, run_id, log_to_mlflow):
+    def __call__(self, ckpt, store, fold, tta, *, run_id, log_to_mlflow, challenge):
         from bratslab.shutdown import Terminated
         from bratslab.tracking import mlflow_runs
 
         if self.stop_after is not None and len(self.calls) == self.stop_after:
             raise Terminated(15)
         self.calls.append(ckpt)
+        self.challenges.append(challenge)
         metrics = {"tta/dice_mean": 0.5 + len(ckpt) / 100, "tta/hd95_mean": 3.0, "pp/dice_et": 0.4}
         mlflow_runs.log_metrics(run_id, metrics, 1)
         return metrics
@@ -78,3 +80,10 @@ def test_finished_re_evaluations_are_kept_across_a_stop(runs):
     from bratslab.tracking.mlflow_runs import run_info
 
     assert run_info(runs[0])["tags"][TTA_DONE_TAG] == "flips+rot90 | fold 0 | /sw/train/t0/epoch2"
+    # so is another lesion-wise metric: the trials' val_lesionwise reaches the evaluation
+    pan = Evaluation()
+    evaluate_candidates(
+        _candidates(runs), "/store", 0, "flips+rot90", evaluate=pan, lesionwise="panoptica"
+    )
+    assert len(pan.calls) == 2 and pan.challenges == ["panoptica"] * 2
+    assert again.challenges == ["gli"] * 2

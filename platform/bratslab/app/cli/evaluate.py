@@ -26,6 +26,11 @@ METRIC_HELP = (
     "--challenge sets d and T) or panoptica (the organisers' package since 2025: connected "
     "components matched on Dice, every region of --profile; needs bratslab[panoptica])."
 )
+MODEL_METRIC_HELP = (
+    "Lesion-wise Dice family: brats2023 (--challenge sets d and T; a model of a 2024+ profile "
+    "uses its profile's) or panoptica (the organisers' metric since 2025, every region of the "
+    "model's profile; needs bratslab[panoptica])."
+)
 PROFILE_HELP = (
     "Challenge profile: the labels and the regions scored (`bratslab data profiles` lists them; "
     "e.g. gli = BraTS 2024+ post-treatment glioma with RC). brats2023 metric: also its d and T, "
@@ -239,6 +244,7 @@ def evaluate_model_cmd(
     max_cases: int = typer.Option(0, "--max-cases", help="Score only the first N (0: all)."),
     overlap: float = typer.Option(0.5, "--overlap", help="Sliding-window overlap in [0, 1)."),
     challenge: str = challenge_option(),
+    metric: str = typer.Option("brats2023", "--metric", help=MODEL_METRIC_HELP),
     run_id: str | None = typer.Option(
         None, "--run-id", help="MLflow run to log to (default: the model's own run)."
     ),
@@ -252,11 +258,14 @@ def evaluate_model_cmd(
     When the model carries post-processing thresholds (or with --postprocess FILE), the scores
     after post-processing are shown beside them and logged as pp/ metrics.
     """
+    from bratslab.evaluate.panoptica_metric import MissingExtraError
     from bratslab.inference.model_eval import evaluate_model
     from bratslab.tracking.model_store import ModelIntegrityError
 
+    if metric not in ("brats2023", "panoptica"):
+        _fail(f"--metric must be brats2023 or panoptica, not {metric!r}", 2)
     choice = _postprocess_choice(postprocess, no_postprocess)
-    _header(f"evaluate-model {model} on fold {fold} of {store} (tta {tta})")
+    _header(f"evaluate-model {model} on fold {fold} of {store} (tta {tta}, {metric})")
     try:
         metrics = evaluate_model(
             model,
@@ -265,7 +274,7 @@ def evaluate_model_cmd(
             tta,
             max_cases=max_cases or None,
             overlap=overlap,
-            challenge=challenge,
+            challenge="panoptica" if metric == "panoptica" else challenge,
             run_id=run_id,
             log_to_mlflow=not no_log,
             progress=True,
@@ -274,7 +283,7 @@ def evaluate_model_cmd(
         )
     except ModelIntegrityError as e:
         _fail(str(e), 1)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, MissingExtraError) as e:
         _fail(str(e), 2)
     _print_model_metrics(metrics, f"{model} · fold {fold} · tta {tta}")
 
