@@ -168,9 +168,15 @@ def describe_winner(winner: TrialResult, sweep_name: str, metric: str) -> str:
     """A registered version's description: where it comes from and its TTA scores in words."""
     tta = winner.tta
 
+    # WT, TC, ET, or every region of the model's profile (ET, NETC, SNFH, RC, TC, WT), in the
+    # order the evaluation reported them
+    regions = [k.removeprefix("tta/dice_") for k in tta if k.startswith("tta/dice_")]
+    regions = [r for r in regions if r != "mean"]
+    names = " / ".join(r.upper() for r in regions)
+
     def scores(prefix: str) -> str:
-        keys = [f"tta/{prefix}_{r}" for r in ("wt", "tc", "et")]
-        if not all(k in tta for k in keys):
+        keys = [f"tta/{prefix}_{r}" for r in regions]
+        if not keys or not all(k in tta for k in keys):
             return ""
         mean = tta.get(f"tta/{prefix}_mean")
         tail = f" (mean {mean:.3f})" if mean is not None else ""
@@ -178,9 +184,9 @@ def describe_winner(winner: TrialResult, sweep_name: str, metric: str) -> str:
 
     lines = [f"Sweep {sweep_name}, trial {winner.trial_id}; selected by {metric}."]
     if voxel := scores("dice"):
-        lines.append(f"TTA Dice WT / TC / ET: {voxel}.")
+        lines.append(f"TTA Dice {names}: {voxel}.")
     if lesion := scores("lesion_dice"):
-        lines.append(f"TTA lesion-wise Dice WT / TC / ET: {lesion}.")
+        lines.append(f"TTA lesion-wise Dice {names}: {lesion}.")
     if winner.params:
         lines.append("Sampled: " + ", ".join(f"{k}={v}" for k, v in sorted(winner.params.items())))
     return "\n".join(lines)

@@ -165,6 +165,12 @@ def test_worse_model_does_not_take_the_champion_alias(mlflow_store):
     )  # fmt: skip
     text = selection.describe_winner(wins, "sw", "tta/lesion_dice_mean")
     assert "TTA lesion-wise Dice WT / TC / ET: 0.500 / 0.500 / 0.500 (mean 0.500)." in text
+    # a post-treatment model's six regions, in the order its evaluation reported them
+    post = [f"tta/{k}_{r}" for k in ("dice", "lesion_dice")
+            for r in ("et", "netc", "snfh", "rc", "tc", "wt", "mean")]  # fmt: skip
+    wins.tta = dict.fromkeys(post, 0.25)
+    text = selection.describe_winner(wins, "sw", "tta/lesion_dice_mean")
+    assert "TTA Dice ET / NETC / SNFH / RC / TC / WT: " + " / ".join(["0.250"] * 6) in text
     better = selection.register_winner(winner(2, 0.85), alias="champion", **kw)
     assert better.promoted
     assert registry.get_version("bratslab-test", alias="champion").version == "3"
