@@ -1,9 +1,10 @@
 """Today's data end to end on the session's Ray instance and MLflow store, real .nii.gz files:
 
 - BraTS 2024+ post-treatment glioma (labels NETC 1, SNFH 2, ET 3, RC 4): ``data synth
-  --profile gli-post`` → validate → preprocess → train (four outputs: WT, TC, ET, RC) →
-  ``evaluate-model`` (six regions) → predict (labels 1–4 in the source geometry) → evaluate
-  with both lesion-wise families → ``export rle --profile``;
+  --profile gli-post`` → validate → preprocess → train (four outputs: WT, TC, ET, RC; selected
+  by panoptica) → ``evaluate-model`` (six regions, both families) → ``postprocess fit`` (a size
+  per region) → sweep (champion registered) → predict with the profile's thresholds (labels
+  1–4 in the source geometry) → evaluate with both lesion-wise families → ``export rle``;
 - an nnU-Net raw dataset (``dataset.json`` with regions, ``_000X`` channel files, nnU-Net's
   BraTS values 1 ED, 2 NCR, 3 ET, ``splits_final.json``) → preprocess with ``--splits`` (the
   store's folds are nnU-Net's) → train → predict ``imagesTs`` into nnU-Net's naming and values.
@@ -26,6 +27,7 @@ from typer.testing import CliRunner
 pytestmark = pytest.mark.integration
 
 JOB = Path(__file__).resolve().parents[2] / "jobs" / "smoke.yaml"
+SWEEP_JOB = JOB.with_name("sweep_smoke.yaml")
 SHAPE = ["48", "48", "40"]
 SMALL = ["--min-size", "32"]  # volumes stay ≈ their brain's size (not padded to 128³)
 TRAIN = ["--set", "training.epochs=1", "--set", "training.steps_per_epoch=2",
@@ -56,17 +58,30 @@ def _painted(probs: np.ndarray, paint: list[int]) -> np.ndarray:
     return out
 
 
-def test_post_treatment_cases_train_predict_evaluate_and_export(
+POST_REGIONS = ("et", "netc", "snfh", "rc", "tc", "wt")
+
+
+def test_post_treatment_cases_train_sweep_predict_evaluate_and_export(
     ray_cluster, bratslab_home, tmp_path
 ):
     from bratslab.data.store import Store
-    from bratslab.tracking.mlflow_runs import run_info
 
     raw, store = tmp_path / "raw", tmp_path / "store"
     _invoke("data", "synth", raw, "--profile", "gli-post", "--cases", "5", "--shape", *SHAPE)
     _invoke("data", "validate", raw)
     _invoke("data", "preprocess", raw, store, "--folds", "2", *SMALL)
     assert Store(store).profile.name == "brats2024-gli"
+
+    ckpt = _train_post_treatment(bratslab_home, store)
+    _fit_post_treatment_thresholds(ckpt, store, tmp_path / "fitted.json")
+    champion = _sweep_post_treatment(store)
+    pred = _predict_post_treatment(champion, raw, tmp_path)
+    _score_and_export_post_treatment(pred, raw, tmp_path)
+
+
+def _train_post_treatment(bratslab_home: Path, store: Path) -> Path:
+    """train: four outputs, six regions validated, selected by panoptica; evaluate-model."""
+    from bratslab.tracking.mlflow_runs import run_info
 
     name = "post-it"
     # selected by the organisers' lesion-wise Dice (panoptica) over the six regions
@@ -80,30 +95,59 @@ def test_post_treatment_cases_train_predict_evaluate_and_export(
     info = json.loads((ckpt / "model.json").read_text())
     assert info["model"]["out_channels"] == 4
     assert info["regions"] == ["wt", "tc", "et", "rc"] and info["profile"] == "brats2024-gli"
-    run_id = json.loads((bratslab_home / "ray_results" / name / "bratslab_run.json").read_text())[
-        "mlflow_run_id"
-    ]
+    state = bratslab_home / "ray_results" / name / "bratslab_run.json"
+    run_id = json.loads(state.read_text())["mlflow_run_id"]
     metrics = run_info(run_id)["metrics"]
-    for region in ("et", "netc", "snfh", "rc", "tc", "wt"):
+    for region in POST_REGIONS:
         assert f"val/dice_{region}" in metrics and f"best/val/dice_{region}" in metrics
         assert 0.0 <= metrics[f"val/lesion_dice_{region}"] <= 1.0
     assert metrics["val/dice_mean"] == pytest.approx(
-        np.mean([metrics[f"val/dice_{r}"] for r in ("et", "netc", "snfh", "rc", "tc", "wt")])
+        np.mean([metrics[f"val/dice_{r}"] for r in POST_REGIONS])
     )
-
     # evaluate-model scores the six regions in store space (logged as tta/ to the run)
     _invoke("evaluate-model", "--model", ckpt, "--store", store, "--fold", "0",
-                "--tta", "none", "--max-cases", "1")  # fmt: skip
+            "--tta", "none", "--max-cases", "1")  # fmt: skip
     tta = run_info(run_id)["metrics"]
     assert {f"tta/lesion_dice_{r}" for r in ("rc", "netc", "snfh")} <= set(tta), sorted(tta)
     r = _invoke("evaluate-model", "--model", ckpt, "--store", store, "--fold", "0", "--tta",
                 "none", "--max-cases", "1", "--metric", "panoptica", "--no-log")  # fmt: skip
     assert "tta/lesion_dice_rc" in r.output
+    return ckpt
 
-    # predict: labels in the source geometry, painted WT → 2, TC → 1, ET → 3, RC → 4
+
+def _fit_post_treatment_thresholds(ckpt: Path, store: Path, out: Path) -> None:
+    """postprocess fit: a minimum size per region of the profile, not WT/TC/ET's fields."""
+    _invoke("postprocess", "fit", "--model", ckpt, "--store", store, "--fold", "0", "--tta",
+            "none", "--max-cases", "1", "--no-register", "-o", out)  # fmt: skip
+    config = json.loads(out.read_text())["config"]
+    assert config["profile"] == "brats2024-gli" and set(config["min_size"]) <= set(POST_REGIONS)
+    assert not any(config[k] for k in ("min_size_wt", "min_size_tc", "min_size_et"))
+
+
+def _sweep_post_treatment(store: Path) -> str:
+    """sweep (one trial): TTA re-evaluation by panoptica, the champion registered."""
+    from bratslab.tracking import registry
+
+    name = "post-it-sweep"
+    _invoke("sweep", SWEEP_JOB, "--set", f"data.store={store}", "--set", "sweep.num_trials=1",
+            "--set", "sweep.max_concurrent=1", "--set", "sweep.top_k=1",
+            "--set", "sweep.tta=none", "--set", f"sweep.registry_name={name}",
+            "--set", "sweep.selection_metric=tta/lesion_dice_mean",
+            "--set", "training.val_lesionwise=panoptica", *TRAIN)  # fmt: skip
+    version = registry.get_version(name, alias="champion")
+    assert {f"tta/lesion_dice_{r}" for r in POST_REGIONS} <= set(version.tags), version.tags
+    assert "TTA Dice ET / NETC / SNFH / RC / TC / WT" in version.description
+    return f"models:/{name}@champion"
+
+
+def _predict_post_treatment(model: str, raw: Path, tmp_path: Path) -> Path:
+    """predict: labels in the source geometry, painted WT → 2, TC → 1, ET → 3, RC → 4, then the
+    profile's thresholds (every RC component below 10⁶ voxels deleted)."""
+    pp = tmp_path / "no_rc.json"
+    pp.write_text(json.dumps({"profile": "gli-post", "min_size": {"rc": 10**6}}))
     pred = tmp_path / "pred"
-    _invoke("predict", "--model", ckpt, "--input", raw, "--output", pred, "--tta", "none",
-            "--workers", "1", "--save-probabilities")  # fmt: skip
+    _invoke("predict", "--model", model, "--input", raw, "--output", pred, "--tta", "none",
+            "--workers", "1", "--save-probabilities", "--postprocess", pp)  # fmt: skip
     segs = sorted(raw.rglob("*-seg.nii.gz"))
     assert len(segs) == 5
     for seg in segs:
@@ -112,24 +156,30 @@ def test_post_treatment_cases_train_predict_evaluate_and_export(
         assert out.shape == nib.load(seg).shape
         probs = np.asarray(nib.load(pred / f"{case}_prob.nii.gz").dataobj)
         assert probs.shape[-1] == 4  # WT, TC, ET, RC
-        np.testing.assert_array_equal(out, _painted(probs, [2, 1, 3, 4]))
-    # the reference folder holds RC: scored on all six regions, in both lesion-wise families
+        expected = _painted(probs, [2, 1, 3, 4])
+        expected[expected == 4] = 0  # the thresholds removed every cavity component
+        np.testing.assert_array_equal(out, expected)
+    return pred
+
+
+def _score_and_export_post_treatment(pred: Path, raw: Path, tmp_path: Path) -> None:
+    """The reference folder holds RC: scored on all six regions, in both lesion-wise
+    families; exported per region of the profile."""
     csv_path = tmp_path / "scores" / "metrics.csv"
     _invoke("evaluate", "--pred", pred, "--ref", raw, "--profile", "gli-post", "-o", csv_path)
     summary = json.loads(csv_path.with_name("metrics.summary.json").read_text())
-    assert set(summary["regions"]) == {"et", "netc", "snfh", "rc", "tc", "wt"}
+    assert set(summary["regions"]) == set(POST_REGIONS)
     pan = tmp_path / "panoptica" / "metrics.csv"
     _invoke("evaluate", "--pred", pred, "--ref", raw, "--profile", "gli-post",
             "--metric", "panoptica", "-o", pan)  # fmt: skip
     pan_summary = json.loads(pan.with_name("metrics.summary.json").read_text())
-    assert set(pan_summary["regions"]) == {"et", "netc", "snfh", "rc", "tc", "wt"}
-
+    assert set(pan_summary["regions"]) == set(POST_REGIONS)
     rle = tmp_path / "sub.csv"
     _invoke("export", "rle", pred, rle, "--profile", "gli-post")
     with open(rle, newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 5 * 6
-    assert {row["region"] for row in rows} == {"et", "netc", "snfh", "rc", "tc", "wt"}
+    assert {row["region"] for row in rows} == set(POST_REGIONS)
 
 
 # nnU-Net's BraTS conversion: 1 = ED, 2 = NCR, 3 = ET (BraTS 2023 NCR 1, ED 2, ET 3 → these)

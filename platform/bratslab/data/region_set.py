@@ -136,32 +136,32 @@ def store_to_source(labels: np.ndarray, profile: str | Profile) -> np.ndarray:
 
 
 def predicted_source_labels(
-    probs: np.ndarray,
-    output: str,
-    rs: RegionSet,
-    et_label: int,
-    threshold: float = 0.5,
-    relabel: Mapping[int, int] | None = None,
+    probs: np.ndarray, output: str, rs: RegionSet, et_label: int, threshold: float = 0.5
 ) -> np.ndarray:
-    """Model probabilities ``(C, X, Y, Z)`` → labels ``(X, Y, Z)`` uint8 as ``predict`` writes
-    them: in the case's own convention (a BraTS 2021/2023 model writes ET as the case's
-    ``et_label``, 4 or 3; another profile's model its own source labels, e.g. RC 4), then, for
-    an nnU-Net dataset's case, in the dataset's values (``relabel``: dataset value → profile
-    value, inverted here)."""
+    """Model probabilities ``(C, X, Y, Z)`` → labels ``(X, Y, Z)`` uint8 in the case's own
+    convention: a BraTS 2021/2023 model writes ET as the case's ``et_label`` (4 or 3), another
+    profile's model its own source labels (e.g. RC 4)."""
     store = probabilities_to_store_labels(probs, output, rs, threshold)
     # 2021/2023: the case's own ET value (a 2023 model writes a 2021 case's ET as 4)
     legacy = rs.legacy
-    labels = from_store_labels(store, et_label) if legacy else store_to_source(store, rs.profile)
-    if relabel:
-        inverse = {int(v): int(k) for k, v in relabel.items()}
-        missing = sorted(set(rs.values) - set(inverse))
-        if missing:
-            raise ValueError(
-                f"labels {missing} of profile {rs.profile} have no value in the dataset's "
-                f"dataset.json (its labels map to {sorted(inverse)})"
-            )
-        labels = relabel_values(labels, inverse)
-    return labels
+    return from_store_labels(store, et_label) if legacy else store_to_source(store, rs.profile)
+
+
+def to_dataset_values(labels: np.ndarray, relabel: Mapping[int, int], rs: RegionSet) -> np.ndarray:
+    """Labels in the profile's values → an nnU-Net dataset's own (``relabel``: dataset value →
+    profile value, as read from its ``dataset.json``; inverted here).
+
+    Raises:
+        ValueError: a label of the profile has no value in the dataset.
+    """
+    inverse = {int(v): int(k) for k, v in relabel.items()}
+    prof = get_profile(rs.profile)
+    if missing := sorted(set(prof.allowed_labels) - set(inverse)):
+        raise ValueError(
+            f"labels {missing} of profile {rs.profile} have no value in the dataset's "
+            f"dataset.json (its labels map to {sorted(inverse)})"
+        )
+    return relabel_values(labels, inverse)
 
 
 def predicted_masks(

@@ -14,6 +14,7 @@ The validation cases and their predictions (:func:`validation_cases`,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import zlib
@@ -39,7 +40,7 @@ from bratslab.evaluate.metrics import region_metrics
 from bratslab.evaluate.panoptica_metric import check_installed
 from bratslab.evaluate.score_report import progress_bar
 from bratslab.inference.model_loading import build_from_payload, load_payload, resolve_device
-from bratslab.postprocess.resolve import resolve_postprocess
+from bratslab.postprocess.resolve import check_fits_regions, resolve_postprocess
 
 if TYPE_CHECKING:
     from bratslab.data.store import Store
@@ -263,6 +264,21 @@ def postprocessed_regions(pred: np.ndarray, cfg: PostprocessConfig) -> np.ndarra
     return labels_to_regions(postprocess_labels(regions_to_labels(pred), cfg))
 
 
+def postprocessed(case: ValPrediction, cfg: PostprocessConfig, rs: RegionSet) -> ValPrediction:
+    """``case`` with its prediction post-processed by ``cfg`` as ``predict`` would: the label map
+    it writes (WT/TC/ET rebuilt, or the profile's labels), ``cfg`` applied, regions again."""
+    from bratslab.postprocess.apply import postprocess_labels
+
+    if rs.legacy:
+        labels = postprocess_labels(regions_to_labels(case.pred), cfg)
+        pred = labels_to_regions(labels)
+    else:  # the 2024+ profiles keep their source values in the store
+        labels = postprocess_labels(case.labels[0], cfg)
+        pred = scored_masks(labels, rs)
+    both = (labels, case.labels[1]) if case.labels else None
+    return dataclasses.replace(case, pred=pred, labels=both)
+
+
 def summarise(per_case: list[dict[str, float]], prefix: str, regions=REGIONS) -> dict[str, float]:
     """Means over cases as ``{prefix}{key}``, plus ``{prefix}{name}_mean`` over ``regions``."""
     metrics: dict[str, float] = {}
@@ -323,9 +339,7 @@ def evaluate_model(
     rs = val.payload.regions
     if challenge == "panoptica":
         check_installed()  # MissingExtraError naming the extra, before any case is predicted
-    if pp is not None and not rs.legacy:
-        log.warning("%s: post-processing thresholds are WT/TC/ET's; not applied", rs.profile)
-        pp = None
+    check_fits_regions(pp, rs, str(model_ref))
     per_case: list[dict[str, float]] = []
     per_case_pp: list[dict[str, float]] = []
     for case in predict_validation(
@@ -333,8 +347,7 @@ def evaluate_model(
     ):
         per_case.append(score_validation_case(case, rs, challenge))
         if pp is not None:
-            pred_pp = postprocessed_regions(case.pred, pp)
-            per_case_pp.append(score_case(pred_pp, case.gt, case.spacing, challenge))
+            per_case_pp.append(score_validation_case(postprocessed(case, pp, rs), rs, challenge))
 
     metrics = summarise(per_case, "tta/", tuple(rs.scored))
     if per_case_pp:

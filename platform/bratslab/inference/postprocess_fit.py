@@ -19,6 +19,7 @@ import numpy as np
 from bratslab import atomic
 from bratslab.data.labels import regions_to_labels, to_store_labels
 from bratslab.data.preprocess import foreground_bbox
+from bratslab.data.region_set import store_to_source
 from bratslab.evaluate.label_maps import (
     CaseError,
     find_prediction,
@@ -54,34 +55,35 @@ def fit_model(
 
     The predictions become label maps as ``bratslab predict`` writes them (nested
     reconstruction) before the fit, so the thresholds are fitted on what they will be applied to.
-
-    Raises:
-        ValueError: the model is not a WT/TC/ET one (e.g. post-treatment glioma's regions).
+    A model of another profile than BraTS 2021/2023 (post-treatment glioma) gets a minimum size
+    per region of its profile (``PostprocessConfig.min_size``).
     """
     fit = fit or FitConfig()
     val = validation_cases(model_ref, store, fold, max_cases)
-    if not val.payload.regions.legacy:
-        raise ValueError(
-            f"{model_ref}: post-processing thresholds are fitted for WT/TC/ET; this model "
-            f"predicts the {val.payload.regions.profile} regions"
-        )
-    cases = [
-        FitCase(p.case_id, regions_to_labels(p.pred), p.gt, p.spacing)
-        for p in predict_validation(
-            val,
-            tta,
-            overlap=overlap,
-            device=device,
-            progress=progress,
-            stress=fit.stress,
-            tta_path=tta_path,
-        )
-    ]
+    rs = val.payload.regions
+    predictions = predict_validation(
+        val,
+        tta,
+        overlap=overlap,
+        device=device,
+        progress=progress,
+        stress=fit.stress,
+        tta_path=tta_path,
+    )
+    if rs.legacy:
+        cases = [
+            FitCase(p.case_id, regions_to_labels(p.pred), p.gt, p.spacing) for p in predictions
+        ]
+    else:  # label maps in the profile's own values, a reference channel per region of it
+        cases = [
+            FitCase(p.case_id, store_to_source(p.labels[0], rs.profile), p.gt, p.spacing)
+            for p in predictions
+        ]
     log.info(
         "fitting post-processing on %d validation cases of fold %d (%d scanner-stressed copies "
         "each)", len(val.cases), fold, fit.stress,
     )  # fmt: skip
-    return fit_thresholds(cases, fit)
+    return fit_thresholds(cases, fit, profile=None if rs.legacy else rs.profile)
 
 
 # Voxels kept around the union of a case's predicted and reference tumour when the folder fit

@@ -39,7 +39,11 @@ from bratslab.data.config import PreprocessConfig
 from bratslab.data.discovery import discover_cases
 from bratslab.data.layout import RawCase
 from bratslab.data.preprocess import CaseInvalid, preprocess_case, restore_to_source
-from bratslab.data.region_set import model_region_set, predicted_source_labels
+from bratslab.data.region_set import (
+    model_region_set,
+    predicted_source_labels,
+    to_dataset_values,
+)
 from bratslab.evaluate.score_report import progress_bar
 from bratslab.inference.config import PredictConfig
 from bratslab.inference.model_loading import (
@@ -52,7 +56,7 @@ from bratslab.inference.model_loading import (
 )
 from bratslab.inference.nifti_out import output_paths, write_map, write_nifti
 from bratslab.postprocess.config import PostprocessConfig
-from bratslab.postprocess.resolve import resolve_postprocess
+from bratslab.postprocess.resolve import check_fits_regions, resolve_postprocess
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +124,12 @@ def predict_case(
             tta_path=cfg.tta_path,
         )
         meta = pre.meta
-        labels = predicted_source_labels(
-            probs, output, model_region_set(info), case.et_label, cfg.threshold, case.relabel
-        )
+        regions = model_region_set(info)
+        labels = predicted_source_labels(probs, output, regions, case.et_label, cfg.threshold)
         if isinstance(cfg.postprocess, PostprocessConfig):  # resolved by predict_folder
             labels = postprocess_labels(labels, cfg.postprocess, case.et_label)
+        if case.relabel:  # an nnU-Net dataset's case: written in the dataset's own values
+            labels = to_dataset_values(labels, case.relabel, regions)
         affine, header = meta.affine_array(), meta.header()
         if cfg.save_probabilities:
             restored = restore_to_source(probs, meta)
@@ -335,21 +340,6 @@ def check_output_dir(out_dir: str | Path) -> None:
             return
 
 
-def check_postprocess_regions(pp: PostprocessConfig | None, payload: ModelPayload) -> None:
-    """Post-processing thresholds are WT/TC/ET's: refused for a model of another profile.
-
-    Raises:
-        ValueError: thresholds were given (or carried by the model) for such a model.
-    """
-    rs = model_region_set(payload.info)
-    if pp is not None and not rs.legacy:
-        raise ValueError(
-            f"post-processing thresholds cover WT/TC/ET only; {payload.source} predicts the "
-            f"{rs.profile} regions ({', '.join(r.upper() for r in rs.scored)}): "
-            "leave them out (--no-postprocess)"
-        )
-
-
 def predict_folder(
     model_refs: list[str] | str,
     raw_dir: str | Path,
@@ -377,7 +367,7 @@ def predict_folder(
     payloads = member_payloads([load_payload(r) for r in refs])
     check_ensemble(payloads)
     pp = resolve_postprocess(cfg.postprocess, refs)
-    check_postprocess_regions(pp, payloads[0])
+    check_fits_regions(pp, payloads[0].regions, payloads[0].source)
     cfg = cfg.model_copy(update={"postprocess": pp if pp is not None else "none"})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from bratslab.data.labels import REGIONS, STORE_ET
+from bratslab.data.profiles import get_profile
 from bratslab.postprocess.config import PostprocessConfig
 
 NCR = 1
@@ -112,16 +113,47 @@ def apply_components(
     return apply_counts(labels, comps, removal_counts(comps, cfg))
 
 
+def profile_components(labels: np.ndarray, profile: str) -> dict[str, RegionComponents]:
+    """:func:`components` of each region of ``profile`` (its report order) of a label map
+    ``(X, Y, Z)`` in the profile's source convention."""
+    regions = get_profile(profile).regions
+    return {r: components(np.isin(labels, members)) for r, members in regions.items()}
+
+
+def profile_removal_counts(
+    comps: dict[str, RegionComponents], cfg: PostprocessConfig
+) -> tuple[int, ...]:
+    """Deleted components per region of a profile's ``cfg.min_size`` (the fit's cache key)."""
+    return tuple(c.count_below(cfg.min_size.get(r, 0)) for r, c in comps.items())
+
+
+def apply_profile_counts(
+    labels: np.ndarray, comps: dict[str, RegionComponents], counts: tuple[int, ...]
+) -> np.ndarray:
+    """Label map ``(X, Y, Z)`` with the ``counts[i]`` smallest components of region ``i`` of
+    ``comps`` made background."""
+    out = labels.copy()
+    flat = out.reshape(-1)  # a view: writes land in ``out``
+    for comp, n in zip(comps.values(), counts, strict=True):
+        if n:
+            flat[comp.first(n)] = 0
+    return out
+
+
 def postprocess_labels(
     labels: np.ndarray, cfg: PostprocessConfig, et_label: int = STORE_ET
 ) -> np.ndarray:
-    """Apply ``cfg`` to a label map ``(X, Y, Z)`` (ET = ``et_label``); a new array of the same
-    dtype. A no-op config returns an unchanged copy without labelling anything."""
+    """Apply ``cfg`` to a label map ``(X, Y, Z)`` (ET = ``et_label``; with ``cfg.profile``, in
+    that profile's convention); a new array of the same dtype. A no-op config returns an
+    unchanged copy without labelling anything."""
     labels = np.asarray(labels)
     if labels.ndim != 3:
         raise ValueError(f"post-processing expects a label map (X, Y, Z), got {labels.shape}")
     if cfg.is_noop:
         return labels.copy()
+    if cfg.profile is not None:
+        comps = profile_components(labels, cfg.profile)
+        return apply_profile_counts(labels, comps, profile_removal_counts(comps, cfg))
     return apply_components(labels, region_components(labels, et_label), cfg)
 
 
@@ -134,9 +166,12 @@ __all__ = [
     "RegionComponents",
     "apply_components",
     "apply_counts",
+    "apply_profile_counts",
     "components",
     "infer_et_label",
     "postprocess_labels",
+    "profile_components",
+    "profile_removal_counts",
     "region_components",
     "region_masks",
     "removal_counts",

@@ -11,9 +11,10 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from bratslab.config import ConfigError, StrictModel, validate
+from bratslab.data.profiles import get_profile
 
 CONFIG_KEY = "config"  # postprocess.json: {"config": {...thresholds...}, "fit": {...report...}}
 DEFAULT_CANDIDATES = (0, 10, 25, 50, 100, 150, 250, 500)
@@ -29,6 +30,9 @@ class PostprocessConfig(StrictModel):
     ``min_size_<r>`` voxels is deleted (its voxels become background). Of the ET components
     that are kept, those with fewer than ``et_to_ncr_below`` voxels become NCR (label 1): they
     stay in the tumour core, as BraTS winning entries do with small enhancing spots.
+
+    For the models of another profile (post-treatment glioma: ET, NETC, SNFH, RC, TC, WT),
+    ``profile`` names it and ``min_size`` holds a size per region, applied the same way.
     """
 
     min_size_wt: int = Field(default=0, ge=0, description="Delete WT components below (voxels).")
@@ -37,14 +41,49 @@ class PostprocessConfig(StrictModel):
     et_to_ncr_below: int = Field(
         default=0, ge=0, description="Relabel kept ET components below this size as NCR (1)."
     )
+    profile: str | None = Field(
+        default=None,
+        description="A challenge profile whose regions min_size names (e.g. brats2024-gli: et, "
+        "netc, snfh, rc, tc, wt), for its models; null: the WT/TC/ET fields above.",
+    )
+    min_size: dict[str, int] = Field(
+        default_factory=dict,
+        description="Per region of profile: delete its components below (voxels); their "
+        "voxels become background.",
+    )
+
+    @field_validator("profile")
+    @classmethod
+    def _profile_name(cls, v: str | None) -> str | None:
+        return None if v is None else get_profile(v).name  # ValueError listing the known names
+
+    @model_validator(mode="after")
+    def _check_profile(self) -> PostprocessConfig:
+        if self.profile is None:
+            if self.min_size:
+                raise ValueError("min_size names a profile's regions: set profile too")
+            return self
+        prof = get_profile(self.profile)
+        if unknown := sorted(set(self.min_size) - set(prof.regions)):
+            raise ValueError(
+                f"min_size: {unknown} are not regions of {prof.name} ({', '.join(prof.regions)})"
+            )
+        if any(v < 0 for v in self.min_size.values()):
+            raise ValueError("min_size values must be >= 0")
+        if self.min_size_wt or self.min_size_tc or self.min_size_et or self.et_to_ncr_below:
+            raise ValueError(f"the WT/TC/ET thresholds do not apply to profile {prof.name}")
+        return self
 
     @property
     def is_noop(self) -> bool:
-        return not any(self.model_dump().values())
+        legacy = (self.min_size_wt, self.min_size_tc, self.min_size_et, self.et_to_ncr_below)
+        return not any(legacy) and not any(self.min_size.values())
 
     def summary(self) -> str:
         """One line for logs: the non-zero thresholds, or ``none``."""
-        items = [f"{k}={v}" for k, v in self.model_dump().items() if v]
+        values = {k: v for k, v in self.model_dump().items() if k not in ("profile", "min_size")}
+        values.update({f"min_size_{r}": v for r, v in self.min_size.items()})
+        items = [f"{k}={v}" for k, v in values.items() if v]
         return ", ".join(items) or "none"
 
 

@@ -24,7 +24,15 @@ from typing import Any
 import numpy as np
 
 from bratslab.data.labels import REGIONS, labels_to_regions
-from bratslab.postprocess.apply import apply_counts, region_components, removal_counts
+from bratslab.data.profiles import get_profile
+from bratslab.postprocess.apply import (
+    apply_counts,
+    apply_profile_counts,
+    profile_components,
+    profile_removal_counts,
+    region_components,
+    removal_counts,
+)
 from bratslab.postprocess.config import REFERENCE_VOXELS, FitConfig, PostprocessConfig
 
 log = logging.getLogger(__name__)
@@ -38,7 +46,9 @@ PARAMS = ("min_size_wt", "min_size_tc", "et_to_ncr_below", "min_size_et")
 class FitCase:
     """One validation case: predicted store labels ``(X, Y, Z)`` (ET = 3), the reference
     regions bool ``(3, X, Y, Z)`` (WT, TC, ET) and the voxel spacing in mm; ``volume_voxels``:
-    the size of the whole volume when these arrays are a crop of it (else their own size)."""
+    the size of the whole volume when these arrays are a crop of it (else their own size).
+    For a profile's fit (:func:`fit_thresholds` ``profile``): labels in its source convention,
+    the reference one channel per region of the profile, in its order."""
 
     case_id: str
     labels: np.ndarray
@@ -63,12 +73,13 @@ class FitResult:
     evaluations: int = 0
 
     def to_dict(self) -> dict[str, Any]:
+        regions = [r.upper() for r in self.before if r != "mean"]
         return {
             "before": self.before,
             "after": self.after,
             "candidates": self.candidates,
             "cases": self.cases,
-            "objective": "mean lesion-wise Dice (WT, TC, ET)",
+            "objective": f"mean lesion-wise Dice ({', '.join(regions)})",
         }
 
 
@@ -112,6 +123,50 @@ class CaseScorer:
         return out
 
 
+class ProfileCaseScorer(CaseScorer):
+    """:class:`CaseScorer` over every region of a challenge profile (``cfg.min_size``), with
+    the profile's lesion-wise parameters."""
+
+    def __init__(self, cases: Sequence[FitCase], profile: str):
+        from bratslab.evaluate.lesionwise import profile_params
+
+        prof = get_profile(profile)
+        self.cases = list(cases)
+        self.regions = tuple(prof.regions)
+        self.challenge = profile_params(prof)
+        self.comps = [profile_components(c.labels, prof.name) for c in self.cases]
+        self._cache = [{} for _ in self.cases]
+
+    def case_scores(self, i: int, cfg: PostprocessConfig) -> np.ndarray:
+        """``(R,)`` lesion-wise Dice per region of case ``i`` post-processed with ``cfg``."""
+        from bratslab.evaluate.lesionwise import lesion_metrics
+
+        key = profile_removal_counts(self.comps[i], cfg)
+        cached = self._cache[i].get(key)
+        if cached is None:
+            case = self.cases[i]
+            labels = apply_profile_counts(case.labels, self.comps[i], key)
+            regions = get_profile(cfg.profile).regions
+            cached = np.array(
+                [
+                    lesion_metrics(
+                        np.isin(labels, regions[r]), case.gt[k], case.spacing, self.challenge
+                    ).lesion_dice
+                    for k, r in enumerate(self.regions)
+                ]
+            )
+            self._cache[i][key] = cached
+        return cached
+
+    def region_scores(self, cfg: PostprocessConfig) -> dict[str, float]:
+        """Each region's lesion-wise Dice averaged over the cases, and ``mean``."""
+        per_case = np.stack([self.case_scores(i, cfg) for i in range(len(self.cases))])
+        means = per_case.mean(axis=0)
+        out = {r: float(means[k]) for k, r in enumerate(self.regions)}
+        out["mean"] = float(means.mean())
+        return out
+
+
 def candidate_sizes(cases: Sequence[FitCase], fit: FitConfig) -> list[int]:
     """The candidates scaled to the cases' size: ``fit.scale``, or for ``"auto"`` the cube root
     of (median voxels per case / a full BraTS volume), at most 1. 0 stays 0; others stay ≥ 1."""
@@ -123,8 +178,11 @@ def candidate_sizes(cases: Sequence[FitCase], fit: FitConfig) -> list[int]:
     return sorted({0 if c == 0 else max(1, round(c * scale)) for c in fit.candidates})
 
 
-def fit_thresholds(cases: Sequence[FitCase], fit: FitConfig | None = None) -> FitResult:
-    """Search :data:`PARAMS` coordinate-wise over the scaled candidates (see the module doc).
+def fit_thresholds(
+    cases: Sequence[FitCase], fit: FitConfig | None = None, profile: str | None = None
+) -> FitResult:
+    """Search :data:`PARAMS` coordinate-wise over the scaled candidates (see the module doc);
+    with ``profile``, a minimum size per region of that profile instead (``min_size``).
 
     Raises:
         ValueError: no cases, or a case whose prediction and reference shapes differ.
@@ -132,21 +190,27 @@ def fit_thresholds(cases: Sequence[FitCase], fit: FitConfig | None = None) -> Fi
     fit = fit or FitConfig()
     if not cases:
         raise ValueError("post-processing fit: no validation cases")
+    n_regions = len(REGIONS) if profile is None else len(get_profile(profile).regions)
     for c in cases:
-        if c.gt.shape != (len(REGIONS), *c.labels.shape):
+        if c.gt.shape != (n_regions, *c.labels.shape):
             raise ValueError(f"{c.case_id}: prediction {c.labels.shape} vs reference {c.gt.shape}")
-    scorer = CaseScorer(cases, fit.challenge)
+    if profile is None:
+        scorer, params = CaseScorer(cases, fit.challenge), PARAMS
+        current = PostprocessConfig()
+    else:
+        scorer = ProfileCaseScorer(cases, profile)
+        params = scorer.regions
+        current = PostprocessConfig(profile=profile)
     sizes = candidate_sizes(cases, fit)
-    current = PostprocessConfig()
     before = scorer.region_scores(current)
     best = before["mean"]
     for n in range(fit.passes):
         changed = False
-        for param in PARAMS:
+        for param in params:
             for size in sizes:
-                if size == getattr(current, param):
+                if size == _value(current, param):
                     continue
-                trial = current.model_copy(update={param: size})
+                trial = _with(current, param, size)
                 value = scorer.region_scores(trial)["mean"]
                 if value > best + fit.min_gain:
                     current, best, changed = trial, value, True
@@ -163,4 +227,24 @@ def fit_thresholds(cases: Sequence[FitCase], fit: FitConfig | None = None) -> Fi
     )
 
 
-__all__ = ["PARAMS", "CaseScorer", "FitCase", "FitResult", "candidate_sizes", "fit_thresholds"]
+def _value(cfg: PostprocessConfig, param: str) -> int:
+    """A threshold of ``cfg``: a WT/TC/ET field, or a profile region's ``min_size``."""
+    return cfg.min_size.get(param, 0) if cfg.profile else getattr(cfg, param)
+
+
+def _with(cfg: PostprocessConfig, param: str, size: int) -> PostprocessConfig:
+    """``cfg`` with one threshold (see :func:`_value`) set to ``size``."""
+    if cfg.profile:
+        return cfg.model_copy(update={"min_size": {**cfg.min_size, param: size}})
+    return cfg.model_copy(update={param: size})
+
+
+__all__ = [
+    "PARAMS",
+    "CaseScorer",
+    "ProfileCaseScorer",
+    "FitCase",
+    "FitResult",
+    "candidate_sizes",
+    "fit_thresholds",
+]

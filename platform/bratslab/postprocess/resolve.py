@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+from bratslab.data.region_set import RegionSet
 from bratslab.postprocess.config import PostprocessConfig, config_from_data, load_config_file
 from bratslab.tracking.manifest import verify_local_dir
 
@@ -24,6 +25,25 @@ log = logging.getLogger(__name__)
 Choice = Literal["model", "none"] | PostprocessConfig
 #: The thresholds of a downloaded model folder (bratslab.tracking.download.POSTPROCESS_FILE).
 FOLDER_FILE = "postprocess.json"
+
+
+def check_fits_regions(pp: PostprocessConfig | None, rs: RegionSet, source: str) -> None:
+    """Thresholds fit a model's regions: WT/TC/ET ones a BraTS 2021/2023 model, a profile's
+    ``min_size`` a model of that profile.
+
+    Raises:
+        ValueError: they were fitted for other regions (both are named).
+    """
+    if pp is None:
+        return
+    if (pp.profile is None) == rs.legacy and (pp.profile is None or pp.profile == rs.profile):
+        return
+    meant_for = pp.profile or "brats2021/2023 (WT/TC/ET)"
+    raise ValueError(
+        f"post-processing thresholds for {meant_for}; {source} predicts the {rs.profile} "
+        f"regions ({', '.join(r.upper() for r in rs.scored)}): fit its own (`bratslab "
+        "postprocess fit`) or leave them out (--no-postprocess)"
+    )
 
 
 def thresholds_for_model(ref: str | Path) -> PostprocessConfig | None:

@@ -21,6 +21,7 @@ from bratslab.data.region_set import (
     predicted_source_labels,
     region_set,
     scored_masks,
+    to_dataset_values,
 )
 from bratslab.train.losses import SegmentationLoss, labels_to_region_targets
 
@@ -81,10 +82,10 @@ def test_predicted_labels_in_each_convention():
     assert predicted_source_labels(logits, "labels", post, 3).item() == 4
     # an nnU-Net dataset with nnU-Net's BraTS values (1 ED, 2 NCR, 3 ET): written back in them
     relabel = {0: 0, 1: 2, 2: 1, 3: 3}  # dataset value → profile value
-    got = predicted_source_labels(probs, "regions", legacy, 3, relabel=relabel)
+    got = to_dataset_values(predicted_source_labels(probs, "regions", legacy, 3), relabel, legacy)
     assert got.ravel().tolist() == [3, 2, 1]
     with pytest.raises(ValueError, match=r"labels \[4\] of profile brats2024-gli"):
-        predicted_source_labels(p4, "regions", post, 3, relabel=relabel)
+        to_dataset_values(predicted_source_labels(p4, "regions", post, 3), relabel, post)
 
 
 def test_scored_masks_of_a_post_treatment_prediction():

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from bratslab.config import ConfigError
+from bratslab.config import ConfigError, validate
 from bratslab.data.region_set import region_set
 from bratslab.inference.model_eval import check_same_regions
 from bratslab.inference.model_loading import ModelPayload
-from bratslab.inference.predict import check_postprocess_regions
 from bratslab.jobs.spec import load_job
 from bratslab.postprocess.config import PostprocessConfig
+from bratslab.postprocess.resolve import check_fits_regions
 from bratslab.train.prepared_data import outputs_for_store
 
 JOB = Path(__file__).resolve().parents[3] / "jobs" / "smoke.yaml"
@@ -34,12 +34,26 @@ def _payload(profile: str | None) -> ModelPayload:
     return ModelPayload(info=info, weights=b"", source=f"model-{profile}")
 
 
-def test_wt_tc_et_thresholds_are_refused_for_a_post_treatment_model():
+def _check(pp, profile):
+    payload = _payload(profile)
+    check_fits_regions(pp, payload.regions, payload.source)
+
+
+def test_thresholds_fit_only_the_regions_they_were_fitted_for():
     pp = PostprocessConfig(min_size_wt=10)
-    check_postprocess_regions(pp, _payload(None))  # a BraTS 2023 model: applied
-    check_postprocess_regions(None, _payload("gli-post"))  # nothing to apply: fine
-    with pytest.raises(ValueError, match="WT/TC/ET only.*brats2024-gli.*--no-postprocess"):
-        check_postprocess_regions(pp, _payload("gli-post"))
+    _check(pp, None)  # a BraTS 2023 model: applied
+    _check(None, "gli-post")  # nothing to apply: fine
+    with pytest.raises(ValueError, match="for brats2021/2023.*brats2024-gli.*--no-postprocess"):
+        _check(pp, "gli-post")
+    post = PostprocessConfig(profile="gli", min_size={"rc": 20})
+    assert post.profile == "brats2024-gli" and post.summary() == "min_size_rc=20"
+    _check(post, "gli-post")
+    with pytest.raises(ValueError, match="for brats2024-gli; model-None predicts the brats2023"):
+        _check(post, None)
+    with pytest.raises(ConfigError, match="not regions of brats2024-gli"):
+        validate(PostprocessConfig, {"profile": "gli", "min_size": {"ncr": 5}}, "pp.json")
+    with pytest.raises(ConfigError, match="set profile too"):
+        validate(PostprocessConfig, {"min_size": {"rc": 5}}, "pp.json")
 
 
 def test_a_model_is_scored_only_on_a_store_of_its_regions():

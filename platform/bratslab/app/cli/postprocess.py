@@ -92,7 +92,8 @@ def fit_cmd(
     """Fit per-region minimum component sizes (and ET→NCR) on a fold's validation cases
     (--model --store), or on predictions already written (--pred --ref).
 
-    Objective: mean BraTS lesion-wise Dice over WT, TC and ET; a coordinate-wise search over the
+    Objective: mean BraTS lesion-wise Dice over WT, TC and ET (a post-treatment model: over the
+    six regions of its profile, a minimum size each); a coordinate-wise search over the
     candidate sizes starting from no post-processing. Prints the scores before and after.
     """
     from bratslab.config import validate
@@ -204,12 +205,15 @@ def _print_fit(result, title: str) -> None:
     from rich.table import Table
 
     cfg = result.config
-    thresholds = {
-        "wt": f"min {cfg.min_size_wt}",
-        "tc": f"min {cfg.min_size_tc}",
-        "et": f"min {cfg.min_size_et}, NCR below {cfg.et_to_ncr_below}",
-        "mean": "",
-    }
+    if cfg.profile is not None:  # a minimum size per region of the model's profile
+        thresholds = {r: f"min {cfg.min_size.get(r, 0)}" for r in result.before if r != "mean"}
+    else:
+        thresholds = {
+            "wt": f"min {cfg.min_size_wt}",
+            "tc": f"min {cfg.min_size_tc}",
+            "et": f"min {cfg.min_size_et}, NCR below {cfg.et_to_ncr_below}",
+        }
+    thresholds["mean"] = ""
     table = Table(title=title)
     for name, justify in (("region", "left"), ("before", "right"), ("after", "right")):
         table.add_column(name, justify=justify)
