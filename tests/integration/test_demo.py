@@ -21,13 +21,17 @@ pytestmark = pytest.mark.integration
 def test_reduced_demo_runs_the_whole_pipeline(tmp_path):
     argv = [
         "bratslab", "demo",
-        "--cases", "6",
+        "--cases", "5",  # 5 folds of 1 case: post-processing is fitted on 1 (and its copy)
         "--holdout", "1",
         "--shape", "48", "48", "40",
         "--set", "training.epochs=2",
         "--set", "training.steps_per_epoch=2",
         "--set", "data.max_val_cases=1",
         "--set", "sweep.top_k=1",
+        # The 3 trials at once (3 x (1 Tune slot + 1 Train worker) = the 6 CPUs of the demo's
+        # Ray) instead of 2 then 1: most of a trial is its processes starting, so a third
+        # trial started after the first two adds a whole trial start-up to the sweep.
+        "--set", "sweep.max_concurrent=3",
     ]  # fmt: skip
     proc = subprocess.run(
         argv, cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=1200

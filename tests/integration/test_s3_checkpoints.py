@@ -202,6 +202,13 @@ def test_sigterm_then_rerun_resumes_from_checkpoints_in_s3(
 
     # The same command again resumes from the latest checkpoint in the bucket.
     _train(tiny_store, env, tmp_path, epochs)
+    # Another job under the finished run's name, to be refused (asserted below): started now, it
+    # only reads the run, and runs while the checks below read the bucket and the server.
+    more = f"training.epochs={EPOCHS + 1}"
+    refused = subprocess.Popen(
+        _argv(tiny_store, more), env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
     assert json.loads((run_dir / RUN_STATE).read_text())["mlflow_run_id"] == run_id
     info = run_info(run_id, uri)
     assert info["status"] == "FINISHED"
@@ -239,10 +246,10 @@ def test_sigterm_then_rerun_resumes_from_checkpoints_in_s3(
     assert {n for n in kept if not n.startswith(("server.db", "server.log"))} == set()
 
     # A FINISHED run is a record: another job under its name is refused, the run untouched.
-    more = f"training.epochs={EPOCHS + 1}"
-    refused = _train(tiny_store, env, tmp_path, more, returncode=2)
-    assert "already FINISHED" in refused.stderr
-    assert f"training.epochs {EPOCHS} -> {EPOCHS + 1}" in refused.stderr
+    out, err = refused.communicate(timeout=600)
+    assert refused.returncode == 2, (out + err)[-4000:]
+    assert "already FINISHED" in err
+    assert f"training.epochs {EPOCHS} -> {EPOCHS + 1}" in err
     assert run_info(run_id, uri)["status"] == "FINISHED"
 
     # The logged model, downloaded through the server by a client without any S3 setting, is

@@ -275,6 +275,12 @@ def test_sigterm_sigkill_and_sigterm_again_then_resume_finishes_the_sweep(
 
     # 4. The last resume finishes the sweep: FINISHED, stop tag cleared.
     assert _resume(name, env, logs[3], home) == 0, _tail(logs[3])
+    # A further resume, to be refused: started now, it runs while the checks below read (it
+    # only reads the finished manifest; the last check waits for its answer).
+    again = subprocess.Popen(
+        [str(BRATSLAB), "sweep", "--resume", name], env=env, cwd=home, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
     final, children = _check_finished_sweep(sweep_dir, name, uri)
     assert final["parent_run_id"] == parent_id
     assert _attempts(sweep_dir) == trained
@@ -293,7 +299,7 @@ def test_sigterm_sigkill_and_sigterm_again_then_resume_finishes_the_sweep(
         assert rows[tid]["mlflow_run_id"] == runs[tid]
         recorded = json.loads(marker)["last_result"]["val/dice_mean"]
         assert float(rows[tid]["best_metric"]) == pytest.approx(recorded)
-    _check_what_a_finished_sweep_leaves(sweep_dir, name, home, env, final, children)
+    _check_what_a_finished_sweep_leaves(sweep_dir, name, home, env, final, children, again)
 
 
 def _stop_when(ready: Callable[[], bool], proc: subprocess.Popen, log: Path, what: str) -> None:
@@ -327,10 +333,16 @@ def _check_stopped(parent_id: str, uri: str) -> None:
 
 
 def _check_what_a_finished_sweep_leaves(
-    sweep_dir: Path, name: str, home: Path, env: dict, manifest: dict, children: list
+    sweep_dir: Path,
+    name: str,
+    home: Path,
+    env: dict,
+    manifest: dict,
+    children: list,
+    again: subprocess.Popen,
 ) -> None:
     """MLflow's parent and child runs, the registered champion and its model directory, and a
-    refused second resume."""
+    refused second resume (``again``, started once the sweep had finished)."""
     from bratslab.tracking import mlflow_runs
     from bratslab.tracking.model_store import fetch_model_dir
 
@@ -361,12 +373,9 @@ def _check_what_a_finished_sweep_leaves(
     assert info["model"]["arch"] == "unet" and info["patch_size"] == [32, 32, 32]
 
     # A finished sweep is not resumed (it would register its winner twice): exit 2, and why.
-    again = subprocess.run(
-        [str(BRATSLAB), "sweep", "--resume", name], env=env, cwd=home, capture_output=True,
-        text=True, timeout=120,
-    )  # fmt: skip
-    assert again.returncode == 2, again.stdout + again.stderr
-    assert "already finished" in again.stdout + again.stderr
+    out, err = again.communicate(timeout=120)
+    assert again.returncode == 2, out + err
+    assert "already finished" in out + err
 
 
 def _csv_rows(path: Path) -> list[dict[str, str]]:

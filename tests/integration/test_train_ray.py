@@ -8,6 +8,12 @@ workers from the Ray Data patch stream (``data.loader: ray``, one actor pool sha
 Train) with ``data.augment.on: device`` (the actors only sample; each worker augments its batch
 in torch); the same loader with ``on: loader`` (the default) runs in ``test_two_nodes.py``,
 across two Ray nodes.
+
+The outside-SIGKILL run and the crashed-then-rerun job share nothing with the smoke run (their
+own run names, 2 + 1 of the session's 6 CPUs), so they train in background threads while the
+smoke run trains, as concurrent folds do (``train --folds --max-parallel``): much of a run's
+time is Ray Train starting its processes and waiting on them, which the three runs overlap.
+Each test then waits for its own run and asserts on it as before.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -82,7 +90,24 @@ def _history(run_id, key):
 
 
 @pytest.fixture(scope="module")
-def smoke_and_listeners(ray_cluster, store):
+def background(ray_cluster, store, bratslab_home, tmp_path_factory):
+    """The outside-SIGKILL run and the crashed-then-rerun job, started in threads before the
+    smoke run trains (which requests this fixture first); their tests wait for them."""
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="train-it")
+    runs: dict[str, Future] = {
+        "sigkill": pool.submit(
+            _sigkill_from_outside, store, bratslab_home, tmp_path_factory.mktemp("sigkill")
+        ),
+        "resume": pool.submit(
+            _crash_then_rerun, store, bratslab_home, tmp_path_factory.mktemp("resume")
+        ),
+    }
+    yield runs
+    pool.shutdown(wait=True)
+
+
+@pytest.fixture(scope="module")
+def smoke_and_listeners(ray_cluster, store, background):
     from listeners import ListenerWatch
 
     from bratslab.train.trainer import run_training
@@ -205,39 +230,41 @@ def test_killed_worker_resumes_from_checkpoint_with_epoch_count_intact(smoke):
     assert all("loss " in line and "Dice WT " in line and "ETA " in line for line in lines)
 
 
-def _train_workers() -> list[int]:
-    """Pids of this session's Ray Train worker processes: descendants of this process (the
-    local Ray instance is its child) whose title Ray set to ``ray::RayTrainWorker...``."""
-    import ray  # noqa: F401, I001  (Ray puts its bundled psutil on sys.path)
-    import psutil  # noqa: I001
+def recording_loop(folder: Path):
+    """The real worker loop, recording each worker's rank and pid as it starts (a file
+    ``<rank>-<pid>`` per rank and attempt), so the test kills a worker of this run only."""
 
-    pids = []
-    for p in psutil.Process().children(recursive=True):
-        try:
-            if " ".join(p.cmdline()).startswith("ray::RayTrainWorker"):
-                pids.append(p.pid)
-        except psutil.Error:  # exited meanwhile
-            continue
-    return pids
+    def loop(config):
+        import ray.train
+
+        from bratslab.train.loop import train_loop_per_worker
+
+        rank = ray.train.get_context().get_world_rank()
+        (Path(folder) / f"{rank}-{os.getpid()}").touch()
+        train_loop_per_worker(config)
+
+    return loop
 
 
-def _kill_a_worker_after_first_checkpoint(run_dir: Path, killed: list[int]) -> None:
+def _kill_a_worker_after_first_checkpoint(run_dir: Path, pids: Path, killed: list[int]) -> None:
     """Once the controller has registered epoch 1's checkpoint (it writes its snapshot before
-    any callback runs), SIGKILL one Train worker: the group is then in its second epoch."""
-    deadline = time.monotonic() + 300
+    any callback runs), SIGKILL this run's last-rank Train worker: the group is then in its
+    second epoch."""
+    deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         if (run_dir / "checkpoint_manager_snapshot.json").is_file():
-            workers = _train_workers()
+            workers = sorted(p.name for p in pids.iterdir())  # "<rank>-<pid>", first attempt
             if workers:
-                os.kill(workers[-1], signal.SIGKILL)
-                killed.append(workers[-1])
+                pid = int(workers[-1].split("-")[1])
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
             return
         time.sleep(0.05)
 
 
-def test_a_worker_sigkilled_from_outside_mid_epoch_restarts_from_the_checkpoint(
-    ray_cluster, store, bratslab_home
-):
+def _sigkill_from_outside(store: Path, home: Path, tmp: Path) -> Callable[[], None]:
+    """Trains ``it-sigkill`` with a worker SIGKILLed from outside mid-epoch; returns the
+    checks of its outcome (run by the test, in the main thread)."""
     from bratslab.tracking.mlflow_runs import run_info
     from bratslab.train.checkpoint import load_train_state
     from bratslab.train.trainer import run_training
@@ -251,21 +278,31 @@ def test_a_worker_sigkilled_from_outside_mid_epoch_restarts_from_the_checkpoint(
         "tracking.log_model=false",
     )
     killed: list[int] = []
-    run_dir = bratslab_home / "ray_results" / "it-sigkill"
+    run_dir = home / "ray_results" / "it-sigkill"
+    pids = tmp / "pids"
+    pids.mkdir()
     killer = threading.Thread(
-        target=_kill_a_worker_after_first_checkpoint, args=(run_dir, killed), daemon=True
+        target=_kill_a_worker_after_first_checkpoint, args=(run_dir, pids, killed), daemon=True
     )
     killer.start()
-    out = run_training(spec)
+    out = run_training(spec, train_loop=recording_loop(pids))
     killer.join(10)
-    assert len(killed) == 1, "no Ray Train worker found to kill"
-    assert run_info(out.run_id)["status"] == "FINISHED"
-    # Each epoch logged exactly once, and the restarted group resumed from a checkpoint.
-    assert [s for s, _ in _history(out.run_id, "train/loss")] == [0, 1, 2]
-    resumed = dict(_history(out.run_id, "resumed_from_epoch"))
-    assert resumed[0] == 0.0 and resumed[2] >= 1.0
-    latest = load_train_state(out.latest_checkpoint)
-    assert latest["epoch"] == 3 and latest["global_step"] == 12
+
+    def check() -> None:
+        assert len(killed) == 1, "no Ray Train worker found to kill"
+        assert run_info(out.run_id)["status"] == "FINISHED"
+        # Each epoch logged exactly once, and the restarted group resumed from a checkpoint.
+        assert [s for s, _ in _history(out.run_id, "train/loss")] == [0, 1, 2]
+        resumed = dict(_history(out.run_id, "resumed_from_epoch"))
+        assert resumed[0] == 0.0 and resumed[2] >= 1.0
+        latest = load_train_state(out.latest_checkpoint)
+        assert latest["epoch"] == 3 and latest["global_step"] == 12
+
+    return check
+
+
+def test_a_worker_sigkilled_from_outside_mid_epoch_restarts_from_the_checkpoint(background):
+    background["sigkill"].result()()
 
 
 def counting_loop(attempts: Path):
@@ -283,9 +320,14 @@ def counting_loop(attempts: Path):
     return loop
 
 
-def test_rerunning_a_crashed_job_resumes_it(ray_cluster, store, bratslab_home, tmp_path):
+def test_rerunning_a_crashed_job_resumes_it(background):
     """A crash, a checkpoint that cannot load (the run fails at once, not after every
     restart), the rerun that resumes; then the FINISHED run is never reopened by a rerun."""
+    background["resume"].result()
+
+
+def _crash_then_rerun(store: Path, bratslab_home: Path, tmp_path: Path) -> None:
+    """The scenario of :func:`test_rerunning_a_crashed_job_resumes_it`, in a thread."""
     import ray.train
 
     from bratslab.config import ConfigError
