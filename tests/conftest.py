@@ -20,12 +20,6 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 # pytest-xdist workers side by side, so each (and the Ray workers it starts) gets one thread;
 # waiting OpenMP threads spin, and two 2-thread pools on 2 cores burn CPU doing nothing.
 os.environ.setdefault("OMP_NUM_THREADS", "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2")
-# Ray Train starts a PreemptionWatcher actor (one more Python process importing Ray) for every
-# run, to observe spot-node preemption; no test has preemptible nodes, and a Train run's cost on
-# 2 cores is mostly the processes it starts. Inherited by the local Ray instances the tests
-# start and by the `bratslab` subprocesses given this environment (the README journey and the
-# demo run as a newcomer would, without any RAY_* variable: with the watcher).
-os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
 PINNED = ("BRATSLAB_HOME", "MLFLOW_TRACKING_URI", "BRATSLAB_ARTIFACTS", "BRATSLAB_RAY_CPUS")
