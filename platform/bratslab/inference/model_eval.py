@@ -37,7 +37,7 @@ from bratslab.data.region_set import (
 )
 from bratslab.data.store import Store
 from bratslab.evaluate.metrics import region_metrics
-from bratslab.evaluate.panoptica_metric import check_installed
+from bratslab.evaluate.panoptica_metric import check_installed, lesionwise_dice
 from bratslab.evaluate.score_report import progress_bar
 from bratslab.inference.model_loading import build_from_payload, load_payload, resolve_device
 from bratslab.postprocess.resolve import check_fits_regions, resolve_postprocess
@@ -236,8 +236,6 @@ def score_case(
 def panoptica_row(case: ValPrediction, rs: RegionSet) -> dict[str, float]:
     """``lesion_dice_<r>`` of one case by the organisers' panoptica metric (sq_dsc per region
     of the model's profile)."""
-    from bratslab.evaluate.panoptica_metric import lesionwise_dice
-
     pred, ref = (store_to_source(labels, rs.profile) for labels in case.labels)
     scores = lesionwise_dice(pred, ref, case.spacing, rs.profile)
     return {f"lesion_dice_{r}": scores[r] for r in rs.scored}

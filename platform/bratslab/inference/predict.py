@@ -81,6 +81,21 @@ class PredictReport:
     seconds: float = 0.0
 
 
+def written_labels(probs, info: dict[str, Any], output: str, case: RawCase, cfg: PredictConfig):
+    """The label map ``(X, Y, Z)`` uint8 written for ``case`` from the model's probabilities
+    ``(C, X, Y, Z)``: in the case's convention, post-processed when thresholds apply, and in an
+    nnU-Net dataset's own values for its cases."""
+    from bratslab.postprocess.apply import postprocess_labels
+
+    regions = model_region_set(info)
+    labels = predicted_source_labels(probs, output, regions, case.et_label, cfg.threshold)
+    if isinstance(cfg.postprocess, PostprocessConfig):  # resolved by predict_folder
+        labels = postprocess_labels(labels, cfg.postprocess, case.et_label)
+    if case.relabel:  # an nnU-Net dataset's case: written in the dataset's own values
+        labels = to_dataset_values(labels, case.relabel, regions)
+    return labels
+
+
 def predict_case(
     raw: dict[str, Any], payloads: list[ModelPayload], cfg: PredictConfig, out_dir: str
 ) -> dict[str, Any]:
@@ -92,7 +107,6 @@ def predict_case(
     import torch
 
     from bratslab.inference.sliding_window import predict_probabilities
-    from bratslab.postprocess.apply import postprocess_labels
 
     t0 = time.perf_counter()
     # The reference seg, if any, is not needed to predict (and must not fail the case).
@@ -124,12 +138,7 @@ def predict_case(
             tta_path=cfg.tta_path,
         )
         meta = pre.meta
-        regions = model_region_set(info)
-        labels = predicted_source_labels(probs, output, regions, case.et_label, cfg.threshold)
-        if isinstance(cfg.postprocess, PostprocessConfig):  # resolved by predict_folder
-            labels = postprocess_labels(labels, cfg.postprocess, case.et_label)
-        if case.relabel:  # an nnU-Net dataset's case: written in the dataset's own values
-            labels = to_dataset_values(labels, case.relabel, regions)
+        labels = written_labels(probs, info, output, case, cfg)
         affine, header = meta.affine_array(), meta.header()
         if cfg.save_probabilities:
             restored = restore_to_source(probs, meta)

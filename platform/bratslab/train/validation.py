@@ -25,6 +25,7 @@ from bratslab.data.region_set import (
     store_to_source,
 )
 from bratslab.evaluate.metrics import dice
+from bratslab.evaluate.panoptica_metric import lesionwise_dice
 
 if TYPE_CHECKING:  # the spec is injected: train/ never imports the jobs layer at run time
     from bratslab.jobs.spec import JobSpec
@@ -56,8 +57,6 @@ def panoptica_lesion_dice(
 ) -> list[float]:
     """The organisers' lesion-wise Dice (panoptica) per scored region, in ``regions.scored``
     order, of one case's probabilities against its store labels ``y``."""
-    from bratslab.evaluate.panoptica_metric import lesionwise_dice
-
     pred = store_to_source(probabilities_to_store_labels(probs, output, regions), regions.profile)
     ref = np.asarray(y)
     ref = store_to_source(ref[0] if ref.ndim == 4 else ref, regions.profile)
