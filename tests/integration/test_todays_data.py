@@ -142,9 +142,11 @@ def _sweep_post_treatment(store: Path) -> str:
 
 def _predict_post_treatment(model: str, raw: Path, tmp_path: Path) -> Path:
     """predict: labels in the source geometry, painted WT → 2, TC → 1, ET → 3, RC → 4, then the
-    profile's thresholds (every RC component below 10⁶ voxels deleted)."""
-    pp = tmp_path / "no_rc.json"
-    pp.write_text(json.dumps({"profile": "gli-post", "min_size": {"rc": 10**6}}))
+    profile's thresholds (cavity components below 30 voxels made background)."""
+    from scipy import ndimage
+
+    pp = tmp_path / "rc_30.json"
+    pp.write_text(json.dumps({"profile": "gli-post", "min_size": {"rc": 30}}))
     pred = tmp_path / "pred"
     _invoke("predict", "--model", model, "--input", raw, "--output", pred, "--tta", "none",
             "--workers", "1", "--save-probabilities", "--postprocess", pp)  # fmt: skip
@@ -157,7 +159,9 @@ def _predict_post_treatment(model: str, raw: Path, tmp_path: Path) -> Path:
         probs = np.asarray(nib.load(pred / f"{case}_prob.nii.gz").dataobj)
         assert probs.shape[-1] == 4  # WT, TC, ET, RC
         expected = _painted(probs, [2, 1, 3, 4])
-        expected[expected == 4] = 0  # the thresholds removed every cavity component
+        cc, _ = ndimage.label(expected == 4, structure=np.ones((3, 3, 3)))
+        sizes = np.bincount(cc.ravel())
+        expected[(cc > 0) & (sizes[cc] < 30)] = 0  # small cavity components removed
         np.testing.assert_array_equal(out, expected)
     return pred
 

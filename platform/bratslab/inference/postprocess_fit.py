@@ -19,6 +19,7 @@ import numpy as np
 from bratslab import atomic
 from bratslab.data.labels import regions_to_labels, to_store_labels
 from bratslab.data.preprocess import foreground_bbox
+from bratslab.data.profiles import get_profile
 from bratslab.data.region_set import store_to_source
 from bratslab.evaluate.label_maps import (
     CaseError,
@@ -86,6 +87,15 @@ def fit_model(
     return fit_thresholds(cases, fit, profile=None if rs.legacy else rs.profile)
 
 
+def _crop_box(labels: np.ndarray, ref: np.ndarray) -> tuple[slice, ...]:
+    """The predicted and reference tumour's bounding box plus :data:`FOLDER_CROP_MARGIN`."""
+    start, end = foreground_bbox((labels > 0) | (ref > 0))  # the whole volume when empty
+    return tuple(
+        slice(max(a - FOLDER_CROP_MARGIN, 0), b + FOLDER_CROP_MARGIN)
+        for a, b in zip(start, end, strict=True)
+    )
+
+
 # Voxels kept around the union of a case's predicted and reference tumour when the folder fit
 # crops it: more than any challenge's lesion-wise dilation (3), so matching is unchanged.
 FOLDER_CROP_MARGIN = 8
@@ -105,15 +115,18 @@ def fit_folder(
     fit: FitConfig | None = None,
     *,
     progress: bool = False,
+    profile: str | None = None,
 ) -> FolderFit:
     """Fit thresholds on predictions already written, ``PRED/{case}.nii.gz``, against the
     segmentations of the labelled cases under ``ref_dir`` (a raw BraTS folder), as nnU-Net
     determines its post-processing on the out-of-fold predictions of a cross-validation.
 
-    Either ET convention on both sides. Each case is cropped to its predicted and reference
-    tumour plus :data:`FOLDER_CROP_MARGIN` voxels, which changes no lesion-wise score and keeps
-    memory to the tumours. A reference case without a prediction, or whose files cannot be read
-    or disagree in shape, is reported in ``failures`` and left out; the others are fitted.
+    Either ET convention on both sides; with ``profile`` (e.g. ``gli-post``), both in that
+    profile's labels and a minimum size fitted per region of it. Each case is cropped to its
+    predicted and reference tumour plus :data:`FOLDER_CROP_MARGIN` voxels, which changes no
+    lesion-wise score and keeps memory to the tumours. A reference case without a prediction,
+    or whose files cannot be read or disagree in shape, is reported in ``failures`` and left
+    out; the others are fitted.
 
     Raises:
         FileNotFoundError: no such folder, or no labelled reference case.
@@ -131,32 +144,41 @@ def fit_folder(
             try:
                 if pred_path is None:
                     raise CaseError(pred_dir / f"{ref.id}.nii.gz", "no prediction for this case")
-                cases.append(_folder_case(ref.id, pred_path, ref.seg))
+                cases.append(_folder_case(ref.id, pred_path, ref.seg, profile))
             except CaseError as e:
                 log.warning("%s: %s: %s (left out of the fit)", ref.id, e.file, e.reason)
                 failures.append({"case": ref.id, "file": e.file, "reason": e.reason})
             advance()
     if not cases:
         raise ValueError(f"{pred_dir}: no case could be used ({len(failures)} failed)")
-    return FolderFit(fit_thresholds(cases, fit), failures)
+    name = None if profile is None else get_profile(profile).name
+    return FolderFit(fit_thresholds(cases, fit, profile=name), failures)
 
 
-def _folder_case(case_id: str, pred_path: Path, seg_path: Path) -> FitCase:
+def _folder_case(
+    case_id: str, pred_path: Path, seg_path: Path, profile: str | None = None
+) -> FitCase:
     """One :class:`FitCase` from a predicted and a reference label map, cropped (see
-    :func:`fit_folder`); raises ``CaseError`` for unreadable files or mismatched shapes."""
-    from bratslab.evaluate.scoring import source_regions
+    :func:`fit_folder`); raises ``CaseError`` for unreadable files, mismatched shapes or (with
+    ``profile``) labels the profile does not have."""
+    from bratslab.evaluate.scoring import profile_regions, source_regions
     from bratslab.postprocess.apply import infer_et_label
 
     pred, _ = read_label_map(pred_path)
     ref, spacing = read_label_map(seg_path)
     if pred.shape != ref.shape:
         raise CaseError(pred_path, f"shape {pred.shape} differs from the reference's {ref.shape}")
+    if profile is not None:  # labels as they are; a reference channel per region of it
+        prof = get_profile(profile)
+        profile_regions(pred, prof, pred_path)  # CaseError for a label it does not have
+        gt = profile_regions(ref, prof, seg_path)
+        labels = pred.astype(np.uint8)
+        box = _crop_box(labels, ref)
+        return FitCase(
+            case_id, np.ascontiguousarray(labels[box]), gt[(slice(None), *box)], spacing, pred.size
+        )
     labels = to_store_labels(pred, infer_et_label(pred))
-    start, end = foreground_bbox((labels > 0) | (ref > 0))  # the whole volume when empty
-    box = tuple(
-        slice(max(a - FOLDER_CROP_MARGIN, 0), b + FOLDER_CROP_MARGIN)
-        for a, b in zip(start, end, strict=True)
-    )
+    box = _crop_box(labels, ref)
     return FitCase(
         case_id, np.ascontiguousarray(labels[box]), source_regions(ref[box]), spacing, labels.size
     )

@@ -54,3 +54,40 @@ def test_fit_finds_thresholds_for_the_profile_regions():
     assert set(result.before) == {*POST.regions, "mean"}
     assert result.to_dict()["objective"] == "mean lesion-wise Dice (ET, NETC, SNFH, RC, TC, WT)"
     np.testing.assert_array_equal(postprocess_labels(pred, cfg), ref)
+
+
+def test_cli_fits_written_post_treatment_predictions_per_region(tmp_path):
+    """``postprocess fit --pred --ref --profile gli-post``: real .nii.gz files; a cavity speck
+    added to every prediction is what the fitted RC size removes."""
+    import json
+
+    import nibabel as nib
+    from typer.testing import CliRunner
+
+    from bratslab.app.main import app
+
+    runner = CliRunner()
+    raw, pred = tmp_path / "raw", tmp_path / "pred"
+    r = runner.invoke(app, ["data", "synth", str(raw), "--profile", "gli-post", "--cases", "2",
+                            "--shape", "40", "40", "32"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    pred.mkdir()
+    for seg in sorted(raw.rglob("*-seg.nii.gz")):
+        img = nib.load(seg)
+        labels = np.asarray(img.dataobj).astype(np.uint8)
+        assert labels.max() == 4  # the synthetic cases have a cavity
+        labels[0, 0, 0:2] = 4  # a 2-voxel cavity false positive in a corner
+        case = seg.name.removesuffix("-seg.nii.gz")
+        nib.save(nib.Nifti1Image(labels, img.affine), pred / f"{case}.nii.gz")
+    out = tmp_path / "pp.json"
+    args = ["postprocess", "fit", "--pred", str(pred), "--ref", str(raw), "--profile", "gli-post",
+            "--candidates", "0,50,100", "-o", str(out)]  # fmt: skip
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    doc = json.loads(out.read_text())
+    assert doc["config"]["profile"] == "brats2024-gli" and doc["config"]["min_size"]["rc"] >= 3
+    assert doc["fit"]["candidates"] == [0, 9, 18]  # scaled to the 40 x 40 x 32 volumes
+    assert doc["fit"]["after"]["rc"] > doc["fit"]["before"]["rc"]
+    r = runner.invoke(app, ["postprocess", "fit", "--model", "m", "--store", "s",
+                            "--profile", "gli"])  # fmt: skip
+    assert r.exit_code == 2 and "--profile goes with --pred and --ref" in r.output

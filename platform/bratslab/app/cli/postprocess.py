@@ -82,6 +82,12 @@ def fit_cmd(
         "contrast curves). Clean cases show neither the small false positives of shifted "
         "scans nor small true lesions, which the thresholds must weigh.",
     ),
+    profile: str | None = typer.Option(
+        None,
+        "--profile",
+        help="With --pred/--ref: the challenge profile of both (e.g. gli-post); a minimum size "
+        "is fitted per region of it. A model's own profile is used with --model.",
+    ),
     candidates: str | None = typer.Option(
         None,
         "--candidates",
@@ -117,12 +123,14 @@ def fit_cmd(
         _fail("fit on written predictions with --pred and --ref (no --store)")
     if not from_folder and (model is None or store is None):
         _fail("give --model and --store (predict the fold's validation cases), or --pred and --ref")
+    if profile is not None and not from_folder:
+        _fail("--profile goes with --pred and --ref (a model's profile is its own)")
     failures: list[dict[str, str]] = []
     try:
         resolve_params(challenge)
         out = _check_out(out)
         if from_folder:
-            result, failures, doc, title = _fit_on_predictions(pred, ref, fit)
+            result, failures, doc, title = _fit_on_predictions(pred, ref, fit, profile)
         else:
             result, doc, title = _fit_on_model(
                 model, store, fold, tta, fit, max_cases or None, overlap, tta_path
@@ -142,7 +150,7 @@ def fit_cmd(
         raise typer.Exit(1)
 
 
-def _fit_on_predictions(pred: Path, ref: Path, fit):
+def _fit_on_predictions(pred: Path, ref: Path, fit, profile: str | None = None):
     """``fit --pred --ref``: fit on predictions already written.
 
     Returns:
@@ -150,7 +158,7 @@ def _fit_on_predictions(pred: Path, ref: Path, fit):
     """
     from bratslab.inference.postprocess_fit import fit_folder, result_document
 
-    folder_fit = fit_folder(pred, ref, fit, progress=True)
+    folder_fit = fit_folder(pred, ref, fit, progress=True, profile=profile)
     doc = result_document(folder_fit.result, pred=pred, ref=ref)
     return folder_fit.result, folder_fit.failures, doc, f"{pred} against {ref}"
 
