@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -119,7 +120,8 @@ def _migrated_sqlite_stores(tmp_path_factory):
         db = mlflow_runs.sqlite_path(uri)
         if db is not None and not db.exists():
             db.parent.mkdir(parents=True, exist_ok=True)
-            part = db.with_name(f"{db.name}.{os.getpid()}.part")
+            # per process and thread: trainings run from driver threads open stores at once
+            part = db.with_name(f"{db.name}.{os.getpid()}.{threading.get_ident()}.part")
             shutil.copyfile(template, part)
             try:
                 os.link(part, db)  # never over a database another process made meanwhile
