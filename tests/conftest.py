@@ -150,6 +150,7 @@ SLOW_FIRST = (
     "test_s3_checkpoints.py",
     "test_jobs_cluster.py",
     "test_two_nodes.py",
+    "test_todays_data.py",
     "test_cv_ensemble.py",
     "test_registry_server.py",
     "test_preprocess_ray.py",
