@@ -49,9 +49,11 @@ from bratslab.settings import get_settings
 LOG_FILE = "bratslab.log"
 RAY_DATA_LOGGING = Path(__file__).with_name("ray_data_logging.yaml")
 RELAY_MARK = "[bratslab-console] "  # on a worker's stderr: print this line on the console
-QUIET_COMMANDS = frozenset({"train", "sweep", "demo", "predict", "evaluate-model", "postprocess"})
+QUIET_COMMANDS = frozenset(
+    {"train", "sweep", "demo", "predict", "evaluate-model", "postprocess", "data"}
+)
 # Commands that have no run folder of their own: their log file is in $BRATSLAB_HOME/logs.
-LOGS_FOLDER_COMMANDS = frozenset({"predict", "evaluate-model", "postprocess"})
+LOGS_FOLDER_COMMANDS = frozenset({"predict", "evaluate-model", "postprocess", "data"})
 # Libraries that install their own stderr handler (and stop propagation) on import or init.
 LIBRARY_LOGGERS = ("ray", "mlflow", "optuna", "alembic", "sqlalchemy.engine", "huey")
 # bratslab loggers whose INFO lines a quiet command still prints: which post-processing

@@ -335,8 +335,10 @@ def test_failed_job_makes_wait_exit_nonzero(head):
     assert r.returncode == 1, r.stdout + r.stderr
     assert "job finished: FAILED" in r.stderr
     assert "no-such-store" in r.stderr  # the tail of the job's log explains the failure
-    r = head.cli("jobs", "status", "no-such-job", "--address", head.address)
-    assert r.returncode == 1 and "no-such-job" in r.stderr
+    # A job that does not exist is "not found" (exit 2) for every jobs command.
+    for command in ("status", "logs", "stop"):
+        r = head.cli("jobs", command, "no-such-job", "--address", head.address)
+        assert r.returncode == 2 and "no-such-job" in r.stderr, (command, r.stderr)
 
 
 def test_stop_a_sleeping_job(head):

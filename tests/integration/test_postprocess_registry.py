@@ -96,6 +96,14 @@ def test_thresholds_round_trip_through_the_registry(
         assert res.exit_code == 0, res.output
         outputs[label] = np.asarray(nib.load(pred / f"{first.name}.nii.gz").dataobj)
     assert outputs["off"].any() and not outputs["default"].any()
+    # The short form NAME@ALIAS is the same model, thresholds included, with a one-line hint.
+    pred = tmp_path / "pred-short"
+    short = ["--model", f"{NAME}@champion", "--input", str(raw), "--output", str(pred)]
+    res = runner.invoke(app, ["predict", *short, "--tta", "none", "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    assert f"read as {REF}: write registered models that way" in res.output
+    got = np.asarray(nib.load(pred / f"{first.name}.nii.gz").dataobj)
+    np.testing.assert_array_equal(got, outputs["default"])
 
     # A downloaded version is self-contained: `predict --model FOLDER` gives the very label maps
     # of the registry reference, its thresholds included (and skips them as asked).

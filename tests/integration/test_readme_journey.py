@@ -117,6 +117,11 @@ def test_readme_using_it_block_runs_as_written(tmp_path):
         outputs[" ".join(argv[1:3])] = out
 
     work = tmp_path / "bratslab-work"
+    # Preprocessing on Ray: its progress and summary, none of Ray's own lines (token-auth
+    # warning, worker output); those are in $BRATSLAB_HOME/logs.
+    for bad in NOT_ON_CONSOLE:
+        assert bad not in outputs["data preprocess"], outputs["data preprocess"]
+    assert "cases" in outputs["data preprocess"]
     # Run commands print a header, one line per epoch and a summary; the rest is in a log file.
     train_out = outputs["train jobs/smoke.yaml"]
     assert_console_is_bratslab(train_out, 1 + 12, "train")  # training.epochs=1

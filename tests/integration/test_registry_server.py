@@ -209,6 +209,8 @@ def test_register_a_run_by_id_and_list_json(versions):
 def test_ui_serves_a_sqlite_store_on_loopback(server, versions, tmp_path):
     """`bratslab ui` over a SQLite store (here: the one the server above wrote, which saves
     a second schema migration): healthy, shows its runs, answers on loopback only."""
+    from bratslab.tracking.ui_view import key_metrics
+
     (_, run1), _ = versions
     port = free_port()
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
@@ -230,10 +232,12 @@ def test_ui_serves_a_sqlite_store_on_loopback(server, versions, tmp_path):
             time.sleep(0.1)
         assert requests.get(f"{url}/health", timeout=5).status_code == 200
         # The experiment whose newest run started last.
-        pattern = rf"MLflow UI at {re.escape(url)}/#/experiments/(\d+)/runs"
+        page = rf"{re.escape(url)}/#/experiments/(\d+)/runs\?viewStateShareKey=([^&\s]+)"
+        page += "&workflowType=machine_learning"  # MLflow's model-training mode, not GenAI
+        pattern = rf"MLflow UI at {page}"
         shown = re.search(pattern, log.read_text())
         assert shown, log.read_text()
-        exp_id = shown.group(1)
+        exp_id, view = shown.groups()
         mc = MlflowClient(env["MLFLOW_TRACKING_URI"])
         ids = [e.experiment_id for e in mc.search_experiments()]
         newest = mc.search_runs(ids, max_results=1, order_by=["attributes.start_time DESC"])[0]
@@ -241,6 +245,13 @@ def test_ui_serves_a_sqlite_store_on_loopback(server, versions, tmp_path):
         # Model training, not MLflow 3's GenAI view (traces, "Start Demo").
         exp = MlflowClient(env["MLFLOW_TRACKING_URI"]).get_experiment(exp_id)
         assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
+        # The view the URL names is the experiment's shared-view tag, listing its Dice columns.
+        columns = json.loads(exp.tags[f"mlflow.sharedViewState.{view}"])["selectedColumns"]
+        logged = {k for r in mc.search_runs([exp_id]) for k in r.data.metrics}
+        assert [c for c in columns if c.startswith("metrics.")] == [
+            f"metrics.`{k}`" for k in key_metrics(logged)
+        ]
+        assert columns[:2] == ["attributes.`Source`", "attributes.`Models`"]
         wait_healthy(url, proc, log)
         r = requests.get(f"{url}/api/2.0/mlflow/runs/get", params={"run_id": run1}, timeout=10)
         assert r.status_code == 200 and r.json()["run"]["info"]["run_name"] == "dice-0.8"

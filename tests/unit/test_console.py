@@ -83,7 +83,7 @@ def test_worker_lines_go_to_the_file_and_relayed_lines_print_plainly(routing, tm
     assert "smoke: epoch 1/2" in text and "Autoscaler" not in text
 
 
-@pytest.mark.parametrize("command,env", [("train", "DEBUG"), ("data", None)])
+@pytest.mark.parametrize("command,env", [("train", "DEBUG"), ("models", None)])
 def test_verbose_and_other_commands_log_everything_on_stderr(routing, monkeypatch, command, env):
     if env:
         monkeypatch.setenv("BRATSLAB_LOG_LEVEL", env)

@@ -160,14 +160,15 @@ def _report(root: Path, outcome, result, held: Path, pred: Path) -> Path:
     curves = {}
     for row in outcome.trials:
         if row.mlflow_run_id:
-            arch = row.params.get("model.arch", "")
-            curves[f"{row.trial_id} {arch}".strip()] = metric_history(
-                row.mlflow_run_id, "val/dice_mean"
-            )
+            label = f"{row.trial_id} {row.params.get('model.arch', '')}".strip()
+            tta = (row.tta or {}).get("tta/lesion_dice_mean")
+            if tta is not None:  # the candidates the sweep re-evaluated with TTA
+                label += f" (TTA lesion-wise {tta:.2f})"
+            curves[label] = metric_history(row.mlflow_run_id, "val/dice_mean")
+    regions = result.summary.get("regions", {})
     region_dice = {
-        "champion (held-out)": {
-            r: v["dice"]["mean"] for r, v in result.summary.get("regions", {}).items()
-        }
+        what: {r: v[key]["mean"] for r, v in regions.items() if key in v}
+        for what, key in (("voxel Dice", "dice"), ("lesion-wise Dice", "lesion_dice"))
     }
     overlays = []
     for case in discover_cases(held):
@@ -180,6 +181,7 @@ def _report(root: Path, outcome, result, held: Path, pred: Path) -> Path:
                 np_load(case.files["t2f"]),
                 to_store_labels(np_load(case.seg), case.et_label),
                 to_store_labels(np_load(pred_file), case.et_label),
+                modality="t2f",
             )
         )
     return render_report(
@@ -188,6 +190,7 @@ def _report(root: Path, outcome, result, held: Path, pred: Path) -> Path:
         region_dice=region_dice,
         overlays=overlays[:2],
         title=f"bratslab demo — sweep {outcome.name}",
+        bars_title="champion on held-out cases (flip TTA, post-processed)",
     )
 
 

@@ -34,6 +34,7 @@ from bratslab.inference.model_eval import predict_validation, validation_cases
 from bratslab.inference.nifti_out import write_nifti
 from bratslab.postprocess.config import CONFIG_KEY, FitConfig, PostprocessConfig
 from bratslab.postprocess.fit import FitCase, FitResult, fit_thresholds
+from bratslab.tracking.model_folder import canonical_ref
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +210,8 @@ def register_document(model_ref: str, path: Path, doc: dict[str, Any]) -> str | 
     Returns ``"NAME version V"``, or None when ``model_ref`` is not a registered version (a
     local checkpoint, ``runs:/``, a bare logged model): nothing is stored then.
     """
-    if not str(model_ref).startswith("models:/"):
+    model_ref = canonical_ref(str(model_ref))  # NAME@ALIAS, NAME/V: the registered version
+    if not model_ref.startswith("models:/"):
         return None
     from bratslab.tracking import postprocess_store
 

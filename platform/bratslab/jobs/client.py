@@ -39,6 +39,10 @@ class JobsError(RuntimeError):
     """A job could not be submitted or queried; the message says why and what to do."""
 
 
+class JobNotFound(JobsError):
+    """The cluster has no job of that submission id (the CLI's "not found": exit 2)."""
+
+
 # --------------------------------------------------------------------------- addresses
 
 
@@ -113,6 +117,8 @@ def _explained(address: str) -> Iterator[None]:
             f"dashboard URL (--address, default {DEFAULT_ADDRESS})?"
         ) from None
     except RuntimeError as e:  # the SDK's "Request failed with status code 404: ..." etc.
+        if "status code 404" in str(e):  # "Job <id> does not exist"
+            raise JobNotFound(f"{address}: {e}") from None
         raise JobsError(f"{address}: {e}") from None
 
 

@@ -19,6 +19,7 @@ from typing import Literal
 from bratslab.data.region_set import RegionSet
 from bratslab.postprocess.config import PostprocessConfig, config_from_data, load_config_file
 from bratslab.tracking.manifest import verify_local_dir
+from bratslab.tracking.model_folder import canonical_ref
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ def thresholds_for_model(ref: str | Path) -> PostprocessConfig | None:
     if folder_file.is_file():  # a downloaded version: its thresholds travel with it
         verify_local_dir(folder_file.parent)
         return load_config_file(folder_file)
+    text = canonical_ref(text)  # NAME@ALIAS, NAME/V: the registered version (with a hint)
     if not text.startswith("models:/"):  # no registry lookup (nor MLflow import) for the rest
         return None
     from bratslab.tracking.postprocess_store import POSTPROCESS_TAG, read_thresholds

@@ -25,7 +25,12 @@ from pathlib import Path
 from bratslab.tracking import registry
 from bratslab.tracking.manifest import write_manifest
 from bratslab.tracking.mlflow_runs import download_artifacts, tracking_uri
-from bratslab.tracking.model_folder import find_model_dir, hash_tags_of, verify_model_dir
+from bratslab.tracking.model_folder import (
+    canonical_ref,
+    find_model_dir,
+    hash_tags_of,
+    verify_model_dir,
+)
 from bratslab.tracking.postprocess_store import POSTPROCESS_TAG
 
 log = logging.getLogger(__name__)
@@ -69,8 +74,9 @@ def _assemble(found: Path, info: registry.VersionInfo) -> list[str]:
 
 
 def download(ref: str, dst: str | Path, *, uri: str | None = None) -> Path:
-    """Download the registered version ``ref`` (``models:/NAME@ALIAS``, ``models:/NAME/V``,
-    ``NAME@ALIAS``, ``NAME/V``) into the new folder ``dst`` (see the module docstring).
+    """Download the registered version ``ref`` (``models:/NAME@ALIAS``, ``models:/NAME/V``;
+    ``NAME@ALIAS``, ``NAME/V`` and ``NAME`` with a hint) into the new folder ``dst`` (see the
+    module docstring).
 
     Raises:
         registry.RegistryError: the reference does not resolve.
@@ -78,7 +84,7 @@ def download(ref: str, dst: str | Path, *, uri: str | None = None) -> Path:
         FileExistsError: ``dst`` exists and is not an empty folder.
         FileNotFoundError: the version's hashes name a model folder the download lacks.
     """
-    name, alias, version = registry.parse_ref(ref)
+    name, alias, version = registry.parse_ref(canonical_ref(ref, bare_name=True))
     info = registry.get_version(name, alias=alias, version=version, uri=uri)
     dst = Path(dst)
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):

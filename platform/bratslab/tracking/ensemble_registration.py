@@ -17,7 +17,7 @@ from mlflow.exceptions import MlflowException
 from bratslab.tracking import mlflow_runs
 from bratslab.tracking.alias_guard import SELECTION_TAG
 from bratslab.tracking.mlflow_runs import client, tracking_uri
-from bratslab.tracking.model_folder import write_ensemble_dir
+from bratslab.tracking.model_folder import canonical_ref, write_ensemble_dir
 from bratslab.tracking.model_store import fetch_model_dir, log_model_dir
 from bratslab.tracking.model_versions import (
     RegistryError,
@@ -109,7 +109,7 @@ def members_of(refs: list[str], *, uri: str | None = None) -> list[Member]:
         elif logged_model_id(ref) is not None:
             source = ref
         else:
-            name, alias, version = parse_ref(ref)
+            name, alias, version = parse_ref(canonical_ref(ref, bare_name=True))
             source = model_uri(
                 name, version=get_version(name, alias=alias, version=version, uri=uri).version
             )

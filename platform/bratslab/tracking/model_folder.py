@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 MODEL_FILES = ("model.pt", "model.json")  # bratslab.models.weights' WEIGHTS_FILE, INFO_FILE
 
@@ -163,6 +166,35 @@ def model_id_of(model_uri: str) -> str | None:
     if rest == model_uri or "/" in rest or "@" in rest:
         return None
     return rest
+
+
+# A registry reference written without its scheme: NAME@ALIAS or NAME/VERSION.
+BARE_REF = re.compile(r"[^/:@\s]+(@[\w.-]+|/\d+)")
+BARE_NAME = re.compile(r"[^/:@\s]+")
+_hinted: set[str] = set()
+
+
+def canonical_ref(text: str, *, bare_name: bool = False) -> str:
+    """The documented way to name a registered model, ``models:/NAME@ALIAS`` or
+    ``models:/NAME/VERSION``, for a reference written without ``models:/`` (``NAME@ALIAS``,
+    ``NAME/VERSION``, and with ``bare_name`` a plain ``NAME``, meaning its champion).
+
+    Such a reference is accepted with a one-line hint (a warning, once per process and
+    reference) naming the form to write; a path that exists, and anything else, is returned as
+    given.
+    """
+    if Path(text).expanduser().exists():
+        return text
+    if BARE_REF.fullmatch(text):
+        canonical = f"models:/{text}"
+    elif bare_name and BARE_NAME.fullmatch(text):
+        canonical = f"models:/{text}@champion"
+    else:
+        return text
+    if text not in _hinted:
+        _hinted.add(text)
+        log.warning("%r read as %s: write registered models that way", text, canonical)
+    return canonical
 
 
 def not_a_model_dir(path: Path) -> str:

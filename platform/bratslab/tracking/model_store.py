@@ -36,6 +36,7 @@ from bratslab.tracking.model_folder import (  # noqa: F401
     HASH_TAGS,
     RUN_ID,
     ModelIntegrityError,
+    canonical_ref,
     copy_model_files,
     find_model_dir,
     hash_tag,
@@ -145,7 +146,9 @@ def fetch_model_dir(ref: str | Path, *, uri: str | None = None, cache: Path | No
         text = logged_model_of_run(text, uri)
         label = f"{label} ({text})"
     elif "://" not in text and ":/" not in text:
-        raise FileNotFoundError(not_a_model_dir(path))
+        text = canonical_ref(text)  # NAME@ALIAS, NAME/V: read as models:/..., with a hint
+        if not text.startswith("models:/"):
+            raise FileNotFoundError(not_a_model_dir(path))
     if not text.startswith(("runs:/", "models:/")):
         raise ValueError(f"{text}: expected a model directory, runs:/... or models:/... URI")
     root = cache or get_settings().home / "cache" / "models"

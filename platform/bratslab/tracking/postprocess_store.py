@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bratslab.tracking import mlflow_runs, registry
-from bratslab.tracking.model_folder import model_id_of
+from bratslab.tracking.model_folder import canonical_ref, model_id_of
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def registered_version(ref: str, *, uri: str | None = None) -> RegisteredVersion
     Raises:
         registry.RegistryError: a registry reference that does not resolve.
     """
-    text = str(ref)
+    text = canonical_ref(str(ref))
     if not text.startswith("models:/") or (model_id_of(text) or "").startswith("m-"):
         return None
     name, alias, version = registry.parse_ref(text)

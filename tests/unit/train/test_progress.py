@@ -75,3 +75,50 @@ def test_the_report_counts_epochs_from_1_with_whole_ticks(tmp_path, monkeypatch)
     ax = closed[0].axes[0]
     assert list(ax.lines[0].get_xdata()) == [1, 2]
     assert all(float(t).is_integer() for t in ax.get_xticks())
+
+
+def test_the_report_is_a_figure_for_a_slide(tmp_path, monkeypatch):
+    """Bars carry their values, the overlays name the modality and the slice, are cropped to the
+    brain, and one colour key names every label drawn (the cavity included)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from bratslab.app.run_report import OverlayCase, brain_box, render_report
+
+    closed = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (closed.append(fig), close(fig)))
+    image = np.zeros((40, 50, 20), np.float32)
+    image[10:30, 5:45, :] = 1.0
+    truth = np.zeros(image.shape, np.uint8)
+    truth[12:16, 10:14, 8] = 1
+    truth[16:20, 10:14, 8] = 2
+    truth[20:24, 10:14, 8] = 3
+    pred = truth.copy()
+    pred[24:26, 10:14, 8] = 4
+    out = render_report(
+        tmp_path / "r.png",
+        curves={"t0 unet (TTA lesion-wise 0.70)": [(0, 0.2), (1, 0.5)]},
+        region_dice={
+            "voxel Dice": {"wt": 0.91, "tc": 0.8, "et": 0.75},
+            "lesion-wise Dice": {"wt": 0.7, "tc": 0.6, "et": 0.55},
+        },
+        overlays=[OverlayCase("BraTS-GLI-00001-000", image, truth, pred, modality="t2f")],
+        bars_title="champion on held-out cases (flip TTA)",
+    )
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    fig = closed[0]
+    bars = fig.axes[1]
+    assert [t.get_text() for t in bars.texts] == ["0.91", "0.80", "0.75", "0.70", "0.60", "0.55"]
+    assert [t.get_text() for t in bars.get_xticklabels()] == ["WT", "TC", "ET"]
+    assert bars.get_title() == "champion on held-out cases (flip TTA)"
+    titles = [ax.get_title() for ax in fig.axes[2:]]
+    assert titles == [
+        "BraTS-GLI-00001-000: ground truth\nFLAIR (t2f), axial slice 9",
+        "BraTS-GLI-00001-000: prediction\nFLAIR (t2f), axial slice 9",
+    ]
+    key = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert key == ["NCR (necrosis)", "ED (oedema)", "ET (enhancing)", "RC (cavity)"]
+    # The brain (rows 10-29, columns 5-44) fills the panel, with a 4-voxel margin.
+    assert brain_box(image[..., 8]) == (slice(6, 34), slice(1, 49))
+    assert fig.axes[2].images[0].get_array().shape == (48, 28)

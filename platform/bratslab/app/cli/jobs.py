@@ -32,6 +32,13 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _failed(error: Exception) -> None:
+    """Exit for a Jobs API error: 2 when the job named does not exist, 1 otherwise."""
+    from bratslab.jobs.client import JobNotFound
+
+    _fail(str(error), 2 if isinstance(error, JobNotFound) else 1)
+
+
 def _waiting(message: str) -> None:
     typer.secho(f"  {message}…", err=True)
 
@@ -45,7 +52,7 @@ def _connect(address: str | None, wait_s: float | None = None):
     except ConfigError as e:
         _fail(str(e), 2)
     except JobsError as e:
-        _fail(str(e))
+        _failed(e)
 
 
 def _exit_for(status: str, jobs=None, job_id: str | None = None, tail: int = 40) -> None:
@@ -139,7 +146,7 @@ def submit(
         url = jc.resolve_address(address)
         plan = _plan(ctx, target, url, overrides, sj.parse_env(env), working_dir, share_store)
     except jc.JobsError as e:
-        _fail(str(e))
+        _failed(e)
     if dry_run:
         _print_plan(url, plan)
         return
@@ -153,7 +160,7 @@ def submit(
     try:
         job_id = sj.submit(jobs, plan)
     except jc.JobsError as e:
-        _fail(str(e))
+        _failed(e)
     typer.echo(job_id)
     typer.secho(
         f"submitted {plan.kind} job to {url}: {plan.entrypoint}\n"
@@ -172,7 +179,7 @@ def submit(
             )
             _exit_for(status, jobs, job_id)
     except jc.JobsError as e:
-        _fail(str(e))
+        _failed(e)
 
 
 def _plan(ctx: typer.Context, target: list[str], url: str, overrides, env, working_dir, share):
@@ -274,7 +281,7 @@ def list_jobs(
     try:
         details = jobs.call("list_jobs")
     except JobsError as e:
-        _fail(str(e))
+        _failed(e)
     if as_json:
         typer.echo(json.dumps(job_rows(details), indent=2))
         return
@@ -305,7 +312,7 @@ def status(
     try:
         info = jobs.call("get_job_info", job_id)
     except JobsError as e:
-        _fail(str(e))
+        _failed(e)
     typer.echo(f"{job_id}: {info.status}")
     if info.message:
         typer.echo(f"  {info.message}")
@@ -337,7 +344,7 @@ def logs(
             _exit_for(jc.follow(jobs, job_id))
         typer.echo(jobs.call("get_job_logs", job_id), nl=False)
     except jc.JobsError as e:
-        _fail(str(e))
+        _failed(e)
 
 
 @jobs_app.command("stop")
@@ -357,5 +364,5 @@ def stop(
             return
         final = jc.wait(jobs, job_id, poll_s=0.5, timeout_s=60) if wait else "stopping"
     except jc.JobsError as e:
-        _fail(str(e))
+        _failed(e)
     typer.echo(f"{job_id}: {final}")

@@ -247,8 +247,8 @@ def _raised_by_mlflow(error: Exception) -> bool:
 def models_compare_ensemble(
     ref: str = typer.Argument(
         ...,
-        help="An ensemble version: NAME/VERSION, NAME@ALIAS or a "
-        "models:/ URI (or a local ensemble folder).",
+        help="An ensemble version, models:/NAME@ALIAS or models:/NAME/VERSION (or a local "
+        "ensemble folder); NAME@ALIAS and NAME/VERSION are read as those, with a hint.",
     ),  # fmt: skip
     store: Path | None = typer.Option(
         None,
@@ -304,7 +304,11 @@ def models_compare_ensemble(
 
 @models_app.command("download")
 def models_download(
-    ref: str = typer.Argument(..., help="NAME@ALIAS, NAME/VERSION or a models:/ URI."),
+    ref: str = typer.Argument(
+        ...,
+        help="models:/NAME@ALIAS or models:/NAME/VERSION (NAME@ALIAS, NAME/VERSION and a "
+        "plain NAME, meaning its champion, are read as those, with a hint).",
+    ),
     dst: Path = typer.Argument(..., help="Folder to create (must not exist or be empty)."),
 ) -> None:
     """Download a registered version as a self-contained folder (weights, model.json,

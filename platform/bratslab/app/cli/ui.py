@@ -23,14 +23,16 @@ def ui(
 ) -> None:
     """Start the MLflow UI on the embedded tracking store (Ctrl-C stops it).
 
-    It opens on the training runs of the experiment that ran last; the URL is printed once the
+    It opens on the training runs of the experiment that ran last, with the lesion-wise and voxel
+    Dice per region (and TTA scores after a sweep) as columns; the URL is printed once the
     server answers.
     """
     import os
 
     from bratslab.settings import get_settings
-    from bratslab.tracking.mlflow_runs import latest_experiment, mark_training_experiments
+    from bratslab.tracking.mlflow_runs import client, latest_experiment, mark_training_experiments
     from bratslab.tracking.ui import is_loopback_host, serve, server_command
+    from bratslab.tracking.ui_view import runs_page, write_views
 
     settings = get_settings()
     uri = settings.tracking_uri
@@ -46,9 +48,11 @@ def ui(
         )
     # Experiments made before bratslab set their kind would open in MLflow's GenAI view.
     mark_training_experiments(uri)
+    # Each experiment's runs table opens with its Dice columns (MLflow shows none at first).
+    write_views(client(uri))
     latest = latest_experiment(uri)
     base = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
-    page = f"{base}/#/experiments/{latest}/runs" if latest else base
+    page = runs_page(base, latest) if latest else base
     # No job runner (MLflow's GenAI jobs; bratslab has none): a process less to start, and the
     # server then exits on SIGTERM at once instead of waiting for it. A user's setting wins.
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
