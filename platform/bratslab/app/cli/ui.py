@@ -48,8 +48,12 @@ def ui(
         )
     # Experiments made before bratslab set their kind would open in MLflow's GenAI view.
     mark_training_experiments(uri)
-    # Each experiment's runs table opens with its Dice columns (MLflow shows none at first).
-    write_views(client(uri))
+    # Each experiment's runs table opens with its Dice columns (MLflow shows none at first);
+    # a store that refuses the tag (read-only, locked) still gets its UI, without them.
+    try:
+        write_views(client(uri))
+    except Exception as e:  # noqa: BLE001 - the UI matters more than its default columns
+        typer.secho(f"warning: default columns not set ({e})", fg="yellow", err=True)
     latest = latest_experiment(uri)
     base = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
     page = runs_page(base, latest) if latest else base
