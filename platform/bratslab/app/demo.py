@@ -15,6 +15,7 @@ from pathlib import Path
 import typer
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
+BACKGROUND = "t2f"  # the report overlays the labels on FLAIR, where oedema shows
 
 
 def _default_job() -> Path:
@@ -178,10 +179,10 @@ def _report(root: Path, outcome, result, held: Path, pred: Path) -> Path:
         overlays.append(
             OverlayCase(
                 case.id,
-                np_load(case.files["t2f"]),
+                np_load(case.files[BACKGROUND]),
                 to_store_labels(np_load(case.seg), case.et_label),
                 to_store_labels(np_load(pred_file), case.et_label),
-                modality="t2f",
+                modality=BACKGROUND,
             )
         )
     return render_report(

@@ -74,14 +74,11 @@ def _overlay(ax, image: np.ndarray, labels: np.ndarray, title: str) -> None:
     ax.axis("off")
 
 
-def _label_legend(fig, overlays: Sequence[OverlayCase]) -> None:
-    """One colour key for every overlay: the labels that appear in any of them."""
+def _label_legend(fig, drawn: set[int]) -> None:
+    """One colour key for every overlay: the labels drawn in any of them."""
     from matplotlib.patches import Patch
 
-    shown = sorted(
-        {int(v) for c in overlays for v in np.unique(np.r_[c.truth.ravel(), c.prediction.ravel()])}
-        & set(_LABEL_NAMES)
-    )
+    shown = sorted(drawn & set(_LABEL_NAMES))
     handles = [Patch(color=_LABEL_RGBA[v][:3], label=_LABEL_NAMES[v]) for v in shown]
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=10)
@@ -151,19 +148,21 @@ def render_report(
     _curves(fig.add_subplot(grid[0, 0]), curves, curve_metric)
     _region_bars(fig.add_subplot(grid[0, 1]), region_dice, bars_title)
 
+    drawn: set[int] = set()  # the labels on the slices shown (not the whole volumes)
     for row, case in enumerate(overlays, start=1):
         z = best_slice(case.truth)
         shown = f"{_MODALITY_NAMES.get(case.modality, case.modality)} ({case.modality})"
         for col, (labels, what) in enumerate(
             ((case.truth, "ground truth"), (case.prediction, "prediction"))
         ):
+            drawn.update(int(v) for v in np.unique(labels[..., z]))
             _overlay(
                 fig.add_subplot(grid[row, col]),
                 case.image[..., z],
                 labels[..., z],
                 f"{case.case_id}: {what}\n{shown}, axial slice {z + 1}",
             )
-    _label_legend(fig, overlays)
+    _label_legend(fig, drawn)
 
     fig.suptitle(title, fontsize=13)
     fig.tight_layout(rect=(0, 0.04 if overlays else 0, 1, 1))
