@@ -50,7 +50,7 @@ LOG_FILE = "bratslab.log"
 RAY_DATA_LOGGING = Path(__file__).with_name("ray_data_logging.yaml")
 RELAY_MARK = "[bratslab-console] "  # on a worker's stderr: print this line on the console
 QUIET_COMMANDS = frozenset(
-    {"train", "sweep", "demo", "predict", "evaluate-model", "postprocess", "data"}
+    {"train", "sweep", "demo", "recipe", "predict", "evaluate-model", "postprocess", "data"}
 )
 # Commands that have no run folder of their own: their log file is in $BRATSLAB_HOME/logs.
 LOGS_FOLDER_COMMANDS = frozenset({"predict", "evaluate-model", "postprocess", "data"})

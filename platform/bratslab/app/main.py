@@ -70,6 +70,7 @@ def _register_groups() -> None:
         jobs,
         models,
         postprocess,
+        recipe,
         runs,
         spec,
         sweep,
@@ -81,6 +82,7 @@ def _register_groups() -> None:
     for group in (data, arch, train, sweep, evaluate, jobs, models, runs, ui, spec, demo):
         group.register(app)
     postprocess.register(app)
+    recipe.register(app)
 
 
 _register_groups()

@@ -16,9 +16,11 @@ works unchanged.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import re
 import subprocess
 import threading
 import time
@@ -155,11 +157,22 @@ def get_or_create_experiment(name: str, uri: str | None = None) -> str:
         return c.get_experiment_by_name(name).experiment_id
 
 
+# What MLflow accepts in a param name (mlflow.utils.validation): a key outside it (a shell
+# pattern such as ``group_lr: {"enc*": ...}``) cannot become a name segment of its own.
+_PARAM_NAME = re.compile(r"[\w\-. :/]+")
+
+
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested config → ``{"training.optimizer.lr": "0.001", ...}`` (lists as their repr)."""
+    """Nested config → ``{"training.optimizer.lr": "0.001", ...}`` (lists as their repr). A
+    mapping with a key MLflow refuses in a param name (``enc*``) is one param, its JSON text:
+    ``training.optimizer.group_lr = {"stem": 0.0001, "enc*": 0.0001}``."""
     out: dict[str, str] = {}
     for key, value in data.items():
         name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value and not all(
+            _PARAM_NAME.fullmatch(str(k)) for k in value
+        ):
+            value = json.dumps(value, sort_keys=False, default=str)
         if isinstance(value, Mapping) and value:
             out.update(flatten(value, name + "."))
         else:

@@ -43,6 +43,7 @@ USAGE_OR_NOT_FOUND = {
     "models show": (["nope"], "'nope'"),
     "postprocess apply": ([NOPE, "outd", "--config", NOPE + ".json"], NOPE),
     "postprocess fit": (["--model", NOPE, "--store", NOPE], NOPE),
+    "recipe ssa": (["--finetune-job", NOPE + ".yaml"], NOPE),
     "predict": (["--model", NOPE, "--input", NOPE, "--output", "po"], NOPE),
     "runs compare": (["abcd1234", "abcd9999"], "abcd1234"),
     "runs list": (["--experiment", "nope"], "'nope'"),
