@@ -91,7 +91,7 @@ def run_arm(arm: str, seed: int, cfg, args) -> dict:
     )  # fmt: skip
     pp = PostprocessConfig.model_validate(doc["config"])
     result = recipe.score_heldout(
-        model, cfg.test, folder / "pred", tta="flips", workers=1, postprocess=pp
+        model, cfg.test, folder / "pred", tta="flips", workers=cfg.workers, postprocess=pp
     )
     return {
         "arm": arm,

@@ -62,7 +62,7 @@ class RecipeConfig:
     seed: int = 0  # training seed (weights, sampling, augmentation) of both stages
     stress: int = 1  # stressed copies of each validation case in the post-processing fit
     tta: str = "flips"
-    workers: int = 1
+    workers: int = 2  # preprocessing/prediction tasks in flight (one CPU each)
     min_size: tuple[int, int, int] = (64, 64, 64)  # pad to the training patch
 
     @property
@@ -262,7 +262,14 @@ def lineage(pretrained_uri: str | None, store: Path) -> tuple[dict[str, str], st
 
 
 def fit_postprocess(
-    model_uri: str, store: Path, path: Path, *, tta: str, stress: int, register: bool = True
+    model_uri: str,
+    store: Path,
+    path: Path,
+    *,
+    tta: str,
+    stress: int,
+    register: bool = True,
+    progress: bool = True,
 ) -> dict:
     """``postprocess fit`` on fold 0's validation cases of ``store`` (BraTS-Africa's lesion-wise
     parameters), written to ``path`` and, with ``register``, stored on the version (what
@@ -276,7 +283,7 @@ def fit_postprocess(
     from bratslab.postprocess.config import FitConfig
 
     fit = FitConfig(stress=stress, challenge="ssa")
-    result = fit_model(model_uri, store, 0, tta, fit=fit)
+    result = fit_model(model_uri, store, 0, tta, fit=fit, progress=progress)
     doc = result_document(result, model=model_uri, fold=0, tta=tta, stress=stress)
     write_document(path, doc)
     if register:

@@ -169,8 +169,10 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in data.items():
         name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value and not all(
-            _PARAM_NAME.fullmatch(str(k)) for k in value
+        if (
+            isinstance(value, Mapping)
+            and value
+            and not all(_PARAM_NAME.fullmatch(str(k)) for k in value)
         ):
             value = json.dumps(value, sort_keys=False, default=str)
         if isinstance(value, Mapping) and value:

@@ -49,7 +49,7 @@ def ssa(
     stress: int = typer.Option(
         1, min=0, max=8, help="Stressed copies of each validation case in the post-processing fit."
     ),
-    workers: int = typer.Option(1, min=1, help="Preprocessing/prediction tasks in flight."),
+    workers: int = typer.Option(2, min=1, help="Preprocessing/prediction tasks in flight."),
 ) -> None:
     """BraTS-Africa recipe on CPU: pretrain on clean glioma, register, finetune on a few
     shifted cases from the champion, fit post-processing, predict held-out shifted cases with
