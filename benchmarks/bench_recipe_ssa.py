@@ -18,6 +18,8 @@ against (c), the recipe:
 (c) the recipe: ``jobs/ssa_cpu.yaml`` from the pretrained version.
 (d) (c) with the stem and encoder frozen (``training.freeze=[stem, "enc*"]``).
 (e) (c) without the differential learning rate (``training.optimizer.group_lr={}``).
+(n) (c)'s model with no post-processing (the thresholds neither fitted nor applied): what the
+    post-processing adds or costs on shifted cases.
 
 Per arm and seed: lesion-wise and voxel Dice per region, lesions found / missed / false-positive
 components, training seconds, and the load average. Results go to ``DIR/arms/<arm>-s<seed>.json``
@@ -44,6 +46,7 @@ ARMS = {
     "c": "recipe: pretrained + finetuned",
     "d": "recipe, stem + encoder frozen",
     "e": "recipe, one learning rate (no split)",
+    "n": "recipe, no post-processing",
 }
 REGIONS = ("wt", "tc", "et")
 
@@ -78,29 +81,52 @@ def run_arm(arm: str, seed: int, cfg, args) -> dict:
             cfg,
             None if arm == "b" else pre.uri,
             arm_overrides(arm, args.scratch_epochs),
-            run_name=None if arm == "c" else f"ssa-arm-{arm}-s{seed}",
-            model_name=recipe.FINETUNED if arm == "c" else f"bratslab-ssa-arm-{arm}",
+            run_name=None if arm in "cn" else f"ssa-arm-{arm}-s{seed}",
+            model_name=recipe.FINETUNED if arm in "cn" else f"bratslab-ssa-arm-{arm}",
         )
         model, seconds = fine.uri, fine.seconds
     folder = cfg.out / "arms" / f"{arm}-s{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    doc = recipe.fit_postprocess(
-        model, cfg.store_ssa, folder / "postprocess.json", tta="flips", stress=args.stress,
-        register=False,
-    )  # fmt: skip
-    pp = PostprocessConfig.model_validate(doc["config"])
+    if arm == "c" and (done := recipe_scores(cfg, seed)) is not None:
+        doc, summary = done  # `bratslab recipe ssa` of this seed scored it the same way
+        return _result(arm, seed, model, seconds, t0, doc["config"], summary)
+    if arm == "n":
+        doc, pp = {"config": None}, "none"
+    else:
+        doc = recipe.fit_postprocess(
+            model, cfg.store_ssa, folder / "postprocess.json", tta="flips", stress=args.stress,
+            register=False,
+        )  # fmt: skip
+        pp = PostprocessConfig.model_validate(doc["config"])
     result = recipe.score_heldout(
         model, cfg.test, folder / "pred", tta="flips", workers=cfg.workers, postprocess=pp
     )
+    return _result(arm, seed, model, seconds, t0, doc["config"], result.summary)
+
+
+def recipe_scores(cfg, seed: int) -> tuple[dict, dict] | None:
+    """The thresholds document and held-out summary a ``bratslab recipe ssa`` run of ``seed``
+    wrote under ``cfg.out``, if it ran to the end."""
+    from bratslab.app import recipe
+    from bratslab.evaluate.score_report import summary_path
+
+    doc = cfg.out / f"postprocess_s{seed}.json"
+    summary = summary_path(recipe.metrics_path(cfg.out / f"pred_s{seed}"))
+    if not (doc.is_file() and summary.is_file()):
+        return None
+    return json.loads(doc.read_text()), json.loads(summary.read_text())
+
+
+def _result(arm, seed, model, train_s, t0, thresholds, summary) -> dict:
     return {
         "arm": arm,
         "seed": seed,
         "model": model,
-        "train_s": seconds,
+        "train_s": train_s,
         "eval_s": time.perf_counter() - t0,
-        "thresholds": doc["config"],
-        "summary": result.summary,
+        "thresholds": thresholds,
+        "summary": summary,
         "load": os.getloadavg()[0],
     }
 
