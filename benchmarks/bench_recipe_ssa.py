@@ -62,6 +62,7 @@ def arm_overrides(arm: str, scratch_epochs: int) -> list[str]:
         ]
     return {
         "c": [],
+        "n": [],
         "d": ['training.freeze=[stem,"enc*"]'],
         "e": ["training.optimizer.group_lr={}"],
     }[arm]

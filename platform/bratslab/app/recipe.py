@@ -172,9 +172,8 @@ def train_and_register(
     from bratslab.train.trainer import run_training
 
     spec = load_job(job, [f"data.store={store}", f"training.seed={seed}", *overrides])
-    t0 = time.perf_counter()
     outcome = run_training(spec, name=run_name)
-    seconds = time.perf_counter() - t0
+    seconds = _run_seconds(outcome.run_id)  # also right for a FINISHED run returned as recorded
     if not outcome.model_uri:
         raise RecipeError(f"run {run_name} logged no model; see its log in {outcome.storage_dir}")
     version = _version_of_run(model_name, outcome.run_id)
@@ -186,6 +185,14 @@ def train_and_register(
         all_tags = {SELECTION_TAG: f"best/{spec.training.selection_metric}", **(tags or {})}
         version = register(outcome.model_uri, model_name, all_tags, description=description)
     return Registered(outcome.run_id, model_name, version, seconds)
+
+
+def _run_seconds(run_id: str) -> float:
+    """How long the MLflow run ``run_id`` ran (start to end), in seconds."""
+    from bratslab.tracking.mlflow_runs import client
+
+    info = client().get_run(run_id).info
+    return max(0.0, ((info.end_time or info.start_time) - info.start_time) / 1000)
 
 
 def _version_of_run(name: str, run_id: str) -> str | None:
