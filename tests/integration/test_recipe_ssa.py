@@ -32,6 +32,7 @@ def test_recipe_pretrains_finetunes_with_lineage_fits_and_scores_heldout_cases(t
         "bratslab", "recipe", "ssa",
         "--gli-cases", "3", "--ssa-cases", "4", "--test-cases", "1",
         "--shape", "48", "48", "40",
+        "--postprocess",  # off by default; the fit path is the one to cover
     ]  # fmt: skip
     for key in TINY:
         argv += ["--pretrain-set", key, "--finetune-set", key]

@@ -49,6 +49,13 @@ def ssa(
     stress: int = typer.Option(
         1, min=0, max=8, help="Stressed copies of each validation case in the post-processing fit."
     ),
+    postprocess: bool = typer.Option(
+        False,
+        "--postprocess/--no-postprocess",
+        help="Fit post-processing thresholds on the finetune's validation cases, store them on "
+        "its version and apply them (off: on held-out shifted cases they removed true "
+        "satellite lesions; BENCHMARKS.md).",
+    ),
     workers: int = typer.Option(2, min=1, help="Preprocessing/prediction tasks in flight."),
 ) -> None:
     """BraTS-Africa recipe on CPU: pretrain on clean glioma, register, finetune on a few
@@ -71,6 +78,7 @@ def ssa(
         finetune_overrides=list(finetune_set),
         seed=seed,
         stress=stress,
+        postprocess=postprocess,
         workers=workers,
     )
     if pretrain_job is not None:
