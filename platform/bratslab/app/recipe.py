@@ -33,6 +33,12 @@ from typing import Any
 
 import typer
 
+from bratslab.app.recipe_scoring import (
+    fit_postprocess,
+    heldout_metrics,
+    metrics_path,
+    score_heldout,
+)
 from bratslab.tracking.alias_guard import SELECTION_TAG
 
 log = logging.getLogger(__name__)
@@ -42,7 +48,6 @@ PRETRAINED = "bratslab-gli-cpu"
 FINETUNED = "bratslab-ssa-cpu"
 LINEAGE_TAG = "bratslab.init_from"  # version tag: the registered version finetuned from
 SSA_FOLDS = 4  # 8 shifted cases → 6 train and 2 validate per fold
-HELDOUT = "heldout/"  # metric prefix of the held-out scores on the finetune's run
 # Data seeds: each set its own (ids never collide: ``default_start_id``), the test set's unseen.
 GLI_SEED, SSA_SEED, TEST_SEED = 0, 70, 71
 EXPERIMENT = "tracking.experiment=bratslab-ssa-recipe"  # both stages' runs side by side
@@ -270,82 +275,6 @@ def lineage(pretrained_uri: str | None, store: Path) -> tuple[dict[str, str], st
     )
 
 
-# --------------------------------------------------------------------------- evaluation
-
-
-def fit_postprocess(
-    model_uri: str,
-    store: Path,
-    path: Path,
-    *,
-    tta: str,
-    stress: int,
-    register: bool = True,
-    progress: bool = True,
-) -> dict:
-    """``postprocess fit`` on fold 0's validation cases of ``store`` (BraTS-Africa's lesion-wise
-    parameters), written to ``path`` and, with ``register``, stored on the version (what
-    ``predict`` then applies by default). Returns the document (``config``: the thresholds)."""
-    from bratslab.inference.postprocess_fit import (
-        fit_model,
-        register_document,
-        result_document,
-        write_document,
-    )
-    from bratslab.postprocess.config import FitConfig
-
-    fit = FitConfig(stress=stress, challenge="ssa")
-    result = fit_model(model_uri, store, 0, tta, fit=fit, progress=progress)
-    doc = result_document(result, model=model_uri, fold=0, tta=tta, stress=stress)
-    write_document(path, doc)
-    if register:
-        register_document(model_uri, path, doc)
-    return doc
-
-
-def score_heldout(
-    model_uri: str, test: Path, pred: Path, *, tta: str, workers: int, postprocess: Any = "model"
-):
-    """Predict ``test`` with ``model_uri`` (``postprocess``: the thresholds stored on the
-    version, ``"none"``, or a config) and score it with BraTS-Africa's lesion-wise parameters.
-
-    Returns:
-        :class:`~bratslab.evaluate.scoring.EvaluationResult`; ``pred/metrics.csv`` is written.
-    """
-    from bratslab.evaluate.score_report import plot_path, summary_path
-    from bratslab.evaluate.scoring import evaluate_folder
-    from bratslab.inference.config import PredictConfig
-    from bratslab.inference.predict import predict_folder
-
-    cfg = PredictConfig(tta=tta, workers=workers, overwrite=True, postprocess=postprocess)
-    predict_folder(model_uri, test, pred, cfg)
-    metrics = metrics_path(pred)
-    metrics.unlink(missing_ok=True)
-    for extra in (summary_path(metrics), plot_path(metrics)):  # a rerun scores afresh
-        extra.unlink(missing_ok=True)
-    return evaluate_folder(pred, test, "ssa", metrics, progress=False)
-
-
-def metrics_path(pred: Path) -> Path:
-    """Where :func:`score_heldout` writes the scores of the predictions in ``pred`` (summary and
-    chart beside it: :func:`~bratslab.evaluate.score_report.summary_path`, ``plot_path``)."""
-    return pred.parent / f"{pred.name}_metrics.csv"
-
-
-def heldout_metrics(summary: dict) -> dict[str, float]:
-    """``heldout/<region>/{dice,lesion_dice,tp,fp,fn}`` and the two means, for MLflow."""
-    out: dict[str, float] = {}
-    for region, stats in summary.get("regions", {}).items():
-        out[f"{HELDOUT}{region}/dice"] = stats["dice"]["mean"]
-        out[f"{HELDOUT}{region}/lesion_dice"] = stats["lesion_dice"]["mean"]
-        for k in ("tp", "fp", "fn"):
-            out[f"{HELDOUT}{region}/{k}"] = stats[k]
-    for k in ("mean_dice", "mean_lesion_dice"):
-        if k in summary:
-            out[f"{HELDOUT}{k}"] = summary[k]
-    return out
-
-
 # --------------------------------------------------------------------------- the command
 
 
@@ -364,8 +293,6 @@ def run_recipe(cfg: RecipeConfig) -> dict[str, Any]:
 
     from bratslab import console as routing
     from bratslab.cluster import ensure_ray
-    from bratslab.evaluate.score_report import plot_path
-    from bratslab.tracking.mlflow_runs import log_artifact, log_metrics
 
     check_jobs(cfg)  # a bad spec or --set: exit 2 before anything is synthesised or started
     console = Console(soft_wrap=True)
@@ -394,6 +321,27 @@ def run_recipe(cfg: RecipeConfig) -> dict[str, Any]:
     fine = finetune(cfg, init)
     console.print(f"{fine.uri} registered ({fine.seconds:.0f} s), lineage {LINEAGE_TAG}={init}")
 
+    doc, result = _fit_and_score(cfg, fine, step, console)
+    seconds = time.perf_counter() - t0
+    _print_table(console, result.summary, fine, init, pre, seconds, cfg.tta)
+    if log_file is not None:
+        console.print(f"log: {log_file}")
+    return {
+        "pretrain": pre,
+        "finetune": fine,
+        "init_from": init,
+        "thresholds": doc["config"],
+        "summary": result.summary,
+        "seconds": seconds,
+    }
+
+
+def _fit_and_score(cfg: RecipeConfig, fine: Registered, step, console):
+    """Steps 4 and 5: the thresholds document (``config`` None when off) and the held-out
+    :class:`~bratslab.evaluate.scoring.EvaluationResult`, logged to the finetune's run."""
+    from bratslab.evaluate.score_report import plot_path
+    from bratslab.tracking.mlflow_runs import log_artifact, log_metrics
+
     doc: dict[str, Any] = {"config": None}
     if cfg.postprocess:
         step("4/5 fit post-processing on the finetune's validation cases (stored on the version)")
@@ -421,18 +369,7 @@ def run_recipe(cfg: RecipeConfig) -> dict[str, Any]:
     chart = plot_path(metrics_path(pred))
     if chart.is_file():
         log_artifact(fine.run_id, chart, "heldout")
-    seconds = time.perf_counter() - t0
-    _print_table(console, result.summary, fine, init, pre, seconds, cfg.tta)
-    if log_file is not None:
-        console.print(f"log: {log_file}")
-    return {
-        "pretrain": pre,
-        "finetune": fine,
-        "init_from": init,
-        "thresholds": doc["config"],
-        "summary": result.summary,
-        "seconds": seconds,
-    }
+    return doc, result
 
 
 def _print_table(console, summary: dict, fine: Registered, init: str, pre, seconds, tta) -> None:
