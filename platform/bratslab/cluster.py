@@ -28,6 +28,7 @@ SECRET_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"
 TEMP_ROOT = Path("/tmp")
 # Run in every worker of the job as it starts (a ``worker_process_setup_hook``).
 WORKER_SETUP_HOOK = "bratslab.cluster.pin_worker_address"
+PREEMPTION_WATCHER_VAR = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ def ensure_ray(
         # Inside a submitted Ray job the job's runtime env already applies (and Ray refuses a
         # second, different one), so only a standalone driver brings its own.
         in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+        # A cluster's workers pin their own GCS too (another Ray on one of its hosts).
+        runtime_env["worker_process_setup_hook"] = WORKER_SETUP_HOOK
         context = ray.init(
             address=settings.ray_address,
             runtime_env=None if in_job else runtime_env,
@@ -69,6 +72,10 @@ def ensure_ray(
     # Single-machine mode: Ray then resolves the node address to loopback instead of the
     # machine's external interface, so no port of the embedded instance is reachable from outside.
     bind_single_machine_to_loopback()
+    # Ray Train's preemption watcher (an actor per worker group) polls for nodes being drained
+    # by a cluster autoscaler; one machine has none, and its process costs seconds of CPU at
+    # every run start. The driver's value reaches the Train controller; users can set it to 1.
+    os.environ.setdefault(PREEMPTION_WATCHER_VAR, "0")
     cpus = num_cpus or settings.ray_num_cpus or max(os.cpu_count() or 1, 6)
     # Ray's helpers that look a cluster up ("auto": Ray Train's placement-group cleaner, the
     # State API) find this instance, never another one on the host: see pin_worker_address.

@@ -9,8 +9,9 @@ trial actors, Train workers and placement groups) when it notices the driver is 
 - SIGTERM while trials run: the driver exits with 143 within ``STOP_WITHIN_S``, the parent run is
   KILLED with ``bratslab.stop_reason=SIGTERM``, and nothing of the sweep listened beyond
   loopback meanwhile.
-- ``--resume``, SIGKILLed once a trial has completed: nothing in the driver runs, the parent
-  MLflow run stays RUNNING; the trials' Train workers listened on loopback only.
+- ``--resume``, SIGKILLed once the trial interrupted by the SIGTERM has trained to completion:
+  nothing in the driver runs, the parent MLflow run stays RUNNING; the trial's Train workers
+  listened on loopback only.
 - ``--resume`` again, stopped by SIGTERM during its TTA re-evaluation of the top trial (after
   Tune): the same KILLED with its reason, as promptly.
 - A last ``--resume`` finishes the sweep without training any completed trial again (their
@@ -43,7 +44,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 BRATSLAB = Path(sys.executable).with_name("bratslab")  # the console script of this venv
 MODEL = "bratslab-sweep-kill-it"
-TRIALS = 2
+TRIALS = 1  # one trial keeps every stop below (a trial training, completed, re-evaluated)
 STOP_WITHIN_S = 60  # SIGTERM → process gone (Tune cleanup, MLflow update, Ray disconnect)
 FREED_WITHIN_S = 120  # driver gone → Ray has ended its job and freed the job's CPUs
 
@@ -75,7 +76,7 @@ def _job_args(store: Path, name: str, tta: str = "none") -> list[str]:
         *("--set", "training.epochs=1", "--set", "training.steps_per_epoch=2"),
         *("--set", f"sweep.space={ROOT / 'search_spaces/smoke.yaml'}"),
         *("--set", f"sweep.name={name}", "--set", f"sweep.num_trials={TRIALS}"),
-        *("--set", "sweep.max_concurrent=2", "--set", "sweep.top_k=1", "--set", f"sweep.tta={tta}"),
+        *("--set", "sweep.max_concurrent=1", "--set", "sweep.top_k=1", "--set", f"sweep.tta={tta}"),
         *("--set", f"tracking.experiment={MODEL}"),  # no registry_name: the experiment names it
     ]
 
@@ -228,9 +229,10 @@ def test_sigterm_sigkill_and_sigterm_again_then_resume_finishes_the_sweep(
     parent_id = manifest["parent_run_id"]
     _check_stopped(parent_id, uri)
     done_at_sigterm = _completed(sweep_dir)
+    assert not done_at_sigterm, "the trial completed before the SIGTERM reached the driver"
 
-    # 2. Resumed, SIGKILLed (preemption: no handler, no cleanup runs) once it has completed a
-    # trial. The resume trains the unfinished trials: watched meanwhile.
+    # 2. Resumed, SIGKILLed (preemption: no handler, no cleanup runs) once it has completed the
+    # trial. The resume trains the unfinished trial: watched meanwhile.
     with ListenerWatch() as watch2:
         proc = _start(["--resume", name], env, logs[1], home)
         try:
@@ -300,6 +302,11 @@ def test_sigterm_sigkill_and_sigterm_again_then_resume_finishes_the_sweep(
         recorded = json.loads(marker)["last_result"]["val/dice_mean"]
         assert float(rows[tid]["best_metric"]) == pytest.approx(recorded)
     _check_what_a_finished_sweep_leaves(sweep_dir, name, home, env, final, children, again)
+    # The drivers joined the session's instance with RAY_ADDRESS while the other pytest worker's
+    # instance ran on the host too: every worker of theirs (Ray Train's placement-group cleaner
+    # looks "the" cluster up) found its own, never both.
+    log = (sweep_dir / "bratslab.log").read_text()
+    assert "Found multiple active Ray instances" not in log
 
 
 def _stop_when(ready: Callable[[], bool], proc: subprocess.Popen, log: Path, what: str) -> None:

@@ -137,6 +137,16 @@ def test_a_two_worker_run_listens_on_loopback_only(smoke_and_listeners):
     assert not watch.beyond_loopback(), watch.beyond_loopback()
 
 
+def test_one_machine_starts_no_preemption_watcher(ray_cluster, smoke):
+    """The embedded instance turns Ray Train's preemption watcher off (no node of one machine
+    is drained by an autoscaler): its actor, one process per worker-group start, never ran."""
+    from ray._private.state import actors  # the GCS's actor table (no dashboard needed)
+
+    classes = {a["ActorClassName"] for a in actors().values()}
+    assert {"TrainController", "RayTrainWorker"} <= classes, classes  # Train ran here
+    assert "PreemptionWatcher" not in classes
+
+
 def test_smoke_run_checkpoints_and_logs_to_mlflow(smoke):
     from bratslab.tracking.mlflow_runs import client, run_info
     from bratslab.tracking.model_store import fetch_model_dir

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bratslab.cluster import WORKER_SETUP_HOOK
 from bratslab.compat.ray_packaging import biggest_folders, package_files
 from bratslab.config import ConfigError
 from bratslab.jobs import entrypoint as ep
@@ -202,7 +203,13 @@ def _submission_id(kind: str, name: str) -> str:
 
 
 def _runtime_env(working_dir: Path, env: dict[str, str]) -> dict:
-    return {"working_dir": str(working_dir), "excludes": list(EXCLUDES), "env_vars": env}
+    return {
+        "working_dir": str(working_dir),
+        "excludes": list(EXCLUDES),
+        "env_vars": env,
+        # Every worker of the job looks its cluster up by the job's own GCS address.
+        "worker_process_setup_hook": WORKER_SETUP_HOOK,
+    }
 
 
 def _package(root: Path) -> tuple[dict[Path, int], Callable[[Path], str | None]]:

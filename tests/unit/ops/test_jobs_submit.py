@@ -73,6 +73,8 @@ def test_smoke_spec_plans_bratslab_train_with_overrides():
     renv = plan.runtime_env
     assert renv["working_dir"] == str(REPO)
     assert ".venv" in renv["excludes"] and "/bratslab-work" in renv["excludes"]
+    # Every worker of the job pins its cluster's GCS (another Ray on a node is never joined).
+    assert renv["worker_process_setup_hook"] == "bratslab.cluster.pin_worker_address"
     env = renv["env_vars"]
     # Local cluster: absolute work dir and tracking store, so runs land where `runs list` looks.
     assert env["BRATSLAB_HOME"].endswith("home") and Path(env["BRATSLAB_HOME"]).is_absolute()
