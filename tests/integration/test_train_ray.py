@@ -9,19 +9,26 @@ Train) with ``data.augment.on: device`` (the actors only sample; each worker aug
 in torch); the same loader with ``on: loader`` (the default) runs in ``test_two_nodes.py``,
 across two Ray nodes.
 
-The outside-SIGKILL run and the crashed-then-rerun job share nothing with the smoke run (their
-own run names, 2 + 1 of the session's 6 CPUs), so they train in background threads while the
-smoke run trains, as concurrent folds do (``train --folds --max-parallel``): much of a run's
-time is Ray Train starting its processes and waiting on them, which the three runs overlap.
+A fourth run, ``bratslab train`` as a subprocess with a Ray instance of its own, has its Train
+worker SIGKILLed as soon as it appears, at every start: the run fails after the bounded restarts
+of ``scaling.max_failures`` with one line naming why.
+
+The outside-SIGKILL run, the crashed-then-rerun job and the start-up kills share nothing with
+the smoke run (their own run names, 2 + 1 of the session's 6 CPUs, or their own instance), so
+they run in background threads while the smoke run trains, as concurrent folds do (``train
+--folds --max-parallel``): much of a run's time is Ray Train starting its processes and waiting
+on them, which the runs overlap.
 Each test then waits for its own run and asserts on it as before.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -93,7 +100,7 @@ def _history(run_id, key):
 def background(ray_cluster, store, bratslab_home, tmp_path_factory):
     """The outside-SIGKILL run and the crashed-then-rerun job, started in threads before the
     smoke run trains (which requests this fixture first); their tests wait for them."""
-    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="train-it")
+    pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="train-it")
     runs: dict[str, Future] = {
         "sigkill": pool.submit(
             _sigkill_from_outside, store, bratslab_home, tmp_path_factory.mktemp("sigkill")
@@ -101,6 +108,7 @@ def background(ray_cluster, store, bratslab_home, tmp_path_factory):
         "resume": pool.submit(
             _crash_then_rerun, store, bratslab_home, tmp_path_factory.mktemp("resume")
         ),
+        "startup": pool.submit(_killed_as_they_start, store, tmp_path_factory.mktemp("startup")),
     }
     yield runs
     pool.shutdown(wait=True)
@@ -428,3 +436,50 @@ def test_finetune_from_mlflow_model_keeps_frozen_groups_bit_identical(ray_cluste
     assert not all(
         torch.equal(a, b) for a, b in zip(g_before["dec0"], g_after["dec0"], strict=True)
     )
+
+
+def _killed_as_they_start(store: Path, tmp: Path) -> Callable[[], None]:
+    """``bratslab train`` (a subprocess with a Ray instance of its own) whose Train workers are
+    SIGKILLed as soon as they appear, before any trains: start-up failures, which Ray Train 2.60
+    retries forever unless ``controller_failure_limit`` is set. Returns the checks."""
+    import sys
+
+    import psutil  # noqa: I001  (Ray's bundled copy, on sys.path once Ray is imported)
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BRATSLAB_", "RAY_ADDRESS"))}
+    env.update(BRATSLAB_HOME=str(tmp / "home"), MLFLOW_TRACKING_URI=f"sqlite:///{tmp / 'db'}")
+    sets = [f"data.store={store}", "scaling.num_workers=1", "scaling.max_failures=1"]
+    argv = [str(Path(sys.executable).with_name("bratslab")), "train", str(JOB), "--name", "it-sk"]
+    proc = subprocess.Popen(
+        [*argv, *(a for s in sets for a in ("--set", s))], env=env, cwd=tmp,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    killed: list[int] = []
+    root = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 600
+    while proc.poll() is None and time.monotonic() < deadline:
+        for child in root.children(recursive=True):
+            with contextlib.suppress(psutil.Error, IndexError):
+                if child.cmdline()[0].startswith("ray::RayTrainWorker") and child.pid not in killed:
+                    child.kill()  # still starting: its training function never runs
+                    killed.append(child.pid)
+        time.sleep(0.05)
+    if proc.poll() is None:
+        proc.kill()
+    out = proc.communicate(timeout=60)[0]
+
+    def check() -> None:
+        assert proc.returncode == 1, f"exit {proc.returncode} after {len(killed)} kills:\n{out}"
+        # max_failures=1: the first start and one restart, one worker each; then one line.
+        assert 1 <= len(killed) <= 2, (killed, out)
+        lines = out.splitlines()
+        why = "train it-sk: the worker group failed to start (scaling.max_failures=1): "
+        assert len([ln for ln in lines if ln.startswith(why)]) == 1, out
+        assert len(lines) <= 3, out  # the header's two lines and that one
+        assert "Traceback" not in out
+
+    return check
+
+
+def test_workers_killed_as_they_start_fail_the_run_after_bounded_restarts(background):
+    background["startup"].result()()

@@ -26,6 +26,7 @@ from torch import nn
 from bratslab.atomic import atomic_open, write_json
 from bratslab.models.config import ModelConfig
 from bratslab.models.weights import save_model_dir
+from bratslab.train.failures import CheckpointUnusable
 
 TRAIN_STATE = "train_state.pt"
 JOB_JSON = "job.json"
@@ -62,10 +63,6 @@ def save_checkpoint(
         torch.save(train_state, f)
     write_json(folder / JOB_JSON, job)
     return folder
-
-
-class CheckpointUnusable(RuntimeError):
-    """A checkpoint folder that cannot be loaded, and will not load on a retry either."""
 
 
 @contextmanager

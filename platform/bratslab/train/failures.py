@@ -10,7 +10,7 @@
   run queued behind other trials or waiting for an autoscaler keeps its restarts for failures.
 - A checkpoint that cannot be loaded (refused by weights-only unpickling, truncated, a missing
   file) fails the same way on every restart: the worker raises
-  :class:`~bratslab.train.checkpoint.CheckpointUnusable` and the controller callback from
+  :class:`CheckpointUnusable` and the controller callback from
   :func:`fail_fast_callback` ends the run at once (:class:`PermanentFailure`).
 - :func:`describe` turns Ray Train's error into the one line ``bratslab train`` prints; the MLflow
   run gets it as the tag ``bratslab.failure``.
@@ -23,12 +23,18 @@ from typing import Any
 
 from bratslab.compat.ray_core import worker_exception
 from bratslab.tracking import mlflow_runs
-from bratslab.train.checkpoint import CheckpointUnusable
 
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 START_TIMEOUT_S = 900  # a worker group waits this long for its resources before it counts
 FAILURE_TAG = "bratslab.failure"  # MLflow tag of a FAILED run: the one-line cause
 STARTUP_ERRORS = ("WorkerGroupStartupFailedError", "WorkerGroupStartupTimeoutError")
+
+
+class CheckpointUnusable(RuntimeError):
+    """A checkpoint folder that cannot be loaded, and will not load on a retry either.
+
+    Defined here, not beside the checkpoint code (``bratslab.train.checkpoint``), so that the
+    Train controller, which unpickles :func:`fail_fast_callback`, never imports torch for it."""
 
 
 class PermanentFailure(RuntimeError):

@@ -92,3 +92,17 @@ def test_each_ray_train_failure_is_described_in_one_line():
     for error in (permanent, startup, group):
         assert is_training_failure(error) and "\n" not in describe(error)
     assert not is_training_failure(ValueError("a bug in the driver"))
+
+
+def test_what_the_train_controller_unpickles_imports_no_torch():
+    """The controller process runs bratslab's callbacks (fail-fast, MLflow, progress); torch
+    would add seconds of CPU to every run start for nothing the controller does."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, bratslab.train.failures, bratslab.train.mlflow_callback, "
+        "bratslab.train.progress; print(sorted(m for m in ('torch', 'monai') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
