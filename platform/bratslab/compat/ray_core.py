@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+PRESTART_VAR = "RAY_prestart_worker_first_driver"  # the raylet setting, as a variable
 
 
 def bind_single_machine_to_loopback() -> None:
@@ -62,14 +63,22 @@ def worker_exception(error: BaseException) -> BaseException | None:
 
 
 def start_local_ray(*, temp_dir: str | None, **kwargs):
-    """``ray.init(address="local", **kwargs)`` with Ray's temp folder at ``temp_dir``; returns
-    its context.
+    """``ray.init(address="local", **kwargs)`` with Ray's temp folder at ``temp_dir`` and no
+    prestarted workers; returns its context.
 
-    Private detail: the ``_temp_dir`` keyword of ``ray.init`` (checked: ray 2.60.x). Public
-    replacement: ``RAY_TMPDIR`` for the whole process, which would also move other Ray
-    instances this process might start or join.
+    The raylet prestarts Python workers as the first driver connects, with the default runtime
+    env; every bratslab job has its own (settings, the worker setup hook), so none of those
+    workers is ever used and each costs a process start of CPU.
+
+    Private details: the ``_temp_dir`` and ``_system_config`` keywords of ``ray.init`` and the
+    raylet's ``prestart_worker_first_driver`` setting (checked: ray 2.60.x; its variable
+    ``RAY_prestart_worker_first_driver``, when set, is left to decide). Public
+    replacements: ``RAY_TMPDIR`` for the whole process, which would also move other Ray
+    instances this process might start or join; none for the prestart.
     """
     import ray
 
     extra = {"_temp_dir": temp_dir} if temp_dir else {}
+    if PRESTART_VAR not in os.environ:  # set, Ray's own variable decides
+        extra["_system_config"] = {"prestart_worker_first_driver": False}
     return ray.init(address="local", **kwargs, **extra)
