@@ -96,13 +96,15 @@ def main() -> int:
     base_wall = statistics.median(w for w, _ in results["bratslab"])
     base_cpu = statistics.median(c for _, c in results["bratslab"])
     print(
-        f"\n{'arm':10s} {'wall s':>7s} {'CPU s':>7s} {'CPU ÷ bratslab':>15s}   (medians of {args.reps})"
+        f"\n{'arm':10s} {'wall s':>7s} {'CPU s':>7s} {'CPU ÷ bratslab':>15s}   "
+        f"(medians of {args.reps})"
     )
     for arm, rows in results.items():
         wall = statistics.median(w for w, _ in rows)
         cpu = statistics.median(c for _, c in rows)
         print(
-            f"{arm:10s} {wall:7.1f} {cpu:7.1f} {cpu / base_cpu:15.2f}   wall ÷ {wall / base_wall:.2f}"
+            f"{arm:10s} {wall:7.1f} {cpu:7.1f} {cpu / base_cpu:15.2f}   "
+            f"wall ÷ {wall / base_wall:.2f}"
         )
     print(f"load average at the end: {os.getloadavg()[0]:.2f} (1 min)")
     shutil.rmtree(work, ignore_errors=True)
