@@ -81,8 +81,8 @@ def start_sweep(
         spec: the validated ``JobSpec``, with a ``sweep`` section.
         job_source: path of the job file (a relative space path may be beside it).
     Raises:
-        ConfigError: no sweep section, a sweep of that name exists, or a space that does not
-            fit the job.
+        ConfigError: no sweep section, a sweep of that name exists, a space that does not
+            fit the job, or no store where ``data.store`` points.
     """
     source = job_source or "job"
     if spec is None or spec.sweep is None:
@@ -106,6 +106,10 @@ def start_sweep(
     validate_sweep(spec, space, source)
     if paths.optuna_storage:  # a shared database: the study name must be new there
         check_new_study(paths.optuna_storage, name, source)
+    try:  # every trial would fail on a missing store: said before anything starts
+        spec.data.store_path()
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
     manifest = _create_sweep_folder(paths, name, spec, space_path)
     return run_sweep(spec, space, paths, manifest, settings, restore=False)
 

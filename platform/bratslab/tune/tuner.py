@@ -182,7 +182,20 @@ def trial_rows(grid, cfg: SweepConfig, paths: SweepPaths) -> list[TrialResult]:
                 best_metric=best_value,
                 best_checkpoint=best_ckpt,
                 params=dict(res.config or {}),
-                error=str(res.error)[:500] if res.error else None,
+                error=trial_error(res.error) if res.error else None,
             )
         )
     return rows
+
+
+def trial_error(error: BaseException) -> str:
+    """One line naming why a trial failed: what the trial function raised, not Ray's task
+    wrapper around it (whose text is the remote traceback, with terminal colours)."""
+    from bratslab.train.failures import describe
+
+    for _ in range(3):  # ray.exceptions.RayTaskError keeps the exception raised as ``cause``
+        cause = getattr(error, "cause", None)
+        if not isinstance(cause, BaseException) or cause is error:
+            break
+        error = cause
+    return describe(error)[:500]

@@ -118,3 +118,59 @@ def test_resume_checks_the_stored_sweep_before_any_run(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="continue it with --resume done"):
         start_sweep(spec, job_source=str(ROOT / "jobs/sweep_smoke.yaml"))
     assert not (tmp_path / "m.db").exists()  # no MLflow run was opened
+
+
+def test_a_missing_store_fails_before_any_trial(tmp_path, monkeypatch, capsys):
+    """Every trial would fail on it (each with the same traceback in the log): exit 2 at once,
+    naming the paths tried, and nothing created."""
+    monkeypatch.chdir(tmp_path)
+    job = _job(tmp_path, yaml.safe_load((ROOT / "search_spaces/smoke.yaml").read_text()))
+    code, err = _sweep(job, tmp_path, monkeypatch, capsys)
+    assert code == 2, err
+    assert f"{job}: data.store 'store': no such store (looked for {tmp_path / 'store'}" in err
+    assert not (tmp_path / "sweeps").exists() and not (tmp_path / "m.db").exists()
+
+
+def test_a_trial_error_is_one_line_naming_what_the_trial_raised():
+    """Tune hands a failed trial's error over as Ray's task error, whose text is the remote
+    traceback in terminal colours; the table's line names the exception the trial raised."""
+    from ray.exceptions import RayTaskError
+
+    from bratslab.config import ConfigError
+    from bratslab.tune.tuner import trial_error
+
+    raised = ConfigError("data.store 'x': no such store")
+    wrapped = RayTaskError("ImplicitFunc.train", "\x1b[36mTraceback ...\x1b[39m", raised)
+    assert trial_error(wrapped.as_instanceof_cause()) == (
+        "ConfigError: data.store 'x': no such store"
+    )
+    assert trial_error(FileNotFoundError("/m: not a model directory")) == (
+        "FileNotFoundError: /m: not a model directory"
+    )
+
+
+def test_a_sweep_whose_every_trial_failed_exits_1_with_their_reasons(tmp_path, monkeypatch, capsys):
+    """The table, each failed trial's reason, then exit 1 (the request was fine, the work
+    failed); a sweep with a completed trial beside a failed one exits 0. (The sweep itself is
+    replaced by its outcome: real sweeps run in the integration tests.)"""
+    import bratslab.tune.sweep as sweep_module
+    from bratslab.app.main import main
+    from bratslab.tune.sweep_run import SweepOutcome
+    from bratslab.tune.trial_result import TrialResult
+
+    failed = TrialResult("t1", status="ERROR", error="FileNotFoundError: /m: not a model")
+    done = TrialResult("t2", completed=True, iterations=2, best_metric=0.5)
+    monkeypatch.setenv("BRATSLAB_HOME", str(tmp_path))
+    monkeypatch.setattr(sys, "argv", ["bratslab", "sweep", str(ROOT / "jobs/sweep_smoke.yaml")])
+    for rows, want in (([failed], 1), ([failed, done], 0)):
+        outcome = SweepOutcome("s", tmp_path, "run", rows, interrupted=False)
+        monkeypatch.setattr(sweep_module, "start_sweep", lambda spec, job_source, o=outcome: o)
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code or 0
+        out = capsys.readouterr().out
+        assert code == want, out
+        assert "trial t1 failed: FileNotFoundError: /m: not a model" in out
+        assert ("sweep s: every trial failed" in out) == (want == 1), out

@@ -32,7 +32,6 @@ def sweep(
 ) -> None:
     """Hyper-parameter sweep: Ray Tune + Optuna + ASHA, then TTA re-evaluation and registry."""
     from rich.console import Console
-    from rich.table import Table
 
     from bratslab.config import ConfigError
     from bratslab.names import check_name
@@ -66,6 +65,30 @@ def sweep(
         )
         leave(stop.exit_code)  # os._exit if a Ray call is still blocked
 
+    console.print(_trial_table(outcome, spec))
+    console.print(tally_line(outcome.trials))
+    failed = [r for r in outcome.trials if r.status == "ERROR"]
+    for r in failed[:3]:  # the reasons; each traceback is in the sweep's log
+        console.print(f"[red]trial {r.trial_id} failed[/red]: {r.error}")
+    console.print(f"parent MLflow run: {outcome.parent_run_id}  folder: {outcome.root}")
+    if outcome.interrupted:
+        console.print(f"[yellow]interrupted: continue with --resume {outcome.name}[/yellow]")
+        raise typer.Exit(130)
+    if failed and len(failed) == len(outcome.trials):
+        console.print(f"[red]sweep {outcome.name}: every trial failed[/red]")
+        raise typer.Exit(1)
+    reg = outcome.registration
+    if reg is not None:
+        verdict = f"now {reg.alias}" if reg.promoted else f"{reg.alias} unchanged"
+        console.print(
+            f"registered models:/{reg.name}/{reg.version} (trial {reg.trial_id}; {verdict})"
+        )
+
+
+def _trial_table(outcome, spec):
+    """The sweep's trials: status, epochs, best validation score and TTA score."""
+    from rich.table import Table
+
     table = Table(title=f"sweep {outcome.name}")
     for col in ("trial", "status", "epochs", "best val", "TTA"):
         table.add_column(col)
@@ -79,15 +102,4 @@ def sweep(
             "" if r.best_metric is None else f"{r.best_metric:.4f}",
             "" if tta is None else f"{tta:.4f}",
         )
-    console.print(table)
-    console.print(tally_line(outcome.trials))
-    console.print(f"parent MLflow run: {outcome.parent_run_id}  folder: {outcome.root}")
-    if outcome.interrupted:
-        console.print(f"[yellow]interrupted: continue with --resume {outcome.name}[/yellow]")
-        raise typer.Exit(130)
-    reg = outcome.registration
-    if reg is not None:
-        verdict = f"now {reg.alias}" if reg.promoted else f"{reg.alias} unchanged"
-        console.print(
-            f"registered models:/{reg.name}/{reg.version} (trial {reg.trial_id}; {verdict})"
-        )
+    return table

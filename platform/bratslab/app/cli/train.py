@@ -44,15 +44,22 @@ def train(
     from bratslab.config import ConfigError
     from bratslab.jobs.spec import load_job
     from bratslab.names import check_name
-    from bratslab.shutdown import Terminated, leave
-    from bratslab.train.prepared_data import outputs_for_store
-    from bratslab.train.trainer import run_training
 
+    # The cheap checks first: a bad name, spec or store is told before torch, MONAI, Ray and
+    # MLflow are imported (seconds).
     if name is not None:
         check_name(name, "--name")  # it becomes $BRATSLAB_HOME/ray_results/<name>
     spec = load_job(job, set_)  # ConfigError → exit 2 with the key named (bratslab.app.main.main)
     try:
         spec.data.store_path()  # the store exists: checked before any run folder is created
+    except ConfigError as e:
+        raise ConfigError(f"{job}: {e}") from None
+
+    from bratslab.shutdown import Terminated, leave
+    from bratslab.train.prepared_data import outputs_for_store
+    from bratslab.train.trainer import run_training
+
+    try:
         spec = outputs_for_store(spec)  # model.out_channels fits the store's profile
     except ConfigError as e:
         raise ConfigError(f"{job}: {e}") from None
