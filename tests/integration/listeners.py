@@ -25,7 +25,8 @@ def is_loopback(host: str) -> bool:
 @dataclass
 class ListenerWatch:
     """Samples every ``interval_s`` the listening TCP sockets of this process and its
-    descendants: ``seen`` maps ``(pid, host, port)`` to the process's title at the time."""
+    descendants: ``seen`` maps ``(pid, host, port)`` to the process's title when first seen
+    (for a Ray worker first seen idle, the title it took after)."""
 
     interval_s: float = 0.2
     samples: int = 0
@@ -63,8 +64,13 @@ class ListenerWatch:
             except psutil.Error:  # exited meanwhile, or not ours to inspect
                 continue
             for c in conns:
-                if c.status == psutil.CONN_LISTEN:
-                    self.seen.setdefault((p.pid, c.laddr.ip, c.laddr.port), title)
+                key = (p.pid, c.laddr.ip, c.laddr.port)
+                # A Ray worker listens while still ``ray::IDLE`` (starting up) and takes its
+                # actor's title later: keep the later, telling title.
+                if c.status == psutil.CONN_LISTEN and self.seen.get(key, "ray::IDLE").startswith(
+                    "ray::IDLE"
+                ):
+                    self.seen[key] = title
 
     def by(self, title_prefix: str) -> dict[tuple[int, str, int], str]:
         """The listeners of processes whose title starts with ``title_prefix``."""
